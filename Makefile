@@ -1,0 +1,14 @@
+BUF := go tool -modfile=tools/go.mod buf
+
+.PHONY: generate lint test check
+generate:
+	$(BUF) generate
+
+lint:
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+
+test:
+	./scripts/test
+
+check: lint test
