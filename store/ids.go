@@ -1,0 +1,96 @@
+package store
+
+import (
+	"crypto/rand"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Ids use a lowercase base32 alphabet without look-alike letters, so they are safe
+// in URLs, Redis keys and tokens (they never contain '_' or '-').
+const idAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+
+// AgentIDLen is the length of an agent id: "a" and 15 random characters (75 bits).
+const AgentIDLen = 16
+
+// NewAgentID returns a new random agent id.
+func NewAgentID() string { return "a" + randomChars(AgentIDLen-1) }
+
+// NewJobID returns a new job id; ids made later sort after earlier ones.
+func NewJobID() string { return "j" + timeChars() + randomChars(6) }
+
+// NewTaskID returns a new id for a task of the given agent. The id ends with the
+// agent's id, so any replica can find the task's agent (and its Redis slot) from
+// the id alone; ids made later sort after earlier ones.
+func NewTaskID(agentID string) string { return "t" + timeChars() + randomChars(6) + "-" + agentID }
+
+// AgentOfTask returns the agent id embedded in a task id, or false if the id is
+// not a well-formed task id.
+func AgentOfTask(taskID string) (string, bool) {
+	i := strings.IndexByte(taskID, '-')
+	if i < 0 || len(taskID) < 2 || taskID[0] != 't' {
+		return "", false
+	}
+	a := taskID[i+1:]
+	return a, ValidID(a, 'a')
+}
+
+// ValidID tells whether s looks like an id with the given leading letter: the
+// letter followed by characters of the id alphabet, 8 to 64 in all.
+func ValidID(s string, lead byte) bool {
+	if len(s) < 8 || len(s) > 64 || s[0] != lead {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if strings.IndexByte(idAlphabet, s[i]) < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidTaskID tells whether s is a well-formed task id.
+func ValidTaskID(s string) bool {
+	if len(s) > 128 {
+		return false
+	}
+	i := strings.IndexByte(s, '-')
+	if i < 0 {
+		return false
+	}
+	_, ok := AgentOfTask(s)
+	return ok && ValidID(s[:i], 't')
+}
+
+func randomChars(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
+	for i := range b {
+		b[i] = idAlphabet[b[i]&31]
+	}
+	return string(b)
+}
+
+var lastMilli atomic.Int64
+
+// timeChars encodes the current time in milliseconds as 9 base32 characters
+// (45 bits, good for centuries), never going backwards within this process.
+func timeChars() string {
+	now := time.Now().UnixMilli()
+	for {
+		last := lastMilli.Load()
+		if now < last {
+			now = last
+		}
+		if lastMilli.CompareAndSwap(last, now) {
+			break
+		}
+	}
+	var b [9]byte
+	for i := 8; i >= 0; i-- {
+		b[i] = idAlphabet[now&31]
+		now >>= 5
+	}
+	return string(b[:])
+}

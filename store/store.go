@@ -1,0 +1,242 @@
+// Package store defines forge's domain types and the Store interface that holds
+// agents, jobs and tasks. Implementations live in subpackages: memstore (the
+// embedded default) and redisstore (shared by any number of server replicas). Both
+// must pass the conformance suite in storetest, so the server can treat them alike.
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// Store holds forge's state. Every method is safe for concurrent use and each is
+// atomic: a caller never sees half of an operation, and the checks that guard an
+// operation (the agent's credential, the attempt) happen inside it.
+//
+// Methods that act for an agent take its Cred and fail with an error of kind
+// KindUnauthenticated when the credential is unknown, wrong or revoked. Tasks and
+// agents the caller may not see are reported as KindNotFound.
+type Store interface {
+	// RegisterAgent creates a new agent with a fresh id. When p.Enrollment names a
+	// stored enrollment token, one of its uses is consumed in the same operation and
+	// the registration fails with KindUnauthenticated if the token is unknown,
+	// revoked, expired or used up.
+	RegisterAgent(ctx context.Context, p RegisterParams) (Agent, error)
+	// AuthenticateAgent checks an agent credential without doing anything else. A
+	// credential matching the agent's next token (see RotateAgentToken) promotes it.
+	AuthenticateAgent(ctx context.Context, c Cred) error
+	// RotateAgentToken stores newSecretHash as the agent's next token. Both the
+	// current and the next token work until the next one is first used.
+	RotateAgentToken(ctx context.Context, c Cred, newSecretHash []byte) error
+	// Lease records that the agent is polling (its last-seen time), and leases up
+	// to p.Max of its ready tasks, oldest first, each as a new attempt; it also
+	// returns the cancellations of its running attempts not yet delivered by a
+	// Lease. It never blocks: long-polling is built on Watch.
+	Lease(ctx context.Context, p LeaseParams) (LeaseResult, error)
+	// Heartbeat extends the leases of the attempts the agent names and holds,
+	// and answers which of them to cancel and which it does not hold (abandon).
+	// Naming attempts the agent does not hold changes nothing for their holder.
+	Heartbeat(ctx context.Context, p HeartbeatParams) (HeartbeatResult, error)
+	// Report ends an attempt. The identical report again returns the same state;
+	// a report for another attempt, or a different outcome for an attempt already
+	// reported, fails with KindPrecondition.
+	Report(ctx context.Context, p ReportParams) (TaskState, error)
+
+	// Dispatch creates a job and one task per agent its target matches. A spec
+	// with an idempotency key already used returns that job and creates nothing.
+	// A target matching no agent fails with KindNotFound (agent id) or creates an
+	// empty, finished job (selector, all).
+	Dispatch(ctx context.Context, spec JobSpec) (Job, error)
+	// GetJob returns a job with its counts.
+	GetJob(ctx context.Context, id string) (Job, error)
+	// ListJobs pages through jobs, newest first.
+	ListJobs(ctx context.Context, page Page) ([]Job, string, error)
+	// CancelJob cancels every live task of the job (as CancelTask does) and
+	// starts no more. Cancelling a finished job changes nothing.
+	CancelJob(ctx context.Context, id, reason string) (Job, error)
+	// GetTask returns a task.
+	GetTask(ctx context.Context, id string) (Task, error)
+	// ListTasks pages through tasks matching f, newest first.
+	ListTasks(ctx context.Context, f TaskFilter) ([]Task, string, error)
+	// CancelTask ends a PENDING task CANCELED at once; on a RUNNING one it records
+	// the request and wakes the agent, and the task ends CANCELED when the agent
+	// reports or its lease runs out. On a finished task it fails with KindPrecondition.
+	CancelTask(ctx context.Context, id, reason string) (Task, error)
+
+	// GetAgent returns an agent with its status and running attempts.
+	GetAgent(ctx context.Context, id string) (Agent, error)
+	// ListAgents pages through agents matching f, ordered by id.
+	ListAgents(ctx context.Context, f AgentFilter) ([]Agent, string, error)
+	// RevokeAgent makes the agent's tokens fail from the next call on, wakes its
+	// held Poll, and ends its pending and running tasks CANCELED with the reason.
+	// Revoking a revoked agent changes nothing.
+	RevokeAgent(ctx context.Context, id, reason string) (Agent, error)
+
+	// CreateEnrollmentToken stores an enrollment token (its id and secret hash).
+	CreateEnrollmentToken(ctx context.Context, t EnrollmentToken) (EnrollmentToken, error)
+	// ListEnrollmentTokens lists stored enrollment tokens.
+	ListEnrollmentTokens(ctx context.Context) ([]EnrollmentToken, error)
+	// RevokeEnrollmentToken stops an enrollment token.
+	RevokeEnrollmentToken(ctx context.Context, id string) (EnrollmentToken, error)
+	// CheckEnrollmentToken tells whether a stored enrollment token would let an
+	// agent register now, without consuming a use.
+	CheckEnrollmentToken(ctx context.Context, id string, secretHash []byte) error
+
+	// Reap does one pass of time-driven work: tasks past their delivery TTL end
+	// EXPIRED, running attempts past their timeout are asked to stop, expired leases
+	// are requeued (or end LOST, CANCELED or TIMED_OUT), jobs with rollout limits
+	// start their next tasks, and records past retention are removed. Any number of
+	// replicas may call it at once; each change happens exactly once.
+	Reap(ctx context.Context) error
+	// Watch returns a Watcher that fires after any change to the given keys
+	// (AgentKey, TaskKey, JobKey), on this replica or another.
+	Watch(keys ...string) *Watcher
+	// Ping tells whether the store is reachable.
+	Ping(ctx context.Context) error
+	// Close releases the store's resources.
+	Close() error
+}
+
+// Cred is an agent's credential: its id and the SHA-256 hash of its token's secret.
+type Cred struct {
+	AgentID    string
+	SecretHash []byte
+}
+
+// RegisterParams describes an agent being registered.
+type RegisterParams struct {
+	Name      string
+	Hostname  string
+	Version   string
+	Labels    map[string]string
+	TaskTypes []string
+	// SecretHash is the hash of the new agent token's secret.
+	SecretHash []byte
+	// Enrollment names the stored enrollment token used, if any (tokens given to
+	// the server by flag are checked by the server and leave this empty).
+	Enrollment *EnrollmentUse
+	// RemoteAddr is where the registration came from, for the record.
+	RemoteAddr string
+}
+
+// EnrollmentUse names a stored enrollment token and the hash of the secret presented.
+type EnrollmentUse struct {
+	ID         string
+	SecretHash []byte
+}
+
+// LeaseParams asks for tasks for one agent.
+type LeaseParams struct {
+	Cred Cred
+	// Max is how many tasks to lease at most; 0 leases none but still returns cancels.
+	Max int
+	// Lease is how long each new lease lasts.
+	Lease time.Duration
+	// Hold is how long the caller intends to hold the Poll, for liveness.
+	Hold time.Duration
+	// Gen is zero for the first Lease of a Poll, which starts a new poll generation
+	// for the agent (superseding any older held Poll); later Leases of the same Poll
+	// pass the Gen they were given and get Superseded if a newer Poll started.
+	Gen int64
+}
+
+// LeaseResult is what a Lease took.
+type LeaseResult struct {
+	Tasks   []Task
+	Cancels []TaskRef
+	// Gen is the poll generation this Lease belongs to.
+	Gen int64
+	// Superseded is true when a newer Poll of the same agent started; nothing was leased.
+	Superseded bool
+}
+
+// HeartbeatParams names the attempts an agent holds.
+type HeartbeatParams struct {
+	Cred     Cred
+	Running  []TaskRef
+	Lease    time.Duration
+	Draining bool
+}
+
+// HeartbeatResult tells the agent what to do with the attempts it named.
+type HeartbeatResult struct {
+	Cancel  []TaskRef
+	Abandon []TaskRef
+	Drain   bool
+}
+
+// ReportParams is an agent's report of one attempt.
+type ReportParams struct {
+	Cred            Cred
+	TaskID          string
+	Attempt         int32
+	Outcome         Outcome
+	Output          []byte
+	ExitCode        int32
+	Error           string
+	OutputTruncated bool
+	OutputSize      int64
+}
+
+// Page asks for one page of a list.
+type Page struct {
+	Size  int
+	Token string
+}
+
+// TaskFilter selects tasks for ListTasks; zero fields match everything.
+type TaskFilter struct {
+	AgentID string
+	JobID   string
+	State   TaskState
+	Page
+}
+
+// AgentFilter selects agents for ListAgents; zero fields match everything.
+type AgentFilter struct {
+	Selector Selector
+	Status   AgentStatus
+	Page
+}
+
+// Clock tells the time; tests inject one they can move.
+type Clock interface {
+	Now() time.Time
+}
+
+// SystemClock is the real clock.
+type SystemClock struct{}
+
+// Now returns the current time.
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// Config holds the settings every Store implementation takes. Zero values get
+// the defaults noted.
+type Config struct {
+	// Clock tells the time; nil means the system clock.
+	Clock Clock
+	// OnlineWindow is how long after its last call an agent still counts as
+	// online; zero means 50 s (two default poll holds).
+	OnlineWindow time.Duration
+	// Retention is how long finished tasks and jobs are kept; zero means 7 days.
+	Retention time.Duration
+	// MaxPendingPerAgent bounds an agent's queue; zero means 10,000.
+	MaxPendingPerAgent int
+}
+
+// WithDefaults returns c with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	if c.Clock == nil {
+		c.Clock = SystemClock{}
+	}
+	if c.OnlineWindow <= 0 {
+		c.OnlineWindow = 50 * time.Second
+	}
+	if c.Retention <= 0 {
+		c.Retention = 7 * 24 * time.Hour
+	}
+	if c.MaxPendingPerAgent <= 0 {
+		c.MaxPendingPerAgent = 10000
+	}
+	return c
+}

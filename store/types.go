@@ -1,0 +1,213 @@
+package store
+
+import "time"
+
+// TaskState is where a task is in its life; the values match forge.v1.TaskState.
+type TaskState int32
+
+// Task states. PENDING and RUNNING are live; the others are terminal.
+const (
+	StateUnspecified TaskState = 0
+	StatePending     TaskState = 1
+	StateRunning     TaskState = 2
+	StateSucceeded   TaskState = 3
+	StateFailed      TaskState = 4
+	StateCanceled    TaskState = 5
+	StateTimedOut    TaskState = 6
+	StateExpired     TaskState = 7
+	StateLost        TaskState = 8
+)
+
+var stateNames = [...]string{"UNSPECIFIED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "TIMED_OUT", "EXPIRED", "LOST"}
+
+// String returns the state's name, such as "RUNNING".
+func (s TaskState) String() string {
+	if s >= 0 && int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "UNKNOWN"
+}
+
+// Terminal tells whether the state is final.
+func (s TaskState) Terminal() bool { return s >= StateSucceeded && s <= StateLost }
+
+// AgentStatus is an agent's liveness; the values match forge.v1.AgentStatus.
+type AgentStatus int32
+
+// Agent statuses.
+const (
+	AgentUnspecified AgentStatus = 0
+	AgentOnline      AgentStatus = 1
+	AgentOffline     AgentStatus = 2
+	AgentRevoked     AgentStatus = 3
+)
+
+// Outcome is an agent's report of an attempt; the values match forge.v1.Outcome.
+type Outcome int32
+
+// Outcomes.
+const (
+	OutcomeUnspecified Outcome = 0
+	OutcomeSucceeded   Outcome = 1
+	OutcomeFailed      Outcome = 2
+)
+
+// TaskRef names one attempt of one task.
+type TaskRef struct {
+	TaskID  string
+	Attempt int32
+}
+
+// StateChange is one entry of a task's history.
+type StateChange struct {
+	State   TaskState
+	At      time.Time
+	Reason  string
+	Attempt int32
+}
+
+// Task is one unit of work for one agent.
+type Task struct {
+	ID          string
+	JobID       string
+	AgentID     string
+	Type        string
+	Payload     []byte
+	State       TaskState
+	Attempt     int32 // the current or last attempt; zero until first leased
+	MaxAttempts int32
+	Timeout     time.Duration // execution timeout of each attempt
+	DeliveryTTL time.Duration
+	// Held is true while a job's rollout limit keeps the task from its agent's queue.
+	Held            bool
+	CancelRequested bool
+	CancelReason    string
+	TimedOut        bool // the server found the attempt past its timeout
+	Deadline        time.Time // execution deadline of the current attempt
+	LeaseExpiresAt  time.Time
+	DeliverBy       time.Time // when a pending task expires; zero while held
+	Output          []byte
+	OutputTruncated bool
+	OutputSize      int64
+	ExitCode        int32
+	Error           string
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	History         []StateChange
+}
+
+// Ref returns the task's current attempt.
+func (t Task) Ref() TaskRef { return TaskRef{TaskID: t.ID, Attempt: t.Attempt} }
+
+// Agent is a registered agent.
+type Agent struct {
+	ID           string
+	Name         string
+	Hostname     string
+	Version      string
+	Labels       map[string]string
+	TaskTypes    []string
+	Status       AgentStatus
+	RegisteredAt time.Time
+	LastSeenAt   time.Time
+	RevokedAt    time.Time
+	Running      []TaskRef
+	Pending      int
+}
+
+// Target says which agents a job goes to; exactly one of AgentID, Selector or All is set.
+type Target struct {
+	AgentID  string
+	Selector string // parsed with ParseSelector
+	All      bool
+	// IncludeOffline extends Selector and All to agents not online now.
+	IncludeOffline bool
+}
+
+// String describes the target as operators write it.
+func (t Target) String() string {
+	switch {
+	case t.AgentID != "":
+		return "agent " + t.AgentID
+	case t.All:
+		return "all"
+	default:
+		return t.Selector
+	}
+}
+
+// JobSpec describes a job to dispatch. The server fills in defaults, so every
+// duration and MaxAttempts is positive.
+type JobSpec struct {
+	Type           string
+	Payload        []byte
+	Target         Target
+	Timeout        time.Duration
+	DeliveryTTL    time.Duration
+	MaxAttempts    int32
+	MaxConcurrency int32 // zero: no limit
+	MaxFailures    int32 // zero: no limit
+	IdempotencyKey string
+	// CreatedBy names who dispatched, for the record.
+	CreatedBy string
+}
+
+// Counts counts tasks by state.
+type Counts struct {
+	Pending, Running, Succeeded, Failed, Canceled, TimedOut, Expired, Lost int
+}
+
+// Total is the number of tasks counted.
+func (c Counts) Total() int {
+	return c.Pending + c.Running + c.Succeeded + c.Failed + c.Canceled + c.TimedOut + c.Expired + c.Lost
+}
+
+// Done tells whether every counted task is terminal.
+func (c Counts) Done() bool { return c.Pending == 0 && c.Running == 0 }
+
+// Add counts one more task in state s.
+func (c *Counts) Add(s TaskState, n int) {
+	switch s {
+	case StatePending:
+		c.Pending += n
+	case StateRunning:
+		c.Running += n
+	case StateSucceeded:
+		c.Succeeded += n
+	case StateFailed:
+		c.Failed += n
+	case StateCanceled:
+		c.Canceled += n
+	case StateTimedOut:
+		c.TimedOut += n
+	case StateExpired:
+		c.Expired += n
+	case StateLost:
+		c.Lost += n
+	}
+}
+
+// Job is one dispatch: a spec and the tasks it created.
+type Job struct {
+	ID        string
+	Spec      JobSpec
+	TaskIDs   []string // in creation order
+	Counts    Counts
+	Canceled  bool // cancelled by an operator or stopped by MaxFailures
+	CreatedAt time.Time
+	// Existing is true when Dispatch returned a job created earlier with the same
+	// idempotency key.
+	Existing bool
+}
+
+// EnrollmentToken is a stored enrollment token; the secret itself is never kept.
+type EnrollmentToken struct {
+	ID          string
+	SecretHash  []byte
+	Description string
+	MaxUses     int // zero: unlimited
+	Uses        int
+	ExpiresAt   time.Time // zero: never
+	CreatedAt   time.Time
+	RevokedAt   time.Time // zero: not revoked
+}
