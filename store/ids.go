@@ -18,12 +18,12 @@ const AgentIDLen = 16
 func NewAgentID() string { return "a" + randomChars(AgentIDLen-1) }
 
 // NewJobID returns a new job id; ids made later sort after earlier ones.
-func NewJobID() string { return "j" + timeChars() + randomChars(6) }
+func NewJobID() string { return "j" + timeChars() + randomChars(4) }
 
 // NewTaskID returns a new id for a task of the given agent. The id ends with the
 // agent's id, so any replica can find the task's agent (and its Redis slot) from
 // the id alone; ids made later sort after earlier ones.
-func NewTaskID(agentID string) string { return "t" + timeChars() + randomChars(6) + "-" + agentID }
+func NewTaskID(agentID string) string { return "t" + timeChars() + randomChars(4) + "-" + agentID }
 
 // AgentOfTask returns the agent id embedded in a task id, or false if the id is
 // not a well-formed task id.
@@ -72,23 +72,24 @@ func randomChars(n int) string {
 	return string(b)
 }
 
-var lastMilli atomic.Int64
+var lastMicro atomic.Int64
 
-// timeChars encodes the current time in milliseconds as 9 base32 characters
-// (45 bits, good for centuries), never going backwards within this process.
+// timeChars encodes the current time in microseconds as 11 base32 characters (55
+// bits, good for a millennium). Within a process every call returns a larger value
+// than the one before, so ids sort in the order they were made.
 func timeChars() string {
-	now := time.Now().UnixMilli()
+	now := time.Now().UnixMicro()
 	for {
-		last := lastMilli.Load()
-		if now < last {
-			now = last
+		last := lastMicro.Load()
+		if now <= last {
+			now = last + 1
 		}
-		if lastMilli.CompareAndSwap(last, now) {
+		if lastMicro.CompareAndSwap(last, now) {
 			break
 		}
 	}
-	var b [9]byte
-	for i := 8; i >= 0; i-- {
+	var b [11]byte
+	for i := 10; i >= 0; i-- {
 		b[i] = idAlphabet[now&31]
 		now >>= 5
 	}
