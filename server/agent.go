@@ -1,0 +1,267 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/store"
+)
+
+// agentService implements forgev1connect.AgentServiceHandler.
+type agentService struct{ s *Server }
+
+func (a *agentService) Register(ctx context.Context, req *connect.Request[forgev1.RegisterRequest]) (*connect.Response[forgev1.RegisterResponse], error) {
+	s := a.s
+	m := req.Msg
+	if err := s.checkRegister(m); err != nil {
+		return nil, err
+	}
+	p := principalFrom(ctx)
+	secret := NewSecret()
+	ag, err := s.store.RegisterAgent(ctx, store.RegisterParams{
+		Name: m.Name, Hostname: m.Hostname, Version: m.Version, Labels: m.Labels, TaskTypes: m.TaskTypes,
+		SecretHash: HashSecret(secret), Enrollment: p.enroll, RemoteAddr: req.Peer().Addr,
+	})
+	if err != nil {
+		return nil, s.storeError(ctx, err)
+	}
+	via := "a server enrollment token"
+	if p.enroll != nil {
+		via = "enrollment token " + p.enroll.ID
+	}
+	s.log.Info("audit: agent registered", "agent", ag.ID, "name", ag.Name, "hostname", ag.Hostname, "via", via, "from", req.Peer().Addr)
+	return connect.NewResponse(&forgev1.RegisterResponse{
+		AgentId:           ag.ID,
+		AgentToken:        PrefixAgent + ag.ID + "_" + secret,
+		PollWait:          durationpb.New(s.cfg.PollHold),
+		HeartbeatInterval: durationpb.New(s.heartbeatInterval()),
+	}), nil
+}
+
+func (s *Server) heartbeatInterval() time.Duration { return s.cfg.Lease / 3 }
+
+func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
+	l := s.cfg.Limits
+	for field, v := range map[string]string{"name": m.Name, "hostname": m.Hostname, "version": m.Version} {
+		if len(v) > l.MaxName {
+			return invalid(field, "%d bytes is over the limit of %d", len(v), l.MaxName)
+		}
+	}
+	if len(m.Labels) > l.MaxLabels {
+		return invalid("labels", "%d labels is over the limit of %d", len(m.Labels), l.MaxLabels)
+	}
+	for k, v := range m.Labels {
+		if k == "" || len(k) > l.MaxLabelKey || !labelText(k) {
+			return invalid("labels", "key %.80q must be 1 to %d of [A-Za-z0-9._/:-]", k, l.MaxLabelKey)
+		}
+		if len(v) > l.MaxLabelValue || !labelText(v) {
+			return invalid("labels", "value of %q must be at most %d of [A-Za-z0-9._/:-]", k, l.MaxLabelValue)
+		}
+	}
+	if len(m.TaskTypes) > l.MaxLabels {
+		return invalid("task_types", "%d types is over the limit of %d", len(m.TaskTypes), l.MaxLabels)
+	}
+	for _, t := range m.TaskTypes {
+		if t == "" || len(t) > l.MaxName {
+			return invalid("task_types", "each type must be 1 to %d bytes", l.MaxName)
+		}
+	}
+	return nil
+}
+
+// labelText tells whether s uses only the characters selectors can name.
+func labelText(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("._/:-", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *agentService) Heartbeat(ctx context.Context, req *connect.Request[forgev1.HeartbeatRequest]) (*connect.Response[forgev1.HeartbeatResponse], error) {
+	s := a.s
+	if len(req.Msg.Running) > 10*s.cfg.Limits.MaxTasks {
+		return nil, invalid("running", "%d attempts is over the limit of %d", len(req.Msg.Running), 10*s.cfg.Limits.MaxTasks)
+	}
+	res, err := s.store.Heartbeat(ctx, store.HeartbeatParams{
+		Cred: principalFrom(ctx).cred, Running: refsFromProto(req.Msg.Running),
+		Lease: s.cfg.Lease, Draining: req.Msg.Draining,
+	})
+	if err != nil {
+		return nil, s.agentError(ctx, err)
+	}
+	return connect.NewResponse(&forgev1.HeartbeatResponse{
+		Cancel: refsToProto(res.Cancel), Abandon: refsToProto(res.Abandon), Drain: res.Drain,
+		HeartbeatInterval: durationpb.New(s.heartbeatInterval()),
+	}), nil
+}
+
+// agentError maps a store error on an agent call; a credential that stopped
+// working (revoked) also leaves the token cache.
+func (s *Server) agentError(ctx context.Context, err error) error {
+	if store.KindOf(err) == store.KindUnauthenticated {
+		s.agents.forget(principalFrom(ctx).cred.AgentID)
+		return connect.NewError(connect.CodeUnauthenticated, errors.New("agent token is not valid (unknown or revoked)"))
+	}
+	return s.storeError(ctx, err)
+}
+
+// holdEnd returns when a held call must answer: after wait, but before the
+// caller's own deadline (Connect-Timeout-Ms) with a margin for the answer to travel.
+func holdEnd(ctx context.Context, wait time.Duration) time.Time {
+	end := time.Now().Add(wait)
+	if dl, ok := ctx.Deadline(); ok {
+		margin := min(max(time.Until(dl)/20, 20*time.Millisecond), 500*time.Millisecond)
+		if e := dl.Add(-margin); e.Before(end) {
+			end = e
+		}
+	}
+	return end
+}
+
+// waitFor parses a request's wait: omitted gives def, above limit it is clamped.
+func waitFor(field string, d *durationpb.Duration, def, limit time.Duration) (time.Duration, error) {
+	if d == nil {
+		return def, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, invalid(field, "%v", err)
+	}
+	w := d.AsDuration()
+	if w < 0 {
+		return 0, invalid(field, "must not be negative")
+	}
+	return min(w, limit), nil
+}
+
+func (a *agentService) Poll(ctx context.Context, req *connect.Request[forgev1.PollRequest]) (*connect.Response[forgev1.PollResponse], error) {
+	s := a.s
+	max := 1
+	if req.Msg.MaxTasks != nil {
+		max = int(*req.Msg.MaxTasks)
+	}
+	if max < 0 || max > s.cfg.Limits.MaxTasks {
+		return nil, invalid("max_tasks", "%d is outside 0..%d", max, s.cfg.Limits.MaxTasks)
+	}
+	wait, err := waitFor("wait", req.Msg.Wait, s.cfg.PollHold, s.cfg.PollHold)
+	if err != nil {
+		return nil, err
+	}
+	end := holdEnd(ctx, wait)
+	cred := principalFrom(ctx).cred
+	w := s.store.Watch(store.AgentKey(cred.AgentID))
+	defer w.Stop()
+	p := store.LeaseParams{Cred: cred, Max: max, Lease: s.cfg.Lease, Hold: time.Until(end)}
+	var timer *time.Timer
+	for {
+		res, err := s.store.Lease(ctx, p)
+		if err != nil {
+			return nil, s.agentError(ctx, err)
+		}
+		if res.Superseded || len(res.Tasks) > 0 || len(res.Cancels) > 0 {
+			out := &forgev1.PollResponse{Cancels: refsToProto(res.Cancels)}
+			for _, t := range res.Tasks {
+				out.Tasks = append(out.Tasks, leasedToProto(t))
+			}
+			return connect.NewResponse(out), nil
+		}
+		p.Gen = res.Gen
+		left := time.Until(end)
+		if left <= 0 {
+			return connect.NewResponse(&forgev1.PollResponse{}), nil
+		}
+		if timer == nil {
+			s.metrics.heldPolls.Inc()
+			defer s.metrics.heldPolls.Dec()
+			timer = time.NewTimer(left)
+			defer timer.Stop()
+		}
+		select {
+		case <-w.C:
+		case <-timer.C:
+			return connect.NewResponse(&forgev1.PollResponse{}), nil
+		case <-ctx.Done():
+			return connect.NewResponse(&forgev1.PollResponse{}), nil
+		case <-s.closing:
+			return connect.NewResponse(&forgev1.PollResponse{}), nil
+		}
+	}
+}
+
+func (a *agentService) ReportResult(ctx context.Context, req *connect.Request[forgev1.ReportResultRequest]) (*connect.Response[forgev1.ReportResultResponse], error) {
+	s := a.s
+	m := req.Msg
+	if !store.ValidTaskID(m.TaskId) {
+		return nil, invalid("task_id", "%.80q is not a task id", m.TaskId)
+	}
+	if m.Attempt <= 0 {
+		return nil, invalid("attempt", "must be at least 1")
+	}
+	if m.Outcome != forgev1.Outcome_OUTCOME_SUCCEEDED && m.Outcome != forgev1.Outcome_OUTCOME_FAILED {
+		return nil, invalid("outcome", "must be OUTCOME_SUCCEEDED or OUTCOME_FAILED")
+	}
+	if len(m.Error) > 64<<10 {
+		m.Error = m.Error[:64<<10]
+	}
+	out, truncated, size := capOutput(m.Output, s.cfg.Limits.MaxOutput)
+	if m.OutputTruncated {
+		truncated = true
+	}
+	if m.OutputSize > size {
+		size = m.OutputSize
+	}
+	st, err := s.store.Report(ctx, store.ReportParams{
+		Cred: principalFrom(ctx).cred, TaskID: m.TaskId, Attempt: m.Attempt, Outcome: store.Outcome(m.Outcome),
+		Output: out, ExitCode: m.ExitCode, Error: m.Error, OutputTruncated: truncated, OutputSize: size,
+	})
+	if err != nil {
+		return nil, s.agentError(ctx, err)
+	}
+	s.metrics.results.WithLabelValues(st.String()).Inc()
+	return connect.NewResponse(&forgev1.ReportResultResponse{State: forgev1.TaskState(st)}), nil
+}
+
+// capOutput keeps at most limit bytes of out: its head and its tail, with a marker
+// line between them saying how much was cut.
+func capOutput(out []byte, limit int) ([]byte, bool, int64) {
+	size := int64(len(out))
+	if len(out) <= limit {
+		return out, false, size
+	}
+	marker := ""
+	keep := limit
+	for range 2 { // the marker's length depends on the number it shows
+		marker = fmt.Sprintf("\n... [forge: %d bytes cut] ...\n", len(out)-keep)
+		keep = limit - len(marker)
+	}
+	if keep < 0 {
+		return out[:limit], true, size
+	}
+	head := keep / 2
+	tail := keep - head
+	capped := make([]byte, 0, limit)
+	capped = append(capped, out[:head]...)
+	capped = append(capped, marker...)
+	capped = append(capped, out[len(out)-tail:]...)
+	return capped, true, size
+}
+
+func (a *agentService) RotateToken(ctx context.Context, req *connect.Request[forgev1.RotateTokenRequest]) (*connect.Response[forgev1.RotateTokenResponse], error) {
+	s := a.s
+	cred := principalFrom(ctx).cred
+	secret := NewSecret()
+	if err := s.store.RotateAgentToken(ctx, cred, HashSecret(secret)); err != nil {
+		return nil, s.agentError(ctx, err)
+	}
+	s.log.Info("audit: agent token rotated", "agent", cred.AgentID, "from", req.Peer().Addr)
+	return connect.NewResponse(&forgev1.RotateTokenResponse{AgentToken: PrefixAgent + cred.AgentID + "_" + secret}), nil
+}

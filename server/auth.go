@@ -1,0 +1,194 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/store"
+)
+
+// principalKind is what a request's token proved the caller to be.
+type principalKind int
+
+const (
+	principalNone principalKind = iota
+	principalEnroll
+	principalAgent
+	principalOperator
+)
+
+// principal is the authenticated caller, put in the request context by the
+// middleware before the body is read.
+type principal struct {
+	kind     principalKind
+	cred     store.Cred           // agents
+	enroll   *store.EnrollmentUse // stored enrollment tokens
+	operator string               // operators: a short fingerprint of the token, for the audit log
+}
+
+type principalKey struct{}
+
+func principalFrom(ctx context.Context) principal {
+	p, _ := ctx.Value(principalKey{}).(principal)
+	return p
+}
+
+// staticTokens holds hashes of tokens given by flag, compared in constant time.
+type staticTokens [][]byte
+
+func hashTokens(toks []string) staticTokens {
+	out := make(staticTokens, 0, len(toks))
+	for _, t := range toks {
+		out = append(out, HashSecret(t))
+	}
+	return out
+}
+
+// match reports whether the token's hash is in the set, looking at every entry so
+// the time taken does not depend on which one matched.
+func (s staticTokens) match(h []byte) bool {
+	found := 0
+	for _, x := range s {
+		found |= subtle.ConstantTimeCompare(x, h)
+	}
+	return found == 1
+}
+
+func fingerprint(h []byte) string { return hex.EncodeToString(h[:4]) }
+
+// agentCache remembers recently verified agent credentials so that the gate in
+// front of the decoder costs no store round trip on the hot path. It only opens
+// the door: every store operation checks the credential again atomically, so a
+// revoked token fails on its next call whatever the cache says.
+type agentCache struct {
+	mu  sync.Mutex
+	ttl time.Duration
+	m   map[string]cacheEntry
+}
+
+type cacheEntry struct {
+	hash    [sha256.Size]byte
+	expires time.Time
+}
+
+func (c *agentCache) ok(cr store.Cred, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[cr.AgentID]
+	return ok && now.Before(e.expires) && subtle.ConstantTimeCompare(e.hash[:], cr.SecretHash) == 1
+}
+
+func (c *agentCache) put(cr store.Cred, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) > 100000 { // bound memory under a flood of distinct valid tokens
+		clear(c.m)
+	}
+	var e cacheEntry
+	copy(e.hash[:], cr.SecretHash)
+	e.expires = now.Add(c.ttl)
+	c.m[cr.AgentID] = e
+}
+
+func (c *agentCache) forget(agentID string) {
+	c.mu.Lock()
+	delete(c.m, agentID)
+	c.mu.Unlock()
+}
+
+// procedure classes for authentication.
+const (
+	agentPrefix   = "/" + forgev1connect.AgentServiceName + "/"
+	controlPrefix = "/" + forgev1connect.ControlServiceName + "/"
+)
+
+// authenticate is HTTP middleware: it checks the bearer token against the
+// procedure's service before connect reads the body, so unauthenticated callers
+// never reach the decoder.
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var need principalKind
+		switch {
+		case r.URL.Path == forgev1connect.AgentServiceRegisterProcedure:
+			need = principalEnroll
+		case strings.HasPrefix(r.URL.Path, agentPrefix):
+			need = principalAgent
+		case strings.HasPrefix(r.URL.Path, controlPrefix):
+			need = principalOperator
+		default:
+			next.ServeHTTP(w, r)
+			return
+		}
+		p, err := s.identify(r.Context(), r.Header.Get("Authorization"), need)
+		if err == nil && p.kind != need {
+			err = connect.NewError(connect.CodePermissionDenied, errors.New(wrongKind(p.kind, need)))
+		}
+		if err != nil {
+			s.metrics.authFailures.WithLabelValues(connect.CodeOf(err).String()).Inc()
+			s.writeError(w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+	})
+}
+
+func wrongKind(got, need principalKind) string {
+	names := map[principalKind]string{principalEnroll: "an enrollment token", principalAgent: "an agent token", principalOperator: "an operator token"}
+	return "this call needs " + names[need] + ", not " + names[got]
+}
+
+var errNoToken = connect.NewError(connect.CodeUnauthenticated, errors.New(`missing token: send "Authorization: Bearer <token>"`))
+
+// identify finds out what kind of token the header carries. need tells which
+// kind to try first, so the common case costs one check.
+func (s *Server) identify(ctx context.Context, header string, need principalKind) (principal, error) {
+	tok, ok := strings.CutPrefix(header, "Bearer ")
+	tok = strings.TrimSpace(tok)
+	if !ok || tok == "" {
+		return principal{}, errNoToken
+	}
+	if len(tok) > 512 {
+		return principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("token is not valid"))
+	}
+	if cred, ok := parseAgentToken(tok); ok {
+		now := time.Now()
+		if s.agents.ok(cred, now) {
+			return principal{kind: principalAgent, cred: cred}, nil
+		}
+		if err := s.store.AuthenticateAgent(ctx, cred); err != nil {
+			if store.KindOf(err) == store.KindUnauthenticated {
+				return principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("agent token is not valid (unknown or revoked)"))
+			}
+			return principal{}, s.storeError(ctx, err)
+		}
+		s.agents.put(cred, now)
+		return principal{kind: principalAgent, cred: cred}, nil
+	}
+	h := HashSecret(tok)
+	if s.operators.match(h) {
+		return principal{kind: principalOperator, operator: "operator:" + fingerprint(h)}, nil
+	}
+	if s.enrollers.match(h) {
+		return principal{kind: principalEnroll}, nil
+	}
+	if use, ok := parseStoredEnrollToken(tok); ok {
+		if err := s.store.CheckEnrollmentToken(ctx, use.ID, use.SecretHash); err != nil {
+			if store.KindOf(err) == store.KindUnauthenticated {
+				return principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New(err.Error()))
+			}
+			return principal{}, s.storeError(ctx, err)
+		}
+		return principal{kind: principalEnroll, enroll: &use}, nil
+	}
+	return principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("token is not valid"))
+}

@@ -1,0 +1,58 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"connectrpc.com/connect"
+
+	"github.com/orange-forge/forge/store"
+)
+
+// storeError maps a store error to the Connect error a caller sees. This is the one
+// place where store kinds become codes; internal detail goes to the log only.
+func (s *Server) storeError(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	switch store.KindOf(err) {
+	case store.KindNotFound:
+		return connect.NewError(connect.CodeNotFound, errors.New(msg))
+	case store.KindUnauthenticated:
+		return connect.NewError(connect.CodeUnauthenticated, errors.New(msg))
+	case store.KindPrecondition:
+		return connect.NewError(connect.CodeFailedPrecondition, errors.New(msg))
+	case store.KindExhausted:
+		return connect.NewError(connect.CodeResourceExhausted, errors.New(msg))
+	case store.KindInvalid:
+		return connect.NewError(connect.CodeInvalidArgument, errors.New(msg))
+	case store.KindUnavailable:
+		if ctx.Err() != nil {
+			return connect.NewError(connect.CodeCanceled, errors.New("request cancelled"))
+		}
+		s.log.Warn("store unavailable", "err", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("store unavailable; try again"))
+	}
+	s.log.Error("internal error", "err", err)
+	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+}
+
+func invalid(field, format string, args ...any) error {
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(field+": "+format, args...))
+}
+
+func exhausted(format string, args ...any) error {
+	return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(format, args...))
+}
+
+// writeError writes err in the protocol the request used (Connect, gRPC, gRPC-Web).
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	if !s.errw.IsSupported(r) {
+		http.Error(w, err.Error(), http.StatusUnsupportedMediaType)
+		return
+	}
+	_ = s.errw.Write(w, r, err)
+}

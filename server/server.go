@@ -1,0 +1,245 @@
+// Package server serves forge's API: the Connect handlers of AgentService,
+// ControlService and PingService, the bearer-token gate in front of them, the
+// long-poll holds, and /healthz, /readyz and /metrics. A Server is an
+// http.Handler, so it can be mounted in an existing application's router.
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/store"
+)
+
+// Config configures a Server. Zero values get the defaults noted.
+type Config struct {
+	// Store holds the state; required. The Server does not close it.
+	Store store.Store
+	// EnrollTokens let agents register (stored as hashes; at least 16 characters).
+	EnrollTokens []string
+	// AdminTokens guard ControlService (stored as hashes; at least 16 characters).
+	AdminTokens []string
+	// Logger receives the server's log and audit lines; nil discards them.
+	Logger *slog.Logger
+
+	// Lease is how long a leased task stays with its agent without a heartbeat; 30 s.
+	Lease time.Duration
+	// PollHold is the default and the longest hold of a Poll; 25 s.
+	PollHold time.Duration
+	// MaxWait caps the hold of WaitTask, WaitJob and Dispatch with wait; 5 min.
+	MaxWait time.Duration
+	// MaxAttempts is the default for a dispatch that gives none; 3.
+	MaxAttempts int32
+	// TaskTimeout is the default execution timeout; 10 min.
+	TaskTimeout time.Duration
+	// DeliveryTTL is the default delivery TTL; 1 h.
+	DeliveryTTL time.Duration
+	// ReapInterval is how often this replica runs the store's time-driven work; 1 s.
+	ReapInterval time.Duration
+	// Limits bound what callers may send; zero fields get DefaultLimits.
+	Limits Limits
+	// AgentCacheTTL is how long a verified agent token skips the store in the
+	// gate in front of the decoder (the store re-checks it on every call); 10 s.
+	AgentCacheTTL time.Duration
+	// DisableReaper turns off the reaper goroutine (tests drive Reap themselves).
+	DisableReaper bool
+}
+
+// Limits bound what callers may send. Exceeding one gives resource_exhausted or
+// invalid_argument naming the limit.
+type Limits struct {
+	MaxBodyBytes  int // request body; 4 MiB
+	MaxPayload    int // Dispatch payload; 1 MiB
+	MaxOutput     int // ReportResult output kept per attempt; 1 MiB
+	MaxLabels     int // labels per agent; 64
+	MaxLabelKey   int // 63
+	MaxLabelValue int // 255
+	MaxName       int // names, hostnames, versions, types; 255
+	MaxTasks      int // per Poll; 64
+}
+
+// DefaultLimits are the limits of the design.
+var DefaultLimits = Limits{
+	MaxBodyBytes: 4 << 20, MaxPayload: 1 << 20, MaxOutput: 1 << 20,
+	MaxLabels: 64, MaxLabelKey: 63, MaxLabelValue: 255, MaxName: 255, MaxTasks: 64,
+}
+
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits
+	set := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	set(&l.MaxBodyBytes, d.MaxBodyBytes)
+	set(&l.MaxPayload, d.MaxPayload)
+	set(&l.MaxOutput, d.MaxOutput)
+	set(&l.MaxLabels, d.MaxLabels)
+	set(&l.MaxLabelKey, d.MaxLabelKey)
+	set(&l.MaxLabelValue, d.MaxLabelValue)
+	set(&l.MaxName, d.MaxName)
+	set(&l.MaxTasks, d.MaxTasks)
+	return l
+}
+
+func (c Config) withDefaults() Config {
+	dur := func(v *time.Duration, def time.Duration) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	dur(&c.Lease, 30*time.Second)
+	dur(&c.PollHold, 25*time.Second)
+	dur(&c.MaxWait, 5*time.Minute)
+	dur(&c.TaskTimeout, 10*time.Minute)
+	dur(&c.DeliveryTTL, time.Hour)
+	dur(&c.ReapInterval, time.Second)
+	dur(&c.AgentCacheTTL, 10*time.Second)
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 3
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	c.Limits = c.Limits.withDefaults()
+	return c
+}
+
+// Server is forge's API server. Create it with New; it is an http.Handler.
+type Server struct {
+	cfg       Config
+	store     store.Store
+	log       *slog.Logger
+	mux       *http.ServeMux
+	handler   http.Handler
+	operators staticTokens
+	enrollers staticTokens
+	agents    *agentCache
+	metrics   *metrics
+	errw      *connect.ErrorWriter
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+	cancel    context.CancelFunc
+}
+
+// New returns a Server over cfg.Store. It starts the reaper, which runs until Close.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("server: Config.Store is required")
+	}
+	for _, t := range append(append([]string(nil), cfg.EnrollTokens...), cfg.AdminTokens...) {
+		if len(t) < MinTokenLen {
+			return nil, errors.New("server: tokens must be at least 16 characters")
+		}
+	}
+	cfg = cfg.withDefaults()
+	s := &Server{
+		cfg:       cfg,
+		store:     cfg.Store,
+		log:       cfg.Logger,
+		mux:       http.NewServeMux(),
+		operators: hashTokens(cfg.AdminTokens),
+		enrollers: hashTokens(cfg.EnrollTokens),
+		agents:    &agentCache{ttl: cfg.AgentCacheTTL, m: make(map[string]cacheEntry)},
+		metrics:   newMetrics(),
+		errw:      connect.NewErrorWriter(),
+		closing:   make(chan struct{}),
+	}
+	opts := []connect.HandlerOption{
+		connect.WithReadMaxBytes(cfg.Limits.MaxBodyBytes),
+		connect.WithInterceptors(s.metrics.interceptor()),
+	}
+	s.mux.Handle(forgev1connect.NewAgentServiceHandler(&agentService{s}, opts...))
+	s.mux.Handle(forgev1connect.NewControlServiceHandler(&controlService{s}, opts...))
+	s.mux.Handle(forgev1connect.NewPingServiceHandler(pingService{}))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /metrics", s.metrics.handler())
+	s.handler = s.authenticate(s.mux)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	if !cfg.DisableReaper {
+		s.wg.Add(1)
+		go s.reap(ctx)
+	}
+	return s, nil
+}
+
+// ServeHTTP serves the API and the health and metrics endpoints.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+// Close answers every held Poll and wait at once (empty) and stops the reaper. It
+// does not close the Store. Call it before http.Server.Shutdown so held calls end.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		s.cancel()
+	})
+	s.wg.Wait()
+	return nil
+}
+
+// Closing is closed when Close is called.
+func (s *Server) Closing() <-chan struct{} { return s.closing }
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	select {
+	case <-s.closing:
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	default:
+	}
+	if err := s.store.Ping(ctx); err != nil {
+		s.log.Warn("readyz: store unreachable", "err", err)
+		http.Error(w, "store unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ok\n"))
+}
+
+// reap runs the store's time-driven work every ReapInterval, with jitter so that
+// replicas started together do not reap in lockstep.
+func (s *Server) reap(ctx context.Context) {
+	defer s.wg.Done()
+	var failing bool
+	for {
+		d := s.cfg.ReapInterval
+		d += time.Duration(rand.Int64N(int64(d)/5 + 1))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		err := s.store.Reap(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			s.log.Error("reaper: store call failed; retrying", "err", err)
+			failing = true
+		case err == nil && failing:
+			s.log.Info("reaper: store reachable again")
+			failing = false
+		}
+	}
+}
+
+type pingService struct{}
+
+func (pingService) Ping(context.Context, *connect.Request[forgev1.PingRequest]) (*connect.Response[forgev1.PingResponse], error) {
+	return connect.NewResponse(&forgev1.PingResponse{}), nil
+}

@@ -1,0 +1,74 @@
+package server
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"strings"
+
+	"github.com/orange-forge/forge/store"
+)
+
+// Token prefixes: what kind of token a string is, told at a glance (and by scanners
+// looking for leaked secrets).
+const (
+	PrefixEnroll   = "fe_"
+	PrefixAgent    = "fa_"
+	PrefixOperator = "fo_"
+)
+
+// MinTokenLen is the shortest token accepted from a flag or the environment.
+const MinTokenLen = 16
+
+const secretAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+
+// NewSecret returns 32 random base32 characters (160 bits).
+func NewSecret() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
+	for i := range b {
+		b[i] = secretAlphabet[b[i]&31]
+	}
+	return string(b)
+}
+
+// NewOperatorToken returns a new random operator token.
+func NewOperatorToken() string { return PrefixOperator + NewSecret() }
+
+// NewEnrollToken returns a new random enrollment token for the server's flag set
+// (not stored; see ControlService.CreateEnrollmentToken for stored ones).
+func NewEnrollToken() string { return PrefixEnroll + NewSecret() }
+
+// HashSecret returns the SHA-256 hash under which a secret is stored.
+func HashSecret(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
+
+// parseAgentToken splits "fa_<agent id>_<secret>".
+func parseAgentToken(tok string) (store.Cred, bool) {
+	rest, ok := strings.CutPrefix(tok, PrefixAgent)
+	if !ok {
+		return store.Cred{}, false
+	}
+	id, secret, ok := strings.Cut(rest, "_")
+	if !ok || !store.ValidID(id, 'a') || len(secret) < 16 || len(secret) > 128 {
+		return store.Cred{}, false
+	}
+	return store.Cred{AgentID: id, SecretHash: HashSecret(secret)}, true
+}
+
+// parseStoredEnrollToken splits "fe_<id>_<secret>" of a token created through the API.
+func parseStoredEnrollToken(tok string) (store.EnrollmentUse, bool) {
+	rest, ok := strings.CutPrefix(tok, PrefixEnroll)
+	if !ok {
+		return store.EnrollmentUse{}, false
+	}
+	id, secret, ok := strings.Cut(rest, "_")
+	if !ok || !store.ValidID(id, 'e') || len(secret) < 16 || len(secret) > 128 {
+		return store.EnrollmentUse{}, false
+	}
+	return store.EnrollmentUse{ID: id, SecretHash: HashSecret(secret)}, true
+}
+
+// NewEnrollmentTokenID returns an id for a stored enrollment token.
+func newEnrollmentTokenID() string { return "e" + NewSecret()[:11] }
