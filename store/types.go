@@ -82,7 +82,7 @@ type Task struct {
 	Held            bool
 	CancelRequested bool
 	CancelReason    string
-	TimedOut        bool // the server found the attempt past its timeout
+	TimedOut        bool      // the server found the attempt past its timeout
 	Deadline        time.Time // execution deadline of the current attempt
 	LeaseExpiresAt  time.Time
 	DeliverBy       time.Time // when a pending task expires; zero while held
