@@ -181,7 +181,8 @@ func (a *agentService) Poll(ctx context.Context, req *connect.Request[forgev1.Po
 		}
 		if timer == nil {
 			s.metrics.heldPolls.Inc()
-			defer s.metrics.heldPolls.Dec()
+			s.held.Add(1)
+			defer func() { s.metrics.heldPolls.Dec(); s.held.Add(-1) }()
 			timer = time.NewTimer(left)
 			defer timer.Stop()
 		}

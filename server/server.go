@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -126,6 +127,8 @@ type Server struct {
 	agents    *agentCache
 	metrics   *metrics
 	errw      *connect.ErrorWriter
+
+	held atomic.Int64
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -243,3 +246,6 @@ type pingService struct{}
 func (pingService) Ping(context.Context, *connect.Request[forgev1.PingRequest]) (*connect.Response[forgev1.PingResponse], error) {
 	return connect.NewResponse(&forgev1.PingResponse{}), nil
 }
+
+// HeldPolls returns how many Polls this server holds now.
+func (s *Server) HeldPolls() int { return int(s.held.Load()) }

@@ -44,6 +44,8 @@ func newEnv(t *testing.T) *env {
 		control: forgev1connect.NewControlServiceClient(http.DefaultClient, hs.URL, connect.WithInterceptors(bearer(adminToken)))}
 }
 
+func (e *env) heldPolls() int { return e.srv.HeldPolls() }
+
 func bearer(tok string) connect.UnaryInterceptorFunc {
 	return func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {

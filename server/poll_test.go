@@ -1,0 +1,197 @@
+package server_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+)
+
+type pollResult struct {
+	res *forgev1.PollResponse
+	err error
+	at  time.Time
+}
+
+func pollAsync(ctx context.Context, ag forgev1connect.AgentServiceClient, req *forgev1.PollRequest) <-chan pollResult {
+	ch := make(chan pollResult, 1)
+	go func() {
+		res, err := ag.Poll(ctx, connect.NewRequest(req))
+		r := pollResult{err: err, at: time.Now()}
+		if err == nil {
+			r.res = res.Msg
+		}
+		ch <- r
+	}()
+	return ch
+}
+
+func (e *env) dispatchTo(id string) string {
+	e.t.Helper()
+	res, err := e.control.Dispatch(e.t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "echo",
+		Target: &forgev1.DispatchRequest_AgentId{AgentId: id}}))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return res.Msg.TaskIds[0]
+}
+
+func waitHeld(t *testing.T, e *env, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if e.heldPolls() >= n {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("%d polls never got held", n)
+}
+
+func get(ch <-chan pollResult, t *testing.T) pollResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("poll did not answer")
+	}
+	return pollResult{}
+}
+
+func i32(v int32) *int32 { return &v }
+
+func TestPollWaitZeroAnswersAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	_, ag := e.register("a", nil)
+	start := time.Now()
+	res, err := ag.Poll(t.Context(), connect.NewRequest(&forgev1.PollRequest{Wait: durationpb.New(0)}))
+	if err != nil || len(res.Msg.Tasks) != 0 || time.Since(start) > 5*time.Second {
+		t.Fatalf("Poll wait 0 = %v, %v after %v", res, err, time.Since(start))
+	}
+}
+
+func TestPollHeldUntilDispatch(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	id, ag := e.register("a", nil)
+	ch := pollAsync(t.Context(), ag, &forgev1.PollRequest{Wait: durationpb.New(20 * time.Second), MaxTasks: i32(4)})
+	waitHeld(t, e, 1)
+	tid := e.dispatchTo(id)
+	r := get(ch, t)
+	if r.err != nil || len(r.res.Tasks) != 1 || r.res.Tasks[0].Id != tid {
+		t.Fatalf("held Poll = %+v", r)
+	}
+}
+
+func TestPollMaxZeroHearsCancel(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	id, ag := e.register("a", nil)
+	tid := e.dispatchTo(id)
+	res, err := ag.Poll(t.Context(), connect.NewRequest(&forgev1.PollRequest{Wait: durationpb.New(0)}))
+	if err != nil || len(res.Msg.Tasks) != 1 {
+		t.Fatalf("Poll = %v, %v", res, err)
+	}
+	ch := pollAsync(t.Context(), ag, &forgev1.PollRequest{Wait: durationpb.New(20 * time.Second), MaxTasks: i32(0)})
+	waitHeld(t, e, 1)
+	e.dispatchTo(id) // a new task does not answer a Poll that takes none
+	if _, err := e.control.CancelTask(t.Context(), connect.NewRequest(&forgev1.CancelTaskRequest{TaskId: tid})); err != nil {
+		t.Fatal(err)
+	}
+	r := get(ch, t)
+	if r.err != nil || len(r.res.Tasks) != 0 || len(r.res.Cancels) != 1 || r.res.Cancels[0].TaskId != tid || r.res.Cancels[0].Attempt != 1 {
+		t.Fatalf("Poll max 0 after cancel = %+v", r)
+	}
+}
+
+func TestNewPollAnswersOlder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	id, ag := e.register("a", nil)
+	old := pollAsync(t.Context(), ag, &forgev1.PollRequest{Wait: durationpb.New(20 * time.Second)})
+	waitHeld(t, e, 1)
+	cur := pollAsync(t.Context(), ag, &forgev1.PollRequest{Wait: durationpb.New(20 * time.Second)})
+	r := get(old, t)
+	if r.err != nil || len(r.res.Tasks) != 0 {
+		t.Fatalf("older Poll = %+v, want an empty answer", r)
+	}
+	waitHeld(t, e, 1)
+	tid := e.dispatchTo(id)
+	r = get(cur, t)
+	if r.err != nil || len(r.res.Tasks) != 1 || r.res.Tasks[0].Id != tid {
+		t.Fatalf("newer Poll = %+v", r)
+	}
+}
+
+func TestPollEndsBeforeCallerDeadline(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	_, ag := e.register("a", nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 700*time.Millisecond)
+	defer cancel()
+	res, err := ag.Poll(ctx, connect.NewRequest(&forgev1.PollRequest{Wait: durationpb.New(20 * time.Second)}))
+	if err != nil || len(res.Msg.Tasks) != 0 {
+		t.Fatalf("Poll with a 700ms deadline = %v, %v; want an empty answer, not an error", res, err)
+	}
+}
+
+func TestCloseAnswersHeldPolls(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	_, ag := e.register("a", nil)
+	ch := pollAsync(t.Context(), ag, &forgev1.PollRequest{Wait: durationpb.New(20 * time.Second)})
+	waitHeld(t, e, 1)
+	e.srv.Close()
+	if r := get(ch, t); r.err != nil || len(r.res.Tasks) != 0 {
+		t.Fatalf("Poll at Close = %+v", r)
+	}
+}
+
+func TestRevokeAnswersHeldPoll(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	id, ag := e.register("a", nil)
+	ch := pollAsync(t.Context(), ag, &forgev1.PollRequest{Wait: durationpb.New(20 * time.Second)})
+	waitHeld(t, e, 1)
+	if _, err := e.control.RevokeAgent(t.Context(), connect.NewRequest(&forgev1.RevokeAgentRequest{AgentId: id})); err != nil {
+		t.Fatal(err)
+	}
+	r := get(ch, t)
+	wantCode(t, r.err, connect.CodeUnauthenticated)
+	_, err := ag.Heartbeat(t.Context(), connect.NewRequest(&forgev1.HeartbeatRequest{}))
+	wantCode(t, err, connect.CodeUnauthenticated)
+}
+
+func TestDispatchWithWait(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	id, ag := e.register("a", map[string]string{"role": "web"})
+	go func() {
+		res, err := ag.Poll(t.Context(), connect.NewRequest(&forgev1.PollRequest{Wait: durationpb.New(20 * time.Second)}))
+		if err != nil || len(res.Msg.Tasks) != 1 {
+			t.Errorf("Poll = %v, %v", res, err)
+			return
+		}
+		tk := res.Msg.Tasks[0]
+		ag.ReportResult(t.Context(), connect.NewRequest(&forgev1.ReportResultRequest{TaskId: tk.Id, Attempt: tk.Attempt,
+			Outcome: forgev1.Outcome_OUTCOME_FAILED, ExitCode: 3, Output: []byte("boom")}))
+	}()
+	waitHeld(t, e, 1)
+	res, err := e.control.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "echo",
+		Target: &forgev1.DispatchRequest_Selector{Selector: "role in (web, api)"}, Wait: durationpb.New(20 * time.Second)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := res.Msg
+	if len(m.Tasks) != 1 || m.Tasks[0].AgentId != id || m.Tasks[0].State != forgev1.TaskState_TASK_STATE_FAILED ||
+		m.Tasks[0].ExitCode != 3 || string(m.Tasks[0].Output) != "boom" || m.Counts.Failed != 1 || m.Counts.Total != 1 {
+		t.Fatalf("Dispatch with wait = %v", m)
+	}
+}
