@@ -62,7 +62,7 @@ func TestBadInput(t *testing.T) {
 	nested := strings.Repeat(`{"a":`, 5000) + "1" + strings.Repeat("}", 5000)
 	cases := []struct {
 		name, path, token, ctype, body string
-		wantCode, wantIn              string
+		wantCode, wantIn               string
 	}{
 		{"no token", pollPath, "", js, `{}`, "unauthenticated", "missing token"},
 		{"garbage token", pollPath, "nope-nope-nope-nope", js, `{}`, "unauthenticated", "not valid"},
