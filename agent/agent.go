@@ -1,0 +1,393 @@
+// Package agent is forge's embeddable agent. An Agent dials out to a forge server
+// over HTTP/1.1, long-polls it for tasks, runs each with the Handler registered
+// for its type, and reports the results, so the machine it runs on needs no open
+// port. It keeps its identity in a state dir across restarts, heartbeats the
+// attempts it runs, hears cancellations, survives server outages with jittered
+// backoff (rotating among several servers), and drains cleanly on shutdown.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+)
+
+// Config configures an Agent. Zero values get the defaults noted.
+type Config struct {
+	// Servers are the servers' base URLs, such as http://127.0.0.1:8080. With more
+	// than one, the agent moves to the next on a connection failure or an
+	// unavailable answer. At least one is required.
+	Servers []string
+	// EnrollToken is the enrollment token Register uses when StateDir holds no
+	// identity (or there is no StateDir).
+	EnrollToken string
+	// Name is the agent's name; the hostname when empty.
+	Name string
+	// Labels are the agent's labels, which selectors match.
+	Labels map[string]string
+	// StateDir, when set, keeps the agent's id and token (file mode 0600, dir
+	// 0700) so a restart keeps the identity, and records the process groups of
+	// running exec tasks so a restart after a crash ends them before taking work.
+	// One running agent holds a StateDir at a time.
+	StateDir string
+	// Concurrency is the most handlers run at once; 4.
+	Concurrency int
+	// PollWait is how long the server may hold a Poll; zero means the server's default.
+	PollWait time.Duration
+	// DrainGrace is how long running handlers may finish after Run's context is
+	// cancelled before their contexts are cancelled too; 30 s.
+	DrainGrace time.Duration
+	// MaxOutput caps each attempt's reported output; 1 MiB. A longer output keeps
+	// its head and tail with a marker line saying how many bytes were cut.
+	MaxOutput int
+	// HTTPClient makes the calls; by default the agent's own HTTP/1.1 transport,
+	// with enough idle connections for poll, report and heartbeat at once. It must
+	// have no Timeout: the agent sets a deadline on each call, and Poll is held.
+	HTTPClient *http.Client
+	// TLSConfig is used by the default transport, such as for a private CA.
+	TLSConfig *tls.Config
+	// Logger receives the agent's log; nil discards it. Tokens are never logged.
+	Logger *slog.Logger
+	// Version is the agent's software version, sent at Register.
+	Version string
+}
+
+// Defaults and timings.
+const (
+	defaultConcurrency = 4
+	defaultDrainGrace  = 30 * time.Second
+	defaultMaxOutput   = 1 << 20
+	defaultPollWait    = 25 * time.Second
+	defaultHeartbeat   = 10 * time.Second
+	// pollMargin is added to the poll's wait for its call deadline: the server
+	// answers before the deadline it is sent, so the margin only covers transit.
+	pollMargin = 10 * time.Second
+	// callTimeout bounds every call that is not held.
+	callTimeout = 15 * time.Second
+	// reportDrainTimeout bounds the reports sent after the drain grace.
+	reportDrainTimeout = 15 * time.Second
+	// maxPollTasks is the server's default limit on max_tasks.
+	maxPollTasks = 64
+	// quickEmpty is how fast an empty Poll answer must come to look like a
+	// misbehaving server (or another agent polling with the same identity).
+	quickEmpty = 200 * time.Millisecond
+)
+
+// ErrRevoked is returned by Run when the server refuses the agent's own token:
+// the agent was revoked (or its identity is unknown to this server). The agent
+// does not enroll again by itself; remove its state dir to do so.
+var ErrRevoked = errors.New("agent: the server refused the agent token (revoked or unknown agent); remove the state dir to enroll again")
+
+// Causes given to a handler's context.
+var (
+	errCanceled  = errors.New("canceled by the server")
+	errAbandoned = errors.New("abandoned: the attempt's lease is no longer held by this agent")
+	errDrained   = errors.New("agent shutting down: drain grace ended")
+)
+
+// Agent runs tasks for a forge server. Create it with New, register handlers with
+// Handle, then call Run.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	servers  []string
+	clients  []forgev1connect.AgentServiceClient
+	hostname string
+
+	mu          sync.Mutex
+	handlers    map[string]Handler
+	started     bool
+	id, token   string
+	cur         int // index of the server in use
+	pollWait    time.Duration
+	hbInterval  time.Duration
+	serverDrain bool // the server asked the agent to take no tasks
+	draining    bool // Run's context ended
+	running     map[refKey]*attempt
+	groups      groupRecorder
+	changed     chan struct{} // a slot freed or the drain request changed
+}
+
+// attempt is one task attempt the agent holds: from its Poll answer until it is
+// reported (or abandoned).
+type attempt struct {
+	key       refKey
+	cancel    context.CancelCauseFunc
+	abandoned atomic.Bool
+}
+
+// refKey names one attempt of one task.
+type refKey struct {
+	id      string
+	attempt int32
+}
+
+// New checks cfg and returns an Agent. It makes no call: Run does.
+func New(cfg Config) (*Agent, error) {
+	if len(cfg.Servers) == 0 {
+		return nil, errors.New("agent: no server given")
+	}
+	var servers []string
+	for _, s := range cfg.Servers {
+		s = strings.TrimRight(strings.TrimSpace(s), "/")
+		u, err := url.Parse(s)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("agent: server %q is not an http(s) URL", s)
+		}
+		servers = append(servers, s)
+	}
+	if cfg.HTTPClient != nil && cfg.HTTPClient.Timeout != 0 {
+		return nil, errors.New("agent: HTTPClient must have no Timeout (Poll is held; the agent sets per-call deadlines)")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = defaultConcurrency
+	}
+	if cfg.DrainGrace <= 0 {
+		cfg.DrainGrace = defaultDrainGrace
+	}
+	if cfg.MaxOutput <= 0 {
+		cfg.MaxOutput = defaultMaxOutput
+	}
+	if cfg.PollWait < 0 {
+		cfg.PollWait = 0
+	}
+	host, _ := os.Hostname()
+	if cfg.Name == "" {
+		cfg.Name = host
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Transport: newTransport(cfg.TLSConfig)}
+	}
+	a := &Agent{
+		cfg: cfg, log: log, servers: servers, hostname: host,
+		handlers:   map[string]Handler{},
+		pollWait:   defaultPollWait,
+		hbInterval: defaultHeartbeat,
+		running:    map[refKey]*attempt{},
+		changed:    make(chan struct{}, 1),
+	}
+	if cfg.PollWait > 0 {
+		a.pollWait = cfg.PollWait
+	}
+	for _, s := range servers {
+		a.clients = append(a.clients, forgev1connect.NewAgentServiceClient(hc, s))
+	}
+	return a, nil
+}
+
+// newTransport returns the agent's own HTTP/1.1 transport: one held Poll, a
+// Heartbeat and several reports may be in flight at once, each on its own
+// connection, and idle ones are kept for the next round.
+func newTransport(tc *tls.Config) *http.Transport {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	t := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   10 * time.Second,
+		MaxIdleConns:          32,
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		Protocols:             &protos,
+	}
+	if tc != nil {
+		t.TLSClientConfig = tc.Clone()
+	}
+	return t
+}
+
+// Handle registers h for tasks of taskType, replacing any earlier one. Call it
+// before Run: the types are sent to the server at Register.
+func (a *Agent) Handle(taskType string, h Handler) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if h == nil {
+		delete(a.handlers, taskType)
+		return
+	}
+	a.handlers[taskType] = h
+}
+
+// ID returns the agent's id once Run has registered it or loaded it from the
+// state dir, and "" before.
+func (a *Agent) ID() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id
+}
+
+// Run registers the agent (unless its state dir holds an identity), then polls for
+// tasks and runs them until ctx is cancelled. Then it drains: it takes no more
+// tasks, lets running handlers finish for up to DrainGrace (then cancels their
+// contexts), reports their results, and returns nil. Server outages never end Run:
+// it retries with backoff. It returns an error when the server refuses the
+// enrollment token or the agent's token (ErrRevoked), or the state dir cannot be
+// used. Run may be called once.
+func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	if a.started {
+		a.mu.Unlock()
+		return errors.New("agent: Run called twice")
+	}
+	a.started = true
+	a.mu.Unlock()
+
+	var st *stateDir
+	if a.cfg.StateDir != "" {
+		var err error
+		if st, err = openState(a.cfg.StateDir, a.log); err != nil {
+			return err
+		}
+		defer st.close()
+		st.endLeftovers()
+		a.groups = st
+	}
+	if err := a.enroll(ctx, st); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it ever took work: nothing to drain
+		}
+		return err
+	}
+	return a.serve(ctx)
+}
+
+// client returns the server in use and its index.
+func (a *Agent) client() (int, forgev1connect.AgentServiceClient) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cur, a.clients[a.cur]
+}
+
+// failover moves to the next server after a transport failure on server idx,
+// unless another call moved already.
+func (a *Agent) failover(idx int) {
+	if len(a.clients) < 2 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cur != idx {
+		return
+	}
+	a.cur = (idx + 1) % len(a.clients)
+	a.log.Info("switching server", "from", a.servers[idx], "to", a.servers[a.cur])
+}
+
+// authed returns req with the agent's token.
+func authed[T any](a *Agent, msg *T) *connect.Request[T] {
+	req := connect.NewRequest(msg)
+	a.mu.Lock()
+	req.Header().Set("Authorization", "Bearer "+a.token)
+	a.mu.Unlock()
+	return req
+}
+
+// transient tells whether err may go away by itself (retry with backoff), as
+// opposed to a refusal that repeating cannot change.
+func transient(err error) bool {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnauthenticated, connect.CodePermissionDenied, connect.CodeInvalidArgument,
+		connect.CodeFailedPrecondition, connect.CodeNotFound, connect.CodeUnimplemented:
+		return false
+	}
+	return true
+}
+
+// enroll loads the saved identity or registers a new one.
+func (a *Agent) enroll(ctx context.Context, st *stateDir) error {
+	if st != nil {
+		id, err := st.loadIdentity()
+		if err != nil {
+			return err
+		}
+		if id.AgentID != "" {
+			a.mu.Lock()
+			a.id, a.token = id.AgentID, id.AgentToken
+			a.mu.Unlock()
+			a.log.Info("using saved identity", "agent", id.AgentID)
+			return nil
+		}
+	}
+	if a.cfg.EnrollToken == "" {
+		return errors.New("agent: no saved identity and no enrollment token")
+	}
+	a.mu.Lock()
+	types := make([]string, 0, len(a.handlers))
+	for t := range a.handlers {
+		types = append(types, t)
+	}
+	a.mu.Unlock()
+	sort.Strings(types)
+	var bo backoff
+	for {
+		idx, c := a.client()
+		req := connect.NewRequest(&forgev1.RegisterRequest{
+			Name: a.cfg.Name, Labels: a.cfg.Labels, Hostname: a.hostname,
+			Version: a.cfg.Version, TaskTypes: types,
+		})
+		req.Header().Set("Authorization", "Bearer "+a.cfg.EnrollToken)
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		res, err := c.Register(cctx, req)
+		cancel()
+		if err == nil {
+			m := res.Msg
+			if m.AgentId == "" || m.AgentToken == "" {
+				return errors.New("agent: register: the server answered without an identity")
+			}
+			if st != nil {
+				if err := st.saveIdentity(identity{AgentID: m.AgentId, AgentToken: m.AgentToken}); err != nil {
+					return err
+				}
+			}
+			a.mu.Lock()
+			a.id, a.token = m.AgentId, m.AgentToken
+			if d := m.PollWait.AsDuration(); a.cfg.PollWait == 0 && m.PollWait != nil && d > 0 {
+				a.pollWait = d
+			}
+			if d := m.HeartbeatInterval.AsDuration(); m.HeartbeatInterval != nil && d > 0 {
+				a.hbInterval = d
+			}
+			a.mu.Unlock()
+			a.log.Info("registered", "agent", m.AgentId, "server", a.servers[idx])
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		switch connect.CodeOf(err) {
+		case connect.CodeUnauthenticated:
+			return fmt.Errorf("agent: the server refused the enrollment token: %w", err)
+		case connect.CodePermissionDenied, connect.CodeInvalidArgument, connect.CodeResourceExhausted, connect.CodeUnimplemented:
+			return fmt.Errorf("agent: register: %w", err)
+		}
+		if !bo.failing() {
+			a.log.Warn("cannot register; retrying with backoff", "server", a.servers[idx], "err", err)
+		}
+		a.failover(idx)
+		if !sleep(ctx, bo.next()) {
+			return ctx.Err()
+		}
+	}
+}

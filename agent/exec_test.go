@@ -1,0 +1,182 @@
+//go:build linux
+
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// groupsSeen records the process groups an exec task starts.
+type groupsSeen struct {
+	mu   sync.Mutex
+	all  []int
+	live map[int]bool
+}
+
+func (g *groupsSeen) addGroup(pgid int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.live == nil {
+		g.live = map[int]bool{}
+	}
+	g.all = append(g.all, pgid)
+	g.live[pgid] = true
+}
+
+func (g *groupsSeen) removeGroup(pgid int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.live, pgid)
+}
+
+func (g *groupsSeen) check(t *testing.T) {
+	t.Helper()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.all) != 1 {
+		t.Fatalf("groups started: %v, want one", g.all)
+	}
+	if len(g.live) != 0 {
+		t.Fatalf("groups still recorded: %v", g.live)
+	}
+	if !groupGone(g.all[0]) {
+		t.Fatalf("process group %d still has live members", g.all[0])
+	}
+}
+
+func execTask(t *testing.T, argv []string, env map[string]string) *Task {
+	t.Helper()
+	p, err := json.Marshal(ExecPayload{Argv: argv, Env: env})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Task{ID: "t1", Type: "exec", Attempt: 1, Payload: p}
+}
+
+func runExec(ctx context.Context, t *testing.T, h Handler, argv []string, env map[string]string, maxOutput int) ([]byte, error, *taskEnv, *groupsSeen) {
+	t.Helper()
+	g := &groupsSeen{}
+	te := &taskEnv{maxOutput: maxOutput, groups: g}
+	out, err := h(withTaskEnv(ctx, te), execTask(t, argv, env))
+	return out, err, te, g
+}
+
+func TestExecOutputAndExitCode(t *testing.T) {
+	t.Parallel()
+	h := ExecHandler([]string{"sh"})
+	out, err, _, g := runExec(t.Context(), t, h, []string{"sh", "-c", "echo out; echo err >&2; echo $FORGE_X"}, map[string]string{"FORGE_X": "from-env"}, 1<<20)
+	if err != nil || string(out) != "out\nerr\nfrom-env\n" {
+		t.Fatalf("got %q, %v", out, err)
+	}
+	g.check(t)
+
+	out, err, _, g = runExec(t.Context(), t, h, []string{"sh", "-c", "echo failing; exit 3"}, nil, 1<<20)
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != 3 || string(out) != "failing\n" {
+		t.Fatalf("got %q, %v; want exit code 3", out, err)
+	}
+	g.check(t)
+}
+
+func TestExecRefusals(t *testing.T) {
+	t.Parallel()
+	h := ExecHandler([]string{"sh", "/bin/echo"})
+	for _, tc := range []struct {
+		name, payload, want string
+	}{
+		{"path differs", `{"argv":["/bin/sh","-c","true"]}`, `"/bin/sh" is not allowed`},
+		{"not listed", `{"argv":["rm","-rf","/"]}`, `"rm" is not allowed`},
+		{"relative trick", `{"argv":["./sh"]}`, `"./sh" is not allowed`},
+		{"empty argv", `{"argv":[]}`, "argv is empty"},
+		{"not json", `sh -c true`, "payload must be JSON"},
+		{"bad env", `{"argv":["sh"],"env":{"A=B":"x"}}`, "not a valid variable"},
+	} {
+		_, err := h(t.Context(), &Task{Type: "exec", Payload: []byte(tc.payload)})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := ExecHandler(nil)(t.Context(), execTask(t, []string{"sh"}, nil)); err == nil {
+		t.Error("an empty allow list ran a command")
+	}
+}
+
+// A background child that keeps the output pipe open must not hang the task,
+// and must not outlive it.
+func TestExecBackgroundChildDoesNotHang(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	out, err, _, g := runExec(t.Context(), t, ExecHandler([]string{"sh"}), []string{"sh", "-c", "sleep 60 & echo hi"}, nil, 1<<20)
+	if err != nil || string(out) != "hi\n" {
+		t.Fatalf("got %q, %v", out, err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("took %v", d)
+	}
+	g.check(t)
+}
+
+func TestExecCancelEndsWholeGroup(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancelCause(t.Context())
+	time.AfterFunc(300*time.Millisecond, func() { cancel(errors.New("test cancel")) })
+	start := time.Now()
+	_, err, _, g := runExec(ctx, t, ExecHandler([]string{"sh"}), []string{"sh", "-c", "sleep 60 & sleep 60"}, nil, 1<<20)
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != 128+15 || !strings.Contains(err.Error(), "test cancel") {
+		t.Fatalf("err %v, want exit code 143 naming the cause", err)
+	}
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("took %v", d)
+	}
+	g.check(t)
+}
+
+func TestExecKillsAfterGrace(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(t.Context())
+	h := ExecHandler([]string{"sh"}, WithKillGrace(300*time.Millisecond))
+	// The ignored SIGTERM is inherited by the background child too.
+	argv := []string{"sh", "-c", `trap "" TERM; sleep 60 & echo started; sleep 60`}
+	time.AfterFunc(300*time.Millisecond, cancel)
+	start := time.Now()
+	out, err, _, g := runExec(ctx, t, h, argv, nil, 1<<20)
+	d := time.Since(start)
+	var ee *ExitError
+	if !errors.As(err, &ee) || ee.Code != 128+9 {
+		t.Fatalf("err %v, want SIGKILL (137)", err)
+	}
+	if string(out) != "started\n" {
+		t.Fatalf("output %q", out)
+	}
+	if d < 550*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("took %v; want about cancel + grace", d)
+	}
+	g.check(t)
+}
+
+func TestExecCapsOutputWhileReading(t *testing.T) {
+	t.Parallel()
+	out, err, te, g := runExec(t.Context(), t, ExecHandler([]string{"sh"}), []string{"sh", "-c", "head -c 3000000 /dev/zero; echo end"}, nil, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) > 1000 || !te.truncated || te.size != 3000004 || !strings.HasSuffix(string(out), "end\n") || !strings.Contains(string(out), "bytes cut") {
+		t.Fatalf("len %d truncated %v size %d tail %q", len(out), te.truncated, te.size, out[max(0, len(out)-60):])
+	}
+	g.check(t)
+}
+
+func TestExecStartFailure(t *testing.T) {
+	t.Parallel()
+	_, err := ExecHandler([]string{"/nonexistent/forge-cmd"})(t.Context(), execTask(t, []string{"/nonexistent/forge-cmd"}, nil))
+	if err == nil || !strings.Contains(err.Error(), "start") {
+		t.Fatalf("err %v", err)
+	}
+}

@@ -1,0 +1,464 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+)
+
+// session is one Run after enrollment.
+type session struct {
+	base       context.Context // Run's context without its cancellation: handlers outlive it by the drain grace
+	reportCtx  context.Context // ends when reports must give up
+	tasks      sync.WaitGroup  // attempts until reported
+	revoked    chan struct{}
+	revokeOnce sync.Once
+}
+
+func (s *session) revoke() {
+	s.revokeOnce.Do(func() { close(s.revoked) })
+}
+
+func (a *Agent) serve(ctx context.Context) error {
+	base := context.WithoutCancel(ctx)
+	reportCtx, stopReports := context.WithCancel(base)
+	defer stopReports()
+	s := &session{base: base, reportCtx: reportCtx, revoked: make(chan struct{})}
+
+	hbCtx, stopHeartbeats := context.WithCancel(base)
+	hbDone := make(chan struct{})
+	go func() {
+		defer close(hbDone)
+		a.heartbeatLoop(hbCtx, s)
+	}()
+	defer func() {
+		stopHeartbeats()
+		<-hbDone
+	}()
+
+	err := a.pollLoop(ctx, s)
+
+	a.mu.Lock()
+	a.draining = true
+	n := len(a.running)
+	a.mu.Unlock()
+	if errors.Is(err, ErrRevoked) {
+		a.log.Error("the server refused the agent token; stopping", "agent", a.ID())
+		a.cancelAll(ErrRevoked)
+		stopReports()
+	} else {
+		if n > 0 {
+			a.log.Info("draining", "running", n, "grace", a.cfg.DrainGrace)
+		}
+		grace := time.AfterFunc(a.cfg.DrainGrace, func() { a.cancelAll(errDrained) })
+		defer grace.Stop()
+		reports := time.AfterFunc(a.cfg.DrainGrace+reportDrainTimeout, stopReports)
+		defer reports.Stop()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.tasks.Wait()
+		close(done)
+	}()
+	giveUp := time.NewTimer(a.cfg.DrainGrace + reportDrainTimeout + 5*time.Second)
+	defer giveUp.Stop()
+	select {
+	case <-done:
+	case <-giveUp.C:
+		a.log.Error("handlers did not return after their contexts were cancelled; leaving them", "running", a.runningCount())
+	}
+	if err == nil {
+		a.log.Info("stopped")
+	}
+	return err
+}
+
+// pollResult is the answer to one Poll.
+type pollResult struct {
+	seq  uint64
+	idx  int
+	res  *forgev1.PollResponse
+	err  error
+	took time.Duration
+}
+
+// pollLoop keeps a Poll held until ctx ends (nil) or the token is refused
+// (ErrRevoked). A Poll asks for as many tasks as there are free slots; when none
+// are free it still holds one with max_tasks 0 to hear cancels at once, and when a
+// slot frees it sends a new Poll, which makes the server answer the held one.
+func (a *Agent) pollLoop(ctx context.Context, s *session) error {
+	results := make(chan pollResult)
+	inflight := 0
+	defer func() {
+		for ; inflight > 0; inflight-- {
+			<-results // their contexts are ctx's: they end now
+		}
+	}()
+	var (
+		seq       uint64
+		newestMax int32 = -1 // max_tasks of the newest Poll in flight; -1: none
+		bo        backoff
+		retry     <-chan time.Time
+		quick     int
+	)
+	for {
+		want := a.wantTasks()
+		if retry == nil && ctx.Err() == nil && (newestMax < 0 || (newestMax == 0 && want > 0)) {
+			seq++
+			newestMax = want
+			inflight++
+			go a.poll(ctx, seq, want, results)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.revoked:
+			return ErrRevoked
+		case <-a.changed:
+		case <-retry:
+			retry = nil
+		case r := <-results:
+			inflight--
+			if r.seq != seq { // an older Poll the newer one superseded
+				if r.err == nil {
+					a.accept(s, r.res)
+				}
+				continue
+			}
+			newestMax = -1
+			if r.err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				if connect.CodeOf(r.err) == connect.CodeUnauthenticated {
+					s.revoke()
+					return ErrRevoked
+				}
+				if !bo.failing() {
+					a.log.Warn("cannot poll; retrying with backoff", "server", a.servers[r.idx], "err", r.err)
+				}
+				if transient(r.err) {
+					a.failover(r.idx)
+				}
+				retry = time.After(bo.next())
+				continue
+			}
+			if bo.failing() {
+				a.log.Info("server reachable again", "server", a.servers[r.idx])
+				bo.reset()
+			}
+			a.accept(s, r.res)
+			if len(r.res.Tasks) == 0 && len(r.res.Cancels) == 0 && r.took < quickEmpty {
+				// Answered empty at once: the server is closing, or another
+				// process polls with this identity. Do not spin.
+				if quick == 0 {
+					a.log.Warn("polls are answered empty at once; is another agent using this identity?", "agent", a.ID())
+				}
+				quick++
+				retry = time.After(time.Duration(rand.Int64N(int64(min(backoffMin<<min(quick, 6), 5*time.Second)))))
+				continue
+			}
+			quick = 0
+		}
+	}
+}
+
+// wantTasks returns how many tasks the next Poll may take.
+func (a *Agent) wantTasks() int32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.serverDrain || a.draining {
+		return 0
+	}
+	return int32(min(max(a.cfg.Concurrency-len(a.running), 0), maxPollTasks))
+}
+
+func (a *Agent) poll(ctx context.Context, seq uint64, maxTasks int32, out chan<- pollResult) {
+	idx, c := a.client()
+	a.mu.Lock()
+	wait := a.pollWait
+	a.mu.Unlock()
+	req := &forgev1.PollRequest{MaxTasks: proto.Int32(maxTasks)}
+	if a.cfg.PollWait > 0 {
+		req.Wait = durationpb.New(a.cfg.PollWait)
+	}
+	cctx, cancel := context.WithTimeout(ctx, wait+pollMargin)
+	start := time.Now()
+	res, err := c.Poll(cctx, authed(a, req))
+	cancel()
+	r := pollResult{seq: seq, idx: idx, err: err, took: time.Since(start)}
+	if err == nil {
+		r.res = res.Msg
+	}
+	out <- r
+}
+
+// accept acts on a Poll answer: cancels first, then new tasks.
+func (a *Agent) accept(s *session, res *forgev1.PollResponse) {
+	for _, ref := range res.Cancels {
+		a.cancelAttempt(ref, errCanceled)
+	}
+	for _, t := range res.Tasks {
+		a.start(s, t)
+	}
+}
+
+// start runs one leased attempt in its own goroutine.
+func (a *Agent) start(s *session, t *forgev1.Task) {
+	received := time.Now()
+	key := refKey{t.Id, t.Attempt}
+	task := &Task{ID: t.Id, JobID: t.JobId, Type: t.Type, Attempt: t.Attempt, Payload: t.Payload}
+	hctx, cancel := context.WithCancelCause(s.base)
+	stop := func() { cancel(nil) }
+	if d := t.Timeout.AsDuration(); t.Timeout != nil && d > 0 {
+		// Counted from receipt, so clock skew with the server does not matter.
+		task.Timeout = d
+		task.Deadline = received.Add(d)
+		var cancelT context.CancelFunc
+		hctx, cancelT = context.WithDeadlineCause(hctx, task.Deadline, fmt.Errorf("timed out after %v", d))
+		stop = func() { cancelT(); cancel(nil) }
+	} else if t.Deadline != nil {
+		task.Deadline = t.Deadline.AsTime()
+	}
+	te := &taskEnv{maxOutput: a.cfg.MaxOutput, groups: a.groups}
+	hctx = withTaskEnv(hctx, te)
+	at := &attempt{key: key, cancel: cancel}
+
+	a.mu.Lock()
+	if _, dup := a.running[key]; dup {
+		a.mu.Unlock()
+		stop()
+		return // the same attempt delivered twice: it runs once
+	}
+	a.running[key] = at
+	a.mu.Unlock()
+
+	s.tasks.Add(1)
+	go func() {
+		defer s.tasks.Done()
+		defer a.finish(key)
+		defer stop()
+		a.log.Debug("task started", "task", t.Id, "attempt", t.Attempt, "type", t.Type)
+		out, err := a.runHandler(hctx, task)
+		if at.abandoned.Load() {
+			a.log.Info("task abandoned; not reporting", "task", t.Id, "attempt", t.Attempt)
+			return
+		}
+		a.report(s, a.result(hctx, task, out, err, te))
+	}()
+}
+
+// runHandler runs the handler for t's type, turning a panic into an error.
+func (a *Agent) runHandler(ctx context.Context, t *Task) (out []byte, err error) {
+	a.mu.Lock()
+	h := a.handlers[t.Type]
+	a.mu.Unlock()
+	if h == nil {
+		return nil, fmt.Errorf("no handler for task type %s", t.Type)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			a.log.Error("handler panicked", "task", t.ID, "type", t.Type, "panic", r, "stack", string(debug.Stack()))
+			out, err = nil, fmt.Errorf("handler panicked: %v", r)
+		}
+	}()
+	return h(ctx, t)
+}
+
+// result builds the report of an attempt.
+func (a *Agent) result(ctx context.Context, t *Task, out []byte, err error, te *taskEnv) *forgev1.ReportResultRequest {
+	req := &forgev1.ReportResultRequest{TaskId: t.ID, Attempt: t.Attempt, Outcome: forgev1.Outcome_OUTCOME_SUCCEEDED}
+	capped, truncated, size := capOutput(out, a.cfg.MaxOutput)
+	if te.truncated && te.size > size {
+		truncated, size = true, te.size
+	}
+	req.Output = capped
+	if truncated {
+		req.OutputTruncated = true
+		req.OutputSize = size
+	}
+	if err != nil {
+		req.Outcome = forgev1.Outcome_OUTCOME_FAILED
+		msg := err.Error()
+		if cause := context.Cause(ctx); ctx.Err() != nil && cause != nil && !strings.Contains(msg, cause.Error()) {
+			msg += " (" + cause.Error() + ")"
+		}
+		req.Error = msg
+		var ee *ExitError
+		if errors.As(err, &ee) {
+			req.ExitCode = int32(ee.Code)
+		}
+	}
+	return req
+}
+
+// finish forgets a reported attempt and wakes the poll loop for its slot.
+func (a *Agent) finish(key refKey) {
+	a.mu.Lock()
+	delete(a.running, key)
+	a.mu.Unlock()
+	a.wake()
+}
+
+func (a *Agent) wake() {
+	select {
+	case a.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) runningCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.running)
+}
+
+// cancelAttempt cancels the handler of the attempt ref names; attempt 0 names
+// every attempt of the task.
+func (a *Agent) cancelAttempt(ref *forgev1.TaskRef, cause error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k, at := range a.running {
+		if k.id == ref.GetTaskId() && (ref.GetAttempt() == 0 || k.attempt == ref.GetAttempt()) {
+			if cause == errAbandoned {
+				at.abandoned.Store(true)
+			}
+			at.cancel(cause)
+		}
+	}
+}
+
+func (a *Agent) cancelAll(cause error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, at := range a.running {
+		at.cancel(cause)
+	}
+}
+
+// report sends an attempt's result, retrying transient failures with backoff
+// until it is accepted, refused, or the session's report context ends.
+func (a *Agent) report(s *session, req *forgev1.ReportResultRequest) {
+	log := a.log.With("task", req.TaskId, "attempt", req.Attempt)
+	var bo backoff
+	for {
+		idx, c := a.client()
+		cctx, cancel := context.WithTimeout(s.reportCtx, callTimeout)
+		res, err := c.ReportResult(cctx, authed(a, req))
+		cancel()
+		if err == nil {
+			log.Info("task reported", "outcome", req.Outcome.String(), "state", res.Msg.State.String())
+			return
+		}
+		switch connect.CodeOf(err) {
+		case connect.CodeFailedPrecondition, connect.CodeNotFound:
+			log.Warn("result refused: this attempt is no longer current", "err", err)
+			return
+		case connect.CodeUnauthenticated:
+			log.Error("result refused: agent token not accepted", "err", err)
+			s.revoke()
+			return
+		case connect.CodeResourceExhausted:
+			if len(req.Output) > 64<<10 {
+				log.Warn("result too large for the server; sending less output", "err", err)
+				if !req.OutputTruncated {
+					req.OutputSize = int64(len(req.Output))
+				}
+				req.Output, _, _ = capOutput(req.Output, 64<<10)
+				req.OutputTruncated = true
+				continue
+			}
+		}
+		if !transient(err) {
+			log.Error("result refused", "err", err)
+			return
+		}
+		if !bo.failing() {
+			log.Warn("cannot report; retrying with backoff", "server", a.servers[idx], "err", err)
+		}
+		a.failover(idx)
+		if !sleep(s.reportCtx, bo.next()) {
+			log.Error("gave up reporting the result", "err", err)
+			return
+		}
+	}
+}
+
+// heartbeatLoop extends the leases of the attempts the agent holds, every
+// heartbeat interval while any is held, and acts on the answers.
+func (a *Agent) heartbeatLoop(ctx context.Context, s *session) {
+	var bo backoff
+	for {
+		a.mu.Lock()
+		d := a.hbInterval
+		a.mu.Unlock()
+		if bo.failing() {
+			d = min(d, bo.next()+time.Second)
+		}
+		if !sleep(ctx, d) {
+			return
+		}
+		a.mu.Lock()
+		refs := make([]*forgev1.TaskRef, 0, len(a.running))
+		for k := range a.running {
+			refs = append(refs, &forgev1.TaskRef{TaskId: k.id, Attempt: k.attempt})
+		}
+		need := len(refs) > 0 || a.serverDrain // while drained, heartbeats tell when it ends
+		draining := a.draining || a.serverDrain
+		a.mu.Unlock()
+		if !need {
+			continue
+		}
+		idx, c := a.client()
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		res, err := c.Heartbeat(cctx, authed(a, &forgev1.HeartbeatRequest{Running: refs, Draining: draining}))
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if connect.CodeOf(err) == connect.CodeUnauthenticated {
+				s.revoke()
+				return
+			}
+			if !bo.failing() {
+				a.log.Warn("cannot heartbeat", "server", a.servers[idx], "err", err)
+			}
+			bo.next()
+			if transient(err) {
+				a.failover(idx)
+			}
+			continue
+		}
+		bo.reset()
+		m := res.Msg
+		for _, ref := range m.Cancel {
+			a.cancelAttempt(ref, errCanceled)
+		}
+		for _, ref := range m.Abandon {
+			a.cancelAttempt(ref, errAbandoned)
+		}
+		a.mu.Lock()
+		if d := m.HeartbeatInterval.AsDuration(); m.HeartbeatInterval != nil && d > 0 {
+			a.hbInterval = d
+		}
+		changed := m.Drain != a.serverDrain
+		a.serverDrain = m.Drain
+		a.mu.Unlock()
+		if changed {
+			a.log.Info("server drain request changed", "drain", m.Drain)
+			a.wake()
+		}
+	}
+}
