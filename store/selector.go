@@ -146,6 +146,9 @@ func (p *selParser) word() string {
 }
 
 func (p *selParser) requirement() (requirement, error) {
+	if p.eof() { // "a=b," ends where a requirement should start
+		return requirement{}, p.errorf("expected a label key")
+	}
 	if p.s[p.i] == '!' {
 		p.i++
 		p.skipSpace()
