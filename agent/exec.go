@@ -46,6 +46,12 @@ type ExecPayload struct {
 // allow, compared as given (no PATH lookup decides it); otherwise the task fails
 // with an error saying so. An empty allow list refuses every command.
 //
+// A relative argv[0] with a slash (./deploy.sh) means the file relative to the
+// agent's working directory, whatever the payload's dir, and one without a slash
+// is looked up in the agent's PATH, never the payload's env: the payload cannot
+// change which program an allowed name runs. Commands inherit the agent's
+// environment without forge's own tokens (FORGE_*TOKEN*).
+//
 // The command runs in its own process group with stdin from /dev/null; its stdout
 // and stderr, interleaved, are the output, capped to the agent's MaxOutput while
 // they are read. A non-zero exit is returned as an *ExitError. When the task's
@@ -82,11 +88,16 @@ func ExecHandler(allow []string, opts ...ExecOption) Handler {
 	}
 }
 
-// mergeEnv returns base with add set over it, in a stable order.
+// secretEnv tells whether an inherited variable holds a forge token, which a
+// command must not see: `forge agent` takes its enrollment token from the
+// environment, and a command run for an operator has no business with it.
+func secretEnv(k string) bool {
+	return strings.HasPrefix(k, "FORGE_") && strings.Contains(k, "TOKEN")
+}
+
+// mergeEnv returns base without forge's tokens, with add set over it, in a
+// stable order.
 func mergeEnv(base []string, add map[string]string) ([]string, error) {
-	if len(add) == 0 {
-		return base, nil
-	}
 	keys := make([]string, 0, len(add))
 	for k, v := range add {
 		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
@@ -98,7 +109,7 @@ func mergeEnv(base []string, add map[string]string) ([]string, error) {
 	out := make([]string, 0, len(base)+len(add))
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
-		if _, ok := add[k]; !ok {
+		if _, ok := add[k]; !ok && !secretEnv(k) {
 			out = append(out, kv)
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -178,5 +180,28 @@ func TestExecStartFailure(t *testing.T) {
 	_, err := ExecHandler([]string{"/nonexistent/forge-cmd"})(t.Context(), execTask(t, []string{"/nonexistent/forge-cmd"}, nil))
 	if err == nil || !strings.Contains(err.Error(), "start") {
 		t.Fatalf("err %v", err)
+	}
+}
+
+func TestExecEnvHidesTokensAndKeepsRelativePath(t *testing.T) {
+	t.Setenv("FORGE_ENROLL_TOKEN", "enroll-secret-value")
+	dir := t.TempDir()
+	other := t.TempDir()
+	script := "#!/bin/sh\necho real; pwd; echo tok=$FORGE_ENROLL_TOKEN\n"
+	if err := os.WriteFile(filepath.Join(dir, "run.sh"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(other, "run.sh"), []byte("#!/bin/sh\necho impostor\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	h := ExecHandler([]string{"./run.sh"})
+	p, _ := json.Marshal(ExecPayload{Argv: []string{"./run.sh"}, Dir: other})
+	out, err := h(t.Context(), &Task{Type: "exec", Payload: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "real\n" + other + "\ntok=\n"; string(out) != want {
+		t.Fatalf("output %q, want %q", out, want)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -26,6 +28,16 @@ func runCommand(ctx context.Context, p ExecPayload, env []string, cfg execConfig
 		return nil, fmt.Errorf("exec: %w", err)
 	}
 	cmd := exec.Command(p.Argv[0], p.Argv[1:]...)
+	if strings.Contains(p.Argv[0], "/") && !filepath.IsAbs(p.Argv[0]) {
+		// Relative to the agent's directory, not to p.Dir (see ExecHandler).
+		abs, err := filepath.Abs(p.Argv[0])
+		if err != nil {
+			pr.Close()
+			pw.Close()
+			return nil, fmt.Errorf("exec: %w", err)
+		}
+		cmd.Path = abs
+	}
 	cmd.Dir = p.Dir
 	cmd.Env = env
 	// An *os.File is handed to the child as is: no copying goroutine that Wait
