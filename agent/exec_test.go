@@ -124,12 +124,30 @@ func TestExecBackgroundChildDoesNotHang(t *testing.T) {
 	g.check(t)
 }
 
+// cancelWhenReady calls cancel once the file ready exists (the script made it).
+func cancelWhenReady(t *testing.T, ready string, cancel func()) {
+	go func() {
+		for {
+			if _, err := os.Stat(ready); err == nil {
+				cancel()
+				return
+			}
+			select {
+			case <-t.Context().Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+}
+
 func TestExecCancelEndsWholeGroup(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancelCause(t.Context())
-	time.AfterFunc(300*time.Millisecond, func() { cancel(errors.New("test cancel")) })
+	ready := filepath.Join(t.TempDir(), "ready")
+	cancelWhenReady(t, ready, func() { cancel(errors.New("test cancel")) })
 	start := time.Now()
-	_, err, _, g := runExec(ctx, t, ExecHandler([]string{"sh"}), []string{"sh", "-c", "sleep 60 & sleep 60"}, nil, 1<<20)
+	_, err, _, g := runExec(ctx, t, ExecHandler([]string{"sh"}), []string{"sh", "-c", `sleep 60 & touch "$READY"; sleep 60`}, map[string]string{"READY": ready}, 1<<20)
 	var ee *ExitError
 	if !errors.As(err, &ee) || ee.Code != 128+15 || !strings.Contains(err.Error(), "test cancel") {
 		t.Fatalf("err %v, want exit code 143 naming the cause", err)
@@ -144,12 +162,13 @@ func TestExecKillsAfterGrace(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(t.Context())
 	h := ExecHandler([]string{"sh"}, WithKillGrace(300*time.Millisecond))
+	ready := filepath.Join(t.TempDir(), "ready")
 	// The ignored SIGTERM is inherited by the background child too.
-	argv := []string{"sh", "-c", `trap "" TERM; sleep 60 & echo started; sleep 60`}
-	time.AfterFunc(300*time.Millisecond, cancel)
-	start := time.Now()
-	out, err, _, g := runExec(ctx, t, h, argv, nil, 1<<20)
-	d := time.Since(start)
+	argv := []string{"sh", "-c", `trap "" TERM; sleep 60 & echo started; touch "$READY"; sleep 60`}
+	var cancelled time.Time
+	cancelWhenReady(t, ready, func() { cancelled = time.Now(); cancel() })
+	out, err, _, g := runExec(ctx, t, h, argv, map[string]string{"READY": ready}, 1<<20)
+	end := time.Now()
 	var ee *ExitError
 	if !errors.As(err, &ee) || ee.Code != 128+9 {
 		t.Fatalf("err %v, want SIGKILL (137)", err)
@@ -157,8 +176,8 @@ func TestExecKillsAfterGrace(t *testing.T) {
 	if string(out) != "started\n" {
 		t.Fatalf("output %q", out)
 	}
-	if d < 550*time.Millisecond || d > 5*time.Second {
-		t.Fatalf("took %v; want about cancel + grace", d)
+	if d := end.Sub(cancelled); d < 250*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("stopped %v after the cancel; want about the grace", d)
 	}
 	g.check(t)
 }

@@ -163,7 +163,7 @@ func (a *Agent) pollLoop(ctx context.Context, s *session) error {
 				// Answered empty at once: the server is closing, or another
 				// process polls with this identity. Do not spin.
 				if quick == 0 {
-					a.log.Warn("polls are answered empty at once; is another agent using this identity?", "agent", a.ID())
+					a.log.Warn("polls are answered empty at once (server closing, or another agent polling with this identity?); slowing down", "agent", a.ID())
 				}
 				quick++
 				retry = time.After(time.Duration(rand.Int64N(int64(min(backoffMin<<min(quick, 6), 5*time.Second)))))
