@@ -161,11 +161,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(cfg.Limits.MaxBodyBytes),
+		// Resetting a gzip writer costs more than sending a small message as is.
+		connect.WithCompressMinBytes(4096),
 		connect.WithInterceptors(s.metrics.interceptor()),
 	}
 	s.mux.Handle(forgev1connect.NewAgentServiceHandler(&agentService{s}, opts...))
 	s.mux.Handle(forgev1connect.NewControlServiceHandler(&controlService{s}, opts...))
-	s.mux.Handle(forgev1connect.NewPingServiceHandler(pingService{}))
+	s.mux.Handle(forgev1connect.NewPingServiceHandler(pingService{}, connect.WithCompressMinBytes(4096)))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
