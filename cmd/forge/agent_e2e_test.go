@@ -19,7 +19,7 @@ func waitAgents(t *testing.T, ctl forgev1connect.ControlServiceClient, selector 
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		res, err := ctl.ListAgents(t.Context(), connect.NewRequest(&forgev1.ListAgentsRequest{Selector: selector, Status: forgev1.AgentStatus_AGENT_STATUS_ONLINE}))
+		res, err := ctl.ListAgents(t.Context(), connect.NewRequest(&forgev1.ListAgentsRequest{Selector: selector, Status: forgev1.AgentStatus_AGENT_STATUS_ONLINE, PageSize: 1000}))
 		if err == nil && len(res.Msg.Agents) == n {
 			return res.Msg.Agents
 		}
