@@ -32,11 +32,7 @@ func (a *agentService) Register(ctx context.Context, req *connect.Request[forgev
 	if err != nil {
 		return nil, s.storeError(ctx, err)
 	}
-	via := "a server enrollment token"
-	if p.enroll != nil {
-		via = "enrollment token " + p.enroll.ID
-	}
-	s.log.Info("audit: agent registered", "agent", ag.ID, "name", ag.Name, "hostname", ag.Hostname, "via", via, "from", req.Peer().Addr)
+	s.log.Info("audit: agent registered", "by", p.by, "from", req.Peer().Addr, "agent", ag.ID, "name", ag.Name, "hostname", ag.Hostname)
 	return connect.NewResponse(&forgev1.RegisterResponse{
 		AgentId:           ag.ID,
 		AgentToken:        PrefixAgent + ag.ID + "_" + secret,
@@ -263,6 +259,6 @@ func (a *agentService) RotateToken(ctx context.Context, req *connect.Request[for
 	if err := s.store.RotateAgentToken(ctx, cred, HashSecret(secret)); err != nil {
 		return nil, s.agentError(ctx, err)
 	}
-	s.log.Info("audit: agent token rotated", "agent", cred.AgentID, "from", req.Peer().Addr)
+	s.log.Info("audit: agent token rotated", "by", principalFrom(ctx).by, "from", req.Peer().Addr, "agent", cred.AgentID)
 	return connect.NewResponse(&forgev1.RotateTokenResponse{AgentToken: PrefixAgent + cred.AgentID + "_" + secret}), nil
 }

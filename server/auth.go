@@ -30,10 +30,10 @@ const (
 // principal is the authenticated caller, put in the request context by the
 // middleware before the body is read.
 type principal struct {
-	kind     principalKind
-	cred     store.Cred           // agents
-	enroll   *store.EnrollmentUse // stored enrollment tokens
-	operator string               // operators: a short fingerprint of the token, for the audit log
+	kind   principalKind
+	cred   store.Cred           // agents
+	enroll *store.EnrollmentUse // stored enrollment tokens
+	by     string               // who, for the audit log: a token id or a short fingerprint of its hash, never the token
 }
 
 type principalKey struct{}
@@ -163,7 +163,7 @@ func (s *Server) identify(ctx context.Context, header string, need principalKind
 	if cred, ok := parseAgentToken(tok); ok {
 		now := time.Now()
 		if s.agents.ok(cred, now) {
-			return principal{kind: principalAgent, cred: cred}, nil
+			return principal{kind: principalAgent, cred: cred, by: "agent:" + cred.AgentID}, nil
 		}
 		if err := s.store.AuthenticateAgent(ctx, cred); err != nil {
 			if store.KindOf(err) == store.KindUnauthenticated {
@@ -172,14 +172,14 @@ func (s *Server) identify(ctx context.Context, header string, need principalKind
 			return principal{}, s.storeError(ctx, err)
 		}
 		s.agents.put(cred, now)
-		return principal{kind: principalAgent, cred: cred}, nil
+		return principal{kind: principalAgent, cred: cred, by: "agent:" + cred.AgentID}, nil
 	}
 	h := HashSecret(tok)
 	if s.operators.match(h) {
-		return principal{kind: principalOperator, operator: "operator:" + fingerprint(h)}, nil
+		return principal{kind: principalOperator, by: "operator:" + fingerprint(h)}, nil
 	}
 	if s.enrollers.match(h) {
-		return principal{kind: principalEnroll}, nil
+		return principal{kind: principalEnroll, by: "enrollment:" + fingerprint(h)}, nil
 	}
 	if use, ok := parseStoredEnrollToken(tok); ok {
 		if err := s.store.CheckEnrollmentToken(ctx, use.ID, use.SecretHash); err != nil {
@@ -188,7 +188,7 @@ func (s *Server) identify(ctx context.Context, header string, need principalKind
 			}
 			return principal{}, s.storeError(ctx, err)
 		}
-		return principal{kind: principalEnroll, enroll: &use}, nil
+		return principal{kind: principalEnroll, enroll: &use, by: "enrollment token " + use.ID}, nil
 	}
 	return principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("token is not valid"))
 }

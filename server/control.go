@@ -17,7 +17,7 @@ type controlService struct{ s *Server }
 
 // audit logs a control-plane action with who did it and from where.
 func (s *Server) audit(ctx context.Context, peer connect.Peer, action string, attrs ...any) {
-	attrs = append([]any{"by", principalFrom(ctx).operator, "from", peer.Addr}, attrs...)
+	attrs = append([]any{"by", principalFrom(ctx).by, "from", peer.Addr}, attrs...)
 	s.log.Info("audit: "+action, attrs...)
 }
 
@@ -52,7 +52,7 @@ func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forg
 	if err != nil {
 		return nil, err
 	}
-	spec.CreatedBy = principalFrom(ctx).operator
+	spec.CreatedBy = principalFrom(ctx).by
 	var wait time.Duration
 	if m.Wait != nil {
 		if wait, err = waitFor("wait", m.Wait, s.cfg.PollHold, s.cfg.MaxWait); err != nil {
