@@ -223,6 +223,24 @@ func TestAttacks(t *testing.T) {
 				TaskId: w.tA, Attempt: 1, Outcome: forgev1.Outcome_OUTCOME_FAILED}))
 			return codeOf(err)
 		}},
+		{"token over 512 bytes", "unauthenticated", func(w *world) string {
+			_, err := w.agent(w.tokA+strings.Repeat("x", 600)).Heartbeat(ctx, connect.NewRequest(&forgev1.HeartbeatRequest{}))
+			return codeOf(err)
+		}},
+		{"A's token under the Basic scheme", "unauthenticated", func(w *world) string {
+			req, _ := http.NewRequestWithContext(ctx, "POST", w.url+"/forge.v1.AgentService/Heartbeat", strings.NewReader("{}"))
+			req.Header.Set("Content-Type", js)
+			req.SetBasicAuth(w.tokA, "")
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err.Error()
+			}
+			res.Body.Close()
+			if res.StatusCode == http.StatusUnauthorized {
+				return "unauthenticated"
+			}
+			return res.Status
+		}},
 		{"A's secret under B's id", "unauthenticated", func(w *world) string {
 			secretA := w.tokA[len("fa_"+w.idA+"_"):]
 			_, err := w.agent("fa_"+w.idB+"_"+secretA).ReportResult(ctx, connect.NewRequest(&forgev1.ReportResultRequest{
