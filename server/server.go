@@ -164,6 +164,7 @@ func New(cfg Config) (*Server, error) {
 		// Resetting a gzip writer costs more than sending a small message as is.
 		connect.WithCompressMinBytes(4096),
 		connect.WithInterceptors(s.metrics.interceptor()),
+		connect.WithRecover(s.recovered),
 	}
 	s.mux.Handle(forgev1connect.NewAgentServiceHandler(&agentService{s}, opts...))
 	s.mux.Handle(forgev1connect.NewControlServiceHandler(&controlService{s}, opts...))
@@ -182,6 +183,13 @@ func New(cfg Config) (*Server, error) {
 		go s.reap(ctx)
 	}
 	return s, nil
+}
+
+// recovered turns a handler panic into an internal error and a log line, so one
+// bad request never drops the connection of others.
+func (s *Server) recovered(_ context.Context, spec connect.Spec, _ http.Header, p any) error {
+	s.log.Error("handler panicked", "procedure", spec.Procedure, "panic", p)
+	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
 }
 
 // ServeHTTP serves the API and the health and metrics endpoints.

@@ -246,6 +246,8 @@ func (s *Store) RevokeAgent(ctx context.Context, id, reason string) (store.Agent
 		a.cur, a.next = nil, nil
 		if reason == "" {
 			reason = "agent revoked"
+		} else {
+			reason = "agent revoked: " + reason
 		}
 		for _, t := range slices.Clone(a.queue) {
 			s.end(t, store.StateCanceled, reason, now)
