@@ -241,3 +241,40 @@ func TestFaultFanOutRollout(t *testing.T) {
 	}
 	t.Logf("counts %v, peak concurrency %d", c, peak.Load())
 }
+
+// TestAgentDrainOnSIGTERM: SIGTERM to `forge agent` stops taking tasks, lets the
+// running one finish, reports it, and exits 0.
+func TestAgentDrainOnSIGTERM(t *testing.T) {
+	t.Parallel()
+	url := startServer(t)
+	ctl := control(url)
+	work := t.TempDir()
+	ag := start(t, nil, "forge", "agent", "--server", url, "--enroll-token", enrollToken, "--label", "fault=drain",
+		"--allow-exec", "/bin/sh", "--drain-grace", "20s")
+	a := waitAgents(t, ctl, "fault=drain", 1)[0]
+	payload, _ := json.Marshal(map[string]any{"argv": []string{"/bin/sh", "-c", "touch started; sleep 1; echo finished"}, "dir": work})
+	d, err := ctl.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "exec", Payload: payload,
+		Target: &forgev1.DispatchRequest_AgentId{AgentId: a.Id}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { _, err := os.Stat(filepath.Join(work, "started")); return err == nil })
+	ag.cmd.Process.Signal(syscall.SIGTERM)
+	// A task dispatched during the drain must not be taken.
+	later, err := ctl.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "exec", Payload: payload,
+		Target: &forgev1.DispatchRequest_AgentId{AgentId: a.Id}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ag.cmd.Wait(); err != nil {
+		t.Fatalf("agent exited with %v after SIGTERM, want 0", err)
+	}
+	g, _ := ctl.GetTask(t.Context(), connect.NewRequest(&forgev1.GetTaskRequest{TaskId: d.Msg.TaskIds[0]}))
+	if g.Msg.Task.State != forgev1.TaskState_TASK_STATE_SUCCEEDED || !strings.Contains(string(g.Msg.Task.Output), "finished") {
+		t.Fatalf("running task after the drain = %s %q", g.Msg.Task.State, g.Msg.Task.Output)
+	}
+	g, _ = ctl.GetTask(t.Context(), connect.NewRequest(&forgev1.GetTaskRequest{TaskId: later.Msg.TaskIds[0]}))
+	if g.Msg.Task.State != forgev1.TaskState_TASK_STATE_PENDING {
+		t.Fatalf("a task dispatched during the drain is %s, want PENDING (not taken)", g.Msg.Task.State)
+	}
+}
