@@ -31,6 +31,12 @@ func TestTypeScriptClient(t *testing.T) {
 				"or https://nodejs.org)", tool)
 		}
 	}
+	if out, err := exec.Command("node", "--version").Output(); err != nil {
+		t.Fatalf("node --version: %v", err)
+	} else if v := strings.TrimSpace(string(out)); !nodeOK.MatchString(v) {
+		t.Fatalf("node is %s; this example needs Node.js 20 or newer (@connectrpc/connect-node, "+
+			"@bufbuild/protoc-gen-es); see https://nodejs.org", v)
+	}
 	installDeps(t)
 
 	t.Run("generated code is up to date", checkGenerated)
@@ -59,6 +65,9 @@ func TestTypeScriptClient(t *testing.T) {
 		})
 	}
 }
+
+// nodeOK matches `node --version` for Node.js 20 and newer.
+var nodeOK = regexp.MustCompile(`^v([2-9][0-9]|[1-9][0-9]{2,})\.`)
 
 // installDeps runs `npm ci` when node_modules is missing or incomplete.
 func installDeps(t *testing.T) {
