@@ -1,0 +1,246 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+
+	"github.com/redis/rueidis"
+
+	"github.com/orange-forge/forge/store"
+)
+
+func errUnauth() error { return store.Errorf(store.KindUnauthenticated, "agent token is not valid") }
+
+func agentNotFound(id string) error {
+	return store.Errorf(store.KindNotFound, "agent %q not found", id)
+}
+
+// RegisterAgent implements store.Store. The enrollment use (global slot) is
+// consumed first, then the agent record is written, then it is listed: a crash
+// between the steps costs an enrollment use or leaves an unlisted record nobody
+// holds a token for, never a listed agent that does not exist.
+func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (store.Agent, error) {
+	now := s.nowMS()
+	if p.Enrollment != nil {
+		if err := s.checkEnrollment(ctx, p.Enrollment.ID, p.Enrollment.SecretHash, now, true); err != nil {
+			return store.Agent{}, err
+		}
+	}
+	labels, _ := json.Marshal(p.Labels)
+	types, _ := json.Marshal(p.TaskTypes)
+	for try := 0; ; try++ {
+		id := store.NewAgentID()
+		args := s.shardArgs(s.k.tag(id), now,
+			"name", p.Name, "host", p.Hostname, "ver", p.Version, "labels", string(labels), "types", string(types),
+			"reg", itoa(now), "seen", itoa(now), "cur", string(p.SecretHash), "gen", "0", "ra", p.RemoteAddr)
+		_, err := s.run(ctx, registerScript, []string{s.k.agent(id)}, args)
+		if err != nil {
+			if store.KindOf(err) == store.KindInternal && try < 3 { // id taken: astronomically rare
+				continue
+			}
+			return store.Agent{}, err
+		}
+		if err := s.client.Do(ctx, s.client.B().Zadd().Key(s.k.agents()).ScoreMember().ScoreMember(0, id).Build()).Error(); err != nil {
+			return store.Agent{}, s.wrap(ctx, err)
+		}
+		return s.GetAgent(ctx, id)
+	}
+}
+
+// AuthenticateAgent implements store.Store.
+func (s *Store) AuthenticateAgent(ctx context.Context, c store.Cred) error {
+	if !store.ValidID(c.AgentID, 'a') {
+		return errUnauth()
+	}
+	_, err := s.run(ctx, authScript, []string{s.k.agent(c.AgentID)},
+		s.shardArgs(s.k.tag(c.AgentID), s.nowMS(), string(c.SecretHash)))
+	return err
+}
+
+// RotateAgentToken implements store.Store.
+func (s *Store) RotateAgentToken(ctx context.Context, c store.Cred, newSecretHash []byte) error {
+	if !store.ValidID(c.AgentID, 'a') {
+		return errUnauth()
+	}
+	_, err := s.run(ctx, rotateScript, []string{s.k.agent(c.AgentID)},
+		s.shardArgs(s.k.tag(c.AgentID), s.nowMS(), string(c.SecretHash), string(newSecretHash)))
+	return err
+}
+
+func (s *Store) agentViewExec(id string, now int64) rueidis.LuaExec {
+	return rueidis.LuaExec{
+		Keys: []string{s.k.agent(id), s.k.queue(id), s.k.running(id)},
+		Args: s.shardArgs(s.k.tag(id), now),
+	}
+}
+
+// agentFromView decodes an agentViewScript answer.
+func (s *Store) agentFromView(id string, arr []rueidis.RedisMessage, now int64) store.Agent {
+	f := pairs(arr[1])
+	a := decodeAgent(id, f)
+	a.Status = s.status(f["rev"] != "", atoi(f["seen"]), atoi(f["pu"]), now)
+	a.Pending = int(msgInt(arr[2]))
+	a.Running = refs(arr[3])
+	return a
+}
+
+// GetAgent implements store.Store.
+func (s *Store) GetAgent(ctx context.Context, id string) (store.Agent, error) {
+	if !store.ValidID(id, 'a') {
+		return store.Agent{}, agentNotFound(id)
+	}
+	now := s.nowMS()
+	e := s.agentViewExec(id, now)
+	arr, err := s.run(ctx, agentViewScript, e.Keys, e.Args)
+	if err != nil {
+		if store.KindOf(err) == store.KindNotFound {
+			return store.Agent{}, agentNotFound(id)
+		}
+		return store.Agent{}, err
+	}
+	return s.agentFromView(id, arr, now), nil
+}
+
+// ListAgents implements store.Store: agents in id order from the global list,
+// read in pipelined batches and filtered here.
+func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]store.Agent, string, error) {
+	size := pageSize(f.Size)
+	after := f.Token
+	var out []store.Agent
+	for {
+		min := "-"
+		if after != "" {
+			min = "(" + after
+		}
+		batch := max(size+1-len(out), 32)
+		ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.agents()).Min(min).Max("+").Bylex().Limit(0, int64(batch)).Build()).AsStrSlice()
+		if err != nil {
+			return nil, "", s.wrap(ctx, err)
+		}
+		if len(ids) == 0 {
+			return out, "", nil
+		}
+		now := s.nowMS()
+		execs := make([]rueidis.LuaExec, len(ids))
+		for i, id := range ids {
+			execs[i] = s.agentViewExec(id, now)
+		}
+		for i, r := range s.runMulti(ctx, agentViewScript, execs) {
+			arr, err := s.answer(ctx, r)
+			if err != nil {
+				if store.KindOf(err) == store.KindNotFound {
+					continue
+				}
+				return nil, "", err
+			}
+			a := s.agentFromView(ids[i], arr, now)
+			if !f.Selector.Matches(a.Labels) || (f.Status != store.AgentUnspecified && a.Status != f.Status) {
+				continue
+			}
+			if len(out) == size {
+				return out, out[len(out)-1].ID, nil
+			}
+			out = append(out, a)
+		}
+		after = ids[len(ids)-1]
+		if len(ids) < batch {
+			return out, "", nil
+		}
+	}
+}
+
+// RevokeAgent implements store.Store.
+func (s *Store) RevokeAgent(ctx context.Context, id, reason string) (store.Agent, error) {
+	if !store.ValidID(id, 'a') {
+		return store.Agent{}, agentNotFound(id)
+	}
+	if reason == "" {
+		reason = "agent revoked"
+	}
+	arr, err := s.run(ctx, revokeScript, []string{s.k.agent(id), s.k.agentTasks(id)},
+		s.shardArgs(s.k.tag(id), s.nowMS(), id, reason))
+	if err != nil {
+		if store.KindOf(err) == store.KindNotFound {
+			return store.Agent{}, agentNotFound(id)
+		}
+		return store.Agent{}, err
+	}
+	s.advanceAll(ctx, msgStrs(arr[1]))
+	return s.GetAgent(ctx, id)
+}
+
+// Lease implements store.Store: one script, one round trip.
+func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResult, error) {
+	id := p.Cred.AgentID
+	if !store.ValidID(id, 'a') {
+		return store.LeaseResult{}, errUnauth()
+	}
+	arr, err := s.run(ctx, leaseScript,
+		[]string{s.k.agent(id), s.k.queue(id), s.k.running(id), s.k.cancels(id)},
+		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), strconv.Itoa(max(p.Max, 0)),
+			ms(p.Lease), ms(p.Hold), itoa(p.Gen)))
+	if err != nil {
+		return store.LeaseResult{}, err
+	}
+	if msgStr(arr[0]) == "S" {
+		return store.LeaseResult{Gen: p.Gen, Superseded: true}, nil
+	}
+	res := store.LeaseResult{Gen: msgInt(arr[1]), Cancels: refs(arr[2])}
+	for i := 4; i+1 < len(arr); i += 2 {
+		res.Tasks = append(res.Tasks, decodeTask(msgStr(arr[i]), pairs(arr[i+1])))
+	}
+	s.advanceAll(ctx, msgStrs(arr[3]))
+	return res, nil
+}
+
+// Heartbeat implements store.Store.
+func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.HeartbeatResult, error) {
+	id := p.Cred.AgentID
+	if !store.ValidID(id, 'a') {
+		return store.HeartbeatResult{}, errUnauth()
+	}
+	args := s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), ms(p.Lease), flag(p.Draining))
+	for _, r := range p.Running {
+		args = append(args, r.TaskID, itoa(r.Attempt))
+	}
+	arr, err := s.run(ctx, heartbeatScript, []string{s.k.agent(id), s.k.running(id), s.k.cancels(id)}, args)
+	if err != nil {
+		return store.HeartbeatResult{}, err
+	}
+	return store.HeartbeatResult{Cancel: refs(arr[1]), Abandon: refs(arr[2])}, nil
+}
+
+// Report implements store.Store.
+func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskState, error) {
+	id := p.Cred.AgentID
+	if !store.ValidID(id, 'a') {
+		return 0, errUnauth()
+	}
+	if owner, ok := store.AgentOfTask(p.TaskID); !ok || owner != id {
+		// Another agent's task lives in another slot: check the credential on its
+		// own, so a bad token is still unauthenticated, then hide the task.
+		if err := s.AuthenticateAgent(ctx, p.Cred); err != nil {
+			return 0, err
+		}
+		return 0, store.Errorf(store.KindNotFound, "task %q not found", p.TaskID)
+	}
+	arr, err := s.run(ctx, reportScript, []string{s.k.agent(id), s.k.task(id, p.TaskID)},
+		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), p.TaskID, itoa(p.Attempt),
+			itoa(p.Outcome), string(p.Output), itoa(p.ExitCode), p.Error, flag(p.OutputTruncated), itoa(p.OutputSize)))
+	if err != nil {
+		return 0, err
+	}
+	s.advanceAll(ctx, msgStrs(arr[2]))
+	return store.TaskState(msgInt(arr[1])), nil
+}
+
+func pageSize(n int) int {
+	switch {
+	case n <= 0:
+		return 100
+	case n > 1000:
+		return 1000
+	}
+	return n
+}

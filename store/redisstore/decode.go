@@ -1,0 +1,195 @@
+package redisstore
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/orange-forge/forge/store"
+)
+
+// pairs reads a flat field, value array (HGETALL inside a script) into a map.
+func pairs(m rueidis.RedisMessage) map[string]string {
+	arr, err := m.ToArray()
+	if err != nil {
+		if mm, err := m.AsStrMap(); err == nil {
+			return mm
+		}
+		return nil
+	}
+	out := make(map[string]string, len(arr)/2)
+	for i := 0; i+1 < len(arr); i += 2 {
+		k, _ := arr[i].ToString()
+		v, _ := arr[i+1].ToString()
+		out[k] = v
+	}
+	return out
+}
+
+// msgInt reads an integer reply or a decimal string.
+func msgInt(m rueidis.RedisMessage) int64 {
+	if n, err := m.ToInt64(); err == nil {
+		return n
+	}
+	n, _ := m.AsInt64()
+	return n
+}
+
+func msgStr(m rueidis.RedisMessage) string {
+	s, _ := m.ToString()
+	return s
+}
+
+func msgStrs(m rueidis.RedisMessage) []string {
+	arr, _ := m.ToArray()
+	out := make([]string, len(arr))
+	for i, x := range arr {
+		if s, err := x.ToString(); err == nil {
+			out[i] = s
+		} else {
+			out[i] = strconv.FormatInt(msgInt(x), 10)
+		}
+	}
+	return out
+}
+
+// refs reads a flat task id, attempt array.
+func refs(m rueidis.RedisMessage) []store.TaskRef {
+	s := msgStrs(m)
+	var out []store.TaskRef
+	for i := 0; i+1 < len(s); i += 2 {
+		n, _ := strconv.ParseInt(s[i+1], 10, 32)
+		out = append(out, store.TaskRef{TaskID: s[i], Attempt: int32(n)})
+	}
+	return out
+}
+
+func atoi(s string) int64 {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
+func msTime(s string) time.Time {
+	n := atoi(s)
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n)
+}
+
+func msDur(s string) time.Duration { return time.Duration(atoi(s)) * time.Millisecond }
+
+func ms(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+
+func itoa[T ~int | ~int32 | ~int64](n T) string { return strconv.FormatInt(int64(n), 10) }
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+type histEntry struct {
+	S  int32  `json:"s"`
+	At int64  `json:"at"`
+	A  int32  `json:"a"`
+	R  string `json:"r"`
+}
+
+// decodeTask builds a Task from its record. Fields of the record:
+//
+//	job type pl      job id, task type, payload
+//	st att max       state, current attempt, max attempts
+//	to ttl           execution timeout and delivery TTL (ms)
+//	lim              the job has rollout limits (the advancer must look after an end)
+//	held             held back by the job's max_concurrency
+//	cr crr cd tmo    cancel requested, its reason, delivered by a Lease, timed out
+//	dl le db         deadline, lease expiry, deliver-by (ms)
+//	out otr osz ec err rep ro   the report: output, truncated, size, exit code, error,
+//	                 reported, reported outcome
+//	ca ua hist       created, updated (ms), history (JSON array)
+//	tor exr          the reasons to use when it times out or expires
+func decodeTask(id string, f map[string]string) store.Task {
+	agent, _ := store.AgentOfTask(id)
+	t := store.Task{
+		ID:              id,
+		JobID:           f["job"],
+		AgentID:         agent,
+		Type:            f["type"],
+		State:           store.TaskState(atoi(f["st"])),
+		Attempt:         int32(atoi(f["att"])),
+		MaxAttempts:     int32(atoi(f["max"])),
+		Timeout:         msDur(f["to"]),
+		DeliveryTTL:     msDur(f["ttl"]),
+		Held:            f["held"] == "1",
+		CancelRequested: f["cr"] == "1",
+		CancelReason:    f["crr"],
+		TimedOut:        f["tmo"] == "1",
+		Deadline:        msTime(f["dl"]),
+		LeaseExpiresAt:  msTime(f["le"]),
+		DeliverBy:       msTime(f["db"]),
+		OutputTruncated: f["otr"] == "1",
+		OutputSize:      atoi(f["osz"]),
+		ExitCode:        int32(atoi(f["ec"])),
+		Error:           f["err"],
+		CreatedAt:       msTime(f["ca"]),
+		UpdatedAt:       msTime(f["ua"]),
+	}
+	if p, ok := f["pl"]; ok && p != "" {
+		t.Payload = []byte(p)
+	}
+	if o, ok := f["out"]; ok && o != "" {
+		t.Output = []byte(o)
+	}
+	var h []histEntry
+	if json.Unmarshal([]byte(f["hist"]), &h) == nil {
+		for _, e := range h {
+			t.History = append(t.History, store.StateChange{State: store.TaskState(e.S), At: time.UnixMilli(e.At), Reason: e.R, Attempt: e.A})
+		}
+	}
+	return t
+}
+
+// decodeAgent builds an Agent from its record (without status, running, pending).
+// Fields: name host ver labels types (JSON) reg seen rev rr (ms, reason) cur next
+// (token hashes) gen pu (poll generation, poll held until) dr (draining) ra.
+func decodeAgent(id string, f map[string]string) store.Agent {
+	a := store.Agent{
+		ID:           id,
+		Name:         f["name"],
+		Hostname:     f["host"],
+		Version:      f["ver"],
+		RegisteredAt: msTime(f["reg"]),
+		LastSeenAt:   msTime(f["seen"]),
+		RevokedAt:    msTime(f["rev"]),
+	}
+	if l := f["labels"]; l != "" && l != "null" {
+		_ = json.Unmarshal([]byte(l), &a.Labels)
+	}
+	if ty := f["types"]; ty != "" && ty != "null" {
+		_ = json.Unmarshal([]byte(ty), &a.TaskTypes)
+	}
+	return a
+}
+
+func (s *Store) status(revoked bool, seen, pollUntil, now int64) store.AgentStatus {
+	switch {
+	case revoked:
+		return store.AgentRevoked
+	case now-seen < s.cfg.OnlineWindow.Milliseconds() || now < pollUntil:
+		return store.AgentOnline
+	default:
+		return store.AgentOffline
+	}
+}
+
+func splitIDs(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, " ")
+}

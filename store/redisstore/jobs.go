@@ -1,0 +1,568 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/orange-forge/forge/store"
+)
+
+// advanceEvery is how long Reap's advancer leaves a live rollout job alone after
+// looking at it; the job is normally advanced at once, by the call that ended one
+// of its tasks, so this only bounds the delay after a crash between the two steps.
+const advanceEvery = 10 * time.Second
+
+// idemPending is how long an idempotency key claimed by a Dispatch in progress
+// lives before the Dispatch completes; if the dispatching replica dies, a retry
+// after this creates the job.
+const idemPending = time.Minute
+
+func jobNotFound(id string) error { return store.Errorf(store.KindNotFound, "job %q not found", id) }
+func taskNotFound(id string) error {
+	return store.Errorf(store.KindNotFound, "task %q not found", id)
+}
+
+// Dispatch implements store.Store. Steps, each atomic on its own slot:
+//
+//  1. claim the idempotency key (SET NX with a short expiry);
+//  2. for a fan-out, write the job record and list it; for one agent, create the
+//     task first (its script checks the agent) and then the job;
+//  3. create the tasks, one script per shard: held if the job has max_concurrency;
+//  4. let the advancer release the first held tasks;
+//  5. make the idempotency key permanent (until the job is dropped).
+//
+// A crash between steps leaves a job whose missing tasks count as nothing, or
+// tasks whose job record is missing (they still run); held tasks are released by
+// Reap's advancer. Nothing is stranded.
+func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, error) {
+	sel, err := store.ParseSelector(spec.Target.Selector)
+	if err != nil {
+		return store.Job{}, err
+	}
+	now := s.nowMS()
+	jid := store.NewJobID()
+	var idemKey string
+	if spec.IdempotencyKey != "" {
+		idemKey = s.k.idem(spec.IdempotencyKey)
+		err := s.client.Do(ctx, s.client.B().Set().Key(idemKey).Value(jid).Nx().Px(idemPending).Build()).Error()
+		if rueidis.IsRedisNil(err) {
+			return s.existingJob(ctx, idemKey)
+		}
+		if err != nil {
+			return store.Job{}, s.wrap(ctx, err)
+		}
+	}
+	job, err := s.dispatch(ctx, spec, sel, jid, now)
+	if err != nil {
+		if idemKey != "" {
+			delIfScript.lua.Exec(context.WithoutCancel(ctx), s.client, []string{idemKey}, []string{jid})
+		}
+		return store.Job{}, err
+	}
+	if idemKey != "" {
+		if err := s.client.Do(ctx, s.client.B().Persist().Key(idemKey).Build()).Error(); err != nil {
+			return store.Job{}, s.wrap(ctx, err)
+		}
+	}
+	return job, nil
+}
+
+func (s *Store) existingJob(ctx context.Context, idemKey string) (store.Job, error) {
+	jid, err := s.client.Do(ctx, s.client.B().Get().Key(idemKey).Build()).ToString()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return store.Job{}, s.wrap(ctx, err)
+	}
+	if jid != "" {
+		j, err := s.GetJob(ctx, jid)
+		if err == nil {
+			j.Existing = true
+			return j, nil
+		}
+		if store.KindOf(err) != store.KindNotFound {
+			return store.Job{}, err
+		}
+	}
+	return store.Job{}, store.Errorf(store.KindUnavailable, "a dispatch with this idempotency key is in progress; retry")
+}
+
+type target struct{ taskID, agentID string }
+
+func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Selector, jid string, now int64) (store.Job, error) {
+	var targets []target
+	single := spec.Target.AgentID != ""
+	if single {
+		if !store.ValidID(spec.Target.AgentID, 'a') {
+			return store.Job{}, agentNotFound(spec.Target.AgentID)
+		}
+		targets = []target{{store.NewTaskID(spec.Target.AgentID), spec.Target.AgentID}}
+	} else {
+		ids, err := s.matchAgents(ctx, sel, spec.Target.IncludeOffline, now)
+		if err != nil {
+			return store.Job{}, err
+		}
+		for _, a := range ids {
+			targets = append(targets, target{store.NewTaskID(a), a})
+		}
+	}
+	limited := spec.MaxConcurrency > 0 || spec.MaxFailures > 0
+	hold := spec.MaxConcurrency > 0
+	taskIDs := make([]string, len(targets))
+	for i, t := range targets {
+		taskIDs[i] = t.taskID
+	}
+	create := func() error {
+		byShard := map[int][]string{}
+		var order []int
+		for _, t := range targets {
+			sh := shardOf(t.agentID)
+			if _, ok := byShard[sh]; !ok {
+				order = append(order, sh)
+			}
+			byShard[sh] = append(byShard[sh], t.taskID, t.agentID)
+		}
+		execs := make([]rueidis.LuaExec, 0, len(order))
+		for _, sh := range order {
+			args := s.shardArgs(s.k.shard[sh], now, itoa(s.cfg.MaxPendingPerAgent), jid, spec.Type, string(spec.Payload),
+				itoa(spec.MaxAttempts), ms(spec.Timeout), ms(spec.DeliveryTTL), flag(limited), flag(hold), flag(single),
+				fmt.Sprintf("timed out after %s", spec.Timeout),
+				fmt.Sprintf("not picked up within its delivery TTL (%s)", spec.DeliveryTTL))
+			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, byShard[sh]...)})
+		}
+		for _, r := range s.runMulti(ctx, createTasksScript, execs) {
+			if _, err := s.answer(ctx, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if single {
+		if err := create(); err != nil {
+			return store.Job{}, err
+		}
+	}
+	if err := s.writeJob(ctx, spec, jid, taskIDs, now, limited); err != nil {
+		return store.Job{}, err
+	}
+	if !single {
+		if err := create(); err != nil {
+			return store.Job{}, err
+		}
+	}
+	if limited {
+		if err := s.advance(ctx, jid); err != nil {
+			return store.Job{}, err
+		}
+	}
+	return s.GetJob(ctx, jid)
+}
+
+func (s *Store) writeJob(ctx context.Context, spec store.JobSpec, jid string, taskIDs []string, now int64, limited bool) error {
+	tgt, _ := json.Marshal(spec.Target)
+	b := s.client.B()
+	cmds := rueidis.Commands{
+		b.Hset().Key(s.k.job(jid)).FieldValue().
+			FieldValue("type", spec.Type).FieldValue("pl", string(spec.Payload)).FieldValue("tgt", string(tgt)).
+			FieldValue("to", ms(spec.Timeout)).FieldValue("ttl", ms(spec.DeliveryTTL)).FieldValue("max", itoa(spec.MaxAttempts)).
+			FieldValue("mc", itoa(spec.MaxConcurrency)).FieldValue("mf", itoa(spec.MaxFailures)).
+			FieldValue("idem", spec.IdempotencyKey).FieldValue("by", spec.CreatedBy).FieldValue("ca", itoa(now)).
+			FieldValue("tasks", strings.Join(taskIDs, " ")).FieldValue("rel", "0").FieldValue("dp", "0").FieldValue("dpf", "0").
+			Build(),
+		b.Zadd().Key(s.k.jobs()).ScoreMember().ScoreMember(0, jid).Build(),
+		b.Zadd().Key(s.k.jobsRetain()).ScoreMember().ScoreMember(float64(now+s.cfg.Retention.Milliseconds()), jid).Build(),
+	}
+	if limited {
+		cmds = append(cmds, b.Zadd().Key(s.k.jobsAdvance()).ScoreMember().ScoreMember(float64(now+advanceEvery.Milliseconds()), jid).Build())
+	}
+	for _, r := range s.client.DoMulti(ctx, cmds...) {
+		if err := r.Error(); err != nil {
+			return s.wrap(ctx, err)
+		}
+	}
+	return nil
+}
+
+// matchAgents returns, in id order, the non-revoked agents matching sel that are
+// online now (or all of them with includeOffline).
+func (s *Store) matchAgents(ctx context.Context, sel store.Selector, includeOffline bool, now int64) ([]string, error) {
+	ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.agents()).Min("0").Max("-1").Build()).AsStrSlice()
+	if err != nil {
+		return nil, s.wrap(ctx, err)
+	}
+	var out []string
+	const batch = 1000
+	for lo := 0; lo < len(ids); lo += batch {
+		chunk := ids[lo:min(lo+batch, len(ids))]
+		cmds := make(rueidis.Commands, len(chunk))
+		for i, id := range chunk {
+			cmds[i] = s.client.B().Hmget().Key(s.k.agent(id)).Field("labels", "rev", "seen", "pu").Build()
+		}
+		for i, r := range s.client.DoMulti(ctx, cmds...) {
+			vals, err := r.ToArray()
+			if err != nil {
+				return nil, s.wrap(ctx, err)
+			}
+			if len(vals) != 4 || vals[1].IsNil() == false {
+				continue // revoked (or malformed)
+			}
+			labelsJSON, err := vals[0].ToString()
+			if err != nil {
+				continue // unknown agent
+			}
+			var labels map[string]string
+			_ = json.Unmarshal([]byte(labelsJSON), &labels)
+			if !sel.Matches(labels) {
+				continue
+			}
+			seen, _ := vals[2].AsInt64()
+			pu, _ := vals[3].AsInt64()
+			if !includeOffline && s.status(false, seen, pu, now) != store.AgentOnline {
+				continue
+			}
+			out = append(out, chunk[i])
+		}
+	}
+	return out, nil
+}
+
+// taskState is what the advancer and job counts need of a task.
+type taskState struct {
+	st     store.TaskState // 0: the record is gone (or was never created)
+	held   bool
+	exists bool
+}
+
+func (s *Store) taskStates(ctx context.Context, ids []string) ([]taskState, error) {
+	out := make([]taskState, len(ids))
+	const batch = 1000
+	for lo := 0; lo < len(ids); lo += batch {
+		chunk := ids[lo:min(lo+batch, len(ids))]
+		cmds := make(rueidis.Commands, len(chunk))
+		for i, id := range chunk {
+			a, _ := store.AgentOfTask(id)
+			cmds[i] = s.client.B().Hmget().Key(s.k.task(a, id)).Field("st", "held").Build()
+		}
+		for i, r := range s.client.DoMulti(ctx, cmds...) {
+			vals, err := r.ToArray()
+			if err != nil {
+				return nil, s.wrap(ctx, err)
+			}
+			st, err := vals[0].AsInt64()
+			if err != nil {
+				continue
+			}
+			h, _ := vals[1].ToString()
+			out[lo+i] = taskState{st: store.TaskState(st), held: h == "1", exists: true}
+		}
+	}
+	return out, nil
+}
+
+func isFailure(st store.TaskState) bool {
+	switch st {
+	case store.StateFailed, store.StateTimedOut, store.StateLost, store.StateExpired:
+		return true
+	}
+	return false
+}
+
+// gone tells whether a task no longer counts for its job: ended, or missing.
+func (t taskState) gone() bool { return !t.exists || t.st.Terminal() }
+
+// advance is the job advancer. It re-derives a rollout job's next step from
+// stored state alone: the job's ordered task list, the length of its released
+// prefix (rel), and a prefix known to be finished (dp, with dpf failures in it,
+// so each pass reads only the tasks past it). It stops the job when max_failures
+// is reached and releases held tasks while fewer than max_concurrency run. The
+// bookkeeping moves by compare-and-set, so replicas advancing the same job at once
+// never release more than the limit; releasing and cancelling are idempotent, so
+// a crash between the bookkeeping and the task scripts is repaired by the next pass.
+func (s *Store) advance(ctx context.Context, jid string) error {
+	for try := 0; try < 20; try++ {
+		vals, err := s.client.Do(ctx, s.client.B().Hmget().Key(s.k.job(jid)).
+			Field("mc", "mf", "rel", "dp", "dpf", "canceled", "crs", "tasks").Build()).ToArray()
+		if err != nil {
+			return s.wrap(ctx, err)
+		}
+		str := func(i int) string { v, _ := vals[i].ToString(); return v }
+		if str(2) == "" {
+			return nil // the job is gone
+		}
+		mc, mf := int(atoi(str(0))), int(atoi(str(1)))
+		rel, dp, dpf := int(atoi(str(2))), int(atoi(str(3))), int(atoi(str(4)))
+		canceled, reason := str(5) == "1", str(6)
+		ids := splitIDs(str(7))
+		dp = min(dp, len(ids))
+		states, err := s.taskStates(ctx, ids[dp:])
+		if err != nil {
+			return err
+		}
+		at := func(i int) taskState { return states[i-dp] }
+		newDP, newDPF := dp, dpf
+		for newDP < len(ids) && at(newDP).gone() {
+			if isFailure(at(newDP).st) {
+				newDPF++
+			}
+			newDP++
+		}
+		failures := dpf
+		for i := dp; i < len(ids); i++ {
+			if isFailure(at(i).st) {
+				failures++
+			}
+		}
+		stop := !canceled && mf > 0 && failures >= mf
+		if stop {
+			reason = fmt.Sprintf("job stopped: max_failures (%d) reached", mf)
+		}
+		var release []string
+		newRel := rel
+		if !canceled && !stop && mc > 0 {
+			active := 0
+			for i := dp; i < len(ids); i++ {
+				t := at(i)
+				if t.gone() {
+					continue
+				}
+				if i < rel {
+					if t.held && t.st == store.StatePending {
+						release = append(release, ids[i]) // released by a step that did not finish
+					}
+					active++
+					continue
+				}
+				if active >= mc {
+					break
+				}
+				release = append(release, ids[i])
+				active++
+				newRel = i + 1
+			}
+		}
+		if newRel != rel || newDP != dp || newDPF != dpf || stop {
+			r, err := jobStepScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)},
+				[]string{itoa(rel), itoa(dp), itoa(newRel), itoa(newDP), itoa(newDPF), flag(stop), reason}).ToInt64()
+			if err != nil {
+				return s.wrap(ctx, err)
+			}
+			if r == 0 {
+				continue // another replica moved the job: look again
+			}
+			if r < 0 {
+				return nil
+			}
+		}
+		if len(release) > 0 {
+			if err := s.perShard(ctx, releaseScript, release, nil); err != nil {
+				return err
+			}
+		}
+		if stop || canceled {
+			var pending []string
+			for i := dp; i < len(ids); i++ {
+				if t := at(i); t.exists && t.st == store.StatePending {
+					pending = append(pending, ids[i])
+				}
+			}
+			if reason == "" {
+				reason = "job canceled"
+			}
+			if err := s.perShard(ctx, cancelScript, pending, []string{reason, "stop"}); err != nil {
+				return err
+			}
+		}
+		if newDP == len(ids) {
+			s.client.Do(ctx, s.client.B().Zrem().Key(s.k.jobsAdvance()).Member(jid).Build())
+		}
+		return nil
+	}
+	return store.Errorf(store.KindUnavailable, "job %s is contended; retry", jid)
+}
+
+// advanceAll advances each job; a failure is logged, not returned: the call that
+// ended the task succeeded, and Reap's advancer will take the job up again.
+func (s *Store) advanceAll(ctx context.Context, jobs []string) {
+	for _, j := range jobs {
+		if err := s.advance(ctx, j); err != nil {
+			s.log.Warn("advancing job failed; the reaper will retry", "job", j, "err", err)
+		}
+	}
+}
+
+// perShard runs a shard script over task ids grouped by shard, with the given
+// ARGV before the ids, and returns the first error.
+func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre []string) error {
+	if len(taskIDs) == 0 {
+		return nil
+	}
+	now := s.nowMS()
+	byShard := map[int][]string{}
+	for _, id := range taskIDs {
+		a, ok := store.AgentOfTask(id)
+		if !ok {
+			continue
+		}
+		sh := shardOf(a)
+		byShard[sh] = append(byShard[sh], id)
+	}
+	execs := make([]rueidis.LuaExec, 0, len(byShard))
+	for sh, ids := range byShard {
+		args := s.shardArgs(s.k.shard[sh], now, pre...)
+		execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, ids...)})
+	}
+	var jobs []string
+	for _, r := range s.runMulti(ctx, sc, execs) {
+		arr, err := s.answer(ctx, r)
+		if err != nil {
+			return err
+		}
+		if sc == cancelScript && len(arr) > 1 {
+			jobs = append(jobs, msgStrs(arr[1])...)
+		}
+	}
+	_ = jobs // the caller advances (or is the advancer)
+	return nil
+}
+
+// GetJob implements store.Store. Counts are derived from the tasks' records.
+func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
+	if !store.ValidID(id, 'j') {
+		return store.Job{}, jobNotFound(id)
+	}
+	f, err := s.client.Do(ctx, s.client.B().Hgetall().Key(s.k.job(id)).Build()).AsStrMap()
+	if err != nil {
+		return store.Job{}, s.wrap(ctx, err)
+	}
+	if len(f) == 0 {
+		return store.Job{}, jobNotFound(id)
+	}
+	j := store.Job{
+		ID: id,
+		Spec: store.JobSpec{
+			Type:           f["type"],
+			Timeout:        msDur(f["to"]),
+			DeliveryTTL:    msDur(f["ttl"]),
+			MaxAttempts:    int32(atoi(f["max"])),
+			MaxConcurrency: int32(atoi(f["mc"])),
+			MaxFailures:    int32(atoi(f["mf"])),
+			IdempotencyKey: f["idem"],
+			CreatedBy:      f["by"],
+		},
+		TaskIDs:   splitIDs(f["tasks"]),
+		Canceled:  f["canceled"] == "1",
+		CreatedAt: msTime(f["ca"]),
+	}
+	if p := f["pl"]; p != "" {
+		j.Spec.Payload = []byte(p)
+	}
+	_ = json.Unmarshal([]byte(f["tgt"]), &j.Spec.Target)
+	states, err := s.taskStates(ctx, j.TaskIDs)
+	if err != nil {
+		return store.Job{}, err
+	}
+	for _, t := range states {
+		if t.exists {
+			j.Counts.Add(t.st, 1)
+		}
+	}
+	return j, nil
+}
+
+// ListJobs implements store.Store: newest first, from the job list; the page
+// token is the last job id of the page.
+func (s *Store) ListJobs(ctx context.Context, page store.Page) ([]store.Job, string, error) {
+	size := pageSize(page.Size)
+	maxLex := "+"
+	if page.Token != "" {
+		maxLex = "(" + page.Token
+	}
+	ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.jobs()).Min(maxLex).Max("-").Bylex().Rev().Limit(0, int64(size+1)).Build()).AsStrSlice()
+	if err != nil {
+		return nil, "", s.wrap(ctx, err)
+	}
+	next := ""
+	if len(ids) > size {
+		ids = ids[:size]
+		next = ids[size-1]
+	}
+	out := make([]store.Job, 0, len(ids))
+	for _, id := range ids {
+		j, err := s.GetJob(ctx, id)
+		if store.KindOf(err) == store.KindNotFound {
+			continue
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, j)
+	}
+	return out, next, nil
+}
+
+// CancelJob implements store.Store.
+func (s *Store) CancelJob(ctx context.Context, id, reason string) (store.Job, error) {
+	if !store.ValidID(id, 'j') {
+		return store.Job{}, jobNotFound(id)
+	}
+	if reason == "" {
+		reason = "job canceled by operator"
+	}
+	vals, err := s.client.Do(ctx, s.client.B().Hmget().Key(s.k.job(id)).Field("tasks", "canceled", "ca").Build()).ToArray()
+	if err != nil {
+		return store.Job{}, s.wrap(ctx, err)
+	}
+	if ca, _ := vals[2].ToString(); ca == "" {
+		return store.Job{}, jobNotFound(id)
+	}
+	tasks, _ := vals[0].ToString()
+	if c, _ := vals[1].ToString(); c != "1" {
+		err := s.client.Do(ctx, s.client.B().Hset().Key(s.k.job(id)).FieldValue().FieldValue("canceled", "1").FieldValue("crs", reason).Build()).Error()
+		if err != nil {
+			return store.Job{}, s.wrap(ctx, err)
+		}
+	}
+	if err := s.perShard(ctx, cancelScript, splitIDs(tasks), []string{reason, "job"}); err != nil {
+		return store.Job{}, err
+	}
+	s.advanceAll(ctx, []string{id})
+	return s.GetJob(ctx, id)
+}
+
+// GetTask implements store.Store.
+func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
+	a, ok := store.AgentOfTask(id)
+	if !ok || !store.ValidTaskID(id) {
+		return store.Task{}, taskNotFound(id)
+	}
+	f, err := s.client.Do(ctx, s.client.B().Hgetall().Key(s.k.task(a, id)).Build()).AsStrMap()
+	if err != nil {
+		return store.Task{}, s.wrap(ctx, err)
+	}
+	if len(f) == 0 {
+		return store.Task{}, taskNotFound(id)
+	}
+	return decodeTask(id, f), nil
+}
+
+// CancelTask implements store.Store.
+func (s *Store) CancelTask(ctx context.Context, id, reason string) (store.Task, error) {
+	a, ok := store.AgentOfTask(id)
+	if !ok || !store.ValidTaskID(id) {
+		return store.Task{}, taskNotFound(id)
+	}
+	if reason == "" {
+		reason = "canceled by operator"
+	}
+	sh := shardOf(a)
+	arr, err := s.run(ctx, cancelScript, []string{s.k.due(sh)}, s.shardArgs(s.k.shard[sh], s.nowMS(), reason, "one", id))
+	if err != nil {
+		return store.Task{}, err
+	}
+	t := decodeTask(id, pairs(arr[2]))
+	s.advanceAll(ctx, msgStrs(arr[1]))
+	return t, nil
+}

@@ -1,0 +1,112 @@
+package redisstore
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash/fnv"
+)
+
+// NumShards is how many shards agents are spread over. Every key of an agent —
+// its record, queue, running set, undelivered cancels, task list, and the records
+// of its tasks — carries its shard's hash tag, so one Lua script can act on all
+// of them in one Redis Cluster slot. Each shard also holds a sorted set of due
+// times (lease expiry, execution deadline, delivery TTL, retention), which is what
+// Reap reads: it never scans every agent.
+//
+// 64 balances three costs: it is enough slots to spread a fleet evenly over any
+// realistic cluster (a shard is one slot, so at most 64 masters share the agent
+// load, and 3–16 masters each get several); Reap runs one script per shard each
+// pass, and every process holds one sharded subscription per shard, so both stay
+// at 64 — pipelined, a handful of round trips. The count is part of the data
+// layout: changing it moves every agent to another slot, so it is a constant.
+const NumShards = 64
+
+// keys builds every Redis key the store uses, from one prefix (default "forge").
+//
+// Per shard (hash tag {P:sNN}):
+//
+//	{P:sNN}:a:<agent>    hash   agent record: labels, token hashes, last seen, poll generation
+//	{P:sNN}:q:<agent>    zset   ready queue; score 0, so members sort by task id = age
+//	{P:sNN}:r:<agent>    zset   running (leased) tasks
+//	{P:sNN}:c:<agent>    zset   running tasks whose cancel Lease has not yet delivered
+//	{P:sNN}:at:<agent>   zset   every retained task of the agent (ListTasks by agent)
+//	{P:sNN}:t:<task>     hash   task record, history included
+//	{P:sNN}:due          zset   task id -> next time Reap must look at it (ms)
+//	{P:sNN}:tasks        zset   every retained task of the shard (ListTasks)
+//	{P:sNN}:st:<n>       zset   tasks of the shard in state n (ListTasks by state)
+//	{P:sNN}:wake         channel (sharded pub/sub) of watch keys that changed
+//
+// Per job (hash tag {P:j:<job>}): the job record, a hash.
+// Per idempotency key (hash tag {P:i:<sha256 of key>}): a string naming the job.
+//
+// Global (hash tag {P}): the agent list, the job list, rollout jobs for the
+// advancer, the job retention index, and enrollment tokens. Each is written after
+// the record it indexes, so a crash between the two leaves an unlisted record,
+// never a listed one that does not exist.
+type keys struct {
+	prefix string
+	shard  [NumShards]string // hash tags, precomputed
+}
+
+func newKeys(prefix string) *keys {
+	k := &keys{prefix: prefix}
+	for i := range k.shard {
+		k.shard[i] = fmt.Sprintf("{%s:s%02d}", prefix, i)
+	}
+	return k
+}
+
+// shardOf returns the shard of an agent: FNV-1a of its id. Agent ids are random,
+// so shards fill evenly.
+func shardOf(agentID string) int {
+	h := fnv.New32a()
+	h.Write([]byte(agentID))
+	return int(h.Sum32() % NumShards)
+}
+
+// tag returns the hash tag of an agent's shard.
+func (k *keys) tag(agentID string) string { return k.shard[shardOf(agentID)] }
+
+func (k *keys) agent(id string) string   { return k.tag(id) + ":a:" + id }
+func (k *keys) queue(id string) string   { return k.tag(id) + ":q:" + id }
+func (k *keys) running(id string) string { return k.tag(id) + ":r:" + id }
+func (k *keys) cancels(id string) string { return k.tag(id) + ":c:" + id }
+func (k *keys) agentTasks(id string) string {
+	return k.tag(id) + ":at:" + id
+}
+
+// task returns the key of a task's record; agentID is the agent its id names.
+func (k *keys) task(agentID, taskID string) string { return k.tag(agentID) + ":t:" + taskID }
+
+func (k *keys) due(shard int) string            { return k.shard[shard] + ":due" }
+func (k *keys) shardTasks(shard int) string     { return k.shard[shard] + ":tasks" }
+func (k *keys) stateIndex(shard, st int) string { return fmt.Sprintf("%s:st:%d", k.shard[shard], st) }
+func (k *keys) wake(shard int) string           { return k.shard[shard] + ":wake" }
+
+func (k *keys) job(id string) string { return "{" + k.prefix + ":j:" + id + "}" }
+
+func (k *keys) idem(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return "{" + k.prefix + ":i:" + hex.EncodeToString(sum[:16]) + "}"
+}
+
+func (k *keys) global() string { return "{" + k.prefix + "}" }
+
+// agents lists every agent id (score 0, ordered by id).
+func (k *keys) agents() string { return k.global() + ":agents" }
+
+// jobs lists every retained job id (score 0, ordered by id, so by creation).
+func (k *keys) jobs() string { return k.global() + ":jobs" }
+
+// jobsRetain scores each job id with the time (ms) at which Reap should see
+// whether it can be dropped.
+func (k *keys) jobsRetain() string { return k.global() + ":jret" }
+
+// jobsAdvance scores each live job with rollout limits with the time (ms) at which
+// Reap's advancer should look at it again, so a crash between a task's end and
+// its job's next step delays the job but never strands it.
+func (k *keys) jobsAdvance() string { return k.global() + ":jadv" }
+
+func (k *keys) enrollments() string        { return k.global() + ":enrolls" }
+func (k *keys) enrollment(id string) string { return k.global() + ":e:" + id }

@@ -1,0 +1,125 @@
+package redisstore
+
+import (
+	"context"
+
+	"github.com/redis/rueidis"
+)
+
+// reapBatch bounds the due entries one reap script handles, so no script holds
+// Redis for long; a shard with more is called again at once.
+const reapBatch = 200
+
+// Reap implements store.Store. One pass: every shard's due work (one script per
+// shard, pipelined), then the advancer over rollout jobs not looked at lately,
+// then retention of jobs. Any number of replicas may run it at once: each script
+// re-checks what it finds, so each change happens once.
+func (s *Store) Reap(ctx context.Context) error {
+	jobs := map[string]bool{}
+	shards := make([]int, NumShards)
+	for i := range shards {
+		shards[i] = i
+	}
+	for len(shards) > 0 {
+		now := s.nowMS()
+		execs := make([]rueidis.LuaExec, len(shards))
+		for i, sh := range shards {
+			execs[i] = rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: s.shardArgs(s.k.shard[sh], now, itoa(reapBatch))}
+		}
+		var more []int
+		for i, r := range s.runMulti(ctx, reapScript, execs) {
+			arr, err := s.answer(ctx, r)
+			if err != nil {
+				return err
+			}
+			if msgInt(arr[1]) == 1 {
+				more = append(more, shards[i])
+			}
+			for _, j := range msgStrs(arr[2]) {
+				jobs[j] = true
+			}
+		}
+		shards = more
+	}
+	for j := range jobs {
+		if err := s.advance(ctx, j); err != nil {
+			return err
+		}
+	}
+	if err := s.sweepAdvance(ctx); err != nil {
+		return err
+	}
+	return s.sweepJobs(ctx)
+}
+
+// sweepAdvance advances rollout jobs whose turn has come: the backstop for a
+// crash between a task's end and its job's advance.
+func (s *Store) sweepAdvance(ctx context.Context) error {
+	now := s.nowMS()
+	ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.jobsAdvance()).Min("-inf").Max(itoa(now)).Byscore().Limit(0, 100).Build()).AsStrSlice()
+	if err != nil {
+		return s.wrap(ctx, err)
+	}
+	for _, id := range ids {
+		// Claim the job's turn first (only the replica whose ZADD moved the score
+		// advances it now); the others leave it.
+		n, err := s.client.Do(ctx, s.client.B().Zadd().Key(s.k.jobsAdvance()).Xx().Gt().Ch().ScoreMember().
+			ScoreMember(float64(now+advanceEvery.Milliseconds()), id).Build()).AsInt64()
+		if err != nil {
+			return s.wrap(ctx, err)
+		}
+		if n == 0 {
+			continue
+		}
+		if err := s.advance(ctx, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sweepJobs drops jobs past retention whose tasks are all gone (each task record
+// is dropped by its shard's reap script once it has been finished for the
+// retention). A job whose tasks live on is looked at again an hour later.
+func (s *Store) sweepJobs(ctx context.Context) error {
+	now := s.nowMS()
+	ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.jobsRetain()).Min("-inf").Max(itoa(now)).Byscore().Limit(0, 100).Build()).AsStrSlice()
+	if err != nil {
+		return s.wrap(ctx, err)
+	}
+	for _, id := range ids {
+		tasks, err := s.jobTaskIDs(ctx, id)
+		if err != nil {
+			return err
+		}
+		states, err := s.taskStates(ctx, tasks)
+		if err != nil {
+			return err
+		}
+		live := false
+		for _, t := range states {
+			live = live || t.exists
+		}
+		b := s.client.B()
+		if live {
+			s.client.Do(ctx, b.Zadd().Key(s.k.jobsRetain()).Xx().ScoreMember().ScoreMember(float64(now+3600_000), id).Build())
+			continue
+		}
+		idem, err := dropJobScript.lua.Exec(ctx, s.client, []string{s.k.job(id)}, nil).ToString()
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return s.wrap(ctx, err)
+		}
+		if idem != "" {
+			delIfScript.lua.Exec(ctx, s.client, []string{s.k.idem(idem)}, []string{id})
+		}
+		for _, r := range s.client.DoMulti(ctx,
+			b.Zrem().Key(s.k.jobs()).Member(id).Build(),
+			b.Zrem().Key(s.k.jobsAdvance()).Member(id).Build(),
+			b.Zrem().Key(s.k.jobsRetain()).Member(id).Build()) {
+			if err := r.Error(); err != nil {
+				return s.wrap(ctx, err)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,659 @@
+package redisstore
+
+import (
+	"crypto/sha1"
+	"encoding/hex"
+
+	"github.com/redis/rueidis"
+)
+
+// script is a Lua script run with EVALSHA, falling back to EVAL when a node
+// does not have it (after SCRIPT FLUSH, a restart or a failover).
+type script struct {
+	lua  *rueidis.Lua
+	text string
+	sha  string
+}
+
+func newScript(text string) *script {
+	sum := sha1.Sum([]byte(text))
+	return &script{lua: rueidis.NewLuaScript(text), text: text, sha: hex.EncodeToString(sum[:])}
+}
+
+// Every atomic operation is one Lua script. Scripts that act in an agent's shard
+// start with shardLib, which fixes the first three ARGV of every such script:
+//
+//	ARGV[1] the shard's hash tag, such as "{forge:s07}" (keys are built from it,
+//	        exactly as keys.go builds them, so a task popped from a queue is found
+//	        in the same slot)
+//	ARGV[2] now, in ms, from the store's clock (scripts never read Redis' clock,
+//	        so tests can move time and replicas agree on it)
+//	ARGV[3] retention in ms
+//
+// Script-specific ARGV start at 4. Scripts answer a table whose first element is
+// 'OK', or {'E', kind, message} for an error the caller should see (kinds:
+// unauth, notfound, precond, exhausted, invalid). Changes are published from
+// inside the script (SPUBLISH on the shard's wake channel, one message of
+// space-separated watch keys), so a waiter on any replica wakes as early as
+// possible.
+//
+// Task record fields: job type pl st att max to ttl lim held cr crr cd tmo dl le
+// db out otr osz ec err rep ro ca ua hist tor exr (see task.go for meanings).
+const shardLib = `
+local TAG = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local RET = tonumber(ARGV[3])
+local function ms(x) return string.format('%d', x) end
+local function kAgent(a) return TAG .. ':a:' .. a end
+local function kQueue(a) return TAG .. ':q:' .. a end
+local function kRun(a) return TAG .. ':r:' .. a end
+local function kCancels(a) return TAG .. ':c:' .. a end
+local function kAgentTasks(a) return TAG .. ':at:' .. a end
+local function kTask(t) return TAG .. ':t:' .. t end
+local function kState(n) return TAG .. ':st:' .. n end
+local kDue = TAG .. ':due'
+local kAll = TAG .. ':tasks'
+local kWake = TAG .. ':wake'
+
+local PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED, TIMED_OUT, EXPIRED, LOST = 1, 2, 3, 4, 5, 6, 7, 8
+local NAMES = {'PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'LOST'}
+
+local wake, wakeN = {}, 0
+local function notify(k)
+  if not wake[k] then wake[k] = true; wakeN = wakeN + 1 end
+end
+local function publish()
+  if wakeN == 0 then return end
+  local t = {}
+  for k in pairs(wake) do t[#t + 1] = k end
+  redis.call('SPUBLISH', kWake, table.concat(t, ' '))
+end
+
+local advance, advanceN = {}, 0
+local function needsAdvance(job)
+  if job and job ~= '' and not advance[job] then advance[job] = true; advanceN = advanceN + 1 end
+end
+local function advanceList()
+  local t = {}
+  for j in pairs(advance) do t[#t + 1] = j end
+  return t
+end
+
+local function agentOf(tid) return string.match(tid, '%-(a[0-9a-z]+)$') end
+local function fail(kind, msg) return {'E', kind, msg} end
+
+-- auth checks an agent credential (SHA-256 hash of the token's secret) against the
+-- current and the next token hash, promoting the next one on its first use. It
+-- returns nil or the values of the extra fields asked for, from index 4 on.
+local function auth(ak, secret, ...)
+  local f = redis.call('HMGET', ak, 'cur', 'next', 'rev', ...)
+  if not f[1] or f[3] or secret == '' then return nil end
+  if f[1] == secret then return f end
+  if f[2] and f[2] == secret then
+    redis.call('HSET', ak, 'cur', secret)
+    redis.call('HDEL', ak, 'next')
+    return f
+  end
+  return nil
+end
+
+local function setState(tk, tid, job, old, new, reason, att)
+  if old ~= new then
+    if old then redis.call('ZREM', kState(old), tid) end
+    redis.call('ZADD', kState(new), 0, tid)
+  end
+  local e = '{"s":' .. new .. ',"at":' .. ms(NOW) .. ',"a":' .. ms(att) .. ',"r":' .. cjson.encode(reason) .. '}'
+  local h = redis.call('HGET', tk, 'hist')
+  if not h or h == '' or h == '[]' then h = '[' .. e .. ']' else h = string.sub(h, 1, -2) .. ',' .. e .. ']' end
+  redis.call('HSET', tk, 'st', new, 'ua', ms(NOW), 'hist', h)
+  notify('t:' .. tid)
+  if job and job ~= '' then notify('j:' .. job) end
+end
+
+-- reindex puts a live task in the shard's due index at the next time Reap must
+-- look at it: a released pending task at its delivery TTL, a running one at its
+-- lease expiry or (until flagged) its deadline.
+local function reindex(tk, tid)
+  local f = redis.call('HMGET', tk, 'st', 'held', 'db', 'dl', 'le', 'tmo')
+  local st, due = tonumber(f[1]), nil
+  if st == PENDING then
+    if f[2] ~= '1' then due = tonumber(f[3]) end
+  elseif st == RUNNING then
+    due = tonumber(f[5])
+    local dl = tonumber(f[4])
+    if f[6] ~= '1' and dl and dl < due then due = dl end
+  end
+  if due then redis.call('ZADD', kDue, due, tid) else redis.call('ZREM', kDue, tid) end
+end
+
+-- endTask moves a live task to a terminal state; it returns false if the task is
+-- unknown or already ended. The task is then due for deletion after retention.
+local function endTask(tid, new, reason)
+  local tk = kTask(tid)
+  local f = redis.call('HMGET', tk, 'st', 'held', 'job', 'att', 'lim', 'err')
+  local st = tonumber(f[1])
+  if not st or st > RUNNING then return false end
+  local aid = agentOf(tid)
+  if st == PENDING and f[2] ~= '1' then redis.call('ZREM', kQueue(aid), tid) end
+  if st == RUNNING then
+    redis.call('ZREM', kRun(aid), tid)
+    redis.call('ZREM', kCancels(aid), tid)
+  end
+  redis.call('HDEL', tk, 'held', 'le')
+  if (not f[6] or f[6] == '') and new ~= SUCCEEDED and new ~= FAILED then
+    redis.call('HSET', tk, 'err', reason)
+  end
+  setState(tk, tid, f[3], st, new, reason, tonumber(f[4]) or 0)
+  redis.call('ZADD', kDue, NOW + RET, tid)
+  -- A backstop should reaping stop: the record goes by itself an hour after Reap
+  -- would have dropped it (relative, so it does not depend on the clocks agreeing).
+  redis.call('PEXPIRE', tk, RET + 3600000)
+  if f[5] == '1' then needsAdvance(f[3]) end
+  return true
+end
+
+-- requestCancel records a cancel request on a running task and wakes its agent.
+local function requestCancel(tk, tid, job, reason)
+  if redis.call('HGET', tk, 'cr') == '1' then return end
+  redis.call('HSET', tk, 'cr', '1', 'crr', reason, 'ua', ms(NOW))
+  redis.call('HDEL', tk, 'cd')
+  local aid = agentOf(tid)
+  redis.call('ZADD', kCancels(aid), 0, tid)
+  notify('a:' .. aid); notify('t:' .. tid)
+  if job and job ~= '' then notify('j:' .. job) end
+end
+
+-- release puts a pending task in its agent's queue, due at its delivery TTL.
+local function release(tk, tid)
+  local ttl = tonumber(redis.call('HGET', tk, 'ttl'))
+  local aid = agentOf(tid)
+  redis.call('HDEL', tk, 'held')
+  redis.call('HSET', tk, 'db', ms(NOW + ttl))
+  redis.call('ZADD', kQueue(aid), 0, tid)
+  notify('a:' .. aid)
+  reindex(tk, tid)
+end
+`
+
+func shardScript(body string) *script { return newScript(shardLib + body) }
+
+// registerScript creates an agent record.
+//
+// KEYS[1] agent record
+// ARGV[4..] field, value pairs
+// returns {'OK'}, or {'E','exists'} if the id is taken
+var registerScript = shardScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return fail('exists', 'agent id taken') end
+local f = {}
+for i = 4, #ARGV do f[#f + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(f))
+return {'OK'}
+`)
+
+// authScript checks an agent credential, promoting a next token on first use.
+//
+// KEYS[1] agent record
+// ARGV[4] secret hash
+// returns {'OK'} or {'E','unauth',msg}
+var authScript = shardScript(`
+if not auth(KEYS[1], ARGV[4]) then return fail('unauth', 'agent token is not valid') end
+return {'OK'}
+`)
+
+// rotateScript stores the next token hash of an agent.
+//
+// KEYS[1] agent record
+// ARGV[4] secret hash, ARGV[5] next secret hash
+// returns {'OK'} or {'E','unauth',msg}
+var rotateScript = shardScript(`
+if not auth(KEYS[1], ARGV[4]) then return fail('unauth', 'agent token is not valid') end
+redis.call('HSET', KEYS[1], 'next', ARGV[5])
+return {'OK'}
+`)
+
+// leaseScript is the whole of one Poll step: credential check, last-seen, poll
+// generation, leasing ready tasks oldest first, and undelivered cancels. An idle
+// agent costs one HMGET, one HSET and two ZRANGEs.
+//
+// KEYS[1] agent record, KEYS[2] queue, KEYS[3] running, KEYS[4] undelivered cancels
+// ARGV[4] agent id, [5] secret hash, [6] max tasks, [7] lease ms, [8] hold ms, [9] gen
+// returns {'S', gen} when superseded, else {'OK', gen, {tid, attempt, ...} cancels,
+// {job ids to advance}, task1 id, task1 fields, task2 id, ...}
+var leaseScript = shardScript(`
+local aid, max, lease, hold, gen = ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local f = auth(KEYS[1], ARGV[5], 'gen', 'pu')
+if not f then return fail('unauth', 'agent token is not valid') end
+local cur, pu = tonumber(f[4]) or 0, tonumber(f[5]) or 0
+if gen == 0 then
+  cur = cur + 1
+  -- An older Poll may still be held: wake it so it finds itself superseded.
+  if pu > NOW then notify('a:' .. aid) end
+  redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'gen', cur, 'pu', ms(NOW + hold))
+elseif gen ~= cur then
+  redis.call('HSET', KEYS[1], 'seen', ms(NOW))
+  return {'S', cur}
+else
+  redis.call('HSET', KEYS[1], 'seen', ms(NOW))
+end
+local leased = {}
+while #leased < max do
+  local ids = redis.call('ZRANGE', KEYS[2], 0, max - #leased - 1)
+  if #ids == 0 then break end
+  for _, tid in ipairs(ids) do
+    redis.call('ZREM', KEYS[2], tid)
+    local tk = kTask(tid)
+    local t = redis.call('HMGET', tk, 'st', 'db', 'to', 'att', 'job', 'exr')
+    if tonumber(t[1]) == PENDING then
+      if NOW >= tonumber(t[2]) then
+        endTask(tid, EXPIRED, t[6] or 'not picked up within its delivery TTL')
+      else
+        local att = (tonumber(t[4]) or 0) + 1
+        redis.call('HSET', tk, 'att', att, 'le', ms(NOW + lease), 'dl', ms(NOW + tonumber(t[3])))
+        redis.call('ZADD', KEYS[3], 0, tid)
+        setState(tk, tid, t[5], PENDING, RUNNING, 'leased (attempt ' .. att .. ')', att)
+        reindex(tk, tid)
+        leased[#leased + 1] = tid
+      end
+    end
+  end
+end
+local cancels = {}
+local cids = redis.call('ZRANGE', KEYS[4], 0, -1)
+if #cids > 0 then
+  for _, tid in ipairs(cids) do
+    local tk = kTask(tid)
+    local t = redis.call('HMGET', tk, 'st', 'att', 'cr')
+    if tonumber(t[1]) == RUNNING and t[3] == '1' then
+      redis.call('HSET', tk, 'cd', '1')
+      cancels[#cancels + 1] = tid
+      cancels[#cancels + 1] = t[2]
+    end
+  end
+  redis.call('DEL', KEYS[4])
+end
+if #leased > 0 or #cancels > 0 then redis.call('HSET', KEYS[1], 'pu', '0') end
+publish()
+local out = {'OK', cur, cancels, advanceList()}
+for _, tid in ipairs(leased) do
+  out[#out + 1] = tid
+  out[#out + 1] = redis.call('HGETALL', kTask(tid))
+end
+return out
+`)
+
+// heartbeatScript extends the leases of the attempts an agent names and holds.
+//
+// KEYS[1] agent record, KEYS[2] running, KEYS[3] undelivered cancels
+// ARGV[4] agent id, [5] secret hash, [6] lease ms, [7] draining (0/1),
+// [8..] task id, attempt pairs
+// returns {'OK', {tid, attempt, ...} to cancel, {tid, attempt, ...} to abandon}
+var heartbeatScript = shardScript(`
+local lease = tonumber(ARGV[6])
+if not auth(KEYS[1], ARGV[5]) then return fail('unauth', 'agent token is not valid') end
+redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'dr', ARGV[7])
+local cancel, abandon = {}, {}
+for i = 8, #ARGV - 1, 2 do
+  local tid, att = ARGV[i], ARGV[i + 1]
+  local held = false
+  if redis.call('ZSCORE', KEYS[2], tid) then
+    local tk = kTask(tid)
+    local t = redis.call('HMGET', tk, 'att', 'le', 'cr', 'st')
+    if t[1] == att and tonumber(t[4]) == RUNNING then
+      held = true
+      local exp = NOW + lease
+      if exp > (tonumber(t[2]) or 0) then
+        redis.call('HSET', tk, 'le', ms(exp))
+        reindex(tk, tid)
+      end
+      if t[3] == '1' then
+        redis.call('HSET', tk, 'cd', '1')
+        redis.call('ZREM', KEYS[3], tid)
+        cancel[#cancel + 1] = tid
+        cancel[#cancel + 1] = att
+      end
+    end
+  end
+  if not held then
+    abandon[#abandon + 1] = tid
+    abandon[#abandon + 1] = att
+  end
+end
+return {'OK', cancel, abandon}
+`)
+
+// reportScript ends an attempt with the agent's report.
+//
+// KEYS[1] agent record, KEYS[2] task record
+// ARGV[4] agent id, [5] secret hash, [6] task id, [7] attempt, [8] outcome (1/2),
+// [9] output, [10] exit code, [11] error, [12] output truncated (0/1), [13] output size
+// returns {'OK', state, {job ids to advance}} or an error
+var reportScript = shardScript(`
+local tid, att, outcome = ARGV[6], ARGV[7], tonumber(ARGV[8])
+if not auth(KEYS[1], ARGV[5]) then return fail('unauth', 'agent token is not valid') end
+redis.call('HSET', KEYS[1], 'seen', ms(NOW))
+local tk = KEYS[2]
+local t = redis.call('HMGET', tk, 'st', 'att', 'rep', 'ro', 'ec', 'tmo', 'cr', 'crr')
+local st = tonumber(t[1])
+if not st then return fail('notfound', 'task "' .. tid .. '" not found') end
+if outcome ~= 1 and outcome ~= 2 then
+  return fail('invalid', 'outcome must be OUTCOME_SUCCEEDED or OUTCOME_FAILED')
+end
+local cur = t[2] or '0'
+if st > RUNNING then
+  if t[3] == '1' and cur == att and tonumber(t[4]) == outcome and t[5] == ARGV[10] then
+    return {'OK', st, {}}
+  end
+  if cur ~= att then
+    return fail('precond', 'attempt ' .. att .. ' of task "' .. tid .. '" is stale: the task ended ' .. NAMES[st] .. ' at attempt ' .. cur)
+  end
+  return fail('precond', 'task "' .. tid .. '" already ended ' .. NAMES[st])
+end
+if st ~= RUNNING or cur ~= att then
+  return fail('precond', 'attempt ' .. att .. ' of task "' .. tid .. '" is stale: the current attempt is ' .. cur .. ' (' .. NAMES[st] .. ')')
+end
+local size = tonumber(ARGV[13])
+if size < #ARGV[9] then size = #ARGV[9] end
+redis.call('HSET', tk, 'out', ARGV[9], 'otr', ARGV[12], 'osz', size, 'ec', ARGV[10], 'err', ARGV[11], 'rep', '1', 'ro', outcome)
+local new, reason = SUCCEEDED, 'reported succeeded'
+if outcome == 2 then new, reason = FAILED, 'reported failed' end
+if t[6] == '1' then
+  new, reason = TIMED_OUT, (t[8] or '') .. ' (' .. reason .. ')'
+elseif t[7] == '1' then
+  new, reason = CANCELED, (t[8] or '') .. ' (' .. reason .. ')'
+end
+endTask(tid, new, reason)
+publish()
+return {'OK', new, advanceList()}
+`)
+
+// createTasksScript creates the tasks of one job in one shard.
+//
+// KEYS[1] the shard's due index (for routing)
+// ARGV[4] max pending per agent, [5] job id, [6] type, [7] payload, [8] max attempts,
+// [9] timeout ms, [10] delivery TTL ms, [11] has rollout limits (0/1), [12] hold (0/1),
+// [13] single target (0/1), [14] timeout reason, [15] expiry reason,
+// [16..] task id, agent id pairs
+// returns {'OK'}, or for a single target an error when the agent is unknown,
+// revoked or its queue is full (then nothing is created)
+var createTasksScript = shardScript(`
+local maxPending, job, single = tonumber(ARGV[4]), ARGV[5], ARGV[13] == '1'
+for i = 16, #ARGV - 1, 2 do
+  local tid, aid = ARGV[i], ARGV[i + 1]
+  local a = redis.call('HMGET', kAgent(aid), 'reg', 'rev')
+  local qlen = redis.call('ZCARD', kQueue(aid))
+  if single then
+    if not a[1] then return fail('notfound', 'agent "' .. aid .. '" not found') end
+    if a[2] then return fail('precond', 'agent "' .. aid .. '" is revoked') end
+    if qlen >= maxPending then
+      return fail('exhausted', 'agent "' .. aid .. '" already has ' .. qlen .. ' pending tasks (the limit)')
+    end
+  end
+  local tk = kTask(tid)
+  redis.call('HSET', tk, 'job', job, 'type', ARGV[6], 'pl', ARGV[7], 'att', 0, 'max', ARGV[8],
+    'to', ARGV[9], 'ttl', ARGV[10], 'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'exr', ARGV[15])
+  redis.call('ZADD', kAll, 0, tid)
+  redis.call('ZADD', kAgentTasks(aid), 0, tid)
+  setState(tk, tid, job, nil, PENDING, 'dispatched', 0)
+  if not a[1] then
+    endTask(tid, CANCELED, 'agent not found')
+  elseif a[2] then
+    endTask(tid, CANCELED, 'agent revoked')
+  elseif qlen >= maxPending then
+    endTask(tid, CANCELED, "agent's queue is full (" .. qlen .. ' pending tasks, the limit)')
+  elseif ARGV[12] == '1' then
+    redis.call('HSET', tk, 'held', '1')
+  else
+    release(tk, tid)
+  end
+end
+publish()
+return {'OK'}
+`)
+
+// releaseScript releases held tasks of a rollout job to their agents' queues.
+// A task no longer held (released or ended meanwhile) is left alone.
+//
+// KEYS[1] the shard's due index (for routing)
+// ARGV[4..] task ids
+// returns {'OK', released count}
+var releaseScript = shardScript(`
+local n = 0
+for i = 4, #ARGV do
+  local tid = ARGV[i]
+  local tk = kTask(tid)
+  local t = redis.call('HMGET', tk, 'st', 'held')
+  if tonumber(t[1]) == PENDING and t[2] == '1' then
+    release(tk, tid)
+    n = n + 1
+  end
+end
+publish()
+return {'OK', n}
+`)
+
+// cancelScript cancels tasks of one shard. Mode 'one' (CancelTask) fails on an
+// unknown or finished task and answers the task; 'job' (CancelJob) ends pending
+// tasks and asks running ones to stop; 'stop' (max_failures) ends pending tasks
+// and lets running ones finish.
+//
+// KEYS[1] the shard's due index (for routing)
+// ARGV[4] reason, [5] mode, [6..] task ids
+// returns {'OK', {job ids to advance}, task fields (mode 'one')}
+var cancelScript = shardScript(`
+local reason, mode = ARGV[4], ARGV[5]
+for i = 6, #ARGV do
+  local tid = ARGV[i]
+  local tk = kTask(tid)
+  local t = redis.call('HMGET', tk, 'st', 'job')
+  local st = tonumber(t[1])
+  if not st then
+    if mode == 'one' then return fail('notfound', 'task "' .. tid .. '" not found') end
+  elseif st == PENDING then
+    endTask(tid, CANCELED, reason)
+  elseif st == RUNNING then
+    if mode ~= 'stop' then requestCancel(tk, tid, t[2], reason) end
+  elseif mode == 'one' then
+    return fail('precond', 'task "' .. tid .. '" already ended ' .. NAMES[st])
+  end
+end
+publish()
+local out = {'OK', advanceList()}
+if mode == 'one' then out[3] = redis.call('HGETALL', kTask(ARGV[6])) end
+return out
+`)
+
+// revokeScript revokes an agent: its tokens stop working and its pending (held
+// included) and running tasks end CANCELED. Revoking twice changes nothing.
+//
+// KEYS[1] agent record, KEYS[2] the agent's task list
+// ARGV[4] agent id, [5] reason
+// returns {'OK', {job ids to advance}} or {'E','notfound',msg}
+var revokeScript = shardScript(`
+local aid, reason = ARGV[4], ARGV[5]
+local a = redis.call('HMGET', KEYS[1], 'reg', 'rev')
+if not a[1] then return fail('notfound', 'agent "' .. aid .. '" not found') end
+if a[2] then return {'OK', {}} end
+redis.call('HSET', KEYS[1], 'rev', ms(NOW), 'rr', reason)
+redis.call('HDEL', KEYS[1], 'cur', 'next')
+for _, tid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  endTask(tid, CANCELED, reason)
+end
+notify('a:' .. aid)
+publish()
+return {'OK', advanceList()}
+`)
+
+// agentViewScript reads an agent with its queue length and running attempts.
+//
+// KEYS[1] agent record, KEYS[2] queue, KEYS[3] running
+// returns {'OK', agent fields, pending count, {tid, attempt, ...}} or {'E','notfound',msg}
+var agentViewScript = shardScript(`
+local a = redis.call('HGETALL', KEYS[1])
+if #a == 0 then return fail('notfound', 'agent not found') end
+local run = {}
+for _, tid in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  run[#run + 1] = tid
+  run[#run + 1] = redis.call('HGET', kTask(tid), 'att') or '0'
+end
+return {'OK', a, redis.call('ZCARD', KEYS[2]), run}
+`)
+
+// reapScript does the due time-driven work of one shard: delivery TTLs, execution
+// deadlines, lease expiries and retention. Each entry of the due index is re-checked
+// against the task record, so any number of replicas may run it at once and each
+// change happens once.
+//
+// KEYS[1] the shard's due index
+// ARGV[4] at most this many entries per call
+// returns {'OK', more (0/1), {job ids to advance}}
+var reapScript = shardScript(`
+local limit = tonumber(ARGV[4])
+local ids = redis.call('ZRANGE', kDue, '-inf', ms(NOW), 'BYSCORE', 'LIMIT', 0, limit)
+for _, tid in ipairs(ids) do
+  local tk = kTask(tid)
+  local aid = agentOf(tid)
+  local t = redis.call('HMGET', tk, 'st', 'held', 'db', 'dl', 'le', 'tmo', 'cr', 'crr', 'att', 'max', 'tor', 'exr', 'job')
+  local st = tonumber(t[1])
+  if not st then
+    -- The record expired by itself (reaping had stopped): drop what indexes it.
+    redis.call('ZREM', kDue, tid)
+    redis.call('ZREM', kAll, tid)
+    if aid then redis.call('ZREM', kAgentTasks(aid), tid) end
+    for n = 1, 8 do redis.call('ZREM', kState(n), tid) end
+  elseif st > RUNNING then
+    redis.call('DEL', tk)
+    redis.call('ZREM', kDue, tid)
+    redis.call('ZREM', kAll, tid)
+    redis.call('ZREM', kState(st), tid)
+    redis.call('ZREM', kAgentTasks(aid), tid)
+  elseif st == PENDING then
+    if t[2] ~= '1' and NOW >= tonumber(t[3]) then
+      endTask(tid, EXPIRED, t[12] or 'not picked up within its delivery TTL')
+    else
+      reindex(tk, tid)
+    end
+  else
+    local tmo, cr, crr = t[6] == '1', t[7] == '1', t[8]
+    if not tmo and NOW >= (tonumber(t[4]) or 0) then
+      tmo, cr, crr = true, true, t[11] or 'timed out'
+      redis.call('HSET', tk, 'tmo', '1', 'cr', '1', 'crr', crr, 'ua', ms(NOW))
+      redis.call('HDEL', tk, 'cd')
+      redis.call('ZADD', kCancels(aid), 0, tid)
+      notify('a:' .. aid); notify('t:' .. tid)
+    end
+    if NOW >= tonumber(t[5]) then
+      local att, max = tonumber(t[9]), tonumber(t[10])
+      if tmo then
+        endTask(tid, TIMED_OUT, crr .. ' (lease expired)')
+      elseif cr then
+        endTask(tid, CANCELED, (crr or '') .. ' (lease expired)')
+      elseif att >= max then
+        endTask(tid, LOST, 'lease expired ' .. att .. ' times (max_attempts)')
+      else
+        local ttl = tonumber(redis.call('HGET', tk, 'ttl'))
+        redis.call('ZREM', kRun(aid), tid)
+        redis.call('ZREM', kCancels(aid), tid)
+        redis.call('HDEL', tk, 'le', 'dl', 'cd')
+        redis.call('HSET', tk, 'db', ms(NOW + ttl))
+        redis.call('ZADD', kQueue(aid), 0, tid)
+        setState(tk, tid, t[13], RUNNING, PENDING, 'lease expired (attempt ' .. att .. '); requeued', att)
+        notify('a:' .. aid)
+        reindex(tk, tid)
+      end
+    else
+      reindex(tk, tid)
+    end
+  end
+end
+publish()
+local more = 0
+if #ids == limit then more = 1 end
+return {'OK', more, advanceList()}
+`)
+
+// jobStepScript moves a rollout job's bookkeeping forward if no other replica did
+// so since it was read (compare-and-set on the released and done prefixes).
+//
+// KEYS[1] job record
+// ARGV[1] expected rel, [2] expected dp, [3] new rel, [4] new dp, [5] new dpf,
+// [6] stop the job (0/1), [7] the stop reason
+// returns 1 if applied, 0 if the job moved on (the caller re-reads), -1 if gone
+var jobStepScript = newScript(`
+local f = redis.call('HMGET', KEYS[1], 'rel', 'dp')
+if not f[1] then return -1 end
+if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'rel', ARGV[3], 'dp', ARGV[4], 'dpf', ARGV[5])
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'canceled', '1', 'crs', ARGV[7]) end
+return 1
+`)
+
+// dropJobScript deletes a job record and, if it still names this job, its
+// idempotency key is returned for the caller to clear.
+//
+// KEYS[1] job record
+// returns the job's idempotency key ('' if none), or false if the job is gone
+var dropJobScript = newScript(`
+local idem = redis.call('HGET', KEYS[1], 'idem')
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('DEL', KEYS[1])
+return idem or ''
+`)
+
+// delIfScript deletes a key if it holds the given value.
+//
+// KEYS[1] key, ARGV[1] value
+// returns 1 if deleted
+var delIfScript = newScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// enrollCheckScript checks a stored enrollment token and, when asked, consumes a use.
+//
+// KEYS[1] enrollment token record
+// ARGV[1] now ms, [2] secret hash, [3] consume (0/1), [4] token id
+// returns {'OK'} or {'E','unauth',msg}
+var enrollCheckScript = newScript(`
+local f = redis.call('HMGET', KEYS[1], 'hash', 'rev', 'exp', 'max', 'uses')
+local id = ARGV[4]
+if not f[1] or f[1] ~= ARGV[2] then return {'E', 'unauth', 'enrollment token is not valid'} end
+if f[2] and f[2] ~= '0' then return {'E', 'unauth', 'enrollment token ' .. id .. ' is revoked'} end
+local exp = tonumber(f[3]) or 0
+if exp > 0 and tonumber(ARGV[1]) >= exp then return {'E', 'unauth', 'enrollment token ' .. id .. ' has expired'} end
+local max, uses = tonumber(f[4]) or 0, tonumber(f[5]) or 0
+if max > 0 and uses >= max then return {'E', 'unauth', 'enrollment token ' .. id .. ' is used up (' .. max .. ' uses)'} end
+if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'uses', 1) end
+return {'OK'}
+`)
+
+// enrollCreateScript stores an enrollment token.
+//
+// KEYS[1] enrollment token record, KEYS[2] list of enrollment token ids
+// ARGV[1] token id, [2..] field, value pairs
+// returns {'OK'} or {'E','precond',msg} if the id exists
+var enrollCreateScript = newScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'E', 'precond', 'enrollment token ' .. ARGV[1] .. ' exists'} end
+local f = {}
+for i = 2, #ARGV do f[#f + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(f))
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return {'OK'}
+`)
+
+// enrollRevokeScript marks an enrollment token revoked.
+//
+// KEYS[1] enrollment token record
+// ARGV[1] now ms, [2] token id
+// returns {'OK', fields} or {'E','notfound',msg}
+var enrollRevokeScript = newScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'E', 'notfound', 'enrollment token "' .. ARGV[2] .. '" not found'} end
+local rev = redis.call('HGET', KEYS[1], 'rev')
+if not rev or rev == '0' then redis.call('HSET', KEYS[1], 'rev', ARGV[1]) end
+return {'OK', redis.call('HGETALL', KEYS[1])}
+`)
+
+var allScripts = []*script{
+	registerScript, authScript, rotateScript, leaseScript, heartbeatScript, reportScript,
+	createTasksScript, releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
+	jobStepScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
+}
