@@ -108,5 +108,5 @@ func (k *keys) jobsRetain() string { return k.global() + ":jret" }
 // its job's next step delays the job but never strands it.
 func (k *keys) jobsAdvance() string { return k.global() + ":jadv" }
 
-func (k *keys) enrollments() string        { return k.global() + ":enrolls" }
+func (k *keys) enrollments() string         { return k.global() + ":enrolls" }
 func (k *keys) enrollment(id string) string { return k.global() + ":e:" + id }

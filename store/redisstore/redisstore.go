@@ -42,7 +42,7 @@ type Store struct {
 	clock  store.Clock
 	rclock *redisClock // nil when the caller gave a clock
 
-	sub    subState
+	sub subState
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -74,11 +74,21 @@ func Open(ctx context.Context, url string, cfg store.Config, opts Options) (*Sto
 	if opts.ClockResync <= 0 {
 		opts.ClockResync = 30 * time.Second
 	}
+	subsOpt := copt
+	// rueidis retries read-only commands on network errors until the context
+	// ends, which for a held call is many seconds: fail fast instead (a few quick
+	// retries ride over a reconnect), so callers hear KindUnavailable at once.
+	copt.RetryDelay = func(attempts int, _ rueidis.Completed, _ error) time.Duration {
+		if attempts > 3 {
+			return -1
+		}
+		return time.Duration(attempts) * 20 * time.Millisecond
+	}
 	client, err := rueidis.NewClient(copt)
 	if err != nil {
 		return nil, store.Wrap(store.KindUnavailable, err, "redis is unavailable")
 	}
-	subs, err := rueidis.NewClient(copt)
+	subs, err := rueidis.NewClient(subsOpt)
 	if err != nil {
 		client.Close()
 		return nil, store.Wrap(store.KindUnavailable, err, "redis is unavailable")
@@ -248,7 +258,7 @@ func (s *Store) runMulti(ctx context.Context, sc *script, execs []rueidis.LuaExe
 	if len(execs) == 0 {
 		return nil
 	}
-		cmds := make(rueidis.Commands, len(execs))
+	cmds := make(rueidis.Commands, len(execs))
 	for i, e := range execs {
 		cmds[i] = s.client.B().Evalsha().Sha1(sc.sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
 	}

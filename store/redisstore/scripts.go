@@ -591,7 +591,7 @@ return 1
 // idempotency key is returned for the caller to clear.
 //
 // KEYS[1] job record
-// returns the job's idempotency key ('' if none), or false if the job is gone
+// returns the job's idempotency key (” if none), or false if the job is gone
 var dropJobScript = newScript(`
 local idem = redis.call('HGET', KEYS[1], 'idem')
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end

@@ -1,0 +1,374 @@
+package redisstore_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/orange-forge/forge/internal/redistest"
+	"github.com/orange-forge/forge/store"
+	"github.com/orange-forge/forge/store/redisstore"
+	"github.com/orange-forge/forge/store/storetest"
+)
+
+func open(t *testing.T, url, prefix string, cfg store.Config) *redisstore.Store {
+	t.Helper()
+	s, err := redisstore.Open(t.Context(), url, cfg, redisstore.Options{Prefix: prefix})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func hash(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
+
+func register(t *testing.T, s store.Store, secret string) store.Cred {
+	t.Helper()
+	a, err := s.RegisterAgent(t.Context(), store.RegisterParams{Name: "n", SecretHash: hash(secret)})
+	if err != nil {
+		t.Fatalf("RegisterAgent: %v", err)
+	}
+	return store.Cred{AgentID: a.ID, SecretHash: hash(secret)}
+}
+
+func spec(agentID string) store.JobSpec {
+	return store.JobSpec{Type: "echo", Payload: []byte("hi"), Target: store.Target{AgentID: agentID},
+		Timeout: time.Minute, DeliveryTTL: time.Hour, MaxAttempts: 3}
+}
+
+func waitFire(t *testing.T, w *store.Watcher, within time.Duration, what string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	select {
+	case <-w.C:
+		return time.Since(start)
+	case <-time.After(within):
+		t.Fatalf("%s: watcher did not fire within %s", what, within)
+		return 0
+	}
+}
+
+// crossReplica checks that a Watch on one Store fires when another Store on the
+// same Redis changes the watched agent, and reports how long it took.
+func crossReplica(t *testing.T, url string) {
+	a := open(t, url, "x", store.Config{})
+	b := open(t, url, "x", store.Config{})
+	cred := register(t, a, "s")
+	var worst time.Duration
+	for i := 0; i < 20; i++ {
+		w := a.Watch(store.AgentKey(cred.AgentID))
+		start := time.Now()
+		if _, err := b.Dispatch(t.Context(), spec(cred.AgentID)); err != nil {
+			t.Fatal(err)
+		}
+		waitFire(t, w, 2*time.Second, "dispatch on the other replica")
+		worst = max(worst, time.Since(start))
+		w.Stop()
+	}
+	t.Logf("dispatch on B to wake on A: worst of 20 = %s", worst)
+	if worst > 200*time.Millisecond {
+		t.Fatalf("cross-replica wake took %s", worst)
+	}
+	// The watcher on A also sees B's lease of a task.
+	tasks, _, _ := a.ListTasks(t.Context(), store.TaskFilter{AgentID: cred.AgentID, Page: store.Page{Size: 1}})
+	wt := a.Watch(store.TaskKey(tasks[len(tasks)-1].ID))
+	defer wt.Stop()
+	if _, err := b.Lease(t.Context(), store.LeaseParams{Cred: cred, Max: 100, Lease: time.Minute, Hold: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	waitFire(t, wt, 2*time.Second, "lease on the other replica")
+}
+
+func TestCrossReplicaWake(t *testing.T) {
+	t.Parallel()
+	crossReplica(t, redistest.Start(t).URL())
+}
+
+func TestCrossReplicaWakeCluster(t *testing.T) {
+	t.Parallel()
+	crossReplica(t, redistest.StartCluster(t, 3).URL())
+}
+
+// TestSubscriptionDropped kills the pub/sub connection: every watcher fires (it may
+// have missed a notification), and notifications flow again afterwards.
+func TestSubscriptionDropped(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	a := open(t, srv.URL(), "x", store.Config{})
+	b := open(t, srv.URL(), "x", store.Config{})
+	cred := register(t, a, "s")
+	w := a.Watch(store.AgentKey("a0000000000000000")) // a key nobody changes
+	defer w.Stop()
+	killed := srv.MustDo("CLIENT", "KILL", "TYPE", "pubsub")
+	if n, _ := strconv.Atoi(killed); n < 1 {
+		t.Fatalf("CLIENT KILL TYPE pubsub killed %q clients", killed)
+	}
+	waitFire(t, w, 5*time.Second, "after the subscription was dropped")
+
+	// Later notifications still arrive.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		wa := a.Watch(store.AgentKey(cred.AgentID))
+		if _, err := b.Dispatch(t.Context(), spec(cred.AgentID)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-wa.C:
+			wa.Stop()
+			return
+		case <-time.After(200 * time.Millisecond):
+			wa.Stop()
+			if time.Now().After(deadline) {
+				t.Fatal("notifications did not resume after the subscription was restored")
+			}
+		}
+	}
+}
+
+// TestRedisDown stops Redis: calls fail with KindUnavailable (and say nothing of
+// Redis' internals); after a restart they work again, and the data kept in the
+// AOF is there.
+func TestRedisDown(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, redistest.WithAOF())
+	s := open(t, srv.URL(), "x", store.Config{})
+	cred := register(t, s, "s")
+	j, err := s.Dispatch(t.Context(), spec(cred.AgentID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := s.Watch(store.AgentKey(cred.AgentID))
+	defer w.Stop()
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	checks := map[string]func() error{
+		"Lease": func() error {
+			_, err := s.Lease(ctx, store.LeaseParams{Cred: cred, Max: 1, Lease: time.Minute})
+			return err
+		},
+		"GetTask":   func() error { _, err := s.GetTask(ctx, j.TaskIDs[0]); return err },
+		"Dispatch":  func() error { _, err := s.Dispatch(ctx, spec(cred.AgentID)); return err },
+		"Reap":      func() error { return s.Reap(ctx) },
+		"Ping":      func() error { return s.Ping(ctx) },
+		"ListTasks": func() error { _, _, err := s.ListTasks(ctx, store.TaskFilter{}); return err },
+	}
+	for name, call := range checks {
+		start := time.Now()
+		err := call()
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("%s with Redis down took %s to fail", name, d)
+		}
+		if store.KindOf(err) != store.KindUnavailable {
+			t.Errorf("%s with Redis down: %v (kind %d), want KindUnavailable", name, err, store.KindOf(err))
+		}
+		if err != nil && (strings.Contains(err.Error(), "127.0.0.1") || strings.Contains(err.Error(), "rueidis")) {
+			t.Errorf("%s error leaks internals: %q", name, err.Error())
+		}
+	}
+	srv.Restart()
+	// The restarted server has no scripts loaded: EVALSHA falls back to EVAL.
+	var lease store.LeaseResult
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		lease, err = s.Lease(t.Context(), store.LeaseParams{Cred: cred, Max: 1, Lease: time.Minute})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("Lease after restart: %v", err)
+	}
+	if len(lease.Tasks) != 1 || lease.Tasks[0].ID != j.TaskIDs[0] {
+		t.Fatalf("after restart leased %+v, want the task dispatched before", lease.Tasks)
+	}
+	if err := s.Reap(t.Context()); err != nil {
+		t.Fatalf("Reap after restart: %v", err)
+	}
+	// Notifications work again.
+	w2 := s.Watch(store.AgentKey(cred.AgentID))
+	defer w2.Stop()
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		if _, err := s.Dispatch(t.Context(), spec(cred.AgentID)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-w2.C:
+			return
+		case <-time.After(200 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("no notification after restart")
+			}
+		}
+	}
+}
+
+func commandCalls(t *testing.T, srv *redistest.Server) (total int64, byCmd map[string]int64) {
+	t.Helper()
+	byCmd = map[string]int64{}
+	for _, l := range strings.Split(srv.MustDo("INFO", "commandstats"), "\n") {
+		l = strings.TrimSpace(l)
+		name, rest, ok := strings.Cut(l, ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(kv, "calls="); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				byCmd[strings.TrimPrefix(name, "cmdstat_")] = n
+				total += n
+			}
+		}
+	}
+	return total, byCmd
+}
+
+// TestIdleCost measures what an idle agent costs Redis: the commands one Lease
+// with nothing to do runs (INFO commandstats counts the commands inside scripts).
+func TestIdleCost(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := open(t, srv.URL(), "x", store.Config{})
+	cred := register(t, s, "s")
+	// Each Lease is the start of a new Poll, the previous one having ended
+	// (Hold 0), as an idle agent's polls are, one per poll window.
+	p := store.LeaseParams{Cred: cred, Max: 1, Lease: time.Minute}
+	if _, err := s.Lease(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	before, b := commandCalls(t, srv)
+	for i := 0; i < n; i++ {
+		if _, err := s.Lease(t.Context(), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, a := commandCalls(t, srv)
+	per := float64(after-before-1) / n // the INFO call itself counts once
+	var parts []string
+	for k, v := range a {
+		if d := v - b[k]; d > 0 && k != "info" {
+			parts = append(parts, fmt.Sprintf("%s=%.1f", k, float64(d)/n))
+		}
+	}
+	t.Logf("idle Lease: %.1f Redis commands per call (%s)", per, strings.Join(parts, " "))
+	if per > 5 {
+		t.Fatalf("an idle Lease costs %.1f commands, want at most 5", per)
+	}
+	// A held Poll between wakes costs nothing: a Watch sends no command.
+	before, _ = commandCalls(t, srv)
+	w := s.Watch(store.AgentKey(cred.AgentID))
+	time.Sleep(300 * time.Millisecond)
+	w.Stop()
+	after, _ = commandCalls(t, srv)
+	if d := after - before - 1; d > 0 {
+		t.Fatalf("a held watch cost %d commands", d)
+	}
+}
+
+// TestReapIdleCost measures one Reap pass with nothing due.
+func TestReapIdleCost(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := open(t, srv.URL(), "x", store.Config{})
+	if err := s.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := commandCalls(t, srv)
+	if err := s.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := commandCalls(t, srv)
+	t.Logf("idle Reap pass: %d Redis commands", after-before-1)
+}
+
+// TestDefaultClock opens a store without a clock: it follows Redis' TIME.
+func TestDefaultClock(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	s := open(t, srv.URL(), "x", store.Config{})
+	cred := register(t, s, "s")
+	a, err := s.GetAgent(t.Context(), cred.AgentID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(a.RegisteredAt); d < -time.Second || d > time.Second {
+		t.Fatalf("registered %s ago by the default clock", d)
+	}
+	if a.Status != store.AgentOnline {
+		t.Fatalf("status = %v", a.Status)
+	}
+}
+
+// TestPrefixesAreSeparate checks that two stores with different prefixes on one
+// Redis do not see each other.
+func TestPrefixesAreSeparate(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	a := open(t, srv.URL(), "one", store.Config{})
+	b := open(t, srv.URL(), "two", store.Config{})
+	cred := register(t, a, "s")
+	if _, err := b.GetAgent(t.Context(), cred.AgentID); store.KindOf(err) != store.KindNotFound {
+		t.Fatalf("GetAgent through another prefix: %v", err)
+	}
+	if err := b.AuthenticateAgent(t.Context(), cred); store.KindOf(err) != store.KindUnauthenticated {
+		t.Fatalf("AuthenticateAgent through another prefix: %v", err)
+	}
+}
+
+// TestManyReplicasReap runs Reap from several stores at once over many expired
+// leases: each is requeued exactly once.
+func TestManyReplicasReap(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t, 3)
+	clock := storetest.NewClock()
+	cfg := store.Config{Clock: clock}
+	var stores []*redisstore.Store
+	for i := 0; i < 4; i++ {
+		stores = append(stores, open(t, cl.URL(), "m", cfg))
+	}
+	var creds []store.Cred
+	for i := 0; i < 30; i++ {
+		c := register(t, stores[0], fmt.Sprint("s", i))
+		creds = append(creds, c)
+		for k := 0; k < 3; k++ {
+			if _, err := stores[i%4].Dispatch(t.Context(), spec(c.AgentID)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if r, err := stores[0].Lease(t.Context(), store.LeaseParams{Cred: c, Max: 3, Lease: 30 * time.Second}); err != nil || len(r.Tasks) != 3 {
+			t.Fatalf("Lease = %d tasks, %v", len(r.Tasks), err)
+		}
+	}
+	clock.Advance(31 * time.Second)
+	errs := make(chan error, len(stores))
+	for _, s := range stores {
+		go func() { errs <- s.Reap(t.Context()) }()
+	}
+	for range stores {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range creds {
+		r, err := stores[1].Lease(t.Context(), store.LeaseParams{Cred: c, Max: 10, Lease: 30 * time.Second})
+		if err != nil || len(r.Tasks) != 3 {
+			t.Fatalf("after reaping leased %d, %v; want 3", len(r.Tasks), err)
+		}
+		for _, tk := range r.Tasks {
+			if tk.Attempt != 2 || len(tk.History) != 4 {
+				t.Fatalf("task %s attempt %d history %+v: want one requeue", tk.ID, tk.Attempt, tk.History)
+			}
+		}
+	}
+}
