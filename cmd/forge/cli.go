@@ -38,6 +38,7 @@ Usage:
   forge tasks   [flags] [TASK_ID]     list tasks, or show one
   forge cancel  [flags] TASK_ID...    cancel tasks (or --job JOB_ID)
   forge revoke  [flags] AGENT_ID      revoke an agent: its token stops working at once
+  forge bench   [flags]               measure latency, throughput and fleet scale
 
 Every flag also reads an environment variable: --admin-token reads FORGE_ADMIN_TOKEN.
 Run "forge COMMAND -h" for a command's flags.
@@ -60,6 +61,7 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 		"tasks":  m.runTasks,
 		"cancel": m.runCancel,
 		"revoke": m.runRevoke,
+		"bench":  m.runBench,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

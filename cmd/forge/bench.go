@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"strings"
+
+	"github.com/orange-forge/forge/internal/bench"
+	"github.com/orange-forge/forge/store"
+)
+
+func (m *Main) runBench(ctx context.Context, args []string) error {
+	f := m.newFlags("bench", "forge bench: measures forge's performance scenarios beside a bare Connect call, and prints a table.\n\n"+
+		"By default it starts servers in this process (in memory, or --redis) on loopback ports; the idle\n"+
+		"scenario runs `forge server` as a child process so its memory and CPU are its own. Scenarios: "+strings.Join(bench.Scenarios, ", ")+".")
+	serverURL := f.String("server", "", "measure running servers instead (comma-separated; crossreplica uses the first two)")
+	adminToken := f.String("admin-token", "", "operator token of --server")
+	enrollToken := f.String("enroll-token", "", "enrollment token of --server")
+	redisURL := f.String("redis", "", "run the in-process servers on Redis (redis://host:port/db); the bench leaves its agents and tasks there")
+	scenarios := f.List("scenario", "scenario to run (repeatable or comma-separated); default: all")
+	agents := f.Int("agents", 10000, "agents in the idle and storm scenarios")
+	quick := f.Bool("quick", false, "a smoke test: every scenario at a tiny scale")
+	jsonOut := f.Bool("json", false, "print JSON instead of the table")
+	plot := f.String("plot", "", "write an SVG of the latency distributions to this file")
+	childServer := f.Bool("child-server", true, "run the idle scenario's server as a child process (this binary) to read its own memory and CPU")
+	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the whole run (servers and agents in this process) to this file")
+	logLevel := f.String("log-level", "warn", "progress log level on stderr: debug, info, warn, error")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if f.NArg() > 0 {
+		fmt.Fprintf(m.Stderr, "forge bench: unexpected argument %q\n", f.Arg(0))
+		return errUsage
+	}
+	log, err := m.logger("text", *logLevel)
+	if err != nil {
+		return err
+	}
+	cfg := bench.Config{AdminToken: *adminToken, EnrollToken: *enrollToken, RedisURL: *redisURL,
+		Agents: *agents, Quick: *quick, Logger: log}
+	for _, s := range strings.Split(*serverURL, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			cfg.Servers = append(cfg.Servers, s)
+		}
+	}
+	for _, v := range scenarios.vals {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				cfg.Scenarios = append(cfg.Scenarios, s)
+			}
+		}
+	}
+	if *redisURL != "" {
+		cfg.OpenRedis = func(ctx context.Context, url string, c store.Config) (store.Store, error) {
+			st, _, err := openRedis(ctx, url, c, log)
+			return st, err
+		}
+	}
+	if *childServer {
+		if exe, err := os.Executable(); err == nil {
+			cfg.ServerExe = exe
+		}
+	}
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	rep, err := bench.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if *plot != "" {
+		pf, err := os.Create(*plot)
+		if err != nil {
+			return err
+		}
+		if err := rep.WritePlot(pf); err != nil {
+			pf.Close()
+			return err
+		}
+		if err := pf.Close(); err != nil {
+			return err
+		}
+	}
+	if *jsonOut {
+		return rep.WriteJSON(m.Stdout)
+	}
+	return rep.WriteTable(m.Stdout)
+}

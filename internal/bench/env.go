@@ -1,0 +1,334 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/orange-forge/forge/agent"
+	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/server"
+	"github.com/orange-forge/forge/store"
+	"github.com/orange-forge/forge/store/memstore"
+)
+
+// runner holds what the scenarios share: the store, the in-process servers (or
+// the URLs of external ones), the operator client, and the bare-call floor.
+type runner struct {
+	cfg Config
+	log *slog.Logger
+
+	enroll, admin string
+	st            store.Store // in-process only
+	main          *instance   // in-process only
+	url           string
+
+	opHTTP *http.Client
+	ctl    forgev1connect.ControlServiceClient
+
+	floor     time.Duration // p50 of the bare call
+	floorRate float64       // bare calls/s, concurrent
+
+	one    *single        // the one-agent fleet
+	kf     *fleet         // the 1,000-agent fleet
+	kids   []string       // its agent ids
+	kstart chan time.Time // its "start" handler's start times
+}
+
+func (r *runner) external() bool { return len(r.cfg.Servers) > 0 }
+
+func (r *runner) storeName() string {
+	switch {
+	case r.external():
+		return "external"
+	case r.cfg.RedisURL != "":
+		return "redis"
+	}
+	return "memory"
+}
+
+func (r *runner) targetName() string {
+	if r.external() {
+		return strings.Join(r.cfg.Servers, ",")
+	}
+	return "in-process " + r.url
+}
+
+func (r *runner) init(ctx context.Context) error {
+	r.opHTTP = &http.Client{Transport: newTransport(512)}
+	if r.external() {
+		if r.cfg.AdminToken == "" || r.cfg.EnrollToken == "" {
+			return errors.New("bench: --server needs --admin-token and --enroll-token")
+		}
+		r.enroll, r.admin = r.cfg.EnrollToken, r.cfg.AdminToken
+		r.url = strings.TrimRight(r.cfg.Servers[0], "/")
+	} else {
+		r.enroll, r.admin = "fe_bench_"+randHex(12), "fo_bench_"+randHex(12)
+		st, err := r.openStore(ctx)
+		if err != nil {
+			return err
+		}
+		r.st = st
+		if r.main, err = r.startServer(st, "127.0.0.1:0", 0); err != nil {
+			st.Close()
+			return err
+		}
+		r.url = r.main.url
+	}
+	r.ctl = r.control(r.url)
+	return nil
+}
+
+func (r *runner) close() {
+	r.stopFleets()
+	if r.main != nil {
+		r.main.close()
+	}
+	if r.st != nil {
+		r.st.Close()
+	}
+	r.opHTTP.CloseIdleConnections()
+}
+
+func (r *runner) openStore(ctx context.Context) (store.Store, error) {
+	cfg := store.Config{}
+	if r.cfg.RedisURL != "" {
+		return r.cfg.OpenRedis(ctx, r.cfg.RedisURL, cfg)
+	}
+	return memstore.New(cfg), nil
+}
+
+// control returns an operator client of the server at url.
+func (r *runner) control(url string) forgev1connect.ControlServiceClient {
+	return forgev1connect.NewControlServiceClient(r.opHTTP, url, connect.WithInterceptors(bearer(r.admin)))
+}
+
+// instance is an in-process server on a loopback port.
+type instance struct {
+	srv *server.Server
+	hs  *http.Server
+	url string
+}
+
+// startServer serves a new server.Server over st on addr, configured as
+// `forge server` configures its own. pollHold zero keeps the default.
+func (r *runner) startServer(st store.Store, addr string, pollHold time.Duration) (*instance, error) {
+	srv, err := server.New(server.Config{Store: st, EnrollTokens: []string{r.enroll}, AdminTokens: []string{r.admin},
+		PollHold: pollHold})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 60 * time.Second,
+		WriteTimeout: 6 * time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+		ErrorLog: nil}
+	hs.Protocols = new(http.Protocols)
+	hs.Protocols.SetHTTP1(true)
+	go hs.Serve(ln)
+	return &instance{srv: srv, hs: hs, url: "http://" + ln.Addr().String()}, nil
+}
+
+// close stops the instance as `forge server` stops on SIGTERM: held calls are
+// answered, then connections close.
+func (in *instance) close() {
+	in.srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if in.hs.Shutdown(ctx) != nil {
+		in.hs.Close()
+	}
+}
+
+// newTransport is an HTTP/1.1 transport keeping up to idle connections.
+func newTransport(idle int) *http.Transport {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	return &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        idle,
+		MaxIdleConnsPerHost: idle,
+		IdleConnTimeout:     90 * time.Second,
+		Protocols:           &protos,
+	}
+}
+
+func bearer(tok string) connect.UnaryInterceptorFunc {
+	return func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			req.Header().Set("Authorization", "Bearer "+tok)
+			return next(ctx, req)
+		}
+	}
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// raiseFileLimit lifts RLIMIT_NOFILE as far as allowed: each simulated agent
+// holds one TCP connection for its Poll (two while it reports), and an
+// in-process server holds the other end of each.
+func raiseFileLimit(log *slog.Logger) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	want := uint64(1 << 20)
+	if lim.Max < want {
+		up := syscall.Rlimit{Cur: want, Max: want}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &up) == nil {
+			return
+		}
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		log.Warn("cannot raise the open file limit", "err", err)
+	}
+}
+
+func fileLimit() uint64 {
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	return lim.Cur
+}
+
+// countingRT counts the calls of a fleet and the ones that failed (transport
+// error or a non-200 answer), and bounds concurrent registrations so that
+// starting thousands of agents does not overflow the listen backlog.
+type countingRT struct {
+	base     http.RoundTripper
+	register chan struct{}
+	calls    atomic.Int64
+	errors   atomic.Int64
+}
+
+func (c *countingRT) RoundTrip(req *http.Request) (*http.Response, error) {
+	if strings.HasSuffix(req.URL.Path, "/Register") {
+		select {
+		case c.register <- struct{}{}:
+			defer func() { <-c.register }()
+		case <-req.Context().Done():
+			return nil, req.Context().Err()
+		}
+	}
+	c.calls.Add(1)
+	res, err := c.base.RoundTrip(req)
+	if err != nil || res.StatusCode != http.StatusOK {
+		if req.Context().Err() == nil {
+			c.errors.Add(1)
+		}
+	}
+	return res, err
+}
+
+// fleet is a set of real agents in this process sharing one transport.
+type fleet struct {
+	agents []*agent.Agent
+	tr     *http.Transport
+	rt     *countingRT
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	failed atomic.Int64
+}
+
+type fleetSpec struct {
+	n           int
+	servers     []string
+	labels      map[string]string
+	handlers    map[string]agent.Handler
+	concurrency int
+}
+
+// startFleet starts n agents; they register (at most 64 at a time) and poll.
+func (r *runner) startFleet(ctx context.Context, fs fleetSpec) (*fleet, error) {
+	if len(fs.servers) == 0 {
+		fs.servers = []string{r.url}
+	}
+	tr := newTransport(3*fs.n + 16)
+	f := &fleet{tr: tr, rt: &countingRT{base: tr, register: make(chan struct{}, 64)}}
+	hc := &http.Client{Transport: f.rt}
+	fctx, cancel := context.WithCancel(ctx)
+	f.cancel = cancel
+	for i := range fs.n {
+		a, err := agent.New(agent.Config{Servers: fs.servers, EnrollToken: r.enroll, Name: fmt.Sprintf("bench-%d", i),
+			Labels: fs.labels, Concurrency: fs.concurrency, HTTPClient: hc, Logger: slog.New(slog.DiscardHandler),
+			DrainGrace: time.Second})
+		if err != nil {
+			f.stop()
+			return nil, err
+		}
+		for t, h := range fs.handlers {
+			a.Handle(t, h)
+		}
+		f.agents = append(f.agents, a)
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			if err := a.Run(fctx); err != nil {
+				f.failed.Add(1)
+				r.log.Warn("agent stopped", "err", err)
+			}
+		}()
+	}
+	return f, nil
+}
+
+// ids waits until every agent has an id and returns them.
+func (f *fleet) ids(ctx context.Context, timeout time.Duration) ([]string, error) {
+	end := time.Now().Add(timeout)
+	out := make([]string, len(f.agents))
+	for i, a := range f.agents {
+		for {
+			if out[i] = a.ID(); out[i] != "" {
+				break
+			}
+			if time.Now().After(end) || ctx.Err() != nil {
+				return nil, fmt.Errorf("only %d of %d agents registered within %v", i, len(f.agents), timeout)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	return out, nil
+}
+
+// stop ends every agent and closes the fleet's connections.
+func (f *fleet) stop() {
+	f.cancel()
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+	}
+	f.tr.CloseIdleConnections()
+}
+
+// waitFor polls cond every few milliseconds until it holds or timeout passes.
+func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) bool {
+	end := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(end) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}

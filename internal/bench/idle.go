@@ -1,0 +1,298 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/orange-forge/forge/agent"
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+)
+
+// held returns how many Polls the measured server holds now.
+func (r *runner) held() int {
+	if r.main != nil {
+		return r.main.srv.HeldPolls()
+	}
+	v, _ := scrape(r.opHTTP, r.url, "forge_polls_held")
+	return int(v)
+}
+
+// scrape reads one unlabelled metric from a server's /metrics.
+func scrape(hc *http.Client, url, name string) (float64, error) {
+	res, err := hc.Get(url + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("metric %s not found", name)
+}
+
+// child is `forge server` running as a child process, so its memory and CPU
+// are its own.
+type child struct {
+	cmd *exec.Cmd
+	url string
+}
+
+func (r *runner) startChild(ctx context.Context, pollHold time.Duration) (*child, error) {
+	args := []string{"server", "--listen", "127.0.0.1:0", "--enroll-token", r.enroll, "--admin-token", r.admin,
+		"--poll-hold", pollHold.String(), "--log-level", "error"}
+	if r.cfg.RedisURL != "" {
+		args = append(args, "--redis", r.cfg.RedisURL)
+	}
+	cmd := exec.CommandContext(ctx, r.cfg.ServerExe, args...)
+	cmd.Env = append(os.Environ(), "FORGE_ENROLL_TOKEN=", "FORGE_ADMIN_TOKEN=")
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	cmd.Stderr = io.Discard
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	urls := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if u, ok := strings.CutPrefix(sc.Text(), "forge server listening on "); ok {
+				urls <- strings.TrimSpace(u)
+			}
+		}
+	}()
+	select {
+	case u := <-urls:
+		return &child{cmd: cmd, url: u}, nil
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, errors.New("the child server did not start within 15s")
+	}
+}
+
+func (c *child) stop() {
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		c.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// rss returns the process's resident set in bytes.
+func rss(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// cpuTime returns the user+system CPU time the process used.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * (time.Second / 100), nil // USER_HZ is 100 on Linux
+}
+
+// idle measures a server holding the Polls of N idle agents: its memory per
+// waiting agent, its CPU while they wait through a poll window (each agent
+// renews its Poll once), and with Redis the commands per agent per window.
+func (r *runner) idle(ctx context.Context) ([]Result, error) {
+	n := r.scale(r.cfg.Agents, min(r.cfg.Agents, 200))
+	hold := r.budget(25*time.Second, 2*time.Second)
+	name := fmt.Sprintf("%d idle agents long-polling (hold %s)", n, hold)
+	if r.external() || r.cfg.ServerExe == "" {
+		why := "external server: its memory and CPU cannot be read from here"
+		if !r.external() {
+			why = "no forge binary to run the server as a child process (ServerExe)"
+		}
+		return []Result{{Scenario: "idle", Name: name, Summary: "not measured", Target: targetOf["idle"], Note: why}}, nil
+	}
+	c, err := r.startChild(ctx, hold)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	pid := c.cmd.Process.Pid
+	time.Sleep(300 * time.Millisecond)
+	rss0, err := rss(pid)
+	if err != nil {
+		return nil, err
+	}
+	heap0, err := scrape(r.opHTTP, c.url, "go_memstats_heap_inuse_bytes")
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	f, err := r.startFleet(ctx, fleetSpec{n: n, servers: []string{c.url}, labels: map[string]string{"bench": "idle"},
+		handlers: map[string]agent.Handler{"echo": agent.EchoHandler()}})
+	if err != nil {
+		return nil, err
+	}
+	defer f.stop()
+	heldN := func() int { v, _ := scrape(r.opHTTP, c.url, "forge_polls_held"); return int(v) }
+	if !waitFor(ctx, 2*time.Minute, func() bool { return heldN() >= n }) {
+		return nil, fmt.Errorf("only %d of %d agents held a poll after 2 min (open file limit %d)", heldN(), n, fileLimit())
+	}
+	settle := time.Since(t0)
+	time.Sleep(500 * time.Millisecond)
+	rss1, _ := rss(pid)
+	heap1, _ := scrape(r.opHTTP, c.url, "go_memstats_heap_inuse_bytes")
+	cpu0, _ := cpuTime(pid)
+	cmds0, redisErr := r.redisCalls(ctx)
+	w0 := time.Now()
+	select {
+	case <-time.After(hold):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	window := time.Since(w0)
+	cpu1, _ := cpuTime(pid)
+	cmds1, _ := r.redisCalls(ctx)
+	rss2, _ := rss(pid)
+	heldEnd := heldN()
+
+	perRSS := (rss1 - rss0) / float64(n)
+	perHeap := (heap1 - heap0) / float64(n)
+	cpuPct := 100 * (cpu1 - cpu0).Seconds() / window.Seconds()
+	vals := map[string]float64{"agents": float64(n), "rss_per_agent_bytes": perRSS, "heap_per_agent_bytes": perHeap,
+		"rss_before_bytes": rss0, "rss_held_bytes": rss1, "rss_after_window_bytes": rss2, "idle_cpu_percent": cpuPct,
+		"startup_seconds": settle.Seconds(), "held_at_end": float64(heldEnd)}
+	summary := fmt.Sprintf("%.1f KB RSS, %.1f KB heap per agent; CPU %.1f%%", perRSS/1024, perHeap/1024, cpuPct)
+	ok := perRSS <= 30*1024 && perHeap <= 30*1024 && cpuPct < 5
+	note := fmt.Sprintf("server as a child process: RSS %.0f MB → %.0f MB with %d polls held (VmRSS); heap is go_memstats_heap_inuse_bytes, garbage included; CPU over one poll window of %s (every agent renews its Poll once); %d agents registered and polling in %s; each agent holds one TCP connection",
+		rss0/(1<<20), rss1/(1<<20), n, window.Round(time.Millisecond), n, settle.Round(100*time.Millisecond))
+	if r.cfg.RedisURL != "" {
+		if redisErr != nil {
+			note += "; Redis commands not counted: " + redisErr.Error()
+		} else {
+			per := float64(cmds1-cmds0) / float64(n) * (hold.Seconds() / window.Seconds())
+			vals["redis_cmds_per_agent_per_window"] = per
+			summary += fmt.Sprintf("; %.2f Redis cmds/agent/window", per)
+			ok = ok && per <= 1
+			note += "; Redis commands from INFO commandstats (scripts' commands included, reaper included)"
+		}
+	}
+	return []Result{{Scenario: "idle", Name: name, Summary: summary, Target: targetOf["idle"], Met: met(ok), Note: note, Values: vals}}, nil
+}
+
+// storm restarts the server under a fleet whose tasks are running, and measures
+// how long until every agent polls again, the failed calls meanwhile, and
+// whether every task still ends SUCCEEDED.
+func (r *runner) storm(ctx context.Context) ([]Result, error) {
+	n := r.scale(r.cfg.Agents, min(r.cfg.Agents, 200))
+	name := fmt.Sprintf("server restarted under %d agents (down 1s)", n)
+	if r.external() {
+		return []Result{{Scenario: "storm", Name: name, Summary: "skipped", Target: targetOf["storm"], Note: "cannot restart an external server"}}, nil
+	}
+	in, err := r.startServer(r.st, "127.0.0.1:0", 0)
+	if err != nil {
+		return nil, err
+	}
+	addr := strings.TrimPrefix(in.url, "http://")
+	defer func() {
+		if in != nil {
+			in.close()
+		}
+	}()
+	slow := func(ctx context.Context, t *agent.Task) ([]byte, error) {
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return t.Payload, nil
+	}
+	f, err := r.startFleet(ctx, fleetSpec{n: n, servers: []string{in.url}, labels: map[string]string{"bench": "storm"},
+		handlers: map[string]agent.Handler{"slow": slow}})
+	if err != nil {
+		return nil, err
+	}
+	defer f.stop()
+	if !waitFor(ctx, 2*time.Minute, func() bool { return in.srv.HeldPolls() >= n }) {
+		return nil, fmt.Errorf("only %d of %d agents held a poll after 2 min (open file limit %d)", in.srv.HeldPolls(), n, fileLimit())
+	}
+	ctl := r.control(in.url)
+	job, err := ctl.Dispatch(ctx, connect.NewRequest(&forgev1.DispatchRequest{Type: "slow", Payload: []byte("x"),
+		Target: &forgev1.DispatchRequest_Selector{Selector: "bench=storm"}}))
+	if err != nil {
+		return nil, err
+	}
+	time.Sleep(100 * time.Millisecond) // tasks are leased and running
+	calls0, errs0 := f.rt.calls.Load(), f.rt.errors.Load()
+	in.close()
+	r.opHTTP.CloseIdleConnections()
+	time.Sleep(time.Second)
+	in2, err := r.startServer(r.st, addr, 0)
+	if err != nil {
+		in = nil
+		return nil, fmt.Errorf("restarting on %s: %w", addr, err)
+	}
+	in = in2
+	t0 := time.Now()
+	ok := waitFor(ctx, 60*time.Second, func() bool { return in.srv.HeldPolls() >= n })
+	back := time.Since(t0)
+	calls, errs := f.rt.calls.Load()-calls0, f.rt.errors.Load()-errs0
+	if !ok {
+		return nil, fmt.Errorf("only %d of %d agents polled again within 60s", in.srv.HeldPolls(), n)
+	}
+	var counts *forgev1.JobCounts
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); {
+		w, err := ctl.WaitJob(ctx, connect.NewRequest(&forgev1.WaitJobRequest{JobId: job.Msg.JobId, Wait: durationpb.New(10 * time.Second), PageSize: 1}))
+		if err != nil {
+			return nil, err
+		}
+		if counts = w.Msg.Job.GetCounts(); w.Msg.Job.GetDone() {
+			break
+		}
+	}
+	lost := n - int(counts.GetSucceeded())
+	vals := map[string]float64{"agents": float64(n), "seconds_to_all_polling": back.Seconds(), "calls": float64(calls),
+		"failed_calls": float64(errs), "failed_calls_per_agent": float64(errs) / float64(n), "tasks_not_succeeded": float64(lost)}
+	res := Result{Scenario: "storm", Name: name, Target: targetOf["storm"], Values: vals,
+		Summary: fmt.Sprintf("all polling in %s; %d failed calls (%.1f/agent); %d of %d tasks lost", fmtDur(back), errs, float64(errs)/float64(n), lost, n),
+		Met:     met(back <= 30*time.Second && lost == 0 && float64(errs) <= 5*float64(n)),
+		Note: fmt.Sprintf("the in-process server stops as on SIGTERM (held polls answered), stays down 1s, and a new one starts on the same port over the same store; %d tasks were running; agents retry with full-jitter backoff (100ms doubling to 10s); %d calls in all from the stop until every agent polled again; 'no error storm' read as ≤ 5 failed calls per agent",
+			n, calls)}
+	return []Result{res}, nil
+}

@@ -1,0 +1,618 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/orange-forge/forge/agent"
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+)
+
+// scale picks the default or the --quick figure.
+func (r *runner) scale(def, quick int) int {
+	if r.cfg.Quick {
+		return quick
+	}
+	return def
+}
+
+func (r *runner) budget(def, quick time.Duration) time.Duration {
+	if r.cfg.Quick {
+		return quick
+	}
+	return def
+}
+
+func (r *runner) run(ctx context.Context, name string) []Result {
+	var res []Result
+	var err error
+	switch name {
+	case "ping":
+		res, err = r.ping(ctx)
+	case "roundtrip":
+		res, err = r.roundTrip(ctx)
+	case "runwait":
+		res, err = r.runWait(ctx)
+	case "crossreplica":
+		res, err = r.crossReplica(ctx)
+	case "cancel":
+		res, err = r.cancelLatency(ctx)
+	case "throughput":
+		res, err = r.throughput(ctx)
+	case "dispatchstart":
+		res, err = r.dispatchStart(ctx)
+	case "fanout":
+		res, err = r.fanOut(ctx)
+	case "idle":
+		r.stopFleets()
+		res, err = r.idle(ctx)
+	case "storm":
+		r.stopFleets()
+		res, err = r.storm(ctx)
+	}
+	if err != nil {
+		res = append(res, Result{Scenario: name, Name: "failed", Summary: "error", Target: targetOf[name], Note: err.Error(), Met: met(false)})
+	}
+	return res
+}
+
+var targetOf = map[string]string{
+	"roundtrip":     "p50 ≤ 3.2× bare (memory), ≤ 3.5× (Redis); p99 ≤ 10ms",
+	"runwait":       "p50 ≤ 2.5× bare (memory), ≤ 3.0× (Redis)",
+	"crossreplica":  "p99 ≤ 2ms",
+	"cancel":        "p99 ≤ 100ms",
+	"throughput":    "≥ 3,000 tasks/s or ≥ 35% of bare calls/s",
+	"dispatchstart": "p99 ≤ 5ms",
+	"fanout":        "all results ≤ 1s",
+	"idle":          "≤ 30 KB/agent (RSS, heap); ≤ 1 Redis cmd/agent/window; CPU < 5%",
+	"storm":         "all polling ≤ 30s; no error storm; no task lost",
+}
+
+// sample calls f up to n times or until the budget is spent, and returns the
+// latencies it measured.
+func sample(ctx context.Context, n int, budget time.Duration, f func(i int) (time.Duration, error)) ([]time.Duration, error) {
+	end := time.Now().Add(budget)
+	out := make([]time.Duration, 0, n)
+	for i := 0; i < n && (i < 10 || time.Now().Before(end)); i++ {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		d, err := f(i)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// latencyRow makes a row of a latency distribution, with its ratio to the floor
+// when vsBare is set.
+func (r *runner) latencyRow(scenario, name string, lat []time.Duration, vsBare bool) Result {
+	d := newDist(lat)
+	res := Result{Scenario: scenario, Name: fmt.Sprintf("%s (n=%d)", name, len(d)), Target: targetOf[scenario],
+		Summary: fmt.Sprintf("p50 %s · p99 %s", fmtDur(d.p50()), fmtDur(d.p99())),
+		Values:  map[string]float64{"n": float64(len(d)), "p50_us": us(d.p50()), "p90_us": us(d.q(.9)), "p99_us": us(d.p99()), "max_us": us(d.max())},
+		Samples: lat}
+	if vsBare && r.floor > 0 {
+		res.VsBare = fmt.Sprintf("%.2f× p50", ratio(d.p50(), r.floor))
+		res.Values["p50_ratio"] = ratio(d.p50(), r.floor)
+	}
+	return res
+}
+
+// ---- the floor ----
+
+func (r *runner) ping(ctx context.Context) ([]Result, error) {
+	c := forgev1connect.NewPingServiceClient(r.opHTTP, r.url)
+	call := func(int) (time.Duration, error) {
+		t0 := time.Now()
+		_, err := c.Ping(ctx, connect.NewRequest(&forgev1.PingRequest{}))
+		return time.Since(t0), err
+	}
+	if _, err := sample(ctx, 300, time.Second, call); err != nil {
+		return nil, err
+	}
+	lat, err := sample(ctx, r.scale(5000, 200), r.budget(3*time.Second, 300*time.Millisecond), call)
+	if err != nil {
+		return nil, err
+	}
+	row := r.latencyRow("ping", "bare Connect call, sequential", lat, false)
+	row.Target = "the floor"
+	r.floor = newDist(lat).p50()
+
+	// Calls/s with as many callers as the throughput scenario's dispatchers.
+	const callers = 64
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	span := r.budget(2*time.Second, 300*time.Millisecond)
+	end := time.Now().Add(span)
+	t0 := time.Now()
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) && ctx.Err() == nil {
+				if _, err := c.Ping(ctx, connect.NewRequest(&forgev1.PingRequest{})); err == nil {
+					n.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	r.floorRate = float64(n.Load()) / time.Since(t0).Seconds()
+	rate := Result{Scenario: "ping", Name: fmt.Sprintf("bare Connect calls/s, %d callers", callers),
+		Summary: fmt.Sprintf("%.0f calls/s", r.floorRate), Target: "the floor",
+		Values: map[string]float64{"calls_per_s": r.floorRate}}
+	return []Result{row, rate}, nil
+}
+
+// ---- one idle agent: round trip, run-and-wait, cancel ----
+
+// single is one agent in its own fleet, with an echo handler and a handler that
+// blocks until its context ends (for cancel).
+type single struct {
+	f       *fleet
+	id      string
+	started chan struct{}
+	done    chan time.Time
+}
+
+func (r *runner) singleAgent(ctx context.Context) (*single, error) {
+	if r.one != nil {
+		return r.one, nil
+	}
+	s := &single{started: make(chan struct{}, 1), done: make(chan time.Time, 1)}
+	base := r.held()
+	f, err := r.startFleet(ctx, fleetSpec{n: 1, labels: map[string]string{"bench": "one"}, handlers: map[string]agent.Handler{
+		"echo": agent.EchoHandler(),
+		"block": func(ctx context.Context, t *agent.Task) ([]byte, error) {
+			s.started <- struct{}{}
+			<-ctx.Done()
+			s.done <- time.Now()
+			return nil, context.Cause(ctx)
+		},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	s.f = f
+	ids, err := f.ids(ctx, 10*time.Second)
+	if err != nil {
+		f.stop()
+		return nil, err
+	}
+	s.id = ids[0]
+	if !waitFor(ctx, 10*time.Second, func() bool { return r.held() >= base+1 }) {
+		f.stop()
+		return nil, errors.New("the agent never held a poll")
+	}
+	r.one = s
+	return s, nil
+}
+
+func (r *runner) dispatchOne(ctx context.Context, id, typ string, wait time.Duration) (*forgev1.DispatchResponse, error) {
+	req := &forgev1.DispatchRequest{Type: typ, Payload: []byte("x"), Target: &forgev1.DispatchRequest_AgentId{AgentId: id}}
+	if wait > 0 {
+		req.Wait = durationpb.New(wait)
+	}
+	res, err := r.ctl.Dispatch(ctx, connect.NewRequest(req))
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg, nil
+}
+
+func (r *runner) roundTrip(ctx context.Context) ([]Result, error) {
+	s, err := r.singleAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	call := func(int) (time.Duration, error) {
+		t0 := time.Now()
+		d, err := r.dispatchOne(ctx, s.id, "echo", 0)
+		if err != nil {
+			return 0, err
+		}
+		w, err := r.ctl.WaitTask(ctx, connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: d.TaskIds[0], Wait: durationpb.New(10 * time.Second)}))
+		if err != nil {
+			return 0, err
+		}
+		if st := w.Msg.Task.GetState(); st != forgev1.TaskState_TASK_STATE_SUCCEEDED {
+			return 0, fmt.Errorf("task ended %s", st)
+		}
+		return time.Since(t0), nil
+	}
+	if _, err := sample(ctx, 100, time.Second, call); err != nil {
+		return nil, err
+	}
+	lat, err := sample(ctx, r.scale(3000, 50), r.budget(4*time.Second, 300*time.Millisecond), call)
+	if err != nil {
+		return nil, err
+	}
+	row := r.latencyRow("roundtrip", "Dispatch → handler → WaitTask, 1 agent", lat, true)
+	d := newDist(lat)
+	limit := 3.2
+	if r.cfg.RedisURL != "" {
+		limit = 3.5
+	}
+	if !r.external() {
+		row.Met = met(ratio(d.p50(), r.floor) <= limit && d.p99() <= 10*time.Millisecond)
+	}
+	return []Result{row}, nil
+}
+
+func (r *runner) runWait(ctx context.Context) ([]Result, error) {
+	s, err := r.singleAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	call := func(int) (time.Duration, error) {
+		t0 := time.Now()
+		d, err := r.dispatchOne(ctx, s.id, "echo", 10*time.Second)
+		if err != nil {
+			return 0, err
+		}
+		if len(d.Tasks) != 1 || d.Tasks[0].State != forgev1.TaskState_TASK_STATE_SUCCEEDED {
+			return 0, fmt.Errorf("run-and-wait answered without the finished task: %v", d.Tasks)
+		}
+		return time.Since(t0), nil
+	}
+	if _, err := sample(ctx, 100, time.Second, call); err != nil {
+		return nil, err
+	}
+	lat, err := sample(ctx, r.scale(3000, 50), r.budget(4*time.Second, 300*time.Millisecond), call)
+	if err != nil {
+		return nil, err
+	}
+	row := r.latencyRow("runwait", "Dispatch with wait, 1 agent", lat, true)
+	limit := 2.5
+	if r.cfg.RedisURL != "" {
+		limit = 3.0
+	}
+	if !r.external() {
+		row.Met = met(ratio(newDist(lat).p50(), r.floor) <= limit)
+	}
+	return []Result{row}, nil
+}
+
+func (r *runner) cancelLatency(ctx context.Context) ([]Result, error) {
+	s, err := r.singleAgent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	call := func(int) (time.Duration, error) {
+		d, err := r.dispatchOne(ctx, s.id, "block", 0)
+		if err != nil {
+			return 0, err
+		}
+		select {
+		case <-s.started:
+		case <-time.After(5 * time.Second):
+			return 0, errors.New("the blocking handler did not start within 5s")
+		}
+		t0 := time.Now()
+		if _, err := r.ctl.CancelTask(ctx, connect.NewRequest(&forgev1.CancelTaskRequest{TaskId: d.TaskIds[0]})); err != nil {
+			return 0, err
+		}
+		var lat time.Duration
+		select {
+		case t := <-s.done:
+			lat = t.Sub(t0)
+		case <-time.After(5 * time.Second):
+			return 0, errors.New("the handler's context was not cancelled within 5s")
+		}
+		// Let the report land before the next task, untimed.
+		w, err := r.ctl.WaitTask(ctx, connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: d.TaskIds[0], Wait: durationpb.New(5 * time.Second)}))
+		if err != nil {
+			return 0, err
+		}
+		if st := w.Msg.Task.GetState(); st != forgev1.TaskState_TASK_STATE_CANCELED {
+			return 0, fmt.Errorf("cancelled task ended %s", st)
+		}
+		return lat, nil
+	}
+	lat, err := sample(ctx, r.scale(500, 10), r.budget(3*time.Second, 300*time.Millisecond), call)
+	if err != nil {
+		return nil, err
+	}
+	row := r.latencyRow("cancel", "CancelTask → handler ctx done", lat, true)
+	row.Met = met(newDist(lat).p99() <= 100*time.Millisecond)
+	return []Result{row}, nil
+}
+
+// ---- two replicas ----
+
+func (r *runner) crossReplica(ctx context.Context) ([]Result, error) {
+	var urlA, urlB string
+	held := func() int { return 0 }
+	switch {
+	case r.external() && len(r.cfg.Servers) < 2:
+		return []Result{{Scenario: "crossreplica", Name: "Poll on A, Dispatch on B", Summary: "skipped", Target: targetOf["crossreplica"],
+			Note: "needs two replicas: --server A,B"}}, nil
+	case r.external():
+		urlA, urlB = r.cfg.Servers[0], r.cfg.Servers[1]
+	default:
+		// Memory: two servers over one memstore share its hub, as two replicas
+		// share Redis. Redis: two servers over two redisstore clients.
+		stB := r.st
+		if r.cfg.RedisURL != "" {
+			var err error
+			if stB, err = r.openStore(ctx); err != nil {
+				return nil, err
+			}
+			defer stB.Close()
+		}
+		a, err := r.startServer(r.st, "127.0.0.1:0", 0)
+		if err != nil {
+			return nil, err
+		}
+		defer a.close()
+		b, err := r.startServer(stB, "127.0.0.1:0", 0)
+		if err != nil {
+			return nil, err
+		}
+		defer b.close()
+		urlA, urlB, held = a.url, b.url, a.srv.HeldPolls
+	}
+	hc := &http.Client{Transport: newTransport(8)}
+	defer hc.CloseIdleConnections()
+	ag := forgev1connect.NewAgentServiceClient(hc, urlA)
+	reg := connect.NewRequest(&forgev1.RegisterRequest{Name: "bench-xr", Labels: map[string]string{"bench": "xr"}, TaskTypes: []string{"echo"}})
+	reg.Header().Set("Authorization", "Bearer "+r.enroll)
+	rr, err := ag.Register(ctx, reg)
+	if err != nil {
+		return nil, err
+	}
+	id, tok := rr.Msg.AgentId, rr.Msg.AgentToken
+	authed := func(req connect.AnyRequest) { req.Header().Set("Authorization", "Bearer "+tok) }
+	ctlB := r.control(urlB)
+	var early int
+	call := func(int) (time.Duration, error) {
+		type answer struct {
+			at  time.Time
+			res *forgev1.PollResponse
+			err error
+		}
+		ch := make(chan answer, 1)
+		go func() {
+			req := connect.NewRequest(&forgev1.PollRequest{MaxTasks: proto.Int32(1), Wait: durationpb.New(10 * time.Second)})
+			authed(req)
+			res, err := ag.Poll(ctx, req)
+			a := answer{at: time.Now(), err: err}
+			if err == nil {
+				a.res = res.Msg
+			}
+			ch <- a
+		}()
+		if r.external() {
+			time.Sleep(5 * time.Millisecond)
+		} else if !waitFor(ctx, 5*time.Second, func() bool { return held() >= 1 }) {
+			return 0, errors.New("the poll was never held on replica A")
+		}
+		if _, err := ctlB.Dispatch(ctx, connect.NewRequest(&forgev1.DispatchRequest{Type: "echo", Payload: []byte("x"),
+			Target: &forgev1.DispatchRequest_AgentId{AgentId: id}})); err != nil {
+			return 0, err
+		}
+		answered := time.Now()
+		a := <-ch
+		if a.err != nil {
+			return 0, a.err
+		}
+		if len(a.res.Tasks) != 1 {
+			return 0, errors.New("the held poll answered without the task")
+		}
+		t := a.res.Tasks[0]
+		rep := connect.NewRequest(&forgev1.ReportResultRequest{TaskId: t.Id, Attempt: t.Attempt, Outcome: forgev1.Outcome_OUTCOME_SUCCEEDED})
+		authed(rep)
+		if _, err := ag.ReportResult(ctx, rep); err != nil {
+			return 0, err
+		}
+		d := a.at.Sub(answered)
+		if d < 0 { // the poll answered before the dispatch did
+			early++
+			d = 0
+		}
+		return d, nil
+	}
+	lat, err := sample(ctx, r.scale(1000, 10), r.budget(3*time.Second, 300*time.Millisecond), call)
+	if err != nil {
+		return nil, err
+	}
+	row := r.latencyRow("crossreplica", "Dispatch answer (B) → Poll answer (A)", lat, false)
+	row.Met = met(newDist(lat).p99() <= 2*time.Millisecond)
+	row.Note = fmt.Sprintf("%d of %d polls answered before the dispatch did (counted as 0)", early, len(lat))
+	return []Result{row}, nil
+}
+
+// ---- fleets ----
+
+func (r *runner) throughput(ctx context.Context) ([]Result, error) {
+	const n = 100
+	base := r.held()
+	f, err := r.startFleet(ctx, fleetSpec{n: n, labels: map[string]string{"bench": "tp"},
+		handlers: map[string]agent.Handler{"echo": agent.EchoHandler()}})
+	if err != nil {
+		return nil, err
+	}
+	defer f.stop()
+	ids, err := f.ids(ctx, 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	if !waitFor(ctx, 30*time.Second, func() bool { return r.held() >= base+n }) {
+		return nil, fmt.Errorf("only %d of %d agents held a poll", r.held()-base, n)
+	}
+	span := r.budget(4*time.Second, 300*time.Millisecond)
+	run := func(callers int, req func(i int) *forgev1.DispatchRequest) (float64, int64, error) {
+		var done, failed atomic.Int64
+		var wg sync.WaitGroup
+		end := time.Now().Add(span)
+		t0 := time.Now()
+		var firstErr atomic.Value
+		for g := range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := g; time.Now().Before(end) && ctx.Err() == nil; i += callers {
+					res, err := r.ctl.Dispatch(ctx, connect.NewRequest(req(i)))
+					if err != nil {
+						firstErr.CompareAndSwap(nil, err)
+						failed.Add(1)
+						time.Sleep(10 * time.Millisecond)
+						continue
+					}
+					done.Add(int64(res.Msg.Counts.GetSucceeded()))
+					failed.Add(int64(len(res.Msg.TaskIds)) - int64(res.Msg.Counts.GetSucceeded()))
+				}
+			}()
+		}
+		wg.Wait()
+		rate := float64(done.Load()) / time.Since(t0).Seconds()
+		if e, ok := firstErr.Load().(error); ok && done.Load() == 0 {
+			return 0, failed.Load(), e
+		}
+		return rate, failed.Load(), nil
+	}
+	wait := durationpb.New(10 * time.Second)
+	single, fail1, err := run(64, func(i int) *forgev1.DispatchRequest {
+		return &forgev1.DispatchRequest{Type: "echo", Payload: []byte("x"), Wait: wait,
+			Target: &forgev1.DispatchRequest_AgentId{AgentId: ids[i%n]}}
+	})
+	if err != nil {
+		return nil, err
+	}
+	batch, fail2, err := run(4, func(int) *forgev1.DispatchRequest {
+		return &forgev1.DispatchRequest{Type: "echo", Payload: []byte("x"), Wait: wait,
+			Target: &forgev1.DispatchRequest_Selector{Selector: "bench=tp"}}
+	})
+	if err != nil {
+		return nil, err
+	}
+	row := func(name string, rate float64, failed int64) Result {
+		res := Result{Scenario: "throughput", Name: name, Summary: fmt.Sprintf("%.0f tasks/s", rate),
+			Target: targetOf["throughput"], Values: map[string]float64{"tasks_per_s": rate, "not_succeeded": float64(failed)}}
+		if r.floorRate > 0 {
+			res.VsBare = fmt.Sprintf("%.0f%% of calls/s", 100*rate/r.floorRate)
+			res.Values["share_of_bare"] = rate / r.floorRate
+		}
+		res.Met = met(failed == 0 && (rate >= 3000 || rate >= 0.35*r.floorRate))
+		if failed > 0 {
+			res.Note = fmt.Sprintf("%d tasks did not succeed", failed)
+		}
+		return res
+	}
+	return []Result{
+		row(fmt.Sprintf("%d agents, 1 task per Dispatch (wait), 64 callers", n), single, fail1),
+		row(fmt.Sprintf("%d agents, 1 Dispatch (wait) to all, 4 callers", n), batch, fail2),
+	}, nil
+}
+
+// fleetK is the 1,000-agent fleet dispatchstart and fanout share; its "start"
+// handler tells when it started.
+func (r *runner) fleetK(ctx context.Context) (*fleet, []string, error) {
+	if r.kf != nil {
+		return r.kf, r.kids, nil
+	}
+	n := r.scale(1000, 20)
+	base := r.held()
+	r.kstart = make(chan time.Time, 1)
+	f, err := r.startFleet(ctx, fleetSpec{n: n, labels: map[string]string{"bench": "k"}, handlers: map[string]agent.Handler{
+		"echo": agent.EchoHandler(),
+		"start": func(ctx context.Context, t *agent.Task) ([]byte, error) {
+			r.kstart <- time.Now()
+			return nil, nil
+		},
+	}})
+	if err != nil {
+		return nil, nil, err
+	}
+	ids, err := f.ids(ctx, time.Minute)
+	if err != nil {
+		f.stop()
+		return nil, nil, err
+	}
+	if !waitFor(ctx, time.Minute, func() bool { return r.held() >= base+n }) {
+		f.stop()
+		return nil, nil, fmt.Errorf("only %d of %d agents held a poll", r.held()-base, n)
+	}
+	r.kf, r.kids = f, ids
+	return f, ids, nil
+}
+
+func (r *runner) stopFleets() {
+	if r.kf != nil {
+		r.kf.stop()
+		r.kf = nil
+	}
+	if r.one != nil {
+		r.one.f.stop()
+		r.one = nil
+	}
+}
+
+func (r *runner) dispatchStart(ctx context.Context) ([]Result, error) {
+	_, ids, err := r.fleetK(ctx)
+	if err != nil {
+		return nil, err
+	}
+	order := rand.Perm(len(ids))
+	call := func(i int) (time.Duration, error) {
+		t0 := time.Now()
+		if _, err := r.dispatchOne(ctx, ids[order[i%len(ids)]], "start", 0); err != nil {
+			return 0, err
+		}
+		select {
+		case t := <-r.kstart:
+			return t.Sub(t0), nil
+		case <-time.After(5 * time.Second):
+			return 0, errors.New("the handler did not start within 5s")
+		}
+	}
+	lat, err := sample(ctx, r.scale(1000, 20), r.budget(3*time.Second, 300*time.Millisecond), call)
+	if err != nil {
+		return nil, err
+	}
+	row := r.latencyRow("dispatchstart", fmt.Sprintf("Dispatch → handler start, %d agents holding polls", len(ids)), lat, true)
+	row.Met = met(newDist(lat).p99() <= 5*time.Millisecond)
+	return []Result{row}, nil
+}
+
+func (r *runner) fanOut(ctx context.Context) ([]Result, error) {
+	_, ids, err := r.fleetK(ctx)
+	if err != nil {
+		return nil, err
+	}
+	call := func(int) (time.Duration, error) {
+		t0 := time.Now()
+		res, err := r.ctl.Dispatch(ctx, connect.NewRequest(&forgev1.DispatchRequest{Type: "echo", Payload: []byte("x"),
+			Target: &forgev1.DispatchRequest_Selector{Selector: "bench=k"}, Wait: durationpb.New(30 * time.Second)}))
+		if err != nil {
+			return 0, err
+		}
+		if got := int(res.Msg.Counts.GetSucceeded()); got != len(ids) {
+			return 0, fmt.Errorf("%d of %d tasks succeeded (counts %v)", got, len(ids), res.Msg.Counts)
+		}
+		return time.Since(t0), nil
+	}
+	lat, err := sample(ctx, r.scale(5, 1), r.budget(10*time.Second, time.Second), call)
+	if err != nil {
+		return nil, err
+	}
+	d := newDist(lat)
+	row := r.latencyRow("fanout", fmt.Sprintf("1 Dispatch (wait) → %d agents, all results", len(ids)), lat, false)
+	row.Summary = fmt.Sprintf("p50 %s · max %s", fmtDur(d.p50()), fmtDur(d.max()))
+	row.Met = met(d.max() <= time.Second)
+	return []Result{row}, nil
+}
