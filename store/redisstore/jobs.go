@@ -206,7 +206,7 @@ func (s *Store) matchAgents(ctx context.Context, sel store.Selector, includeOffl
 			if err != nil {
 				return nil, s.wrap(ctx, err)
 			}
-			if len(vals) != 4 || vals[1].IsNil() == false {
+			if len(vals) != 4 || !vals[1].IsNil() {
 				continue // revoked (or malformed)
 			}
 			labelsJSON, err := vals[0].ToString()

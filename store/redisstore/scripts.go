@@ -85,6 +85,9 @@ local function fail(kind, msg) return {'E', kind, msg} end
 -- auth checks an agent credential (SHA-256 hash of the token's secret) against the
 -- current and the next token hash, promoting the next one on its first use. It
 -- returns nil or the values of the extra fields asked for, from index 4 on.
+-- Lua compares strings in variable time; what it compares are SHA-256 hashes of
+-- 160-bit secrets, so timing could reveal at most a prefix of a hash, from which
+-- no secret can be recovered (the reason only hashes are stored).
 local function auth(ak, secret, ...)
   local f = redis.call('HMGET', ak, 'cur', 'next', 'rev', ...)
   if not f[1] or f[3] or secret == '' then return nil end
@@ -244,7 +247,7 @@ while #leased < max do
     local tk = kTask(tid)
     local t = redis.call('HMGET', tk, 'st', 'db', 'to', 'att', 'job', 'exr')
     if tonumber(t[1]) == PENDING then
-      if NOW >= tonumber(t[2]) then
+      if NOW >= (tonumber(t[2]) or 0) then
         endTask(tid, EXPIRED, t[6] or 'not picked up within its delivery TTL')
       else
         local att = (tonumber(t[4]) or 0) + 1
@@ -527,7 +530,7 @@ for _, tid in ipairs(ids) do
     redis.call('ZREM', kState(st), tid)
     redis.call('ZREM', kAgentTasks(aid), tid)
   elseif st == PENDING then
-    if t[2] ~= '1' and NOW >= tonumber(t[3]) then
+    if t[2] ~= '1' and NOW >= (tonumber(t[3]) or 0) then
       endTask(tid, EXPIRED, t[12] or 'not picked up within its delivery TTL')
     else
       reindex(tk, tid)
@@ -541,8 +544,8 @@ for _, tid in ipairs(ids) do
       redis.call('ZADD', kCancels(aid), 0, tid)
       notify('a:' .. aid); notify('t:' .. tid)
     end
-    if NOW >= tonumber(t[5]) then
-      local att, max = tonumber(t[9]), tonumber(t[10])
+    if NOW >= (tonumber(t[5]) or 0) then
+      local att, max = tonumber(t[9]) or 0, tonumber(t[10]) or 1
       if tmo then
         endTask(tid, TIMED_OUT, crr .. ' (lease expired)')
       elseif cr then

@@ -1,0 +1,92 @@
+package redisstore_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/orange-forge/forge/internal/redistest"
+	"github.com/orange-forge/forge/store"
+	"github.com/orange-forge/forge/store/redisstore"
+)
+
+func benchStore(b *testing.B, cluster bool) store.Store {
+	url := ""
+	if cluster {
+		url = redistest.StartCluster(b, 3).URL()
+	} else {
+		url = redistest.Start(b).URL()
+	}
+	s, err := redisstore.Open(b.Context(), url, store.Config{}, redisstore.Options{Prefix: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
+}
+
+func registerB(b *testing.B, s store.Store) store.Cred {
+	a, err := s.RegisterAgent(b.Context(), store.RegisterParams{Name: "n", SecretHash: hash("s")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return store.Cred{AgentID: a.ID, SecretHash: hash("s")}
+}
+
+// BenchmarkIdleLease is one idle Poll step: credential, last seen, generation,
+// empty queue, no cancels.
+func BenchmarkIdleLease(b *testing.B) {
+	for _, cluster := range []bool{false, true} {
+		b.Run(map[bool]string{false: "single", true: "cluster"}[cluster], func(b *testing.B) {
+			s := benchStore(b, cluster)
+			cred := registerB(b, s)
+			p := store.LeaseParams{Cred: cred, Max: 1, Lease: time.Minute}
+			for b.Loop() {
+				if _, err := s.Lease(b.Context(), p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkTaskRoundTrip dispatches a task to one agent, leases it and reports it.
+func BenchmarkTaskRoundTrip(b *testing.B) {
+	for _, cluster := range []bool{false, true} {
+		b.Run(map[bool]string{false: "single", true: "cluster"}[cluster], func(b *testing.B) {
+			s := benchStore(b, cluster)
+			cred := registerB(b, s)
+			p := store.LeaseParams{Cred: cred, Max: 1, Lease: time.Minute}
+			for b.Loop() {
+				if _, err := s.Dispatch(b.Context(), spec(cred.AgentID)); err != nil {
+					b.Fatal(err)
+				}
+				r, err := s.Lease(b.Context(), p)
+				if err != nil || len(r.Tasks) != 1 {
+					b.Fatal(err)
+				}
+				if _, err := s.Report(b.Context(), store.ReportParams{Cred: cred, TaskID: r.Tasks[0].ID, Attempt: 1, Outcome: store.OutcomeSucceeded}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkIdleLeaseParallel runs idle Leases of many agents at once.
+func BenchmarkIdleLeaseParallel(b *testing.B) {
+	s := benchStore(b, false)
+	creds := make(chan store.Cred, 1000)
+	for range 256 {
+		creds <- registerB(b, s)
+	}
+	b.RunParallel(func(pb *testing.PB) {
+		cred := <-creds
+		p := store.LeaseParams{Cred: cred, Max: 1, Lease: time.Minute}
+		for pb.Next() {
+			if _, err := s.Lease(b.Context(), p); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
