@@ -428,7 +428,7 @@ func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre 
 	return nil
 }
 
-// GetJob implements store.Store. Counts are derived from the tasks' records.
+// GetJob implements store.Store.
 func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 	if !store.ValidID(id, 'j') {
 		return store.Job{}, jobNotFound(id)
@@ -460,16 +460,46 @@ func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 		j.Spec.Payload = []byte(p)
 	}
 	_ = json.Unmarshal([]byte(f["tgt"]), &j.Spec.Target)
-	states, err := s.taskStates(ctx, j.TaskIDs)
+	counts, err := s.jobCounts(ctx, id, j.TaskIDs)
 	if err != nil {
 		return store.Job{}, err
 	}
-	for _, t := range states {
-		if t.exists {
-			j.Counts.Add(t.st, 1)
+	j.Counts = counts
+	return j, nil
+}
+
+// jobCounts sums the per-shard counts of a job's tasks: one read per shard the
+// job reaches, however many tasks it has. Each shard's counts change in the same
+// script as the task states they count, so they are exact.
+func (s *Store) jobCounts(ctx context.Context, jid string, taskIDs []string) (store.Counts, error) {
+	var c store.Counts
+	var seen [NumShards]bool
+	var cmds rueidis.Commands
+	for _, id := range taskIDs {
+		a, ok := store.AgentOfTask(id)
+		if !ok {
+			continue
+		}
+		if sh := shardOf(a); !seen[sh] {
+			seen[sh] = true
+			cmds = append(cmds, s.client.B().Hgetall().Key(s.k.jobCounts(sh, jid)).Build())
 		}
 	}
-	return j, nil
+	if len(cmds) == 0 {
+		return c, nil
+	}
+	for _, r := range s.client.DoMulti(ctx, cmds...) {
+		f, err := r.AsStrMap()
+		if err != nil {
+			return c, s.wrap(ctx, err)
+		}
+		for st := store.StatePending; st <= store.StateLost; st++ {
+			if n := atoi(f[itoa(st)]); n > 0 {
+				c.Add(st, int(n))
+			}
+		}
+	}
+	return c, nil
 }
 
 // ListJobs implements store.Store: newest first, from the job list; the page

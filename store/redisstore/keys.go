@@ -35,6 +35,9 @@ const NumShards = 64
 //	{P:sNN}:due          zset   task id -> next time Reap must look at it (ms)
 //	{P:sNN}:tasks        zset   every retained task of the shard (ListTasks)
 //	{P:sNN}:st:<n>       zset   tasks of the shard in state n (ListTasks by state)
+//	{P:sNN}:jc:<job>     hash   the job's tasks in this shard counted by state, and
+//	                            in all (n): GetJob sums at most 64 of these instead
+//	                            of reading every task
 //	{P:sNN}:wake         channel (sharded pub/sub) of watch keys that changed
 //
 // Per job (hash tag {P:j:<job>}): the job record, a hash.
@@ -83,6 +86,9 @@ func (k *keys) due(shard int) string            { return k.shard[shard] + ":due"
 func (k *keys) shardTasks(shard int) string     { return k.shard[shard] + ":tasks" }
 func (k *keys) stateIndex(shard, st int) string { return fmt.Sprintf("%s:st:%d", k.shard[shard], st) }
 func (k *keys) wake(shard int) string           { return k.shard[shard] + ":wake" }
+func (k *keys) jobCounts(shard int, job string) string {
+	return k.shard[shard] + ":jc:" + job
+}
 
 func (k *keys) job(id string) string { return "{" + k.prefix + ":j:" + id + "}" }
 

@@ -372,3 +372,114 @@ func TestManyReplicasReap(t *testing.T) {
 		}
 	}
 }
+
+// TestJobCountsFanOut checks that a job's counts (summed per shard) agree with
+// its tasks' states across a fan-out, on a cluster.
+func TestJobCountsFanOut(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t, 3)
+	clock := storetest.NewClock()
+	s := open(t, cl.URL(), "f", store.Config{Clock: clock})
+	creds := map[string]store.Cred{}
+	for i := 0; i < 80; i++ {
+		c := register(t, s, fmt.Sprint("s", i))
+		creds[c.AgentID] = c
+	}
+	sp := spec("")
+	sp.Target = store.Target{All: true}
+	j, err := s.Dispatch(t.Context(), sp)
+	if err != nil || len(j.TaskIDs) != 80 || j.Counts.Pending != 80 {
+		t.Fatalf("Dispatch = %d tasks, counts %+v, %v", len(j.TaskIDs), j.Counts, err)
+	}
+	i := 0
+	for _, c := range creds {
+		i++
+		if i%4 == 0 {
+			continue
+		}
+		r, err := s.Lease(t.Context(), store.LeaseParams{Cred: c, Max: 1, Lease: 30 * time.Second})
+		if err != nil || len(r.Tasks) != 1 {
+			t.Fatal(err)
+		}
+		if i%4 == 1 {
+			s.Report(t.Context(), store.ReportParams{Cred: c, TaskID: r.Tasks[0].ID, Attempt: 1, Outcome: store.OutcomeSucceeded})
+		} else if i%4 == 2 {
+			s.Report(t.Context(), store.ReportParams{Cred: c, TaskID: r.Tasks[0].ID, Attempt: 1, Outcome: store.OutcomeFailed})
+		}
+	}
+	got, err := s.GetJob(t.Context(), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want store.Counts
+	for _, id := range j.TaskIDs {
+		tk, err := s.GetTask(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want.Add(tk.State, 1)
+	}
+	if got.Counts != want || want.Succeeded != 20 || want.Failed != 20 || want.Running != 20 || want.Pending != 20 {
+		t.Fatalf("counts = %+v, tasks say %+v", got.Counts, want)
+	}
+	if _, err := s.CancelJob(t.Context(), j.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(31 * time.Second) // leases of the running ones run out: CANCELED
+	if err := s.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.GetJob(t.Context(), j.ID)
+	if got.Counts.Canceled != 40 || !got.Counts.Done() || got.Counts.Total() != 80 {
+		t.Fatalf("after cancel and reap counts = %+v", got.Counts)
+	}
+	clock.Advance(8 * 24 * time.Hour)
+	if err := s.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetJob(t.Context(), j.ID); store.KindOf(err) != store.KindNotFound {
+		t.Fatalf("job past retention: %v", err)
+	}
+	for _, n := range cl.Nodes {
+		if keys := n.MustDo("KEYS", "{f:*"); keys != "" {
+			for _, k := range strings.Split(keys, "\n") {
+				if !strings.Contains(k, ":a:") && !strings.HasPrefix(k, "{f}:agents") {
+					t.Errorf("left behind after retention: %s", k)
+				}
+			}
+		}
+	}
+}
+
+// TestAdvancerRepairs simulates a crash between a rollout job's bookkeeping and
+// the release of its next task: Reap's advancer releases it.
+func TestAdvancerRepairs(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	clock := storetest.NewClock()
+	s := open(t, srv.URL(), "r", store.Config{Clock: clock})
+	a := register(t, s, "a")
+	b := register(t, s, "b")
+	sp := spec("")
+	sp.Target = store.Target{All: true}
+	sp.MaxConcurrency = 1
+	j, err := s.Dispatch(t.Context(), sp)
+	if err != nil || j.Counts.Pending != 2 {
+		t.Fatalf("Dispatch = %+v, %v", j, err)
+	}
+	// The bookkeeping says two are released, but the second is still held.
+	srv.MustDo("HSET", "{r:j:"+j.ID+"}", "rel", "2")
+	second, _ := s.GetTask(t.Context(), j.TaskIDs[1])
+	if !second.Held {
+		t.Fatalf("second task not held: %+v", second)
+	}
+	clock.Advance(11 * time.Second)
+	if err := s.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	second, _ = s.GetTask(t.Context(), j.TaskIDs[1])
+	if second.Held || second.DeliverBy.IsZero() {
+		t.Fatalf("the advancer did not release the held task: %+v", second)
+	}
+	_, _ = a, b
+}

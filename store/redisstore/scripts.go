@@ -51,6 +51,7 @@ local function kCancels(a) return TAG .. ':c:' .. a end
 local function kAgentTasks(a) return TAG .. ':at:' .. a end
 local function kTask(t) return TAG .. ':t:' .. t end
 local function kState(n) return TAG .. ':st:' .. n end
+local function kJobCounts(j) return TAG .. ':jc:' .. j end
 local kDue = TAG .. ':due'
 local kAll = TAG .. ':tasks'
 local kWake = TAG .. ':wake'
@@ -104,6 +105,11 @@ local function setState(tk, tid, job, old, new, reason, att)
   if old ~= new then
     if old then redis.call('ZREM', kState(old), tid) end
     redis.call('ZADD', kState(new), 0, tid)
+    if job and job ~= '' then
+      local jc = kJobCounts(job)
+      if old then redis.call('HINCRBY', jc, old, -1) else redis.call('HINCRBY', jc, 'n', 1) end
+      redis.call('HINCRBY', jc, new, 1)
+    end
   end
   local e = '{"s":' .. new .. ',"at":' .. ms(NOW) .. ',"a":' .. ms(att) .. ',"r":' .. cjson.encode(reason) .. '}'
   local h = redis.call('HGET', tk, 'hist')
@@ -524,6 +530,12 @@ for _, tid in ipairs(ids) do
     if aid then redis.call('ZREM', kAgentTasks(aid), tid) end
     for n = 1, 8 do redis.call('ZREM', kState(n), tid) end
   elseif st > RUNNING then
+    local job = t[13]
+    if job and job ~= '' then
+      local jc = kJobCounts(job)
+      redis.call('HINCRBY', jc, st, -1)
+      if redis.call('HINCRBY', jc, 'n', -1) <= 0 then redis.call('DEL', jc) end
+    end
     redis.call('DEL', tk)
     redis.call('ZREM', kDue, tid)
     redis.call('ZREM', kAll, tid)
