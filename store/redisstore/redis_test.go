@@ -102,14 +102,28 @@ func TestCrossReplicaWakeCluster(t *testing.T) {
 func TestSubscriptionDropped(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	a := open(t, srv.URL(), "x", store.Config{})
-	b := open(t, srv.URL(), "x", store.Config{})
+	subscriptionDropped(t, srv.URL(), []*redistest.Server{srv})
+}
+
+func TestSubscriptionDroppedCluster(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartCluster(t, 3)
+	subscriptionDropped(t, cl.URL(), cl.Nodes)
+}
+
+func subscriptionDropped(t *testing.T, url string, nodes []*redistest.Server) {
+	a := open(t, url, "x", store.Config{})
+	b := open(t, url, "x", store.Config{})
 	cred := register(t, a, "s")
 	w := a.Watch(store.AgentKey("a0000000000000000")) // a key nobody changes
 	defer w.Stop()
-	killed := srv.MustDo("CLIENT", "KILL", "TYPE", "pubsub")
-	if n, _ := strconv.Atoi(killed); n < 1 {
-		t.Fatalf("CLIENT KILL TYPE pubsub killed %q clients", killed)
+	killed := 0
+	for _, srv := range nodes {
+		n, _ := strconv.Atoi(srv.MustDo("CLIENT", "KILL", "TYPE", "pubsub"))
+		killed += n
+	}
+	if killed < len(nodes) {
+		t.Fatalf("CLIENT KILL TYPE pubsub killed %d clients on %d nodes", killed, len(nodes))
 	}
 	waitFire(t, w, 5*time.Second, "after the subscription was dropped")
 
