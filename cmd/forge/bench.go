@@ -9,6 +9,7 @@ import (
 
 	"github.com/orange-forge/forge/internal/bench"
 	"github.com/orange-forge/forge/store"
+	"github.com/orange-forge/forge/store/redisstore"
 )
 
 func (m *Main) runBench(ctx context.Context, args []string) error {
@@ -26,6 +27,8 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 	plot := f.String("plot", "", "write an SVG of the latency distributions to this file")
 	childServer := f.Bool("child-server", true, "run the idle scenario's server as a child process (this binary) to read its own memory and CPU")
 	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the whole run (servers and agents in this process) to this file")
+	fleetChild := f.String("fleet-child", "", "internal: run --agents agents against this URL for a parent bench (it talks on stdin/stdout)")
+	taskAgents := f.Int("task-agents", 0, "internal: with --fleet-child, how many agents take the storm's tasks")
 	logLevel := f.String("log-level", "warn", "progress log level on stderr: debug, info, warn, error")
 	if err := f.parse(args); err != nil {
 		return err
@@ -37,6 +40,10 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 	log, err := m.logger("text", *logLevel)
 	if err != nil {
 		return err
+	}
+	if *fleetChild != "" {
+		return bench.RunFleetChild(ctx, bench.FleetChildConfig{Server: *fleetChild, EnrollToken: *enrollToken,
+			Agents: *agents, TaskAgents: *taskAgents, Logger: log}, os.Stdin, m.Stdout)
 	}
 	cfg := bench.Config{AdminToken: *adminToken, EnrollToken: *enrollToken, RedisURL: *redisURL,
 		Agents: *agents, Quick: *quick, Logger: log}
@@ -54,8 +61,7 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 	}
 	if *redisURL != "" {
 		cfg.OpenRedis = func(ctx context.Context, url string, c store.Config) (store.Store, error) {
-			st, _, err := openRedis(ctx, url, c, log)
-			return st, err
+			return redisstore.Open(ctx, url, c, redisstore.Options{Logger: log})
 		}
 	}
 	if *childServer {

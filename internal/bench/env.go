@@ -255,6 +255,8 @@ type fleetSpec struct {
 	labels      map[string]string
 	handlers    map[string]agent.Handler
 	concurrency int
+	// labelsFor, when set, gives agent i its labels instead of labels.
+	labelsFor func(i int) map[string]string
 }
 
 // startFleet starts n agents; they register (at most 64 at a time) and poll.
@@ -268,8 +270,12 @@ func (r *runner) startFleet(ctx context.Context, fs fleetSpec) (*fleet, error) {
 	fctx, cancel := context.WithCancel(ctx)
 	f.cancel = cancel
 	for i := range fs.n {
+		labels := fs.labels
+		if fs.labelsFor != nil {
+			labels = fs.labelsFor(i)
+		}
 		a, err := agent.New(agent.Config{Servers: fs.servers, EnrollToken: r.enroll, Name: fmt.Sprintf("bench-%d", i),
-			Labels: fs.labels, Concurrency: fs.concurrency, HTTPClient: hc, Logger: slog.New(slog.DiscardHandler),
+			Labels: labels, Concurrency: fs.concurrency, HTTPClient: hc, Logger: slog.New(slog.DiscardHandler),
 			DrainGrace: time.Second})
 		if err != nil {
 			f.stop()
