@@ -260,6 +260,7 @@ func TestAgentDrainOnSIGTERM(t *testing.T) {
 	}
 	waitFor(t, func() bool { _, err := os.Stat(filepath.Join(work, "started")); return err == nil })
 	ag.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, func() bool { return strings.Contains(ag.output(), "draining") })
 	// A task dispatched during the drain must not be taken.
 	later, err := ctl.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "exec", Payload: payload,
 		Target: &forgev1.DispatchRequest_AgentId{AgentId: a.Id}}))
