@@ -177,7 +177,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	hc := cfg.HTTPClient
 	if hc == nil {
-		hc = &http.Client{Transport: newTransport(cfg.TLSConfig)}
+		hc = &http.Client{Transport: SingleWrite(newTransport(cfg.TLSConfig))}
 	}
 	a := &Agent{
 		cfg: cfg, log: log, servers: servers, hostname: host,

@@ -35,7 +35,7 @@ type runner struct {
 	main          *instance   // in-process only
 	url           string
 
-	opHTTP *http.Client
+	opHTTP *http.Client // operator calls, scrapes; SingleWrite like the agents
 	ctl    forgev1connect.ControlServiceClient
 
 	floor     time.Duration // p50 of the bare call
@@ -67,7 +67,7 @@ func (r *runner) targetName() string {
 }
 
 func (r *runner) init(ctx context.Context) error {
-	r.opHTTP = &http.Client{Transport: newTransport(512)}
+	r.opHTTP = &http.Client{Transport: agent.SingleWrite(newTransport(512))}
 	if r.external() {
 		if r.cfg.AdminToken == "" || r.cfg.EnrollToken == "" {
 			return errors.New("bench: --server needs --admin-token and --enroll-token")
@@ -265,7 +265,7 @@ func (r *runner) startFleet(ctx context.Context, fs fleetSpec) (*fleet, error) {
 		fs.servers = []string{r.url}
 	}
 	tr := newTransport(3*fs.n + 16)
-	f := &fleet{tr: tr, rt: &countingRT{base: tr, register: make(chan struct{}, 64)}}
+	f := &fleet{tr: tr, rt: &countingRT{base: agent.SingleWrite(tr), register: make(chan struct{}, 64)}}
 	hc := &http.Client{Transport: f.rt}
 	fctx, cancel := context.WithCancel(ctx)
 	f.cancel = cancel

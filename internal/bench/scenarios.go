@@ -366,8 +366,9 @@ func (r *runner) crossReplica(ctx context.Context) ([]Result, error) {
 		defer b.close()
 		urlA, urlB, held = a.url, b.url, a.srv.HeldPolls
 	}
-	hc := &http.Client{Transport: newTransport(8)}
-	defer hc.CloseIdleConnections()
+	tr := newTransport(8)
+	hc := &http.Client{Transport: agent.SingleWrite(tr)}
+	defer tr.CloseIdleConnections()
 	ag := forgev1connect.NewAgentServiceClient(hc, urlA)
 	reg := connect.NewRequest(&forgev1.RegisterRequest{Name: "bench-xr", Labels: map[string]string{"bench": "xr"}, TaskTypes: []string{"echo"}})
 	reg.Header().Set("Authorization", "Bearer "+r.enroll)
