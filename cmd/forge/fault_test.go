@@ -22,12 +22,23 @@ import (
 	"github.com/orange-forge/forge/agent"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/redistest"
 )
 
 var terminal = map[forgev1.TaskState]bool{
 	forgev1.TaskState_TASK_STATE_SUCCEEDED: true, forgev1.TaskState_TASK_STATE_FAILED: true,
 	forgev1.TaskState_TASK_STATE_CANCELED: true, forgev1.TaskState_TASK_STATE_TIMED_OUT: true,
 	forgev1.TaskState_TASK_STATE_EXPIRED: true, forgev1.TaskState_TASK_STATE_LOST: true,
+}
+
+// onBackends runs a fault test on the in-memory store and on a Redis of its own.
+func onBackends(t *testing.T, fn func(t *testing.T, backend []string)) {
+	t.Parallel()
+	t.Run("memory", func(t *testing.T) { t.Parallel(); fn(t, nil) })
+	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
+		fn(t, []string{"--redis", redistest.Start(t).URL()})
+	})
 }
 
 // account checks that every accepted task is in exactly one terminal state and
@@ -65,9 +76,10 @@ func readIdentity(t *testing.T, dir string) (id, token string) {
 // TestFaultAgentKilledMidTask: SIGKILL the agent mid-task; the restarted agent
 // (same state dir) gets the task again as attempt 2 and finishes it; a late
 // report of attempt 1 is refused.
-func TestFaultAgentKilledMidTask(t *testing.T) {
-	t.Parallel()
-	url := startServer(t, "--lease", "2s")
+func TestFaultAgentKilledMidTask(t *testing.T) { onBackends(t, faultAgentKilledMidTask) }
+
+func faultAgentKilledMidTask(t *testing.T, backend []string) {
+	url := startServer(t, append(backend, "--lease", "2s")...)
 	ctl := control(url)
 	state, work := t.TempDir(), t.TempDir()
 	args := []string{"agent", "--server", url, "--enroll-token", enrollToken, "--state-dir", state,
@@ -110,9 +122,10 @@ func TestFaultAgentKilledMidTask(t *testing.T) {
 
 // TestFaultCancelExecTree: cancelling an exec of a shell that started children
 // leaves no process of the tree alive, and the task ends CANCELED.
-func TestFaultCancelExecTree(t *testing.T) {
-	t.Parallel()
-	url := startServer(t)
+func TestFaultCancelExecTree(t *testing.T) { onBackends(t, faultCancelExecTree) }
+
+func faultCancelExecTree(t *testing.T, backend []string) {
+	url := startServer(t, backend...)
 	ctl := control(url)
 	start(t, nil, "forge", "agent", "--server", url, "--enroll-token", enrollToken, "--label", "fault=tree", "--allow-exec", "/bin/sh")
 	a := waitAgents(t, ctl, "fault=tree", 1)[0]
@@ -193,9 +206,10 @@ func runFleet(t *testing.T, url string, n int, labels map[string]string, h func(
 // TestFaultFanOutRollout: one dispatch to 200 agents with max_concurrency 20 and
 // max_failures 5, where one agent in ten fails: never more than 20 run at once and
 // the counts add up exactly.
-func TestFaultFanOutRollout(t *testing.T) {
-	t.Parallel()
-	url := startServer(t)
+func TestFaultFanOutRollout(t *testing.T) { onBackends(t, faultFanOutRollout) }
+
+func faultFanOutRollout(t *testing.T, backend []string) {
+	url := startServer(t, backend...)
 	ctl := control(url)
 	const n, conc, maxFail = 200, 20, 5
 	var running, peak atomic.Int32
