@@ -14,15 +14,17 @@ import (
 )
 
 // redisCalls returns the number of commands Redis has run, from INFO
-// commandstats, leaving out the bench's own INFO, AUTH, HELLO and SELECT. It
-// speaks RESP itself so the bench needs no Redis client.
-func (r *runner) redisCalls(ctx context.Context) (int64, error) {
+// commandstats, leaving out the bench's own INFO, AUTH, HELLO and SELECT, and
+// how many of them were script calls (EVALSHA, EVAL, FCALL: each one round
+// trip, whose inner commands count in total too). It speaks RESP itself so the
+// bench needs no Redis client.
+func (r *runner) redisCalls(ctx context.Context) (total, scripts int64, err error) {
 	if r.cfg.RedisURL == "" {
-		return 0, errors.New("no Redis")
+		return 0, 0, errors.New("no Redis")
 	}
 	u, err := url.Parse(r.cfg.RedisURL)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	host := u.Host
 	if u.Port() == "" {
@@ -31,7 +33,7 @@ func (r *runner) redisCalls(ctx context.Context) (int64, error) {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
@@ -42,20 +44,20 @@ func (r *runner) redisCalls(ctx context.Context) (int64, error) {
 			args = []string{"AUTH", name, pw}
 		}
 		if _, err := respDo(conn, br, args...); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	info, err := respDo(conn, br, "INFO", "commandstats")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	var total int64
 	for _, line := range strings.Split(info, "\n") {
 		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
 		if !ok || !strings.HasPrefix(name, "cmdstat_") {
 			continue
 		}
-		switch strings.TrimPrefix(name, "cmdstat_") {
+		cmd := strings.TrimPrefix(name, "cmdstat_")
+		switch cmd {
 		case "info", "auth", "hello", "select":
 			continue
 		}
@@ -63,10 +65,14 @@ func (r *runner) redisCalls(ctx context.Context) (int64, error) {
 			if v, ok := strings.CutPrefix(kv, "calls="); ok {
 				n, _ := strconv.ParseInt(v, 10, 64)
 				total += n
+				switch cmd {
+				case "evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro":
+					scripts += n
+				}
 			}
 		}
 	}
-	return total, nil
+	return total, scripts, nil
 }
 
 // respDo sends one command and reads a simple or bulk string answer.
