@@ -133,6 +133,9 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		if err == nil && p.kind != need {
 			err = connect.NewError(connect.CodePermissionDenied, errors.New(wrongKind(p.kind, need)))
 		}
+		if err == nil && !s.limiter.allow(p.by, time.Now()) {
+			err = errRateLimited
+		}
 		if err != nil {
 			s.metrics.authFailures.WithLabelValues(connect.CodeOf(err).String()).Inc()
 			s.writeError(w, r, err)

@@ -53,6 +53,12 @@ type Config struct {
 	AgentCacheTTL time.Duration
 	// DisableReaper turns off the reaper goroutine (tests drive Reap themselves).
 	DisableReaper bool
+	// RateLimit, when positive, allows each token (each agent, each operator or
+	// enrollment token) this many calls per second on average, with bursts of
+	// RateBurst (default: one second's worth); beyond it calls get resource_exhausted.
+	RateLimit float64
+	// RateBurst is the bucket size of RateLimit.
+	RateBurst int
 }
 
 // Limits bound what callers may send. Exceeding one gives resource_exhausted or
@@ -125,6 +131,7 @@ type Server struct {
 	operators staticTokens
 	enrollers staticTokens
 	agents    *agentCache
+	limiter   *rateLimiter
 	metrics   *metrics
 	errw      *connect.ErrorWriter
 
@@ -154,6 +161,7 @@ func New(cfg Config) (*Server, error) {
 		mux:       http.NewServeMux(),
 		operators: hashTokens(cfg.AdminTokens),
 		enrollers: hashTokens(cfg.EnrollTokens),
+		limiter:   newRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		agents:    &agentCache{ttl: cfg.AgentCacheTTL, m: make(map[string]cacheEntry)},
 		metrics:   newMetrics(),
 		errw:      connect.NewErrorWriter(),

@@ -145,6 +145,14 @@ func (f *flags) Int(name string, def int, usage string) *int {
 	return f.FlagSet.Int(name, def, usage)
 }
 
+func (f *flags) Float(name string, def float64, usage string) *float64 {
+	f.envs[name] = envName(name)
+	if v := f.m.Getenv(envName(name)); v != "" {
+		fmt.Sscan(v, &def)
+	}
+	return f.FlagSet.Float64(name, def, usage)
+}
+
 func (f *flags) Duration(name string, def time.Duration, usage string) *time.Duration {
 	f.envs[name] = envName(name)
 	if v := f.m.Getenv(envName(name)); v != "" {

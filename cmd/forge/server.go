@@ -39,6 +39,8 @@ func (m *Main) runServer(ctx context.Context, args []string) error {
 	maxPayload := f.Int("max-payload", server.DefaultLimits.MaxPayload, "largest task payload in bytes")
 	maxOutput := f.Int("max-output", server.DefaultLimits.MaxOutput, "output kept per attempt in bytes (head and tail)")
 	maxPending := f.Int("max-pending", 10000, "most tasks waiting in one agent's queue")
+	rateLimit := f.Float("rate-limit", 0, "calls per second allowed to each token on average (0: no limit)")
+	rateBurst := f.Int("rate-burst", 0, "burst size of --rate-limit (default: one second's worth)")
 	logFormat := f.String("log-format", "text", "log format: text or json")
 	logLevel := f.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := f.parse(args); err != nil {
@@ -94,7 +96,7 @@ func (m *Main) runServer(ctx context.Context, args []string) error {
 	srv, err := server.New(server.Config{
 		Store: st, EnrollTokens: enrollTokens, AdminTokens: adminTokens, Logger: log,
 		Lease: *lease, PollHold: *pollHold, MaxWait: *maxWait, MaxAttempts: int32(*maxAttempts),
-		TaskTimeout: *taskTimeout, DeliveryTTL: *deliveryTTL,
+		TaskTimeout: *taskTimeout, DeliveryTTL: *deliveryTTL, RateLimit: *rateLimit, RateBurst: *rateBurst,
 		Limits: server.Limits{MaxBodyBytes: *maxBody, MaxPayload: *maxPayload, MaxOutput: *maxOutput},
 	})
 	if err != nil {

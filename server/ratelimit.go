@@ -1,0 +1,67 @@
+package server
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+)
+
+// rateLimiter is a token bucket per caller (per agent, per operator token, per
+// enrollment token), checked in the gate before the body is read. A nil
+// rateLimiter allows everything.
+type rateLimiter struct {
+	rate  float64 // tokens per second
+	burst float64
+
+	mu      sync.Mutex
+	buckets map[string]*bucket
+	swept   time.Time
+}
+
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+func newRateLimiter(rate float64, burst int) *rateLimiter {
+	if rate <= 0 {
+		return nil
+	}
+	if burst <= 0 {
+		burst = max(1, int(rate))
+	}
+	return &rateLimiter{rate: rate, burst: float64(burst), buckets: make(map[string]*bucket)}
+}
+
+var errRateLimited = connect.NewError(connect.CodeResourceExhausted, errors.New("rate limit for this token exceeded (--rate-limit); slow down and retry"))
+
+// allow takes one token from who's bucket.
+func (l *rateLimiter) allow(who string, now time.Time) bool {
+	if l == nil {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.swept) > time.Minute { // forget callers idle long enough to have a full bucket
+		for k, b := range l.buckets {
+			if now.Sub(b.last).Seconds()*l.rate >= l.burst {
+				delete(l.buckets, k)
+			}
+		}
+		l.swept = now
+	}
+	b := l.buckets[who]
+	if b == nil {
+		b = &bucket{tokens: l.burst, last: now}
+		l.buckets[who] = b
+	}
+	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
