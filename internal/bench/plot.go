@@ -50,7 +50,8 @@ func (rep *Report) WritePlot(w io.Writer) error {
 		hx = lx + 1
 	}
 	x := func(d time.Duration) float64 {
-		v := math.Log10(float64(max(d, time.Nanosecond)))
+		// Samples below the axis (crossreplica counts early answers as 0) sit on its left edge.
+		v := max(math.Log10(float64(max(d, time.Nanosecond))), lx)
 		return float64(left) + (v-lx)/(hx-lx)*pw
 	}
 	y := func(q float64) float64 { return float64(top) + (1-q)*ph }
