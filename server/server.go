@@ -49,7 +49,7 @@ type Config struct {
 	// Limits bound what callers may send; zero fields get DefaultLimits.
 	Limits Limits
 	// AgentCacheTTL is how long a verified agent token skips the store in the
-	// gate in front of the decoder (the store re-checks it on every call); 10 s.
+	// gate in front of the decoder (the store re-checks it on every call); 5 min.
 	AgentCacheTTL time.Duration
 	// DisableReaper turns off the reaper goroutine (tests drive Reap themselves).
 	DisableReaper bool
@@ -110,7 +110,9 @@ func (c Config) withDefaults() Config {
 	dur(&c.TaskTimeout, 10*time.Minute)
 	dur(&c.DeliveryTTL, time.Hour)
 	dur(&c.ReapInterval, time.Second)
-	dur(&c.AgentCacheTTL, 10*time.Second)
+	// Longer than a poll hold, so an idle agent's renewed Poll costs no store call
+	// beyond its Lease; safe because every store operation re-checks the token.
+	dur(&c.AgentCacheTTL, 5*time.Minute)
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 3
 	}
