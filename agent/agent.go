@@ -8,6 +8,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/tasksig"
 )
 
 // Config configures an Agent. Zero values get the defaults noted.
@@ -110,10 +112,16 @@ type Agent struct {
 	clients  []forgev1connect.AgentServiceClient
 	hostname string
 
-	mu          sync.Mutex
-	handlers    map[string]Handler
-	started     bool
-	id, token   string
+	mu        sync.Mutex
+	handlers  map[string]Handler
+	started   bool
+	id, token string
+	// keys verify signed tasks; when empty (the server does not sign) tasks are
+	// taken as they come.
+	keys map[string]ed25519.PublicKey
+	// seen remembers the highest attempt received per task, so a replayed
+	// signed task is never run twice.
+	seen        map[string]int32
 	cur         int // index of the server in use
 	pollWait    time.Duration
 	hbInterval  time.Duration
@@ -315,6 +323,40 @@ func transient(err error) bool {
 	return true
 }
 
+// setKeys installs the server's signing keys; the caller holds a.mu.
+func (a *Agent) setKeys(keys []signingKey) {
+	a.keys = nil
+	for _, k := range keys {
+		if a.keys == nil {
+			a.keys = make(map[string]ed25519.PublicKey)
+			a.seen = make(map[string]int32)
+		}
+		a.keys[k.ID] = ed25519.PublicKey(k.PublicKey)
+	}
+}
+
+// checkSigned verifies a task when the agent holds the server's keys. It returns
+// an error for a task to refuse (reported FAILED, never run), and replay true for
+// an attempt already received (dropped silently).
+func (a *Agent) checkSigned(t *forgev1.Task) (replay bool, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.keys) == 0 {
+		return false, nil
+	}
+	if err := tasksig.Verify(a.keys, a.id, t, time.Now()); err != nil {
+		return false, err
+	}
+	if a.seen[t.Id] >= t.Attempt {
+		return true, nil
+	}
+	if len(a.seen) > 100000 { // bounded memory; the lease expiry check still stops old replays
+		clear(a.seen)
+	}
+	a.seen[t.Id] = t.Attempt
+	return false, nil
+}
+
 // enroll loads the saved identity or registers a new one.
 func (a *Agent) enroll(ctx context.Context, st *stateDir) error {
 	if st != nil {
@@ -325,8 +367,9 @@ func (a *Agent) enroll(ctx context.Context, st *stateDir) error {
 		if id.AgentID != "" {
 			a.mu.Lock()
 			a.id, a.token = id.AgentID, id.AgentToken
+			a.setKeys(id.SigningKeys)
 			a.mu.Unlock()
-			a.log.Info("using saved identity", "agent", id.AgentID)
+			a.log.Info("using saved identity", "agent", id.AgentID, "signed_tasks", len(id.SigningKeys) > 0)
 			return nil
 		}
 	}
@@ -356,13 +399,20 @@ func (a *Agent) enroll(ctx context.Context, st *stateDir) error {
 			if m.AgentId == "" || m.AgentToken == "" {
 				return errors.New("agent: register: the server answered without an identity")
 			}
+			var keys []signingKey
+			for _, k := range m.SigningKeys {
+				if k != nil && len(k.PublicKey) == ed25519.PublicKeySize {
+					keys = append(keys, signingKey{ID: k.Id, PublicKey: k.PublicKey})
+				}
+			}
 			if st != nil {
-				if err := st.saveIdentity(identity{AgentID: m.AgentId, AgentToken: m.AgentToken}); err != nil {
+				if err := st.saveIdentity(identity{AgentID: m.AgentId, AgentToken: m.AgentToken, SigningKeys: keys}); err != nil {
 					return err
 				}
 			}
 			a.mu.Lock()
 			a.id, a.token = m.AgentId, m.AgentToken
+			a.setKeys(keys)
 			if d := m.PollWait.AsDuration(); a.cfg.PollWait == 0 && m.PollWait != nil && d > 0 {
 				a.pollWait = d
 			}

@@ -210,7 +210,19 @@ func (a *Agent) accept(s *session, res *forgev1.PollResponse) {
 		a.cancelAttempt(ref, errCanceled)
 	}
 	for _, t := range res.Tasks {
-		a.start(s, t)
+		replay, err := a.checkSigned(t)
+		switch {
+		case replay:
+			a.log.Warn("signed task received again; dropped", "task", t.Id, "attempt", t.Attempt)
+		case err != nil:
+			a.log.Error("task refused", "task", t.Id, "attempt", t.Attempt, "err", err)
+			req := &forgev1.ReportResultRequest{TaskId: t.Id, Attempt: t.Attempt,
+				Outcome: forgev1.Outcome_OUTCOME_FAILED, Error: "refused by the agent: " + err.Error()}
+			s.tasks.Add(1)
+			go func() { defer s.tasks.Done(); a.report(s, req) }()
+		default:
+			a.start(s, t)
+		}
 	}
 }
 

@@ -23,6 +23,14 @@ const (
 type identity struct {
 	AgentID    string `json:"agent_id"`
 	AgentToken string `json:"agent_token"`
+	// SigningKeys are the server's task-signing public keys, learned at Register.
+	SigningKeys []signingKey `json:"signing_keys,omitempty"`
+}
+
+// signingKey is one of the server's public keys for signed tasks.
+type signingKey struct {
+	ID        string `json:"id"`
+	PublicKey []byte `json:"public_key"`
 }
 
 // groupRecord names a process group started by an exec task. Start (the leader's

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,7 +39,7 @@ func TestStateIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.close()
-	if got, err := st.loadIdentity(); err != nil || got != want {
+	if got, err := st.loadIdentity(); err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("loaded %+v, %v", got, err)
 	}
 	for name, mode := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, identityFile): 0o600} {

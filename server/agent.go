@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/tasksig"
 	"github.com/orange-forge/forge/store"
 )
 
@@ -38,7 +40,17 @@ func (a *agentService) Register(ctx context.Context, req *connect.Request[forgev
 		AgentToken:        PrefixAgent + ag.ID + "_" + secret,
 		PollWait:          durationpb.New(s.cfg.PollHold),
 		HeartbeatInterval: durationpb.New(s.heartbeatInterval()),
+		SigningKeys:       s.signingKeys(),
 	}), nil
+}
+
+func (s *Server) signingKeys() []*forgev1.SigningKey {
+	var out []*forgev1.SigningKey
+	for _, k := range s.cfg.SigningKeys {
+		pub := k.Public().(ed25519.PublicKey)
+		out = append(out, &forgev1.SigningKey{Id: tasksig.KeyID(pub), PublicKey: pub})
+	}
+	return out
 }
 
 func (s *Server) heartbeatInterval() time.Duration { return s.cfg.Lease / 3 }
@@ -166,7 +178,11 @@ func (a *agentService) Poll(ctx context.Context, req *connect.Request[forgev1.Po
 		if res.Superseded || len(res.Tasks) > 0 || len(res.Cancels) > 0 {
 			out := &forgev1.PollResponse{Cancels: refsToProto(res.Cancels)}
 			for _, t := range res.Tasks {
-				out.Tasks = append(out.Tasks, leasedToProto(t))
+				pt := leasedToProto(t)
+				if len(s.cfg.SigningKeys) > 0 {
+					tasksig.Sign(s.cfg.SigningKeys[0], cred.AgentID, pt)
+				}
+				out.Tasks = append(out.Tasks, pt)
 			}
 			return connect.NewResponse(out), nil
 		}

@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"log/slog"
 	"math/rand/v2"
@@ -59,6 +60,10 @@ type Config struct {
 	RateLimit float64
 	// RateBurst is the bucket size of RateLimit.
 	RateBurst int
+	// SigningKeys, when given, make the server sign every task it leases with
+	// the first key; Register hands all their public keys to agents, which then
+	// refuse unsigned or altered tasks. Give old keys after the new one to rotate.
+	SigningKeys []ed25519.PrivateKey
 }
 
 // Limits bound what callers may send. Exceeding one gives resource_exhausted or

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -39,6 +42,7 @@ func (m *Main) runServer(ctx context.Context, args []string) error {
 	maxPayload := f.Int("max-payload", server.DefaultLimits.MaxPayload, "largest task payload in bytes")
 	maxOutput := f.Int("max-output", server.DefaultLimits.MaxOutput, "output kept per attempt in bytes (head and tail)")
 	maxPending := f.Int("max-pending", 10000, "most tasks waiting in one agent's queue")
+	signing := f.List("signing-key", "ed25519 private key file (PKCS#8 PEM, as from `openssl genpkey -algorithm ed25519`) to sign tasks with; repeat to rotate, newest first")
 	rateLimit := f.Float("rate-limit", 0, "calls per second allowed to each token on average (0: no limit)")
 	rateBurst := f.Int("rate-burst", 0, "burst size of --rate-limit (default: one second's worth)")
 	logFormat := f.String("log-format", "text", "log format: text or json")
@@ -86,6 +90,15 @@ func (m *Main) runServer(ctx context.Context, args []string) error {
 		}
 	}
 
+	var signingKeys []ed25519.PrivateKey
+	for _, file := range signing.vals {
+		k, err := readSigningKey(file)
+		if err != nil {
+			return fmt.Errorf("--signing-key %s: %w", file, err)
+		}
+		signingKeys = append(signingKeys, k)
+	}
+
 	scfg := store.Config{OnlineWindow: 2 * *pollHold, Retention: *retention, MaxPendingPerAgent: *maxPending}
 	st, storeDesc, err := openStore(ctx, *redisURL, scfg, log)
 	if err != nil {
@@ -97,7 +110,8 @@ func (m *Main) runServer(ctx context.Context, args []string) error {
 		Store: st, EnrollTokens: enrollTokens, AdminTokens: adminTokens, Logger: log,
 		Lease: *lease, PollHold: *pollHold, MaxWait: *maxWait, MaxAttempts: int32(*maxAttempts),
 		TaskTimeout: *taskTimeout, DeliveryTTL: *deliveryTTL, RateLimit: *rateLimit, RateBurst: *rateBurst,
-		Limits: server.Limits{MaxBodyBytes: *maxBody, MaxPayload: *maxPayload, MaxOutput: *maxOutput},
+		SigningKeys: signingKeys,
+		Limits:      server.Limits{MaxBodyBytes: *maxBody, MaxPayload: *maxPayload, MaxOutput: *maxOutput},
 	})
 	if err != nil {
 		return err
@@ -162,6 +176,27 @@ func (m *Main) runServer(ctx context.Context, args []string) error {
 	}
 	log.Info("server stopped")
 	return nil
+}
+
+// readSigningKey reads an ed25519 private key from a PKCS#8 PEM file.
+func readSigningKey(file string) (ed25519.PrivateKey, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, errors.New("no PEM block in it")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	ek, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, errors.New("not an ed25519 key")
+	}
+	return ek, nil
 }
 
 // loopback tells whether a listen address is on a loopback interface only.

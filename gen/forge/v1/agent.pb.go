@@ -116,8 +116,11 @@ type RegisterResponse struct {
 	PollWait *durationpb.Duration `protobuf:"bytes,3,opt,name=poll_wait,json=pollWait,proto3" json:"poll_wait,omitempty"`
 	// How often to heartbeat while tasks run.
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,4,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The keys the server signs tasks with; an agent that keeps them refuses any
+	// task without a valid signature. Empty when the server does not sign.
+	SigningKeys   []*SigningKey `protobuf:"bytes,5,rep,name=signing_keys,json=signingKeys,proto3" json:"signing_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterResponse) Reset() {
@@ -174,6 +177,13 @@ func (x *RegisterResponse) GetPollWait() *durationpb.Duration {
 func (x *RegisterResponse) GetHeartbeatInterval() *durationpb.Duration {
 	if x != nil {
 		return x.HeartbeatInterval
+	}
+	return nil
+}
+
+func (x *RegisterResponse) GetSigningKeys() []*SigningKey {
+	if x != nil {
+		return x.SigningKeys
 	}
 	return nil
 }
@@ -672,13 +682,14 @@ const file_forge_v1_agent_proto_rawDesc = "" +
 	"task_types\x18\x05 \x03(\tR\ttaskTypes\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd0\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x02\n" +
 	"\x10RegisterResponse\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1f\n" +
 	"\vagent_token\x18\x02 \x01(\tR\n" +
 	"agentToken\x126\n" +
 	"\tpoll_wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bpollWait\x12H\n" +
-	"\x12heartbeat_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"[\n" +
+	"\x12heartbeat_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x127\n" +
+	"\fsigning_keys\x18\x05 \x03(\v2\x14.forge.v1.SigningKeyR\vsigningKeys\"[\n" +
 	"\x10HeartbeatRequest\x12+\n" +
 	"\arunning\x18\x01 \x03(\v2\x11.forge.v1.TaskRefR\arunning\x12\x1a\n" +
 	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xcb\x01\n" +
@@ -746,39 +757,41 @@ var file_forge_v1_agent_proto_goTypes = []any{
 	(*RotateTokenResponse)(nil),  // 9: forge.v1.RotateTokenResponse
 	nil,                          // 10: forge.v1.RegisterRequest.LabelsEntry
 	(*durationpb.Duration)(nil),  // 11: google.protobuf.Duration
-	(*TaskRef)(nil),              // 12: forge.v1.TaskRef
-	(*Task)(nil),                 // 13: forge.v1.Task
-	(Outcome)(0),                 // 14: forge.v1.Outcome
-	(TaskState)(0),               // 15: forge.v1.TaskState
+	(*SigningKey)(nil),           // 12: forge.v1.SigningKey
+	(*TaskRef)(nil),              // 13: forge.v1.TaskRef
+	(*Task)(nil),                 // 14: forge.v1.Task
+	(Outcome)(0),                 // 15: forge.v1.Outcome
+	(TaskState)(0),               // 16: forge.v1.TaskState
 }
 var file_forge_v1_agent_proto_depIdxs = []int32{
 	10, // 0: forge.v1.RegisterRequest.labels:type_name -> forge.v1.RegisterRequest.LabelsEntry
 	11, // 1: forge.v1.RegisterResponse.poll_wait:type_name -> google.protobuf.Duration
 	11, // 2: forge.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	12, // 3: forge.v1.HeartbeatRequest.running:type_name -> forge.v1.TaskRef
-	12, // 4: forge.v1.HeartbeatResponse.cancel:type_name -> forge.v1.TaskRef
-	12, // 5: forge.v1.HeartbeatResponse.abandon:type_name -> forge.v1.TaskRef
-	11, // 6: forge.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	11, // 7: forge.v1.PollRequest.wait:type_name -> google.protobuf.Duration
-	13, // 8: forge.v1.PollResponse.tasks:type_name -> forge.v1.Task
-	12, // 9: forge.v1.PollResponse.cancels:type_name -> forge.v1.TaskRef
-	14, // 10: forge.v1.ReportResultRequest.outcome:type_name -> forge.v1.Outcome
-	15, // 11: forge.v1.ReportResultResponse.state:type_name -> forge.v1.TaskState
-	0,  // 12: forge.v1.AgentService.Register:input_type -> forge.v1.RegisterRequest
-	2,  // 13: forge.v1.AgentService.Heartbeat:input_type -> forge.v1.HeartbeatRequest
-	4,  // 14: forge.v1.AgentService.Poll:input_type -> forge.v1.PollRequest
-	6,  // 15: forge.v1.AgentService.ReportResult:input_type -> forge.v1.ReportResultRequest
-	8,  // 16: forge.v1.AgentService.RotateToken:input_type -> forge.v1.RotateTokenRequest
-	1,  // 17: forge.v1.AgentService.Register:output_type -> forge.v1.RegisterResponse
-	3,  // 18: forge.v1.AgentService.Heartbeat:output_type -> forge.v1.HeartbeatResponse
-	5,  // 19: forge.v1.AgentService.Poll:output_type -> forge.v1.PollResponse
-	7,  // 20: forge.v1.AgentService.ReportResult:output_type -> forge.v1.ReportResultResponse
-	9,  // 21: forge.v1.AgentService.RotateToken:output_type -> forge.v1.RotateTokenResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	12, // 3: forge.v1.RegisterResponse.signing_keys:type_name -> forge.v1.SigningKey
+	13, // 4: forge.v1.HeartbeatRequest.running:type_name -> forge.v1.TaskRef
+	13, // 5: forge.v1.HeartbeatResponse.cancel:type_name -> forge.v1.TaskRef
+	13, // 6: forge.v1.HeartbeatResponse.abandon:type_name -> forge.v1.TaskRef
+	11, // 7: forge.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	11, // 8: forge.v1.PollRequest.wait:type_name -> google.protobuf.Duration
+	14, // 9: forge.v1.PollResponse.tasks:type_name -> forge.v1.Task
+	13, // 10: forge.v1.PollResponse.cancels:type_name -> forge.v1.TaskRef
+	15, // 11: forge.v1.ReportResultRequest.outcome:type_name -> forge.v1.Outcome
+	16, // 12: forge.v1.ReportResultResponse.state:type_name -> forge.v1.TaskState
+	0,  // 13: forge.v1.AgentService.Register:input_type -> forge.v1.RegisterRequest
+	2,  // 14: forge.v1.AgentService.Heartbeat:input_type -> forge.v1.HeartbeatRequest
+	4,  // 15: forge.v1.AgentService.Poll:input_type -> forge.v1.PollRequest
+	6,  // 16: forge.v1.AgentService.ReportResult:input_type -> forge.v1.ReportResultRequest
+	8,  // 17: forge.v1.AgentService.RotateToken:input_type -> forge.v1.RotateTokenRequest
+	1,  // 18: forge.v1.AgentService.Register:output_type -> forge.v1.RegisterResponse
+	3,  // 19: forge.v1.AgentService.Heartbeat:output_type -> forge.v1.HeartbeatResponse
+	5,  // 20: forge.v1.AgentService.Poll:output_type -> forge.v1.PollResponse
+	7,  // 21: forge.v1.AgentService.ReportResult:output_type -> forge.v1.ReportResultResponse
+	9,  // 22: forge.v1.AgentService.RotateToken:output_type -> forge.v1.RotateTokenResponse
+	18, // [18:23] is the sub-list for method output_type
+	13, // [13:18] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_forge_v1_agent_proto_init() }

@@ -286,7 +286,13 @@ type Task struct {
 	// When the lease runs out unless a Heartbeat extends it, by the server's clock.
 	LeaseExpiresAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
 	// The execution timeout, relative: the agent counts it from when it received the task.
-	Timeout       *durationpb.Duration `protobuf:"bytes,8,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,8,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// An ed25519 signature by the server over this task's envelope (see
+	// docs/design.md, "Signed tasks"), bound to the agent id, attempt and lease
+	// expiry; empty when the server has no signing key.
+	Signature []byte `protobuf:"bytes,9,opt,name=signature,proto3" json:"signature,omitempty"`
+	// Which of the server's signing keys made `signature`.
+	KeyId         string `protobuf:"bytes,10,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -377,6 +383,75 @@ func (x *Task) GetTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *Task) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *Task) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+// SigningKey is a public key the server signs tasks with.
+type SigningKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's id: the first 8 bytes of the SHA-256 of the public key, in hex.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The ed25519 public key (32 bytes).
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SigningKey) Reset() {
+	*x = SigningKey{}
+	mi := &file_forge_v1_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SigningKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SigningKey) ProtoMessage() {}
+
+func (x *SigningKey) ProtoReflect() protoreflect.Message {
+	mi := &file_forge_v1_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SigningKey.ProtoReflect.Descriptor instead.
+func (*SigningKey) Descriptor() ([]byte, []int) {
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SigningKey) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SigningKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 // StateChange is one entry of a task's history.
 type StateChange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -394,7 +469,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_forge_v1_types_proto_msgTypes[2]
+	mi := &file_forge_v1_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +481,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[2]
+	mi := &file_forge_v1_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +494,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StateChange) GetState() TaskState {
@@ -497,7 +572,7 @@ type TaskInfo struct {
 
 func (x *TaskInfo) Reset() {
 	*x = TaskInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[3]
+	mi := &file_forge_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +584,7 @@ func (x *TaskInfo) String() string {
 func (*TaskInfo) ProtoMessage() {}
 
 func (x *TaskInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[3]
+	mi := &file_forge_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +597,7 @@ func (x *TaskInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskInfo.ProtoReflect.Descriptor instead.
 func (*TaskInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TaskInfo) GetId() string {
@@ -689,7 +764,7 @@ type AgentInfo struct {
 
 func (x *AgentInfo) Reset() {
 	*x = AgentInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[4]
+	mi := &file_forge_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +776,7 @@ func (x *AgentInfo) String() string {
 func (*AgentInfo) ProtoMessage() {}
 
 func (x *AgentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[4]
+	mi := &file_forge_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +789,7 @@ func (x *AgentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentInfo.ProtoReflect.Descriptor instead.
 func (*AgentInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AgentInfo) GetId() string {
@@ -821,7 +896,7 @@ type JobCounts struct {
 
 func (x *JobCounts) Reset() {
 	*x = JobCounts{}
-	mi := &file_forge_v1_types_proto_msgTypes[5]
+	mi := &file_forge_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +908,7 @@ func (x *JobCounts) String() string {
 func (*JobCounts) ProtoMessage() {}
 
 func (x *JobCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[5]
+	mi := &file_forge_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +921,7 @@ func (x *JobCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCounts.ProtoReflect.Descriptor instead.
 func (*JobCounts) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JobCounts) GetPending() int32 {
@@ -941,7 +1016,7 @@ type JobInfo struct {
 
 func (x *JobInfo) Reset() {
 	*x = JobInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[6]
+	mi := &file_forge_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1028,7 @@ func (x *JobInfo) String() string {
 func (*JobInfo) ProtoMessage() {}
 
 func (x *JobInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[6]
+	mi := &file_forge_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1041,7 @@ func (x *JobInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobInfo.ProtoReflect.Descriptor instead.
 func (*JobInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JobInfo) GetId() string {
@@ -1062,7 +1137,7 @@ type EnrollmentTokenInfo struct {
 
 func (x *EnrollmentTokenInfo) Reset() {
 	*x = EnrollmentTokenInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[7]
+	mi := &file_forge_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1149,7 @@ func (x *EnrollmentTokenInfo) String() string {
 func (*EnrollmentTokenInfo) ProtoMessage() {}
 
 func (x *EnrollmentTokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[7]
+	mi := &file_forge_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1162,7 @@ func (x *EnrollmentTokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollmentTokenInfo.ProtoReflect.Descriptor instead.
 func (*EnrollmentTokenInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EnrollmentTokenInfo) GetId() string {
@@ -1146,7 +1221,7 @@ const file_forge_v1_types_proto_rawDesc = "" +
 	"\x14forge/v1/types.proto\x12\bforge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n" +
 	"\aTaskRef\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
-	"\aattempt\x18\x02 \x01(\x05R\aattempt\"\xa8\x02\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\"\xdd\x02\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x18\n" +
@@ -1155,7 +1230,15 @@ const file_forge_v1_types_proto_rawDesc = "" +
 	"\apayload\x18\x05 \x01(\fR\apayload\x126\n" +
 	"\bdeadline\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12D\n" +
 	"\x10lease_expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x123\n" +
-	"\atimeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x96\x01\n" +
+	"\atimeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1c\n" +
+	"\tsignature\x18\t \x01(\fR\tsignature\x12\x15\n" +
+	"\x06key_id\x18\n" +
+	" \x01(\tR\x05keyId\";\n" +
+	"\n" +
+	"SigningKey\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"\x96\x01\n" +
 	"\vStateChange\x12)\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.forge.v1.TaskStateR\x05state\x12*\n" +
 	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
@@ -1271,44 +1354,45 @@ func file_forge_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_forge_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_forge_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_forge_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_forge_v1_types_proto_goTypes = []any{
 	(TaskState)(0),                // 0: forge.v1.TaskState
 	(AgentStatus)(0),              // 1: forge.v1.AgentStatus
 	(Outcome)(0),                  // 2: forge.v1.Outcome
 	(*TaskRef)(nil),               // 3: forge.v1.TaskRef
 	(*Task)(nil),                  // 4: forge.v1.Task
-	(*StateChange)(nil),           // 5: forge.v1.StateChange
-	(*TaskInfo)(nil),              // 6: forge.v1.TaskInfo
-	(*AgentInfo)(nil),             // 7: forge.v1.AgentInfo
-	(*JobCounts)(nil),             // 8: forge.v1.JobCounts
-	(*JobInfo)(nil),               // 9: forge.v1.JobInfo
-	(*EnrollmentTokenInfo)(nil),   // 10: forge.v1.EnrollmentTokenInfo
-	nil,                           // 11: forge.v1.AgentInfo.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*SigningKey)(nil),            // 5: forge.v1.SigningKey
+	(*StateChange)(nil),           // 6: forge.v1.StateChange
+	(*TaskInfo)(nil),              // 7: forge.v1.TaskInfo
+	(*AgentInfo)(nil),             // 8: forge.v1.AgentInfo
+	(*JobCounts)(nil),             // 9: forge.v1.JobCounts
+	(*JobInfo)(nil),               // 10: forge.v1.JobInfo
+	(*EnrollmentTokenInfo)(nil),   // 11: forge.v1.EnrollmentTokenInfo
+	nil,                           // 12: forge.v1.AgentInfo.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
 }
 var file_forge_v1_types_proto_depIdxs = []int32{
-	12, // 0: forge.v1.Task.deadline:type_name -> google.protobuf.Timestamp
-	12, // 1: forge.v1.Task.lease_expires_at:type_name -> google.protobuf.Timestamp
-	13, // 2: forge.v1.Task.timeout:type_name -> google.protobuf.Duration
+	13, // 0: forge.v1.Task.deadline:type_name -> google.protobuf.Timestamp
+	13, // 1: forge.v1.Task.lease_expires_at:type_name -> google.protobuf.Timestamp
+	14, // 2: forge.v1.Task.timeout:type_name -> google.protobuf.Duration
 	0,  // 3: forge.v1.StateChange.state:type_name -> forge.v1.TaskState
-	12, // 4: forge.v1.StateChange.at:type_name -> google.protobuf.Timestamp
+	13, // 4: forge.v1.StateChange.at:type_name -> google.protobuf.Timestamp
 	0,  // 5: forge.v1.TaskInfo.state:type_name -> forge.v1.TaskState
-	12, // 6: forge.v1.TaskInfo.created_at:type_name -> google.protobuf.Timestamp
-	12, // 7: forge.v1.TaskInfo.updated_at:type_name -> google.protobuf.Timestamp
-	5,  // 8: forge.v1.TaskInfo.history:type_name -> forge.v1.StateChange
-	13, // 9: forge.v1.TaskInfo.timeout:type_name -> google.protobuf.Duration
-	12, // 10: forge.v1.TaskInfo.lease_expires_at:type_name -> google.protobuf.Timestamp
-	11, // 11: forge.v1.AgentInfo.labels:type_name -> forge.v1.AgentInfo.LabelsEntry
+	13, // 6: forge.v1.TaskInfo.created_at:type_name -> google.protobuf.Timestamp
+	13, // 7: forge.v1.TaskInfo.updated_at:type_name -> google.protobuf.Timestamp
+	6,  // 8: forge.v1.TaskInfo.history:type_name -> forge.v1.StateChange
+	14, // 9: forge.v1.TaskInfo.timeout:type_name -> google.protobuf.Duration
+	13, // 10: forge.v1.TaskInfo.lease_expires_at:type_name -> google.protobuf.Timestamp
+	12, // 11: forge.v1.AgentInfo.labels:type_name -> forge.v1.AgentInfo.LabelsEntry
 	1,  // 12: forge.v1.AgentInfo.status:type_name -> forge.v1.AgentStatus
-	12, // 13: forge.v1.AgentInfo.last_seen_at:type_name -> google.protobuf.Timestamp
+	13, // 13: forge.v1.AgentInfo.last_seen_at:type_name -> google.protobuf.Timestamp
 	3,  // 14: forge.v1.AgentInfo.running:type_name -> forge.v1.TaskRef
-	12, // 15: forge.v1.AgentInfo.registered_at:type_name -> google.protobuf.Timestamp
-	8,  // 16: forge.v1.JobInfo.counts:type_name -> forge.v1.JobCounts
-	12, // 17: forge.v1.JobInfo.created_at:type_name -> google.protobuf.Timestamp
-	12, // 18: forge.v1.EnrollmentTokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	12, // 19: forge.v1.EnrollmentTokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	13, // 15: forge.v1.AgentInfo.registered_at:type_name -> google.protobuf.Timestamp
+	9,  // 16: forge.v1.JobInfo.counts:type_name -> forge.v1.JobCounts
+	13, // 17: forge.v1.JobInfo.created_at:type_name -> google.protobuf.Timestamp
+	13, // 18: forge.v1.EnrollmentTokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	13, // 19: forge.v1.EnrollmentTokenInfo.created_at:type_name -> google.protobuf.Timestamp
 	20, // [20:20] is the sub-list for method output_type
 	20, // [20:20] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
@@ -1327,7 +1411,7 @@ func file_forge_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_forge_v1_types_proto_rawDesc), len(file_forge_v1_types_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

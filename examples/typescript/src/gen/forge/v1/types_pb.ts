@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file forge/v1/types.proto.
  */
 export const file_forge_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChRmb3JnZS92MS90eXBlcy5wcm90bxIIZm9yZ2UudjEiKwoHVGFza1JlZhIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKAUi4gEKBFRhc2sSCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSDAoEdHlwZRgEIAEoCRIPCgdwYXlsb2FkGAUgASgMEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsZWFzZV9leHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgd0aW1lb3V0GAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInoKC1N0YXRlQ2hhbmdlEiIKBXN0YXRlGAEgASgOMhMuZm9yZ2UudjEuVGFza1N0YXRlEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkSDwoHYXR0ZW1wdBgEIAEoBSKHBAoIVGFza0luZm8SCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEhAKCGFnZW50X2lkGAMgASgJEgwKBHR5cGUYBCABKAkSIgoFc3RhdGUYBSABKA4yEy5mb3JnZS52MS5UYXNrU3RhdGUSDwoHYXR0ZW1wdBgGIAEoBRIOCgZvdXRwdXQYByABKAwSEQoJZXhpdF9jb2RlGAggASgFEg0KBWVycm9yGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKB2hpc3RvcnkYDCADKAsyFS5mb3JnZS52MS5TdGF0ZUNoYW5nZRIPCgdwYXlsb2FkGA0gASgMEhQKDG1heF9hdHRlbXB0cxgOIAEoBRIYChBjYW5jZWxfcmVxdWVzdGVkGA8gASgIEhgKEG91dHB1dF90cnVuY2F0ZWQYECABKAgSEwoLb3V0cHV0X3NpemUYESABKAMSKgoHdGltZW91dBgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChBsZWFzZV9leHBpcmVzX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL9AgoJQWdlbnRJbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLwoGbGFiZWxzGAMgAygLMh8uZm9yZ2UudjEuQWdlbnRJbmZvLkxhYmVsc0VudHJ5EhAKCGhvc3RuYW1lGAQgASgJEg8KB3ZlcnNpb24YBSABKAkSJQoGc3RhdHVzGAYgASgOMhUuZm9yZ2UudjEuQWdlbnRTdGF0dXMSMAoMbGFzdF9zZWVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiCgdydW5uaW5nGAggAygLMhEuZm9yZ2UudjEuVGFza1JlZhISCgp0YXNrX3R5cGVzGAkgAygJEjEKDXJlZ2lzdGVyZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3BlbmRpbmcYCyABKAUaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKjAQoJSm9iQ291bnRzEg8KB3BlbmRpbmcYASABKAUSDwoHcnVubmluZxgCIAEoBRIRCglzdWNjZWVkZWQYAyABKAUSDgoGZmFpbGVkGAQgASgFEhAKCGNhbmNlbGVkGAUgASgFEhEKCXRpbWVkX291dBgGIAEoBRIPCgdleHBpcmVkGAcgASgFEgwKBGxvc3QYCCABKAUSDQoFdG90YWwYCSABKAUi8AEKB0pvYkluZm8SCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSIwoGY291bnRzGAQgASgLMhMuZm9yZ2UudjEuSm9iQ291bnRzEgwKBGRvbmUYBSABKAgSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPbWF4X2NvbmN1cnJlbmN5GAcgASgFEhQKDG1heF9mYWlsdXJlcxgIIAEoBRIXCg9pZGVtcG90ZW5jeV9rZXkYCSABKAkSEAoIY2FuY2VsZWQYCiABKAgizAEKE0Vucm9sbG1lbnRUb2tlbkluZm8SCgoCaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSEQoJdXNlc19sZWZ0GAMgASgFEhAKCG1heF91c2VzGAQgASgFEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Jldm9rZWQYByABKAgq6AEKCVRhc2tTdGF0ZRIaChZUQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFURV9QRU5ESU5HEAESFgoSVEFTS19TVEFURV9SVU5OSU5HEAISGAoUVEFTS19TVEFURV9TVUNDRUVERUQQAxIVChFUQVNLX1NUQVRFX0ZBSUxFRBAEEhcKE1RBU0tfU1RBVEVfQ0FOQ0VMRUQQBRIYChRUQVNLX1NUQVRFX1RJTUVEX09VVBAGEhYKElRBU0tfU1RBVEVfRVhQSVJFRBAHEhMKD1RBU0tfU1RBVEVfTE9TVBAIKngKC0FnZW50U3RhdHVzEhwKGEFHRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE0FHRU5UX1NUQVRVU19PTkxJTkUQARIYChRBR0VOVF9TVEFUVVNfT0ZGTElORRACEhgKFEFHRU5UX1NUQVRVU19SRVZPS0VEEAMqTQoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASFQoRT1VUQ09NRV9TVUNDRUVERUQQARISCg5PVVRDT01FX0ZBSUxFRBACYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRmb3JnZS92MS90eXBlcy5wcm90bxIIZm9yZ2UudjEiKwoHVGFza1JlZhIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKAUihQIKBFRhc2sSCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSDAoEdHlwZRgEIAEoCRIPCgdwYXlsb2FkGAUgASgMEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsZWFzZV9leHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgd0aW1lb3V0GAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhEKCXNpZ25hdHVyZRgJIAEoDBIOCgZrZXlfaWQYCiABKAkiLAoKU2lnbmluZ0tleRIKCgJpZBgBIAEoCRISCgpwdWJsaWNfa2V5GAIgASgMInoKC1N0YXRlQ2hhbmdlEiIKBXN0YXRlGAEgASgOMhMuZm9yZ2UudjEuVGFza1N0YXRlEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkSDwoHYXR0ZW1wdBgEIAEoBSKHBAoIVGFza0luZm8SCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEhAKCGFnZW50X2lkGAMgASgJEgwKBHR5cGUYBCABKAkSIgoFc3RhdGUYBSABKA4yEy5mb3JnZS52MS5UYXNrU3RhdGUSDwoHYXR0ZW1wdBgGIAEoBRIOCgZvdXRwdXQYByABKAwSEQoJZXhpdF9jb2RlGAggASgFEg0KBWVycm9yGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKB2hpc3RvcnkYDCADKAsyFS5mb3JnZS52MS5TdGF0ZUNoYW5nZRIPCgdwYXlsb2FkGA0gASgMEhQKDG1heF9hdHRlbXB0cxgOIAEoBRIYChBjYW5jZWxfcmVxdWVzdGVkGA8gASgIEhgKEG91dHB1dF90cnVuY2F0ZWQYECABKAgSEwoLb3V0cHV0X3NpemUYESABKAMSKgoHdGltZW91dBgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChBsZWFzZV9leHBpcmVzX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL9AgoJQWdlbnRJbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLwoGbGFiZWxzGAMgAygLMh8uZm9yZ2UudjEuQWdlbnRJbmZvLkxhYmVsc0VudHJ5EhAKCGhvc3RuYW1lGAQgASgJEg8KB3ZlcnNpb24YBSABKAkSJQoGc3RhdHVzGAYgASgOMhUuZm9yZ2UudjEuQWdlbnRTdGF0dXMSMAoMbGFzdF9zZWVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiCgdydW5uaW5nGAggAygLMhEuZm9yZ2UudjEuVGFza1JlZhISCgp0YXNrX3R5cGVzGAkgAygJEjEKDXJlZ2lzdGVyZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3BlbmRpbmcYCyABKAUaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKjAQoJSm9iQ291bnRzEg8KB3BlbmRpbmcYASABKAUSDwoHcnVubmluZxgCIAEoBRIRCglzdWNjZWVkZWQYAyABKAUSDgoGZmFpbGVkGAQgASgFEhAKCGNhbmNlbGVkGAUgASgFEhEKCXRpbWVkX291dBgGIAEoBRIPCgdleHBpcmVkGAcgASgFEgwKBGxvc3QYCCABKAUSDQoFdG90YWwYCSABKAUi8AEKB0pvYkluZm8SCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSIwoGY291bnRzGAQgASgLMhMuZm9yZ2UudjEuSm9iQ291bnRzEgwKBGRvbmUYBSABKAgSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPbWF4X2NvbmN1cnJlbmN5GAcgASgFEhQKDG1heF9mYWlsdXJlcxgIIAEoBRIXCg9pZGVtcG90ZW5jeV9rZXkYCSABKAkSEAoIY2FuY2VsZWQYCiABKAgizAEKE0Vucm9sbG1lbnRUb2tlbkluZm8SCgoCaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSEQoJdXNlc19sZWZ0GAMgASgFEhAKCG1heF91c2VzGAQgASgFEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Jldm9rZWQYByABKAgq6AEKCVRhc2tTdGF0ZRIaChZUQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFURV9QRU5ESU5HEAESFgoSVEFTS19TVEFURV9SVU5OSU5HEAISGAoUVEFTS19TVEFURV9TVUNDRUVERUQQAxIVChFUQVNLX1NUQVRFX0ZBSUxFRBAEEhcKE1RBU0tfU1RBVEVfQ0FOQ0VMRUQQBRIYChRUQVNLX1NUQVRFX1RJTUVEX09VVBAGEhYKElRBU0tfU1RBVEVfRVhQSVJFRBAHEhMKD1RBU0tfU1RBVEVfTE9TVBAIKngKC0FnZW50U3RhdHVzEhwKGEFHRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE0FHRU5UX1NUQVRVU19PTkxJTkUQARIYChRBR0VOVF9TVEFUVVNfT0ZGTElORRACEhgKFEFHRU5UX1NUQVRVU19SRVZPS0VEEAMqTQoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASFQoRT1VUQ09NRV9TVUNDRUVERUQQARISCg5PVVRDT01FX0ZBSUxFRBACYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * TaskRef names one attempt of one task.
@@ -104,6 +104,22 @@ export type Task = Message<"forge.v1.Task"> & {
    * @generated from field: google.protobuf.Duration timeout = 8;
    */
   timeout?: Duration | undefined;
+
+  /**
+   * An ed25519 signature by the server over this task's envelope (see
+   * docs/design.md, "Signed tasks"), bound to the agent id, attempt and lease
+   * expiry; empty when the server has no signing key.
+   *
+   * @generated from field: bytes signature = 9;
+   */
+  signature: Uint8Array;
+
+  /**
+   * Which of the server's signing keys made `signature`.
+   *
+   * @generated from field: string key_id = 10;
+   */
+  keyId: string;
 };
 
 /**
@@ -112,6 +128,34 @@ export type Task = Message<"forge.v1.Task"> & {
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
   messageDesc(file_forge_v1_types, 1);
+
+/**
+ * SigningKey is a public key the server signs tasks with.
+ *
+ * @generated from message forge.v1.SigningKey
+ */
+export type SigningKey = Message<"forge.v1.SigningKey"> & {
+  /**
+   * The key's id: the first 8 bytes of the SHA-256 of the public key, in hex.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The ed25519 public key (32 bytes).
+   *
+   * @generated from field: bytes public_key = 2;
+   */
+  publicKey: Uint8Array;
+};
+
+/**
+ * Describes the message forge.v1.SigningKey.
+ * Use `create(SigningKeySchema)` to create a new message.
+ */
+export const SigningKeySchema: GenMessage<SigningKey> = /*@__PURE__*/
+  messageDesc(file_forge_v1_types, 2);
 
 /**
  * StateChange is one entry of a task's history.
@@ -153,7 +197,7 @@ export type StateChange = Message<"forge.v1.StateChange"> & {
  * Use `create(StateChangeSchema)` to create a new message.
  */
 export const StateChangeSchema: GenMessage<StateChange> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 2);
+  messageDesc(file_forge_v1_types, 3);
 
 /**
  * TaskInfo is the operator's view of a task.
@@ -300,7 +344,7 @@ export type TaskInfo = Message<"forge.v1.TaskInfo"> & {
  * Use `create(TaskInfoSchema)` to create a new message.
  */
 export const TaskInfoSchema: GenMessage<TaskInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 3);
+  messageDesc(file_forge_v1_types, 4);
 
 /**
  * AgentInfo is the operator's view of an agent.
@@ -391,7 +435,7 @@ export type AgentInfo = Message<"forge.v1.AgentInfo"> & {
  * Use `create(AgentInfoSchema)` to create a new message.
  */
 export const AgentInfoSchema: GenMessage<AgentInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 4);
+  messageDesc(file_forge_v1_types, 5);
 
 /**
  * JobCounts counts a job's tasks by state.
@@ -468,7 +512,7 @@ export type JobCounts = Message<"forge.v1.JobCounts"> & {
  * Use `create(JobCountsSchema)` to create a new message.
  */
 export const JobCountsSchema: GenMessage<JobCounts> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 5);
+  messageDesc(file_forge_v1_types, 6);
 
 /**
  * JobInfo is the operator's view of a job: one dispatch, one task per matched agent.
@@ -552,7 +596,7 @@ export type JobInfo = Message<"forge.v1.JobInfo"> & {
  * Use `create(JobInfoSchema)` to create a new message.
  */
 export const JobInfoSchema: GenMessage<JobInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 6);
+  messageDesc(file_forge_v1_types, 7);
 
 /**
  * EnrollmentTokenInfo describes an enrollment token without revealing it.
@@ -615,7 +659,7 @@ export type EnrollmentTokenInfo = Message<"forge.v1.EnrollmentTokenInfo"> & {
  * Use `create(EnrollmentTokenInfoSchema)` to create a new message.
  */
 export const EnrollmentTokenInfoSchema: GenMessage<EnrollmentTokenInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 7);
+  messageDesc(file_forge_v1_types, 8);
 
 /**
  * TaskState is where a task is in its life. PENDING and RUNNING are live; every
