@@ -31,10 +31,16 @@ func taskNotFound(id string) error {
 //
 //  1. claim the idempotency key (SET NX with a short expiry);
 //  2. for a fan-out, write the job record and list it; for one agent, create the
-//     task first (its script checks the agent) and then the job;
-//  3. create the tasks, one script per shard: held if the job has max_concurrency;
+//     task first (its script checks the agent) and then, in one pipelined round
+//     trip, write the job record, list it and make the idempotency key permanent;
+//  3. create the tasks, one script per shard (pipelined): held if the job has
+//     max_concurrency; each script answers its shard's counts of the job;
 //  4. let the advancer release the first held tasks;
 //  5. make the idempotency key permanent (until the job is dropped).
+//
+// The job answered is built from what was written and the counts the task
+// scripts answered, not read back. A dispatch to one agent costs two round trips
+// (three with an idempotency key).
 //
 // A crash between steps leaves a job whose missing tasks count as nothing, or
 // tasks whose job record is missing (they still run); held tasks are released by
@@ -57,17 +63,12 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 			return store.Job{}, s.wrap(ctx, err)
 		}
 	}
-	job, err := s.dispatch(ctx, spec, sel, jid, now)
+	job, err := s.dispatch(ctx, spec, sel, jid, now, idemKey)
 	if err != nil {
 		if idemKey != "" {
 			delIfScript.lua.Exec(context.WithoutCancel(ctx), s.client, []string{idemKey}, []string{jid})
 		}
 		return store.Job{}, err
-	}
-	if idemKey != "" {
-		if err := s.client.Do(ctx, s.client.B().Persist().Key(idemKey).Build()).Error(); err != nil {
-			return store.Job{}, s.wrap(ctx, err)
-		}
 	}
 	return job, nil
 }
@@ -92,7 +93,7 @@ func (s *Store) existingJob(ctx context.Context, idemKey string) (store.Job, err
 
 type target struct{ taskID, agentID string }
 
-func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Selector, jid string, now int64) (store.Job, error) {
+func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Selector, jid string, now int64, idemKey string) (store.Job, error) {
 	var targets []target
 	single := spec.Target.AgentID != ""
 	if single {
@@ -115,6 +116,7 @@ func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Sele
 	for i, t := range targets {
 		taskIDs[i] = t.taskID
 	}
+	var counts store.Counts
 	create := func() error {
 		byShard := map[int][]string{}
 		var order []int
@@ -134,21 +136,29 @@ func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Sele
 			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, byShard[sh]...)})
 		}
 		for _, r := range s.runMulti(ctx, createTasksScript, execs) {
-			if _, err := s.answer(ctx, r); err != nil {
+			arr, err := s.answer(ctx, r)
+			if err != nil {
 				return err
+			}
+			if len(arr) > 1 {
+				addCounts(&counts, pairs(arr[1]))
 			}
 		}
 		return nil
 	}
+	fields := s.jobFields(spec, taskIDs, now)
 	if single {
 		if err := create(); err != nil {
 			return store.Job{}, err
 		}
-	}
-	if err := s.writeJob(ctx, spec, jid, taskIDs, now, limited); err != nil {
-		return store.Job{}, err
-	}
-	if !single {
+		// The job record, its indexes and the idempotency key: one round trip.
+		if err := s.writeJob(ctx, jid, fields, now, limited, idemKey); err != nil {
+			return store.Job{}, err
+		}
+	} else {
+		if err := s.writeJob(ctx, jid, fields, now, limited, ""); err != nil {
+			return store.Job{}, err
+		}
 		if err := create(); err != nil {
 			return store.Job{}, err
 		}
@@ -158,25 +168,50 @@ func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Sele
 			return store.Job{}, err
 		}
 	}
-	return s.GetJob(ctx, jid)
+	if !single && idemKey != "" {
+		if err := s.client.Do(ctx, s.client.B().Persist().Key(idemKey).Build()).Error(); err != nil {
+			return store.Job{}, s.wrap(ctx, err)
+		}
+	}
+	f := make(map[string]string, len(fields)/2)
+	for i := 0; i+1 < len(fields); i += 2 {
+		f[fields[i]] = fields[i+1]
+	}
+	job := s.jobs.put(decodeJob(jid, f)).view()
+	job.Counts = counts
+	return job, nil
 }
 
-func (s *Store) writeJob(ctx context.Context, spec store.JobSpec, jid string, taskIDs []string, now int64, limited bool) error {
+// jobFields returns the field, value pairs of a new job record.
+func (s *Store) jobFields(spec store.JobSpec, taskIDs []string, now int64) []string {
 	tgt, _ := json.Marshal(spec.Target)
+	return []string{
+		"type", spec.Type, "pl", string(spec.Payload), "tgt", string(tgt),
+		"to", ms(spec.Timeout), "ttl", ms(spec.DeliveryTTL), "max", itoa(spec.MaxAttempts),
+		"mc", itoa(spec.MaxConcurrency), "mf", itoa(spec.MaxFailures),
+		"idem", spec.IdempotencyKey, "by", spec.CreatedBy, "ca", itoa(now),
+		"tasks", strings.Join(taskIDs, " "), "rel", "0", "dp", "0", "dpf", "0",
+	}
+}
+
+// writeJob writes a job record and lists it (and makes its idempotency key
+// permanent, if given), pipelined: one round trip.
+func (s *Store) writeJob(ctx context.Context, jid string, fields []string, now int64, limited bool, persist string) error {
 	b := s.client.B()
+	hset := b.Hset().Key(s.k.job(jid)).FieldValue()
+	for i := 0; i+1 < len(fields); i += 2 {
+		hset = hset.FieldValue(fields[i], fields[i+1])
+	}
 	cmds := rueidis.Commands{
-		b.Hset().Key(s.k.job(jid)).FieldValue().
-			FieldValue("type", spec.Type).FieldValue("pl", string(spec.Payload)).FieldValue("tgt", string(tgt)).
-			FieldValue("to", ms(spec.Timeout)).FieldValue("ttl", ms(spec.DeliveryTTL)).FieldValue("max", itoa(spec.MaxAttempts)).
-			FieldValue("mc", itoa(spec.MaxConcurrency)).FieldValue("mf", itoa(spec.MaxFailures)).
-			FieldValue("idem", spec.IdempotencyKey).FieldValue("by", spec.CreatedBy).FieldValue("ca", itoa(now)).
-			FieldValue("tasks", strings.Join(taskIDs, " ")).FieldValue("rel", "0").FieldValue("dp", "0").FieldValue("dpf", "0").
-			Build(),
+		hset.Build(),
 		b.Zadd().Key(s.k.jobs()).ScoreMember().ScoreMember(0, jid).Build(),
 		b.Zadd().Key(s.k.jobsRetain()).ScoreMember().ScoreMember(float64(now+s.cfg.Retention.Milliseconds()), jid).Build(),
 	}
 	if limited {
 		cmds = append(cmds, b.Zadd().Key(s.k.jobsAdvance()).ScoreMember().ScoreMember(float64(now+advanceEvery.Milliseconds()), jid).Build())
+	}
+	if persist != "" {
+		cmds = append(cmds, b.Persist().Key(persist).Build())
 	}
 	for _, r := range s.client.DoMulti(ctx, cmds...) {
 		if err := r.Error(); err != nil {
@@ -428,10 +463,35 @@ func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre 
 	return nil
 }
 
-// GetJob implements store.Store.
+// GetJob implements store.Store. A job this Store has seen before costs one
+// round trip: its fixed part comes from the job cache, and its changing fields
+// and per-shard counts are read together. Otherwise the record is read first.
 func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 	if !store.ValidID(id, 'j') {
 		return store.Job{}, jobNotFound(id)
+	}
+	if e := s.jobs.get(id); e != nil {
+		b := s.client.B()
+		cmds := make(rueidis.Commands, 0, 1+len(e.shards))
+		cmds = append(cmds, b.Hmget().Key(s.k.job(id)).Field("ca", "canceled").Build())
+		for _, sh := range e.shards {
+			cmds = append(cmds, b.Hgetall().Key(s.k.jobCounts(sh, id)).Build())
+		}
+		res := s.client.DoMulti(ctx, cmds...)
+		vals, err := res[0].ToArray()
+		if err != nil {
+			return store.Job{}, s.wrap(ctx, err)
+		}
+		if len(vals) != 2 || vals[0].IsNil() {
+			s.jobs.drop(id)
+			return store.Job{}, jobNotFound(id)
+		}
+		j := e.view()
+		j.Canceled = msgStr(vals[1]) == "1"
+		if j.Counts, err = s.sumCounts(ctx, res[1:]); err != nil {
+			return store.Job{}, err
+		}
+		return j, nil
 	}
 	f, err := s.client.Do(ctx, s.client.B().Hgetall().Key(s.k.job(id)).Build()).AsStrMap()
 	if err != nil {
@@ -440,6 +500,19 @@ func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 	if len(f) == 0 {
 		return store.Job{}, jobNotFound(id)
 	}
+	e := s.jobs.put(decodeJob(id, f))
+	j := e.view()
+	j.Canceled = f["canceled"] == "1"
+	counts, err := s.jobCounts(ctx, id, e.shards)
+	if err != nil {
+		return store.Job{}, err
+	}
+	j.Counts = counts
+	return j, nil
+}
+
+// decodeJob decodes a job record, all but its counts.
+func decodeJob(id string, f map[string]string) store.Job {
 	j := store.Job{
 		ID: id,
 		Spec: store.JobSpec{
@@ -460,46 +533,42 @@ func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 		j.Spec.Payload = []byte(p)
 	}
 	_ = json.Unmarshal([]byte(f["tgt"]), &j.Spec.Target)
-	counts, err := s.jobCounts(ctx, id, j.TaskIDs)
-	if err != nil {
-		return store.Job{}, err
-	}
-	j.Counts = counts
-	return j, nil
+	return j
 }
 
 // jobCounts sums the per-shard counts of a job's tasks: one read per shard the
 // job reaches, however many tasks it has. Each shard's counts change in the same
 // script as the task states they count, so they are exact.
-func (s *Store) jobCounts(ctx context.Context, jid string, taskIDs []string) (store.Counts, error) {
+func (s *Store) jobCounts(ctx context.Context, jid string, shards []int) (store.Counts, error) {
+	if len(shards) == 0 {
+		return store.Counts{}, nil
+	}
+	cmds := make(rueidis.Commands, len(shards))
+	for i, sh := range shards {
+		cmds[i] = s.client.B().Hgetall().Key(s.k.jobCounts(sh, jid)).Build()
+	}
+	return s.sumCounts(ctx, s.client.DoMulti(ctx, cmds...))
+}
+
+func (s *Store) sumCounts(ctx context.Context, res []rueidis.RedisResult) (store.Counts, error) {
 	var c store.Counts
-	var seen [NumShards]bool
-	var cmds rueidis.Commands
-	for _, id := range taskIDs {
-		a, ok := store.AgentOfTask(id)
-		if !ok {
-			continue
-		}
-		if sh := shardOf(a); !seen[sh] {
-			seen[sh] = true
-			cmds = append(cmds, s.client.B().Hgetall().Key(s.k.jobCounts(sh, jid)).Build())
-		}
-	}
-	if len(cmds) == 0 {
-		return c, nil
-	}
-	for _, r := range s.client.DoMulti(ctx, cmds...) {
+	for _, r := range res {
 		f, err := r.AsStrMap()
 		if err != nil {
 			return c, s.wrap(ctx, err)
 		}
-		for st := store.StatePending; st <= store.StateLost; st++ {
-			if n := atoi(f[itoa(st)]); n > 0 {
-				c.Add(st, int(n))
-			}
-		}
+		addCounts(&c, f)
 	}
 	return c, nil
+}
+
+// addCounts adds one shard's counts of a job (its jc hash) to c.
+func addCounts(c *store.Counts, f map[string]string) {
+	for st := store.StatePending; st <= store.StateLost; st++ {
+		if n := atoi(f[itoa(st)]); n > 0 {
+			c.Add(st, int(n))
+		}
+	}
 }
 
 // ListJobs implements store.Store: newest first, from the job list; the page

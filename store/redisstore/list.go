@@ -90,7 +90,12 @@ func (s *Store) ListTasks(ctx context.Context, f store.TaskFilter) ([]store.Task
 	}
 }
 
+// jobTaskIDs returns a job's task ids (none if the job is gone), from the job
+// cache when it has the job.
 func (s *Store) jobTaskIDs(ctx context.Context, jid string) ([]string, error) {
+	if e := s.jobs.get(jid); e != nil {
+		return slices.Clone(e.job.TaskIDs), nil
+	}
 	v, err := s.client.Do(ctx, s.client.B().Hget().Key(s.k.job(jid)).Field("tasks").Build()).ToString()
 	if err != nil && !rueidis.IsRedisNil(err) {
 		return nil, s.wrap(ctx, err)

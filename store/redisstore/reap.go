@@ -105,6 +105,7 @@ func (s *Store) sweepJobs(ctx context.Context) error {
 			s.client.Do(ctx, b.Zadd().Key(s.k.jobsRetain()).Xx().ScoreMember().ScoreMember(float64(now+3600_000), id).Build())
 			continue
 		}
+		s.jobs.drop(id)
 		idem, err := dropJobScript.lua.Exec(ctx, s.client, []string{s.k.job(id)}, nil).ToString()
 		if err != nil && !rueidis.IsRedisNil(err) {
 			return s.wrap(ctx, err)

@@ -39,6 +39,7 @@ type Store struct {
 	client rueidis.Client // commands and scripts
 	subs   rueidis.Client // the pub/sub subscription only, so losing it cannot fail a call
 	hub    *store.Hub
+	jobs   jobCache // the fixed part of jobs seen lately
 	clock  store.Clock
 	rclock *redisClock // nil when the caller gave a clock
 

@@ -382,8 +382,9 @@ return {'OK', new, advanceList()}
 // [9] timeout ms, [10] delivery TTL ms, [11] has rollout limits (0/1), [12] hold (0/1),
 // [13] single target (0/1), [14] timeout reason, [15] expiry reason,
 // [16..] task id, agent id pairs
-// returns {'OK'}, or for a single target an error when the agent is unknown,
-// revoked or its queue is full (then nothing is created)
+// returns {'OK', the shard's counts of the job (field, value pairs)}, or for a
+// single target an error when the agent is unknown, revoked or its queue is full
+// (then nothing is created)
 var createTasksScript = shardScript(`
 local maxPending, job, single = tonumber(ARGV[4]), ARGV[5], ARGV[13] == '1'
 for i = 16, #ARGV - 1, 2 do
@@ -416,7 +417,7 @@ for i = 16, #ARGV - 1, 2 do
   end
 end
 publish()
-return {'OK'}
+return {'OK', redis.call('HGETALL', kJobCounts(job))}
 `)
 
 // releaseScript releases held tasks of a rollout job to their agents' queues.
