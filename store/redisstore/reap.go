@@ -10,16 +10,45 @@ import (
 // Redis for long; a shard with more is called again at once.
 const reapBatch = 200
 
-// Reap implements store.Store. One pass: every shard's due work (one script per
-// shard, pipelined), then the advancer over rollout jobs not looked at lately,
-// then retention of jobs. Any number of replicas may run it at once: each script
-// re-checks what it finds, so each change happens once.
+// Reap implements store.Store. One pass: every shard's due work, then the
+// advancer over rollout jobs not looked at lately, then retention of jobs. Any
+// number of replicas may run it at once: each script re-checks what it finds, so
+// each change happens once.
+//
+// A pass starts with one pipelined round trip of plain reads — the first due
+// entry of each shard's due index, and the rollout and retention indexes — and
+// runs the reap script (pipelined) only on shards with something due, so a pass
+// with nothing to do costs NumShards+2 commands and no script.
 func (s *Store) Reap(ctx context.Context) error {
-	jobs := map[string]bool{}
-	shards := make([]int, NumShards)
-	for i := range shards {
-		shards[i] = i
+	now := s.nowMS()
+	b := s.client.B()
+	cmds := make(rueidis.Commands, 0, NumShards+2)
+	for sh := 0; sh < NumShards; sh++ {
+		cmds = append(cmds, b.Zrange().Key(s.k.due(sh)).Min("-inf").Max(itoa(now)).Byscore().Limit(0, 1).Build())
 	}
+	cmds = append(cmds,
+		b.Zrange().Key(s.k.jobsAdvance()).Min("-inf").Max(itoa(now)).Byscore().Limit(0, 100).Build(),
+		b.Zrange().Key(s.k.jobsRetain()).Min("-inf").Max(itoa(now)).Byscore().Limit(0, 100).Build())
+	res := s.client.DoMulti(ctx, cmds...)
+	var shards []int
+	for sh := 0; sh < NumShards; sh++ {
+		ids, err := res[sh].AsStrSlice()
+		if err != nil {
+			return s.wrap(ctx, err)
+		}
+		if len(ids) > 0 {
+			shards = append(shards, sh)
+		}
+	}
+	advanceDue, err := res[NumShards].AsStrSlice()
+	if err != nil {
+		return s.wrap(ctx, err)
+	}
+	retainDue, err := res[NumShards+1].AsStrSlice()
+	if err != nil {
+		return s.wrap(ctx, err)
+	}
+	jobs := map[string]bool{}
 	for len(shards) > 0 {
 		now := s.nowMS()
 		execs := make([]rueidis.LuaExec, len(shards))
@@ -46,20 +75,15 @@ func (s *Store) Reap(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := s.sweepAdvance(ctx); err != nil {
+	if err := s.sweepAdvance(ctx, now, advanceDue); err != nil {
 		return err
 	}
-	return s.sweepJobs(ctx)
+	return s.sweepJobs(ctx, now, retainDue)
 }
 
-// sweepAdvance advances rollout jobs whose turn has come: the backstop for a
-// crash between a task's end and its job's advance.
-func (s *Store) sweepAdvance(ctx context.Context) error {
-	now := s.nowMS()
-	ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.jobsAdvance()).Min("-inf").Max(itoa(now)).Byscore().Limit(0, 100).Build()).AsStrSlice()
-	if err != nil {
-		return s.wrap(ctx, err)
-	}
+// sweepAdvance advances rollout jobs whose turn has come (ids, read at now): the
+// backstop for a crash between a task's end and its job's advance.
+func (s *Store) sweepAdvance(ctx context.Context, now int64, ids []string) error {
 	for _, id := range ids {
 		// Claim the job's turn first (only the replica whose ZADD moved the score
 		// advances it now); the others leave it.
@@ -81,12 +105,7 @@ func (s *Store) sweepAdvance(ctx context.Context) error {
 // sweepJobs drops jobs past retention whose tasks are all gone (each task record
 // is dropped by its shard's reap script once it has been finished for the
 // retention). A job whose tasks live on is looked at again an hour later.
-func (s *Store) sweepJobs(ctx context.Context) error {
-	now := s.nowMS()
-	ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.jobsRetain()).Min("-inf").Max(itoa(now)).Byscore().Limit(0, 100).Build()).AsStrSlice()
-	if err != nil {
-		return s.wrap(ctx, err)
-	}
+func (s *Store) sweepJobs(ctx context.Context, now int64, ids []string) error {
 	for _, id := range ids {
 		tasks, err := s.jobTaskIDs(ctx, id)
 		if err != nil {
