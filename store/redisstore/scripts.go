@@ -101,7 +101,10 @@ local function auth(ak, secret, ...)
   return nil
 end
 
-local function setState(tk, tid, job, old, new, reason, att)
+-- setState records a task's move to state new. hist, when given, is the task's
+-- history as the caller read it (saving a read); extra field, value pairs are
+-- written in the same HSET.
+local function setState(tk, tid, job, old, new, reason, att, hist, extra)
   if old ~= new then
     if old then redis.call('ZREM', kState(old), tid) end
     redis.call('ZADD', kState(new), 0, tid)
@@ -112,9 +115,16 @@ local function setState(tk, tid, job, old, new, reason, att)
     end
   end
   local e = '{"s":' .. new .. ',"at":' .. ms(NOW) .. ',"a":' .. ms(att) .. ',"r":' .. cjson.encode(reason) .. '}'
-  local h = redis.call('HGET', tk, 'hist')
+  local h = hist
+  if h == nil then h = redis.call('HGET', tk, 'hist') end
   if not h or h == '' or h == '[]' then h = '[' .. e .. ']' else h = string.sub(h, 1, -2) .. ',' .. e .. ']' end
-  redis.call('HSET', tk, 'st', new, 'ua', ms(NOW), 'hist', h)
+  if extra then
+    local n = #extra
+    extra[n + 1], extra[n + 2], extra[n + 3], extra[n + 4], extra[n + 5], extra[n + 6] = 'st', new, 'ua', ms(NOW), 'hist', h
+    redis.call('HSET', tk, unpack(extra))
+  else
+    redis.call('HSET', tk, 'st', new, 'ua', ms(NOW), 'hist', h)
+  end
   notify('t:' .. tid)
   if job and job ~= '' then notify('j:' .. job) end
 end
@@ -222,7 +232,8 @@ return {'OK'}
 
 // leaseScript is the whole of one Poll step: credential check, last-seen, poll
 // generation, leasing ready tasks oldest first, and undelivered cancels. An idle
-// agent costs one HMGET, one HSET and two ZRANGEs.
+// agent costs one HMGET, one EXISTS (of its queue and its cancels at once: Redis
+// drops an emptied sorted set) and one HSET.
 //
 // KEYS[1] agent record, KEYS[2] queue, KEYS[3] running, KEYS[4] undelivered cancels
 // ARGV[4] agent id, [5] secret hash, [6] max tasks, [7] lease ms, [8] hold ms, [9] gen
@@ -233,16 +244,21 @@ local aid, max, lease, hold, gen = ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7])
 local f = auth(KEYS[1], ARGV[5], 'gen', 'pu')
 if not f then return fail('unauth', 'agent token is not valid') end
 local cur, pu = tonumber(f[4]) or 0, tonumber(f[5]) or 0
+-- The agent record is written once, at the end.
+local upd = {'seen', ms(NOW)}
 if gen == 0 then
   cur = cur + 1
   -- An older Poll may still be held: wake it so it finds itself superseded.
   if pu > NOW then notify('a:' .. aid) end
-  redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'gen', cur, 'pu', ms(NOW + hold))
+  upd[3], upd[4], upd[5], upd[6] = 'gen', cur, 'pu', ms(NOW + hold)
 elseif gen ~= cur then
   redis.call('HSET', KEYS[1], 'seen', ms(NOW))
   return {'S', cur}
-else
-  redis.call('HSET', KEYS[1], 'seen', ms(NOW))
+end
+if redis.call('EXISTS', KEYS[2], KEYS[4]) == 0 then
+  redis.call('HSET', KEYS[1], unpack(upd))
+  publish()
+  return {'OK', cur, {}, {}}
 end
 local leased = {}
 while #leased < max do
@@ -251,16 +267,20 @@ while #leased < max do
   for _, tid in ipairs(ids) do
     redis.call('ZREM', KEYS[2], tid)
     local tk = kTask(tid)
-    local t = redis.call('HMGET', tk, 'st', 'db', 'to', 'att', 'job', 'exr')
+    local t = redis.call('HMGET', tk, 'st', 'db', 'to', 'att', 'job', 'exr', 'tmo', 'hist')
     if tonumber(t[1]) == PENDING then
       if NOW >= (tonumber(t[2]) or 0) then
         endTask(tid, EXPIRED, t[6] or 'not picked up within its delivery TTL')
       else
         local att = (tonumber(t[4]) or 0) + 1
-        redis.call('HSET', tk, 'att', att, 'le', ms(NOW + lease), 'dl', ms(NOW + tonumber(t[3])))
+        local le, dl = NOW + lease, NOW + tonumber(t[3])
         redis.call('ZADD', KEYS[3], 0, tid)
-        setState(tk, tid, t[5], PENDING, RUNNING, 'leased (attempt ' .. att .. ')', att)
-        reindex(tk, tid)
+        setState(tk, tid, t[5], PENDING, RUNNING, 'leased (attempt ' .. att .. ')', att, t[8] or '',
+          {'att', att, 'le', ms(le), 'dl', ms(dl)})
+        -- reindex, from what is known: due at the lease expiry or the deadline.
+        local due = le
+        if t[7] ~= '1' and dl < due then due = dl end
+        redis.call('ZADD', kDue, due, tid)
         leased[#leased + 1] = tid
       end
     end
@@ -280,7 +300,8 @@ if #cids > 0 then
   end
   redis.call('DEL', KEYS[4])
 end
-if #leased > 0 or #cancels > 0 then redis.call('HSET', KEYS[1], 'pu', '0') end
+if #leased > 0 or #cancels > 0 then upd[#upd + 1] = 'pu'; upd[#upd + 1] = '0' end
+redis.call('HSET', KEYS[1], unpack(upd))
 publish()
 local out = {'OK', cur, cancels, advanceList()}
 for _, tid in ipairs(leased) do
