@@ -16,8 +16,8 @@ import (
 //
 // 64 balances three costs: it is enough slots to spread a fleet evenly over any
 // realistic cluster (a shard is one slot, so at most 64 masters share the agent
-// load, and 3–16 masters each get several); Reap runs one script per shard each
-// pass, and every process holds one sharded subscription per shard, so both stay
+// load, and 3–16 masters each get several); Reap reads each shard's due index each
+// pass (one pipelined read per shard; a script only where something is due), and every process holds one sharded subscription per shard, so both stay
 // at 64 — pipelined, a handful of round trips. The count is part of the data
 // layout: changing it moves every agent to another slot, so it is a constant.
 const NumShards = 64
