@@ -15,14 +15,24 @@ func lockDir(name string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+	// A process forked at the wrong moment holds a copy of a released lock's
+	// descriptor until its exec closes it; that is not another agent, so retry
+	// for a moment before saying the dir is in use.
+	for deadline := time.Now().Add(time.Second); ; {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			f.Close()
 			return nil, errors.New("in use by another running agent")
 		}
-		return nil, err
+		time.Sleep(20 * time.Millisecond)
 	}
-	return f, nil
 }
 
 // groupGone tells whether no live (non-zombie) process of group pgid remains.

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -61,6 +63,9 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 		if len(v) > l.MaxName {
 			return invalid(field, "%d bytes is over the limit of %d", len(v), l.MaxName)
 		}
+		if !printable(v) {
+			return invalid(field, "must be printable UTF-8 without control characters")
+		}
 	}
 	if len(m.Labels) > l.MaxLabels {
 		return invalid("labels", "%d labels is over the limit of %d", len(m.Labels), l.MaxLabels)
@@ -82,6 +87,20 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 		}
 	}
 	return nil
+}
+
+// printable tells whether s is valid UTF-8 without control characters, so it is
+// safe to show on an operator's terminal.
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // labelText tells whether s uses only the characters selectors can name.

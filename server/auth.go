@@ -117,6 +117,9 @@ const (
 // never reach the decoder.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// No body is ever read past the limit, whatever the path (Ping and unknown
+		// paths included), compressed or not.
+		r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.Limits.MaxBodyBytes))
 		var need principalKind
 		switch {
 		case r.URL.Path == forgev1connect.AgentServiceRegisterProcedure:
@@ -155,7 +158,8 @@ var errNoToken = connect.NewError(connect.CodeUnauthenticated, errors.New(`missi
 // identify finds out what kind of token the header carries. need tells which
 // kind to try first, so the common case costs one check.
 func (s *Server) identify(ctx context.Context, header string, need principalKind) (principal, error) {
-	tok, ok := strings.CutPrefix(header, "Bearer ")
+	scheme, tok, ok := strings.Cut(header, " ")
+	ok = ok && strings.EqualFold(scheme, "Bearer")
 	tok = strings.TrimSpace(tok)
 	if !ok || tok == "" {
 		return principal{}, errNoToken

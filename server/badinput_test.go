@@ -89,6 +89,10 @@ func TestBadInput(t *testing.T) {
 		{"name too long", registerPath, enrollToken, js, `{"name":"` + strings.Repeat("n", 256) + `"}`, "invalid_argument", "name"},
 		{"payload too big", dispatchPath, adminToken, js, `{"type":"echo","all":true,"payload":"` + strings.Repeat("QUFB", (1<<20)/3+10) + `"}`, "resource_exhausted", "payload"},
 		{"body too big", dispatchPath, adminToken, js, `{"type":"echo","all":true,"payload":"` + strings.Repeat("QUFB", (5<<20)/3) + `"}`, "resource_exhausted", ""},
+		{"ping with a huge body", "/forge.v1.PingService/Ping", "", js, `{"x":"` + strings.Repeat("a", 2<<20) + `"}`, "resource_exhausted", ""},
+		{"blank selector", dispatchPath, adminToken, js, `{"type":"echo","selector":"  "}`, "invalid_argument", "selector"},
+		{"control characters in a name", registerPath, enrollToken, js, `{"name":"a\u0000b\u001b[31m"}`, "invalid_argument", "name"},
+		{"absurd timeout", dispatchPath, adminToken, js, `{"type":"echo","all":true,"timeout":"315576000000s"}`, "invalid_argument", "timeout"},
 		{"body too big, no token", dispatchPath, "", js, `{"payload":"` + strings.Repeat("QUFB", (5<<20)/3) + `"}`, "unauthenticated", ""},
 	}
 	for _, c := range cases {
@@ -100,7 +104,19 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("%s: the error message shows a token: %q", c.name, msg)
 		}
 	}
-	status, _, _ := post(t, e.url, getPath, adminToken, "text/plain", strings.NewReader("{}"))
+	// The scheme name is case-insensitive (RFC 9110).
+	if _, code, msg := post(t, e.url, pollPath, "", js, strings.NewReader(`{"wait":"0s"}`)); code != "unauthenticated" {
+		t.Errorf("no header: %s %s", code, msg)
+	}
+	req, _ := http.NewRequest("POST", e.url+pollPath, strings.NewReader(`{"wait":"0s"}`))
+	req.Header.Set("Authorization", "bearer "+tokA)
+	req.Header.Set("Content-Type", js)
+	if res, err := http.DefaultClient.Do(req); err != nil || res.StatusCode != 200 {
+		t.Errorf("lowercase bearer: %v %v", res, err)
+	} else {
+		res.Body.Close()
+	}
+		status, _, _ := post(t, e.url, getPath, adminToken, "text/plain", strings.NewReader("{}"))
 	if status != http.StatusUnsupportedMediaType {
 		t.Errorf("wrong content type: status %d, want 415", status)
 	}

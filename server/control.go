@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -20,6 +21,9 @@ func (s *Server) audit(ctx context.Context, peer connect.Peer, action string, at
 	attrs = append([]any{"by", principalFrom(ctx).by, "from", peer.Addr}, attrs...)
 	s.log.Info("audit: "+action, attrs...)
 }
+
+// maxTaskDuration bounds a task's timeout and delivery TTL.
+const maxTaskDuration = 30 * 24 * time.Hour
 
 func pageSize(n int32) (int, error) {
 	if n < 0 {
@@ -103,9 +107,9 @@ func (s *Server) jobSpec(m *forgev1.DispatchRequest) (store.JobSpec, error) {
 		spec.Target.AgentID = t.AgentId
 	case *forgev1.DispatchRequest_Selector:
 		if _, err := store.ParseSelector(t.Selector); err != nil {
-			return spec, invalid("selector", "%v", err)
+			return spec, connect.NewError(connect.CodeInvalidArgument, err)
 		}
-		if t.Selector == "" {
+		if strings.TrimSpace(t.Selector) == "" {
 			return spec, invalid("selector", `must not be empty (use "all": true to target every agent)`)
 		}
 		spec.Target.Selector = t.Selector
@@ -124,6 +128,12 @@ func (s *Server) jobSpec(m *forgev1.DispatchRequest) (store.JobSpec, error) {
 	}
 	if spec.DeliveryTTL, err = optDuration("delivery_ttl", m.DeliveryTtl, s.cfg.DeliveryTTL); err != nil {
 		return spec, err
+	}
+	if spec.Timeout > maxTaskDuration {
+		return spec, invalid("timeout", "%s is over the limit of %s", spec.Timeout, maxTaskDuration)
+	}
+	if spec.DeliveryTTL > maxTaskDuration {
+		return spec, invalid("delivery_ttl", "%s is over the limit of %s", spec.DeliveryTTL, maxTaskDuration)
 	}
 	switch {
 	case m.MaxAttempts < 0 || m.MaxAttempts > 100:
@@ -311,7 +321,7 @@ func (c *controlService) ListAgents(ctx context.Context, req *connect.Request[fo
 	}
 	sel, err := store.ParseSelector(m.Selector)
 	if err != nil {
-		return nil, invalid("selector", "%v", err)
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	if m.Status < 0 || m.Status > forgev1.AgentStatus_AGENT_STATUS_REVOKED {
 		return nil, invalid("status", "unknown status %d", m.Status)

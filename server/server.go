@@ -183,7 +183,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.mux.Handle(forgev1connect.NewAgentServiceHandler(&agentService{s}, opts...))
 	s.mux.Handle(forgev1connect.NewControlServiceHandler(&controlService{s}, opts...))
-	s.mux.Handle(forgev1connect.NewPingServiceHandler(pingService{}, connect.WithCompressMinBytes(4096)))
+	s.mux.Handle(forgev1connect.NewPingServiceHandler(pingService{}, connect.WithCompressMinBytes(4096), connect.WithReadMaxBytes(1024)))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

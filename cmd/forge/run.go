@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
@@ -31,6 +32,7 @@ func (m *Main) runRun(ctx context.Context, args []string) error {
 	all := f.Bool("all", false, "run on every online agent")
 	offline := f.Bool("include-offline", false, "with --selector or --all: also queue for agents offline now")
 	timeout := f.Duration("timeout", 0, "execution timeout per agent (default: the server's)")
+	ttl := f.Duration("delivery-ttl", time.Minute, "how long an agent may take to pick the command up before its task ends EXPIRED")
 	maxConc := f.Int("max-concurrency", 0, "run on at most this many agents at once")
 	maxFail := f.Int("max-failures", 0, "start no more once this many failed")
 	dir := f.String("dir", "", "working directory on the agent")
@@ -70,6 +72,9 @@ func (m *Main) runRun(ctx context.Context, args []string) error {
 	if *timeout > 0 {
 		req.Timeout = durationpb.New(*timeout)
 	}
+	if *ttl > 0 {
+		req.DeliveryTtl = durationpb.New(*ttl)
+	}
 	switch {
 	case *agentID != "":
 		req.Target = &forgev1.DispatchRequest_AgentId{AgentId: *agentID}
@@ -88,7 +93,7 @@ func (m *Main) runRun(ctx context.Context, args []string) error {
 		return exitCode(1)
 	}
 	names := m.agentNames(ctx, ctl)
-	r := &runPrinter{m: m, total: len(ids), names: names, live: isTerminal(m.Stderr)}
+	r := &runPrinter{m: m, total: len(ids), names: names, live: isTerminal(m.Stderr), json: *cf.json}
 	finished := waitTasks(ctx, ctl, ids, r.print)
 	r.clearLive()
 	if ctx.Err() != nil {
@@ -187,6 +192,7 @@ type runPrinter struct {
 	names     map[string]string
 	live      bool
 	liveShown bool
+	json      bool
 }
 
 func (r *runPrinter) print(t *forgev1.TaskInfo) {
@@ -195,11 +201,19 @@ func (r *runPrinter) print(t *forgev1.TaskInfo) {
 	if t.State == forgev1.TaskState_TASK_STATE_SUCCEEDED {
 		r.ok++
 	}
+	if r.json { // one TaskInfo per line, as each finishes
+		b, _ := protojson.Marshal(t)
+		fmt.Fprintf(r.m.Stdout, "%s\n", b)
+		return
+	}
 	name := r.names[t.AgentId]
 	if name == "" {
 		name = t.AgentId
 	}
-	head := fmt.Sprintf("--- %s (%s) %s exit %d", name, t.AgentId, stateName(t.State), t.ExitCode)
+	head := fmt.Sprintf("--- %s (%s) %s", name, t.AgentId, stateName(t.State))
+	if t.ExitCode != 0 || t.State == forgev1.TaskState_TASK_STATE_SUCCEEDED {
+		head += fmt.Sprintf(" exit %d", t.ExitCode)
+	}
 	if t.Error != "" && t.State != forgev1.TaskState_TASK_STATE_SUCCEEDED {
 		head += ": " + t.Error
 	}

@@ -58,6 +58,18 @@ func (m *Main) runServer(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	for name, d := range map[string]time.Duration{"lease": *lease, "poll-hold": *pollHold, "max-wait": *maxWait,
+		"task-timeout": *taskTimeout, "delivery-ttl": *deliveryTTL, "retention": *retention} {
+		if d <= 0 {
+			return fmt.Errorf("--%s must be positive, not %s", name, d)
+		}
+	}
+	for name, n := range map[string]int{"max-attempts": *maxAttempts, "max-body": *maxBody, "max-payload": *maxPayload,
+		"max-output": *maxOutput, "max-pending": *maxPending} {
+		if n <= 0 {
+			return fmt.Errorf("--%s must be positive, not %d", name, n)
+		}
+	}
 	tlsOn := *certFile != "" || *keyFile != ""
 	if tlsOn && (*certFile == "" || *keyFile == "") {
 		return errors.New("--tls-cert and --tls-key go together")
