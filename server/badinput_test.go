@@ -116,7 +116,7 @@ func TestBadInput(t *testing.T) {
 	} else {
 		res.Body.Close()
 	}
-		status, _, _ := post(t, e.url, getPath, adminToken, "text/plain", strings.NewReader("{}"))
+	status, _, _ := post(t, e.url, getPath, adminToken, "text/plain", strings.NewReader("{}"))
 	if status != http.StatusUnsupportedMediaType {
 		t.Errorf("wrong content type: status %d, want 415", status)
 	}
