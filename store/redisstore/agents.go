@@ -157,6 +157,8 @@ func (s *Store) RevokeAgent(ctx context.Context, id, reason string) (store.Agent
 	}
 	if reason == "" {
 		reason = "agent revoked"
+	} else {
+		reason = "agent revoked: " + reason
 	}
 	arr, err := s.run(ctx, revokeScript, []string{s.k.agent(id), s.k.agentTasks(id)},
 		s.shardArgs(s.k.tag(id), s.nowMS(), id, reason))

@@ -42,6 +42,7 @@ var cases = []struct {
 	{"ConcurrentReapers", testConcurrentReapers},
 	{"Retention", testRetention},
 	{"LeaseOrderAndBatch", testLeaseBatch},
+	{"RevokeReason", testRevokeReason},
 }
 
 func testRegister(h *harness) {
@@ -940,4 +941,16 @@ func testLeaseBatch(h *harness) {
 		h.Fatalf("second Lease took %d, want 2", len(r.Tasks))
 	}
 	_ = fmt.Sprint
+}
+
+func testRevokeReason(h *harness) {
+	a := h.register(nil)
+	j := h.dispatch(a)
+	if _, err := h.s.RevokeAgent(h.ctx, a.ID, "key leaked"); err != nil {
+		h.Fatal(err)
+	}
+	got := h.wantState(j.TaskIDs[0], store.StateCanceled)
+	if last := got.History[len(got.History)-1].Reason; last != "agent revoked: key leaked" {
+		h.Fatalf("revoked agent's task ended with %q, want %q", last, "agent revoked: key leaked")
+	}
 }
