@@ -94,7 +94,9 @@ func (m *Main) runRun(ctx context.Context, args []string) error {
 	}
 	names := m.agentNames(ctx, ctl)
 	r := &runPrinter{m: m, total: len(ids), names: names, live: isTerminal(m.Stderr), json: *cf.json}
+	stopNag := m.nagWaiting(ctx, ctl, res.Msg.JobId)
 	finished := waitTasks(ctx, ctl, ids, r.print)
+	stopNag()
 	r.clearLive()
 	if ctx.Err() != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -111,6 +113,33 @@ func (m *Main) runRun(ctx context.Context, args []string) error {
 		return exitCode(1)
 	}
 	return nil
+}
+
+// nagWaiting tells the operator every 15 s what the run is still waiting for, so
+// a silent wait never looks like a hang. It returns a func that stops it.
+func (m *Main) nagWaiting(ctx context.Context, ctl forgev1connect.ControlServiceClient, jobID string) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(15 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			res, err := ctl.GetJob(ctx, connect.NewRequest(&forgev1.GetJobRequest{JobId: jobID, PageSize: 1}))
+			if err != nil || res.Msg.Job.Done || ctx.Err() != nil {
+				continue
+			}
+			c := res.Msg.Job.Counts
+			fmt.Fprintf(m.Stderr, "forge run: still waiting for %d of %d (%d not picked up yet, %d running; job %s)\n",
+				c.Pending+c.Running, c.Total, c.Pending, c.Running, jobID)
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // agentNames maps agent ids to names, best effort.
