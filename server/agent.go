@@ -147,7 +147,7 @@ func (s *Server) agentError(ctx context.Context, err error) error {
 func holdEnd(ctx context.Context, wait time.Duration) time.Time {
 	end := time.Now().Add(wait)
 	if dl, ok := ctx.Deadline(); ok {
-		margin := min(max(time.Until(dl)/20, 20*time.Millisecond), 500*time.Millisecond)
+		margin := min(max(time.Until(dl)/10, 50*time.Millisecond), time.Second)
 		if e := dl.Add(-margin); e.Before(end) {
 			end = e
 		}
