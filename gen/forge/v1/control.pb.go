@@ -225,7 +225,8 @@ type DispatchResponse struct {
 	JobId string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	// One task per matched agent.
 	TaskIds []string `protobuf:"bytes,2,rep,name=task_ids,json=taskIds,proto3" json:"task_ids,omitempty"`
-	// With `wait`: the tasks as they stood when the wait ended.
+	// With `wait`: the tasks as they stood when the wait ended (the first 1,000;
+	// page through the rest with GetJob).
 	Tasks []*TaskInfo `protobuf:"bytes,3,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	// The job's counts (with `wait`, as the wait ended).
 	Counts        *JobCounts `protobuf:"bytes,4,opt,name=counts,proto3" json:"counts,omitempty"`

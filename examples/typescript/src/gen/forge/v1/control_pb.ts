@@ -153,7 +153,8 @@ export type DispatchResponse = Message<"forge.v1.DispatchResponse"> & {
   taskIds: string[];
 
   /**
-   * With `wait`: the tasks as they stood when the wait ended.
+   * With `wait`: the tasks as they stood when the wait ended (the first 1,000;
+   * page through the rest with GetJob).
    *
    * @generated from field: repeated forge.v1.TaskInfo tasks = 3;
    */
