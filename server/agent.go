@@ -160,14 +160,20 @@ func waitFor(field string, d *durationpb.Duration, def, limit time.Duration) (ti
 	if d == nil {
 		return def, nil
 	}
+	w, err := checkDuration(field, d)
+	return min(w, limit), err
+}
+
+// checkDuration returns a request's duration, refusing malformed and negative ones.
+func checkDuration(field string, d *durationpb.Duration) (time.Duration, error) {
 	if err := d.CheckValid(); err != nil {
 		return 0, invalid(field, "%v", err)
 	}
-	w := d.AsDuration()
-	if w < 0 {
+	v := d.AsDuration()
+	if v < 0 {
 		return 0, invalid(field, "must not be negative")
 	}
-	return min(w, limit), nil
+	return v, nil
 }
 
 func (a *agentService) Poll(ctx context.Context, req *connect.Request[forgev1.PollRequest]) (*connect.Response[forgev1.PollResponse], error) {

@@ -36,17 +36,11 @@ func optDuration(field string, d *durationpb.Duration, def time.Duration) (time.
 	if d == nil {
 		return def, nil
 	}
-	if err := d.CheckValid(); err != nil {
-		return 0, invalid(field, "%v", err)
-	}
-	v := d.AsDuration()
-	if v < 0 {
-		return 0, invalid(field, "must not be negative")
-	}
-	if v == 0 {
+	v, err := checkDuration(field, d)
+	if err == nil && v == 0 {
 		return def, nil
 	}
-	return v, nil
+	return v, err
 }
 
 func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forgev1.DispatchRequest]) (*connect.Response[forgev1.DispatchResponse], error) {

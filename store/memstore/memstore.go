@@ -564,10 +564,7 @@ func (s *Store) advance(j *job, now time.Time) {
 // stopJob marks the job stopped and ends every task of it that has not started.
 func (s *Store) stopJob(j *job, reason string, now time.Time) {
 	j.Canceled = true
-	for _, t := range slices.Clone(j.held) {
-		s.end(t, store.StateCanceled, reason, now)
-	}
-	for _, id := range j.TaskIDs {
+	for _, id := range j.TaskIDs { // held tasks are PENDING too
 		if t := s.tasks[id]; t != nil && t.State == store.StatePending {
 			s.end(t, store.StateCanceled, reason, now)
 		}
