@@ -589,21 +589,9 @@ func testListTasks(h *harness) {
 	t := h.leaseOne(a)
 	h.report(a, t.Ref(), store.OutcomeSucceeded)
 
-	var got []string
-	tok := ""
-	for {
-		page, next, err := h.s.ListTasks(h.ctx, store.TaskFilter{AgentID: a.ID, Page: store.Page{Size: 2, Token: tok}})
-		if err != nil {
-			h.Fatal(err)
-		}
-		for _, t := range page {
-			got = append(got, t.ID)
-		}
-		if next == "" {
-			break
-		}
-		tok = next
-	}
+	got := pagedIDs(h, func(p store.Page) ([]store.Task, string, error) {
+		return h.s.ListTasks(h.ctx, store.TaskFilter{AgentID: a.ID, Page: p})
+	}, func(x store.Task) string { return x.ID })
 	want := slices.Clone(ids)
 	slices.Reverse(want)
 	if !slices.Equal(got, want) {
@@ -637,21 +625,9 @@ func testListAgents(h *harness) {
 		ids = append(ids, h.register(map[string]string{"role": role}).ID)
 	}
 	slices.Sort(ids)
-	var got []string
-	tok := ""
-	for {
-		page, next, err := h.s.ListAgents(h.ctx, store.AgentFilter{Page: store.Page{Size: 2, Token: tok}})
-		if err != nil {
-			h.Fatal(err)
-		}
-		for _, a := range page {
-			got = append(got, a.ID)
-		}
-		if next == "" {
-			break
-		}
-		tok = next
-	}
+	got := pagedIDs(h, func(p store.Page) ([]store.Agent, string, error) {
+		return h.s.ListAgents(h.ctx, store.AgentFilter{Page: p})
+	}, func(x store.Agent) string { return x.ID })
 	if !slices.Equal(got, ids) {
 		h.Fatalf("ListAgents paged = %v, want %v", got, ids)
 	}
@@ -677,21 +653,7 @@ func testListJobs(h *harness) {
 		ids = append(ids, h.dispatch(a).ID)
 	}
 	slices.Reverse(ids)
-	var got []string
-	tok := ""
-	for {
-		page, next, err := h.s.ListJobs(h.ctx, store.Page{Size: 2, Token: tok})
-		if err != nil {
-			h.Fatal(err)
-		}
-		for _, j := range page {
-			got = append(got, j.ID)
-		}
-		if next == "" {
-			break
-		}
-		tok = next
-	}
+	got := pagedIDs(h, func(p store.Page) ([]store.Job, string, error) { return h.s.ListJobs(h.ctx, p) }, func(x store.Job) string { return x.ID })
 	if !slices.Equal(got, ids) {
 		h.Fatalf("ListJobs = %v, want %v", got, ids)
 	}
@@ -952,5 +914,25 @@ func testRevokeReason(h *harness) {
 	got := h.wantState(j.TaskIDs[0], store.StateCanceled)
 	if last := got.History[len(got.History)-1].Reason; last != "agent revoked: key leaked" {
 		h.Fatalf("revoked agent's task ended with %q, want %q", last, "agent revoked: key leaked")
+	}
+}
+
+// pagedIDs walks every page of a list, two at a time, and returns the ids in order.
+func pagedIDs[T any](h *harness, list func(store.Page) ([]T, string, error), id func(T) string) []string {
+	h.Helper()
+	var got []string
+	tok := ""
+	for {
+		page, next, err := list(store.Page{Size: 2, Token: tok})
+		if err != nil {
+			h.Fatal(err)
+		}
+		for _, x := range page {
+			got = append(got, id(x))
+		}
+		if next == "" {
+			return got
+		}
+		tok = next
 	}
 }
