@@ -142,40 +142,6 @@ func (s *Server) agentError(ctx context.Context, err error) error {
 	return s.storeError(ctx, err)
 }
 
-// holdEnd returns when a held call must answer: after wait, but before the
-// caller's own deadline (Connect-Timeout-Ms) with a margin for the answer to travel.
-func holdEnd(ctx context.Context, wait time.Duration) time.Time {
-	end := time.Now().Add(wait)
-	if dl, ok := ctx.Deadline(); ok {
-		margin := min(max(time.Until(dl)/10, 50*time.Millisecond), time.Second)
-		if e := dl.Add(-margin); e.Before(end) {
-			end = e
-		}
-	}
-	return end
-}
-
-// waitFor parses a request's wait: omitted gives def, above limit it is clamped.
-func waitFor(field string, d *durationpb.Duration, def, limit time.Duration) (time.Duration, error) {
-	if d == nil {
-		return def, nil
-	}
-	w, err := checkDuration(field, d)
-	return min(w, limit), err
-}
-
-// checkDuration returns a request's duration, refusing malformed and negative ones.
-func checkDuration(field string, d *durationpb.Duration) (time.Duration, error) {
-	if err := d.CheckValid(); err != nil {
-		return 0, invalid(field, "%v", err)
-	}
-	v := d.AsDuration()
-	if v < 0 {
-		return 0, invalid(field, "must not be negative")
-	}
-	return v, nil
-}
-
 func (a *agentService) Poll(ctx context.Context, req *connect.Request[forgev1.PollRequest]) (*connect.Response[forgev1.PollResponse], error) {
 	s := a.s
 	max := 1
@@ -191,48 +157,35 @@ func (a *agentService) Poll(ctx context.Context, req *connect.Request[forgev1.Po
 	}
 	end := holdEnd(ctx, wait)
 	cred := principalFrom(ctx).cred
-	w := s.store.Watch(store.AgentKey(cred.AgentID))
-	defer w.Stop()
 	p := store.LeaseParams{Cred: cred, Max: max, Lease: s.cfg.Lease, Hold: time.Until(end)}
-	var timer *time.Timer
-	for {
-		res, err := s.store.Lease(ctx, p)
-		if err != nil {
-			return nil, s.agentError(ctx, err)
-		}
-		if res.Superseded || len(res.Tasks) > 0 || len(res.Cancels) > 0 {
-			out := &forgev1.PollResponse{Cancels: refsToProto(res.Cancels)}
-			for _, t := range res.Tasks {
-				pt := leasedToProto(t)
-				if len(s.cfg.SigningKeys) > 0 {
-					tasksig.Sign(s.cfg.SigningKeys[0], cred.AgentID, pt)
-				}
-				out.Tasks = append(out.Tasks, pt)
-			}
-			return connect.NewResponse(out), nil
+	var res store.LeaseResult
+	err = s.hold(ctx, hold{Keys: []string{store.AgentKey(cred.AgentID)}, End: end, Waiting: s.pollHeld}, func() (bool, error) {
+		var err error
+		if res, err = s.store.Lease(ctx, p); err != nil {
+			return false, err
 		}
 		p.Gen = res.Gen
-		left := time.Until(end)
-		if left <= 0 {
-			return connect.NewResponse(&forgev1.PollResponse{}), nil
-		}
-		if timer == nil {
-			s.metrics.heldPolls.Inc()
-			s.held.Add(1)
-			defer func() { s.metrics.heldPolls.Dec(); s.held.Add(-1) }()
-			timer = time.NewTimer(left)
-			defer timer.Stop()
-		}
-		select {
-		case <-w.C:
-		case <-timer.C:
-			return connect.NewResponse(&forgev1.PollResponse{}), nil
-		case <-ctx.Done():
-			return connect.NewResponse(&forgev1.PollResponse{}), nil
-		case <-s.closing:
-			return connect.NewResponse(&forgev1.PollResponse{}), nil
-		}
+		return res.Superseded || len(res.Tasks) > 0 || len(res.Cancels) > 0, nil
+	})
+	if err != nil {
+		return nil, s.agentError(ctx, err)
 	}
+	out := &forgev1.PollResponse{Cancels: refsToProto(res.Cancels)}
+	for _, t := range res.Tasks {
+		pt := leasedToProto(t)
+		if len(s.cfg.SigningKeys) > 0 {
+			tasksig.Sign(s.cfg.SigningKeys[0], cred.AgentID, pt)
+		}
+		out.Tasks = append(out.Tasks, pt)
+	}
+	return connect.NewResponse(out), nil
+}
+
+// pollHeld counts a Poll in the held-polls gauge and HeldPolls while it waits.
+func (s *Server) pollHeld() (done func()) {
+	s.metrics.heldPolls.Inc()
+	s.held.Add(1)
+	return func() { s.metrics.heldPolls.Dec(); s.held.Add(-1) }
 }
 
 func (a *agentService) ReportResult(ctx context.Context, req *connect.Request[forgev1.ReportResultRequest]) (*connect.Response[forgev1.ReportResultResponse], error) {

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
@@ -30,17 +29,6 @@ func pageSize(n int32) (int, error) {
 		return 0, invalid("page_size", "must not be negative")
 	}
 	return int(min(n, 1000)), nil
-}
-
-func optDuration(field string, d *durationpb.Duration, def time.Duration) (time.Duration, error) {
-	if d == nil {
-		return def, nil
-	}
-	v, err := checkDuration(field, d)
-	if err == nil && v == 0 {
-		return def, nil
-	}
-	return v, err
 }
 
 func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forgev1.DispatchRequest]) (*connect.Response[forgev1.DispatchResponse], error) {
@@ -147,42 +135,20 @@ func (s *Server) jobSpec(m *forgev1.DispatchRequest) (store.JobSpec, error) {
 // waitJob holds until every task of the job is terminal or end passes, then
 // returns the job and one page of its tasks.
 func (s *Server) waitJob(ctx context.Context, id string, end time.Time, page store.Page) (store.Job, []store.Task, string, error) {
-	w := s.store.Watch(store.JobKey(id))
-	defer w.Stop()
-	var timer *time.Timer
-	for {
-		job, err := s.store.GetJob(ctx, id)
-		if err != nil {
-			return job, nil, "", s.storeError(ctx, err)
-		}
-		left := time.Until(end)
-		if job.Counts.Done() || left <= 0 || s.isClosing() || ctx.Err() != nil {
-			tasks, next, err := s.store.ListTasks(ctx, store.TaskFilter{JobID: id, Page: page})
-			if err != nil {
-				return job, nil, "", s.storeError(ctx, err)
-			}
-			return job, tasks, next, nil
-		}
-		if timer == nil {
-			timer = time.NewTimer(left)
-			defer timer.Stop()
-		}
-		select {
-		case <-w.C:
-		case <-timer.C:
-		case <-ctx.Done():
-		case <-s.closing:
-		}
+	var job store.Job
+	err := s.hold(ctx, hold{Keys: []string{store.JobKey(id)}, End: end}, func() (bool, error) {
+		var err error
+		job, err = s.store.GetJob(ctx, id)
+		return job.Counts.Done(), err
+	})
+	if err != nil {
+		return job, nil, "", s.storeError(ctx, err)
 	}
-}
-
-func (s *Server) isClosing() bool {
-	select {
-	case <-s.closing:
-		return true
-	default:
-		return false
+	tasks, next, err := s.store.ListTasks(ctx, store.TaskFilter{JobID: id, Page: page})
+	if err != nil {
+		return job, nil, "", s.storeError(ctx, err)
 	}
+	return job, tasks, next, nil
 }
 
 func (c *controlService) GetJob(ctx context.Context, req *connect.Request[forgev1.GetJobRequest]) (*connect.Response[forgev1.GetJobResponse], error) {
@@ -253,32 +219,16 @@ func (c *controlService) WaitTask(ctx context.Context, req *connect.Request[forg
 	if err != nil {
 		return nil, err
 	}
-	end := holdEnd(ctx, wait)
-	w := s.store.Watch(store.TaskKey(req.Msg.TaskId))
-	defer w.Stop()
-	var timer *time.Timer
-	for {
-		t, err := s.store.GetTask(ctx, req.Msg.TaskId)
-		if err != nil {
-			return nil, s.storeError(ctx, err)
-		}
-		left := time.Until(end)
-		if t.State.Terminal() || left <= 0 {
-			return connect.NewResponse(&forgev1.WaitTaskResponse{Task: taskInfo(t)}), nil
-		}
-		if timer == nil {
-			timer = time.NewTimer(left)
-			defer timer.Stop()
-		}
-		select {
-		case <-w.C:
-			continue
-		case <-timer.C:
-		case <-ctx.Done():
-		case <-s.closing:
-		}
-		return connect.NewResponse(&forgev1.WaitTaskResponse{Task: taskInfo(t)}), nil
+	var t store.Task
+	err = s.hold(ctx, hold{Keys: []string{store.TaskKey(req.Msg.TaskId)}, End: holdEnd(ctx, wait)}, func() (bool, error) {
+		var err error
+		t, err = s.store.GetTask(ctx, req.Msg.TaskId)
+		return t.State.Terminal(), err
+	})
+	if err != nil {
+		return nil, s.storeError(ctx, err)
 	}
+	return connect.NewResponse(&forgev1.WaitTaskResponse{Task: taskInfo(t)}), nil
 }
 
 func (c *controlService) ListTasks(ctx context.Context, req *connect.Request[forgev1.ListTasksRequest]) (*connect.Response[forgev1.ListTasksResponse], error) {

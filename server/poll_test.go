@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -193,5 +194,96 @@ func TestDispatchWithWait(t *testing.T) {
 	if len(m.Tasks) != 1 || m.Tasks[0].AgentId != id || m.Tasks[0].State != forgev1.TaskState_TASK_STATE_FAILED ||
 		m.Tasks[0].ExitCode != 3 || string(m.Tasks[0].Output) != "boom" || m.Counts.Failed != 1 || m.Counts.Total != 1 {
 		t.Fatalf("Dispatch with wait = %v", m)
+	}
+}
+
+// A WaitTask and a WaitJob held on a running task answer when it ends, with the
+// state it ended in.
+func TestWaitsHeldUntilDone(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	id, ag := e.register("a", nil)
+	d, err := e.control.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "echo",
+		Target: &forgev1.DispatchRequest_AgentId{AgentId: id}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tid := d.Msg.TaskIds[0]
+	if p, err := ag.Poll(t.Context(), connect.NewRequest(&forgev1.PollRequest{Wait: durationpb.New(0)})); err != nil || len(p.Msg.Tasks) != 1 {
+		t.Fatalf("Poll = %v, %v", p, err)
+	}
+	task := make(chan *forgev1.WaitTaskResponse, 1)
+	job := make(chan *forgev1.WaitJobResponse, 1)
+	go func() {
+		res, err := e.control.WaitTask(t.Context(), connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: tid, Wait: durationpb.New(20 * time.Second)}))
+		if err != nil {
+			t.Error(err)
+			res = connect.NewResponse(&forgev1.WaitTaskResponse{})
+		}
+		task <- res.Msg
+	}()
+	go func() {
+		res, err := e.control.WaitJob(t.Context(), connect.NewRequest(&forgev1.WaitJobRequest{JobId: d.Msg.JobId, Wait: durationpb.New(20 * time.Second)}))
+		if err != nil {
+			t.Error(err)
+			res = connect.NewResponse(&forgev1.WaitJobResponse{})
+		}
+		job <- res.Msg
+	}()
+	// Both calls are held: neither answers while the task runs.
+	select {
+	case r := <-task:
+		t.Fatalf("WaitTask answered while the task ran: %v", r)
+	case r := <-job:
+		t.Fatalf("WaitJob answered while the task ran: %v", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := ag.ReportResult(t.Context(), connect.NewRequest(&forgev1.ReportResultRequest{TaskId: tid, Attempt: 1,
+		Outcome: forgev1.Outcome_OUTCOME_SUCCEEDED, Output: []byte("done")})); err != nil {
+		t.Fatal(err)
+	}
+	var tr *forgev1.WaitTaskResponse
+	var jr *forgev1.WaitJobResponse
+	for tr == nil || jr == nil {
+		select {
+		case tr = <-task:
+		case jr = <-job:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a held wait did not answer when the task ended")
+		}
+	}
+	if tr.Task.GetState() != forgev1.TaskState_TASK_STATE_SUCCEEDED || string(tr.Task.GetOutput()) != "done" {
+		t.Fatalf("WaitTask = %v", tr)
+	}
+	if jr.Job.GetCounts().GetSucceeded() != 1 || len(jr.Tasks) != 1 || jr.Tasks[0].State != forgev1.TaskState_TASK_STATE_SUCCEEDED {
+		t.Fatalf("WaitJob = %v", jr)
+	}
+}
+
+// Close answers held waits at once, with the state they saw.
+func TestCloseAnswersHeldWaits(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	id, _ := e.register("a", nil)
+	tid := e.dispatchTo(id)
+	done := make(chan error, 1)
+	go func() {
+		res, err := e.control.WaitTask(t.Context(), connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: tid, Wait: durationpb.New(20 * time.Second)}))
+		if err == nil && res.Msg.Task.GetState() != forgev1.TaskState_TASK_STATE_PENDING {
+			err = fmt.Errorf("state %v, want PENDING", res.Msg.Task.GetState())
+		}
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // most likely held by now; a hold deaf to Close hangs either way
+	start := time.Now()
+	e.srv.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("WaitTask at Close: %v", err)
+		}
+		t.Logf("answered %v after Close", time.Since(start))
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not answer a held WaitTask")
 	}
 }

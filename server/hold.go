@@ -1,0 +1,119 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// A hold is one held call: Poll, WaitTask, WaitJob, Dispatch with wait. It
+// re-checks a condition each time one of its watch keys fires, until the
+// condition holds, the hold ends, the caller goes away or the server closes.
+type hold struct {
+	// Keys are the store's watch keys (store.AgentKey, TaskKey, JobKey) whose
+	// changes can make the condition true.
+	Keys []string
+	// End is when the call answers whatever it has (see holdEnd).
+	End time.Time
+	// Waiting, when set, is called as the call first waits (after a check that
+	// did not hold), and the function it returns when the hold is over: Poll counts
+	// its held calls this way.
+	Waiting func() (done func())
+}
+
+// hold runs check at once and again after each change to h.Keys, until check
+// reports done or fails, h.End passes, ctx ends or the server closes. It returns
+// check's error, or nil; the caller answers with what its last check saw. A hold
+// whose end has already passed runs check once and watches nothing.
+func (s *Server) hold(ctx context.Context, h hold, check func() (done bool, err error)) error {
+	if !time.Now().Before(h.End) {
+		_, err := check()
+		return err
+	}
+	// Watch before the first check, so a change between the two is not missed.
+	w := s.store.Watch(h.Keys...)
+	defer w.Stop()
+	var timer *time.Timer
+	for {
+		done, err := check()
+		if done || err != nil {
+			return err
+		}
+		left := time.Until(h.End)
+		if left <= 0 || ctx.Err() != nil || s.isClosing() {
+			return nil
+		}
+		if timer == nil {
+			timer = time.NewTimer(left)
+			defer timer.Stop()
+			if h.Waiting != nil {
+				defer h.Waiting()()
+			}
+		}
+		select {
+		case <-w.C:
+		case <-timer.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		case <-s.closing:
+			return nil
+		}
+	}
+}
+
+func (s *Server) isClosing() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// holdEnd returns when a held call must answer: after wait, but before the
+// caller's own deadline (Connect-Timeout-Ms) with a margin for the answer to travel.
+func holdEnd(ctx context.Context, wait time.Duration) time.Time {
+	end := time.Now().Add(wait)
+	if dl, ok := ctx.Deadline(); ok {
+		margin := min(max(time.Until(dl)/10, 50*time.Millisecond), time.Second)
+		if e := dl.Add(-margin); e.Before(end) {
+			end = e
+		}
+	}
+	return end
+}
+
+// waitFor parses a request's wait: omitted gives def, above limit it is clamped.
+func waitFor(field string, d *durationpb.Duration, def, limit time.Duration) (time.Duration, error) {
+	if d == nil {
+		return def, nil
+	}
+	w, err := checkDuration(field, d)
+	return min(w, limit), err
+}
+
+// optDuration parses an optional duration: omitted or zero gives def.
+func optDuration(field string, d *durationpb.Duration, def time.Duration) (time.Duration, error) {
+	if d == nil {
+		return def, nil
+	}
+	v, err := checkDuration(field, d)
+	if err == nil && v == 0 {
+		return def, nil
+	}
+	return v, err
+}
+
+// checkDuration returns a request's duration, refusing malformed and negative ones.
+func checkDuration(field string, d *durationpb.Duration) (time.Duration, error) {
+	if err := d.CheckValid(); err != nil {
+		return 0, invalid(field, "%v", err)
+	}
+	v := d.AsDuration()
+	if v < 0 {
+		return 0, invalid(field, "must not be negative")
+	}
+	return v, nil
+}
