@@ -33,6 +33,8 @@ type config struct {
 	aof     bool
 	cluster bool
 	args    []string
+	pre     []string   // arguments before all others (a sentinel's config file)
+	tls     *tlsConfig // WithTLS
 }
 
 // WithAOF turns on the append-only file (appendonly yes, appendfsync always), so
@@ -52,6 +54,7 @@ type Server struct {
 	dir     string
 	port    int
 	busPort int // cluster bus port; zero outside a cluster
+	tlsPort int // TLS port; zero without WithTLS
 	cfg     config
 
 	mu   sync.Mutex
@@ -87,6 +90,9 @@ func start(t testing.TB, c config) *Server {
 		if c.cluster {
 			s.busPort = freePort(t)
 		}
+		if c.tls != nil {
+			s.tlsPort = freePort(t)
+		}
 		err = s.launch()
 		if err == nil {
 			return s
@@ -108,7 +114,8 @@ func freePort(t testing.TB) int {
 }
 
 func (s *Server) launch() error {
-	args := []string{
+	args := append([]string(nil), s.cfg.pre...)
+	args = append(args,
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--dir", s.dir,
@@ -116,7 +123,7 @@ func (s *Server) launch() error {
 		"--daemonize", "no",
 		"--protected-mode", "no",
 		"--save", "",
-	}
+	)
 	if s.cfg.aof {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	} else {
@@ -130,6 +137,7 @@ func (s *Server) launch() error {
 			"--cluster-port", strconv.Itoa(s.busPort),
 		)
 	}
+	args = append(args, s.extraArgs()...)
 	args = append(args, s.cfg.args...)
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
