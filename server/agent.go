@@ -28,7 +28,7 @@ func (a *agentService) Register(ctx context.Context, req *connect.Request[forgev
 		return nil, err
 	}
 	p := principalFrom(ctx)
-	secret := NewSecret()
+	secret := store.NewSecret()
 	ag, err := s.store.RegisterAgent(ctx, store.RegisterParams{
 		Name: m.Name, Hostname: m.Hostname, Version: m.Version, Labels: m.Labels, TaskTypes: m.TaskTypes,
 		SecretHash: HashSecret(secret), Enrollment: p.enroll, RemoteAddr: req.Peer().Addr,
@@ -249,7 +249,7 @@ func capOutput(out []byte, limit int) ([]byte, bool, int64) {
 func (a *agentService) RotateToken(ctx context.Context, req *connect.Request[forgev1.RotateTokenRequest]) (*connect.Response[forgev1.RotateTokenResponse], error) {
 	s := a.s
 	cred := principalFrom(ctx).cred
-	secret := NewSecret()
+	secret := store.NewSecret()
 	if err := s.store.RotateAgentToken(ctx, cred, HashSecret(secret)); err != nil {
 		return nil, s.agentError(ctx, err)
 	}

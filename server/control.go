@@ -24,11 +24,12 @@ func (s *Server) audit(ctx context.Context, peer connect.Peer, action string, at
 // maxTaskDuration bounds a task's timeout and delivery TTL.
 const maxTaskDuration = 30 * 24 * time.Hour
 
+// pageSize checks a requested page size; store.PageSize says what a page holds.
 func pageSize(n int32) (int, error) {
 	if n < 0 {
 		return 0, invalid("page_size", "must not be negative")
 	}
-	return int(min(n, 1000)), nil
+	return store.PageSize(int(n)), nil
 }
 
 func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forgev1.DispatchRequest]) (*connect.Response[forgev1.DispatchResponse], error) {
@@ -313,12 +314,9 @@ func (c *controlService) CreateEnrollmentToken(ctx context.Context, req *connect
 	if err != nil {
 		return nil, err
 	}
-	secret := NewSecret()
-	t := store.EnrollmentToken{ID: newEnrollmentTokenID(), SecretHash: HashSecret(secret), Description: m.Description, MaxUses: int(m.MaxUses)}
-	if ttl > 0 {
-		t.ExpiresAt = time.Now().Add(ttl)
-	}
-	t, err = s.store.CreateEnrollmentToken(ctx, t)
+	secret := store.NewSecret()
+	t, err := s.store.CreateEnrollmentToken(ctx, store.EnrollmentParams{ID: store.NewEnrollmentTokenID(),
+		SecretHash: HashSecret(secret), Description: m.Description, MaxUses: int(m.MaxUses), TTL: ttl})
 	if err != nil {
 		return nil, s.storeError(ctx, err)
 	}

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"crypto/rand"
 	"crypto/sha256"
 	"strings"
 
@@ -19,24 +18,12 @@ const (
 // MinTokenLen is the shortest token accepted from a flag or the environment.
 const MinTokenLen = 16
 
-const secretAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
-
-// NewSecret returns 32 random base32 characters (160 bits).
-func NewSecret() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
-	for i := range b {
-		b[i] = secretAlphabet[b[i]&31]
-	}
-	return string(b)
-}
-
 // NewOperatorToken returns a new random operator token.
-func NewOperatorToken() string { return PrefixOperator + NewSecret() }
+func NewOperatorToken() string { return PrefixOperator + store.NewSecret() }
 
 // NewEnrollToken returns a new random enrollment token for the server's flag set
 // (not stored; see ControlService.CreateEnrollmentToken for stored ones).
-func NewEnrollToken() string { return PrefixEnroll + NewSecret() }
+func NewEnrollToken() string { return PrefixEnroll + store.NewSecret() }
 
 // HashSecret returns the SHA-256 hash under which a secret is stored.
 func HashSecret(s string) []byte {
@@ -69,6 +56,3 @@ func parseStoredEnrollToken(tok string) (store.EnrollmentUse, bool) {
 	}
 	return store.EnrollmentUse{ID: id, SecretHash: HashSecret(secret)}, true
 }
-
-// NewEnrollmentTokenID returns an id for a stored enrollment token.
-func newEnrollmentTokenID() string { return "e" + NewSecret()[:11] }

@@ -3,9 +3,12 @@ package store
 import (
 	"errors"
 	"fmt"
+	"strconv"
 )
 
 // Kind classifies a store error; the server maps each kind to one Connect code.
+// The values are part of the Redis store's contract with its scripts, which
+// answer errors by kind (see store/redisstore/prelude.lua): do not renumber them.
 type Kind int
 
 // Error kinds.
@@ -68,4 +71,76 @@ func KindOf(err error) Kind {
 		return e.Kind
 	}
 	return KindInternal
+}
+
+// Messages of the errors every Store returns. Those with a %s take the id quoted
+// (Quote), except the enrollment ones, which name the token id as it is. Like the
+// reasons, they use only %d and %s, so the Redis store's scripts format the same
+// texts from the same strings.
+const (
+	MsgAgentToken  = "agent token is not valid"
+	MsgEnrollToken = "enrollment token is not valid"
+	MsgBadOutcome  = "outcome must be OUTCOME_SUCCEEDED or OUTCOME_FAILED"
+
+	FmtAgentNotFound  = "agent %s not found"
+	FmtTaskNotFound   = "task %s not found"
+	FmtJobNotFound    = "job %s not found"
+	FmtEnrollNotFound = "enrollment token %s not found"
+
+	FmtAgentIsRevoked = "agent %s is revoked"
+	FmtAgentQueueFull = "agent %s already has %d pending tasks (the limit)"
+	FmtTaskEnded      = "task %s already ended %s"
+	FmtStaleEnded     = "attempt %d of task %s is stale: the task ended %s at attempt %d"
+	FmtStale          = "attempt %d of task %s is stale: the current attempt is %d (%s)"
+
+	FmtEnrollRevoked = "enrollment token %s is revoked"
+	FmtEnrollExpired = "enrollment token %s has expired"
+	FmtEnrollUsedUp  = "enrollment token %s is used up (%d uses)"
+	FmtEnrollExists  = "enrollment token %s exists"
+)
+
+// Quote returns an id in double quotes, as it appears in error messages.
+func Quote(id string) string { return strconv.Quote(id) }
+
+func newError(kind Kind, msg string) error { return &Error{Kind: kind, Msg: msg} }
+
+// ErrAgentToken is the error of an agent credential that is unknown, wrong or revoked.
+func ErrAgentToken() error { return newError(KindUnauthenticated, MsgAgentToken) }
+
+// ErrEnrollmentToken is the error of an enrollment token unknown or with the wrong secret.
+func ErrEnrollmentToken() error { return newError(KindUnauthenticated, MsgEnrollToken) }
+
+// ErrAgentNotFound is the error of an agent that does not exist.
+func ErrAgentNotFound(id string) error { return Errorf(KindNotFound, FmtAgentNotFound, Quote(id)) }
+
+// ErrTaskNotFound is the error of a task that does not exist or is not the caller's.
+func ErrTaskNotFound(id string) error { return Errorf(KindNotFound, FmtTaskNotFound, Quote(id)) }
+
+// ErrJobNotFound is the error of a job that does not exist.
+func ErrJobNotFound(id string) error { return Errorf(KindNotFound, FmtJobNotFound, Quote(id)) }
+
+// ErrEnrollmentNotFound is the error of an enrollment token id that does not exist.
+func ErrEnrollmentNotFound(id string) error {
+	return Errorf(KindNotFound, FmtEnrollNotFound, Quote(id))
+}
+
+// ErrAgentRevoked is the error of a dispatch to a revoked agent.
+func ErrAgentRevoked(id string) error {
+	return Errorf(KindPrecondition, FmtAgentIsRevoked, Quote(id))
+}
+
+// ErrAgentQueueFull is the error of a dispatch to one agent whose queue holds
+// pending tasks, the limit.
+func ErrAgentQueueFull(id string, pending int) error {
+	return Errorf(KindExhausted, FmtAgentQueueFull, Quote(id), pending)
+}
+
+// ErrTaskEnded is the error of a cancel of a task that already ended in state st.
+func ErrTaskEnded(id string, st TaskState) error {
+	return Errorf(KindPrecondition, FmtTaskEnded, Quote(id), st)
+}
+
+// ErrEnrollmentExists is the error of creating an enrollment token whose id is taken.
+func ErrEnrollmentExists(id string) error {
+	return Errorf(KindPrecondition, FmtEnrollExists, id)
 }

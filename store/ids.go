@@ -7,9 +7,20 @@ import (
 	"time"
 )
 
-// Ids use a lowercase base32 alphabet without look-alike letters, so they are safe
-// in URLs, Redis keys and tokens (they never contain '_' or '-').
+// Ids and token secrets use a lowercase base32 alphabet without look-alike
+// letters, so they are safe in URLs, Redis keys and tokens (they never contain '_'
+// or '-').
 const idAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+
+// SecretLen is the length of a token secret: 32 random characters, 160 bits.
+const SecretLen = 32
+
+// NewSecret returns a new random token secret of SecretLen characters.
+func NewSecret() string { return randomChars(SecretLen) }
+
+// NewEnrollmentTokenID returns a new random id for a stored enrollment token: "e"
+// and 11 random characters.
+func NewEnrollmentTokenID() string { return "e" + randomChars(11) }
 
 // AgentIDLen is the length of an agent id: "a" and 15 random characters (75 bits).
 const AgentIDLen = 16

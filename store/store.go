@@ -72,8 +72,10 @@ type Store interface {
 	// Revoking a revoked agent changes nothing.
 	RevokeAgent(ctx context.Context, id, reason string) (Agent, error)
 
-	// CreateEnrollmentToken stores an enrollment token (its id and secret hash).
-	CreateEnrollmentToken(ctx context.Context, t EnrollmentToken) (EnrollmentToken, error)
+	// CreateEnrollmentToken stores an enrollment token (its id and secret hash),
+	// created now and expiring p.TTL later by the store's clock. An id already
+	// stored fails with KindPrecondition.
+	CreateEnrollmentToken(ctx context.Context, p EnrollmentParams) (EnrollmentToken, error)
 	// ListEnrollmentTokens lists stored enrollment tokens.
 	ListEnrollmentTokens(ctx context.Context) ([]EnrollmentToken, error)
 	// RevokeEnrollmentToken stops an enrollment token.
@@ -180,8 +182,27 @@ type ReportParams struct {
 
 // Page asks for one page of a list.
 type Page struct {
+	// Size is how many items to return at most; see PageSize.
 	Size  int
 	Token string
+}
+
+// Page sizes: what a list returns when asked for none, and the most it returns.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// PageSize returns the size of the page a list returns when n items are asked
+// for: DefaultPageSize for zero (or less), at most MaxPageSize.
+func PageSize(n int) int {
+	switch {
+	case n <= 0:
+		return DefaultPageSize
+	case n > MaxPageSize:
+		return MaxPageSize
+	}
+	return n
 }
 
 // TaskFilter selects tasks for ListTasks; zero fields match everything.

@@ -2,56 +2,6 @@ package store
 
 import "time"
 
-// TaskState is where a task is in its life; the values match forge.v1.TaskState.
-type TaskState int32
-
-// Task states. PENDING and RUNNING are live; the others are terminal.
-const (
-	StateUnspecified TaskState = 0
-	StatePending     TaskState = 1
-	StateRunning     TaskState = 2
-	StateSucceeded   TaskState = 3
-	StateFailed      TaskState = 4
-	StateCanceled    TaskState = 5
-	StateTimedOut    TaskState = 6
-	StateExpired     TaskState = 7
-	StateLost        TaskState = 8
-)
-
-var stateNames = [...]string{"UNSPECIFIED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "TIMED_OUT", "EXPIRED", "LOST"}
-
-// String returns the state's name, such as "RUNNING".
-func (s TaskState) String() string {
-	if s >= 0 && int(s) < len(stateNames) {
-		return stateNames[s]
-	}
-	return "UNKNOWN"
-}
-
-// Terminal tells whether the state is final.
-func (s TaskState) Terminal() bool { return s >= StateSucceeded && s <= StateLost }
-
-// AgentStatus is an agent's liveness; the values match forge.v1.AgentStatus.
-type AgentStatus int32
-
-// Agent statuses.
-const (
-	AgentUnspecified AgentStatus = 0
-	AgentOnline      AgentStatus = 1
-	AgentOffline     AgentStatus = 2
-	AgentRevoked     AgentStatus = 3
-)
-
-// Outcome is an agent's report of an attempt; the values match forge.v1.Outcome.
-type Outcome int32
-
-// Outcomes.
-const (
-	OutcomeUnspecified Outcome = 0
-	OutcomeSucceeded   Outcome = 1
-	OutcomeFailed      Outcome = 2
-)
-
 // TaskRef names one attempt of one task.
 type TaskRef struct {
 	TaskID  string
@@ -165,7 +115,7 @@ func (c Counts) Total() int {
 // Done tells whether every counted task is terminal.
 func (c Counts) Done() bool { return c.Pending == 0 && c.Running == 0 }
 
-// Add counts one more task in state s.
+// Add counts n more tasks in state s.
 func (c *Counts) Add(s TaskState, n int) {
 	switch s {
 	case StatePending:
@@ -198,6 +148,15 @@ type Job struct {
 	// Existing is true when Dispatch returned a job created earlier with the same
 	// idempotency key.
 	Existing bool
+}
+
+// EnrollmentParams describes an enrollment token to store.
+type EnrollmentParams struct {
+	ID          string
+	SecretHash  []byte
+	Description string
+	MaxUses     int           // zero: unlimited
+	TTL         time.Duration // zero: never expires
 }
 
 // EnrollmentToken is a stored enrollment token; the secret itself is never kept.

@@ -101,10 +101,3 @@ func (h *Hub) NotifyAll() {
 	}
 	h.mu.Unlock()
 }
-
-// Len returns how many keys have watchers.
-func (h *Hub) Len() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.watchers)
-}

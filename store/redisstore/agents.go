@@ -10,12 +10,6 @@ import (
 	"github.com/orange-forge/forge/store"
 )
 
-func errUnauth() error { return store.Errorf(store.KindUnauthenticated, "agent token is not valid") }
-
-func agentNotFound(id string) error {
-	return store.Errorf(store.KindNotFound, "agent %q not found", id)
-}
-
 // RegisterAgent implements store.Store. The enrollment use (global slot) is
 // consumed first, then the agent record is written, then it is listed: a crash
 // between the steps costs an enrollment use or leaves an unlisted record nobody
@@ -51,7 +45,7 @@ func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (stor
 // AuthenticateAgent implements store.Store.
 func (s *Store) AuthenticateAgent(ctx context.Context, c store.Cred) error {
 	if !store.ValidID(c.AgentID, 'a') {
-		return errUnauth()
+		return store.ErrAgentToken()
 	}
 	_, err := s.run(ctx, authScript, []string{s.k.agent(c.AgentID)},
 		s.shardArgs(s.k.tag(c.AgentID), s.nowMS(), string(c.SecretHash)))
@@ -61,7 +55,7 @@ func (s *Store) AuthenticateAgent(ctx context.Context, c store.Cred) error {
 // RotateAgentToken implements store.Store.
 func (s *Store) RotateAgentToken(ctx context.Context, c store.Cred, newSecretHash []byte) error {
 	if !store.ValidID(c.AgentID, 'a') {
-		return errUnauth()
+		return store.ErrAgentToken()
 	}
 	_, err := s.run(ctx, rotateScript, []string{s.k.agent(c.AgentID)},
 		s.shardArgs(s.k.tag(c.AgentID), s.nowMS(), string(c.SecretHash), string(newSecretHash)))
@@ -88,14 +82,14 @@ func (s *Store) agentFromView(id string, arr []rueidis.RedisMessage, now int64) 
 // GetAgent implements store.Store.
 func (s *Store) GetAgent(ctx context.Context, id string) (store.Agent, error) {
 	if !store.ValidID(id, 'a') {
-		return store.Agent{}, agentNotFound(id)
+		return store.Agent{}, store.ErrAgentNotFound(id)
 	}
 	now := s.nowMS()
 	e := s.agentViewExec(id, now)
 	arr, err := s.run(ctx, agentViewScript, e.Keys, e.Args)
 	if err != nil {
 		if store.KindOf(err) == store.KindNotFound {
-			return store.Agent{}, agentNotFound(id)
+			return store.Agent{}, store.ErrAgentNotFound(id)
 		}
 		return store.Agent{}, err
 	}
@@ -105,7 +99,7 @@ func (s *Store) GetAgent(ctx context.Context, id string) (store.Agent, error) {
 // ListAgents implements store.Store: agents in id order from the global list,
 // read in pipelined batches and filtered here.
 func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]store.Agent, string, error) {
-	size := pageSize(f.Size)
+	size := store.PageSize(f.Size)
 	after := f.Token
 	var out []store.Agent
 	for {
@@ -153,18 +147,14 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]store.Ag
 // RevokeAgent implements store.Store.
 func (s *Store) RevokeAgent(ctx context.Context, id, reason string) (store.Agent, error) {
 	if !store.ValidID(id, 'a') {
-		return store.Agent{}, agentNotFound(id)
+		return store.Agent{}, store.ErrAgentNotFound(id)
 	}
-	if reason == "" {
-		reason = "agent revoked"
-	} else {
-		reason = "agent revoked: " + reason
-	}
+	reason = store.ReasonRevoked(reason)
 	arr, err := s.run(ctx, revokeScript, []string{s.k.agent(id), s.k.agentTasks(id)},
 		s.shardArgs(s.k.tag(id), s.nowMS(), id, reason))
 	if err != nil {
 		if store.KindOf(err) == store.KindNotFound {
-			return store.Agent{}, agentNotFound(id)
+			return store.Agent{}, store.ErrAgentNotFound(id)
 		}
 		return store.Agent{}, err
 	}
@@ -176,7 +166,7 @@ func (s *Store) RevokeAgent(ctx context.Context, id, reason string) (store.Agent
 func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResult, error) {
 	id := p.Cred.AgentID
 	if !store.ValidID(id, 'a') {
-		return store.LeaseResult{}, errUnauth()
+		return store.LeaseResult{}, store.ErrAgentToken()
 	}
 	arr, err := s.run(ctx, leaseScript,
 		[]string{s.k.agent(id), s.k.queue(id), s.k.running(id), s.k.cancels(id)},
@@ -200,7 +190,7 @@ func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResu
 func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.HeartbeatResult, error) {
 	id := p.Cred.AgentID
 	if !store.ValidID(id, 'a') {
-		return store.HeartbeatResult{}, errUnauth()
+		return store.HeartbeatResult{}, store.ErrAgentToken()
 	}
 	args := s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), ms(p.Lease), flag(p.Draining))
 	for _, r := range p.Running {
@@ -217,7 +207,7 @@ func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.H
 func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskState, error) {
 	id := p.Cred.AgentID
 	if !store.ValidID(id, 'a') {
-		return 0, errUnauth()
+		return 0, store.ErrAgentToken()
 	}
 	if owner, ok := store.AgentOfTask(p.TaskID); !ok || owner != id {
 		// Another agent's task lives in another slot: check the credential on its
@@ -235,14 +225,4 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 	}
 	s.advanceAll(ctx, msgStrs(arr[2]))
 	return store.TaskState(msgInt(arr[1])), nil
-}
-
-func pageSize(n int) int {
-	switch {
-	case n <= 0:
-		return 100
-	case n > 1000:
-		return 1000
-	}
-	return n
 }

@@ -176,15 +176,9 @@ func decodeAgent(id string, f map[string]string) store.Agent {
 	return a
 }
 
+// status is store.StatusAt of an agent record's fields (times in ms).
 func (s *Store) status(revoked bool, seen, pollUntil, now int64) store.AgentStatus {
-	switch {
-	case revoked:
-		return store.AgentRevoked
-	case now-seen < s.cfg.OnlineWindow.Milliseconds() || now < pollUntil:
-		return store.AgentOnline
-	default:
-		return store.AgentOffline
-	}
+	return store.StatusAt(revoked, time.UnixMilli(seen), time.UnixMilli(pollUntil), time.UnixMilli(now), s.cfg.OnlineWindow)
 }
 
 func splitIDs(s string) []string {

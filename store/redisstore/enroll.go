@@ -18,16 +18,18 @@ func (s *Store) checkEnrollment(ctx context.Context, id string, hash []byte, now
 }
 
 // CreateEnrollmentToken implements store.Store.
-func (s *Store) CreateEnrollmentToken(ctx context.Context, t store.EnrollmentToken) (store.EnrollmentToken, error) {
-	now := s.now()
-	t.CreatedAt = time.UnixMilli(now.UnixMilli())
+func (s *Store) CreateEnrollmentToken(ctx context.Context, p store.EnrollmentParams) (store.EnrollmentToken, error) {
+	now := s.nowMS()
+	t := store.EnrollmentToken{ID: p.ID, SecretHash: p.SecretHash, Description: p.Description, MaxUses: p.MaxUses,
+		CreatedAt: time.UnixMilli(now)}
 	exp := int64(0)
-	if !t.ExpiresAt.IsZero() {
-		exp = t.ExpiresAt.UnixMilli()
+	if p.TTL > 0 {
+		exp = now + p.TTL.Milliseconds()
+		t.ExpiresAt = time.UnixMilli(exp)
 	}
 	_, err := s.run(ctx, enrollCreateScript, []string{s.k.enrollment(t.ID), s.k.enrollments()},
-		[]string{t.ID, "hash", string(t.SecretHash), "desc", t.Description, "max", itoa(t.MaxUses), "uses", itoa(t.Uses),
-			"exp", itoa(exp), "ca", itoa(t.CreatedAt.UnixMilli()), "rev", "0"})
+		[]string{t.ID, "hash", string(t.SecretHash), "desc", t.Description, "max", itoa(t.MaxUses), "uses", "0",
+			"exp", itoa(exp), "ca", itoa(now), "rev", "0"})
 	if err != nil {
 		return store.EnrollmentToken{}, err
 	}

@@ -3,7 +3,6 @@ package redisstore
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strings"
 	"time"
 
@@ -21,11 +20,6 @@ const advanceEvery = 10 * time.Second
 // lives before the Dispatch completes; if the dispatching replica dies, a retry
 // after this creates the job.
 const idemPending = time.Minute
-
-func jobNotFound(id string) error { return store.Errorf(store.KindNotFound, "job %q not found", id) }
-func taskNotFound(id string) error {
-	return store.Errorf(store.KindNotFound, "task %q not found", id)
-}
 
 // Dispatch implements store.Store. Steps, each atomic on its own slot:
 //
@@ -98,7 +92,7 @@ func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Sele
 	single := spec.Target.AgentID != ""
 	if single {
 		if !store.ValidID(spec.Target.AgentID, 'a') {
-			return store.Job{}, agentNotFound(spec.Target.AgentID)
+			return store.Job{}, store.ErrAgentNotFound(spec.Target.AgentID)
 		}
 		targets = []target{{store.NewTaskID(spec.Target.AgentID), spec.Target.AgentID}}
 	} else {
@@ -131,8 +125,7 @@ func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Sele
 		for _, sh := range order {
 			args := s.shardArgs(s.k.shard[sh], now, itoa(s.cfg.MaxPendingPerAgent), jid, spec.Type, string(spec.Payload),
 				itoa(spec.MaxAttempts), ms(spec.Timeout), ms(spec.DeliveryTTL), flag(limited), flag(hold), flag(single),
-				fmt.Sprintf("timed out after %s", spec.Timeout),
-				fmt.Sprintf("not picked up within its delivery TTL (%s)", spec.DeliveryTTL))
+				store.ReasonTimedOut(spec.Timeout), store.ReasonExpired(spec.DeliveryTTL))
 			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, byShard[sh]...)})
 		}
 		for _, r := range s.runMulti(ctx, createTasksScript, execs) {
@@ -297,14 +290,6 @@ func (s *Store) taskStates(ctx context.Context, ids []string) ([]taskState, erro
 	return out, nil
 }
 
-func isFailure(st store.TaskState) bool {
-	switch st {
-	case store.StateFailed, store.StateTimedOut, store.StateLost, store.StateExpired:
-		return true
-	}
-	return false
-}
-
 // gone tells whether a task no longer counts for its job: ended, or missing.
 func (t taskState) gone() bool { return !t.exists || t.st.Terminal() }
 
@@ -339,20 +324,20 @@ func (s *Store) advance(ctx context.Context, jid string) error {
 		at := func(i int) taskState { return states[i-dp] }
 		newDP, newDPF := dp, dpf
 		for newDP < len(ids) && at(newDP).gone() {
-			if isFailure(at(newDP).st) {
+			if at(newDP).st.Failure() {
 				newDPF++
 			}
 			newDP++
 		}
 		failures := dpf
 		for i := dp; i < len(ids); i++ {
-			if isFailure(at(i).st) {
+			if at(i).st.Failure() {
 				failures++
 			}
 		}
 		stop := !canceled && mf > 0 && failures >= mf
 		if stop {
-			reason = fmt.Sprintf("job stopped: max_failures (%d) reached", mf)
+			reason = store.ReasonMaxFailures(int32(mf))
 		}
 		var release []string
 		newRel := rel
@@ -403,9 +388,7 @@ func (s *Store) advance(ctx context.Context, jid string) error {
 					pending = append(pending, ids[i])
 				}
 			}
-			if reason == "" {
-				reason = "job canceled"
-			}
+			reason = store.OrDefault(reason, store.ReasonJobCanceled)
 			if err := s.perShard(ctx, cancelScript, pending, []string{reason, "stop"}); err != nil {
 				return err
 			}
@@ -468,7 +451,7 @@ func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre 
 // and per-shard counts are read together. Otherwise the record is read first.
 func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 	if !store.ValidID(id, 'j') {
-		return store.Job{}, jobNotFound(id)
+		return store.Job{}, store.ErrJobNotFound(id)
 	}
 	if e := s.jobs.get(id); e != nil {
 		b := s.client.B()
@@ -484,7 +467,7 @@ func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 		}
 		if len(vals) != 2 || vals[0].IsNil() {
 			s.jobs.drop(id)
-			return store.Job{}, jobNotFound(id)
+			return store.Job{}, store.ErrJobNotFound(id)
 		}
 		j := e.view()
 		j.Canceled = msgStr(vals[1]) == "1"
@@ -498,7 +481,7 @@ func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 		return store.Job{}, s.wrap(ctx, err)
 	}
 	if len(f) == 0 {
-		return store.Job{}, jobNotFound(id)
+		return store.Job{}, store.ErrJobNotFound(id)
 	}
 	e := s.jobs.put(decodeJob(id, f))
 	j := e.view()
@@ -574,7 +557,7 @@ func addCounts(c *store.Counts, f map[string]string) {
 // ListJobs implements store.Store: newest first, from the job list; the page
 // token is the last job id of the page.
 func (s *Store) ListJobs(ctx context.Context, page store.Page) ([]store.Job, string, error) {
-	size := pageSize(page.Size)
+	size := store.PageSize(page.Size)
 	maxLex := "+"
 	if page.Token != "" {
 		maxLex = "(" + page.Token
@@ -605,17 +588,15 @@ func (s *Store) ListJobs(ctx context.Context, page store.Page) ([]store.Job, str
 // CancelJob implements store.Store.
 func (s *Store) CancelJob(ctx context.Context, id, reason string) (store.Job, error) {
 	if !store.ValidID(id, 'j') {
-		return store.Job{}, jobNotFound(id)
+		return store.Job{}, store.ErrJobNotFound(id)
 	}
-	if reason == "" {
-		reason = "job canceled by operator"
-	}
+	reason = store.OrDefault(reason, store.ReasonJobCanceled)
 	vals, err := s.client.Do(ctx, s.client.B().Hmget().Key(s.k.job(id)).Field("tasks", "canceled", "ca").Build()).ToArray()
 	if err != nil {
 		return store.Job{}, s.wrap(ctx, err)
 	}
 	if ca, _ := vals[2].ToString(); ca == "" {
-		return store.Job{}, jobNotFound(id)
+		return store.Job{}, store.ErrJobNotFound(id)
 	}
 	tasks, _ := vals[0].ToString()
 	if c, _ := vals[1].ToString(); c != "1" {
@@ -635,14 +616,14 @@ func (s *Store) CancelJob(ctx context.Context, id, reason string) (store.Job, er
 func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
 	a, ok := store.AgentOfTask(id)
 	if !ok || !store.ValidTaskID(id) {
-		return store.Task{}, taskNotFound(id)
+		return store.Task{}, store.ErrTaskNotFound(id)
 	}
 	f, err := s.client.Do(ctx, s.client.B().Hgetall().Key(s.k.task(a, id)).Build()).AsStrMap()
 	if err != nil {
 		return store.Task{}, s.wrap(ctx, err)
 	}
 	if len(f) == 0 {
-		return store.Task{}, taskNotFound(id)
+		return store.Task{}, store.ErrTaskNotFound(id)
 	}
 	return decodeTask(id, f), nil
 }
@@ -651,11 +632,9 @@ func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
 func (s *Store) CancelTask(ctx context.Context, id, reason string) (store.Task, error) {
 	a, ok := store.AgentOfTask(id)
 	if !ok || !store.ValidTaskID(id) {
-		return store.Task{}, taskNotFound(id)
+		return store.Task{}, store.ErrTaskNotFound(id)
 	}
-	if reason == "" {
-		reason = "canceled by operator"
-	}
+	reason = store.OrDefault(reason, store.ReasonTaskCanceled)
 	sh := shardOf(a)
 	arr, err := s.run(ctx, cancelScript, []string{s.k.due(sh)}, s.shardArgs(s.k.shard[sh], s.nowMS(), reason, "one", id))
 	if err != nil {

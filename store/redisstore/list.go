@@ -15,7 +15,7 @@ import (
 // all-task indexes merged across shards — and are then read and filtered, so a
 // page is exact even when an index entry is a moment stale.
 func (s *Store) ListTasks(ctx context.Context, f store.TaskFilter) ([]store.Task, string, error) {
-	size := pageSize(f.Size)
+	size := store.PageSize(f.Size)
 	var next func(before string, n int) ([]string, error)
 	switch {
 	case f.JobID != "":

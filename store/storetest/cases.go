@@ -712,8 +712,7 @@ func testPollGeneration(h *harness) {
 }
 
 func testEnrollment(h *harness) {
-	exp := h.clock.Now().Add(time.Hour)
-	if _, err := h.s.CreateEnrollmentToken(h.ctx, store.EnrollmentToken{ID: "e1", SecretHash: hash("s1"), MaxUses: 2, ExpiresAt: exp, Description: "two"}); err != nil {
+	if _, err := h.s.CreateEnrollmentToken(h.ctx, store.EnrollmentParams{ID: "e1", SecretHash: hash("s1"), MaxUses: 2, TTL: time.Hour, Description: "two"}); err != nil {
 		h.Fatal(err)
 	}
 	use := &store.EnrollmentUse{ID: "e1", SecretHash: hash("s1")}
@@ -734,7 +733,7 @@ func testEnrollment(h *harness) {
 	}
 	wantKind(h, reg(), store.KindUnauthenticated, "used-up enrollment token")
 
-	h.s.CreateEnrollmentToken(h.ctx, store.EnrollmentToken{ID: "e2", SecretHash: hash("s2"), ExpiresAt: exp})
+	h.s.CreateEnrollmentToken(h.ctx, store.EnrollmentParams{ID: "e2", SecretHash: hash("s2"), TTL: time.Hour})
 	use = &store.EnrollmentUse{ID: "e2", SecretHash: hash("s2")}
 	if err := reg(); err != nil {
 		h.Fatal(err)
@@ -742,7 +741,7 @@ func testEnrollment(h *harness) {
 	h.clock.Advance(2 * time.Hour)
 	wantKind(h, reg(), store.KindUnauthenticated, "expired enrollment token")
 
-	h.s.CreateEnrollmentToken(h.ctx, store.EnrollmentToken{ID: "e3", SecretHash: hash("s3")})
+	h.s.CreateEnrollmentToken(h.ctx, store.EnrollmentParams{ID: "e3", SecretHash: hash("s3")})
 	use = &store.EnrollmentUse{ID: "e3", SecretHash: hash("s3")}
 	if err := reg(); err != nil {
 		h.Fatal(err)

@@ -1,0 +1,207 @@
+package store
+
+import (
+	"fmt"
+	"time"
+)
+
+// This file is the lifecycle of tasks and agents, written once: the states, what
+// moves a task from one to the next and the reason each move records (reasons.go),
+// and the rules around them — what counts as a failure, what a cancel does, how a
+// report or an expired lease ends an attempt, when an agent is online. memstore
+// calls these functions. redisstore's Lua scripts, which must make the same moves
+// atomically inside Redis, get the same constants and rules from a prelude
+// generated from this package (store/redisstore/prelude.lua), and a test runs that
+// Lua in a real Redis against these functions.
+
+// TaskState is where a task is in its life; the values match forge.v1.TaskState.
+type TaskState int32
+
+// Task states. PENDING and RUNNING are live; the others are terminal.
+const (
+	StateUnspecified TaskState = 0
+	StatePending     TaskState = 1
+	StateRunning     TaskState = 2
+	StateSucceeded   TaskState = 3
+	StateFailed      TaskState = 4
+	StateCanceled    TaskState = 5
+	StateTimedOut    TaskState = 6
+	StateExpired     TaskState = 7
+	StateLost        TaskState = 8
+)
+
+var stateNames = [...]string{"UNSPECIFIED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "TIMED_OUT", "EXPIRED", "LOST"}
+
+// String returns the state's name, such as "RUNNING".
+func (s TaskState) String() string {
+	if s >= 0 && int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "UNKNOWN"
+}
+
+// Terminal tells whether the state is final.
+func (s TaskState) Terminal() bool { return s >= StateSucceeded && s <= StateLost }
+
+// Failure tells whether a task that ended in state s counts toward its job's
+// max_failures: FAILED, TIMED_OUT, LOST and EXPIRED do; SUCCEEDED and CANCELED
+// do not.
+func (s TaskState) Failure() bool {
+	switch s {
+	case StateFailed, StateTimedOut, StateLost, StateExpired:
+		return true
+	}
+	return false
+}
+
+// Outcome is an agent's report of an attempt; the values match forge.v1.Outcome.
+type Outcome int32
+
+// Outcomes.
+const (
+	OutcomeUnspecified Outcome = 0
+	OutcomeSucceeded   Outcome = 1
+	OutcomeFailed      Outcome = 2
+)
+
+// AgentStatus is an agent's liveness; the values match forge.v1.AgentStatus.
+type AgentStatus int32
+
+// Agent statuses.
+const (
+	AgentUnspecified AgentStatus = 0
+	AgentOnline      AgentStatus = 1
+	AgentOffline     AgentStatus = 2
+	AgentRevoked     AgentStatus = 3
+)
+
+// StatusAt returns an agent's status at now: REVOKED once revoked; ONLINE while
+// its last call (lastSeen) is less than window ago, or while a Poll it started is
+// still held (pollUntil is when that hold ends); OFFLINE otherwise.
+func StatusAt(revoked bool, lastSeen, pollUntil, now time.Time, window time.Duration) AgentStatus {
+	switch {
+	case revoked:
+		return AgentRevoked
+	case now.Sub(lastSeen) < window || now.Before(pollUntil):
+		return AgentOnline
+	default:
+		return AgentOffline
+	}
+}
+
+// CheckReport decides what an agent's report p does to task t, whose current (or
+// last) attempt is t.Attempt. reported is the outcome of the report that ended
+// t.Attempt, or OutcomeUnspecified if no report did. It answers repeat when p is
+// the identical report of an attempt already ended by it (the caller answers
+// t.State and changes nothing), nil when p ends t's RUNNING attempt (see
+// ReportEnd), and otherwise an error: KindInvalid for a missing outcome,
+// KindPrecondition for another attempt or a different report of an ended one.
+// The task's existence and owner are the caller's to check first.
+func CheckReport(t Task, reported Outcome, p ReportParams) (repeat bool, err error) {
+	if p.Outcome != OutcomeSucceeded && p.Outcome != OutcomeFailed {
+		return false, newError(KindInvalid, MsgBadOutcome)
+	}
+	if t.State.Terminal() {
+		if reported != OutcomeUnspecified && t.Attempt == p.Attempt && reported == p.Outcome && t.ExitCode == p.ExitCode {
+			return true, nil
+		}
+		if t.Attempt != p.Attempt {
+			return false, Errorf(KindPrecondition, FmtStaleEnded, p.Attempt, Quote(t.ID), t.State, t.Attempt)
+		}
+		return false, Errorf(KindPrecondition, FmtTaskEnded, Quote(t.ID), t.State)
+	}
+	if t.State != StateRunning || t.Attempt != p.Attempt {
+		return false, Errorf(KindPrecondition, FmtStale, p.Attempt, Quote(t.ID), t.Attempt, t.State)
+	}
+	return false, nil
+}
+
+// ReportEnd returns the state a RUNNING attempt of t ends in when its agent
+// reports outcome o, and the reason recorded: TIMED_OUT if the server had found
+// it past its timeout, CANCELED if a cancel was requested (whatever the outcome),
+// else SUCCEEDED or FAILED as reported.
+func ReportEnd(t Task, o Outcome) (TaskState, string) {
+	st, why := StateSucceeded, ReasonSucceeded
+	if o == OutcomeFailed {
+		st, why = StateFailed, ReasonFailed
+	}
+	switch {
+	case t.TimedOut:
+		return StateTimedOut, fmt.Sprintf(FmtCause, t.CancelReason, why)
+	case t.CancelRequested:
+		return StateCanceled, fmt.Sprintf(FmtCause, t.CancelReason, why)
+	}
+	return st, why
+}
+
+// LeaseExpiryEnd returns what becomes of a RUNNING attempt of t whose lease ran
+// out, and the reason recorded: TIMED_OUT if it was past its timeout, CANCELED if
+// a cancel was requested, LOST if it was the last attempt allowed, else PENDING:
+// the task goes back to its agent's queue for the next attempt.
+func LeaseExpiryEnd(t Task) (TaskState, string) {
+	switch {
+	case t.TimedOut:
+		return StateTimedOut, fmt.Sprintf(FmtCause, t.CancelReason, ReasonLeaseExpired)
+	case t.CancelRequested:
+		return StateCanceled, fmt.Sprintf(FmtCause, t.CancelReason, ReasonLeaseExpired)
+	case t.Attempt >= t.MaxAttempts:
+		return StateLost, fmt.Sprintf(FmtLost, t.Attempt)
+	}
+	return StatePending, fmt.Sprintf(FmtRequeued, t.Attempt)
+}
+
+// CancelMode says what a cancel does to each task it names.
+type CancelMode int
+
+// Cancel modes.
+const (
+	// CancelModeTask is CancelTask: a pending task ends, a running one is asked
+	// to stop, and a finished one is an error.
+	CancelModeTask CancelMode = 1
+	// CancelModeJob is CancelJob: pending tasks end, running ones are asked to
+	// stop, finished ones are left alone.
+	CancelModeJob CancelMode = 2
+	// CancelModeStop stops a job that reached max_failures: pending tasks end,
+	// running ones finish.
+	CancelModeStop CancelMode = 3
+)
+
+// CancelAction is what a cancel does to one task.
+type CancelAction int
+
+// Cancel actions.
+const (
+	CancelSkip    CancelAction = 0 // leave the task alone
+	CancelEnd     CancelAction = 1 // end it CANCELED now
+	CancelRequest CancelAction = 2 // record the request and wake its agent
+	CancelRefuse  CancelAction = 3 // fail with KindPrecondition (ErrTaskEnded)
+)
+
+// Action returns what cancel mode m does to a task in state st.
+func (m CancelMode) Action(st TaskState) CancelAction {
+	switch {
+	case st == StatePending:
+		return CancelEnd
+	case st == StateRunning && m != CancelModeStop:
+		return CancelRequest
+	case st.Terminal() && m == CancelModeTask:
+		return CancelRefuse
+	}
+	return CancelSkip
+}
+
+// CheckEnrollment tells whether stored enrollment token t lets an agent register
+// at now; the secret is the caller's to compare first (ErrEnrollmentToken when it
+// does not match or the token is unknown). A revoked, expired or used-up token
+// fails with KindUnauthenticated, saying which.
+func CheckEnrollment(t EnrollmentToken, now time.Time) error {
+	switch {
+	case !t.RevokedAt.IsZero():
+		return Errorf(KindUnauthenticated, FmtEnrollRevoked, t.ID)
+	case !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt):
+		return Errorf(KindUnauthenticated, FmtEnrollExpired, t.ID)
+	case t.MaxUses > 0 && t.Uses >= t.MaxUses:
+		return Errorf(KindUnauthenticated, FmtEnrollUsedUp, t.ID, t.MaxUses)
+	}
+	return nil
+}

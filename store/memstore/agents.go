@@ -1,0 +1,171 @@
+package memstore
+
+import (
+	"context"
+	"crypto/subtle"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/orange-forge/forge/store"
+)
+
+// RegisterAgent implements store.Store.
+func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (store.Agent, error) {
+	return locked(ctx, s, func(now time.Time) (store.Agent, error) {
+		if p.Enrollment != nil {
+			t, err := s.checkEnrollment(p.Enrollment.ID, p.Enrollment.SecretHash, now)
+			if err != nil {
+				return store.Agent{}, err
+			}
+			t.Uses++
+		}
+		a := &agent{
+			Agent: store.Agent{
+				ID:           store.NewAgentID(),
+				Name:         p.Name,
+				Hostname:     p.Hostname,
+				Version:      p.Version,
+				Labels:       cloneMap(p.Labels),
+				TaskTypes:    slices.Clone(p.TaskTypes),
+				RegisteredAt: now,
+				LastSeenAt:   now,
+			},
+			cur:     slices.Clone(p.SecretHash),
+			running: make(map[string]*task),
+		}
+		s.agents[a.ID] = a
+		return s.agentView(a, now), nil
+	})
+}
+
+// auth finds the agent of a credential, promoting its next token on first use;
+// the caller holds the lock.
+func (s *Store) auth(c store.Cred) (*agent, error) {
+	a := s.agents[c.AgentID]
+	if a == nil || !a.RevokedAt.IsZero() || len(c.SecretHash) == 0 {
+		return nil, store.ErrAgentToken()
+	}
+	if subtle.ConstantTimeCompare(a.cur, c.SecretHash) == 1 {
+		return a, nil
+	}
+	if a.next != nil && subtle.ConstantTimeCompare(a.next, c.SecretHash) == 1 {
+		a.cur, a.next = a.next, nil
+		return a, nil
+	}
+	return nil, store.ErrAgentToken()
+}
+
+// AuthenticateAgent implements store.Store.
+func (s *Store) AuthenticateAgent(ctx context.Context, c store.Cred) error {
+	return lockedDo(ctx, s, func(time.Time) error {
+		_, err := s.auth(c)
+		return err
+	})
+}
+
+// RotateAgentToken implements store.Store.
+func (s *Store) RotateAgentToken(ctx context.Context, c store.Cred, newSecretHash []byte) error {
+	return lockedDo(ctx, s, func(time.Time) error {
+		a, err := s.auth(c)
+		if err != nil {
+			return err
+		}
+		a.next = slices.Clone(newSecretHash)
+		return nil
+	})
+}
+
+func (s *Store) status(a *agent, now time.Time) store.AgentStatus {
+	return store.StatusAt(!a.RevokedAt.IsZero(), a.LastSeenAt, a.pollUntil, now, s.cfg.OnlineWindow)
+}
+
+func (s *Store) agentView(a *agent, now time.Time) store.Agent {
+	v := a.Agent
+	v.Labels = cloneMap(a.Labels)
+	v.TaskTypes = slices.Clone(a.TaskTypes)
+	v.Status = s.status(a, now)
+	v.Pending = len(a.queue)
+	v.Running = nil
+	for _, t := range a.running {
+		v.Running = append(v.Running, t.Ref())
+	}
+	slices.SortFunc(v.Running, func(x, y store.TaskRef) int { return strings.Compare(x.TaskID, y.TaskID) })
+	return v
+}
+
+// GetAgent implements store.Store.
+func (s *Store) GetAgent(ctx context.Context, id string) (store.Agent, error) {
+	return locked(ctx, s, func(now time.Time) (store.Agent, error) {
+		a, err := find(s.agents, id, store.ErrAgentNotFound)
+		if err != nil {
+			return store.Agent{}, err
+		}
+		return s.agentView(a, now), nil
+	})
+}
+
+type agentPage struct {
+	agents []store.Agent
+	next   string
+}
+
+// ListAgents implements store.Store.
+func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]store.Agent, string, error) {
+	p, err := locked(ctx, s, func(now time.Time) (agentPage, error) {
+		ids := make([]string, 0, len(s.agents))
+		for id := range s.agents {
+			if id > f.Token {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+		size := store.PageSize(f.Size)
+		var out []store.Agent
+		for _, id := range ids {
+			a := s.agents[id]
+			if !f.Selector.Matches(a.Labels) {
+				continue
+			}
+			if f.Status != store.AgentUnspecified && s.status(a, now) != f.Status {
+				continue
+			}
+			if len(out) == size {
+				return agentPage{out, out[len(out)-1].ID}, nil
+			}
+			out = append(out, s.agentView(a, now))
+		}
+		return agentPage{agents: out}, nil
+	})
+	return p.agents, p.next, err
+}
+
+// RevokeAgent implements store.Store.
+func (s *Store) RevokeAgent(ctx context.Context, id, reason string) (store.Agent, error) {
+	return locked(ctx, s, func(now time.Time) (store.Agent, error) {
+		a, err := find(s.agents, id, store.ErrAgentNotFound)
+		if err != nil {
+			return store.Agent{}, err
+		}
+		if !a.RevokedAt.IsZero() {
+			return s.agentView(a, now), nil
+		}
+		a.RevokedAt = now
+		a.cur, a.next = nil, nil
+		reason = store.ReasonRevoked(reason)
+		for _, t := range slices.Clone(a.queue) {
+			s.end(t, store.StateCanceled, reason, now)
+		}
+		for _, t := range a.running {
+			s.end(t, store.StateCanceled, reason, now)
+		}
+		// Held tasks of rollout jobs would otherwise be released to a revoked agent.
+		for _, tid := range a.tasks {
+			if t := s.tasks[tid]; t != nil && t.Held {
+				s.end(t, store.StateCanceled, reason, now)
+			}
+		}
+		s.hub.Notify(store.AgentKey(id))
+		return s.agentView(a, now), nil
+	})
+}

@@ -1,0 +1,89 @@
+package memstore
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/orange-forge/forge/store"
+)
+
+// Reap implements store.Store.
+func (s *Store) Reap(ctx context.Context) error {
+	return lockedDo(ctx, s, func(now time.Time) error {
+		for _, t := range s.live {
+			switch t.State {
+			case store.StatePending:
+				if !t.Held && !now.Before(t.DeliverBy) {
+					s.expire(t, now)
+				}
+			case store.StateRunning:
+				if !now.Before(t.Deadline) && !t.TimedOut {
+					t.TimedOut = true
+					t.CancelRequested = true
+					t.CancelReason = store.ReasonTimedOut(t.Timeout)
+					t.cancelDelivered = false
+					s.hub.Notify(store.AgentKey(t.AgentID), store.TaskKey(t.ID))
+				}
+				if now.Before(t.LeaseExpiresAt) {
+					continue
+				}
+				if st, reason := store.LeaseExpiryEnd(t.Task); st == store.StatePending {
+					s.requeue(t, reason, now)
+				} else {
+					s.end(t, st, reason, now)
+				}
+			}
+		}
+		s.dropExpired(now)
+		return nil
+	})
+}
+
+// requeue puts a task whose lease expired back in its agent's queue, in order of
+// creation, for the next attempt.
+func (s *Store) requeue(t *task, reason string, now time.Time) {
+	a := s.agents[t.AgentID]
+	delete(a.running, t.ID)
+	t.LeaseExpiresAt = time.Time{}
+	t.Deadline = time.Time{}
+	t.DeliverBy = now.Add(t.DeliveryTTL)
+	i, _ := slices.BinarySearchFunc(a.queue, t, func(x, y *task) int { return strings.Compare(x.ID, y.ID) })
+	a.queue = slices.Insert(a.queue, i, t)
+	s.setState(t, store.StatePending, reason, now)
+	s.hub.Notify(store.AgentKey(a.ID))
+}
+
+// dropExpired removes finished tasks and jobs older than the retention.
+func (s *Store) dropExpired(now time.Time) {
+	cut := now.Add(-s.cfg.Retention)
+	for id, j := range s.jobs {
+		if !j.CreatedAt.Before(cut) {
+			continue
+		}
+		keep := j.TaskIDs[:0]
+		for _, tid := range j.TaskIDs {
+			t := s.tasks[tid]
+			if t != nil && (!t.State.Terminal() || !t.UpdatedAt.Before(cut)) {
+				keep = append(keep, tid)
+				continue
+			}
+			if t != nil {
+				delete(s.tasks, tid)
+				if a := s.agents[t.AgentID]; a != nil {
+					if i := slices.Index(a.tasks, tid); i >= 0 {
+						a.tasks = slices.Delete(a.tasks, i, i+1)
+					}
+				}
+			}
+		}
+		j.TaskIDs = keep
+		if len(keep) == 0 {
+			delete(s.jobs, id)
+			if j.Spec.IdempotencyKey != "" && s.idem[j.Spec.IdempotencyKey] == id {
+				delete(s.idem, j.Spec.IdempotencyKey)
+			}
+		}
+	}
+}
