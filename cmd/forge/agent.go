@@ -15,66 +15,105 @@ import (
 // version is the forge version agents report at Register.
 var version = "dev"
 
+// runAgent is `forge agent`: parse, build, run until ctx ends (then drain).
 func (m *Main) runAgent(ctx context.Context, args []string) error {
-	f := m.newFlags("agent", "forge agent: run tasks from a forge server on this machine. It dials out; it opens no port.")
-	servers := f.String("server", "", "server URL; several, comma-separated, to fail over between")
-	enroll := f.String("enroll-token", "", "enrollment token, used only when --state-dir holds no identity yet")
-	ca := f.String("ca", "", "PEM file of the CA that signed the server's certificate (replaces the system roots)")
-	name := f.String("name", "", "agent name (default: the hostname)")
-	labels := f.List("label", "label k=v for selectors (repeatable)")
-	stateDir := f.String("state-dir", "", "directory keeping the agent's identity and running commands across restarts")
-	allow := f.List("allow-exec", "command the exec task type may run, matched exactly against argv[0] (repeatable)")
-	concurrency := f.Int("concurrency", 4, "most tasks run at once")
-	grace := f.Duration("drain-grace", 30*time.Second, "on SIGTERM, how long running tasks may finish before they are stopped")
-	logFormat := f.String("log-format", "text", "log format: text or json")
-	logLevel := f.String("log-level", "info", "log level: debug, info, warn, error")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	if *servers == "" {
-		fmt.Fprintln(m.Stderr, "forge agent: --server (or FORGE_SERVER) is required")
-		return errUsage
-	}
-	log, err := m.logger(*logFormat, *logLevel)
+	c, err := m.ParseAgent(args)
 	if err != nil {
 		return err
 	}
-	lbls := map[string]string{}
-	for _, kv := range labels.vals {
+	a, err := m.BuildAgent(c)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// AgentConfig is what `forge agent` was told: its flags, each falling back to its
+// FORGE_* variable. ParseAgent fills and checks it; BuildAgent makes the agent.
+type AgentConfig struct {
+	Servers     []string // base URLs, to fail over between
+	EnrollToken string
+	CA          string // PEM file replacing the system roots; empty: system roots
+	Name        string
+	Labels      map[string]string
+	StateDir    string
+	AllowExec   []string // argv[0] values the exec task type may run
+	Concurrency int
+	DrainGrace  time.Duration
+	Log         logConfig
+}
+
+// ParseAgent parses the command line of `forge agent` (after the word "agent")
+// and the FORGE_* variables into a config, and checks it. It opens nothing.
+func (m *Main) ParseAgent(args []string) (AgentConfig, error) {
+	var c AgentConfig
+	var servers, logFormat, logLevel string
+	var labels []string
+	f := m.newFlags("agent", "forge agent: run tasks from a forge server on this machine. It dials out; it opens no port.")
+	f.StringVar(&servers, "server", "", "server URL; several, comma-separated, to fail over between")
+	f.StringVar(&c.EnrollToken, "enroll-token", "", "enrollment token, used only when --state-dir holds no identity yet")
+	f.StringVar(&c.CA, "ca", "", "PEM file of the CA that signed the server's certificate (replaces the system roots)")
+	f.StringVar(&c.Name, "name", "", "agent name (default: the hostname)")
+	f.ListVar(&labels, "label", "label k=v for selectors (repeatable)")
+	f.StringVar(&c.StateDir, "state-dir", "", "directory keeping the agent's identity and running commands across restarts")
+	f.ListVar(&c.AllowExec, "allow-exec", "command the exec task type may run, matched exactly against argv[0] (repeatable)")
+	f.IntVar(&c.Concurrency, "concurrency", 4, "most tasks run at once")
+	f.DurationVar(&c.DrainGrace, "drain-grace", 30*time.Second, "on SIGTERM, how long running tasks may finish before they are stopped")
+	f.logFlags(&logFormat, &logLevel)
+	if err := f.parse(args); err != nil {
+		return c, err
+	}
+	if servers == "" {
+		fmt.Fprintln(m.Stderr, "forge agent: --server (or FORGE_SERVER) is required")
+		return c, errUsage
+	}
+	var err error
+	if c.Log, err = parseLog(logFormat, logLevel); err != nil {
+		return c, err
+	}
+	c.Labels = map[string]string{}
+	for _, kv := range labels {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return fmt.Errorf("--label %q: want k=v", kv)
+			return c, fmt.Errorf("--label %q: want k=v", kv)
 		}
-		lbls[k] = v
+		c.Labels[k] = v
 	}
-	cfg := agent.Config{
-		EnrollToken: *enroll, Name: *name, Labels: lbls, StateDir: *stateDir,
-		Concurrency: *concurrency, DrainGrace: *grace, Logger: log, Version: version,
-	}
-	for _, s := range strings.Split(*servers, ",") {
+	for _, s := range strings.Split(servers, ",") {
 		if s = strings.TrimSpace(s); s != "" {
-			cfg.Servers = append(cfg.Servers, strings.TrimRight(s, "/"))
+			c.Servers = append(c.Servers, strings.TrimRight(s, "/"))
 		}
 	}
-	if *ca != "" {
-		pem, err := os.ReadFile(*ca)
+	return c, nil
+}
+
+// BuildAgent makes the agent c describes, with the built-in task types echo and
+// exec; the caller runs it. It reads the CA file; the agent dials nothing until Run.
+func (m *Main) BuildAgent(c AgentConfig) (*agent.Agent, error) {
+	log := m.newLogger(c.Log)
+	cfg := agent.Config{
+		Servers: c.Servers, EnrollToken: c.EnrollToken, Name: c.Name, Labels: c.Labels, StateDir: c.StateDir,
+		Concurrency: c.Concurrency, DrainGrace: c.DrainGrace, Logger: log, Version: version,
+	}
+	if c.CA != "" {
+		pem, err := os.ReadFile(c.CA)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("--ca %s: no PEM certificate in it", *ca)
+			return nil, fmt.Errorf("--ca %s: no PEM certificate in it", c.CA)
 		}
 		cfg.TLSConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	a, err := agent.New(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	a.Handle("echo", agent.EchoHandler())
-	a.Handle("exec", agent.ExecHandler(allow.vals))
-	if len(allow.vals) == 0 {
+	a.Handle("exec", agent.ExecHandler(c.AllowExec))
+	if len(c.AllowExec) == 0 {
 		log.Info("exec tasks will be refused: no --allow-exec given")
 	}
-	return a.Run(ctx)
+	return a, nil
 }

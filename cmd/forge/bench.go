@@ -52,7 +52,7 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 			cfg.Servers = append(cfg.Servers, s)
 		}
 	}
-	for _, v := range scenarios.vals {
+	for _, v := range *scenarios {
 		for _, s := range strings.Split(v, ",") {
 			if s = strings.TrimSpace(s); s != "" {
 				cfg.Scenarios = append(cfg.Scenarios, s)

@@ -6,20 +6,21 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
-	"strings"
-	"time"
 )
 
 // Main is the forge command, runnable inside a test: give it its own streams and
-// environment, call Run with arguments, read its exit code.
+// environment, call Run with arguments, read its exit code. The long-running
+// commands are also open step by step: ParseServer, BuildServer and Server.Serve
+// for `forge server`; ParseAgent, BuildAgent and agent.Agent.Run for `forge agent`.
 type Main struct {
 	Stdout io.Writer
 	Stderr io.Writer
-	// Getenv reads the environment; flags fall back to FORGE_* variables.
+	// Getenv reads the environment; flags fall back to FORGE_* variables. Nil
+	// reads nothing, so a test's Main sees only what the test gives it.
 	Getenv func(string) string
-	// Ready, when set, receives the server's URL once it listens (tests use it).
+	// Ready, when set, receives the server's URL once it listens and has printed
+	// its start-up lines: from then on it answers calls.
 	Ready func(url string)
 }
 
@@ -88,134 +89,14 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 	return 1
 }
 
+func (m *Main) getenv(name string) string {
+	if m.Getenv == nil {
+		return ""
+	}
+	return m.Getenv(name)
+}
+
 // exitCode ends a command with a code and no message (it printed its own).
 type exitCode int
 
 func (e exitCode) Error() string { return fmt.Sprintf("exit %d", int(e)) }
-
-// flags is a flag.FlagSet whose flags fall back to FORGE_* environment variables.
-type flags struct {
-	*flag.FlagSet
-	m    *Main
-	envs map[string]string // flag name -> variable
-}
-
-func (m *Main) newFlags(name, summary string) *flags {
-	fs := flag.NewFlagSet("forge "+name, flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	f := &flags{FlagSet: fs, m: m, envs: map[string]string{}}
-	fs.Usage = func() {
-		fmt.Fprintf(m.Stderr, "%s\n\nFlags (each also read from the variable shown):\n", summary)
-		fs.VisitAll(func(fl *flag.Flag) {
-			def := ""
-			if fl.DefValue != "" && fl.DefValue != "false" && fl.DefValue != "[]" {
-				def = " (default " + fl.DefValue + ")"
-			}
-			fmt.Fprintf(m.Stderr, "  --%s  [%s]\n      %s%s\n", fl.Name, f.envs[fl.Name], fl.Usage, def)
-		})
-	}
-	return f
-}
-
-func envName(flagName string) string {
-	return "FORGE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
-
-func (f *flags) String(name, def, usage string) *string {
-	f.envs[name] = envName(name)
-	if v := f.m.Getenv(envName(name)); v != "" {
-		def = v
-	}
-	return f.FlagSet.String(name, def, usage)
-}
-
-func (f *flags) Bool(name string, def bool, usage string) *bool {
-	f.envs[name] = envName(name)
-	if v := f.m.Getenv(envName(name)); v != "" {
-		def = v == "1" || strings.EqualFold(v, "true") || strings.EqualFold(v, "yes")
-	}
-	return f.FlagSet.Bool(name, def, usage)
-}
-
-func (f *flags) Int(name string, def int, usage string) *int {
-	f.envs[name] = envName(name)
-	if v := f.m.Getenv(envName(name)); v != "" {
-		fmt.Sscan(v, &def)
-	}
-	return f.FlagSet.Int(name, def, usage)
-}
-
-func (f *flags) Float(name string, def float64, usage string) *float64 {
-	f.envs[name] = envName(name)
-	if v := f.m.Getenv(envName(name)); v != "" {
-		fmt.Sscan(v, &def)
-	}
-	return f.FlagSet.Float64(name, def, usage)
-}
-
-func (f *flags) Duration(name string, def time.Duration, usage string) *time.Duration {
-	f.envs[name] = envName(name)
-	if v := f.m.Getenv(envName(name)); v != "" {
-		if d, err := time.ParseDuration(v); err == nil {
-			def = d
-		}
-	}
-	return f.FlagSet.Duration(name, def, usage)
-}
-
-// List defines a repeatable flag; the variable holds a comma-separated list.
-func (f *flags) List(name, usage string) *listFlag {
-	f.envs[name] = envName(name)
-	l := &listFlag{}
-	if v := f.m.Getenv(envName(name)); v != "" {
-		for _, s := range strings.Split(v, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				l.vals = append(l.vals, s)
-			}
-		}
-		l.fromEnv = true
-	}
-	f.FlagSet.Var(l, name, usage)
-	return l
-}
-
-type listFlag struct {
-	vals    []string
-	fromEnv bool
-}
-
-func (l *listFlag) String() string { return strings.Join(l.vals, ",") }
-
-func (l *listFlag) Set(s string) error {
-	if l.fromEnv { // the command line replaces the environment's list
-		l.vals, l.fromEnv = nil, false
-	}
-	l.vals = append(l.vals, s)
-	return nil
-}
-
-func (f *flags) parse(args []string) error {
-	if err := f.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	return nil
-}
-
-// logger returns the slog.Logger the flags ask for.
-func (m *Main) logger(format, level string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %v", err)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(m.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(m.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format: want text or json, not %q", format)
-}

@@ -56,7 +56,7 @@ func (m *Main) runRun(ctx context.Context, args []string) error {
 		return err
 	}
 	p := execPayload{Argv: argv, Dir: *dir}
-	for _, kv := range envs.vals {
+	for _, kv := range *envs {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
 			return fmt.Errorf("--env %q: want K=V", kv)

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/orange-forge/forge/server"
+	"github.com/orange-forge/forge/store"
+	"github.com/orange-forge/forge/store/memstore"
+)
+
+// shutdownGrace is how long calls in flight may finish once held calls have
+// been answered at shutdown.
+const shutdownGrace = 15 * time.Second
+
+// Server is a built `forge server`: its store open, its API handler made and its
+// address bound. Serve it until its context ends, then Close it.
+type Server struct {
+	m         *Main
+	cfg       ServerConfig
+	log       *slog.Logger
+	store     store.Store
+	storeDesc string
+	api       *server.Server
+	ln        net.Listener
+	hs        *http.Server
+	tls       bool
+	url       string
+	generated []string // lines announcing generated tokens, printed once by Serve
+}
+
+// BuildServer makes a Server from c: it generates the tokens c lacks, reads the
+// signing keys and the TLS certificate, opens the store (waiting for a Redis that
+// is not up yet until ctx ends), makes the API handler and binds the listen
+// address. It never exits the process; on an error, what it opened is closed.
+func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err error) {
+	s := &Server{m: m, cfg: c, log: m.newLogger(c.Log)}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	enroll, admin := c.EnrollTokens, c.AdminTokens
+	if len(enroll) == 0 {
+		t := server.NewEnrollToken()
+		enroll = []string{t}
+		s.generated = append(s.generated, "enrollment token (generated, shown once): "+t)
+	}
+	if len(admin) == 0 {
+		t := server.NewOperatorToken()
+		admin = []string{t}
+		s.generated = append(s.generated, "admin token (generated, shown once):      "+t)
+	}
+	var keys []ed25519.PrivateKey
+	for _, file := range c.SigningKeys {
+		k, err := readSigningKey(file)
+		if err != nil {
+			return nil, fmt.Errorf("--signing-key %s: %w", file, err)
+		}
+		keys = append(keys, k)
+	}
+	var tlsConfig *tls.Config
+	if c.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	}
+
+	scfg := store.Config{OnlineWindow: 2 * c.PollHold, Retention: c.Retention, MaxPendingPerAgent: c.MaxPending}
+	if s.store, s.storeDesc, err = openStore(ctx, c.Redis, scfg, s.log); err != nil {
+		return nil, err
+	}
+	s.api, err = server.New(server.Config{
+		Store: s.store, EnrollTokens: enroll, AdminTokens: admin, Logger: s.log,
+		Lease: c.Lease, PollHold: c.PollHold, MaxWait: c.MaxWait, MaxAttempts: int32(c.MaxAttempts),
+		TaskTimeout: c.TaskTimeout, DeliveryTTL: c.DeliveryTTL, RateLimit: c.RateLimit, RateBurst: c.RateBurst,
+		SigningKeys: keys,
+		Limits:      server.Limits{MaxBodyBytes: c.MaxBody, MaxPayload: c.MaxPayload, MaxOutput: c.MaxOutput},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.ln, err = net.Listen("tcp", c.Listen); err != nil {
+		return nil, err
+	}
+	s.hs = &http.Server{
+		Handler:           s.api,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		// A held call must be able to answer: the longest hold plus slack.
+		WriteTimeout:   max(c.PollHold, c.MaxWait) + 30*time.Second,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		TLSConfig:      tlsConfig,
+	}
+	s.tls = tlsConfig != nil
+	scheme := "https"
+	if !s.tls {
+		scheme = "http"
+		s.hs.Protocols = new(http.Protocols)
+		s.hs.Protocols.SetHTTP1(true)
+	}
+	s.url = scheme + "://" + s.ln.Addr().String()
+	return s, nil
+}
+
+// URL is the server's base URL, such as http://127.0.0.1:8080.
+func (s *Server) URL() string { return s.url }
+
+// Serve prints the start-up lines (the URL, the store, any generated token),
+// calls Main.Ready, and serves until ctx ends or the listener fails. On ctx's
+// end it shuts down: held Polls and waits are answered at once (empty), and the
+// calls in flight get shutdownGrace to finish. It returns nil after a shutdown.
+func (s *Server) Serve(ctx context.Context) error {
+	out := s.m.Stdout
+	fmt.Fprintf(out, "forge server listening on %s\n", s.url)
+	fmt.Fprintf(out, "store: %s\n", s.storeDesc)
+	for _, g := range s.generated {
+		fmt.Fprintln(out, g)
+	}
+	if !s.tls {
+		s.log.Warn("serving plain HTTP without TLS", "listen", s.ln.Addr().String())
+	}
+	s.log.Info("server started", "url", s.url, "store", s.storeDesc, "lease", s.cfg.Lease, "poll_hold", s.cfg.PollHold)
+	if s.m.Ready != nil {
+		s.m.Ready(s.url)
+	}
+
+	errc := make(chan error, 1)
+	go func() {
+		if s.tls {
+			errc <- s.hs.ServeTLS(s.ln, "", "") // the certificate is in TLSConfig
+		} else {
+			errc <- s.hs.Serve(s.ln)
+		}
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down: answering held calls")
+	s.api.Close() // answers held polls and waits at once
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	defer cancel()
+	if err := s.hs.Shutdown(sctx); err != nil {
+		s.log.Warn("shutdown", "err", err)
+	}
+	s.log.Info("server stopped")
+	return nil
+}
+
+// Close ends what BuildServer opened: the API handler (answering any held call),
+// the listener and every connection still open, and the store. It returns the
+// store's error.
+func (s *Server) Close() error {
+	if s.api != nil {
+		s.api.Close()
+	}
+	if s.hs != nil {
+		s.hs.Close()
+	}
+	if s.ln != nil {
+		s.ln.Close() // when Serve never ran
+	}
+	if s.store != nil {
+		return s.store.Close()
+	}
+	return nil
+}
+
+// readSigningKey reads an ed25519 private key from a PKCS#8 PEM file.
+func readSigningKey(file string) (ed25519.PrivateKey, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, errors.New("no PEM block in it")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	ek, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, errors.New("not an ed25519 key")
+	}
+	return ek, nil
+}
+
+func openStore(ctx context.Context, redisURL string, cfg store.Config, log *slog.Logger) (store.Store, string, error) {
+	if redisURL == "" {
+		return memstore.New(cfg), "in memory (state is lost when the server stops; use --redis for production)", nil
+	}
+	return openRedis(ctx, redisURL, cfg, log)
+}
