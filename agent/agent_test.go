@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,48 +19,23 @@ import (
 
 	"github.com/orange-forge/forge/agent"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
-	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/forgetest"
 	"github.com/orange-forge/forge/server"
-	"github.com/orange-forge/forge/store"
-	"github.com/orange-forge/forge/store/memstore"
 )
 
-const (
-	enrollToken = "enroll-0123456789abcdef"
-	adminToken  = "admin-0123456789abcdef"
-)
+func TestMain(m *testing.M) { forgetest.Main(m) }
+
+const enrollToken = forgetest.EnrollToken
 
 // env is a real forge server on a loopback port with an operator client.
 type env struct {
-	t       *testing.T
-	srv     *server.Server
-	url     string
-	control forgev1connect.ControlServiceClient
+	*forgetest.Server
+	t *testing.T
 }
 
-func newEnv(t *testing.T, cfg server.Config) *env {
+func newEnv(t *testing.T, b forgetest.Backend, cfg server.Config) *env {
 	t.Helper()
-	st := memstore.New(store.Config{})
-	cfg.Store = st
-	cfg.EnrollTokens = []string{enrollToken}
-	cfg.AdminTokens = []string{adminToken}
-	srv, err := server.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv)
-	t.Cleanup(func() { srv.Close(); hs.Close(); st.Close() })
-	return &env{t: t, srv: srv, url: hs.URL, control: controlClient(hs.URL)}
-}
-
-func controlClient(url string) forgev1connect.ControlServiceClient {
-	return forgev1connect.NewControlServiceClient(http.DefaultClient, url, connect.WithInterceptors(
-		connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
-			return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-				req.Header().Set("Authorization", "Bearer "+adminToken)
-				return next(ctx, req)
-			}
-		})))
+	return &env{Server: forgetest.Start(t, forgetest.Options{Backend: b, Server: cfg}), t: t}
 }
 
 // testLogger logs through t, so a failing test shows what the agent did.
@@ -112,7 +86,7 @@ func startAgent(t *testing.T, cfg agent.Config, handlers map[string]agent.Handle
 	for typ, h := range handlers {
 		a.Handle(typ, h)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	s := &started{Agent: a, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		s.err = a.Run(ctx)
@@ -146,7 +120,7 @@ func (e *env) dispatch(agentID, typ string, payload []byte, timeout time.Duratio
 	if timeout > 0 {
 		req.Timeout = durationpb.New(timeout)
 	}
-	res, err := e.control.Dispatch(e.t.Context(), connect.NewRequest(req))
+	res, err := e.Control.Dispatch(e.t.Context(), connect.NewRequest(req))
 	if err != nil {
 		e.t.Fatalf("Dispatch: %v", err)
 	}
@@ -161,7 +135,7 @@ func (e *env) wait(taskID string) *forgev1.TaskInfo {
 	e.t.Helper()
 	end := time.Now().Add(10 * time.Second)
 	for time.Now().Before(end) {
-		res, err := e.control.WaitTask(e.t.Context(), connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: taskID, Wait: durationpb.New(time.Until(end))}))
+		res, err := e.Control.WaitTask(e.t.Context(), connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: taskID, Wait: durationpb.New(time.Until(end))}))
 		if err != nil {
 			e.t.Fatalf("WaitTask: %v", err)
 		}
@@ -182,108 +156,114 @@ func wantState(t *testing.T, ti *forgev1.TaskInfo, want forgev1.TaskState) {
 
 func TestDispatchRunsHandlers(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	a := startAgent(t, agent.Config{Servers: []string{e.url}, Labels: map[string]string{"role": "test"}, Version: "v-test"},
-		map[string]agent.Handler{
-			"echo": agent.EchoHandler(),
-			"fail": func(ctx context.Context, t *agent.Task) ([]byte, error) {
-				return []byte("partial"), &agent.ExitError{Code: 7, Err: errors.New("it broke")}
-			},
-			"panic": func(ctx context.Context, t *agent.Task) ([]byte, error) { panic("boom") },
-			"exec":  agent.ExecHandler([]string{"sh"}),
-		})
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, Labels: map[string]string{"role": "test"}, Version: "v-test"},
+			map[string]agent.Handler{
+				"echo": agent.EchoHandler(),
+				"fail": func(ctx context.Context, t *agent.Task) ([]byte, error) {
+					return []byte("partial"), &agent.ExitError{Code: 7, Err: errors.New("it broke")}
+				},
+				"panic": func(ctx context.Context, t *agent.Task) ([]byte, error) { panic("boom") },
+				"exec":  agent.ExecHandler([]string{"sh"}),
+			})
 
-	ag, err := e.control.GetAgent(t.Context(), connect.NewRequest(&forgev1.GetAgentRequest{AgentId: a.ID()}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := strings.Join(ag.Msg.Agent.TaskTypes, ","); got != "echo,exec,fail,panic" || ag.Msg.Agent.Version != "v-test" || ag.Msg.Agent.Labels["role"] != "test" {
-		t.Fatalf("registered as %v", ag.Msg.Agent)
-	}
+		ag, err := e.Control.GetAgent(t.Context(), connect.NewRequest(&forgev1.GetAgentRequest{AgentId: a.ID()}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(ag.Msg.Agent.TaskTypes, ","); got != "echo,exec,fail,panic" || ag.Msg.Agent.Version != "v-test" || ag.Msg.Agent.Labels["role"] != "test" {
+			t.Fatalf("registered as %v", ag.Msg.Agent)
+		}
 
-	ti := e.wait(e.dispatch(a.ID(), "echo", []byte("hello forge"), 0))
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
-	if string(ti.Output) != "hello forge" || ti.Attempt != 1 {
-		t.Fatalf("output %q attempt %d", ti.Output, ti.Attempt)
-	}
+		ti := e.wait(e.dispatch(a.ID(), "echo", []byte("hello forge"), 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		if string(ti.Output) != "hello forge" || ti.Attempt != 1 {
+			t.Fatalf("output %q attempt %d", ti.Output, ti.Attempt)
+		}
 
-	ti = e.wait(e.dispatch(a.ID(), "fail", nil, 0))
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
-	if ti.ExitCode != 7 || ti.Error != "it broke" || string(ti.Output) != "partial" {
-		t.Fatalf("failed task: %v", ti)
-	}
+		ti = e.wait(e.dispatch(a.ID(), "fail", nil, 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
+		if ti.ExitCode != 7 || ti.Error != "it broke" || string(ti.Output) != "partial" {
+			t.Fatalf("failed task: %v", ti)
+		}
 
-	ti = e.wait(e.dispatch(a.ID(), "nope", nil, 0))
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
-	if ti.Error != "no handler for task type nope" {
-		t.Fatalf("unknown type error %q", ti.Error)
-	}
+		ti = e.wait(e.dispatch(a.ID(), "nope", nil, 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
+		if ti.Error != "no handler for task type nope" {
+			t.Fatalf("unknown type error %q", ti.Error)
+		}
 
-	ti = e.wait(e.dispatch(a.ID(), "panic", nil, 0))
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
-	if !strings.Contains(ti.Error, "boom") {
-		t.Fatalf("panic error %q", ti.Error)
-	}
+		ti = e.wait(e.dispatch(a.ID(), "panic", nil, 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
+		if !strings.Contains(ti.Error, "boom") {
+			t.Fatalf("panic error %q", ti.Error)
+		}
 
-	ti = e.wait(e.dispatch(a.ID(), "exec", []byte(`{"argv":["sh","-c","echo from sh; exit 2"]}`), 0))
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
-	if ti.ExitCode != 2 || string(ti.Output) != "from sh\n" {
-		t.Fatalf("exec task: %v", ti)
-	}
-	ti = e.wait(e.dispatch(a.ID(), "exec", []byte(`{"argv":["/bin/sh","-c","echo no"]}`), 0))
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
-	if !strings.Contains(ti.Error, "not allowed") {
-		t.Fatalf("refused exec: %v", ti)
-	}
+		ti = e.wait(e.dispatch(a.ID(), "exec", []byte(`{"argv":["sh","-c","echo from sh; exit 2"]}`), 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
+		if ti.ExitCode != 2 || string(ti.Output) != "from sh\n" {
+			t.Fatalf("exec task: %v", ti)
+		}
+		ti = e.wait(e.dispatch(a.ID(), "exec", []byte(`{"argv":["/bin/sh","-c","echo no"]}`), 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
+		if !strings.Contains(ti.Error, "not allowed") {
+			t.Fatalf("refused exec: %v", ti)
+		}
 
-	if err := a.stop(t); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+		if err := a.stop(t); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	})
 }
 
 func TestOutputIsCapped(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	a := startAgent(t, agent.Config{Servers: []string{e.url}, MaxOutput: 1000}, map[string]agent.Handler{"echo": agent.EchoHandler()})
-	big := []byte(strings.Repeat("x", 5000) + "THE END")
-	ti := e.wait(e.dispatch(a.ID(), "echo", big, 0))
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
-	if len(ti.Output) > 1000 || !ti.OutputTruncated || ti.OutputSize != int64(len(big)) || !strings.HasSuffix(string(ti.Output), "THE END") {
-		t.Fatalf("len %d truncated %v size %d", len(ti.Output), ti.OutputTruncated, ti.OutputSize)
-	}
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, MaxOutput: 1000}, map[string]agent.Handler{"echo": agent.EchoHandler()})
+		big := []byte(strings.Repeat("x", 5000) + "THE END")
+		ti := e.wait(e.dispatch(a.ID(), "echo", big, 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		if len(ti.Output) > 1000 || !ti.OutputTruncated || ti.OutputSize != int64(len(big)) || !strings.HasSuffix(string(ti.Output), "THE END") {
+			t.Fatalf("len %d truncated %v size %d", len(ti.Output), ti.OutputTruncated, ti.OutputSize)
+		}
+	})
 }
 
 func TestRestartKeepsIdentity(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	dir := filepath.Join(t.TempDir(), "state")
-	cfg := agent.Config{Servers: []string{e.url}, StateDir: dir}
-	a := startAgent(t, cfg, map[string]agent.Handler{"echo": agent.EchoHandler()})
-	id := a.ID()
-	if err := a.stop(t); err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(filepath.Join(dir, "identity.json"))
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("identity file: %v %v", fi, err)
-	}
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		dir := filepath.Join(t.TempDir(), "state")
+		cfg := agent.Config{Servers: []string{e.URL}, StateDir: dir}
+		a := startAgent(t, cfg, map[string]agent.Handler{"echo": agent.EchoHandler()})
+		id := a.ID()
+		if err := a.stop(t); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(filepath.Join(dir, "identity.json"))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("identity file: %v %v", fi, err)
+		}
 
-	// No enrollment token: the saved identity must be used, never a new Register.
-	cfg.EnrollToken = "not-a-valid-enrollment-token"
-	b := startAgent(t, cfg, map[string]agent.Handler{"echo": agent.EchoHandler()})
-	if b.ID() != id {
-		t.Fatalf("restarted as %s, want %s", b.ID(), id)
-	}
-	ti := e.wait(e.dispatch(id, "echo", []byte("again"), 0))
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		// No enrollment token: the saved identity must be used, never a new Register.
+		cfg.EnrollToken = "not-a-valid-enrollment-token"
+		b := startAgent(t, cfg, map[string]agent.Handler{"echo": agent.EchoHandler()})
+		if b.ID() != id {
+			t.Fatalf("restarted as %s, want %s", b.ID(), id)
+		}
+		ti := e.wait(e.dispatch(id, "echo", []byte("again"), 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
 
-	res, err := e.control.ListAgents(t.Context(), connect.NewRequest(&forgev1.ListAgentsRequest{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Msg.Agents) != 1 {
-		t.Fatalf("%d agents registered, want 1", len(res.Msg.Agents))
-	}
+		res, err := e.Control.ListAgents(t.Context(), connect.NewRequest(&forgev1.ListAgentsRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Msg.Agents) != 1 {
+			t.Fatalf("%d agents registered, want 1", len(res.Msg.Agents))
+		}
+	})
 }
 
 // blocker is a handler that signals when it starts and holds until released or
@@ -331,186 +311,202 @@ func (b *blocker) waitStarted(t *testing.T) string {
 
 func TestCancelReachesHandler(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	b := newBlocker()
-	a := startAgent(t, agent.Config{Servers: []string{e.url}}, map[string]agent.Handler{"block": b.handle})
-	id := e.dispatch(a.ID(), "block", nil, 0)
-	b.waitStarted(t)
-	if _, err := e.control.CancelTask(t.Context(), connect.NewRequest(&forgev1.CancelTaskRequest{TaskId: id, Reason: "test"})); err != nil {
-		t.Fatal(err)
-	}
-	ti := e.wait(id)
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_CANCELED)
-	if c := b.cause(id); c == nil || !strings.Contains(c.Error(), "canceled by the server") {
-		t.Fatalf("handler's cause %v", c)
-	}
-	if string(ti.Output) != "stopped" {
-		t.Fatalf("output %q", ti.Output)
-	}
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		b := newBlocker()
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}}, map[string]agent.Handler{"block": b.handle})
+		id := e.dispatch(a.ID(), "block", nil, 0)
+		b.waitStarted(t)
+		if _, err := e.Control.CancelTask(t.Context(), connect.NewRequest(&forgev1.CancelTaskRequest{TaskId: id, Reason: "test"})); err != nil {
+			t.Fatal(err)
+		}
+		ti := e.wait(id)
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_CANCELED)
+		if c := b.cause(id); c == nil || !strings.Contains(c.Error(), "canceled by the server") {
+			t.Fatalf("handler's cause %v", c)
+		}
+		if string(ti.Output) != "stopped" {
+			t.Fatalf("output %q", ti.Output)
+		}
+	})
 }
 
 func TestTimeoutReachesHandler(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	b := newBlocker()
-	a := startAgent(t, agent.Config{Servers: []string{e.url}}, map[string]agent.Handler{"block": b.handle})
-	id := e.dispatch(a.ID(), "block", nil, 300*time.Millisecond)
-	b.waitStarted(t)
-	ti := e.wait(id)
-	if ti.State != forgev1.TaskState_TASK_STATE_FAILED && ti.State != forgev1.TaskState_TASK_STATE_TIMED_OUT {
-		t.Fatalf("state %v", ti.State)
-	}
-	if c := b.cause(id); c == nil || !strings.Contains(c.Error(), "timed out") || !strings.Contains(ti.Error, "timed out") {
-		t.Fatalf("cause %v, error %q", c, ti.Error)
-	}
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		b := newBlocker()
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}}, map[string]agent.Handler{"block": b.handle})
+		id := e.dispatch(a.ID(), "block", nil, 300*time.Millisecond)
+		b.waitStarted(t)
+		ti := e.wait(id)
+		if ti.State != forgev1.TaskState_TASK_STATE_FAILED && ti.State != forgev1.TaskState_TASK_STATE_TIMED_OUT {
+			t.Fatalf("state %v", ti.State)
+		}
+		if c := b.cause(id); c == nil || !strings.Contains(c.Error(), "timed out") || !strings.Contains(ti.Error, "timed out") {
+			t.Fatalf("cause %v, error %q", c, ti.Error)
+		}
+	})
 }
 
 func TestDrainReportsRunningTask(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	b := newBlocker()
-	a := startAgent(t, agent.Config{Servers: []string{e.url}, DrainGrace: 10 * time.Second}, map[string]agent.Handler{"block": b.handle})
-	id := e.dispatch(a.ID(), "block", nil, 0)
-	b.waitStarted(t)
-	time.AfterFunc(300*time.Millisecond, func() { close(b.release) })
-	if err := a.stop(t); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	// Reported before Run returned.
-	res, err := e.control.GetTask(t.Context(), connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantState(t, res.Msg.Task, forgev1.TaskState_TASK_STATE_SUCCEEDED)
-	if string(res.Msg.Task.Output) != "released" {
-		t.Fatalf("output %q", res.Msg.Task.Output)
-	}
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		b := newBlocker()
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, DrainGrace: 10 * time.Second}, map[string]agent.Handler{"block": b.handle})
+		id := e.dispatch(a.ID(), "block", nil, 0)
+		b.waitStarted(t)
+		time.AfterFunc(300*time.Millisecond, func() { close(b.release) })
+		if err := a.stop(t); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		// Reported before Run returned.
+		res, err := e.Control.GetTask(t.Context(), connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantState(t, res.Msg.Task, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		if string(res.Msg.Task.Output) != "released" {
+			t.Fatalf("output %q", res.Msg.Task.Output)
+		}
+	})
 }
 
 func TestDrainGraceCancelsHandler(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	b := newBlocker()
-	a := startAgent(t, agent.Config{Servers: []string{e.url}, DrainGrace: 300 * time.Millisecond}, map[string]agent.Handler{"block": b.handle})
-	id := e.dispatch(a.ID(), "block", nil, 0)
-	b.waitStarted(t)
-	start := time.Now()
-	if err := a.stop(t); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("drain took %v", d)
-	}
-	res, err := e.control.GetTask(t.Context(), connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantState(t, res.Msg.Task, forgev1.TaskState_TASK_STATE_FAILED)
-	if !strings.Contains(res.Msg.Task.Error, "drain grace") {
-		t.Fatalf("error %q", res.Msg.Task.Error)
-	}
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		b := newBlocker()
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, DrainGrace: 300 * time.Millisecond}, map[string]agent.Handler{"block": b.handle})
+		id := e.dispatch(a.ID(), "block", nil, 0)
+		b.waitStarted(t)
+		start := time.Now()
+		if err := a.stop(t); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("drain took %v", d)
+		}
+		res, err := e.Control.GetTask(t.Context(), connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantState(t, res.Msg.Task, forgev1.TaskState_TASK_STATE_FAILED)
+		if !strings.Contains(res.Msg.Task.Error, "drain grace") {
+			t.Fatalf("error %q", res.Msg.Task.Error)
+		}
+	})
 }
 
 // With Concurrency 2, four blocking tasks run two at a time; as slots free, the
 // agent takes the rest without waiting for a poll hold to end.
 func TestConcurrencyLimit(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	var running, peak atomic.Int32
-	release := make(chan struct{})
-	h := func(ctx context.Context, t *agent.Task) ([]byte, error) {
-		n := running.Add(1)
-		defer running.Add(-1)
-		for {
-			p := peak.Load()
-			if n <= p || peak.CompareAndSwap(p, n) {
-				break
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		var running, peak atomic.Int32
+		release := make(chan struct{})
+		h := func(ctx context.Context, t *agent.Task) ([]byte, error) {
+			n := running.Add(1)
+			defer running.Add(-1)
+			for {
+				p := peak.Load()
+				if n <= p || peak.CompareAndSwap(p, n) {
+					break
+				}
 			}
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			return nil, nil
 		}
-		select {
-		case <-release:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, Concurrency: 2}, map[string]agent.Handler{"h": h})
+		var ids []string
+		for range 4 {
+			ids = append(ids, e.dispatch(a.ID(), "h", nil, 0))
 		}
-		return nil, nil
-	}
-	a := startAgent(t, agent.Config{Servers: []string{e.url}, Concurrency: 2}, map[string]agent.Handler{"h": h})
-	var ids []string
-	for range 4 {
-		ids = append(ids, e.dispatch(a.ID(), "h", nil, 0))
-	}
-	waitFor(t, 5*time.Second, "two handlers running", func() bool { return running.Load() == 2 })
-	time.Sleep(200 * time.Millisecond)
-	if p := peak.Load(); p != 2 {
-		t.Fatalf("peak concurrency %d, want 2", p)
-	}
-	start := time.Now()
-	close(release)
-	for _, id := range ids {
-		wantState(t, e.wait(id), forgev1.TaskState_TASK_STATE_SUCCEEDED)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("remaining tasks took %v: a freed slot waited for a poll hold", d)
-	}
-	if p := peak.Load(); p != 2 {
-		t.Fatalf("peak concurrency %d, want 2", p)
-	}
+		waitFor(t, 5*time.Second, "two handlers running", func() bool { return running.Load() == 2 })
+		time.Sleep(200 * time.Millisecond)
+		if p := peak.Load(); p != 2 {
+			t.Fatalf("peak concurrency %d, want 2", p)
+		}
+		start := time.Now()
+		close(release)
+		for _, id := range ids {
+			wantState(t, e.wait(id), forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("remaining tasks took %v: a freed slot waited for a poll hold", d)
+		}
+		if p := peak.Load(); p != 2 {
+			t.Fatalf("peak concurrency %d, want 2", p)
+		}
+	})
 }
 
 // Heartbeats keep the lease of a task that runs longer than the lease.
 func TestHeartbeatKeepsLease(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{Lease: 600 * time.Millisecond, ReapInterval: 50 * time.Millisecond})
-	h := func(ctx context.Context, t *agent.Task) ([]byte, error) {
-		select {
-		case <-time.After(2 * time.Second):
-			return []byte("done"), nil
-		case <-ctx.Done():
-			return nil, context.Cause(ctx)
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{Lease: 600 * time.Millisecond, ReapInterval: 50 * time.Millisecond})
+		h := func(ctx context.Context, t *agent.Task) ([]byte, error) {
+			select {
+			case <-time.After(2 * time.Second):
+				return []byte("done"), nil
+			case <-ctx.Done():
+				return nil, context.Cause(ctx)
+			}
 		}
-	}
-	a := startAgent(t, agent.Config{Servers: []string{e.url}}, map[string]agent.Handler{"slow": h})
-	ti := e.wait(e.dispatch(a.ID(), "slow", nil, 0))
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
-	if ti.Attempt != 1 {
-		t.Fatalf("attempt %d: the lease ran out", ti.Attempt)
-	}
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}}, map[string]agent.Handler{"slow": h})
+		ti := e.wait(e.dispatch(a.ID(), "slow", nil, 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		if ti.Attempt != 1 {
+			t.Fatalf("attempt %d: the lease ran out", ti.Attempt)
+		}
+	})
 }
 
 func TestRevokedAgentStops(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	dir := t.TempDir()
-	a := startAgent(t, agent.Config{Servers: []string{e.url}, StateDir: dir}, map[string]agent.Handler{"echo": agent.EchoHandler()})
-	if _, err := e.control.RevokeAgent(t.Context(), connect.NewRequest(&forgev1.RevokeAgentRequest{AgentId: a.ID()})); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-a.done:
-		if !errors.Is(a.err, agent.ErrRevoked) {
-			t.Fatalf("Run: %v, want ErrRevoked", a.err)
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		dir := t.TempDir()
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, StateDir: dir}, map[string]agent.Handler{"echo": agent.EchoHandler()})
+		if _, err := e.Control.RevokeAgent(t.Context(), connect.NewRequest(&forgev1.RevokeAgentRequest{AgentId: a.ID()})); err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after revocation")
-	}
-	// The identity is kept: a revoked agent does not enroll itself again.
-	if _, err := os.Stat(filepath.Join(dir, "identity.json")); err != nil {
-		t.Fatal(err)
-	}
+		select {
+		case <-a.done:
+			if !errors.Is(a.err, agent.ErrRevoked) {
+				t.Fatalf("Run: %v, want ErrRevoked", a.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run did not return after revocation")
+		}
+		// The identity is kept: a revoked agent does not enroll itself again.
+		if _, err := os.Stat(filepath.Join(dir, "identity.json")); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 func TestBadEnrollTokenFails(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	a, err := agent.New(agent.Config{Servers: []string{e.url}, EnrollToken: "wrong-0123456789abcdef"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if err := a.Run(ctx); err == nil || !strings.Contains(err.Error(), "enrollment token") {
-		t.Fatalf("Run: %v", err)
-	}
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		a, err := agent.New(agent.Config{Servers: []string{e.URL}, EnrollToken: "wrong-0123456789abcdef"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		if err := a.Run(ctx); err == nil || !strings.Contains(err.Error(), "enrollment token") {
+			t.Fatalf("Run: %v", err)
+		}
+	})
 }
 
 // flaky serves a handler on a fixed address that can be taken down and brought
@@ -554,42 +550,46 @@ func (f *flaky) down() {
 
 func TestServerDownAgentRecovers(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	f := &flaky{addr: "127.0.0.1:0", h: e.srv}
-	f.up(t)
-	t.Cleanup(f.down)
-	url := "http://" + f.addr
-	a := startAgent(t, agent.Config{Servers: []string{url}}, map[string]agent.Handler{"echo": agent.EchoHandler()})
-	wantState(t, e.wait(e.dispatch(a.ID(), "echo", []byte("1"), 0)), forgev1.TaskState_TASK_STATE_SUCCEEDED)
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		f := &flaky{addr: "127.0.0.1:0", h: e.Server.Server}
+		f.up(t)
+		t.Cleanup(f.down)
+		url := "http://" + f.addr
+		a := startAgent(t, agent.Config{Servers: []string{url}}, map[string]agent.Handler{"echo": agent.EchoHandler()})
+		wantState(t, e.wait(e.dispatch(a.ID(), "echo", []byte("1"), 0)), forgev1.TaskState_TASK_STATE_SUCCEEDED)
 
-	f.down()
-	time.Sleep(1500 * time.Millisecond) // several failed polls and backoffs
-	select {
-	case <-a.done:
-		t.Fatalf("Run returned while the server was down: %v", a.err)
-	default:
-	}
-	id := e.dispatch(a.ID(), "echo", []byte("2"), 0) // through the in-process handler
-	f.up(t)
-	ti := e.wait(id)
-	wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
-	if string(ti.Output) != "2" {
-		t.Fatalf("output %q", ti.Output)
-	}
+		f.down()
+		time.Sleep(1500 * time.Millisecond) // several failed polls and backoffs
+		select {
+		case <-a.done:
+			t.Fatalf("Run returned while the server was down: %v", a.err)
+		default:
+		}
+		id := e.dispatch(a.ID(), "echo", []byte("2"), 0) // through the in-process handler
+		f.up(t)
+		ti := e.wait(id)
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		if string(ti.Output) != "2" {
+			t.Fatalf("output %q", ti.Output)
+		}
+	})
 }
 
 // With several servers, an agent whose first server is unreachable moves on.
 func TestFailoverToNextServer(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, server.Config{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "http://" + ln.Addr().String()
-	ln.Close() // nothing listens there now
-	a := startAgent(t, agent.Config{Servers: []string{dead, e.url}}, map[string]agent.Handler{"echo": agent.EchoHandler()})
-	wantState(t, e.wait(e.dispatch(a.ID(), "echo", []byte("x"), 0)), forgev1.TaskState_TASK_STATE_SUCCEEDED)
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead := "http://" + ln.Addr().String()
+		ln.Close() // nothing listens there now
+		a := startAgent(t, agent.Config{Servers: []string{dead, e.URL}}, map[string]agent.Handler{"echo": agent.EchoHandler()})
+		wantState(t, e.wait(e.dispatch(a.ID(), "echo", []byte("x"), 0)), forgev1.TaskState_TASK_STATE_SUCCEEDED)
+	})
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/orange-forge/forge/agent"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/forgetest"
 	"github.com/orange-forge/forge/server"
 )
 
@@ -56,39 +57,41 @@ func tamperingProxy(t *testing.T, target string) string {
 
 func TestSignedTasks(t *testing.T) {
 	t.Parallel()
-	_, key, _ := ed25519.GenerateKey(nil)
-	e := newEnv(t, server.Config{SigningKeys: []ed25519.PrivateKey{key}})
-	echo := map[string]agent.Handler{"echo": agent.EchoHandler()}
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		_, key, _ := ed25519.GenerateKey(nil)
+		e := newEnv(t, backend, server.Config{SigningKeys: []ed25519.PrivateKey{key}})
+		echo := map[string]agent.Handler{"echo": agent.EchoHandler()}
 
-	// Straight to the server: signed tasks verify and run.
-	good := startAgent(t, agent.Config{Servers: []string{e.url}, Labels: map[string]string{"sig": "good"}}, echo)
-	defer good.stop(t)
-	// Through a proxy that alters payloads: the agent refuses to run the task.
-	bad := startAgent(t, agent.Config{Servers: []string{tamperingProxy(t, e.url)}, Labels: map[string]string{"sig": "bad"}}, echo)
-	defer bad.stop(t)
+		// Straight to the server: signed tasks verify and run.
+		good := startAgent(t, agent.Config{Servers: []string{e.URL}, Labels: map[string]string{"sig": "good"}}, echo)
+		defer good.stop(t)
+		// Through a proxy that alters payloads: the agent refuses to run the task.
+		bad := startAgent(t, agent.Config{Servers: []string{tamperingProxy(t, e.URL)}, Labels: map[string]string{"sig": "bad"}}, echo)
+		defer bad.stop(t)
 
-	for sel, want := range map[string]forgev1.TaskState{"sig=good": forgev1.TaskState_TASK_STATE_SUCCEEDED, "sig=bad": forgev1.TaskState_TASK_STATE_FAILED} {
-		var id string
-		for deadline := time.Now().Add(10 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			res, _ := e.control.ListAgents(t.Context(), connect.NewRequest(&forgev1.ListAgentsRequest{Selector: sel}))
-			if res != nil && len(res.Msg.Agents) == 1 {
-				id = res.Msg.Agents[0].Id
+		for sel, want := range map[string]forgev1.TaskState{"sig=good": forgev1.TaskState_TASK_STATE_SUCCEEDED, "sig=bad": forgev1.TaskState_TASK_STATE_FAILED} {
+			var id string
+			for deadline := time.Now().Add(10 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				res, _ := e.Control.ListAgents(t.Context(), connect.NewRequest(&forgev1.ListAgentsRequest{Selector: sel}))
+				if res != nil && len(res.Msg.Agents) == 1 {
+					id = res.Msg.Agents[0].Id
+				}
+			}
+			res, err := e.Control.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "echo", Payload: []byte("original"),
+				Target: &forgev1.DispatchRequest_AgentId{AgentId: id}, Wait: durationpb.New(10 * time.Second)}))
+			if err != nil || len(res.Msg.Tasks) != 1 {
+				t.Fatalf("%s: Dispatch = %v, %v", sel, res, err)
+			}
+			task := res.Msg.Tasks[0]
+			if task.State != want {
+				t.Fatalf("%s: task %s (%s), want %s", sel, task.State, task.Error, want)
+			}
+			if want == forgev1.TaskState_TASK_STATE_FAILED && !strings.Contains(task.Error, "signature") {
+				t.Fatalf("%s: refused task's error %q does not name the signature", sel, task.Error)
+			}
+			if want == forgev1.TaskState_TASK_STATE_SUCCEEDED && string(task.Output) != "original" {
+				t.Fatalf("%s: output %q", sel, task.Output)
 			}
 		}
-		res, err := e.control.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "echo", Payload: []byte("original"),
-			Target: &forgev1.DispatchRequest_AgentId{AgentId: id}, Wait: durationpb.New(10 * time.Second)}))
-		if err != nil || len(res.Msg.Tasks) != 1 {
-			t.Fatalf("%s: Dispatch = %v, %v", sel, res, err)
-		}
-		task := res.Msg.Tasks[0]
-		if task.State != want {
-			t.Fatalf("%s: task %s (%s), want %s", sel, task.State, task.Error, want)
-		}
-		if want == forgev1.TaskState_TASK_STATE_FAILED && !strings.Contains(task.Error, "signature") {
-			t.Fatalf("%s: refused task's error %q does not name the signature", sel, task.Error)
-		}
-		if want == forgev1.TaskState_TASK_STATE_SUCCEEDED && string(task.Output) != "original" {
-			t.Fatalf("%s: output %q", sel, task.Output)
-		}
-	}
+	})
 }

@@ -1,10 +1,8 @@
 package server_test
 
 import (
-	"context"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"testing"
 	"time"
@@ -15,20 +13,15 @@ import (
 	"github.com/orange-forge/forge/agent"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
-	"github.com/orange-forge/forge/server"
-	"github.com/orange-forge/forge/store"
-	"github.com/orange-forge/forge/store/memstore"
+	"github.com/orange-forge/forge/internal/bearer"
+	"github.com/orange-forge/forge/internal/forgetest"
 )
 
 // BenchmarkPing is the floor: an empty Connect unary call over the same transport.
 func BenchmarkPing(b *testing.B) {
-	st := memstore.New(store.Config{})
-	srv, _ := server.New(server.Config{Store: st, EnrollTokens: []string{enrollToken}, AdminTokens: []string{adminToken}})
-	hs := httptest.NewServer(srv)
-	defer hs.Close()
-	defer srv.Close()
-	c := forgev1connect.NewPingServiceClient(hs.Client(), hs.URL)
-	ctx := context.Background()
+	e := forgetest.Start(b, forgetest.Options{})
+	c := forgev1connect.NewPingServiceClient(http.DefaultClient, e.URL)
+	ctx := b.Context()
 	lat := make([]time.Duration, 0, b.N)
 	for b.Loop() {
 		t0 := time.Now()
@@ -43,21 +36,18 @@ func BenchmarkPing(b *testing.B) {
 // BenchmarkRoundTrip measures Dispatch → an idle agent's handler → result seen
 // through WaitTask, one task at a time, with the real agent package.
 func BenchmarkRoundTrip(b *testing.B) {
-	st := memstore.New(store.Config{})
-	srv, _ := server.New(server.Config{Store: st, EnrollTokens: []string{enrollToken}, AdminTokens: []string{adminToken}})
-	hs := httptest.NewServer(srv)
-	defer hs.Close()
-	defer srv.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a, err := agent.New(agent.Config{Servers: []string{hs.URL}, EnrollToken: enrollToken, Labels: map[string]string{"bench": "rt"},
+	e := forgetest.Start(b, forgetest.Options{})
+	ctx := b.Context()
+	a, err := agent.New(agent.Config{Servers: []string{e.URL}, EnrollToken: enrollToken, Labels: map[string]string{"bench": "rt"},
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
 	a.Handle("echo", agent.EchoHandler())
 	go a.Run(ctx)
-	ctl := forgev1connect.NewControlServiceClient(&http.Client{Transport: hs.Client().Transport}, hs.URL, connect.WithInterceptors(bearer(adminToken)))
+	// A client of its own, so its connections are not shared with the agent's.
+	ctl := forgev1connect.NewControlServiceClient(&http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}, e.URL,
+		connect.WithInterceptors(bearer.Interceptor(adminToken)))
 	var id string
 	for id == "" {
 		res, _ := ctl.ListAgents(ctx, connect.NewRequest(&forgev1.ListAgentsRequest{Selector: "bench=rt"}))

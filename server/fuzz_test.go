@@ -3,9 +3,9 @@ package server_test
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -16,39 +16,60 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/bearer"
+	"github.com/orange-forge/forge/internal/forgetest"
 	"github.com/orange-forge/forge/server"
-	"github.com/orange-forge/forge/store"
-	"github.com/orange-forge/forge/store/memstore"
 )
 
 // fuzzTarget is a live server with a valid token of each kind, shared by every
 // input of one fuzzing process.
 type fuzzTarget struct {
-	url     string
+	backend forgetest.Backend
+	e       *forgetest.Server
 	client  *http.Client
 	agent   string // a registered agent's token
 	agentID string
 	ping    forgev1connect.PingServiceClient
 }
 
-func newFuzzTarget(f *testing.F) *fuzzTarget {
-	st := memstore.New(store.Config{})
-	// Short holds, so a fuzzed Poll or wait costs milliseconds, not seconds.
-	srv, err := server.New(server.Config{Store: st, EnrollTokens: []string{enrollToken}, AdminTokens: []string{adminToken},
-		PollHold: 20 * time.Millisecond, MaxWait: 20 * time.Millisecond})
-	if err != nil {
-		f.Fatal(err)
+// fuzzAgentID stands for the target's own agent in seeds: each target puts its
+// agent's id in its place (the same length, so proto bodies stay well formed).
+const fuzzAgentID = "azzzzzzzzzzzzzzz"
+
+// newFuzzTargets starts a server per backend. While fuzzing (-fuzz) only the
+// memory one runs, so the fuzzer spends its inputs on the handlers; the seed
+// corpora run on every backend.
+func newFuzzTargets(f *testing.F) []*fuzzTarget {
+	backends := forgetest.Backends
+	if fl := flag.Lookup("test.fuzz"); fl != nil && fl.Value.String() != "" {
+		backends = []forgetest.Backend{forgetest.Memory}
 	}
-	hs := httptest.NewServer(srv)
-	f.Cleanup(func() { srv.Close(); hs.Close(); st.Close() })
-	c := &http.Client{Timeout: 10 * time.Second}
-	reg, err := forgev1connect.NewAgentServiceClient(c, hs.URL, connect.WithInterceptors(bearer(enrollToken))).
-		Register(f.Context(), connect.NewRequest(&forgev1.RegisterRequest{Name: "fuzz"}))
-	if err != nil {
-		f.Fatal(err)
+	var out []*fuzzTarget
+	for _, b := range backends {
+		// Short holds, so a fuzzed Poll or wait costs milliseconds, not seconds.
+		e := forgetest.Start(f, forgetest.Options{Backend: b, Server: server.Config{PollHold: 20 * time.Millisecond, MaxWait: 20 * time.Millisecond}})
+		id, tok := e.Register("fuzz", nil)
+		c := &http.Client{Timeout: 10 * time.Second}
+		out = append(out, &fuzzTarget{backend: b, e: e, client: c, agent: tok, agentID: id, ping: forgev1connect.NewPingServiceClient(c, e.URL)})
 	}
-	return &fuzzTarget{url: hs.URL, client: c, agent: reg.Msg.AgentToken, agentID: reg.Msg.AgentId,
-		ping: forgev1connect.NewPingServiceClient(c, hs.URL)}
+	return out
+}
+
+// run calls procedure with body on every target, as a subtest named after its backend.
+func run(t *testing.T, targets []*fuzzTarget, procedure, token string, asProto bool, body []byte) {
+	for _, ft := range targets {
+		t.Run(string(ft.backend), func(t *testing.T) {
+			b := bytes.ReplaceAll(body, []byte(fuzzAgentID), []byte(ft.agentID))
+			tok := token
+			if tok == "" {
+				tok = ft.agent
+			}
+			if procedure == forgev1connect.ControlServiceRevokeAgentProcedure && bytes.Contains(b, []byte(ft.agentID)) {
+				return // the agent's own tasks keep the other procedures interesting
+			}
+			ft.call(t, procedure, tok, asProto, b)
+		})
+	}
 }
 
 // serverFaults are the codes that would mean the server, not the caller, is at fault.
@@ -67,12 +88,12 @@ func (ft *fuzzTarget) call(t *testing.T, procedure, token string, asProto bool, 
 	if asProto {
 		ctype = "application/proto"
 	}
-	req, err := http.NewRequestWithContext(t.Context(), "POST", ft.url+procedure, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(t.Context(), "POST", ft.e.URL+procedure, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", ctype)
-	req.Header.Set("Authorization", "Bearer "+token)
+	bearer.Set(req.Header, token)
 	res, err := ft.client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s %q: transport error (did the handler panic?): %v", procedure, ctype, body, err)
@@ -141,7 +162,7 @@ func addSeeds(f *testing.F, msgs map[int][]proto.Message) {
 // FuzzAgentService posts arbitrary bytes, as JSON and as proto, to each
 // AgentService procedure with a valid token.
 func FuzzAgentService(f *testing.F) {
-	ft := newFuzzTarget(f)
+	targets := newFuzzTargets(f)
 	addSeeds(f, map[int][]proto.Message{
 		0: {&forgev1.RegisterRequest{Name: "web-1", Labels: map[string]string{"env": "prod"}, Hostname: "h", Version: "1", TaskTypes: []string{"echo"}}},
 		1: {&forgev1.HeartbeatRequest{Running: []*forgev1.TaskRef{{TaskId: "t0000000000000000-a000000000000000", Attempt: 1}}, Draining: true}},
@@ -154,27 +175,27 @@ func FuzzAgentService(f *testing.F) {
 	f.Add(uint8(3), false, []byte(`{"taskId":"t","attempt":2147483647,"outcome":99}`))
 	f.Fuzz(func(t *testing.T, proc uint8, asProto bool, body []byte) {
 		p := agentProcedures[int(proc)%len(agentProcedures)]
-		tok := ft.agent
+		tok := "" // the target's agent
 		if p == forgev1connect.AgentServiceRegisterProcedure {
 			tok = enrollToken
 		}
 		if p == forgev1connect.AgentServiceRotateTokenProcedure {
 			return // rotating would retire the token every later input uses
 		}
-		ft.call(t, p, tok, asProto, body)
+		run(t, targets, p, tok, asProto, body)
 	})
 }
 
 // FuzzControlService posts arbitrary bytes, as JSON and as proto, to each
 // ControlService procedure with a valid operator token.
 func FuzzControlService(f *testing.F) {
-	ft := newFuzzTarget(f)
-	tid := "t0000000000000000-" + ft.agentID
+	targets := newFuzzTargets(f)
+	tid := "t0000000000000000-" + fuzzAgentID
 	addSeeds(f, map[int][]proto.Message{
 		0: {
 			&forgev1.DispatchRequest{Type: "echo", Payload: []byte("hi"), Target: &forgev1.DispatchRequest_Selector{Selector: "env=prod, role in (a,b)"},
 				Timeout: durationpb.New(time.Minute), DeliveryTtl: durationpb.New(time.Hour), MaxAttempts: 2, MaxConcurrency: 1, MaxFailures: 1, IdempotencyKey: "k"},
-			&forgev1.DispatchRequest{Type: "echo", Target: &forgev1.DispatchRequest_AgentId{AgentId: ft.agentID}, Wait: durationpb.New(time.Second)},
+			&forgev1.DispatchRequest{Type: "echo", Target: &forgev1.DispatchRequest_AgentId{AgentId: fuzzAgentID}, Wait: durationpb.New(time.Second)},
 			&forgev1.DispatchRequest{Type: "echo", Target: &forgev1.DispatchRequest_All{All: true}, IncludeOffline: true},
 		},
 		1:  {&forgev1.GetJobRequest{JobId: "j000000000000000", PageSize: 10, PageToken: "x"}},
@@ -183,10 +204,10 @@ func FuzzControlService(f *testing.F) {
 		4:  {&forgev1.CancelJobRequest{JobId: "j000000000000000", Reason: "r"}},
 		5:  {&forgev1.GetTaskRequest{TaskId: tid}},
 		6:  {&forgev1.WaitTaskRequest{TaskId: tid, Wait: durationpb.New(time.Second)}},
-		7:  {&forgev1.ListTasksRequest{AgentId: ft.agentID, State: forgev1.TaskState_TASK_STATE_RUNNING, PageSize: 5, PageToken: "zz"}},
+		7:  {&forgev1.ListTasksRequest{AgentId: fuzzAgentID, State: forgev1.TaskState_TASK_STATE_RUNNING, PageSize: 5, PageToken: "zz"}},
 		8:  {&forgev1.CancelTaskRequest{TaskId: tid, Reason: "r"}},
 		9:  {&forgev1.ListAgentsRequest{Selector: "env notin (a)", Status: forgev1.AgentStatus_AGENT_STATUS_ONLINE}},
-		10: {&forgev1.GetAgentRequest{AgentId: ft.agentID}},
+		10: {&forgev1.GetAgentRequest{AgentId: fuzzAgentID}},
 		11: {&forgev1.RevokeAgentRequest{AgentId: "a000000000000000", Reason: "r"}},
 		12: {&forgev1.CreateEnrollmentTokenRequest{Description: "d", MaxUses: 2, Ttl: durationpb.New(time.Hour)}},
 		13: {&forgev1.ListEnrollmentTokensRequest{}},
@@ -196,10 +217,6 @@ func FuzzControlService(f *testing.F) {
 	f.Add(uint8(0), false, []byte(`{"type":"echo","all":true,"maxAttempts":-1,"timeout":"-315576000000s"}`))
 	f.Add(uint8(12), false, []byte(`{"maxUses":-1,"ttl":"1e9s"}`))
 	f.Fuzz(func(t *testing.T, proc uint8, asProto bool, body []byte) {
-		p := controlProcedures[int(proc)%len(controlProcedures)]
-		if p == forgev1connect.ControlServiceRevokeAgentProcedure && bytes.Contains(body, []byte(ft.agentID)) {
-			return // the agent's own tasks keep the other procedures interesting
-		}
-		ft.call(t, p, adminToken, asProto, body)
+		run(t, targets, controlProcedures[int(proc)%len(controlProcedures)], adminToken, asProto, body)
 	})
 }

@@ -10,7 +10,7 @@ import (
 
 // Cluster is a Redis Cluster of masters without replicas, owned by a test.
 type Cluster struct {
-	t     testing.TB
+	t     owner
 	Nodes []*Server
 }
 
@@ -18,6 +18,11 @@ type Cluster struct {
 // hash slots evenly between them, joins them, and waits until every node reports
 // cluster_state:ok and knows every other node. The nodes stop when the test ends.
 func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
+	t.Helper()
+	return startCluster(t, n, opts...)
+}
+
+func startCluster(t owner, n int, opts ...Option) *Cluster {
 	t.Helper()
 	if n < 1 {
 		t.Fatalf("redistest: StartCluster needs at least one node, got %d", n)

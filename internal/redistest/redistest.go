@@ -47,9 +47,20 @@ func WithArgs(args ...string) Option {
 	return func(c *config) { c.args = append(c.args, args...) }
 }
 
+// owner is what a server needs of whoever owns it: a testing.TB, or the test
+// binary itself for a shared server (see StartShared).
+type owner interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	TempDir() string
+	Cleanup(func())
+	Failed() bool
+}
+
 // Server is one redis-server process owned by a test.
 type Server struct {
-	t       testing.TB
+	t       owner
 	bin     string
 	dir     string
 	port    int
@@ -75,7 +86,7 @@ func Start(t testing.TB, opts ...Option) *Server {
 	return start(t, c)
 }
 
-func start(t testing.TB, c config) *Server {
+func start(t owner, c config) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -103,7 +114,7 @@ func start(t testing.TB, c config) *Server {
 	}
 }
 
-func freePort(t testing.TB) int {
+func freePort(t owner) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

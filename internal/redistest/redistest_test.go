@@ -1,6 +1,7 @@
 package redistest_test
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -90,5 +91,27 @@ func TestCluster(t *testing.T) {
 	}
 	if !strings.Contains(cl.URL(), "addr=") {
 		t.Fatalf("URL = %q", cl.URL())
+	}
+}
+
+func TestStartShared(t *testing.T) {
+	t.Parallel()
+	s, stop, err := redistest.StartShared()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := s.Dir()
+	if got, err := s.Do("PING"); err != nil || got != "PONG" {
+		t.Fatalf("PING = %q, %v", got, err)
+	}
+	stop()
+	if s.Running() {
+		t.Fatal("running after stop")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("directory %s after stop: %v", dir, err)
+	}
+	if _, err := s.Do("PING"); err == nil {
+		t.Fatal("PING answered after stop")
 	}
 }
