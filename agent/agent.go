@@ -27,6 +27,7 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/bearer"
 	"github.com/orange-forge/forge/internal/tasksig"
 )
 
@@ -307,7 +308,7 @@ func (a *Agent) failover(idx int) {
 func authed[T any](a *Agent, msg *T) *connect.Request[T] {
 	req := connect.NewRequest(msg)
 	a.mu.Lock()
-	req.Header().Set("Authorization", "Bearer "+a.token)
+	bearer.Set(req.Header(), a.token)
 	a.mu.Unlock()
 	return req
 }
@@ -390,7 +391,7 @@ func (a *Agent) enroll(ctx context.Context, st *stateDir) error {
 			Name: a.cfg.Name, Labels: a.cfg.Labels, Hostname: a.hostname,
 			Version: a.cfg.Version, TaskTypes: types,
 		})
-		req.Header().Set("Authorization", "Bearer "+a.cfg.EnrollToken)
+		bearer.Set(req.Header(), a.cfg.EnrollToken)
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
 		res, err := c.Register(cctx, req)
 		cancel()

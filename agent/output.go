@@ -1,41 +1,10 @@
 package agent
 
-import "fmt"
-
-// capSplit says how to cut an output of size bytes to at most limit bytes: keep
-// head bytes from the start and tail bytes from the end, with marker between them.
-// The marker says how many bytes were cut, so the result is honest about the gap.
-// It matches the server's own cap, so an output cut twice reads the same.
-func capSplit(size int64, limit int) (head, tail int, marker string) {
-	keep := limit
-	for range 2 { // the marker's length depends on the number it shows
-		marker = fmt.Sprintf("\n... [forge: %d bytes cut] ...\n", size-int64(keep))
-		keep = limit - len(marker)
-	}
-	if keep < 0 {
-		return limit, 0, ""
-	}
-	return keep / 2, keep - keep/2, marker
-}
-
-// capOutput cuts out to at most limit bytes, keeping its head and tail. It
-// reports whether it cut, and the size before the cut.
-func capOutput(out []byte, limit int) ([]byte, bool, int64) {
-	size := int64(len(out))
-	if len(out) <= limit {
-		return out, false, size
-	}
-	head, tail, marker := capSplit(size, limit)
-	capped := make([]byte, 0, head+len(marker)+tail)
-	capped = append(capped, out[:head]...)
-	capped = append(capped, marker...)
-	capped = append(capped, out[len(out)-tail:]...)
-	return capped, true, size
-}
+import "github.com/orange-forge/forge/internal/outputcap"
 
 // capture is an io.Writer that keeps the first limit bytes and the last limit
 // bytes written, so a command can write any amount while memory stays bounded, and
-// result gives the same bytes capOutput would give for the whole stream.
+// result gives the same bytes outputcap.Cut would give for the whole stream.
 type capture struct {
 	limit int
 	head  []byte // the first bytes, up to limit
@@ -81,9 +50,9 @@ func (c *capture) result() ([]byte, bool, int64) {
 	// The ring in write order.
 	last := append(append([]byte(nil), c.ring[c.pos:]...), c.ring[:c.pos]...)
 	if c.total <= int64(2*c.limit) { // nothing was skipped between head and ring
-		return capOutput(append(c.head, last...), c.limit)
+		return outputcap.Cut(append(c.head, last...), c.limit)
 	}
-	head, tail, marker := capSplit(c.total, c.limit)
+	head, tail, marker := outputcap.Split(c.total, c.limit)
 	out := make([]byte, 0, head+len(marker)+tail)
 	out = append(out, c.head[:head]...)
 	out = append(out, marker...)

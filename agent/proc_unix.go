@@ -62,7 +62,7 @@ func waitGroupGone(pgid int, d time.Duration) bool {
 	}
 }
 
-// killGracePeriodMax bounds the wait after SIGKILL: only a process stuck in the
+// killWait bounds the wait after SIGKILL: only a process stuck in the
 // kernel (uninterruptible sleep) outlives it.
 const killWait = 10 * time.Second
 

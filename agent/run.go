@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/outputcap"
 )
 
 // session is one Run after enrollment.
@@ -291,7 +292,7 @@ func (a *Agent) runHandler(ctx context.Context, t *Task) (out []byte, err error)
 // result builds the report of an attempt.
 func (a *Agent) result(ctx context.Context, t *Task, out []byte, err error, te *taskEnv) *forgev1.ReportResultRequest {
 	req := &forgev1.ReportResultRequest{TaskId: t.ID, Attempt: t.Attempt, Outcome: forgev1.Outcome_OUTCOME_SUCCEEDED}
-	capped, truncated, size := capOutput(out, a.cfg.MaxOutput)
+	capped, truncated, size := outputcap.Cut(out, a.cfg.MaxOutput)
 	if te.truncated && te.size > size {
 		truncated, size = true, te.size
 	}
@@ -387,7 +388,7 @@ func (a *Agent) report(s *session, req *forgev1.ReportResultRequest) {
 				if !req.OutputTruncated {
 					req.OutputSize = int64(len(req.Output))
 				}
-				req.Output, _, _ = capOutput(req.Output, 64<<10)
+				req.Output, _, _ = outputcap.Cut(req.Output, 64<<10)
 				req.OutputTruncated = true
 				continue
 			}

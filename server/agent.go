@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 	"unicode"
@@ -14,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/outputcap"
 	"github.com/orange-forge/forge/internal/tasksig"
 	"github.com/orange-forge/forge/store"
 )
@@ -203,7 +203,7 @@ func (a *agentService) ReportResult(ctx context.Context, req *connect.Request[fo
 	if len(m.Error) > 64<<10 {
 		m.Error = m.Error[:64<<10]
 	}
-	out, truncated, size := capOutput(m.Output, s.cfg.Limits.MaxOutput)
+	out, truncated, size := outputcap.Cut(m.Output, s.cfg.Limits.MaxOutput)
 	if m.OutputTruncated {
 		truncated = true
 	}
@@ -219,31 +219,6 @@ func (a *agentService) ReportResult(ctx context.Context, req *connect.Request[fo
 	}
 	s.metrics.results.WithLabelValues(st.String()).Inc()
 	return connect.NewResponse(&forgev1.ReportResultResponse{State: forgev1.TaskState(st)}), nil
-}
-
-// capOutput keeps at most limit bytes of out: its head and its tail, with a marker
-// line between them saying how much was cut.
-func capOutput(out []byte, limit int) ([]byte, bool, int64) {
-	size := int64(len(out))
-	if len(out) <= limit {
-		return out, false, size
-	}
-	marker := ""
-	keep := limit
-	for range 2 { // the marker's length depends on the number it shows
-		marker = fmt.Sprintf("\n... [forge: %d bytes cut] ...\n", len(out)-keep)
-		keep = limit - len(marker)
-	}
-	if keep < 0 {
-		return out[:limit], true, size
-	}
-	head := keep / 2
-	tail := keep - head
-	capped := make([]byte, 0, limit)
-	capped = append(capped, out[:head]...)
-	capped = append(capped, marker...)
-	capped = append(capped, out[len(out)-tail:]...)
-	return capped, true, size
 }
 
 func (a *agentService) RotateToken(ctx context.Context, req *connect.Request[forgev1.RotateTokenRequest]) (*connect.Response[forgev1.RotateTokenResponse], error) {

@@ -47,7 +47,7 @@ type Config struct {
 	DeliveryTTL time.Duration
 	// ReapInterval is how often this replica runs the store's time-driven work; 1 s.
 	ReapInterval time.Duration
-	// Limits bound what callers may send; zero fields get DefaultLimits.
+	// Limits bound what callers may send; zero fields get DefaultLimits().
 	Limits Limits
 	// AgentCacheTTL is how long a verified agent token skips the store in the
 	// gate in front of the decoder (the store re-checks it on every call); 5 min.
@@ -79,14 +79,16 @@ type Limits struct {
 	MaxTasks      int // per Poll; 64
 }
 
-// DefaultLimits are the limits of the design.
-var DefaultLimits = Limits{
-	MaxBodyBytes: 4 << 20, MaxPayload: 1 << 20, MaxOutput: 1 << 20,
-	MaxLabels: 64, MaxLabelKey: 63, MaxLabelValue: 255, MaxName: 255, MaxTasks: 64,
+// DefaultLimits returns the limits of the design, which a zero Limits field gets.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxBodyBytes: 4 << 20, MaxPayload: 1 << 20, MaxOutput: 1 << 20,
+		MaxLabels: 64, MaxLabelKey: 63, MaxLabelValue: 255, MaxName: 255, MaxTasks: 64,
+	}
 }
 
 func (l Limits) withDefaults() Limits {
-	d := DefaultLimits
+	d := DefaultLimits()
 	set := func(v *int, def int) {
 		if *v <= 0 {
 			*v = def
@@ -147,7 +149,6 @@ type Server struct {
 	closing   chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup
-	cancel    context.CancelFunc
 }
 
 // New returns a Server over cfg.Store. It starts the reaper, which runs until Close.
@@ -191,11 +192,9 @@ func New(cfg Config) (*Server, error) {
 	s.mux.Handle("GET /metrics", s.metrics.handler())
 	s.handler = s.authenticate(s.mux)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
 	if !cfg.DisableReaper {
 		s.wg.Add(1)
-		go s.reap(ctx)
+		go s.reap(lifetime{s.closing})
 	}
 	return s, nil
 }
@@ -213,16 +212,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 // Close answers every held Poll and wait at once (empty) and stops the reaper. It
 // does not close the Store. Call it before http.Server.Shutdown so held calls end.
 func (s *Server) Close() error {
-	s.closeOnce.Do(func() {
-		close(s.closing)
-		s.cancel()
-	})
+	s.closeOnce.Do(func() { close(s.closing) })
 	s.wg.Wait()
 	return nil
 }
 
-// Closing is closed when Close is called.
-func (s *Server) Closing() <-chan struct{} { return s.closing }
+// lifetime is the context of the server's own work, such as the reaper's store
+// calls: it ends when Close is called. New has no caller's context to derive
+// it from (the embedding API is New, ServeHTTP, Close), and a request's context
+// ends with its request, so the server makes it from its closing channel.
+type lifetime struct{ closing <-chan struct{} }
+
+func (l lifetime) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (l lifetime) Done() <-chan struct{}       { return l.closing }
+func (l lifetime) Value(any) any               { return nil }
+
+func (l lifetime) Err() error {
+	select {
+	case <-l.closing:
+		return context.Canceled
+	default:
+		return nil
+	}
+}
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)

@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -9,6 +11,9 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/forgetest"
+	"github.com/orange-forge/forge/server"
+	"github.com/orange-forge/forge/store"
+	"github.com/orange-forge/forge/store/memstore"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -65,4 +70,42 @@ func TestAuth(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// blockingReap is a store whose Reap holds until its context ends.
+type blockingReap struct {
+	store.Store
+	started chan struct{}
+	once    sync.Once
+}
+
+func (b *blockingReap) Reap(ctx context.Context) error {
+	b.once.Do(func() { close(b.started) })
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// Close ends the context of the server's own work: a reaper pass in progress
+// stops, and Close returns.
+func TestCloseStopsTheReaper(t *testing.T) {
+	t.Parallel()
+	st := &blockingReap{Store: memstore.New(store.Config{}), started: make(chan struct{})}
+	defer st.Close()
+	srv, err := server.New(server.Config{Store: st, EnrollTokens: []string{enrollToken}, AdminTokens: []string{adminToken},
+		ReapInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-st.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reaper never ran")
+	}
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the reaper's store call")
+	}
 }

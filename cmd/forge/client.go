@@ -19,6 +19,7 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/bearer"
 )
 
 // clientFlags are the flags every operator command takes.
@@ -57,15 +58,6 @@ func httpClient(caFile string) (*http.Client, error) {
 	return &http.Client{Transport: tr}, nil
 }
 
-func bearer(tok string) connect.UnaryInterceptorFunc {
-	return func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set("Authorization", "Bearer "+tok)
-			return next(ctx, req)
-		}
-	}
-}
-
 func (c clientFlags) control() (forgev1connect.ControlServiceClient, error) {
 	if *c.token == "" {
 		return nil, errors.New("--admin-token (or FORGE_ADMIN_TOKEN) is required")
@@ -74,7 +66,7 @@ func (c clientFlags) control() (forgev1connect.ControlServiceClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return forgev1connect.NewControlServiceClient(hc, strings.TrimRight(*c.server, "/"), connect.WithInterceptors(bearer(*c.token))), nil
+	return forgev1connect.NewControlServiceClient(hc, strings.TrimRight(*c.server, "/"), connect.WithInterceptors(bearer.Interceptor(*c.token))), nil
 }
 
 func (m *Main) printJSON(msg proto.Message) error {

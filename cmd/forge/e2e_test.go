@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/bearer"
 )
 
 const (
@@ -128,20 +128,11 @@ func startServer(t *testing.T, args ...string) string {
 }
 
 func control(url string) forgev1connect.ControlServiceClient {
-	return forgev1connect.NewControlServiceClient(http.DefaultClient, url, connect.WithInterceptors(bearer(adminToken)))
+	return forgev1connect.NewControlServiceClient(http.DefaultClient, url, connect.WithInterceptors(bearer.Interceptor(adminToken)))
 }
 
 func agentClient(url, tok string) forgev1connect.AgentServiceClient {
-	return forgev1connect.NewAgentServiceClient(http.DefaultClient, url, connect.WithInterceptors(bearer(tok)))
-}
-
-func bearer(tok string) connect.UnaryInterceptorFunc {
-	return func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set("Authorization", "Bearer "+tok)
-			return next(ctx, req)
-		}
-	}
+	return forgev1connect.NewAgentServiceClient(http.DefaultClient, url, connect.WithInterceptors(bearer.Interceptor(tok)))
 }
 
 func readme(t *testing.T, marker string) string {

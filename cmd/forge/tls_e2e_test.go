@@ -23,6 +23,7 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/bearer"
 )
 
 // testPKI writes a throwaway CA and a server certificate for 127.0.0.1 signed by
@@ -126,7 +127,7 @@ func TestTLS(t *testing.T) {
 	if res.ProtoMajor != 2 {
 		t.Errorf("GET /healthz over TLS used %s, want HTTP/2", res.Proto)
 	}
-	ctl := forgev1connect.NewControlServiceClient(hc, url, connect.WithInterceptors(bearer(adminToken)))
+	ctl := forgev1connect.NewControlServiceClient(hc, url, connect.WithInterceptors(bearer.Interceptor(adminToken)))
 
 	// An agent that trusts the CA registers and runs an echo task.
 	start(t, nil, "forge", "agent", "--server", url, "--ca", caFile, "--enroll-token", enrollToken,

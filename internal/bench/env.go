@@ -19,6 +19,7 @@ import (
 
 	"github.com/orange-forge/forge/agent"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/bearer"
 	"github.com/orange-forge/forge/server"
 	"github.com/orange-forge/forge/store"
 	"github.com/orange-forge/forge/store/memstore"
@@ -112,7 +113,7 @@ func (r *runner) openStore(ctx context.Context) (store.Store, error) {
 
 // control returns an operator client of the server at url.
 func (r *runner) control(url string) forgev1connect.ControlServiceClient {
-	return forgev1connect.NewControlServiceClient(r.opHTTP, url, connect.WithInterceptors(bearer(r.admin)))
+	return forgev1connect.NewControlServiceClient(r.opHTTP, url, connect.WithInterceptors(bearer.Interceptor(r.admin)))
 }
 
 // instance is an in-process server on a loopback port.
@@ -165,15 +166,6 @@ func newTransport(idle int) *http.Transport {
 		MaxIdleConnsPerHost: idle,
 		IdleConnTimeout:     90 * time.Second,
 		Protocols:           &protos,
-	}
-}
-
-func bearer(tok string) connect.UnaryInterceptorFunc {
-	return func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set("Authorization", "Bearer "+tok)
-			return next(ctx, req)
-		}
 	}
 }
 

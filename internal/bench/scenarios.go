@@ -17,6 +17,7 @@ import (
 	"github.com/orange-forge/forge/agent"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/bearer"
 )
 
 // scale picks the default or the --quick figure.
@@ -371,13 +372,13 @@ func (r *runner) crossReplica(ctx context.Context) ([]Result, error) {
 	defer tr.CloseIdleConnections()
 	ag := forgev1connect.NewAgentServiceClient(hc, urlA)
 	reg := connect.NewRequest(&forgev1.RegisterRequest{Name: "bench-xr", Labels: map[string]string{"bench": "xr"}, TaskTypes: []string{"echo"}})
-	reg.Header().Set("Authorization", "Bearer "+r.enroll)
+	bearer.Set(reg.Header(), r.enroll)
 	rr, err := ag.Register(ctx, reg)
 	if err != nil {
 		return nil, err
 	}
 	id, tok := rr.Msg.AgentId, rr.Msg.AgentToken
-	authed := func(req connect.AnyRequest) { req.Header().Set("Authorization", "Bearer "+tok) }
+	authed := func(req connect.AnyRequest) { bearer.Set(req.Header(), tok) }
 	ctlB := r.control(urlB)
 	var early int
 	call := func(int) (time.Duration, error) {
