@@ -133,7 +133,7 @@ func (e *env) dispatch(agentID, typ string, payload []byte, timeout time.Duratio
 // wait holds until the task is terminal, at most 10 s.
 func (e *env) wait(taskID string) *forgev1.TaskInfo {
 	e.t.Helper()
-	end := time.Now().Add(10 * time.Second)
+	end := time.Now().Add(20 * time.Second)
 	for time.Now().Before(end) {
 		res, err := e.Control.WaitTask(e.t.Context(), connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: taskID, Wait: durationpb.New(time.Until(end))}))
 		if err != nil {
@@ -385,7 +385,10 @@ func TestDrainGraceCancelsHandler(t *testing.T) {
 		if err := a.stop(t); err != nil {
 			t.Fatalf("Run: %v", err)
 		}
-		if d := time.Since(start); d > 5*time.Second {
+		// Without the grace the handler would block until the test's own timeout.
+		d := time.Since(start)
+		t.Logf("drain with a 300ms grace took %v", d)
+		if d > 10*time.Second {
 			t.Fatalf("drain took %v", d)
 		}
 		res, err := e.Control.GetTask(t.Context(), connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
@@ -428,7 +431,7 @@ func TestConcurrencyLimit(t *testing.T) {
 		for range 4 {
 			ids = append(ids, e.dispatch(a.ID(), "h", nil, 0))
 		}
-		waitFor(t, 5*time.Second, "two handlers running", func() bool { return running.Load() == 2 })
+		waitFor(t, 10*time.Second, "two handlers running", func() bool { return running.Load() == 2 })
 		time.Sleep(200 * time.Millisecond)
 		if p := peak.Load(); p != 2 {
 			t.Fatalf("peak concurrency %d, want 2", p)
@@ -438,7 +441,10 @@ func TestConcurrencyLimit(t *testing.T) {
 		for _, id := range ids {
 			wantState(t, e.wait(id), forgev1.TaskState_TASK_STATE_SUCCEEDED)
 		}
-		if d := time.Since(start); d > 5*time.Second {
+		// A freed slot that waited for a poll hold would take 25 s.
+		d := time.Since(start)
+		t.Logf("the remaining tasks took %v", d)
+		if d > 15*time.Second {
 			t.Fatalf("remaining tasks took %v: a freed slot waited for a poll hold", d)
 		}
 		if p := peak.Load(); p != 2 {
@@ -451,10 +457,11 @@ func TestConcurrencyLimit(t *testing.T) {
 func TestHeartbeatKeepsLease(t *testing.T) {
 	t.Parallel()
 	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
-		e := newEnv(t, backend, server.Config{Lease: 600 * time.Millisecond, ReapInterval: 50 * time.Millisecond})
+		// Heartbeats every 667 ms keep a 2 s lease; a task of 3 s outlives one lease.
+		e := newEnv(t, backend, server.Config{Lease: 2 * time.Second, ReapInterval: 50 * time.Millisecond})
 		h := func(ctx context.Context, t *agent.Task) ([]byte, error) {
 			select {
-			case <-time.After(2 * time.Second):
+			case <-time.After(3 * time.Second):
 				return []byte("done"), nil
 			case <-ctx.Done():
 				return nil, context.Cause(ctx)

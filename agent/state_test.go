@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -69,7 +70,8 @@ func TestStateEndsLeftoverGroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("sh", "-c", "sleep 60 & sleep 60")
+	// sh stays (it waits), so the group is sh and two sleeps, one in the background.
+	cmd := exec.Command("sh", "-c", "sleep 60 & sleep 60 & wait")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -81,23 +83,71 @@ func TestStateEndsLeftoverGroups(t *testing.T) {
 	st.addGroup(pgid)
 	st.close() // as if the agent died here
 
+	// The children the test means to end must exist before it ends them.
+	var members map[int]string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		members = liveMembers(pgid)
+		sleeps := 0
+		for _, comm := range members {
+			if comm == "sleep" {
+				sleeps++
+			}
+		}
+		if len(members) == 3 && sleeps == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("group %d never had sh and two sleeps: %v", pgid, members)
+		}
+	}
+
 	st, err = openState(dir, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.close()
-	time.Sleep(50 * time.Millisecond) // let sh start its children
 	start := time.Now()
 	st.endLeftovers()
+	t.Logf("ended %d processes of group %d in %v", len(members), pgid, time.Since(start))
+	if left := liveMembers(pgid); len(left) != 0 {
+		t.Fatalf("group %d still has live processes: %v", pgid, left)
+	}
+	for pid := range members {
+		if state, pgrp, _, ok := procStat(strconv.Itoa(pid)); ok && pgrp == pgid && state != 'Z' && state != 'X' {
+			t.Fatalf("process %d (%s) of group %d still alive", pid, members[pid], pgid)
+		}
+	}
 	if !groupGone(pgid) {
-		t.Fatalf("group %d still alive", pgid)
+		t.Fatalf("group %d not gone", pgid)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("took %v", d)
+	if d := time.Since(start); d > 30*time.Second {
+		t.Fatalf("ending the group took %v", d)
 	}
-	<-reaped
+	select {
+	case <-reaped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("sh was not reaped")
+	}
 	b, _ := os.ReadFile(filepath.Join(dir, groupsFile))
 	if strings.TrimSpace(string(b)) != "[]" {
 		t.Fatalf("groups file after cleanup: %s", b)
 	}
+}
+
+// liveMembers returns the live (not zombie) processes of group pgid with their
+// command names.
+func liveMembers(pgid int) map[int]string {
+	out := map[int]string{}
+	names, _ := filepath.Glob("/proc/[0-9]*")
+	for _, name := range names {
+		pid := filepath.Base(name)
+		state, pgrp, _, ok := procStat(pid)
+		if !ok || pgrp != pgid || state == 'Z' || state == 'X' {
+			continue
+		}
+		comm, _ := os.ReadFile(name + "/comm")
+		n, _ := strconv.Atoi(pid)
+		out[n] = strings.TrimSpace(string(comm))
+	}
+	return out
 }
