@@ -10,11 +10,12 @@ import (
 
 // TestBenchQuick runs `forge bench --quick` and checks that every scenario
 // prints its row and none failed. Timings are read from the bench, never
-// asserted here.
+// asserted here. It runs the built binary: the bench starts that binary again
+// as a child (the idle scenario's server, the storm's fleet).
 func TestBenchQuick(t *testing.T) {
 	t.Parallel()
 	svg := filepath.Join(t.TempDir(), "bench.svg")
-	cmd := exec.Command(filepath.Join(binDir, "forge"), "bench", "--quick", "--plot", svg)
+	cmd := exec.Command(bin(t, "forge"), "bench", "--quick", "--plot", svg)
 	cmd.Env = append(os.Environ(), "FORGE_ADMIN_TOKEN=", "FORGE_ENROLL_TOKEN=")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
