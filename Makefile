@@ -3,6 +3,7 @@ BUF := go tool -modfile=tools/go.mod buf
 .PHONY: generate lint test check
 generate:
 	$(BUF) generate
+	go generate ./store/...
 	cd examples/typescript && (test -d node_modules || npm ci) && npm run generate
 
 lint:

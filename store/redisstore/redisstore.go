@@ -43,6 +43,8 @@ type Store struct {
 	clock  store.Clock
 	rclock *redisClock // nil when the caller gave a clock
 
+	newAgentID func() string // store.NewAgentID; tests make ids collide
+
 	sub subState
 
 	cancel context.CancelFunc
@@ -96,7 +98,8 @@ func Open(ctx context.Context, url string, cfg store.Config, opts Options) (*Sto
 	}
 	userClock := cfg.Clock
 	cfg = cfg.WithDefaults()
-	s := &Store{cfg: cfg, log: opts.Logger, k: newKeys(opts.Prefix), client: client, subs: subs, hub: store.NewHub()}
+	s := &Store{cfg: cfg, log: opts.Logger, k: newKeys(opts.Prefix), client: client, subs: subs, hub: store.NewHub(),
+		newAgentID: store.NewAgentID}
 	s.sub.ready = make(chan struct{})
 	if userClock == nil {
 		s.rclock = &redisClock{client: client, log: s.log}
@@ -181,54 +184,6 @@ func (s *Store) now() time.Time { return s.clock.Now() }
 
 func (s *Store) nowMS() int64 { return s.clock.Now().UnixMilli() }
 
-// wrap turns a Redis or connection error into a store error that reveals nothing
-// of the backend: unreachable Redis, a closed store and a cancelled request are
-// KindUnavailable; a Redis error reply other than the transient ones is a bug
-// (KindInternal). The cause stays in Err for the server's log.
-func (s *Store) wrap(ctx context.Context, err error) error {
-	if err == nil {
-		return nil
-	}
-	var se *store.Error
-	if errors.As(err, &se) {
-		return err
-	}
-	if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return store.Wrap(store.KindUnavailable, err, "request cancelled")
-	}
-	if rerr, ok := rueidis.IsRedisErr(err); ok {
-		if rerr.IsLoading() || rerr.IsClusterDown() || rerr.IsTryAgain() {
-			return store.Wrap(store.KindUnavailable, err, "redis is unavailable")
-		}
-		msg := rerr.Error()
-		for _, p := range []string{"MASTERDOWN", "READONLY", "BUSY", "OOM", "NOREPLICAS"} {
-			if len(msg) >= len(p) && msg[:len(p)] == p {
-				return store.Wrap(store.KindUnavailable, err, "redis is unavailable")
-			}
-		}
-		return store.Wrap(store.KindInternal, err, "internal store error")
-	}
-	return store.Wrap(store.KindUnavailable, err, "redis is unavailable")
-}
-
-// scriptError maps an {'E', kind, msg} answer to a store error.
-func scriptError(kind, msg string) error {
-	k := store.KindInternal
-	switch kind {
-	case "unauth":
-		k = store.KindUnauthenticated
-	case "notfound":
-		k = store.KindNotFound
-	case "precond":
-		k = store.KindPrecondition
-	case "exhausted":
-		k = store.KindExhausted
-	case "invalid":
-		k = store.KindInvalid
-	}
-	return &store.Error{Kind: k, Msg: msg}
-}
-
 // run executes a script and returns its answer (the leading 'OK' or other status
 // included), or the store error it reported.
 func (s *Store) run(ctx context.Context, sc *script, keys, args []string) ([]rueidis.RedisMessage, error) {
@@ -243,11 +198,8 @@ func (s *Store) answer(ctx context.Context, r rueidis.RedisResult) ([]rueidis.Re
 	if len(arr) == 0 {
 		return nil, store.Errorf(store.KindInternal, "internal store error: empty script answer")
 	}
-	head, _ := arr[0].ToString()
-	if head == "E" && len(arr) >= 3 {
-		kind, _ := arr[1].ToString()
-		msg, _ := arr[2].ToString()
-		return nil, scriptError(kind, msg)
+	if head, _ := arr[0].ToString(); head == "E" {
+		return nil, s.scriptError(arr[1:])
 	}
 	return arr, nil
 }

@@ -2,26 +2,39 @@ package redisstore
 
 import (
 	"crypto/sha1"
+	_ "embed"
 	"encoding/hex"
 
 	"github.com/redis/rueidis"
 )
 
+//go:generate go run ./internal/genprelude -o prelude.lua
+
+// prelude starts every script: package store's lifecycle constants, texts and
+// rules in Lua, generated from Go (see package luaprelude). Scripts write no text
+// and no rule of their own: TestScriptsHoldNoText and TestLuaAgreesWithGo check.
+//
+//go:embed prelude.lua
+var prelude string
+
 // script is a Lua script run with EVALSHA, falling back to EVAL when a node
 // does not have it (after SCRIPT FLUSH, a restart or a failover).
 type script struct {
 	lua  *rueidis.Lua
+	body string // the script without the prelude
 	text string
 	sha  string
 }
 
-func newScript(text string) *script {
+func newScript(body string) *script {
+	text := prelude + body
 	sum := sha1.Sum([]byte(text))
-	return &script{lua: rueidis.NewLuaScript(text), text: text, sha: hex.EncodeToString(sum[:])}
+	return &script{lua: rueidis.NewLuaScript(text), body: body, text: text, sha: hex.EncodeToString(sum[:])}
 }
 
-// Every atomic operation is one Lua script. Scripts that act in an agent's shard
-// start with shardLib, which fixes the first three ARGV of every such script:
+// Every atomic operation is one Lua script, and every script starts with the
+// prelude. Scripts that act in an agent's shard go on with shardLib, which fixes
+// the first three ARGV of every such script:
 //
 //	ARGV[1] the shard's hash tag, such as "{forge:s07}" (keys are built from it,
 //	        exactly as keys.go builds them, so a task popped from a queue is found
@@ -31,14 +44,14 @@ func newScript(text string) *script {
 //	ARGV[3] retention in ms
 //
 // Script-specific ARGV start at 4. Scripts answer a table whose first element is
-// 'OK', or {'E', kind, message} for an error the caller should see (kinds:
-// unauth, notfound, precond, exhausted, invalid). Changes are published from
-// inside the script (SPUBLISH on the shard's wake channel, one message of
-// space-separated watch keys), so a waiter on any replica wakes as early as
-// possible.
+// 'OK', or fail(code, message) = {'E', code, message} for an error the caller
+// should see, its code one of the prelude's E_* (see scriptError). Changes are
+// published from inside the script (SPUBLISH on the shard's wake channel, one
+// message of space-separated watch keys), so a waiter on any replica wakes as
+// early as possible.
 //
 // Task record fields: job type pl st att max to ttl lim held cr crr cd tmo dl le
-// db out otr osz ec err rep ro ca ua hist tor exr (see task.go for meanings).
+// db out otr osz ec err rep ro ca ua hist tor exr (see decodeTask in decode.go).
 const shardLib = `
 local TAG = ARGV[1]
 local NOW = tonumber(ARGV[2])
@@ -55,9 +68,6 @@ local function kJobCounts(j) return TAG .. ':jc:' .. j end
 local kDue = TAG .. ':due'
 local kAll = TAG .. ':tasks'
 local kWake = TAG .. ':wake'
-
-local PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED, TIMED_OUT, EXPIRED, LOST = 1, 2, 3, 4, 5, 6, 7, 8
-local NAMES = {'PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'LOST'}
 
 local wake, wakeN = {}, 0
 local function notify(k)
@@ -81,7 +91,6 @@ local function advanceList()
 end
 
 local function agentOf(tid) return string.match(tid, '%-(a[0-9a-z]+)$') end
-local function fail(kind, msg) return {'E', kind, msg} end
 
 -- auth checks an agent credential (SHA-256 hash of the token's secret) against the
 -- current and the next token hash, promoting the next one on its first use. It
@@ -125,8 +134,8 @@ local function setState(tk, tid, job, old, new, reason, att, hist, extra)
   else
     redis.call('HSET', tk, 'st', new, 'ua', ms(NOW), 'hist', h)
   end
-  notify('t:' .. tid)
-  if job and job ~= '' then notify('j:' .. job) end
+  notify(WATCH_TASK .. tid)
+  if job and job ~= '' then notify(WATCH_JOB .. job) end
 end
 
 -- reindex puts a live task in the shard's due index at the next time Reap must
@@ -178,8 +187,8 @@ local function requestCancel(tk, tid, job, reason)
   redis.call('HDEL', tk, 'cd')
   local aid = agentOf(tid)
   redis.call('ZADD', kCancels(aid), 0, tid)
-  notify('a:' .. aid); notify('t:' .. tid)
-  if job and job ~= '' then notify('j:' .. job) end
+  notify(WATCH_AGENT .. aid); notify(WATCH_TASK .. tid)
+  if job and job ~= '' then notify(WATCH_JOB .. job) end
 end
 
 -- release puts a pending task in its agent's queue, due at its delivery TTL.
@@ -189,7 +198,7 @@ local function release(tk, tid)
   redis.call('HDEL', tk, 'held')
   redis.call('HSET', tk, 'db', ms(NOW + ttl))
   redis.call('ZADD', kQueue(aid), 0, tid)
-  notify('a:' .. aid)
+  notify(WATCH_AGENT .. aid)
   reindex(tk, tid)
 end
 `
@@ -200,9 +209,9 @@ func shardScript(body string) *script { return newScript(shardLib + body) }
 //
 // KEYS[1] agent record
 // ARGV[4..] field, value pairs
-// returns {'OK'}, or {'E','exists'} if the id is taken
+// returns {'OK'}, or fail(E_ID_TAKEN) if the id is taken
 var registerScript = shardScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then return fail('exists', 'agent id taken') end
+if redis.call('EXISTS', KEYS[1]) == 1 then return fail(E_ID_TAKEN, MSG_ID_TAKEN) end
 local f = {}
 for i = 4, #ARGV do f[#f + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(f))
@@ -213,9 +222,9 @@ return {'OK'}
 //
 // KEYS[1] agent record
 // ARGV[4] secret hash
-// returns {'OK'} or {'E','unauth',msg}
+// returns {'OK'} or fail(E_UNAUTHENTICATED)
 var authScript = shardScript(`
-if not auth(KEYS[1], ARGV[4]) then return fail('unauth', 'agent token is not valid') end
+if not auth(KEYS[1], ARGV[4]) then return fail(E_UNAUTHENTICATED, MSG_AGENT_TOKEN) end
 return {'OK'}
 `)
 
@@ -223,9 +232,9 @@ return {'OK'}
 //
 // KEYS[1] agent record
 // ARGV[4] secret hash, ARGV[5] next secret hash
-// returns {'OK'} or {'E','unauth',msg}
+// returns {'OK'} or fail(E_UNAUTHENTICATED)
 var rotateScript = shardScript(`
-if not auth(KEYS[1], ARGV[4]) then return fail('unauth', 'agent token is not valid') end
+if not auth(KEYS[1], ARGV[4]) then return fail(E_UNAUTHENTICATED, MSG_AGENT_TOKEN) end
 redis.call('HSET', KEYS[1], 'next', ARGV[5])
 return {'OK'}
 `)
@@ -242,14 +251,14 @@ return {'OK'}
 var leaseScript = shardScript(`
 local aid, max, lease, hold, gen = ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local f = auth(KEYS[1], ARGV[5], 'gen', 'pu')
-if not f then return fail('unauth', 'agent token is not valid') end
+if not f then return fail(E_UNAUTHENTICATED, MSG_AGENT_TOKEN) end
 local cur, pu = tonumber(f[4]) or 0, tonumber(f[5]) or 0
 -- The agent record is written once, at the end.
 local upd = {'seen', ms(NOW)}
 if gen == 0 then
   cur = cur + 1
   -- An older Poll may still be held: wake it so it finds itself superseded.
-  if pu > NOW then notify('a:' .. aid) end
+  if pu > NOW then notify(WATCH_AGENT .. aid) end
   upd[3], upd[4], upd[5], upd[6] = 'gen', cur, 'pu', ms(NOW + hold)
 elseif gen ~= cur then
   redis.call('HSET', KEYS[1], 'seen', ms(NOW))
@@ -270,12 +279,12 @@ while #leased < max do
     local t = redis.call('HMGET', tk, 'st', 'db', 'to', 'att', 'job', 'exr', 'tmo', 'hist')
     if tonumber(t[1]) == PENDING then
       if NOW >= (tonumber(t[2]) or 0) then
-        endTask(tid, EXPIRED, t[6] or 'not picked up within its delivery TTL')
+        endTask(tid, EXPIRED, t[6] or '') -- exr, written with the record
       else
         local att = (tonumber(t[4]) or 0) + 1
         local le, dl = NOW + lease, NOW + tonumber(t[3])
         redis.call('ZADD', KEYS[3], 0, tid)
-        setState(tk, tid, t[5], PENDING, RUNNING, 'leased (attempt ' .. att .. ')', att, t[8] or '',
+        setState(tk, tid, t[5], PENDING, RUNNING, string.format(FMT_LEASED, att), att, t[8] or '',
           {'att', att, 'le', ms(le), 'dl', ms(dl)})
         -- reindex, from what is known: due at the lease expiry or the deadline.
         local due = le
@@ -319,7 +328,7 @@ return out
 // returns {'OK', {tid, attempt, ...} to cancel, {tid, attempt, ...} to abandon}
 var heartbeatScript = shardScript(`
 local lease = tonumber(ARGV[6])
-if not auth(KEYS[1], ARGV[5]) then return fail('unauth', 'agent token is not valid') end
+if not auth(KEYS[1], ARGV[5]) then return fail(E_UNAUTHENTICATED, MSG_AGENT_TOKEN) end
 redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'dr', ARGV[7])
 local cancel, abandon = {}, {}
 for i = 8, #ARGV - 1, 2 do
@@ -358,39 +367,22 @@ return {'OK', cancel, abandon}
 // [9] output, [10] exit code, [11] error, [12] output truncated (0/1), [13] output size
 // returns {'OK', state, {job ids to advance}} or an error
 var reportScript = shardScript(`
-local tid, att, outcome = ARGV[6], ARGV[7], tonumber(ARGV[8])
-if not auth(KEYS[1], ARGV[5]) then return fail('unauth', 'agent token is not valid') end
+local tid, att, outcome, exit = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[10])
+if not auth(KEYS[1], ARGV[5]) then return fail(E_UNAUTHENTICATED, MSG_AGENT_TOKEN) end
 redis.call('HSET', KEYS[1], 'seen', ms(NOW))
 local tk = KEYS[2]
 local t = redis.call('HMGET', tk, 'st', 'att', 'rep', 'ro', 'ec', 'tmo', 'cr', 'crr')
 local st = tonumber(t[1])
-if not st then return fail('notfound', 'task "' .. tid .. '" not found') end
-if outcome ~= 1 and outcome ~= 2 then
-  return fail('invalid', 'outcome must be OUTCOME_SUCCEEDED or OUTCOME_FAILED')
-end
-local cur = t[2] or '0'
-if st > RUNNING then
-  if t[3] == '1' and cur == att and tonumber(t[4]) == outcome and t[5] == ARGV[10] then
-    return {'OK', st, {}}
-  end
-  if cur ~= att then
-    return fail('precond', 'attempt ' .. att .. ' of task "' .. tid .. '" is stale: the task ended ' .. NAMES[st] .. ' at attempt ' .. cur)
-  end
-  return fail('precond', 'task "' .. tid .. '" already ended ' .. NAMES[st])
-end
-if st ~= RUNNING or cur ~= att then
-  return fail('precond', 'attempt ' .. att .. ' of task "' .. tid .. '" is stale: the current attempt is ' .. cur .. ' (' .. NAMES[st] .. ')')
-end
+if not st then return fail(E_NOT_FOUND, string.format(FMT_TASK_NOT_FOUND, q(tid))) end
+local ro = 0
+if t[3] == '1' then ro = tonumber(t[4]) or 0 end
+local check = checkReport(tid, st, tonumber(t[2]) or 0, ro, tonumber(t[5]) or 0, att, outcome, exit)
+if check == true then return {'OK', st, {}} end
+if check then return check end
 local size = tonumber(ARGV[13])
 if size < #ARGV[9] then size = #ARGV[9] end
 redis.call('HSET', tk, 'out', ARGV[9], 'otr', ARGV[12], 'osz', size, 'ec', ARGV[10], 'err', ARGV[11], 'rep', '1', 'ro', outcome)
-local new, reason = SUCCEEDED, 'reported succeeded'
-if outcome == 2 then new, reason = FAILED, 'reported failed' end
-if t[6] == '1' then
-  new, reason = TIMED_OUT, (t[8] or '') .. ' (' .. reason .. ')'
-elseif t[7] == '1' then
-  new, reason = CANCELED, (t[8] or '') .. ' (' .. reason .. ')'
-end
+local new, reason = reportEnd(outcome, t[6] == '1', t[7] == '1', t[8])
 endTask(tid, new, reason)
 publish()
 return {'OK', new, advanceList()}
@@ -413,10 +405,10 @@ for i = 16, #ARGV - 1, 2 do
   local a = redis.call('HMGET', kAgent(aid), 'reg', 'rev')
   local qlen = redis.call('ZCARD', kQueue(aid))
   if single then
-    if not a[1] then return fail('notfound', 'agent "' .. aid .. '" not found') end
-    if a[2] then return fail('precond', 'agent "' .. aid .. '" is revoked') end
+    if not a[1] then return fail(E_NOT_FOUND, string.format(FMT_AGENT_NOT_FOUND, q(aid))) end
+    if a[2] then return fail(E_PRECONDITION, string.format(FMT_AGENT_IS_REVOKED, q(aid))) end
     if qlen >= maxPending then
-      return fail('exhausted', 'agent "' .. aid .. '" already has ' .. qlen .. ' pending tasks (the limit)')
+      return fail(E_EXHAUSTED, string.format(FMT_AGENT_QUEUE_FULL, q(aid), qlen))
     end
   end
   local tk = kTask(tid)
@@ -424,13 +416,13 @@ for i = 16, #ARGV - 1, 2 do
     'to', ARGV[9], 'ttl', ARGV[10], 'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'exr', ARGV[15])
   redis.call('ZADD', kAll, 0, tid)
   redis.call('ZADD', kAgentTasks(aid), 0, tid)
-  setState(tk, tid, job, nil, PENDING, 'dispatched', 0)
+  setState(tk, tid, job, nil, PENDING, REASON_DISPATCHED, 0)
   if not a[1] then
-    endTask(tid, CANCELED, 'agent not found')
+    endTask(tid, CANCELED, REASON_AGENT_NOT_FOUND)
   elseif a[2] then
-    endTask(tid, CANCELED, 'agent revoked')
+    endTask(tid, CANCELED, REASON_AGENT_REVOKED)
   elseif qlen >= maxPending then
-    endTask(tid, CANCELED, "agent's queue is full (" .. qlen .. ' pending tasks, the limit)')
+    endTask(tid, CANCELED, string.format(FMT_QUEUE_FULL, qlen))
   elseif ARGV[12] == '1' then
     redis.call('HSET', tk, 'held', '1')
   else
@@ -462,34 +454,36 @@ publish()
 return {'OK', n}
 `)
 
-// cancelScript cancels tasks of one shard. Mode 'one' (CancelTask) fails on an
-// unknown or finished task and answers the task; 'job' (CancelJob) ends pending
-// tasks and asks running ones to stop; 'stop' (max_failures) ends pending tasks
-// and lets running ones finish.
+// cancelScript does what a cancel mode (store.CancelMode) does to tasks of one
+// shard: CANCEL_MODE_TASK (CancelTask, one task) fails on an unknown or finished
+// task and answers the task.
 //
 // KEYS[1] the shard's due index (for routing)
 // ARGV[4] reason, [5] mode, [6..] task ids
-// returns {'OK', {job ids to advance}, task fields (mode 'one')}
+// returns {'OK', {job ids to advance}, task fields (CANCEL_MODE_TASK)}
 var cancelScript = shardScript(`
-local reason, mode = ARGV[4], ARGV[5]
+local reason, mode = ARGV[4], tonumber(ARGV[5])
 for i = 6, #ARGV do
   local tid = ARGV[i]
   local tk = kTask(tid)
   local t = redis.call('HMGET', tk, 'st', 'job')
   local st = tonumber(t[1])
   if not st then
-    if mode == 'one' then return fail('notfound', 'task "' .. tid .. '" not found') end
-  elseif st == PENDING then
-    endTask(tid, CANCELED, reason)
-  elseif st == RUNNING then
-    if mode ~= 'stop' then requestCancel(tk, tid, t[2], reason) end
-  elseif mode == 'one' then
-    return fail('precond', 'task "' .. tid .. '" already ended ' .. NAMES[st])
+    if mode == CANCEL_MODE_TASK then return fail(E_NOT_FOUND, string.format(FMT_TASK_NOT_FOUND, q(tid))) end
+  else
+    local act = cancelAction(mode, st)
+    if act == CANCEL_END then
+      endTask(tid, CANCELED, reason)
+    elseif act == CANCEL_REQUEST then
+      requestCancel(tk, tid, t[2], reason)
+    elseif act == CANCEL_REFUSE then
+      return fail(E_PRECONDITION, string.format(FMT_TASK_ENDED, q(tid), STATE_NAMES[st]))
+    end
   end
 end
 publish()
 local out = {'OK', advanceList()}
-if mode == 'one' then out[3] = redis.call('HGETALL', kTask(ARGV[6])) end
+if mode == CANCEL_MODE_TASK then out[3] = redis.call('HGETALL', kTask(ARGV[6])) end
 return out
 `)
 
@@ -498,18 +492,18 @@ return out
 //
 // KEYS[1] agent record, KEYS[2] the agent's task list
 // ARGV[4] agent id, [5] reason
-// returns {'OK', {job ids to advance}} or {'E','notfound',msg}
+// returns {'OK', {job ids to advance}} or fail(E_NOT_FOUND)
 var revokeScript = shardScript(`
 local aid, reason = ARGV[4], ARGV[5]
 local a = redis.call('HMGET', KEYS[1], 'reg', 'rev')
-if not a[1] then return fail('notfound', 'agent "' .. aid .. '" not found') end
+if not a[1] then return fail(E_NOT_FOUND, string.format(FMT_AGENT_NOT_FOUND, q(aid))) end
 if a[2] then return {'OK', {}} end
 redis.call('HSET', KEYS[1], 'rev', ms(NOW), 'rr', reason)
 redis.call('HDEL', KEYS[1], 'cur', 'next')
 for _, tid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   endTask(tid, CANCELED, reason)
 end
-notify('a:' .. aid)
+notify(WATCH_AGENT .. aid)
 publish()
 return {'OK', advanceList()}
 `)
@@ -517,10 +511,11 @@ return {'OK', advanceList()}
 // agentViewScript reads an agent with its queue length and running attempts.
 //
 // KEYS[1] agent record, KEYS[2] queue, KEYS[3] running
-// returns {'OK', agent fields, pending count, {tid, attempt, ...}} or {'E','notfound',msg}
+// ARGV[4] agent id
+// returns {'OK', agent fields, pending count, {tid, attempt, ...}} or fail(E_NOT_FOUND)
 var agentViewScript = shardScript(`
 local a = redis.call('HGETALL', KEYS[1])
-if #a == 0 then return fail('notfound', 'agent not found') end
+if #a == 0 then return fail(E_NOT_FOUND, string.format(FMT_AGENT_NOT_FOUND, q(ARGV[4]))) end
 local run = {}
 for _, tid in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   run[#run + 1] = tid
@@ -565,27 +560,24 @@ for _, tid in ipairs(ids) do
     redis.call('ZREM', kAgentTasks(aid), tid)
   elseif st == PENDING then
     if t[2] ~= '1' and NOW >= (tonumber(t[3]) or 0) then
-      endTask(tid, EXPIRED, t[12] or 'not picked up within its delivery TTL')
+      endTask(tid, EXPIRED, t[12] or '') -- exr, written with the record
     else
       reindex(tk, tid)
     end
   else
     local tmo, cr, crr = t[6] == '1', t[7] == '1', t[8]
     if not tmo and NOW >= (tonumber(t[4]) or 0) then
-      tmo, cr, crr = true, true, t[11] or 'timed out'
+      tmo, cr, crr = true, true, t[11] or '' -- tor, written with the record
       redis.call('HSET', tk, 'tmo', '1', 'cr', '1', 'crr', crr, 'ua', ms(NOW))
       redis.call('HDEL', tk, 'cd')
       redis.call('ZADD', kCancels(aid), 0, tid)
-      notify('a:' .. aid); notify('t:' .. tid)
+      notify(WATCH_AGENT .. aid); notify(WATCH_TASK .. tid)
     end
     if NOW >= (tonumber(t[5]) or 0) then
-      local att, max = tonumber(t[9]) or 0, tonumber(t[10]) or 1
-      if tmo then
-        endTask(tid, TIMED_OUT, crr .. ' (lease expired)')
-      elseif cr then
-        endTask(tid, CANCELED, (crr or '') .. ' (lease expired)')
-      elseif att >= max then
-        endTask(tid, LOST, 'lease expired ' .. att .. ' times (max_attempts)')
+      local att = tonumber(t[9]) or 0
+      local new, reason = leaseExpiryEnd(tmo, cr, crr, att, tonumber(t[10]) or 1)
+      if new ~= PENDING then
+        endTask(tid, new, reason)
       else
         local ttl = tonumber(redis.call('HGET', tk, 'ttl'))
         redis.call('ZREM', kRun(aid), tid)
@@ -593,8 +585,8 @@ for _, tid in ipairs(ids) do
         redis.call('HDEL', tk, 'le', 'dl', 'cd')
         redis.call('HSET', tk, 'db', ms(NOW + ttl))
         redis.call('ZADD', kQueue(aid), 0, tid)
-        setState(tk, tid, t[13], RUNNING, PENDING, 'lease expired (attempt ' .. att .. '); requeued', att)
-        notify('a:' .. aid)
+        setState(tk, tid, t[13], RUNNING, PENDING, reason, att)
+        notify(WATCH_AGENT .. aid)
         reindex(tk, tid)
       end
     else
@@ -628,7 +620,7 @@ return 1
 // idempotency key is returned for the caller to clear.
 //
 // KEYS[1] job record
-// returns the job's idempotency key (” if none), or false if the job is gone
+// returns the job's idempotency key (empty if none), or false if the job is gone
 var dropJobScript = newScript(`
 local idem = redis.call('HGET', KEYS[1], 'idem')
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -649,16 +641,13 @@ return 0
 //
 // KEYS[1] enrollment token record
 // ARGV[1] now ms, [2] secret hash, [3] consume (0/1), [4] token id
-// returns {'OK'} or {'E','unauth',msg}
+// returns {'OK'} or fail(E_UNAUTHENTICATED)
 var enrollCheckScript = newScript(`
 local f = redis.call('HMGET', KEYS[1], 'hash', 'rev', 'exp', 'max', 'uses')
-local id = ARGV[4]
-if not f[1] or f[1] ~= ARGV[2] then return {'E', 'unauth', 'enrollment token is not valid'} end
-if f[2] and f[2] ~= '0' then return {'E', 'unauth', 'enrollment token ' .. id .. ' is revoked'} end
-local exp = tonumber(f[3]) or 0
-if exp > 0 and tonumber(ARGV[1]) >= exp then return {'E', 'unauth', 'enrollment token ' .. id .. ' has expired'} end
-local max, uses = tonumber(f[4]) or 0, tonumber(f[5]) or 0
-if max > 0 and uses >= max then return {'E', 'unauth', 'enrollment token ' .. id .. ' is used up (' .. max .. ' uses)'} end
+if not f[1] or f[1] ~= ARGV[2] then return fail(E_UNAUTHENTICATED, MSG_ENROLL_TOKEN) end
+local err = enrollCheck(ARGV[4], tonumber(f[2]) or 0, tonumber(f[3]) or 0, tonumber(ARGV[1]),
+  tonumber(f[4]) or 0, tonumber(f[5]) or 0)
+if err then return err end
 if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'uses', 1) end
 return {'OK'}
 `)
@@ -667,9 +656,9 @@ return {'OK'}
 //
 // KEYS[1] enrollment token record, KEYS[2] list of enrollment token ids
 // ARGV[1] token id, [2..] field, value pairs
-// returns {'OK'} or {'E','precond',msg} if the id exists
+// returns {'OK'} or fail(E_PRECONDITION) if the id exists
 var enrollCreateScript = newScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'E', 'precond', 'enrollment token ' .. ARGV[1] .. ' exists'} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return fail(E_PRECONDITION, string.format(FMT_ENROLL_EXISTS, ARGV[1])) end
 local f = {}
 for i = 2, #ARGV do f[#f + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(f))
@@ -681,9 +670,9 @@ return {'OK'}
 //
 // KEYS[1] enrollment token record
 // ARGV[1] now ms, [2] token id
-// returns {'OK', fields} or {'E','notfound',msg}
+// returns {'OK', fields} or fail(E_NOT_FOUND)
 var enrollRevokeScript = newScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'E', 'notfound', 'enrollment token "' .. ARGV[2] .. '" not found'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return fail(E_NOT_FOUND, string.format(FMT_ENROLL_NOT_FOUND, q(ARGV[2]))) end
 local rev = redis.call('HGET', KEYS[1], 'rev')
 if not rev or rev == '0' then redis.call('HSET', KEYS[1], 'rev', ARGV[1]) end
 return {'OK', redis.call('HGETALL', KEYS[1])}

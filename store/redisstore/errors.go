@@ -1,0 +1,71 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/redis/rueidis"
+
+	"github.com/orange-forge/forge/store"
+	"github.com/orange-forge/forge/store/redisstore/internal/luaprelude"
+)
+
+// errIDTaken is registerScript's answer when the agent id it was given is taken.
+var errIDTaken = errors.New("redisstore: agent id taken")
+
+// scriptError turns a script's error answer, fail(code, msg) = {'E', code, msg}
+// with its leading 'E' removed, into the error callers see. This is the one place
+// script error codes become store kinds: the codes are the store.Kind values the
+// prelude's E_* constants were generated from, and luaprelude.CodeIDTaken. Any
+// other answer is a bug: KindInternal, logged with its text.
+func (s *Store) scriptError(ans []rueidis.RedisMessage) error {
+	var code int64 = -1 // no code: unknown
+	var msg string
+	if len(ans) == 2 {
+		if c, err := ans[0].ToInt64(); err == nil {
+			code = c
+		}
+		msg, _ = ans[1].ToString()
+	}
+	switch k := store.Kind(code); k {
+	case store.KindNotFound, store.KindUnauthenticated, store.KindPrecondition, store.KindExhausted, store.KindInvalid:
+		return &store.Error{Kind: k, Msg: msg}
+	}
+	if code == luaprelude.CodeIDTaken {
+		return errIDTaken
+	}
+	err := fmt.Errorf("redisstore: unknown script error answer %v", ans)
+	s.log.Error("a script answered an unknown error", "err", err)
+	return store.Wrap(store.KindInternal, err, "internal store error")
+}
+
+// wrap turns a Redis or connection error into a store error that reveals nothing
+// of the backend: unreachable Redis, a closed store and a cancelled request are
+// KindUnavailable; a Redis error reply other than the transient ones is a bug
+// (KindInternal). The cause stays in Err for the server's log.
+func (s *Store) wrap(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	var se *store.Error
+	if errors.As(err, &se) {
+		return err
+	}
+	if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return store.Wrap(store.KindUnavailable, err, "request cancelled")
+	}
+	if rerr, ok := rueidis.IsRedisErr(err); ok {
+		if rerr.IsLoading() || rerr.IsClusterDown() || rerr.IsTryAgain() {
+			return store.Wrap(store.KindUnavailable, err, "redis is unavailable")
+		}
+		msg := rerr.Error()
+		for _, p := range []string{"MASTERDOWN", "READONLY", "BUSY", "OOM", "NOREPLICAS"} {
+			if len(msg) >= len(p) && msg[:len(p)] == p {
+				return store.Wrap(store.KindUnavailable, err, "redis is unavailable")
+			}
+		}
+		return store.Wrap(store.KindInternal, err, "internal store error")
+	}
+	return store.Wrap(store.KindUnavailable, err, "redis is unavailable")
+}

@@ -1,0 +1,241 @@
+// Package luaprelude writes the Lua prelude that every redisstore script starts
+// with: package store's lifecycle constants and texts as Lua locals, and, as small
+// named Lua functions, the rules a script must apply atomically inside Redis, each
+// the twin of a Go function of package store (named in its comment).
+//
+// `go generate ./store/redisstore` writes Source to store/redisstore/prelude.lua,
+// which redisstore embeds and commits. A test there fails when the file drifts
+// from Source, and another runs every constant and rule of the prelude in a real
+// Redis against its Go twin, so Go and Lua cannot disagree unnoticed.
+package luaprelude
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/orange-forge/forge/store"
+)
+
+// CodeIDTaken is the error code registerScript answers when the agent id it was
+// given is taken. It is no store.Kind: RegisterAgent retries with another id.
+const CodeIDTaken = 100
+
+// MsgIDTaken is the message that goes with CodeIDTaken, for the log.
+const MsgIDTaken = "agent id taken"
+
+// A constant is one Lua local and its value: a number or a string.
+type constant struct {
+	name  string
+	value any
+}
+
+type group struct {
+	doc    string
+	consts []constant
+}
+
+func groups() []group {
+	var states []constant
+	for st := store.StatePending; st <= store.StateLost; st++ {
+		states = append(states, constant{strings.ReplaceAll(st.String(), " ", "_"), int(st)})
+	}
+	return []group{
+		{"Task states (store.TaskState).", states},
+		{"Outcomes (store.Outcome).", []constant{
+			{"OUTCOME_SUCCEEDED", int(store.OutcomeSucceeded)},
+			{"OUTCOME_FAILED", int(store.OutcomeFailed)},
+		}},
+		{"Error codes scripts answer with, fail(E_*, msg): the store.Kind values, and\n-- E_ID_TAKEN (luaprelude.CodeIDTaken), the Redis store's own.", []constant{
+			{"E_NOT_FOUND", int(store.KindNotFound)},
+			{"E_UNAUTHENTICATED", int(store.KindUnauthenticated)},
+			{"E_PRECONDITION", int(store.KindPrecondition)},
+			{"E_EXHAUSTED", int(store.KindExhausted)},
+			{"E_INVALID", int(store.KindInvalid)},
+			{"E_ID_TAKEN", CodeIDTaken},
+		}},
+		{"Cancel modes and what they do (store.CancelMode, store.CancelAction).", []constant{
+			{"CANCEL_MODE_TASK", int(store.CancelModeTask)},
+			{"CANCEL_MODE_JOB", int(store.CancelModeJob)},
+			{"CANCEL_MODE_STOP", int(store.CancelModeStop)},
+			{"CANCEL_SKIP", int(store.CancelSkip)},
+			{"CANCEL_END", int(store.CancelEnd)},
+			{"CANCEL_REQUEST", int(store.CancelRequest)},
+			{"CANCEL_REFUSE", int(store.CancelRefuse)},
+		}},
+		{"Watch-key prefixes (store.AgentKey, store.TaskKey, store.JobKey).", []constant{
+			{"WATCH_AGENT", store.AgentKey("")},
+			{"WATCH_TASK", store.TaskKey("")},
+			{"WATCH_JOB", store.JobKey("")},
+		}},
+		{"Reasons of a task's history (store.Reason*, store.Fmt*).", []constant{
+			{"REASON_DISPATCHED", store.ReasonDispatched},
+			{"REASON_AGENT_REVOKED", store.ReasonAgentRevoked},
+			{"REASON_AGENT_NOT_FOUND", store.ReasonAgentNotFound},
+			{"REASON_LEASE_EXPIRED", store.ReasonLeaseExpired},
+			{"REASON_SUCCEEDED", store.ReasonSucceeded},
+			{"REASON_FAILED", store.ReasonFailed},
+			{"FMT_LEASED", store.FmtLeased},
+			{"FMT_REQUEUED", store.FmtRequeued},
+			{"FMT_LOST", store.FmtLost},
+			{"FMT_QUEUE_FULL", store.FmtQueueFull},
+			{"FMT_CAUSE", store.FmtCause},
+		}},
+		{"Error messages (store.Msg*, store.Fmt*).", []constant{
+			{"MSG_AGENT_TOKEN", store.MsgAgentToken},
+			{"MSG_ENROLL_TOKEN", store.MsgEnrollToken},
+			{"MSG_BAD_OUTCOME", store.MsgBadOutcome},
+			{"MSG_ID_TAKEN", MsgIDTaken},
+			{"FMT_AGENT_NOT_FOUND", store.FmtAgentNotFound},
+			{"FMT_TASK_NOT_FOUND", store.FmtTaskNotFound},
+			{"FMT_ENROLL_NOT_FOUND", store.FmtEnrollNotFound},
+			{"FMT_AGENT_IS_REVOKED", store.FmtAgentIsRevoked},
+			{"FMT_AGENT_QUEUE_FULL", store.FmtAgentQueueFull},
+			{"FMT_TASK_ENDED", store.FmtTaskEnded},
+			{"FMT_STALE_ENDED", store.FmtStaleEnded},
+			{"FMT_STALE", store.FmtStale},
+			{"FMT_ENROLL_REVOKED", store.FmtEnrollRevoked},
+			{"FMT_ENROLL_EXPIRED", store.FmtEnrollExpired},
+			{"FMT_ENROLL_USED_UP", store.FmtEnrollUsedUp},
+			{"FMT_ENROLL_EXISTS", store.FmtEnrollExists},
+		}},
+	}
+}
+
+// rules are the Lua twins of package store's rule functions. They use only the
+// constants above; each names its Go twin, which the agreement test runs beside it.
+const rules = `
+-- STATE_NAMES[st] is store.TaskState.String for the states above.
+local STATE_NAMES = {{{STATE_NAMES}}}
+
+-- fail is a script's error answer: a code (E_*) and a message for the caller.
+local function fail(code, msg) return {'E', code, msg} end
+
+-- q is store.Quote for the ids scripts see: Go checks every id (store.ValidID,
+-- store.ValidTaskID) before it reaches a script, and such ids need no escapes.
+local function q(id) return '"' .. id .. '"' end
+
+-- checkReport is store.CheckReport: st, cur (the task's attempt), ro (the outcome
+-- that ended it, 0 if no report did) and ec are the task's; att, outcome and exit
+-- the report's. It answers true for the identical report again, nil when the
+-- report ends the running attempt, or an error answer.
+local function checkReport(tid, st, cur, ro, ec, att, outcome, exit)
+  if outcome ~= OUTCOME_SUCCEEDED and outcome ~= OUTCOME_FAILED then return fail(E_INVALID, MSG_BAD_OUTCOME) end
+  if st > RUNNING then
+    if ro ~= 0 and cur == att and ro == outcome and ec == exit then return true end
+    if cur ~= att then
+      return fail(E_PRECONDITION, string.format(FMT_STALE_ENDED, att, q(tid), STATE_NAMES[st], cur))
+    end
+    return fail(E_PRECONDITION, string.format(FMT_TASK_ENDED, q(tid), STATE_NAMES[st]))
+  end
+  if st ~= RUNNING or cur ~= att then
+    return fail(E_PRECONDITION, string.format(FMT_STALE, att, q(tid), cur, STATE_NAMES[st]))
+  end
+  return nil
+end
+
+-- reportEnd is store.ReportEnd: the state and reason a running attempt ends with
+-- when reported; tmo, cr (booleans) and crr (string or nil) are the task's.
+local function reportEnd(outcome, tmo, cr, crr)
+  local st, why = SUCCEEDED, REASON_SUCCEEDED
+  if outcome == OUTCOME_FAILED then st, why = FAILED, REASON_FAILED end
+  if tmo then return TIMED_OUT, string.format(FMT_CAUSE, crr or '', why) end
+  if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', why) end
+  return st, why
+end
+
+-- leaseExpiryEnd is store.LeaseExpiryEnd: what becomes of a running attempt whose
+-- lease ran out (PENDING: requeue it), and the reason.
+local function leaseExpiryEnd(tmo, cr, crr, att, max)
+  if tmo then return TIMED_OUT, string.format(FMT_CAUSE, crr or '', REASON_LEASE_EXPIRED) end
+  if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', REASON_LEASE_EXPIRED) end
+  if att >= max then return LOST, string.format(FMT_LOST, att) end
+  return PENDING, string.format(FMT_REQUEUED, att)
+end
+
+-- cancelAction is store.CancelMode.Action: what cancel mode mode does to a task
+-- in state st.
+local function cancelAction(mode, st)
+  if st == PENDING then return CANCEL_END end
+  if st == RUNNING and mode ~= CANCEL_MODE_STOP then return CANCEL_REQUEST end
+  if st > RUNNING and mode == CANCEL_MODE_TASK then return CANCEL_REFUSE end
+  return CANCEL_SKIP
+end
+
+-- enrollCheck is store.CheckEnrollment, after the secret matched: rev and exp are
+-- the token's revocation and expiry times (ms, 0: none), now the time (ms), max
+-- and uses its use limit (0: none) and count. It answers nil or an error answer.
+local function enrollCheck(id, rev, exp, now, max, uses)
+  if rev ~= 0 then return fail(E_UNAUTHENTICATED, string.format(FMT_ENROLL_REVOKED, id)) end
+  if exp > 0 and now >= exp then return fail(E_UNAUTHENTICATED, string.format(FMT_ENROLL_EXPIRED, id)) end
+  if max > 0 and uses >= max then return fail(E_UNAUTHENTICATED, string.format(FMT_ENROLL_USED_UP, id, max)) end
+  return nil
+end
+`
+
+// Constant is one constant of the prelude: its Lua name and its value, an int or
+// a string, taken from package store.
+type Constant struct {
+	Name  string
+	Value any
+}
+
+// Constants returns every constant of the prelude, in order.
+func Constants() []Constant {
+	var out []Constant
+	for _, g := range groups() {
+		for _, c := range g.consts {
+			out = append(out, Constant{c.name, c.value})
+		}
+	}
+	return out
+}
+
+// Source returns the prelude.
+func Source() []byte {
+	var b bytes.Buffer
+	b.WriteString("-- Code generated by store/redisstore/internal/genprelude from package store; DO NOT EDIT.\n")
+	b.WriteString("-- The constants and rules every redisstore script starts with (see package luaprelude).\n")
+	for _, g := range groups() {
+		fmt.Fprintf(&b, "\n-- %s\n", g.doc)
+		for _, c := range g.consts {
+			fmt.Fprintf(&b, "local %s = %s\n", c.name, literal(c.value))
+		}
+	}
+	var names []string
+	for st := store.StatePending; st <= store.StateLost; st++ {
+		names = append(names, literal(st.String()))
+	}
+	b.WriteString(strings.Replace(rules, "{{STATE_NAMES}}", strings.Join(names, ", "), 1))
+	return b.Bytes()
+}
+
+// literal writes a number or a string as a Lua literal. A string is quoted with
+// ' (or " if it holds a ' and no "), and every byte outside printable ASCII, the
+// quote and the backslash are escaped as \ddd, which Lua reads back as the same
+// bytes.
+func literal(v any) string {
+	switch v := v.(type) {
+	case int:
+		return strconv.Itoa(v)
+	case string:
+		quote := byte('\'')
+		if strings.IndexByte(v, '\'') >= 0 && strings.IndexByte(v, '"') < 0 {
+			quote = '"'
+		}
+		var b strings.Builder
+		b.WriteByte(quote)
+		for i := 0; i < len(v); i++ {
+			c := v[i]
+			if c < 0x20 || c > 0x7e || c == quote || c == '\\' {
+				fmt.Fprintf(&b, "\\%03d", c)
+			} else {
+				b.WriteByte(c)
+			}
+		}
+		b.WriteByte(quote)
+		return b.String()
+	}
+	panic(fmt.Sprintf("luaprelude: a constant of type %T", v))
+}
