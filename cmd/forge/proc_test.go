@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"os"
 	"os/exec"
@@ -15,41 +16,50 @@ import (
 )
 
 // The tests that need a real process — a signal, a SIGKILL, a process tree, the
-// README run as printed — run the built binaries. They are built once per test
-// binary, on first use, so a run of only in-process tests builds nothing.
+// README run as printed, the bench's child processes — run the built binaries.
+// TestMain starts building them at once, in the background, so the in-process
+// tests run meanwhile; a run that needs neither stops the build at its end.
 
 var (
-	binDir  string
-	binErr  error
-	binOnce sync.Once
+	binDir   string
+	binErr   error
+	binReady = make(chan struct{}) // closed when the build is over
 )
 
-// TestMain removes the binaries the tests built.
+// TestMain builds the binaries beside the tests, and removes them at the end.
 func TestMain(m *testing.M) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go buildBinaries(ctx)
 	code := m.Run()
+	cancel()
+	<-binReady
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}
 	os.Exit(code)
 }
 
-// bin returns the path of the built forge binary ("forge") or the README's
-// embedding example ("embed"), both built with -race.
-func bin(t *testing.T, name string) string {
-	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "forge-bin-")
-		if binErr != nil {
+// buildBinaries builds forge and the README's embedding example with -race.
+func buildBinaries(ctx context.Context) {
+	defer close(binReady)
+	binDir, binErr = os.MkdirTemp("", "forge-bin-")
+	if binErr != nil {
+		return
+	}
+	for pkg, name := range map[string]string{".": "forge", "../../examples/embed": "embed"} {
+		out, err := exec.CommandContext(ctx, "go", "build", "-race", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
+		if err != nil {
+			binErr = &buildError{pkg, err, out}
 			return
 		}
-		for pkg, name := range map[string]string{".": "forge", "../../examples/embed": "embed"} {
-			out, err := exec.Command("go", "build", "-race", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
-			if err != nil {
-				binErr = &buildError{pkg, err, out}
-				return
-			}
-		}
-	})
+	}
+}
+
+// bin returns the path of the built forge binary ("forge") or the README's
+// embedding example ("embed"), waiting for the build.
+func bin(t *testing.T, name string) string {
+	t.Helper()
+	<-binReady
 	if binErr != nil {
 		t.Fatal(binErr)
 	}
