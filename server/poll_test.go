@@ -3,6 +3,9 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -300,6 +303,62 @@ func TestCloseAnswersHeldWaits(t *testing.T) {
 			t.Logf("answered %v after Close", time.Since(start))
 		case <-time.After(10 * time.Second):
 			t.Fatal("Close did not answer a held WaitTask")
+		}
+	})
+}
+
+// HeldPolls and the forge_polls_held gauge count Polls while they wait, and only
+// Polls: a WaitTask held beside them is not one.
+func TestHeldPollsCounted(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		e := forgetest.Start(t, forgetest.Options{Backend: b})
+		id, ag := register(e, "a", nil)
+		gauge := func() string {
+			t.Helper()
+			res, err := http.Get(e.URL + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			body, _ := io.ReadAll(res.Body)
+			for _, line := range strings.Split(string(body), "\n") {
+				if v, ok := strings.CutPrefix(line, "forge_polls_held "); ok {
+					return v
+				}
+			}
+			t.Fatalf("no forge_polls_held in /metrics:\n%s", body)
+			return ""
+		}
+		tid := e.DispatchTo(id)
+		if _, err := ag.Poll(t.Context(), connect.NewRequest(&forgev1.PollRequest{Wait: durationpb.New(0)})); err != nil {
+			t.Fatal(err)
+		}
+		waited := make(chan error, 1)
+		go func() {
+			_, err := e.Control.WaitTask(t.Context(), connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: tid, Wait: durationpb.New(20 * time.Second)}))
+			waited <- err
+		}()
+		if n, g := e.HeldPolls(), gauge(); n != 0 || g != "0" {
+			t.Fatalf("with no Poll held: HeldPolls %d, gauge %s", n, g)
+		}
+		ch := pollAsync(t.Context(), ag, &forgev1.PollRequest{Wait: durationpb.New(20 * time.Second), MaxTasks: i32(0)})
+		waitHeld(t, e, 1)
+		if n, g := e.HeldPolls(), gauge(); n != 1 || g != "1" {
+			t.Fatalf("with one Poll held: HeldPolls %d, gauge %s", n, g)
+		}
+		if _, err := e.Control.CancelTask(t.Context(), connect.NewRequest(&forgev1.CancelTaskRequest{TaskId: tid})); err != nil {
+			t.Fatal(err)
+		}
+		if r := get(ch, t); r.err != nil || len(r.res.Cancels) != 1 {
+			t.Fatalf("held Poll after the cancel = %+v", r)
+		}
+		if n, g := e.HeldPolls(), gauge(); n != 0 || g != "0" {
+			t.Fatalf("after the Poll answered: HeldPolls %d, gauge %s", n, g)
+		}
+		e.Close()
+		if err := <-waited; err != nil {
+			t.Fatalf("WaitTask: %v", err)
 		}
 	})
 }
