@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -50,7 +51,10 @@ type ExecPayload struct {
 // agent's working directory, whatever the payload's dir, and one without a slash
 // is looked up in the agent's PATH, never the payload's env: the payload cannot
 // change which program an allowed name runs. Commands inherit the agent's
-// environment without forge's own tokens (FORGE_*TOKEN*).
+// environment without forge's own tokens (FORGE_*TOKEN*), and learn which attempt
+// they run as from FORGE_TASK_ID, FORGE_JOB_ID and FORGE_TASK_ATTEMPT (the
+// payload cannot set these): delivery is at least once, so a command with side
+// effects can key them on the task id.
 //
 // The command runs in its own process group with stdin from /dev/null; its stdout
 // and stderr, interleaved, are the output, capped to the agent's MaxOutput while
@@ -80,7 +84,15 @@ func ExecHandler(allow []string, opts ...ExecOption) Handler {
 		if !allowed[p.Argv[0]] {
 			return nil, fmt.Errorf("exec: %q is not allowed on this agent (allow it with --allow-exec, matched exactly as given)", p.Argv[0])
 		}
-		env, err := mergeEnv(os.Environ(), p.Env)
+		add := make(map[string]string, len(p.Env)+3)
+		for k, v := range p.Env {
+			add[k] = v
+		}
+		// Set last, so a payload cannot pass one attempt off as another.
+		add["FORGE_TASK_ID"] = t.ID
+		add["FORGE_JOB_ID"] = t.JobID
+		add["FORGE_TASK_ATTEMPT"] = strconv.Itoa(int(t.Attempt))
+		env, err := mergeEnv(os.Environ(), add)
 		if err != nil {
 			return nil, err
 		}

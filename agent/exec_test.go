@@ -202,6 +202,20 @@ func TestExecStartFailure(t *testing.T) {
 	}
 }
 
+func TestExecEnvNamesTheAttempt(t *testing.T) {
+	t.Parallel()
+	h := ExecHandler([]string{"sh"})
+	p, _ := json.Marshal(ExecPayload{Argv: []string{"sh", "-c", "echo $FORGE_TASK_ID $FORGE_JOB_ID $FORGE_TASK_ATTEMPT"},
+		Env: map[string]string{"FORGE_TASK_ATTEMPT": "99"}})
+	out, err := h(t.Context(), &Task{ID: "t1-a1", JobID: "j1", Type: "exec", Attempt: 3, Payload: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != "t1-a1 j1 3\n" {
+		t.Fatalf("output %q, want the task id, job id and attempt (the payload's FORGE_TASK_ATTEMPT ignored)", out)
+	}
+}
+
 func TestExecEnvHidesTokensAndKeepsRelativePath(t *testing.T) {
 	t.Setenv("FORGE_ENROLL_TOKEN", "enroll-secret-value")
 	dir := t.TempDir()
