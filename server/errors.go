@@ -33,11 +33,21 @@ func (s *Server) storeError(ctx context.Context, err error) error {
 		if ctx.Err() != nil {
 			return connect.NewError(connect.CodeCanceled, errors.New("request cancelled"))
 		}
-		s.log.Warn("store unavailable", "err", err)
+		s.log.Warn("store unavailable", causeArgs(err)...)
 		return connect.NewError(connect.CodeUnavailable, errors.New("store unavailable; try again"))
 	}
-	s.log.Error("internal error", "err", err)
+	s.log.Error("internal error", causeArgs(err)...)
 	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+}
+
+// causeArgs returns log attributes for a store error: its message, written for
+// callers, and its cause, which is what an operator needs to see in the log.
+func causeArgs(err error) []any {
+	args := []any{"err", err}
+	if cause := errors.Unwrap(err); cause != nil {
+		args = append(args, "cause", cause.Error())
+	}
+	return args
 }
 
 func invalid(field, format string, args ...any) error {

@@ -269,7 +269,7 @@ func (s *Server) reap(ctx context.Context) {
 		err := s.store.Reap(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
-			s.log.Error("reaper: store call failed; retrying", "err", err)
+			s.log.Error("reaper: store call failed; retrying", causeArgs(err)...)
 			failing = true
 		case err == nil && failing:
 			s.log.Info("reaper: store reachable again")
