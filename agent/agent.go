@@ -129,6 +129,7 @@ type Agent struct {
 	serverDrain bool // the server asked the agent to take no tasks
 	draining    bool // Run's context ended
 	running     map[refKey]*attempt
+	newest      newestAttempts // the newest attempt taken of each recent task
 	groups      groupRecorder
 	changed     chan struct{} // a slot freed or the drain request changed
 }

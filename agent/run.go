@@ -254,6 +254,24 @@ func (a *Agent) start(s *session, t *forgev1.Task) {
 		stop()
 		return // the same attempt delivered twice: it runs once
 	}
+	// The server leases attempt N+1 of a task only once attempt N's lease has
+	// expired, so an older attempt than one already taken is stale. A Poll answer
+	// that reached a frozen or cut-off agent late can bring both: run the newest
+	// only, and stop an older one still running (it is not reported).
+	if newest := a.newest.get(t.Id); newest > t.Attempt {
+		a.mu.Unlock()
+		stop()
+		a.log.Warn("stale attempt dropped: a newer attempt of the task was received", "task", t.Id, "attempt", t.Attempt, "newest", newest)
+		return
+	}
+	for k, older := range a.running {
+		if k.id == t.Id && k.attempt < t.Attempt {
+			a.log.Warn("stopping a stale attempt: a newer attempt of the task was received", "task", t.Id, "attempt", k.attempt, "newest", t.Attempt)
+			older.abandoned.Store(true)
+			older.cancel(errAbandoned)
+		}
+	}
+	a.newest.put(t.Id, t.Attempt, received)
 	a.running[key] = at
 	a.mu.Unlock()
 
