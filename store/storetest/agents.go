@@ -1,0 +1,266 @@
+package storetest
+
+import (
+	"slices"
+	"time"
+
+	"github.com/orange-forge/forge/store"
+)
+
+var agentCases = []testCase{
+	{"RegisterAndAuthenticate", testRegister},
+	{"RotateToken", testRotate},
+	{"Status", testStatus},
+	{"Revoke", testRevoke},
+	{"RevokeReason", testRevokeReason},
+	{"List", testListAgents},
+}
+
+const unknownAgent = "a0000000000000000"
+
+func testRegister(h *harness) {
+	a := h.register(map[string]string{"env": "prod"})
+	if !store.ValidID(a.ID, 'a') {
+		h.Fatalf("agent id %q is not well formed", a.ID)
+	}
+	if err := h.s.AuthenticateAgent(h.ctx, a.cred); err != nil {
+		h.Fatalf("AuthenticateAgent: %v", err)
+	}
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}), store.ErrAgentToken(), "wrong secret")
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: a.ID}), store.ErrAgentToken(), "no secret")
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: unknownAgent, SecretHash: a.cred.SecretHash}), store.ErrAgentToken(), "unknown agent")
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: "not an id", SecretHash: a.cred.SecretHash}), store.ErrAgentToken(), "malformed agent id")
+	_, err := h.s.Lease(h.ctx, store.LeaseParams{Cred: store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}, Max: 1, Lease: time.Second})
+	wantErr(h, err, store.ErrAgentToken(), "Lease with a wrong secret")
+	_, err = h.s.Heartbeat(h.ctx, store.HeartbeatParams{Cred: store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}, Lease: time.Second})
+	wantErr(h, err, store.ErrAgentToken(), "Heartbeat with a wrong secret")
+	_, err = h.report(testAgent{cred: store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}}, store.TaskRef{TaskID: "t000000000000000-" + a.ID, Attempt: 1}, store.OutcomeSucceeded)
+	wantErr(h, err, store.ErrAgentToken(), "Report with a wrong secret")
+
+	b := h.register(nil)
+	if b.ID == a.ID {
+		h.Fatalf("two registrations got the same id")
+	}
+	got := h.agent(a.ID)
+	now := h.now()
+	if got.Name != a.Name || !maps(got.Labels, map[string]string{"env": "prod"}) || got.Hostname != "host" || got.Version != "v1" ||
+		!slices.Equal(got.TaskTypes, []string{"echo"}) || got.Status != store.AgentOnline ||
+		!got.RegisteredAt.Equal(now) || !got.LastSeenAt.Equal(now) || !got.RevokedAt.IsZero() || got.Pending != 0 || len(got.Running) != 0 {
+		h.Fatalf("GetAgent = %+v", got)
+	}
+	_, err = h.s.GetAgent(h.ctx, unknownAgent)
+	wantErr(h, err, store.ErrAgentNotFound(unknownAgent), "GetAgent of an unknown agent")
+	_, err = h.s.GetAgent(h.ctx, "nope")
+	wantErr(h, err, store.ErrAgentNotFound("nope"), "GetAgent of a malformed id")
+}
+
+func maps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func testRotate(h *harness) {
+	a := h.register(nil)
+	if err := h.s.RotateAgentToken(h.ctx, a.cred, hash("next")); err != nil {
+		h.Fatalf("RotateAgentToken: %v", err)
+	}
+	if err := h.s.AuthenticateAgent(h.ctx, a.cred); err != nil {
+		h.Fatalf("old token after rotation, before the new one is used: %v", err)
+	}
+	next := store.Cred{AgentID: a.ID, SecretHash: hash("next")}
+	h.lease(testAgent{Agent: a.Agent, cred: next}, 0)
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, a.cred), store.ErrAgentToken(), "old token after the new one was used")
+	if err := h.s.AuthenticateAgent(h.ctx, next); err != nil {
+		h.Fatalf("new token: %v", err)
+	}
+	wantErr(h, h.s.RotateAgentToken(h.ctx, a.cred, hash("other")), store.ErrAgentToken(), "rotation with the retired token")
+}
+
+// testStatus follows an agent's status as time passes, comparing it with
+// store.StatusAt of what the agent did: its last call and its Poll's hold.
+func testStatus(h *harness) {
+	a := h.register(nil)
+	want := func(seen, pollUntil time.Time, what string) {
+		h.Helper()
+		w := store.StatusAt(false, seen, pollUntil, h.now(), onlineWindow)
+		if got := h.agent(a.ID); got.Status != w || !got.LastSeenAt.Equal(seen) {
+			h.Fatalf("%s: agent %v last seen %v, want %v last seen %v", what, got.Status, got.LastSeenAt, w, seen)
+		}
+		on, _, err := h.s.ListAgents(h.ctx, store.AgentFilter{Status: w})
+		if err != nil || !slices.Contains(ids(on, func(x store.Agent) string { return x.ID }), a.ID) {
+			h.Fatalf("%s: ListAgents with status %v does not list the agent (%v)", what, w, err)
+		}
+	}
+	seen := h.now()
+	want(seen, time.Time{}, "at registration")
+	h.clock.Advance(onlineWindow - time.Millisecond)
+	want(seen, time.Time{}, "just inside the online window")
+	h.clock.Advance(time.Millisecond)
+	want(seen, time.Time{}, "at the end of the online window")
+	if h.agent(a.ID).Status != store.AgentOffline {
+		h.Fatalf("an agent silent for the online window is not offline")
+	}
+
+	// A held Poll keeps the agent online past the window, until its hold ends.
+	const hold = 2 * onlineWindow
+	if _, err := h.s.Lease(h.ctx, store.LeaseParams{Cred: a.cred, Max: 1, Lease: leaseFor, Hold: hold}); err != nil {
+		h.Fatal(err)
+	}
+	seen = h.now()
+	pollUntil := seen.Add(hold)
+	h.clock.Advance(hold - time.Millisecond)
+	want(seen, pollUntil, "while a Poll is held past the window")
+	if h.agent(a.ID).Status != store.AgentOnline {
+		h.Fatalf("an agent holding a Poll is not online")
+	}
+	h.clock.Advance(time.Millisecond)
+	want(seen, pollUntil, "when the Poll's hold ends")
+
+	// A Lease that answers with a task ends its Poll's hold at once.
+	h.dispatch(a)
+	if _, err := h.s.Lease(h.ctx, store.LeaseParams{Cred: a.cred, Max: 1, Lease: leaseFor, Hold: hold}); err != nil {
+		h.Fatal(err)
+	}
+	seen = h.now()
+	h.clock.Advance(onlineWindow)
+	want(seen, time.Time{}, "after a Poll answered with a task")
+	if h.agent(a.ID).Status != store.AgentOffline {
+		h.Fatalf("a Poll answered at once still holds the agent online")
+	}
+
+	// Heartbeat and Report count as calls.
+	h.heartbeat(a, leaseFor)
+	want(h.now(), time.Time{}, "after a Heartbeat")
+}
+
+func testRevoke(h *harness) {
+	pool := h.fleet(2, map[string]string{"pool": "rv"})
+	t0 := h.now()
+	// A rollout job over both agents: one task released, the other held. The
+	// agent with the held task is the one revoked: that ends the held task too.
+	spec := h.spec(store.Target{Selector: "pool=rv"})
+	spec.MaxConcurrency = 1
+	rollout := h.dispatchSpec(spec)
+	if len(rollout.TaskIDs) != 2 {
+		h.Fatalf("rollout made %d tasks", len(rollout.TaskIDs))
+	}
+	held := h.task(rollout.TaskIDs[1])
+	if !held.Held || h.task(rollout.TaskIDs[0]).Held {
+		h.Fatalf("rollout tasks: want the first released and the second held")
+	}
+	a, other := byAgent(pool)[held.AgentID], pool[0]
+	if other.ID == a.ID {
+		other = pool[1]
+	}
+	h.dispatch(a)
+	run := h.leaseOne(a)
+	pending := h.dispatch(a).TaskIDs[0]
+	w := h.s.Watch(store.AgentKey(a.ID))
+	defer w.Stop()
+	h.clock.Advance(time.Second)
+	t1 := h.now()
+	ag, err := h.s.RevokeAgent(h.ctx, a.ID, "")
+	if err != nil || ag.Status != store.AgentRevoked || !ag.RevokedAt.Equal(t1) || len(ag.Running) != 0 || ag.Pending != 0 {
+		h.Fatalf("RevokeAgent = %+v, %v", ag, err)
+	}
+	if !fired(w) {
+		h.Fatalf("revoke did not wake the agent's watcher")
+	}
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, a.cred), store.ErrAgentToken(), "revoked token")
+	_, err = h.s.Lease(h.ctx, h.leaseParams(a, 1))
+	wantErr(h, err, store.ErrAgentToken(), "Lease with a revoked token")
+	_, err = h.report(a, run.Ref(), store.OutcomeSucceeded)
+	wantErr(h, err, store.ErrAgentToken(), "Report with a revoked token")
+
+	h.wantHistory(pending,
+		step{store.StatePending, store.ReasonDispatched, 0, t0},
+		step{store.StateCanceled, store.ReasonAgentRevoked, 0, t1})
+	h.wantHistory(run.ID,
+		step{store.StatePending, store.ReasonDispatched, 0, t0},
+		step{store.StateRunning, store.ReasonLeased(1), 1, t0},
+		step{store.StateCanceled, store.ReasonAgentRevoked, 1, t1})
+	h.wantHistory(held.ID,
+		step{store.StatePending, store.ReasonDispatched, 0, t0},
+		step{store.StateCanceled, store.ReasonAgentRevoked, 0, t1})
+	for _, id := range []string{pending, run.ID, held.ID} {
+		h.wantEnded(id, store.StateCanceled, store.ReasonAgentRevoked)
+	}
+	h.wantCounts(rollout.ID, store.Counts{Pending: 1, Canceled: 1})
+	tasks, _, _ := h.s.ListTasks(h.ctx, store.TaskFilter{AgentID: a.ID})
+	if len(tasks) != 3 {
+		h.Fatalf("agent has %d tasks, want 3", len(tasks))
+	}
+
+	again, err := h.s.RevokeAgent(h.ctx, a.ID, "again")
+	if err != nil || !again.RevokedAt.Equal(t1) {
+		h.Fatalf("revoking twice = %+v, %v; want it unchanged", again, err)
+	}
+	h.wantEnded(pending, store.StateCanceled, store.ReasonAgentRevoked)
+
+	_, err = h.s.Dispatch(h.ctx, h.spec(store.Target{AgentID: a.ID}))
+	wantErr(h, err, store.ErrAgentRevoked(a.ID), "dispatch to a revoked agent")
+	_, err = h.s.Dispatch(h.ctx, h.spec(store.Target{AgentID: unknownAgent}))
+	wantErr(h, err, store.ErrAgentNotFound(unknownAgent), "dispatch to an unknown agent")
+	_, err = h.s.RevokeAgent(h.ctx, unknownAgent, "")
+	wantErr(h, err, store.ErrAgentNotFound(unknownAgent), "revoke of an unknown agent")
+	if j := h.dispatchSpec(h.spec(store.Target{Selector: "pool=rv", IncludeOffline: true})); len(j.TaskIDs) != 1 || h.task(j.TaskIDs[0]).AgentID != other.ID {
+		h.Fatalf("a selector reached a revoked agent: %v", j.TaskIDs)
+	}
+}
+
+func testRevokeReason(h *harness) {
+	a := h.register(nil)
+	j := h.dispatch(a)
+	if _, err := h.s.RevokeAgent(h.ctx, a.ID, "key leaked"); err != nil {
+		h.Fatal(err)
+	}
+	h.wantEnded(j.TaskIDs[0], store.StateCanceled, store.ReasonRevoked("key leaked"))
+	if store.ReasonRevoked("key leaked") != "agent revoked: key leaked" {
+		h.Fatalf("ReasonRevoked = %q", store.ReasonRevoked("key leaked"))
+	}
+}
+
+func testListAgents(h *harness) {
+	var all []string
+	for i := 0; i < 5; i++ {
+		role := "web"
+		if i%2 == 1 {
+			role = "db"
+		}
+		all = append(all, h.register(map[string]string{"role": role}).ID)
+	}
+	all = sorted(all)
+	got := pagedIDs(h, func(p store.Page) ([]store.Agent, string, error) {
+		return h.s.ListAgents(h.ctx, store.AgentFilter{Page: p})
+	}, func(x store.Agent) string { return x.ID })
+	if !slices.Equal(got, all) {
+		h.Fatalf("ListAgents paged = %v, want %v", got, all)
+	}
+	web, _, _ := h.s.ListAgents(h.ctx, store.AgentFilter{Selector: store.MustParseSelector("role=web")})
+	if len(web) != 3 {
+		h.Fatalf("role=web matched %d agents, want 3", len(web))
+	}
+	if _, err := h.s.RevokeAgent(h.ctx, all[0], ""); err != nil {
+		h.Fatal(err)
+	}
+	rev, _, _ := h.s.ListAgents(h.ctx, store.AgentFilter{Status: store.AgentRevoked})
+	if len(rev) != 1 || rev[0].ID != all[0] {
+		h.Fatalf("revoked filter = %+v", rev)
+	}
+	on, _, _ := h.s.ListAgents(h.ctx, store.AgentFilter{Status: store.AgentOnline})
+	if !slices.Equal(ids(on, func(x store.Agent) string { return x.ID }), all[1:]) {
+		h.Fatalf("online filter = %d agents, want %v", len(on), all[1:])
+	}
+	h.clock.Advance(onlineWindow)
+	off, _, _ := h.s.ListAgents(h.ctx, store.AgentFilter{Status: store.AgentOffline})
+	if len(off) != 4 {
+		h.Fatalf("offline filter after the window = %d agents, want 4", len(off))
+	}
+}

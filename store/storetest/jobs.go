@@ -1,0 +1,267 @@
+package storetest
+
+import (
+	"slices"
+	"time"
+
+	"github.com/orange-forge/forge/store"
+)
+
+var jobCases = []testCase{
+	{"SelectorTargets", testSelector},
+	{"MaxConcurrency", testMaxConcurrency},
+	{"MaxFailures", testMaxFailures},
+	{"Cancel", testCancelJob},
+	{"Idempotency", testIdempotency},
+	{"List", testListJobs},
+	{"PendingLimit", testPendingLimit},
+}
+
+func testSelector(h *harness) {
+	web := h.register(map[string]string{"env": "prod", "role": "web"})
+	api := h.register(map[string]string{"env": "prod", "role": "api"})
+	dev := h.register(map[string]string{"env": "dev", "role": "web"})
+	h.clock.Advance(40 * time.Second)
+	h.lease(web, 0)
+	h.lease(dev, 0)
+	h.clock.Advance(20 * time.Second) // api is now offline
+	agentsOf := func(j store.Job) []string {
+		var out []string
+		for _, id := range j.TaskIDs {
+			out = append(out, h.task(id).AgentID)
+		}
+		return out
+	}
+	j := h.dispatchSpec(h.spec(store.Target{Selector: "env=prod"}))
+	if got := agentsOf(j); !slices.Equal(got, []string{web.ID}) {
+		h.Fatalf("env=prod (online) went to %v, want %s", got, web.ID)
+	}
+	h.wantCounts(j.ID, store.Counts{Pending: 1})
+	j = h.dispatchSpec(h.spec(store.Target{Selector: "env=prod,role in (web,api)", IncludeOffline: true}))
+	if got, want := agentsOf(j), sorted([]string{web.ID, api.ID}); !slices.Equal(got, want) {
+		h.Fatalf("selector with include_offline went to %v, want %v in id order", got, want)
+	}
+	j = h.dispatchSpec(h.spec(store.Target{All: true}))
+	if got, want := agentsOf(j), sorted([]string{web.ID, dev.ID}); !slices.Equal(got, want) {
+		h.Fatalf("all online went to %v, want %v", got, want)
+	}
+	if j.Spec.Target != (store.Target{All: true}) || j.Spec.Type != "echo" || string(j.Spec.Payload) != "hello" || !j.CreatedAt.Equal(h.now()) {
+		h.Fatalf("job = %+v", j)
+	}
+	j = h.dispatchSpec(h.spec(store.Target{Selector: "env=nowhere"}))
+	if len(j.TaskIDs) != 0 || !j.Counts.Done() || j.Counts != (store.Counts{}) {
+		h.Fatalf("empty match = %+v; want an empty, done job", j)
+	}
+	h.wantCounts(j.ID, store.Counts{})
+	_, err := h.s.Dispatch(h.ctx, h.spec(store.Target{Selector: "env in (a"}))
+	if store.KindOf(err) != store.KindInvalid {
+		h.Fatalf("malformed selector: %v (kind %d), want KindInvalid", err, store.KindOf(err))
+	}
+}
+
+func testMaxConcurrency(h *harness) {
+	agents := h.fleet(5, map[string]string{"pool": "mc"})
+	spec := h.spec(store.Target{Selector: "pool=mc"})
+	spec.MaxConcurrency = 2
+	t0 := h.now()
+	j := h.dispatchSpec(spec)
+	if len(j.TaskIDs) != 5 || j.Counts != (store.Counts{Pending: 5}) {
+		h.Fatalf("Dispatch = %+v", j)
+	}
+	for i, id := range j.TaskIDs {
+		t := h.task(id)
+		if held := i >= 2; t.Held != held || t.DeliverBy.IsZero() != held {
+			h.Fatalf("task %d: held %v deliver by %v; want the first 2 released", i, t.Held, t.DeliverBy)
+		}
+	}
+	byID := byAgent(agents)
+	finished := 0
+	for round := 1; finished < 5; round++ {
+		h.clock.Advance(time.Second)
+		var running []store.Task
+		for _, a := range agents {
+			running = append(running, h.lease(a, 1).Tasks...)
+		}
+		want := min(2, 5-finished)
+		if len(running) != want {
+			h.Fatalf("round %d leased %d tasks, want %d", round, len(running), want)
+		}
+		h.wantCounts(j.ID, store.Counts{Running: want, Pending: 5 - finished - want, Succeeded: finished})
+		for _, t := range running {
+			h.mustReport(byID[t.AgentID], t.Ref(), store.OutcomeSucceeded, store.StateSucceeded)
+			finished++
+		}
+	}
+	h.wantCounts(j.ID, store.Counts{Succeeded: 5})
+	// A held task's delivery TTL counts from its release: the fifth was released
+	// by the second round's reports.
+	if last := h.task(j.TaskIDs[4]); !last.DeliverBy.Equal(t0.Add(2*time.Second + deliveryTTL)) {
+		h.Fatalf("the last task's delivery TTL ends %v, want %v", last.DeliverBy, t0.Add(2*time.Second+deliveryTTL))
+	}
+}
+
+func testMaxFailures(h *harness) {
+	agents := h.fleet(6, map[string]string{"pool": "mf"})
+	spec := h.spec(store.Target{Selector: "pool=mf"})
+	spec.MaxConcurrency = 2
+	spec.MaxFailures = 2
+	j := h.dispatchSpec(spec)
+	byID := byAgent(agents)
+	var first []store.Task
+	for _, a := range agents {
+		first = append(first, h.lease(a, 1).Tasks...)
+	}
+	if len(first) != 2 {
+		h.Fatalf("leased %d tasks, want 2", len(first))
+	}
+	h.mustReport(byID[first[0].AgentID], first[0].Ref(), store.OutcomeFailed, store.StateFailed)
+	if jb := h.wantCounts(j.ID, store.Counts{Failed: 1, Running: 1, Pending: 4}); jb.Canceled {
+		h.Fatalf("the job stopped after one failure")
+	}
+	var second []store.Task
+	for _, a := range agents {
+		second = append(second, h.lease(a, 1).Tasks...)
+	}
+	if len(second) != 1 {
+		h.Fatalf("after one failure leased %d new tasks, want 1", len(second))
+	}
+	h.clock.Advance(time.Second)
+	tStop := h.now()
+	h.mustReport(byID[second[0].AgentID], second[0].Ref(), store.OutcomeFailed, store.StateFailed)
+	if jb := h.wantCounts(j.ID, store.Counts{Failed: 2, Running: 1, Canceled: 3}); !jb.Canceled {
+		h.Fatalf("max_failures reached, but the job is not stopped")
+	}
+	stopped := 0
+	for _, id := range j.TaskIDs {
+		if t := h.task(id); t.State == store.StateCanceled {
+			stopped++
+			h.wantHistory(id,
+				step{store.StatePending, store.ReasonDispatched, 0, j.CreatedAt},
+				step{store.StateCanceled, store.ReasonMaxFailures(2), 0, tStop})
+			h.wantEnded(id, store.StateCanceled, "job stopped: max_failures (2) reached")
+		}
+	}
+	if stopped != 3 {
+		h.Fatalf("%d tasks stopped, want 3", stopped)
+	}
+	for _, a := range agents {
+		if r := h.lease(a, 1); len(r.Tasks) != 0 {
+			h.Fatalf("a stopped job started a task")
+		}
+	}
+	// The running one finishes as it ends: no cancel was asked of it.
+	if t := h.task(first[1].ID); t.CancelRequested {
+		h.Fatalf("max_failures asked a running task to stop: %+v", t)
+	}
+	h.mustReport(byID[first[1].AgentID], first[1].Ref(), store.OutcomeSucceeded, store.StateSucceeded)
+	h.wantCounts(j.ID, store.Counts{Failed: 2, Succeeded: 1, Canceled: 3})
+}
+
+func testCancelJob(h *harness) {
+	agents := h.fleet(3, map[string]string{"pool": "cj"})
+	j := h.dispatchSpec(h.spec(store.Target{Selector: "pool=cj"}))
+	byID := byAgent(agents)
+	t := h.leaseOne(byID[h.task(j.TaskIDs[0]).AgentID])
+	h.clock.Advance(time.Second)
+	tCancel := h.now()
+	jb, err := h.s.CancelJob(h.ctx, j.ID, "")
+	if err != nil || jb.Counts != (store.Counts{Canceled: 2, Running: 1}) || !jb.Canceled {
+		h.Fatalf("CancelJob = %+v, %v", jb, err)
+	}
+	for _, id := range j.TaskIDs[1:] {
+		h.wantHistory(id,
+			step{store.StatePending, store.ReasonDispatched, 0, j.CreatedAt},
+			step{store.StateCanceled, store.ReasonJobCanceled, 0, tCancel})
+	}
+	if got := h.task(t.ID); !got.CancelRequested || got.CancelReason != store.ReasonJobCanceled {
+		h.Fatalf("running task of a cancelled job = %+v; want a cancel request", got)
+	}
+	// Cancelling again changes nothing.
+	if jb, err := h.s.CancelJob(h.ctx, j.ID, "again"); err != nil || jb.Counts != (store.Counts{Canceled: 2, Running: 1}) {
+		h.Fatalf("second CancelJob = %+v, %v", jb, err)
+	}
+	h.mustReport(byID[t.AgentID], t.Ref(), store.OutcomeSucceeded, store.StateCanceled)
+	h.wantEnded(t.ID, store.StateCanceled, cause(store.ReasonJobCanceled, store.ReasonSucceeded))
+	h.wantCounts(j.ID, store.Counts{Canceled: 3})
+	_, err = h.s.CancelJob(h.ctx, "j000000000000000", "")
+	wantErr(h, err, store.ErrJobNotFound("j000000000000000"), "CancelJob of an unknown job")
+	_, err = h.s.GetJob(h.ctx, "j000000000000000")
+	wantErr(h, err, store.ErrJobNotFound("j000000000000000"), "GetJob of an unknown job")
+	_, err = h.s.GetJob(h.ctx, "nope")
+	wantErr(h, err, store.ErrJobNotFound("nope"), "GetJob of a malformed id")
+
+	// The operator's reason is kept as given.
+	j2 := h.dispatchSpec(h.spec(store.Target{Selector: "pool=cj"}))
+	if _, err := h.s.CancelJob(h.ctx, j2.ID, "wrong target"); err != nil {
+		h.Fatal(err)
+	}
+	for _, id := range j2.TaskIDs {
+		h.wantEnded(id, store.StateCanceled, "wrong target")
+	}
+}
+
+func testIdempotency(h *harness) {
+	a := h.register(nil)
+	spec := h.spec(store.Target{AgentID: a.ID})
+	spec.IdempotencyKey = "deploy-42"
+	j1 := h.dispatchSpec(spec)
+	if j1.Existing || j1.Spec.IdempotencyKey != "deploy-42" {
+		h.Fatalf("first Dispatch = %+v", j1)
+	}
+	j2 := h.dispatchSpec(spec)
+	if j2.ID != j1.ID || !j2.Existing || !slices.Equal(j2.TaskIDs, j1.TaskIDs) || j2.Counts != j1.Counts {
+		h.Fatalf("second Dispatch = %+v; want job %s again", j2, j1.ID)
+	}
+	if r := h.lease(a, 10); len(r.Tasks) != 1 {
+		h.Fatalf("two dispatches with one key made %d tasks", len(r.Tasks))
+	}
+	if j3 := h.dispatchSpec(spec); j3.ID != j1.ID || j3.Counts != (store.Counts{Running: 1}) {
+		h.Fatalf("third Dispatch = %+v; want job %s with its counts now", j3, j1.ID)
+	}
+	spec.IdempotencyKey = "deploy-43"
+	if j4 := h.dispatchSpec(spec); j4.ID == j1.ID || j4.Existing {
+		h.Fatalf("another key = %+v; want a new job", j4)
+	}
+}
+
+func testListJobs(h *harness) {
+	a := h.register(nil)
+	var all []string
+	for i := 0; i < 3; i++ {
+		all = append(all, h.dispatch(a).ID)
+	}
+	slices.Reverse(all)
+	got := pagedIDs(h, func(p store.Page) ([]store.Job, string, error) { return h.s.ListJobs(h.ctx, p) }, func(x store.Job) string { return x.ID })
+	if !slices.Equal(got, all) {
+		h.Fatalf("ListJobs = %v, want newest first %v", got, all)
+	}
+	page, _, err := h.s.ListJobs(h.ctx, store.Page{})
+	if err != nil || len(page) != 3 || page[0].Counts != (store.Counts{Pending: 1}) {
+		h.Fatalf("ListJobs = %+v, %v", page, err)
+	}
+}
+
+func testPendingLimit(h *harness) {
+	a, b := h.register(map[string]string{"pool": "pl"}), h.register(map[string]string{"pool": "pl"})
+	for i := 0; i < maxPending; i++ {
+		h.dispatch(a)
+	}
+	_, err := h.s.Dispatch(h.ctx, h.spec(store.Target{AgentID: a.ID}))
+	wantErr(h, err, store.ErrAgentQueueFull(a.ID, maxPending), "dispatch past the pending limit")
+	j := h.dispatchSpec(h.spec(store.Target{Selector: "pool=pl"}))
+	h.wantCounts(j.ID, store.Counts{Pending: 1, Canceled: 1})
+	for _, id := range j.TaskIDs {
+		switch t := h.task(id); t.AgentID {
+		case a.ID:
+			h.wantEnded(id, store.StateCanceled, store.ReasonQueueFull(maxPending))
+		case b.ID:
+			h.wantState(id, store.StatePending)
+		}
+	}
+	if ag := h.agent(a.ID); ag.Pending != maxPending {
+		h.Fatalf("agent pending %d, want %d", ag.Pending, maxPending)
+	}
+	// A leased task frees its place in the queue.
+	h.leaseOne(a)
+	h.dispatch(a)
+}
