@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -173,33 +172,6 @@ func randHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// raiseFileLimit lifts RLIMIT_NOFILE as far as allowed: each simulated agent
-// holds one TCP connection for its Poll (two while it reports), and an
-// in-process server holds the other end of each.
-func raiseFileLimit(log *slog.Logger) {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return
-	}
-	want := uint64(1 << 20)
-	if lim.Max < want {
-		up := syscall.Rlimit{Cur: want, Max: want}
-		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &up) == nil {
-			return
-		}
-	}
-	lim.Cur = lim.Max
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		log.Warn("cannot raise the open file limit", "err", err)
-	}
-}
-
-func fileLimit() uint64 {
-	var lim syscall.Rlimit
-	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
-	return lim.Cur
 }
 
 // countingRT counts the calls of a fleet and the ones that failed (transport

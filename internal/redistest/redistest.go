@@ -152,7 +152,7 @@ func (s *Server) launch() error {
 	args = append(args, s.cfg.args...)
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ownProcessGroup(cmd)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting redis-server: %v", err)
 	}
