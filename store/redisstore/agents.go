@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"strconv"
 
 	"github.com/redis/rueidis"
 
@@ -158,69 +157,4 @@ func (s *Store) RevokeAgent(ctx context.Context, id, reason string) (store.Agent
 	}
 	s.advanceAll(ctx, msgStrs(arr[1]))
 	return s.GetAgent(ctx, id)
-}
-
-// Lease implements store.Store: one script, one round trip.
-func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResult, error) {
-	id := p.Cred.AgentID
-	if !store.ValidID(id, 'a') {
-		return store.LeaseResult{}, store.ErrAgentToken()
-	}
-	arr, err := s.run(ctx, leaseScript,
-		[]string{s.k.agent(id), s.k.queue(id), s.k.running(id), s.k.cancels(id)},
-		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), strconv.Itoa(max(p.Max, 0)),
-			ms(p.Lease), ms(p.Hold), itoa(p.Gen)))
-	if err != nil {
-		return store.LeaseResult{}, err
-	}
-	if msgStr(arr[0]) == "S" {
-		return store.LeaseResult{Gen: p.Gen, Superseded: true}, nil
-	}
-	res := store.LeaseResult{Gen: msgInt(arr[1]), Cancels: refs(arr[2])}
-	for i := 4; i+1 < len(arr); i += 2 {
-		res.Tasks = append(res.Tasks, decodeTask(msgStr(arr[i]), pairs(arr[i+1])))
-	}
-	s.advanceAll(ctx, msgStrs(arr[3]))
-	return res, nil
-}
-
-// Heartbeat implements store.Store.
-func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.HeartbeatResult, error) {
-	id := p.Cred.AgentID
-	if !store.ValidID(id, 'a') {
-		return store.HeartbeatResult{}, store.ErrAgentToken()
-	}
-	args := s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), ms(p.Lease), flag(p.Draining))
-	for _, r := range p.Running {
-		args = append(args, r.TaskID, itoa(r.Attempt))
-	}
-	arr, err := s.run(ctx, heartbeatScript, []string{s.k.agent(id), s.k.running(id), s.k.cancels(id)}, args)
-	if err != nil {
-		return store.HeartbeatResult{}, err
-	}
-	return store.HeartbeatResult{Cancel: refs(arr[1]), Abandon: refs(arr[2])}, nil
-}
-
-// Report implements store.Store.
-func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskState, error) {
-	id := p.Cred.AgentID
-	if !store.ValidID(id, 'a') {
-		return 0, store.ErrAgentToken()
-	}
-	if owner, ok := store.AgentOfTask(p.TaskID); !ok || owner != id || !store.ValidTaskID(p.TaskID) {
-		// Another agent's task lives in another slot: check the credential on its
-		// own, so a bad token is still unauthenticated, then hide the task.
-		if err := s.AuthenticateAgent(ctx, p.Cred); err != nil {
-			return 0, err
-		}
-		return 0, store.ErrTaskNotFound(p.TaskID)
-	}
-	arr, err := s.run(ctx, reportScript, []string{s.k.agent(id), s.k.task(id, p.TaskID)},
-		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), p.TaskID, itoa(p.Attempt),
-			itoa(p.Outcome), string(p.Output), itoa(p.ExitCode), p.Error, flag(p.OutputTruncated), itoa(p.OutputSize)))
-	if err != nil {
-		return 0, err
-	}
-	s.advanceAll(ctx, msgStrs(arr[2]))
-	return store.TaskState(msgInt(arr[1])), nil
 }

@@ -262,42 +262,6 @@ func (s *Store) matchAgents(ctx context.Context, sel store.Selector, includeOffl
 	return out, nil
 }
 
-// taskState is what the advancer and job counts need of a task.
-type taskState struct {
-	st     store.TaskState // 0: the record is gone (or was never created)
-	held   bool
-	exists bool
-}
-
-func (s *Store) taskStates(ctx context.Context, ids []string) ([]taskState, error) {
-	out := make([]taskState, len(ids))
-	const batch = 1000
-	for lo := 0; lo < len(ids); lo += batch {
-		chunk := ids[lo:min(lo+batch, len(ids))]
-		cmds := make(rueidis.Commands, len(chunk))
-		for i, id := range chunk {
-			a, _ := store.AgentOfTask(id)
-			cmds[i] = s.client.B().Hmget().Key(s.k.task(a, id)).Field("st", "held").Build()
-		}
-		for i, r := range s.client.DoMulti(ctx, cmds...) {
-			vals, err := r.ToArray()
-			if err != nil {
-				return nil, s.wrap(ctx, err)
-			}
-			st, err := vals[0].AsInt64()
-			if err != nil {
-				continue
-			}
-			h, _ := vals[1].ToString()
-			out[lo+i] = taskState{st: store.TaskState(st), held: h == "1", exists: true}
-		}
-	}
-	return out, nil
-}
-
-// gone tells whether a task no longer counts for its job: ended, or missing.
-func (t taskState) gone() bool { return !t.exists || t.st.Terminal() }
-
 // advance is the job advancer. It re-derives a rollout job's next step from
 // stored state alone: the job's ordered task list, the length of its released
 // prefix (rel), and a prefix known to be finished (dp, with dpf failures in it,
@@ -634,37 +598,4 @@ func (s *Store) CancelJob(ctx context.Context, id, reason string) (store.Job, er
 	}
 	s.advanceAll(ctx, append(jobs, id))
 	return s.GetJob(ctx, id)
-}
-
-// GetTask implements store.Store.
-func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
-	a, ok := store.AgentOfTask(id)
-	if !ok || !store.ValidTaskID(id) {
-		return store.Task{}, store.ErrTaskNotFound(id)
-	}
-	f, err := s.client.Do(ctx, s.client.B().Hgetall().Key(s.k.task(a, id)).Build()).AsStrMap()
-	if err != nil {
-		return store.Task{}, s.wrap(ctx, err)
-	}
-	if len(f) == 0 {
-		return store.Task{}, store.ErrTaskNotFound(id)
-	}
-	return decodeTask(id, f), nil
-}
-
-// CancelTask implements store.Store.
-func (s *Store) CancelTask(ctx context.Context, id, reason string) (store.Task, error) {
-	a, ok := store.AgentOfTask(id)
-	if !ok || !store.ValidTaskID(id) {
-		return store.Task{}, store.ErrTaskNotFound(id)
-	}
-	reason = store.OrDefault(reason, store.ReasonTaskCanceled)
-	sh := shardOf(a)
-	arr, err := s.run(ctx, cancelScript, []string{s.k.due(sh)}, s.shardArgs(s.k.shard[sh], s.nowMS(), reason, itoa(store.CancelModeTask), id))
-	if err != nil {
-		return store.Task{}, err
-	}
-	t := decodeTask(id, pairs(arr[2]))
-	s.advanceAll(ctx, msgStrs(arr[1]))
-	return t, nil
 }

@@ -1,0 +1,283 @@
+package redisstore
+
+import (
+	"context"
+	"slices"
+	"strconv"
+
+	"github.com/redis/rueidis"
+
+	"github.com/orange-forge/forge/store"
+)
+
+// Lease implements store.Store: one script, one round trip.
+func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResult, error) {
+	id := p.Cred.AgentID
+	if !store.ValidID(id, 'a') {
+		return store.LeaseResult{}, store.ErrAgentToken()
+	}
+	arr, err := s.run(ctx, leaseScript,
+		[]string{s.k.agent(id), s.k.queue(id), s.k.running(id), s.k.cancels(id)},
+		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), strconv.Itoa(max(p.Max, 0)),
+			ms(p.Lease), ms(p.Hold), itoa(p.Gen)))
+	if err != nil {
+		return store.LeaseResult{}, err
+	}
+	if msgStr(arr[0]) == "S" {
+		return store.LeaseResult{Gen: p.Gen, Superseded: true}, nil
+	}
+	res := store.LeaseResult{Gen: msgInt(arr[1]), Cancels: refs(arr[2])}
+	for i := 4; i+1 < len(arr); i += 2 {
+		res.Tasks = append(res.Tasks, decodeTask(msgStr(arr[i]), pairs(arr[i+1])))
+	}
+	s.advanceAll(ctx, msgStrs(arr[3]))
+	return res, nil
+}
+
+// Heartbeat implements store.Store.
+func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.HeartbeatResult, error) {
+	id := p.Cred.AgentID
+	if !store.ValidID(id, 'a') {
+		return store.HeartbeatResult{}, store.ErrAgentToken()
+	}
+	args := s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), ms(p.Lease), flag(p.Draining))
+	for _, r := range p.Running {
+		args = append(args, r.TaskID, itoa(r.Attempt))
+	}
+	arr, err := s.run(ctx, heartbeatScript, []string{s.k.agent(id), s.k.running(id), s.k.cancels(id)}, args)
+	if err != nil {
+		return store.HeartbeatResult{}, err
+	}
+	return store.HeartbeatResult{Cancel: refs(arr[1]), Abandon: refs(arr[2])}, nil
+}
+
+// Report implements store.Store.
+func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskState, error) {
+	id := p.Cred.AgentID
+	if !store.ValidID(id, 'a') {
+		return 0, store.ErrAgentToken()
+	}
+	if owner, ok := store.AgentOfTask(p.TaskID); !ok || owner != id || !store.ValidTaskID(p.TaskID) {
+		// Another agent's task lives in another slot: check the credential on its
+		// own, so a bad token is still unauthenticated, then hide the task.
+		if err := s.AuthenticateAgent(ctx, p.Cred); err != nil {
+			return 0, err
+		}
+		return 0, store.ErrTaskNotFound(p.TaskID)
+	}
+	arr, err := s.run(ctx, reportScript, []string{s.k.agent(id), s.k.task(id, p.TaskID)},
+		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), p.TaskID, itoa(p.Attempt),
+			itoa(p.Outcome), string(p.Output), itoa(p.ExitCode), p.Error, flag(p.OutputTruncated), itoa(p.OutputSize)))
+	if err != nil {
+		return 0, err
+	}
+	s.advanceAll(ctx, msgStrs(arr[2]))
+	return store.TaskState(msgInt(arr[1])), nil
+}
+
+// GetTask implements store.Store.
+func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
+	a, ok := store.AgentOfTask(id)
+	if !ok || !store.ValidTaskID(id) {
+		return store.Task{}, store.ErrTaskNotFound(id)
+	}
+	f, err := s.client.Do(ctx, s.client.B().Hgetall().Key(s.k.task(a, id)).Build()).AsStrMap()
+	if err != nil {
+		return store.Task{}, s.wrap(ctx, err)
+	}
+	if len(f) == 0 {
+		return store.Task{}, store.ErrTaskNotFound(id)
+	}
+	return decodeTask(id, f), nil
+}
+
+// CancelTask implements store.Store.
+func (s *Store) CancelTask(ctx context.Context, id, reason string) (store.Task, error) {
+	a, ok := store.AgentOfTask(id)
+	if !ok || !store.ValidTaskID(id) {
+		return store.Task{}, store.ErrTaskNotFound(id)
+	}
+	reason = store.OrDefault(reason, store.ReasonTaskCanceled)
+	sh := shardOf(a)
+	arr, err := s.run(ctx, cancelScript, []string{s.k.due(sh)}, s.shardArgs(s.k.shard[sh], s.nowMS(), reason, itoa(store.CancelModeTask), id))
+	if err != nil {
+		return store.Task{}, err
+	}
+	t := decodeTask(id, pairs(arr[2]))
+	s.advanceAll(ctx, msgStrs(arr[1]))
+	return t, nil
+}
+
+// ListTasks implements store.Store: newest first (task ids sort by creation), the
+// page token being the last id of the page. Candidates come from the narrowest
+// index — the job's task list, the agent's task list, or the per-shard state or
+// all-task indexes merged across shards — and are then read and filtered, so a
+// page is exact even when an index entry is a moment stale.
+func (s *Store) ListTasks(ctx context.Context, f store.TaskFilter) ([]store.Task, string, error) {
+	size := store.PageSize(f.Size)
+	var next func(before string, n int) ([]string, error)
+	switch {
+	case f.JobID != "":
+		if !store.ValidID(f.JobID, 'j') {
+			return nil, "", nil
+		}
+		ids, err := s.jobTaskIDs(ctx, f.JobID)
+		if err != nil {
+			return nil, "", err
+		}
+		slices.Sort(ids)
+		slices.Reverse(ids)
+		next = func(before string, n int) ([]string, error) {
+			i := 0
+			if before != "" {
+				for i < len(ids) && ids[i] >= before {
+					i++
+				}
+			}
+			return ids[i:min(i+n, len(ids))], nil
+		}
+	case f.AgentID != "":
+		if !store.ValidID(f.AgentID, 'a') {
+			return nil, "", nil
+		}
+		key := s.k.agentTasks(f.AgentID)
+		next = func(before string, n int) ([]string, error) {
+			return s.lexBefore(ctx, []string{key}, before, n)
+		}
+	default:
+		keys := make([]string, NumShards)
+		for sh := range keys {
+			if f.State != store.StateUnspecified {
+				keys[sh] = s.k.stateIndex(sh, int(f.State))
+			} else {
+				keys[sh] = s.k.shardTasks(sh)
+			}
+		}
+		next = func(before string, n int) ([]string, error) {
+			return s.lexBefore(ctx, keys, before, n)
+		}
+	}
+	before := f.Token
+	var out []store.Task
+	for {
+		want := size + 1 - len(out)
+		ids, err := next(before, want)
+		if err != nil {
+			return nil, "", err
+		}
+		if len(ids) == 0 {
+			return out, "", nil
+		}
+		tasks, err := s.getTasks(ctx, ids)
+		if err != nil {
+			return nil, "", err
+		}
+		for _, t := range tasks {
+			if t.ID == "" || (f.AgentID != "" && t.AgentID != f.AgentID) ||
+				(f.State != store.StateUnspecified && t.State != f.State) {
+				continue
+			}
+			if len(out) == size {
+				return out, out[len(out)-1].ID, nil
+			}
+			out = append(out, t)
+		}
+		before = ids[len(ids)-1]
+		if len(ids) < want {
+			return out, "", nil
+		}
+	}
+}
+
+// jobTaskIDs returns a job's task ids (none if the job is gone), from the job
+// cache when it has the job.
+func (s *Store) jobTaskIDs(ctx context.Context, jid string) ([]string, error) {
+	if e := s.jobs.get(jid); e != nil {
+		return slices.Clone(e.job.TaskIDs), nil
+	}
+	v, err := s.client.Do(ctx, s.client.B().Hget().Key(s.k.job(jid)).Field("tasks").Build()).ToString()
+	if err != nil && !rueidis.IsRedisNil(err) {
+		return nil, s.wrap(ctx, err)
+	}
+	return splitIDs(v), nil
+}
+
+// lexBefore returns the n greatest members below before (all if before is "")
+// across score-0 sorted sets, greatest first.
+func (s *Store) lexBefore(ctx context.Context, keys []string, before string, n int) ([]string, error) {
+	maxLex := "+"
+	if before != "" {
+		maxLex = "(" + before
+	}
+	cmds := make(rueidis.Commands, len(keys))
+	for i, k := range keys {
+		cmds[i] = s.client.B().Zrange().Key(k).Min(maxLex).Max("-").Bylex().Rev().Limit(0, int64(n)).Build()
+	}
+	var all []string
+	for _, r := range s.client.DoMulti(ctx, cmds...) {
+		ids, err := r.AsStrSlice()
+		if err != nil {
+			return nil, s.wrap(ctx, err)
+		}
+		all = append(all, ids...)
+	}
+	slices.Sort(all)
+	slices.Reverse(all)
+	return all[:min(n, len(all))], nil
+}
+
+// getTasks reads task records, pipelined; a missing one comes back with no ID.
+func (s *Store) getTasks(ctx context.Context, ids []string) ([]store.Task, error) {
+	cmds := make(rueidis.Commands, 0, len(ids))
+	for _, id := range ids {
+		a, _ := store.AgentOfTask(id)
+		cmds = append(cmds, s.client.B().Hgetall().Key(s.k.task(a, id)).Build())
+	}
+	out := make([]store.Task, len(ids))
+	for i, r := range s.client.DoMulti(ctx, cmds...) {
+		f, err := r.AsStrMap()
+		if err != nil {
+			return nil, s.wrap(ctx, err)
+		}
+		if len(f) > 0 {
+			out[i] = decodeTask(ids[i], f)
+		}
+	}
+	return out, nil
+}
+
+// taskState is what the advancer and job counts need of a task.
+type taskState struct {
+	st     store.TaskState // 0: the record is gone (or was never created)
+	held   bool
+	exists bool
+}
+
+func (s *Store) taskStates(ctx context.Context, ids []string) ([]taskState, error) {
+	out := make([]taskState, len(ids))
+	const batch = 1000
+	for lo := 0; lo < len(ids); lo += batch {
+		chunk := ids[lo:min(lo+batch, len(ids))]
+		cmds := make(rueidis.Commands, len(chunk))
+		for i, id := range chunk {
+			a, _ := store.AgentOfTask(id)
+			cmds[i] = s.client.B().Hmget().Key(s.k.task(a, id)).Field("st", "held").Build()
+		}
+		for i, r := range s.client.DoMulti(ctx, cmds...) {
+			vals, err := r.ToArray()
+			if err != nil {
+				return nil, s.wrap(ctx, err)
+			}
+			st, err := vals[0].AsInt64()
+			if err != nil {
+				continue
+			}
+			h, _ := vals[1].ToString()
+			out[lo+i] = taskState{st: store.TaskState(st), held: h == "1", exists: true}
+		}
+	}
+	return out, nil
+}
+
+// gone tells whether a task no longer counts for its job: ended, or missing.
+func (t taskState) gone() bool { return !t.exists || t.st.Terminal() }
