@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -25,8 +28,19 @@ func (m *Main) runAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return a.Run(ctx)
+	if err := a.Run(ctx); errors.Is(err, agent.ErrRevoked) {
+		// A distinct code, so a service manager can be told not to restart an
+		// agent that can never work again (the systemd unit's RestartPreventExitStatus).
+		fmt.Fprintf(m.Stderr, "forge agent: %v\n", err)
+		return exitCode(exitRevoked)
+	} else {
+		return err
+	}
 }
+
+// exitRevoked is the exit code of `forge agent` when the server refuses its
+// token for good.
+const exitRevoked = 3
 
 // AgentConfig is what `forge agent` was told: its flags, each falling back to its
 // FORGE_* variable. ParseAgent fills and checks it; BuildAgent makes the agent.
@@ -41,6 +55,10 @@ type AgentConfig struct {
 	Concurrency int
 	DrainGrace  time.Duration
 	Log         logConfig
+
+	// EnrollTokenFile holds the enrollment token (read when EnrollToken is
+	// empty); it must not be readable by group or others.
+	EnrollTokenFile string
 }
 
 // ParseAgent parses the command line of `forge agent` (after the word "agent")
@@ -52,6 +70,7 @@ func (m *Main) ParseAgent(args []string) (AgentConfig, error) {
 	f := m.newFlags("agent", "forge agent: run tasks from a forge server on this machine. It dials out; it opens no port.")
 	f.StringVar(&servers, "server", "", "server URL; several, comma-separated, to fail over between")
 	f.StringVar(&c.EnrollToken, "enroll-token", "", "enrollment token, used only when --state-dir holds no identity yet")
+	f.StringVar(&c.EnrollTokenFile, "enroll-token-file", "", "file holding the enrollment token (mode 0600), instead of --enroll-token; it may be gone once the agent has enrolled")
 	f.StringVar(&c.CA, "ca", "", "PEM file of the CA that signed the server's certificate (replaces the system roots)")
 	f.StringVar(&c.Name, "name", "", "agent name (default: the hostname)")
 	f.ListVar(&labels, "label", "label k=v for selectors (repeatable)")
@@ -65,6 +84,10 @@ func (m *Main) ParseAgent(args []string) (AgentConfig, error) {
 	}
 	if servers == "" {
 		fmt.Fprintln(m.Stderr, "forge agent: --server (or FORGE_SERVER) is required")
+		return c, errUsage
+	}
+	if c.EnrollToken != "" && c.EnrollTokenFile != "" {
+		fmt.Fprintln(m.Stderr, "forge agent: give --enroll-token or --enroll-token-file, not both")
 		return c, errUsage
 	}
 	var err error
@@ -91,6 +114,17 @@ func (m *Main) ParseAgent(args []string) (AgentConfig, error) {
 // exec; the caller runs it. It reads the CA file; the agent dials nothing until Run.
 func (m *Main) BuildAgent(c AgentConfig) (*agent.Agent, error) {
 	log := m.newLogger(c.Log)
+	if c.EnrollTokenFile != "" {
+		tok, err := readTokenFile(c.EnrollTokenFile)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			log.Info("no enrollment token file: the agent can start only with an identity saved in its state dir", "file", c.EnrollTokenFile)
+		case err != nil:
+			return nil, fmt.Errorf("--enroll-token-file: %w", err)
+		default:
+			c.EnrollToken = tok
+		}
+	}
 	cfg := agent.Config{
 		Servers: c.Servers, EnrollToken: c.EnrollToken, Name: c.Name, Labels: c.Labels, StateDir: c.StateDir,
 		Concurrency: c.Concurrency, DrainGrace: c.DrainGrace, Logger: log, Version: version,
@@ -116,4 +150,34 @@ func (m *Main) BuildAgent(c AgentConfig) (*agent.Agent, error) {
 		log.Info("exec tasks will be refused: no --allow-exec given")
 	}
 	return a, nil
+}
+
+// readTokenFile reads a token kept in a file: the first line, without the
+// spaces around it. Like ssh with a private key, it refuses a file that others
+// can read: the token would no longer be a secret. (Windows files are guarded by
+// ACLs, which `forge agent install` sets; the mode bits say nothing there.)
+func readTokenFile(name string) (string, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if perm := st.Mode().Perm(); runtime.GOOS != "windows" && perm&0o077 != 0 {
+		return "", fmt.Errorf("%s is readable by others (mode %04o); make it 0600 (chmod 600)", name, perm)
+	}
+	b := make([]byte, 4096)
+	n, err := f.Read(b)
+	if err != nil && n == 0 {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	line, _, _ := strings.Cut(string(b[:n]), "\n")
+	tok := strings.TrimSpace(line)
+	if tok == "" {
+		return "", fmt.Errorf("%s holds no token", name)
+	}
+	return tok, nil
 }
