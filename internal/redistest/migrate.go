@@ -29,67 +29,125 @@ func (cl *Cluster) MigrateSlot(slot int, to *Server, o MigrateOptions) error {
 	if o.Batch <= 0 {
 		o.Batch = 100
 	}
-	from, err := cl.MasterOf(slot)
-	if err != nil {
+	m, err := cl.StartMigration(slot, to)
+	if err != nil || m == nil {
 		return err
 	}
-	if from == to {
-		return nil
-	}
-	fromID, err := from.Do("CLUSTER", "MYID")
-	if err != nil {
-		return fmt.Errorf("redistest: migrate slot %d: %w", slot, err)
-	}
-	toID, err := to.Do("CLUSTER", "MYID")
-	if err != nil {
-		return fmt.Errorf("redistest: migrate slot %d: %w", slot, err)
-	}
-	sl := strconv.Itoa(slot)
-	if _, err := to.Do("CLUSTER", "SETSLOT", sl, "IMPORTING", fromID); err != nil {
-		return fmt.Errorf("redistest: migrate slot %d: importing on %s: %w", slot, to.Addr(), err)
-	}
-	if _, err := from.Do("CLUSTER", "SETSLOT", sl, "MIGRATING", toID); err != nil {
-		return fmt.Errorf("redistest: migrate slot %d: migrating on %s: %w", slot, from.Addr(), err)
-	}
-	moved := 0
 	for {
-		keys, err := from.doList("CLUSTER", "GETKEYSINSLOT", sl, strconv.Itoa(o.Batch))
+		keys, err := m.Keys(o.Batch)
 		if err != nil {
-			return fmt.Errorf("redistest: migrate slot %d: %w", slot, err)
+			return err
 		}
 		if len(keys) == 0 {
 			break
 		}
-		args := append([]string{"MIGRATE", "127.0.0.1", strconv.Itoa(to.port), "", "0", "10000", "KEYS"}, keys...)
-		if _, err := from.Do(args...); err != nil {
-			return fmt.Errorf("redistest: migrate slot %d: MIGRATE of %d keys: %w", slot, len(keys), err)
+		if err := m.Move(keys...); err != nil {
+			return err
 		}
-		moved += len(keys)
 		if o.Pause > 0 {
 			time.Sleep(o.Pause)
 		}
 	}
+	return m.Finish()
+}
+
+// Migration is a slot on its way from one master to another, for a test that
+// moves keys one by one (MigrateSlot does it all).
+type Migration struct {
+	cl           *Cluster
+	slot         int
+	from, to     *Server
+	fromID, toID string
+	moved        int
+}
+
+// StartMigration marks slot IMPORTING on to and MIGRATING on its master; Move
+// then moves keys and Finish completes the move. It returns nil (and no error)
+// when to already serves the slot.
+func (cl *Cluster) StartMigration(slot int, to *Server) (*Migration, error) {
+	from, err := cl.MasterOf(slot)
+	if err != nil {
+		return nil, err
+	}
+	if from == to {
+		return nil, nil
+	}
+	m := &Migration{cl: cl, slot: slot, from: from, to: to}
+	if m.fromID, err = from.Do("CLUSTER", "MYID"); err != nil {
+		return nil, fmt.Errorf("redistest: migrate slot %d: %w", slot, err)
+	}
+	if m.toID, err = to.Do("CLUSTER", "MYID"); err != nil {
+		return nil, fmt.Errorf("redistest: migrate slot %d: %w", slot, err)
+	}
+	sl := strconv.Itoa(slot)
+	if _, err := to.Do("CLUSTER", "SETSLOT", sl, "IMPORTING", m.fromID); err != nil {
+		return nil, fmt.Errorf("redistest: migrate slot %d: importing on %s: %w", slot, to.Addr(), err)
+	}
+	if _, err := from.Do("CLUSTER", "SETSLOT", sl, "MIGRATING", m.toID); err != nil {
+		return nil, fmt.Errorf("redistest: migrate slot %d: migrating on %s: %w", slot, from.Addr(), err)
+	}
+	return m, nil
+}
+
+// Keys returns up to n keys of the slot still on the source.
+func (m *Migration) Keys(n int) ([]string, error) {
+	keys, err := m.from.doList("CLUSTER", "GETKEYSINSLOT", strconv.Itoa(m.slot), strconv.Itoa(n))
+	if err != nil {
+		return nil, fmt.Errorf("redistest: migrate slot %d: %w", m.slot, err)
+	}
+	return keys, nil
+}
+
+// Move moves keys of the slot from the source to the target (MIGRATE … KEYS).
+func (m *Migration) Move(keys ...string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	args := append([]string{"MIGRATE", "127.0.0.1", strconv.Itoa(m.to.port), "", "0", "10000", "KEYS"}, keys...)
+	if _, err := m.from.Do(args...); err != nil {
+		return fmt.Errorf("redistest: migrate slot %d: MIGRATE of %d keys: %w", m.slot, len(keys), err)
+	}
+	m.moved += len(keys)
+	return nil
+}
+
+// Finish moves the keys left and tells every master the slot's new owner, then
+// waits until all nodes agree.
+func (m *Migration) Finish() error {
+	for {
+		keys, err := m.Keys(100)
+		if err != nil {
+			return err
+		}
+		if len(keys) == 0 {
+			break
+		}
+		if err := m.Move(keys...); err != nil {
+			return err
+		}
+	}
+	sl := strconv.Itoa(m.slot)
 	// The target first, so the slot is never owned by nobody; then the source,
 	// then the rest, which would otherwise learn it by gossip.
-	if _, err := to.Do("CLUSTER", "SETSLOT", sl, "NODE", toID); err != nil {
-		return fmt.Errorf("redistest: migrate slot %d: node on %s: %w", slot, to.Addr(), err)
+	if _, err := m.to.Do("CLUSTER", "SETSLOT", sl, "NODE", m.toID); err != nil {
+		return fmt.Errorf("redistest: migrate slot %d: node on %s: %w", m.slot, m.to.Addr(), err)
 	}
-	if _, err := from.Do("CLUSTER", "SETSLOT", sl, "NODE", toID); err != nil {
-		return fmt.Errorf("redistest: migrate slot %d: node on %s: %w", slot, from.Addr(), err)
+	if _, err := m.from.Do("CLUSTER", "SETSLOT", sl, "NODE", m.toID); err != nil {
+		return fmt.Errorf("redistest: migrate slot %d: node on %s: %w", m.slot, m.from.Addr(), err)
 	}
-	masters, err := cl.Masters()
+	masters, err := m.cl.Masters()
 	if err != nil {
 		return err
 	}
-	for _, m := range masters {
-		if m != to && m != from {
-			m.Do("CLUSTER", "SETSLOT", sl, "NODE", toID) // gossip gets there anyway
+	for _, s := range masters {
+		if s != m.to && s != m.from {
+			s.Do("CLUSTER", "SETSLOT", sl, "NODE", m.toID) // gossip gets there anyway
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !cl.agree() {
+	for !m.cl.agree() {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: nodes do not agree on slot %d after moving %d keys:\n%s", ErrTimeout, slot, moved, cl.describe())
+			return fmt.Errorf("%w: nodes do not agree on slot %d after moving %d keys:\n%s", ErrTimeout, m.slot, m.moved, m.cl.describe())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -39,6 +39,8 @@ const NumShards = 64
 //	                            in all (n): GetJob sums at most 64 of these instead
 //	                            of reading every task
 //	{P:sNN}:wake         channel (sharded pub/sub) of watch keys that changed
+//	{P:sNN}:guard        never written: every shard script declares it, so none
+//	                     runs while the shard's slot moves (see guardSuffix)
 //
 // Per job (hash tag {P:j:<job>}): the job record, a hash.
 // Per idempotency key (hash tag {P:i:<sha256 of key>}): a string naming the job.

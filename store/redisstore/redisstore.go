@@ -193,7 +193,7 @@ func (s *Store) nowMS() int64 { return s.clock.Now().UnixMilli() }
 // run executes a script and returns its answer (the leading 'OK' or other status
 // included), or the store error it reported.
 func (s *Store) run(ctx context.Context, sc *script, keys, args []string) ([]rueidis.RedisMessage, error) {
-	return s.answer(ctx, sc.lua.Exec(ctx, s.client, keys, args))
+	return s.answer(ctx, sc.lua.Exec(ctx, s.client, sc.keys(keys, args), args))
 }
 
 func (s *Store) answer(ctx context.Context, r rueidis.RedisResult) ([]rueidis.RedisMessage, error) {
@@ -218,13 +218,15 @@ func (s *Store) runMulti(ctx context.Context, sc *script, execs []rueidis.LuaExe
 		return nil
 	}
 	cmds := make(rueidis.Commands, len(execs))
+	keys := make([][]string, len(execs))
 	for i, e := range execs {
-		cmds[i] = s.client.B().Evalsha().Sha1(sc.sha).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
+		keys[i] = sc.keys(e.Keys, e.Args)
+		cmds[i] = s.client.B().Evalsha().Sha1(sc.sha).Numkeys(int64(len(keys[i]))).Key(keys[i]...).Arg(e.Args...).Build()
 	}
 	res := s.client.DoMulti(ctx, cmds...)
 	for i, r := range res {
 		if rerr, ok := rueidis.IsRedisErr(r.Error()); ok && rerr.IsNoScript() {
-			res[i] = sc.lua.Exec(ctx, s.client, execs[i].Keys, execs[i].Args)
+			res[i] = sc.lua.Exec(ctx, s.client, keys[i], execs[i].Args)
 		}
 	}
 	return res

@@ -20,10 +20,33 @@ var prelude string
 // script is a Lua script run with EVALSHA, falling back to EVAL when a node
 // does not have it (after SCRIPT FLUSH, a restart or a failover).
 type script struct {
-	lua  *rueidis.Lua
-	body string // the script without the prelude
-	text string
-	sha  string
+	lua   *rueidis.Lua
+	body  string // the script without the prelude
+	text  string
+	sha   string
+	shard bool // a shard script: its calls also declare the shard's guard key
+}
+
+// guardSuffix names a key of each shard that never exists. Every shard script
+// declares it in KEYS beside its own keys, so Redis Cluster refuses the call with
+// TRYAGAIN while the shard's slot is being moved between nodes: a node counts the
+// keys it lacks only while it exports or imports a slot, and with one declared key
+// always lacking, the source (which still has others, or sends the call to the
+// target) and the target (which lacks it among several) both refuse. Without
+// it, a script would meet the slot half moved: keys it finds on its own (a task
+// popped from a queue) could be gone to the other node, and Redis aborts the
+// script there ("non local key"), keeping what it had written — a task taken off
+// its queue and never leased — or, run on the target, read them as missing. The
+// caller hears unavailable and retries; a move takes milliseconds to seconds.
+const guardSuffix = ":guard"
+
+// keys returns the KEYS of a call: the given ones, and for a shard script the
+// guard key of the shard named by its first ARGV (the shard's hash tag).
+func (sc *script) keys(keys, args []string) []string {
+	if !sc.shard || len(args) == 0 {
+		return keys
+	}
+	return append(keys[:len(keys):len(keys)], args[0]+guardSuffix)
 }
 
 func newScript(body string) *script {
@@ -203,7 +226,11 @@ local function release(tk, tid)
 end
 `
 
-func shardScript(body string) *script { return newScript(shardLib + body) }
+func shardScript(body string) *script {
+	sc := newScript(shardLib + body)
+	sc.shard = true
+	return sc
+}
 
 // registerScript creates an agent record.
 //
