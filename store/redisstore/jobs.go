@@ -16,29 +16,45 @@ import (
 // of its tasks, so this only bounds the delay after a crash between the two steps.
 const advanceEvery = 10 * time.Second
 
-// idemPending is how long an idempotency key claimed by a Dispatch in progress
-// lives before the Dispatch completes; if the dispatching replica dies, a retry
-// after this creates the job.
-const idemPending = time.Minute
+// idemPending is how long an idempotency key claimed by a Dispatch lives before
+// the Dispatch completes and makes it permanent. A retry with the key within it
+// takes up the same job and finishes it; a key whose dispatch never completed is
+// forgotten after it.
+const idemPending = 24 * time.Hour
+
+// jobTaskID returns the id of a job's task for an agent: the job id's time and
+// random characters, so a retried dispatch names the same tasks, and the agent id,
+// as store.NewTaskID makes them (a job has one task per agent).
+func jobTaskID(jobID, agentID string) string { return "t" + jobID[1:] + "-" + agentID }
 
 // Dispatch implements store.Store. Steps, each atomic on its own slot:
 //
-//  1. claim the idempotency key (SET NX with a short expiry);
-//  2. for a fan-out, write the job record and list it; for one agent, create the
-//     task first (its script checks the agent) and then, in one pipelined round
-//     trip, write the job record, list it and make the idempotency key permanent;
+//  1. claim the idempotency key (SET NX, expiring after idemPending);
+//  2. for a fan-out, write the job record unless it exists, and list it; for one
+//     agent, create the task first (its script checks the agent) and then, in one
+//     pipelined round trip, write the job record (marked made), list it and make
+//     the idempotency key permanent;
 //  3. create the tasks, one script per shard (pipelined): held if the job has
 //     max_concurrency; each script answers its shard's counts of the job;
-//  4. let the advancer release the first held tasks;
-//  5. make the idempotency key permanent (until the job is dropped).
+//  4. let the advancer release the first held tasks (should this fail, Reap's
+//     advancer does it; the job is accepted);
+//  5. mark the job made and make the idempotency key permanent.
+//
+// Every step is idempotent for a job id: task ids derive from the job id and
+// the agent, an existing task is left alone, and an existing job record keeps its
+// task list. So a Dispatch with an idempotency key that failed at any step (or
+// whose replica died) is finished by a retry with the same key — one job, every
+// task it lists created — and a retry while the first attempt still runs agrees
+// with it. The key is freed only when the dispatch was refused before anything
+// was written (an unknown, revoked or full agent).
 //
 // The job answered is built from what was written and the counts the task
 // scripts answered, not read back. A dispatch to one agent costs two round trips
 // (three with an idempotency key).
 //
-// A crash between steps leaves a job whose missing tasks count as nothing, or
-// tasks whose job record is missing (they still run); held tasks are released by
-// Reap's advancer. Nothing is stranded.
+// Without an idempotency key, a failed dispatch may have created some of its
+// tasks; they run. Held tasks are released by Reap's advancer. Nothing is
+// stranded.
 func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, error) {
 	sel, err := store.ParseSelector(spec.Target.Selector)
 	if err != nil {
@@ -47,74 +63,118 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 	now := s.nowMS()
 	jid := store.NewJobID()
 	var idemKey string
+	var resume *jobRecord
 	if spec.IdempotencyKey != "" {
 		idemKey = s.k.idem(spec.IdempotencyKey)
 		err := s.client.Do(ctx, s.client.B().Set().Key(idemKey).Value(jid).Nx().Px(idemPending).Build()).Error()
 		if rueidis.IsRedisNil(err) {
-			return s.existingJob(ctx, idemKey)
-		}
-		if err != nil {
+			j, rec, err := s.existingJob(ctx, idemKey)
+			if err != nil || rec == nil {
+				return j, err
+			}
+			jid, resume = rec.id, rec
+			if rec.createdAt > 0 {
+				now = rec.createdAt
+			}
+		} else if err != nil {
 			return store.Job{}, s.wrap(ctx, err)
 		}
 	}
-	job, err := s.dispatch(ctx, spec, sel, jid, now, idemKey)
+	job, err := s.dispatch(ctx, spec, sel, jid, now, idemKey, resume)
 	if err != nil {
-		if idemKey != "" {
-			// Free the key for a retry; should this fail, the key expires by
-			// itself after idemPending, and a retry waits that long.
+		if idemKey != "" && resume == nil && refusedBeforeWriting(err) {
+			// Free the key for a corrected retry; should this fail, a retry meets
+			// the same refusal until the key expires.
 			if derr := delIfScript.lua.Exec(context.WithoutCancel(ctx), s.client, []string{idemKey}, []string{jid}).Error(); derr != nil {
-				s.log.Warn("freeing the idempotency key of a failed dispatch failed; it expires by itself",
+				s.log.Warn("freeing the idempotency key of a refused dispatch failed; it expires by itself",
 					"expires_in", idemPending.String(), "err", derr)
 			}
 		}
 		return store.Job{}, err
 	}
+	job.Existing = resume != nil
 	return job, nil
 }
 
-func (s *Store) existingJob(ctx context.Context, idemKey string) (store.Job, error) {
+// refusedBeforeWriting tells whether a dispatch error is a refusal of the
+// create script of a single-agent dispatch, which writes nothing when it refuses.
+func refusedBeforeWriting(err error) bool {
+	switch store.KindOf(err) {
+	case store.KindNotFound, store.KindPrecondition, store.KindExhausted, store.KindInvalid:
+		return true
+	}
+	return false
+}
+
+// jobRecord is what a retried dispatch needs of the job its idempotency key names.
+type jobRecord struct {
+	id        string
+	tasks     []string // nil when the record was not written
+	createdAt int64
+}
+
+// existingJob answers a Dispatch whose idempotency key is taken: the job, when
+// its dispatch completed; otherwise the record to take it up again from.
+func (s *Store) existingJob(ctx context.Context, idemKey string) (store.Job, *jobRecord, error) {
 	jid, err := s.client.Do(ctx, s.client.B().Get().Key(idemKey).Build()).ToString()
 	if err != nil && !rueidis.IsRedisNil(err) {
-		return store.Job{}, s.wrap(ctx, err)
+		return store.Job{}, nil, s.wrap(ctx, err)
 	}
-	if jid != "" {
+	if jid == "" {
+		// Freed or dropped since the SET: this caller may claim it again.
+		return store.Job{}, nil, store.Errorf(store.KindUnavailable, "a dispatch with this idempotency key just ended; retry")
+	}
+	vals, err := s.client.Do(ctx, s.client.B().Hmget().Key(s.k.job(jid)).Field("made", "tasks", "ca").Build()).ToArray()
+	if err != nil {
+		return store.Job{}, nil, s.wrap(ctx, err)
+	}
+	made, _ := vals[0].ToString()
+	if made == "1" {
 		j, err := s.GetJob(ctx, jid)
-		if err == nil {
-			j.Existing = true
-			return j, nil
+		if err != nil {
+			return store.Job{}, nil, err
 		}
-		if store.KindOf(err) != store.KindNotFound {
-			return store.Job{}, err
-		}
+		j.Existing = true
+		return j, nil, nil
 	}
-	return store.Job{}, store.Errorf(store.KindUnavailable, "a dispatch with this idempotency key is in progress; retry")
+	rec := &jobRecord{id: jid}
+	if ca, err := vals[2].ToString(); err == nil {
+		tasks, _ := vals[1].ToString()
+		rec.tasks = splitIDs(tasks)
+		if rec.tasks == nil {
+			rec.tasks = []string{}
+		}
+		rec.createdAt = atoi(ca)
+	}
+	return store.Job{}, rec, nil
 }
 
 type target struct{ taskID, agentID string }
 
-func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Selector, jid string, now int64, idemKey string) (store.Job, error) {
+// dispatch creates job jid, or, with resume, finishes creating it.
+func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Selector, jid string, now int64, idemKey string, resume *jobRecord) (store.Job, error) {
 	var targets []target
 	single := spec.Target.AgentID != ""
-	if single {
+	switch {
+	case resume != nil && resume.tasks != nil:
+		// The record was written: its task list stands, whatever the target matches now.
+		targets = targetsOf(resume.tasks)
+	case single:
 		if !store.ValidID(spec.Target.AgentID, 'a') {
 			return store.Job{}, store.ErrAgentNotFound(spec.Target.AgentID)
 		}
-		targets = []target{{store.NewTaskID(spec.Target.AgentID), spec.Target.AgentID}}
-	} else {
+		targets = []target{{jobTaskID(jid, spec.Target.AgentID), spec.Target.AgentID}}
+	default:
 		ids, err := s.matchAgents(ctx, sel, spec.Target.IncludeOffline, now)
 		if err != nil {
 			return store.Job{}, err
 		}
 		for _, a := range ids {
-			targets = append(targets, target{store.NewTaskID(a), a})
+			targets = append(targets, target{jobTaskID(jid, a), a})
 		}
 	}
 	limited := spec.MaxConcurrency > 0 || spec.MaxFailures > 0
 	hold := spec.MaxConcurrency > 0
-	taskIDs := make([]string, len(targets))
-	for i, t := range targets {
-		taskIDs[i] = t.taskID
-	}
 	var counts store.Counts
 	create := func() error {
 		byShard := map[int][]string{}
@@ -144,31 +204,57 @@ func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Sele
 		}
 		return nil
 	}
-	fields := s.jobFields(spec, taskIDs, now)
+	taskIDs := func() []string {
+		ids := make([]string, len(targets))
+		for i, t := range targets {
+			ids[i] = t.taskID
+		}
+		return ids
+	}
+	fields := s.jobFields(spec, taskIDs(), now)
 	if single {
 		if err := create(); err != nil {
 			return store.Job{}, err
 		}
-		// The job record, its indexes and the idempotency key: one round trip.
-		if err := s.writeJob(ctx, jid, fields, now, limited, idemKey); err != nil {
+		// The job record (made: its task exists), its indexes and the idempotency
+		// key: one round trip.
+		if _, err := s.writeJob(ctx, jid, append(fields, "made", "1"), now, limited, idemKey); err != nil {
 			return store.Job{}, err
 		}
+		if resume != nil && resume.tasks != nil {
+			// A record written before without the mark (it exists, so the write above left it).
+			if err := s.client.Do(ctx, s.client.B().Hset().Key(s.k.job(jid)).FieldValue().FieldValue("made", "1").Build()).Error(); err != nil {
+				return store.Job{}, s.wrap(ctx, err)
+			}
+		}
 	} else {
-		if err := s.writeJob(ctx, jid, fields, now, limited, ""); err != nil {
+		stored, err := s.writeJob(ctx, jid, fields, now, limited, "")
+		if err != nil {
 			return store.Job{}, err
+		}
+		if stored != nil {
+			targets = targetsOf(stored) // another attempt of this dispatch wrote it first
+			fields = s.jobFields(spec, stored, now)
 		}
 		if err := create(); err != nil {
 			return store.Job{}, err
 		}
 	}
 	if limited {
-		if err := s.advance(ctx, jid); err != nil {
-			return store.Job{}, err
-		}
+		// The job is accepted once its tasks exist; should this step fail, Reap's
+		// advancer takes the job up (it is listed for it).
+		s.advanceAll(ctx, []string{jid})
 	}
-	if !single && idemKey != "" {
-		if err := s.client.Do(ctx, s.client.B().Persist().Key(idemKey).Build()).Error(); err != nil {
-			return store.Job{}, s.wrap(ctx, err)
+	if !single {
+		b := s.client.B()
+		cmds := rueidis.Commands{b.Hset().Key(s.k.job(jid)).FieldValue().FieldValue("made", "1").Build()}
+		if idemKey != "" {
+			cmds = append(cmds, b.Persist().Key(idemKey).Build())
+		}
+		for _, r := range s.client.DoMulti(ctx, cmds...) {
+			if err := r.Error(); err != nil {
+				return store.Job{}, s.wrap(ctx, err)
+			}
 		}
 	}
 	f := make(map[string]string, len(fields)/2)
@@ -178,6 +264,17 @@ func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Sele
 	job := s.jobs.put(decodeJob(jid, f)).view()
 	job.Counts = counts
 	return job, nil
+}
+
+// targetsOf returns the targets of a job's task list.
+func targetsOf(taskIDs []string) []target {
+	out := make([]target, 0, len(taskIDs))
+	for _, id := range taskIDs {
+		if a, ok := store.AgentOfTask(id); ok {
+			out = append(out, target{id, a})
+		}
+	}
+	return out
 }
 
 // jobFields returns the field, value pairs of a new job record.
@@ -192,16 +289,14 @@ func (s *Store) jobFields(spec store.JobSpec, taskIDs []string, now int64) []str
 	}
 }
 
-// writeJob writes a job record and lists it (and makes its idempotency key
-// permanent, if given), pipelined: one round trip.
-func (s *Store) writeJob(ctx context.Context, jid string, fields []string, now int64, limited bool, persist string) error {
+// writeJob writes a job record unless it exists, lists it, and makes its
+// idempotency key permanent if given, pipelined: one round trip. It returns the
+// task list of a record that existed (another attempt of the same dispatch wrote
+// it), or nil.
+func (s *Store) writeJob(ctx context.Context, jid string, fields []string, now int64, limited bool, persist string) ([]string, error) {
 	b := s.client.B()
-	hset := b.Hset().Key(s.k.job(jid)).FieldValue()
-	for i := 0; i+1 < len(fields); i += 2 {
-		hset = hset.FieldValue(fields[i], fields[i+1])
-	}
 	cmds := rueidis.Commands{
-		hset.Build(),
+		b.Evalsha().Sha1(jobCreateScript.sha).Numkeys(1).Key(s.k.job(jid)).Arg(fields...).Build(),
 		b.Zadd().Key(s.k.jobs()).ScoreMember().ScoreMember(0, jid).Build(),
 		b.Zadd().Key(s.k.jobsRetain()).ScoreMember().ScoreMember(float64(now+s.cfg.Retention.Milliseconds()), jid).Build(),
 	}
@@ -211,12 +306,34 @@ func (s *Store) writeJob(ctx context.Context, jid string, fields []string, now i
 	if persist != "" {
 		cmds = append(cmds, b.Persist().Key(persist).Build())
 	}
-	for _, r := range s.client.DoMulti(ctx, cmds...) {
+	res := s.client.DoMulti(ctx, cmds...)
+	if rerr, ok := rueidis.IsRedisErr(res[0].Error()); ok && rerr.IsNoScript() {
+		res[0] = jobCreateScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)}, fields)
+	}
+	for _, r := range res[1:] {
 		if err := r.Error(); err != nil {
-			return s.wrap(ctx, err)
+			return nil, s.wrap(ctx, err)
 		}
 	}
-	return nil
+	arr, err := s.answer(ctx, res[0])
+	if err != nil {
+		return nil, err
+	}
+	stored := msgStr(arr[1])
+	if stored == fieldValue(fields, "tasks") {
+		return nil, nil
+	}
+	return splitIDs(stored), nil
+}
+
+// fieldValue returns the value of name in field, value pairs.
+func fieldValue(fields []string, name string) string {
+	for i := 0; i+1 < len(fields); i += 2 {
+		if fields[i] == name {
+			return fields[i+1]
+		}
+	}
+	return ""
 }
 
 // matchAgents returns, in id order, the non-revoked agents matching sel that are

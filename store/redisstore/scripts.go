@@ -415,7 +415,8 @@ publish()
 return {'OK', new, advanceList()}
 `)
 
-// createTasksScript creates the tasks of one job in one shard.
+// createTasksScript creates the tasks of one job in one shard; a task that exists
+// already (a retried dispatch) is left as it is.
 //
 // KEYS[1] the shard's due index (for routing)
 // ARGV[4] max pending per agent, [5] job id, [6] type, [7] payload, [8] max attempts,
@@ -429,31 +430,34 @@ var createTasksScript = shardScript(`
 local maxPending, job, single = tonumber(ARGV[4]), ARGV[5], ARGV[13] == '1'
 for i = 16, #ARGV - 1, 2 do
   local tid, aid = ARGV[i], ARGV[i + 1]
-  local a = redis.call('HMGET', kAgent(aid), 'reg', 'rev')
-  local qlen = redis.call('ZCARD', kQueue(aid))
-  if single then
-    if not a[1] then return fail(E_NOT_FOUND, string.format(FMT_AGENT_NOT_FOUND, q(aid))) end
-    if a[2] then return fail(E_PRECONDITION, string.format(FMT_AGENT_IS_REVOKED, q(aid))) end
-    if qlen >= maxPending then
-      return fail(E_EXHAUSTED, string.format(FMT_AGENT_QUEUE_FULL, q(aid), qlen))
+  -- A retried dispatch names the same tasks: one made before stays as it is.
+  if redis.call('EXISTS', kTask(tid)) == 0 then
+    local a = redis.call('HMGET', kAgent(aid), 'reg', 'rev')
+    local qlen = redis.call('ZCARD', kQueue(aid))
+    if single then
+      if not a[1] then return fail(E_NOT_FOUND, string.format(FMT_AGENT_NOT_FOUND, q(aid))) end
+      if a[2] then return fail(E_PRECONDITION, string.format(FMT_AGENT_IS_REVOKED, q(aid))) end
+      if qlen >= maxPending then
+        return fail(E_EXHAUSTED, string.format(FMT_AGENT_QUEUE_FULL, q(aid), qlen))
+      end
     end
-  end
-  local tk = kTask(tid)
-  redis.call('HSET', tk, 'job', job, 'type', ARGV[6], 'pl', ARGV[7], 'att', 0, 'max', ARGV[8],
-    'to', ARGV[9], 'ttl', ARGV[10], 'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'exr', ARGV[15])
-  redis.call('ZADD', kAll, 0, tid)
-  redis.call('ZADD', kAgentTasks(aid), 0, tid)
-  setState(tk, tid, job, nil, PENDING, REASON_DISPATCHED, 0)
-  if not a[1] then
-    endTask(tid, CANCELED, REASON_AGENT_NOT_FOUND)
-  elseif a[2] then
-    endTask(tid, CANCELED, REASON_AGENT_REVOKED)
-  elseif qlen >= maxPending then
-    endTask(tid, CANCELED, string.format(FMT_QUEUE_FULL, qlen))
-  elseif ARGV[12] == '1' then
-    redis.call('HSET', tk, 'held', '1')
-  else
-    release(tk, tid)
+    local tk = kTask(tid)
+    redis.call('HSET', tk, 'job', job, 'type', ARGV[6], 'pl', ARGV[7], 'att', 0, 'max', ARGV[8],
+      'to', ARGV[9], 'ttl', ARGV[10], 'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'exr', ARGV[15])
+    redis.call('ZADD', kAll, 0, tid)
+    redis.call('ZADD', kAgentTasks(aid), 0, tid)
+    setState(tk, tid, job, nil, PENDING, REASON_DISPATCHED, 0)
+    if not a[1] then
+      endTask(tid, CANCELED, REASON_AGENT_NOT_FOUND)
+    elseif a[2] then
+      endTask(tid, CANCELED, REASON_AGENT_REVOKED)
+    elseif qlen >= maxPending then
+      endTask(tid, CANCELED, string.format(FMT_QUEUE_FULL, qlen))
+    elseif ARGV[12] == '1' then
+      redis.call('HSET', tk, 'held', '1')
+    else
+      release(tk, tid)
+    end
   end
 end
 publish()
@@ -627,6 +631,22 @@ if #ids == limit then more = 1 end
 return {'OK', more, advanceList()}
 `)
 
+// jobCreateScript writes a job record unless it exists, so two attempts of one
+// dispatch (a retry while the first still runs) agree on one task list.
+//
+// KEYS[1] job record
+// ARGV field, value pairs, 'tasks' among them
+// returns {'OK', the record's task list: the one given, or the one stored before}
+var jobCreateScript = newScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'OK', redis.call('HGET', KEYS[1], 'tasks') or ''} end
+local tasks = ''
+for i = 1, #ARGV - 1, 2 do
+  if ARGV[i] == 'tasks' then tasks = ARGV[i + 1] end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return {'OK', tasks}
+`)
+
 // jobStepScript moves a rollout job's bookkeeping forward if no other replica did
 // so since it was read (compare-and-set on the released and done prefixes).
 //
@@ -708,5 +728,5 @@ return {'OK', redis.call('HGETALL', KEYS[1])}
 var allScripts = []*script{
 	registerScript, authScript, rotateScript, leaseScript, heartbeatScript, reportScript,
 	createTasksScript, releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
-	jobStepScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
+	jobCreateScript, jobStepScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
 }
