@@ -234,8 +234,8 @@ func TestRedisReplicaKilledUnderLoad(t *testing.T) {
 	ctl := control(b)
 	waitAgents(t, ctl, "fault=replica", 3)
 	var ids []string
-	for i := range 100 {
-		if i == 50 {
+	for i := range 60 {
+		if i == 30 {
 			procA.kill(t)
 		}
 		d, err := ctl.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "echo",
