@@ -15,7 +15,7 @@ import (
 // but answers nothing, as a machine that stalls would. Resume undoes it. Pausing
 // a cluster master for longer than the node timeout makes its replica take over.
 func (s *Server) Pause() error {
-	if err := s.sendSignal(syscall.SIGSTOP); err != nil {
+	if err := s.sendSignal(sigStop); err != nil {
 		return err
 	}
 	paused.Store(s, true)
@@ -25,7 +25,7 @@ func (s *Server) Pause() error {
 // Resume lets a paused server run again (SIGCONT).
 func (s *Server) Resume() error {
 	paused.Delete(s)
-	return s.sendSignal(syscall.SIGCONT)
+	return s.sendSignal(sigCont)
 }
 
 // paused holds the servers paused now (Server is shared with the rest of the

@@ -13,3 +13,6 @@ import (
 func ownProcessGroup(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 }
+
+// The signals that freeze and thaw a server (Pause, Resume).
+const sigStop, sigCont = syscall.SIGSTOP, syscall.SIGCONT
