@@ -40,7 +40,7 @@ const fuzzAgentID = "azzzzzzzzzzzzzzz"
 // memory one runs, so the fuzzer spends its inputs on the handlers; the seed
 // corpora run on every backend.
 func newFuzzTargets(f *testing.F) []*fuzzTarget {
-	backends := forgetest.Backends
+	backends := forgetest.Backends()
 	if fl := flag.Lookup("test.fuzz"); fl != nil && fl.Value.String() != "" {
 		backends = []forgetest.Backend{forgetest.Memory}
 	}

@@ -48,14 +48,15 @@ const (
 	Cluster Backend = "cluster" // redisstore on a three-node Redis Cluster
 )
 
-// Backends are the stores every server-level suite runs on (Each).
-var Backends = []Backend{Memory, Redis}
+// Backends returns the stores every server-level suite runs on (see Each):
+// memory and one Redis node.
+func Backends() []Backend { return []Backend{Memory, Redis} }
 
 // Each runs f once per backend of Backends, as parallel subtests named after
 // the backend (TestX/memory, TestX/redis).
 func Each(t *testing.T, f func(t *testing.T, b Backend)) {
 	t.Helper()
-	for _, b := range Backends {
+	for _, b := range Backends() {
 		t.Run(string(b), func(t *testing.T) {
 			t.Parallel()
 			f(t, b)
