@@ -122,7 +122,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := r.init(ctx); err != nil {
 		return nil, err
 	}
-	defer r.close()
+	defer r.close(ctx)
 	rep := &Report{Store: r.storeName(), Target: r.targetName(), GoVersion: runtime.Version(),
 		CPUs: runtime.NumCPU(), Started: time.Now()}
 	for _, name := range Scenarios {

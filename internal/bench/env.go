@@ -91,10 +91,10 @@ func (r *runner) init(ctx context.Context) error {
 	return nil
 }
 
-func (r *runner) close() {
+func (r *runner) close(ctx context.Context) {
 	r.stopFleets()
 	if r.main != nil {
-		r.main.close()
+		r.main.close(ctx)
 	}
 	if r.st != nil {
 		r.st.Close()
@@ -145,10 +145,11 @@ func (r *runner) startServer(st store.Store, addr string, pollHold time.Duration
 }
 
 // close stops the instance as `forge server` stops on SIGTERM: held calls are
-// answered, then connections close.
-func (in *instance) close() {
+// answered, then connections close. It waits up to 2 s for calls in flight, even
+// when ctx has ended already (as it has when a run is interrupted).
+func (in *instance) close(ctx context.Context) {
 	in.srv.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	if in.hs.Shutdown(ctx) != nil {
 		in.hs.Close()

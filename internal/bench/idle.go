@@ -249,7 +249,7 @@ func (r *runner) storm(ctx context.Context) ([]Result, error) {
 	addr := strings.TrimPrefix(in.url, "http://")
 	defer func() {
 		if in != nil {
-			in.close()
+			in.close(ctx)
 		}
 	}()
 	var stats func() (calls, errs int64)
@@ -280,7 +280,7 @@ func (r *runner) storm(ctx context.Context) ([]Result, error) {
 	time.Sleep(100 * time.Millisecond) // the tasks are leased and running
 	calls0, errs0 := stats()
 	down := time.Now()
-	in.close()
+	in.close(ctx)
 	in = nil
 	r.opHTTP.CloseIdleConnections()
 	time.Sleep(time.Second)

@@ -359,12 +359,12 @@ func (r *runner) crossReplica(ctx context.Context) ([]Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		defer a.close()
+		defer a.close(ctx)
 		b, err := r.startServer(stB, "127.0.0.1:0", 0)
 		if err != nil {
 			return nil, err
 		}
-		defer b.close()
+		defer b.close(ctx)
 		urlA, urlB, held = a.url, b.url, a.srv.HeldPolls
 	}
 	tr := newTransport(8)
