@@ -40,32 +40,16 @@ func (s *Store) scriptError(ans []rueidis.RedisMessage) error {
 	return store.Wrap(store.KindInternal, err, "internal store error")
 }
 
-// wrap turns a Redis or connection error into a store error that reveals nothing
-// of the backend: unreachable Redis, a closed store and a cancelled request are
-// KindUnavailable; a Redis error reply other than the transient ones is a bug
-// (KindInternal). The cause stays in Err for the server's log.
+// wrap turns a Redis or connection error into a store error. Its Kind reveals
+// nothing of the backend: a Redis reply forge did not expect is a bug
+// (KindInternal); everything else — unreachable, refused, failing over, a
+// closed store, a cancelled request — is KindUnavailable. Its message names the
+// cause without addresses or secrets (cause.go), for the server's log and
+// /readyz; the raw error stays in Err.
 func (s *Store) wrap(ctx context.Context, err error) error {
-	if err == nil {
-		return nil
+	err = s.conn.wrap(ctx, err, !s.opened.Load())
+	if c := CauseOf(err); c == CausePermission || c == CauseAuth {
+		s.refused.note(err, c)
 	}
-	var se *store.Error
-	if errors.As(err, &se) {
-		return err
-	}
-	if ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return store.Wrap(store.KindUnavailable, err, "request cancelled")
-	}
-	if rerr, ok := rueidis.IsRedisErr(err); ok {
-		if rerr.IsLoading() || rerr.IsClusterDown() || rerr.IsTryAgain() {
-			return store.Wrap(store.KindUnavailable, err, "redis is unavailable")
-		}
-		msg := rerr.Error()
-		for _, p := range []string{"MASTERDOWN", "READONLY", "BUSY", "OOM", "NOREPLICAS"} {
-			if len(msg) >= len(p) && msg[:len(p)] == p {
-				return store.Wrap(store.KindUnavailable, err, "redis is unavailable")
-			}
-		}
-		return store.Wrap(store.KindInternal, err, "internal store error")
-	}
-	return store.Wrap(store.KindUnavailable, err, "redis is unavailable")
+	return err
 }

@@ -13,10 +13,12 @@ package redisstore
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -24,7 +26,7 @@ import (
 	"github.com/orange-forge/forge/store"
 )
 
-// Options tune a Store beyond store.Config.
+// Options tune a Store beyond store.Config. The zero value works.
 type Options struct {
 	// Logger receives what the store has to say (lost subscriptions, clock
 	// offsets); nil discards it.
@@ -35,6 +37,24 @@ type Options struct {
 	// ClockResync is how often the default clock re-measures its offset from
 	// Redis' TIME; zero means 30 s.
 	ClockResync time.Duration
+
+	// TLS, when not nil, is used for every connection to Redis (and to the
+	// sentinels): it turns TLS on whatever the URL's scheme says. Set RootCAs to
+	// trust a private CA, Certificates for mutual TLS, ServerName for the name
+	// Redis' certificate carries (empty: the URL's host, as with rediss://).
+	// Without it a rediss:// URL verifies against the system's roots.
+	TLS *tls.Config
+	// Username and Password, when not empty, replace the URL's, so a password
+	// read from a file never needs to be written into a URL.
+	Username, Password string
+	// SentinelUsername and SentinelPassword authenticate to the sentinels, when
+	// they require it (the URL's user and password are the master's).
+	SentinelUsername, SentinelPassword string
+	// ClientOption, when not nil, is called with the rueidis options Open built
+	// from the URL and the fields above, just before it connects: the place for
+	// anything else rueidis offers (a dialer, a credentials provider, a client
+	// name).
+	ClientOption func(*rueidis.ClientOption)
 }
 
 // Store is a store.Store on Redis.
@@ -44,12 +64,17 @@ type Store struct {
 	k      *keys
 	client rueidis.Client // commands and scripts
 	subs   rueidis.Client // the pub/sub subscription only, so losing it cannot fail a call
+	owned  bool           // Close closes client and subs
 	hub    *store.Hub
 	jobs   jobCache // the fixed part of jobs seen lately
 	clock  store.Clock
 	rclock *redisClock // nil when the caller gave a clock
 
 	newAgentID func() string // store.NewAgentID; tests make ids collide
+
+	conn    conn        // how it connects, to explain failures
+	opened  atomic.Bool // Open has returned it
+	refused refusals    // the last permission or credential refusal, for Ping
 
 	sub subState
 
@@ -61,27 +86,18 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
-// Open connects to Redis at url (redis://[user:pass@]host:port/db; a cluster is
-// named by one or more of its nodes, as redis://host:port?addr=host2:port2), loads
-// the scripts on every node, subscribes to change notifications and returns the
-// Store. It fails with KindUnavailable if Redis cannot be reached.
+// Open connects to Redis at url, loads the scripts on every node, subscribes to
+// change notifications and returns the Store. The URL names one node
+// (redis://[user:password@]host:port/db, rediss:// for TLS), a cluster by one or
+// more of its nodes (redis://host:port?addr=host2:port2), or a master through
+// its sentinels (redis://s1:port/db?addr=s2:port&master_set=NAME); see
+// connect.go. If Redis cannot be used it fails with KindUnavailable and a
+// message that names the cause (CauseOf tells which); a URL that does not parse
+// is KindInvalid. No error ever holds the URL's password.
 func Open(ctx context.Context, url string, cfg store.Config, opts Options) (*Store, error) {
-	copt, err := rueidis.ParseURL(url)
+	copt, cn, err := clientOption(url, opts)
 	if err != nil {
-		return nil, store.Errorf(store.KindInvalid, "redis url: %v", err)
-	}
-	copt.DisableCache = true
-	if copt.ConnWriteTimeout == 0 {
-		copt.ConnWriteTimeout = 5 * time.Second
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Prefix == "" {
-		opts.Prefix = "forge"
-	}
-	if opts.ClockResync <= 0 {
-		opts.ClockResync = 30 * time.Second
+		return nil, err
 	}
 	subsOpt := copt
 	// rueidis retries read-only commands on network errors until the context
@@ -95,17 +111,44 @@ func Open(ctx context.Context, url string, cfg store.Config, opts Options) (*Sto
 	}
 	client, err := rueidis.NewClient(copt)
 	if err != nil {
-		return nil, store.Wrap(store.KindUnavailable, err, "redis is unavailable")
+		return nil, cn.wrap(ctx, err, true)
 	}
 	subs, err := rueidis.NewClient(subsOpt)
 	if err != nil {
 		client.Close()
-		return nil, store.Wrap(store.KindUnavailable, err, "redis is unavailable")
+		return nil, cn.wrap(ctx, err, true)
+	}
+	return open(ctx, client, subs, true, cn, cfg, opts)
+}
+
+// OpenClient returns a Store on a rueidis client the caller made and keeps:
+// Close leaves it open. The store sends its commands and holds its subscription
+// on it, and inherits its retry policy (Open's own clients stop retrying a
+// failing call after a few quick tries, so held calls hear of an outage at
+// once). Build the client with DisableCache: the store does not use
+// client-side caching. The TLS, credential and ClientOption fields of opts are
+// not used.
+func OpenClient(ctx context.Context, client rueidis.Client, cfg store.Config, opts Options) (*Store, error) {
+	if client == nil {
+		return nil, store.Errorf(store.KindInvalid, "redisstore: OpenClient needs a client")
+	}
+	return open(ctx, client, client, false, conn{ready: true}, cfg, opts)
+}
+
+func open(ctx context.Context, client, subs rueidis.Client, owned bool, cn conn, cfg store.Config, opts Options) (*Store, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "forge"
+	}
+	if opts.ClockResync <= 0 {
+		opts.ClockResync = 30 * time.Second
 	}
 	userClock := cfg.Clock
 	cfg = cfg.WithDefaults()
-	s := &Store{cfg: cfg, log: opts.Logger, k: newKeys(opts.Prefix), client: client, subs: subs, hub: store.NewHub(),
-		newAgentID: store.NewAgentID}
+	s := &Store{cfg: cfg, log: opts.Logger, k: newKeys(opts.Prefix), client: client, subs: subs, owned: owned,
+		hub: store.NewHub(), newAgentID: store.NewAgentID, conn: cn, refused: refusals{keep: time.Minute}}
 	s.sub.ready = make(chan struct{})
 	if userClock == nil {
 		s.rclock = &redisClock{client: client, log: s.log}
@@ -138,6 +181,7 @@ func Open(ctx context.Context, url string, cfg store.Config, opts Options) (*Sto
 			s.rclock.run(bg, opts.ClockResync)
 		}()
 	}
+	s.opened.Store(true)
 	return s, nil
 }
 
@@ -171,6 +215,9 @@ func (s *Store) Close() error {
 }
 
 func (s *Store) closeClients() {
+	if !s.owned {
+		return
+	}
 	s.client.Close()
 	s.subs.Close()
 }
@@ -178,12 +225,15 @@ func (s *Store) closeClients() {
 // Watch implements store.Store.
 func (s *Store) Watch(keys ...string) *store.Watcher { return s.hub.Watch(keys...) }
 
-// Ping implements store.Store.
+// Ping implements store.Store: it fails when Redis does not answer PING, and
+// also, for a minute after, when a call was refused for a missing permission or
+// for its credentials (a user may be allowed PING and nothing else). Its error
+// names the cause.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.client.Do(ctx, s.client.B().Ping().Build()).Error(); err != nil {
 		return s.wrap(ctx, err)
 	}
-	return nil
+	return s.refused.recent()
 }
 
 func (s *Store) now() time.Time { return s.clock.Now() }
