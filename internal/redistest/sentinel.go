@@ -36,6 +36,8 @@ func StartSentinel(t testing.TB, opts ...Option) *SentinelSet {
 		o(&c)
 	}
 	set := &SentinelSet{t: t}
+	// A replica (the first, and the old master rejoining) syncs at once.
+	c.args = append([]string{"--repl-diskless-sync-delay", "0"}, c.args...)
 	set.Master = start(t, c)
 	rc := c
 	rc.args = append(append([]string(nil), c.args...), "--replicaof", "127.0.0.1", strconv.Itoa(set.Master.port))

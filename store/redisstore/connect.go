@@ -65,6 +65,8 @@ func clientOption(rawURL string, opts Options) (rueidis.ClientOption, conn, erro
 		copt.Sentinel.TopologyRefreshInterval = sentinelRefresh
 	}
 	copt.DisableCache = true
+	// CLIENT SETINFO would be one more command the ACL user needs (Redis 7.2+).
+	copt.ClientSetInfo = rueidis.DisableClientSetInfo
 	if copt.ConnWriteTimeout == 0 {
 		copt.ConnWriteTimeout = 5 * time.Second
 	}
