@@ -71,7 +71,9 @@ type conn struct {
 
 // diagnose classifies err and writes the message a store.Error carries for it:
 // what went wrong, then what Redis or the network said, then (where one
-// helps) what to check.
+// helps) what to check. The message holds no address (the raw error, kept in
+// Err, has them for the log): the text may be shown by /readyz.
+//
 // While opening, a TLS connection that Redis drops at once is taken for a
 // refused client certificate (with TLS 1.3 the client hears of it only at its
 // first write); later, it is more likely a restart.
@@ -86,19 +88,27 @@ func (c conn) diagnose(err error, opening bool) (Cause, string) {
 		uerr  x509.UnknownAuthorityError
 		ierr  x509.CertificateInvalidError
 		rherr tls.RecordHeaderError
-		alert tls.AlertError
+		oerr  *net.OpError
 	)
 	switch {
 	case errors.As(err, &herr):
 		return CauseTLS, "redis TLS verification failed: " + herr.Error() + " (set the server name to verify to a name the certificate carries)"
-	case errors.As(err, &uerr) || errors.As(err, &verr) || errors.As(err, &ierr):
-		return CauseTLS, "redis TLS verification failed: " + err.Error() + " (trust the CA that signed Redis' certificate)"
+	case errors.As(err, &uerr):
+		return CauseTLS, "redis TLS verification failed: " + uerr.Error() + " (trust the CA that signed Redis' certificate)"
+	case errors.As(err, &ierr):
+		return CauseTLS, "redis TLS verification failed: " + ierr.Error()
+	case errors.As(err, &verr):
+		return CauseTLS, "redis TLS verification failed: " + verr.Err.Error()
 	case errors.As(err, &rherr):
-		return CauseTLS, "redis TLS handshake failed: " + err.Error() + " (the port does not speak TLS: use redis:// for a plain port)"
-	case errors.As(err, &alert) || strings.Contains(err.Error(), "remote error: tls:"):
-		return CauseTLS, "redis refused the TLS handshake: " + err.Error() + " (Redis may require a client certificate signed by a CA it trusts)"
+		return CauseTLS, "redis TLS handshake failed: the port does not speak TLS (use redis:// for a plain port)"
+	case errors.As(err, &oerr) && oerr.Op == "remote error": // a TLS alert from Redis
+		return CauseTLS, "redis refused the TLS handshake: " + oerr.Err.Error() + " (Redis may require a client certificate signed by a CA it trusts)"
 	}
-	msg := "redis is unavailable: " + err.Error()
+	problem := netProblem(err)
+	msg := "redis is unavailable"
+	if problem != "" {
+		msg += ": " + problem
+	}
 	var nerr net.Error
 	switch {
 	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
@@ -106,19 +116,44 @@ func (c conn) diagnose(err error, opening bool) (Cause, string) {
 			return CauseUnreachable, msg + " (if the port serves TLS, use rediss://)"
 		}
 		if opening {
-			return CauseTLS, "redis closed the TLS connection: " + err.Error() + " (Redis does this when it requires a client certificate and got none it trusts)"
+			return CauseTLS, "redis closed the TLS connection: " + problem + " (Redis does this when it requires a client certificate and got none it trusts)"
 		}
 	case c.tls && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &nerr) && nerr.Timeout()):
 		var oerr *net.OpError
 		if errors.As(err, &oerr) && oerr.Op == "dial" {
 			break // no TCP connection at all
 		}
-		msg = "redis TLS handshake got no answer: " + err.Error() + " (a port that does not speak TLS leaves it waiting: use redis:// for a plain port)"
+		msg = "redis TLS handshake got no answer: " + problem + " (a port that does not speak TLS leaves it waiting: use redis:// for a plain port)"
 		if opening {
 			return CauseTLS, msg
 		}
 	}
 	return CauseUnreachable, msg
+}
+
+// netProblem says what a connection error is without the addresses it names,
+// or "" when it cannot tell.
+func netProblem(err error) string {
+	var (
+		dns   *net.DNSError
+		nerr  net.Error
+		errno syscall.Errno
+	)
+	switch {
+	case errors.As(err, &dns):
+		return "cannot resolve the host: " + dns.Err
+	case errors.Is(err, errSubscribeTimeout):
+		return errSubscribeTimeout.Error()
+	case errors.Is(err, rueidis.ErrClosing):
+		return "the connection is closed"
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &nerr) && nerr.Timeout():
+		return "timed out"
+	case errors.As(err, &errno):
+		return errno.Error()
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return "the connection was closed"
+	}
+	return ""
 }
 
 // redisReply classifies an error reply.
@@ -145,7 +180,7 @@ func (c conn) redisReply(reply string) (Cause, string) {
 	case strings.Contains(reply, "cluster support disabled"):
 		return CauseTopology, "the URL names " + strconv.Itoa(c.nodes) + " nodes, as for a cluster, but Redis is not a cluster: " + reply + " (name one node)"
 	case has("MOVED") || has("ASK") || has("CROSSSLOT"):
-		return CauseTopology, "redis is a cluster but was addressed as a single node: " + reply + " (may the user run CLUSTER SLOTS?)"
+		return CauseTopology, "redis is a cluster but was addressed as a single node: " + strings.Fields(reply)[0] + " (may the user run CLUSTER SLOTS?)"
 	case strings.Contains(reply, "unknown command 'SENTINEL'") || strings.Contains(reply, "unknown command 'sentinel'"):
 		return CauseTopology, "the URL names master set " + quote(c.sentinel) + " but the node is not a Sentinel: " + reply + " (name the sentinels, or drop master_set)"
 	case strings.Contains(reply, "No such master with that name"):
@@ -159,7 +194,7 @@ func (c conn) redisReply(reply string) (Cause, string) {
 	case has("OOM"):
 		return CauseFull, "redis is full: " + reply
 	}
-	return CauseOther, "internal store error: " + reply
+	return CauseOther, "internal store error"
 }
 
 func quote(s string) string { return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"` }

@@ -222,7 +222,7 @@ func TestOpenNamesTheCause(t *testing.T) {
 				t.Fatal("Open succeeded")
 			}
 			if store.KindOf(err) != store.KindUnavailable || redisstore.CauseOf(err) != tc.cause || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Open = %v (kind %v, cause %q), want KindUnavailable, cause %q, saying %q", err, store.KindOf(err), redisstore.CauseOf(err), tc.cause, tc.want)
+				t.Fatalf("Open = %v [%v] (kind %v, cause %q), want KindUnavailable, cause %q, saying %q", err, errors.Unwrap(err), store.KindOf(err), redisstore.CauseOf(err), tc.cause, tc.want)
 			}
 			if strings.Contains(err.Error(), password) || strings.Contains(fmt.Sprintf("%+v", errors.Unwrap(err)), password) {
 				t.Fatalf("the error holds the password: %v", err)
