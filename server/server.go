@@ -246,8 +246,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	default:
 	}
 	if err := s.store.Ping(ctx); err != nil {
-		s.log.Warn("readyz: store unreachable", "err", err)
-		http.Error(w, "store unavailable", http.StatusServiceUnavailable)
+		// The store's message names the cause (TLS, credentials, a missing
+		// permission …) and holds no secret; the raw cause goes to the log only.
+		s.log.Warn("readyz: store unavailable", causeArgs(err)...)
+		http.Error(w, "store unavailable: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	w.Write([]byte("ok\n"))

@@ -19,7 +19,8 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 	serverURL := f.String("server", "", "measure running servers instead (comma-separated; crossreplica uses the first two)")
 	adminToken := f.String("admin-token", "", "operator token of --server")
 	enrollToken := f.String("enroll-token", "", "enrollment token of --server")
-	redisURL := f.String("redis", "", "run the in-process servers on Redis (redis://host:port/db); the bench leaves its agents and tasks there")
+	var rc RedisConfig
+	f.redisFlags(&rc, "run the in-process servers on Redis (a URL as for forge server); the bench leaves its agents and tasks there")
 	scenarios := f.List("scenario", "scenario to run (repeatable or comma-separated); default: all")
 	agents := f.Int("agents", 10000, "agents in the idle and storm scenarios")
 	quick := f.Bool("quick", false, "a smoke test: every scenario at a tiny scale")
@@ -37,6 +38,9 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 		fmt.Fprintf(m.Stderr, "forge bench: unexpected argument %q\n", f.Arg(0))
 		return errUsage
 	}
+	if err := rc.check(); err != nil {
+		return err
+	}
 	log, err := m.logger("text", *logLevel)
 	if err != nil {
 		return err
@@ -45,7 +49,7 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 		return bench.RunFleetChild(ctx, bench.FleetChildConfig{Server: *fleetChild, EnrollToken: *enrollToken,
 			Agents: *agents, TaskAgents: *taskAgents, Logger: log}, os.Stdin, m.Stdout)
 	}
-	cfg := bench.Config{AdminToken: *adminToken, EnrollToken: *enrollToken, RedisURL: *redisURL,
+	cfg := bench.Config{AdminToken: *adminToken, EnrollToken: *enrollToken, RedisURL: rc.URL,
 		Agents: *agents, Quick: *quick, Logger: log}
 	for _, s := range strings.Split(*serverURL, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -59,10 +63,15 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 			}
 		}
 	}
-	if *redisURL != "" {
-		cfg.OpenRedis = func(ctx context.Context, url string, c store.Config) (store.Store, error) {
-			return redisstore.Open(ctx, url, c, redisstore.Options{Logger: log})
+	if rc.URL != "" {
+		opts, err := rc.options(log)
+		if err != nil {
+			return err
 		}
+		cfg.OpenRedis = func(ctx context.Context, url string, c store.Config) (store.Store, error) {
+			return redisstore.Open(ctx, url, c, opts)
+		}
+		cfg.RedisArgs = rc.args()
 	}
 	if *childServer {
 		if exe, err := os.Executable(); err == nil {

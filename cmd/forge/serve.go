@@ -202,9 +202,9 @@ func readSigningKey(file string) (ed25519.PrivateKey, error) {
 	return ek, nil
 }
 
-func openStore(ctx context.Context, redisURL string, cfg store.Config, log *slog.Logger) (store.Store, string, error) {
-	if redisURL == "" {
+func openStore(ctx context.Context, rc RedisConfig, cfg store.Config, log *slog.Logger) (store.Store, string, error) {
+	if rc.URL == "" {
 		return memstore.New(cfg), "in memory (state is lost when the server stops; use --redis for production)", nil
 	}
-	return openRedis(ctx, redisURL, cfg, log)
+	return openRedis(ctx, rc, cfg, log)
 }

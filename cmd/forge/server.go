@@ -34,7 +34,7 @@ func (m *Main) runServer(ctx context.Context, args []string) error {
 // BuildServer makes a listening Server from it.
 type ServerConfig struct {
 	Listen string // host:port; plain HTTP only on loopback unless Insecure
-	Redis  string // Redis URL; empty: the in-memory store
+	Redis  RedisConfig // Redis URL and its TLS and password files; no URL: the in-memory store
 	// EnrollTokens and AdminTokens are those given by flag, variable or file.
 	// When one list is empty, BuildServer generates a token for it and Serve
 	// prints it once.
@@ -70,7 +70,7 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	var enrollFile, adminFile, logFormat, logLevel string
 	f := m.newFlags("server", "forge server: serves the API agents and operators call.")
 	f.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "address to listen on; plain HTTP only on loopback unless --insecure")
-	f.StringVar(&c.Redis, "redis", "", "Redis URL (redis://host:port/db) for shared state; empty: in memory")
+	f.redisFlags(&c.Redis, "Redis URL for shared state: redis[s]://[user@]host:port/db, a cluster with ?addr=…, Sentinel with ?master_set=… (docs/operations.md); empty: in memory")
 	f.ListVar(&c.EnrollTokens, "enroll-token", "token agents register with (repeatable; at least 16 characters)")
 	f.ListVar(&c.AdminTokens, "admin-token", "operator token for the control API (repeatable; at least 16 characters)")
 	f.StringVar(&enrollFile, "enroll-token-file", "", "file with enrollment tokens, one per line")
@@ -120,6 +120,9 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 		if n.v <= 0 {
 			return c, fmt.Errorf("--%s must be positive, not %d", n.name, n.v)
 		}
+	}
+	if err := c.Redis.check(); err != nil {
+		return c, err
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return c, errors.New("--tls-cert and --tls-key go together")

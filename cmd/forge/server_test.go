@@ -120,7 +120,7 @@ func TestServerEnvFallbacks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != "127.0.0.2:9" || c.Redis != "redis://127.0.0.1:1/0" || !c.Insecure || c.Lease != 7*time.Second ||
+	if c.Listen != "127.0.0.2:9" || c.Redis.URL != "redis://127.0.0.1:1/0" || !c.Insecure || c.Lease != 7*time.Second ||
 		c.PollHold != 3*time.Second || c.MaxAttempts != 5 || c.MaxPending != 9 || c.RateLimit != 2.5 {
 		t.Errorf("config from the environment = %+v", c)
 	}
@@ -266,7 +266,7 @@ func TestServerReadiness(t *testing.T) {
 		rd := redistest.Start(t)
 		rd.Stop()
 		p := startForge(t, tokensEnv, "server", "--listen", "127.0.0.1:0", "--redis", rd.URL())
-		waitOutput(t, p, "redis unreachable; retrying")
+		waitOutput(t, p, "redis not usable; retrying")
 		select {
 		case u := <-p.url:
 			t.Fatalf("the server said it was ready at %s without its Redis", u)

@@ -36,6 +36,9 @@ type Config struct {
 	// RedisURL makes the in-process servers use Redis through OpenRedis.
 	RedisURL  string
 	OpenRedis func(ctx context.Context, url string, cfg store.Config) (store.Store, error)
+	// RedisArgs are the other flags the child server needs to reach RedisURL
+	// (--redis-ca and the like).
+	RedisArgs []string
 	// ServerExe is a forge binary the idle scenario starts as a child process
 	// (`forge server`), so the server's own memory and CPU can be read from
 	// /proc. Empty: that scenario reports the server's figures as not measured.

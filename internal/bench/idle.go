@@ -60,6 +60,7 @@ func (r *runner) startChild(ctx context.Context, pollHold time.Duration) (*child
 		"--poll-hold", pollHold.String(), "--log-level", "error"}
 	if r.cfg.RedisURL != "" {
 		args = append(args, "--redis", r.cfg.RedisURL)
+		args = append(args, r.cfg.RedisArgs...)
 	}
 	cmd := exec.CommandContext(ctx, r.cfg.ServerExe, args...)
 	cmd.Env = append(os.Environ(), "FORGE_ENROLL_TOKEN=", "FORGE_ADMIN_TOKEN=")

@@ -45,9 +45,10 @@ const (
 type causeError struct {
 	cause Cause
 	err   error
+	text  string // err's text with any password of the connection cut out
 }
 
-func (e *causeError) Error() string { return e.err.Error() }
+func (e *causeError) Error() string { return e.text }
 func (e *causeError) Unwrap() error { return e.err }
 
 // CauseOf returns the Cause of an error from this package, or CauseNone.
@@ -67,6 +68,20 @@ type conn struct {
 	sentinel string // master set name, if through Sentinel
 	db       int
 	nodes    int // addresses in the URL
+	// secrets are the passwords in use, cut out of every message: some Redis
+	// replies echo a command's arguments (an old server's "unknown command
+	// 'HELLO', with args beginning with: …" would show AUTH's).
+	secrets []string
+}
+
+// redact replaces each secret in text with xxxxx.
+func (c conn) redact(text string) string {
+	for _, s := range c.secrets {
+		if s != "" {
+			text = strings.ReplaceAll(text, s, "xxxxx")
+		}
+	}
+	return text
 }
 
 // diagnose classifies err and writes the message a store.Error carries for it:

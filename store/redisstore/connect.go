@@ -38,8 +38,9 @@ const sentinelRefresh = 5 * time.Second
 func clientOption(rawURL string, opts Options) (rueidis.ClientOption, conn, error) {
 	copt, err := rueidis.ParseURL(rawURL)
 	if err != nil {
-		return copt, conn{}, &store.Error{Kind: store.KindInvalid, Msg: urlError(rawURL, err),
-			Err: &causeError{cause: CauseURL, err: errors.New(urlError(rawURL, err))}}
+		msg := urlError(rawURL, err)
+		return copt, conn{}, &store.Error{Kind: store.KindInvalid, Msg: msg,
+			Err: &causeError{cause: CauseURL, err: errors.New(msg), text: msg}}
 	}
 	if opts.TLS != nil {
 		t := opts.TLS.Clone()
@@ -79,6 +80,7 @@ func clientOption(rawURL string, opts Options) (rueidis.ClientOption, conn, erro
 		sentinel: copt.Sentinel.MasterSet,
 		db:       copt.SelectDB,
 		nodes:    len(copt.InitAddress),
+		secrets:  []string{copt.Password, copt.Sentinel.Password},
 	}, nil
 }
 
@@ -137,8 +139,9 @@ func (c conn) wrap(ctx context.Context, err error, opening bool) error {
 		return err
 	}
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
-		return &store.Error{Kind: store.KindUnavailable, Msg: "request cancelled", Err: &causeError{cause: CauseCancelled, err: err}}
+		return &store.Error{Kind: store.KindUnavailable, Msg: "request cancelled",
+			Err: &causeError{cause: CauseCancelled, err: err, text: c.redact(err.Error())}}
 	}
 	cause, msg := c.diagnose(err, opening)
-	return &store.Error{Kind: kindOf(cause), Msg: msg, Err: &causeError{cause: cause, err: err}}
+	return &store.Error{Kind: kindOf(cause), Msg: c.redact(msg), Err: &causeError{cause: cause, err: err, text: c.redact(err.Error())}}
 }
