@@ -167,7 +167,7 @@ func TestRedisDocsExamples(t *testing.T) {
 		rd := redistest.Start(t)
 		setACLUser(t, rd)
 		run(t, substitute(cmds[1], map[string]string{
-			"redis.internal:6379":        rd.Addr(),
+			"redis.internal:6379":       rd.Addr(),
 			"/etc/forge/redis-password": password,
 		}), "acl")
 		if log := rd.MustDo("ACL", "LOG"); log != "" {
@@ -180,10 +180,10 @@ func TestRedisDocsExamples(t *testing.T) {
 		setACLUser(t, set.Master, set.Replica)
 		s := set.SentinelAddrs()
 		run(t, substitute(cmds[2], map[string]string{
-			"sentinel-1:26379":           s[0],
-			"sentinel-2:26379":           s[1],
-			"sentinel-3:26379":           s[2],
-			"master_set=forge":           "master_set=" + redistest.SentinelMasterName,
+			"sentinel-1:26379":          s[0],
+			"sentinel-2:26379":          s[1],
+			"sentinel-3:26379":          s[2],
+			"master_set=forge":          "master_set=" + redistest.SentinelMasterName,
 			"/etc/forge/redis-password": password,
 		}), "sentinel")
 	})
