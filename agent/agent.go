@@ -126,6 +126,7 @@ type Agent struct {
 	cur         int // index of the server in use
 	pollWait    time.Duration
 	hbInterval  time.Duration
+	hbKnown     bool // hbInterval came from the server (Register or a Heartbeat answer)
 	serverDrain bool // the server asked the agent to take no tasks
 	draining    bool // Run's context ended
 	running     map[refKey]*attempt
@@ -419,7 +420,7 @@ func (a *Agent) enroll(ctx context.Context, st *stateDir) error {
 				a.pollWait = d
 			}
 			if d := m.HeartbeatInterval.AsDuration(); m.HeartbeatInterval != nil && d > 0 {
-				a.hbInterval = d
+				a.hbInterval, a.hbKnown = d, true
 			}
 			a.mu.Unlock()
 			a.log.Info("registered", "agent", m.AgentId, "server", a.servers[idx])

@@ -476,6 +476,40 @@ func TestHeartbeatKeepsLease(t *testing.T) {
 	})
 }
 
+// TestRestartedAgentKeepsShortLease: an agent started again from its state dir
+// has not been told the heartbeat interval (only Register tells it); it asks at
+// once, so a 1.5 s lease holds for a task of 3 s from its very first task, rather
+// than running out before the default 10 s heartbeat.
+func TestRestartedAgentKeepsShortLease(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{Lease: 1500 * time.Millisecond, ReapInterval: 50 * time.Millisecond})
+		h := func(ctx context.Context, t *agent.Task) ([]byte, error) {
+			select {
+			case <-time.After(3 * time.Second):
+				return []byte("done"), nil
+			case <-ctx.Done():
+				return nil, context.Cause(ctx)
+			}
+		}
+		cfg := agent.Config{Servers: []string{e.URL}, StateDir: filepath.Join(t.TempDir(), "state")}
+		first := startAgent(t, cfg, map[string]agent.Handler{"slow": h})
+		id := first.ID()
+		if err := first.stop(t); err != nil {
+			t.Fatal(err)
+		}
+		b := startAgent(t, cfg, map[string]agent.Handler{"slow": h})
+		if b.ID() != id {
+			t.Fatalf("restarted as %s, want %s", b.ID(), id)
+		}
+		ti := e.wait(e.dispatch(id, "slow", nil, 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		if ti.Attempt != 1 {
+			t.Fatalf("attempt %d: the restarted agent let the lease run out", ti.Attempt)
+		}
+	})
+}
+
 func TestRevokedAgentStops(t *testing.T) {
 	t.Parallel()
 	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {

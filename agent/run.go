@@ -430,9 +430,15 @@ func (a *Agent) report(s *session, req *forgev1.ReportResultRequest) {
 // heartbeat interval while any is held, and acts on the answers.
 func (a *Agent) heartbeatLoop(ctx context.Context, s *session) {
 	var bo backoff
-	for {
+	for first := true; ; first = false {
 		a.mu.Lock()
 		d := a.hbInterval
+		if first && !a.hbKnown {
+			// Started from a saved identity, the agent has not heard the server's
+			// interval (Register tells it): ask at once rather than wait the
+			// default, which may outlast the lease of the first task it takes.
+			d = 0
+		}
 		a.mu.Unlock()
 		if bo.failing() {
 			d = min(d, bo.next()+time.Second)
@@ -445,7 +451,9 @@ func (a *Agent) heartbeatLoop(ctx context.Context, s *session) {
 		for k := range a.running {
 			refs = append(refs, &forgev1.TaskRef{TaskId: k.id, Attempt: k.attempt})
 		}
-		need := len(refs) > 0 || a.serverDrain // while drained, heartbeats tell when it ends
+		// While drained, heartbeats tell when it ends; until the interval is
+		// known, a heartbeat learns it.
+		need := len(refs) > 0 || a.serverDrain || !a.hbKnown
 		draining := a.draining || a.serverDrain
 		a.mu.Unlock()
 		if !need {
@@ -482,7 +490,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context, s *session) {
 		}
 		a.mu.Lock()
 		if d := m.HeartbeatInterval.AsDuration(); m.HeartbeatInterval != nil && d > 0 {
-			a.hbInterval = d
+			a.hbInterval, a.hbKnown = d, true
 		}
 		changed := m.Drain != a.serverDrain
 		a.serverDrain = m.Drain
