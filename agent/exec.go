@@ -5,14 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// DefaultKillGrace is how long ExecHandler lets a command's process group exit
-// after SIGTERM before it sends SIGKILL.
+// DefaultKillGrace is how long ExecHandler lets a command's process tree exit
+// after asking it to stop (SIGTERM; Ctrl-Break on Windows) before killing it.
 const DefaultKillGrace = 5 * time.Second
 
 // ExecOption configures ExecHandler.
@@ -22,8 +23,8 @@ type execConfig struct {
 	grace time.Duration
 }
 
-// WithKillGrace sets how long a stopped command's process group may take to exit
-// after SIGTERM before SIGKILL; DefaultKillGrace when not given.
+// WithKillGrace sets how long a stopped command's process tree may take to exit
+// after it was asked to stop before it is killed; DefaultKillGrace when not given.
 func WithKillGrace(d time.Duration) ExecOption {
 	return func(c *execConfig) {
 		if d >= 0 {
@@ -56,14 +57,19 @@ type ExecPayload struct {
 // payload cannot set these): delivery is at least once, so a command with side
 // effects can key them on the task id.
 //
-// The command runs in its own process group with stdin from /dev/null; its stdout
-// and stderr, interleaved, are the output, capped to the agent's MaxOutput while
-// they are read. A non-zero exit is returned as an *ExitError. When the task's
-// context ends, the whole group gets SIGTERM, then SIGKILL after the grace period
-// (WithKillGrace); children left running when the command exits are ended the
-// same way. The handler returns only once no live process of the group remains.
-// With the agent's StateDir set, running groups are recorded there so the next
-// start of the agent ends them if this one was killed.
+// The command runs in a process tree of its own, with stdin from the null
+// device; its stdout and stderr, interleaved, are the output, capped to the
+// agent's MaxOutput while they are read. A non-zero exit is returned as an
+// *ExitError. When the task's context ends, the whole tree is asked to stop, and
+// is killed after the grace period (WithKillGrace); children left running when
+// the command exits are ended the same way. The handler returns only once no live
+// process of the tree remains. With the agent's StateDir set, running trees are
+// recorded there so the next start of the agent ends them if this one was killed.
+//
+// On Unix the tree is a process group: SIGTERM, then SIGKILL. On Windows it is a
+// Job Object that no process can leave: a console Ctrl-Break to the command's
+// process group, then the job is terminated (exit code 137); if the agent dies,
+// Windows ends the job with it.
 func ExecHandler(allow []string, opts ...ExecOption) Handler {
 	cfg := execConfig{grace: DefaultKillGrace}
 	for _, o := range opts {
@@ -102,26 +108,45 @@ func ExecHandler(allow []string, opts ...ExecOption) Handler {
 
 // secretEnv tells whether an inherited variable holds a forge token, which a
 // command must not see: `forge agent` takes its enrollment token from the
-// environment, and a command run for an operator has no business with it.
+// environment, and a command run for an operator has no business with it. Case
+// does not matter: on Windows, Forge_Enroll_Token is the same variable.
 func secretEnv(k string) bool {
+	k = strings.ToUpper(k)
 	return strings.HasPrefix(k, "FORGE_") && strings.Contains(k, "TOKEN")
 }
 
 // mergeEnv returns base without forge's tokens, with add set over it, in a
-// stable order.
+// stable order. Names are compared as the system does: without case on Windows.
 func mergeEnv(base []string, add map[string]string) ([]string, error) {
+	return mergeEnvCase(base, add, runtime.GOOS == "windows")
+}
+
+// mergeEnvCase is mergeEnv; with fold, names that differ only in case are one
+// variable (Windows), so add's Path replaces base's PATH, and two names of add
+// that fold together are refused rather than one silently chosen.
+func mergeEnvCase(base []string, add map[string]string, fold bool) ([]string, error) {
+	name := func(k string) string { return k }
+	if fold {
+		name = strings.ToUpper
+	}
 	keys := make([]string, 0, len(add))
+	set := make(map[string]string, len(add)) // name as compared -> name as given
 	for k, v := range add {
 		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
 			return nil, fmt.Errorf("exec: env %q is not a valid variable", k)
 		}
+		if other, ok := set[name(k)]; ok {
+			a, b := min(k, other), max(k, other)
+			return nil, fmt.Errorf("exec: env %q and %q are the same variable on this system", a, b)
+		}
+		set[name(k)] = k
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	out := make([]string, 0, len(base)+len(add))
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
-		if _, ok := add[k]; !ok && !secretEnv(k) {
+		if _, ok := set[name(k)]; !ok && !secretEnv(k) {
 			out = append(out, kv)
 		}
 	}

@@ -1,22 +1,29 @@
-//go:build !unix
+//go:build !unix && !windows
 
 package agent
 
 import (
-	"context"
 	"errors"
 	"os"
+	"os/exec"
 )
 
-func runCommand(context.Context, ExecPayload, []string, execConfig, *taskEnv) ([]byte, error) {
-	return nil, errors.New("exec: not supported on this operating system")
+// Systems without process groups or job objects (plan9, wasm) run no commands.
+
+const treeKind = "group"
+
+func startTree(*exec.Cmd) (processTree, error) {
+	return nil, errors.New("not supported on this operating system")
 }
+
+func treeName(t processTree) string             { return "process tree" }
+func exitStatus(e *exec.ExitError) (int, error) { return e.ExitCode(), e }
 
 func lockDir(name string) (*os.File, error) {
 	return os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
 }
 
-func procStartTime(int) uint64  { return 0 }
-func bootID() string            { return "" }
-func ownGroup(groupRecord) bool { return false }
-func killGroupNow(int) bool     { return true }
+func procStartTime(int) uint64     { return 0 }
+func bootID() string               { return "" }
+func ownGroup(groupRecord) bool    { return false }
+func endRecorded(groupRecord) bool { return true }

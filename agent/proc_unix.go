@@ -45,44 +45,11 @@ func groupGone(pgid int) bool {
 	return !groupHasLive(pgid)
 }
 
-// waitGroupGone polls until group pgid is gone or d passes; it reports whether
-// the group is gone.
-func waitGroupGone(pgid int, d time.Duration) bool {
-	end := time.Now().Add(d)
-	step := 2 * time.Millisecond
-	for {
-		if groupGone(pgid) {
-			return true
-		}
-		if time.Now().After(end) {
-			return false
-		}
-		time.Sleep(min(step, time.Until(end)+time.Millisecond))
-		step = min(2*step, 100*time.Millisecond)
-	}
-}
+// treeKind is what the state dir records: a process group per exec command.
+const treeKind = "group"
 
-// killWait bounds the wait after SIGKILL: only a process stuck in the
-// kernel (uninterruptible sleep) outlives it.
-const killWait = 10 * time.Second
-
-// stopGroup ends process group pgid: SIGTERM (and SIGCONT, so stopped members see
-// it), up to grace for the group to exit, then SIGKILL. It returns once no live
-// member remains, or reports false if one outlived SIGKILL by killWait.
-func stopGroup(pgid int, grace time.Duration) bool {
-	if groupGone(pgid) {
-		return true
-	}
-	syscall.Kill(-pgid, syscall.SIGTERM)
-	syscall.Kill(-pgid, syscall.SIGCONT)
-	if waitGroupGone(pgid, grace) {
-		return true
-	}
-	return killGroupNow(pgid)
-}
-
-// killGroupNow sends SIGKILL to group pgid and waits for it to be gone.
-func killGroupNow(pgid int) bool {
-	syscall.Kill(-pgid, syscall.SIGKILL)
-	return waitGroupGone(pgid, killWait)
+// endRecorded ends the process group of r, which a previous run of the agent
+// recorded, and reports whether it is gone.
+func endRecorded(r groupRecord) bool {
+	return killTree(pgroup(r.Pgid), killWait)
 }

@@ -33,9 +33,11 @@ type signingKey struct {
 	PublicKey []byte `json:"public_key"`
 }
 
-// groupRecord names a process group started by an exec task. Start (the leader's
-// start time in clock ticks since boot) and Boot (the kernel's boot id) let a later
-// agent tell the group it recorded from an unrelated one that reuses the number.
+// groupRecord names a process tree started by an exec task. On Unix it is a
+// process group: Start (the leader's start time in clock ticks since boot) and
+// Boot (the kernel's boot id) let a later agent tell the group it recorded from
+// an unrelated one that reuses the number. On Windows Pgid is the command's
+// process id and Start its creation time, which together name its Job Object.
 type groupRecord struct {
 	Pgid  int    `json:"pgid"`
 	Start uint64 `json:"start,omitempty"`
@@ -154,9 +156,9 @@ func (s *stateDir) endLeftovers() {
 		if !ownGroup(r) {
 			continue
 		}
-		s.log.Warn("ending a process group left by a previous run of the agent", "pgid", r.Pgid)
-		if !killGroupNow(r.Pgid) {
-			s.log.Error("process group still alive after SIGKILL", "pgid", r.Pgid)
+		s.log.Warn("ending a process "+treeKind+" left by a previous run of the agent", "id", r.Pgid)
+		if !endRecorded(r) {
+			s.log.Error("process "+treeKind+" still alive after being killed", "id", r.Pgid)
 		}
 	}
 	s.mu.Lock()

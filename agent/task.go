@@ -39,7 +39,9 @@ type Handler func(ctx context.Context, t *Task) (output []byte, err error)
 // task's outcome is OUTCOME_FAILED.
 type ExitError struct {
 	// Code is the exit code reported. For a command ended by a signal it is
-	// 128 + the signal number, as shells report it.
+	// 128 + the signal number, as shells report it; on Windows it is the 32-bit
+	// exit code as a signed number, as cmd.exe reports it (a job the agent
+	// terminated exits 137, like SIGKILL).
 	Code int
 	// Err describes the failure; nil gives "exit status <Code>".
 	Err error
