@@ -76,7 +76,8 @@ type Store interface {
 	// created now and expiring p.TTL later by the store's clock. An id already
 	// stored fails with KindPrecondition.
 	CreateEnrollmentToken(ctx context.Context, p EnrollmentParams) (EnrollmentToken, error)
-	// ListEnrollmentTokens lists stored enrollment tokens.
+	// ListEnrollmentTokens lists stored enrollment tokens in order of creation
+	// (ties by id).
 	ListEnrollmentTokens(ctx context.Context) ([]EnrollmentToken, error)
 	// RevokeEnrollmentToken stops an enrollment token.
 	RevokeEnrollmentToken(ctx context.Context, id string) (EnrollmentToken, error)

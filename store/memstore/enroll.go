@@ -1,9 +1,11 @@
 package memstore
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/orange-forge/forge/store"
@@ -45,7 +47,10 @@ func (s *Store) ListEnrollmentTokens(ctx context.Context) ([]store.EnrollmentTok
 		for _, t := range s.enroll {
 			out = append(out, *t)
 		}
-		slices.SortFunc(out, func(x, y store.EnrollmentToken) int { return x.CreatedAt.Compare(y.CreatedAt) })
+		// In order of creation, ties by id, as the Redis store lists them.
+		slices.SortFunc(out, func(x, y store.EnrollmentToken) int {
+			return cmp.Or(x.CreatedAt.Compare(y.CreatedAt), strings.Compare(x.ID, y.ID))
+		})
 		return out, nil
 	})
 }
