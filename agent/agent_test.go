@@ -242,6 +242,10 @@ func TestRestartKeepsIdentity(t *testing.T) {
 		if err := a.stop(t); err != nil {
 			t.Fatal(err)
 		}
+		// Until the server sees the stopped agent's connection close, its Poll is
+		// still held there and could lease the next task into that closed
+		// connection; the task would come back only when its lease (30 s) ran out.
+		waitFor(t, 10*time.Second, "the stopped agent's Poll to end on the server", func() bool { return e.HeldPolls() == 0 })
 		fi, err := os.Stat(filepath.Join(dir, "identity.json"))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("identity file: %v %v", fi, err)
@@ -253,6 +257,7 @@ func TestRestartKeepsIdentity(t *testing.T) {
 		if b.ID() != id {
 			t.Fatalf("restarted as %s, want %s", b.ID(), id)
 		}
+		waitFor(t, 10*time.Second, "the restarted agent's Poll", func() bool { return e.HeldPolls() == 1 })
 		ti := e.wait(e.dispatch(id, "echo", []byte("again"), 0))
 		wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
 
@@ -607,6 +612,9 @@ func TestServerDownAgentRecovers(t *testing.T) {
 			t.Fatalf("Run returned while the server was down: %v", a.err)
 		default:
 		}
+		// The Poll the agent held through the downed server has ended there too, so
+		// it cannot lease the next task into a closed connection.
+		waitFor(t, 10*time.Second, "the Poll of the downed server to end", func() bool { return e.HeldPolls() == 0 })
 		id := e.dispatch(a.ID(), "echo", []byte("2"), 0) // through the in-process handler
 		f.up(t)
 		ti := e.wait(id)

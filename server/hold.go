@@ -53,6 +53,11 @@ func (s *Server) hold(ctx context.Context, h hold, check func() (done bool, err 
 		}
 		select {
 		case <-w.C:
+			// A caller gone while we waited must not have a task leased into
+			// its closed connection (the lease would bring it back, but late).
+			if ctx.Err() != nil || s.isClosing() {
+				return nil
+			}
 		case <-timer.C:
 			return nil
 		case <-ctx.Done():
