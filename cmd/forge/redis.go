@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,6 +27,10 @@ type RedisConfig struct {
 	ServerName           string // the name Redis' certificate must carry; default: the URL's host
 	PasswordFile         string // the password of the URL's user
 	SentinelPasswordFile string // the sentinels' own password
+	// WaitReplicas > 0 makes every write wait until that many replicas have
+	// it (at most WaitTimeout), so a failover cannot lose what forge accepted.
+	WaitReplicas int
+	WaitTimeout  time.Duration
 }
 
 // redisFlags defines the --redis flags into c.
@@ -37,6 +42,8 @@ func (f *flags) redisFlags(c *RedisConfig, urlUsage string) {
 	f.StringVar(&c.ServerName, "redis-server-name", "", "name Redis' certificate must carry (default: the URL's host)")
 	f.StringVar(&c.PasswordFile, "redis-password-file", "", "file holding the password of the Redis URL's user (instead of writing it in the URL)")
 	f.StringVar(&c.SentinelPasswordFile, "redis-sentinel-password-file", "", "file holding the sentinels' own password, if they have one")
+	f.IntVar(&c.WaitReplicas, "redis-wait-replicas", 0, "answer a write only once this many replicas have it (Redis WAIT), so a failover cannot lose it; not on a cluster")
+	f.DurationVar(&c.WaitTimeout, "redis-wait-timeout", time.Second, "longest wait for --redis-wait-replicas; a write not confirmed by then fails as unavailable")
 }
 
 // args returns the flags, other than --redis, that give c to another forge.
@@ -49,6 +56,9 @@ func (c RedisConfig) args() []string {
 			out = append(out, "--"+f.name, f.v)
 		}
 	}
+	if c.WaitReplicas > 0 {
+		out = append(out, "--redis-wait-replicas", strconv.Itoa(c.WaitReplicas), "--redis-wait-timeout", c.WaitTimeout.String())
+	}
 	return out
 }
 
@@ -56,13 +66,16 @@ func (c RedisConfig) args() []string {
 func (c RedisConfig) check() error {
 	tlsFlags := c.CA != "" || c.Cert != "" || c.Key != "" || c.ServerName != ""
 	if c.URL == "" {
-		if tlsFlags || c.PasswordFile != "" || c.SentinelPasswordFile != "" {
+		if tlsFlags || c.PasswordFile != "" || c.SentinelPasswordFile != "" || c.WaitReplicas != 0 {
 			return errors.New("the --redis-* flags need --redis")
 		}
 		return nil
 	}
 	if (c.Cert == "") != (c.Key == "") {
 		return errors.New("--redis-cert and --redis-key go together")
+	}
+	if c.WaitReplicas < 0 || c.WaitTimeout <= 0 {
+		return fmt.Errorf("--redis-wait-replicas must be 0 or more and --redis-wait-timeout positive, not %d and %s", c.WaitReplicas, c.WaitTimeout)
 	}
 	if tlsFlags && !strings.HasPrefix(c.URL, "rediss://") {
 		return fmt.Errorf("--redis-ca, --redis-cert, --redis-key and --redis-server-name are for TLS: use a rediss:// URL, not %s", redisstore.RedactURL(c.URL))
@@ -75,7 +88,7 @@ func (c RedisConfig) check() error {
 
 // options reads the files c names into redisstore.Options.
 func (c RedisConfig) options(log *slog.Logger) (redisstore.Options, error) {
-	opts := redisstore.Options{Logger: log}
+	opts := redisstore.Options{Logger: log, WaitReplicas: c.WaitReplicas, WaitTimeout: c.WaitTimeout}
 	var err error
 	if opts.Password, err = readSecret("--redis-password-file", c.PasswordFile); err != nil {
 		return opts, err

@@ -93,6 +93,10 @@ func (c conn) redact(text string) string {
 // refused client certificate (with TLS 1.3 the client hears of it only at its
 // first write); later, it is more likely a restart.
 func (c conn) diagnose(err error, opening bool) (Cause, string) {
+	var nrerr *notReplicatedError
+	if errors.As(err, &nrerr) {
+		return CauseFailover, "redis is unavailable: " + nrerr.Error()
+	}
 	var rerr *rueidis.RedisError
 	if errors.As(err, &rerr) && !rerr.IsNil() {
 		return c.redisReply(strings.TrimSpace(rerr.Error()))

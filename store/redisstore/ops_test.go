@@ -52,10 +52,10 @@ func docsACL(t *testing.T, password string) []string {
 
 // openAs returns an Opener that opens the store as user on url, each test with
 // its own prefix under "forge:" (which the documented key patterns cover).
-func openAs(url, user, password string) storetest.Opener {
+func openAs(url, user, password string, waitReplicas int) storetest.Opener {
 	return func(t *testing.T, cfg store.Config) store.Store {
 		s, err := redisstore.Open(t.Context(), url, cfg, redisstore.Options{Username: user, Password: password,
-			Prefix: fmt.Sprintf("forge:t%d", prefixes.Add(1))})
+			Prefix: fmt.Sprintf("forge:t%d", prefixes.Add(1)), WaitReplicas: waitReplicas})
 		if err != nil {
 			t.Fatalf("Open as %s: %v", user, err)
 		}
@@ -91,20 +91,61 @@ func TestConformanceACL(t *testing.T) {
 		t.Parallel()
 		srv := redistest.Start(t)
 		setUser(t, srv)
-		storetest.Run(t, openAs(srv.URL(), "forge", password))
+		storetest.Run(t, openAs(srv.URL(), "forge", password, 0))
 	})
 	t.Run("cluster", func(t *testing.T) {
 		t.Parallel()
 		cl := redistest.StartCluster(t, 3)
 		setUser(t, cl.Nodes...)
-		storetest.Run(t, openAs(cl.URL(), "forge", password))
+		storetest.Run(t, openAs(cl.URL(), "forge", password, 0))
 	})
 	t.Run("sentinel", func(t *testing.T) {
 		t.Parallel()
 		set := redistest.StartSentinel(t)
 		setUser(t, set.Master, set.Replica)
-		storetest.Run(t, openAs(set.URL(), "forge", password))
+		storetest.Run(t, openAs(set.URL(), "forge", password, 0))
 	})
+	t.Run("sentinel, every write on a replica", func(t *testing.T) {
+		t.Parallel()
+		set := redistest.StartSentinel(t)
+		setUser(t, set.Master, set.Replica)
+		storetest.Run(t, openAs(set.URL(), "forge", password, 1))
+		t.Cleanup(func() { // after the suite's parallel tests
+			if st := set.Master.Info("commandstats", "cmdstat_wait"); !strings.HasPrefix(st, "calls=") {
+				t.Errorf("no WAIT was sent: cmdstat_wait = %q", st)
+			}
+		})
+	})
+}
+
+// TestWaitReplicas: with WaitReplicas a write the replicas do not confirm in
+// time fails as unavailable, saying so; a cluster is refused.
+func TestWaitReplicas(t *testing.T) {
+	t.Parallel()
+	set := redistest.StartSentinel(t)
+	s, err := redisstore.Open(t.Context(), set.URL(), store.Config{}, redisstore.Options{Prefix: "w",
+		WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cred := register(t, s, "secret")
+	if _, err := s.Dispatch(t.Context(), spec(cred.AgentID)); err != nil {
+		t.Fatalf("Dispatch with the replica up: %v", err)
+	}
+	set.Replica.Kill()
+	_, err = s.Dispatch(t.Context(), spec(cred.AgentID))
+	if store.KindOf(err) != store.KindUnavailable || redisstore.CauseOf(err) != redisstore.CauseFailover ||
+		!strings.Contains(err.Error(), "confirmed by 0 of the 1 replicas required within 200ms") {
+		t.Fatalf("Dispatch with the replica gone = %v (cause %q), want unavailable, not confirmed", err, redisstore.CauseOf(err))
+	}
+	if _, err := s.GetJob(t.Context(), "j0000000000000000"); store.KindOf(err) != store.KindNotFound {
+		t.Fatalf("a read with the replica gone = %v, want not found (reads do not wait)", err)
+	}
+	cl := redistest.StartCluster(t, 1)
+	if _, err := redisstore.Open(t.Context(), cl.URL(), store.Config{}, redisstore.Options{WaitReplicas: 1}); store.KindOf(err) != store.KindInvalid {
+		t.Fatalf("WaitReplicas on a cluster: %v, want KindInvalid", err)
+	}
 }
 
 func tlsConfig(t *testing.T, c *redistest.Certs, clientCert, clientKey string) *tls.Config {

@@ -50,6 +50,13 @@ type Options struct {
 	// SentinelUsername and SentinelPassword authenticate to the sentinels, when
 	// they require it (the URL's user and password are the master's).
 	SentinelUsername, SentinelPassword string
+	// WaitReplicas, when above zero, makes every write wait (Redis' WAIT) until
+	// that many replicas have it, so a failover cannot lose a write forge has
+	// answered; a write not confirmed within WaitTimeout (zero: 1 s) fails as
+	// unavailable. For one master with replicas (Sentinel), not a cluster. See
+	// replicas.go.
+	WaitReplicas int
+	WaitTimeout  time.Duration
 	// ClientOption, when not nil, is called with the rueidis options Open built
 	// from the URL and the fields above, just before it connects: the place for
 	// anything else rueidis offers (a dialer, a credentials provider, a client
@@ -117,6 +124,17 @@ func Open(ctx context.Context, url string, cfg store.Config, opts Options) (*Sto
 	if err != nil {
 		client.Close()
 		return nil, cn.wrap(ctx, err, true)
+	}
+	if opts.WaitReplicas > 0 {
+		if client.Mode() == rueidis.ClientModeCluster {
+			client.Close()
+			subs.Close()
+			return nil, store.Errorf(store.KindInvalid, "redisstore: WaitReplicas is for one master with replicas (Sentinel), not a cluster")
+		}
+		if opts.WaitTimeout <= 0 {
+			opts.WaitTimeout = time.Second
+		}
+		client = waitClient{Client: client, replicas: int64(opts.WaitReplicas), timeout: opts.WaitTimeout}
 	}
 	return open(ctx, client, subs, true, cn, cfg, opts)
 }
