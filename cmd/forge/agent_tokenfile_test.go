@@ -41,6 +41,9 @@ func TestAgentEnrollTokenFile(t *testing.T) {
 	e := env{"FORGE_ENROLL_TOKEN_FILE": tokenFile, "FORGE_STATE_DIR": state, "FORGE_LABEL": "case=tokenfile"}
 	ag := startForge(t, e, "agent", "--server", url)
 	id := waitAgents(t, ctl, "case=tokenfile", 1)[0].Id
+	// Listed is not yet saved: the agent keeps its identity once Register's
+	// answer reaches it, a moment after the server lists it.
+	waitFor(t, "the identity is saved", func() bool { _, err := os.Stat(filepath.Join(state, "identity.json")); return err == nil })
 	if code := ag.stop(t); code != 0 {
 		t.Fatalf("the agent exited %d when stopped:\n%s", code, ag.output())
 	}

@@ -104,6 +104,8 @@ func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err 
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
 		TLSConfig:      tlsConfig,
+		// The HTTP server's own errors (a failed TLS handshake) go to the log.
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	s.tls = tlsConfig != nil
 	scheme := "https"
