@@ -1,0 +1,195 @@
+package chaos
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/orange-forge/forge/agent"
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+)
+
+// JobRecord is a job the driver dispatched and the server accepted.
+type JobRecord struct {
+	ID      string
+	Kind    string // single, long, timeout, fanout, rollout
+	Target  string
+	MC, MF  int32
+	Timeout time.Duration
+	Spec    TaskSpec
+	TaskIDs []string
+	At      time.Time
+}
+
+// CancelRecord is a cancel the driver asked for.
+type CancelRecord struct {
+	ID  string // task or job id
+	Job bool
+	At  time.Time
+	OK  bool // accepted (the task or job was live)
+	Err string
+}
+
+// driver dispatches steadily through the control API: single-agent tasks, long
+// ones (more likely to meet a fault), ones that time out, fan-outs with
+// max_concurrency and max_failures, and cancels of tasks and jobs. Its choices
+// come from its own seeded generator.
+type driver struct {
+	ctl      *control
+	rng      *rand.Rand
+	bin      string // the chaosagent binary tasks exec
+	agents   []string
+	groups   int
+	interval time.Duration
+	seed     int64
+	logf     func(string, ...any)
+
+	mu       sync.Mutex
+	jobs     []JobRecord
+	cancels  []CancelRecord
+	refused  int // dispatches the server refused or that failed after retries
+	sent     int
+	failures []string
+}
+
+func (d *driver) run(ctx context.Context) {
+	t := time.NewTicker(d.interval)
+	defer t.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.step(ctx, n)
+	}
+}
+
+func (d *driver) step(ctx context.Context, n int) {
+	r := d.rng.Float64()
+	agentID := d.agents[d.rng.IntN(len(d.agents))]
+	sleep := time.Duration(50+d.rng.IntN(1450)) * time.Millisecond
+	switch {
+	case r < 0.45:
+		spec := TaskSpec{Sleep: sleep}
+		if d.rng.IntN(10) == 0 {
+			spec.Fail = true
+		}
+		d.dispatch(ctx, n, "single", &forgev1.DispatchRequest{Target: &forgev1.DispatchRequest_AgentId{AgentId: agentID}}, spec, 30*time.Second)
+	case r < 0.55:
+		spec := TaskSpec{Sleep: time.Duration(3000+d.rng.IntN(3000)) * time.Millisecond}
+		d.dispatch(ctx, n, "long", &forgev1.DispatchRequest{Target: &forgev1.DispatchRequest_AgentId{AgentId: agentID}}, spec, 30*time.Second)
+	case r < 0.60:
+		spec := TaskSpec{Sleep: 5 * time.Second}
+		d.dispatch(ctx, n, "timeout", &forgev1.DispatchRequest{Target: &forgev1.DispatchRequest_AgentId{AgentId: agentID}}, spec, time.Second)
+	case r < 0.70:
+		spec := TaskSpec{Sleep: time.Duration(200+d.rng.IntN(800)) * time.Millisecond, FailMod: 3}
+		g := d.rng.IntN(d.groups)
+		d.dispatch(ctx, n, "rollout", &forgev1.DispatchRequest{Target: &forgev1.DispatchRequest_Selector{Selector: fmt.Sprintf("group=g%d", g)},
+			MaxConcurrency: 2, MaxFailures: 2}, spec, 30*time.Second)
+	case r < 0.74:
+		spec := TaskSpec{Sleep: time.Duration(100+d.rng.IntN(400)) * time.Millisecond}
+		d.dispatch(ctx, n, "fanout", &forgev1.DispatchRequest{Target: &forgev1.DispatchRequest_All{All: true}, MaxConcurrency: 5}, spec, 30*time.Second)
+	case r < 0.86:
+		if id, ok := d.pickTask(); ok {
+			d.cancel(ctx, id, false)
+		}
+	case r < 0.89:
+		if id, ok := d.pickJob(); ok {
+			d.cancel(ctx, id, true)
+		}
+	}
+}
+
+func (d *driver) dispatch(ctx context.Context, n int, kind string, req *forgev1.DispatchRequest, spec TaskSpec, timeout time.Duration) {
+	payload, _ := json.Marshal(agent.ExecPayload{Argv: spec.Argv(d.bin)})
+	req.Type = "exec"
+	req.Payload = payload
+	req.Timeout = durationpb.New(timeout)
+	req.DeliveryTtl = durationpb.New(5 * time.Minute)
+	req.MaxAttempts = 3
+	req.IdempotencyKey = fmt.Sprintf("chaos-%d-%d", d.seed, n)
+	at := time.Now()
+	var res *connect.Response[forgev1.DispatchResponse]
+	err := d.ctl.call(ctx, 30*time.Second, func(ctx context.Context, c forgev1connect.ControlServiceClient) error {
+		var err error
+		res, err = c.Dispatch(ctx, connect.NewRequest(req))
+		return err
+	})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.sent++
+	if err != nil {
+		d.refused++
+		if ctx.Err() == nil {
+			d.failures = append(d.failures, fmt.Sprintf("dispatch %s %s: %v", kind, req.IdempotencyKey, err))
+		}
+		return
+	}
+	target := "all"
+	switch tg := req.Target.(type) {
+	case *forgev1.DispatchRequest_AgentId:
+		target = tg.AgentId
+	case *forgev1.DispatchRequest_Selector:
+		target = tg.Selector
+	}
+	d.jobs = append(d.jobs, JobRecord{ID: res.Msg.JobId, Kind: kind, Target: target, MC: req.MaxConcurrency, MF: req.MaxFailures,
+		Timeout: timeout, Spec: spec, TaskIDs: res.Msg.TaskIds, At: at})
+}
+
+// pickTask returns a task dispatched in the last few seconds (likely live).
+func (d *driver) pickTask() (string, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var recent []string
+	for i := len(d.jobs) - 1; i >= 0 && time.Since(d.jobs[i].At) < 5*time.Second; i-- {
+		recent = append(recent, d.jobs[i].TaskIDs...)
+	}
+	if len(recent) == 0 {
+		return "", false
+	}
+	return recent[d.rng.IntN(len(recent))], true
+}
+
+// pickJob returns a fan-out dispatched in the last few seconds.
+func (d *driver) pickJob() (string, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var recent []string
+	for i := len(d.jobs) - 1; i >= 0 && time.Since(d.jobs[i].At) < 5*time.Second; i-- {
+		if len(d.jobs[i].TaskIDs) > 1 {
+			recent = append(recent, d.jobs[i].ID)
+		}
+	}
+	if len(recent) == 0 {
+		return "", false
+	}
+	return recent[d.rng.IntN(len(recent))], true
+}
+
+func (d *driver) cancel(ctx context.Context, id string, job bool) {
+	at := time.Now()
+	err := d.ctl.call(ctx, 30*time.Second, func(ctx context.Context, c forgev1connect.ControlServiceClient) error {
+		var err error
+		if job {
+			_, err = c.CancelJob(ctx, connect.NewRequest(&forgev1.CancelJobRequest{JobId: id, Reason: "chaos"}))
+		} else {
+			_, err = c.CancelTask(ctx, connect.NewRequest(&forgev1.CancelTaskRequest{TaskId: id, Reason: "chaos"}))
+		}
+		return err
+	})
+	rec := CancelRecord{ID: id, Job: job, At: at, OK: err == nil}
+	if err != nil {
+		rec.Err = err.Error()
+	}
+	d.mu.Lock()
+	d.cancels = append(d.cancels, rec)
+	d.mu.Unlock()
+}

@@ -1,0 +1,252 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/orange-forge/forge/internal/redistest"
+)
+
+// Fault kinds. Every run injects each kind it is given at least once: faults come
+// in rounds, each round a seeded shuffle of every kind.
+const (
+	FaultAgentKill  = "agent-kill"  // SIGKILL an agent process, start it again
+	FaultAgentStop  = "agent-stop"  // SIGSTOP an agent process past its lease, then SIGCONT
+	FaultServerKill = "server-kill" // SIGKILL a server replica, start it again
+	FaultServerTerm = "server-term" // SIGTERM a server replica, start it again
+	FaultMasterKill = "master-kill" // SIGKILL a Redis master; its replica takes over
+	FaultSlotMove   = "slot-move"   // move a slot holding forge keys to another master
+	FaultConnsCut   = "conns-cut"   // CLIENT KILL every Redis connection of one replica
+)
+
+// AllFaults lists every fault kind, in a fixed order.
+var AllFaults = []string{FaultAgentKill, FaultAgentStop, FaultServerKill, FaultServerTerm, FaultMasterKill, FaultSlotMove, FaultConnsCut}
+
+// Fault is one fault the injector caused.
+type Fault struct {
+	Kind   string
+	Target string // process name, Redis node address, or slot
+	Start  time.Time
+	// Back is when the target was back: restarted, resumed, failed over, moved.
+	Back time.Time
+	Note string
+	Err  string
+}
+
+// injector causes one fault every few seconds, chosen by its seeded generator,
+// and waits for each to be over before the next.
+type injector struct {
+	rng     *rand.Rand
+	kinds   []string
+	gap     [2]time.Duration
+	lease   time.Duration
+	cluster *redistest.Cluster
+	servers []*Proc
+	agents  []*Proc // agent processes (forge agent and chaosagent agents)
+	shards  []string
+	logf    func(string, ...any)
+
+	mu     sync.Mutex
+	faults []Fault
+}
+
+func (in *injector) run(ctx context.Context) {
+	var round []string
+	for {
+		gap := in.gap[0] + time.Duration(in.rng.Int64N(int64(in.gap[1]-in.gap[0])+1))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(gap):
+		}
+		if len(round) == 0 {
+			round = slices.Clone(in.kinds)
+			in.rng.Shuffle(len(round), func(i, j int) { round[i], round[j] = round[j], round[i] })
+		}
+		kind := round[0]
+		round = round[1:]
+		f := in.inject(ctx, kind)
+		in.mu.Lock()
+		in.faults = append(in.faults, f)
+		in.mu.Unlock()
+		if f.Err != "" {
+			in.logf("fault %s on %s failed: %s", f.Kind, f.Target, f.Err)
+		} else {
+			in.logf("fault %s on %s (%s) back after %s", f.Kind, f.Target, f.Note, f.Back.Sub(f.Start).Round(time.Millisecond))
+		}
+	}
+}
+
+func (in *injector) inject(ctx context.Context, kind string) Fault {
+	f := Fault{Kind: kind}
+	var err error
+	switch kind {
+	case FaultAgentKill:
+		p := in.agents[in.rng.IntN(len(in.agents))]
+		down := time.Duration(200+in.rng.IntN(1800)) * time.Millisecond
+		f.Target, f.Note = p.Name, "down "+down.String()
+		f.Start = time.Now()
+		p.Kill()
+		sleepCtx(ctx, down)
+		err = p.Start()
+	case FaultAgentStop:
+		p := in.agents[in.rng.IntN(len(in.agents))]
+		stop := in.lease + time.Duration(1500+in.rng.IntN(2000))*time.Millisecond
+		f.Target, f.Note = p.Name, "stopped "+stop.String()
+		f.Start = time.Now()
+		if err = p.Pause(); err == nil {
+			time.Sleep(stop) // not cut short: a stopped agent must be resumed
+			err = p.Resume()
+		}
+	case FaultServerKill, FaultServerTerm:
+		p := in.servers[in.rng.IntN(len(in.servers))]
+		down := time.Duration(200+in.rng.IntN(1800)) * time.Millisecond
+		f.Target, f.Note = p.Name, "down "+down.String()
+		f.Start = time.Now()
+		if kind == FaultServerKill {
+			p.Kill()
+		} else {
+			p.Term(20 * time.Second)
+		}
+		sleepCtx(ctx, down)
+		err = p.Start()
+	case FaultMasterKill:
+		// Only a cluster where every master has a synced replica can lose one.
+		if err = in.cluster.WaitHealthy(60 * time.Second); err != nil {
+			break
+		}
+		var masters []*redistest.Server
+		if masters, err = in.cluster.Masters(); err != nil {
+			break
+		}
+		m := masters[in.rng.IntN(len(masters))]
+		f.Target = m.Addr()
+		f.Start = time.Now()
+		var nm *redistest.Server
+		if nm, err = in.cluster.KillMaster(m, 30*time.Second); err != nil {
+			break
+		}
+		f.Note = "replica " + nm.Addr() + " took over"
+		// Back as a replica of the new master; the next master-kill waits for its sync.
+		err = m.TryRestart()
+	case FaultSlotMove:
+		tag := in.shards[in.rng.IntN(len(in.shards))]
+		slot := redistest.Slot(tag)
+		var masters []*redistest.Server
+		if masters, err = in.cluster.Masters(); err != nil {
+			break
+		}
+		from, _ := in.cluster.MasterOf(slot)
+		var to *redistest.Server
+		for _, i := range in.rng.Perm(len(masters)) {
+			if masters[i] != from {
+				to = masters[i]
+				break
+			}
+		}
+		f.Target = fmt.Sprintf("%s (slot %d)", tag, slot)
+		f.Start = time.Now()
+		if to == nil {
+			err = fmt.Errorf("no other master")
+			break
+		}
+		f.Note = "to " + to.Addr()
+		err = in.cluster.MigrateSlot(slot, to, redistest.MigrateOptions{Batch: 2, Pause: 5 * time.Millisecond})
+	case FaultConnsCut:
+		p := in.servers[in.rng.IntN(len(in.servers))]
+		f.Target = p.Name
+		f.Start = time.Now()
+		n := 0
+		n, err = cutConnections(in.cluster, "forge-"+p.Name)
+		f.Note = fmt.Sprintf("%d connections", n)
+	}
+	f.Back = time.Now()
+	if err != nil {
+		f.Err = err.Error()
+	}
+	return f
+}
+
+// cutConnections kills, on every node, the connections whose client name is name.
+func cutConnections(cl *redistest.Cluster, name string) (int, error) {
+	n := 0
+	for _, s := range cl.Nodes {
+		list, err := s.Do("CLIENT", "LIST")
+		if err != nil {
+			continue // a node down right now holds no connection
+		}
+		for _, line := range strings.Split(list, "\n") {
+			var id, cname string
+			for _, f := range strings.Fields(line) {
+				if v, ok := strings.CutPrefix(f, "id="); ok {
+					id = v
+				}
+				if v, ok := strings.CutPrefix(f, "name="); ok {
+					cname = v
+				}
+			}
+			if cname == name && id != "" {
+				if _, err := s.Do("CLIENT", "KILL", "ID", id); err == nil {
+					n++
+				}
+			}
+		}
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("no connection named %s found", name)
+	}
+	return n, nil
+}
+
+// heal undoes whatever a fault left: resumes paused processes, starts stopped
+// ones, and waits for the cluster to be whole.
+func (in *injector) heal() error {
+	for _, p := range append(slices.Clone(in.servers), in.agents...) {
+		p.mu.Lock()
+		paused, running := p.paused, p.cmd != nil
+		p.mu.Unlock()
+		if paused {
+			p.Resume()
+		}
+		if !running {
+			if err := p.Start(); err != nil {
+				return err
+			}
+		}
+	}
+	for _, s := range in.cluster.Nodes {
+		if !s.Running() {
+			if err := s.TryRestart(); err != nil {
+				return err
+			}
+		}
+	}
+	return in.cluster.WaitHealthy(60 * time.Second)
+}
+
+func (in *injector) log() []Fault {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return slices.Clone(in.faults)
+}
+
+// shardTag returns the hash tag of an agent's shard, as redisstore computes it
+// (FNV-1a of the id, modulo 64 shards).
+func shardTag(agentID string) string {
+	h := fnv.New32a()
+	h.Write([]byte(agentID))
+	return fmt.Sprintf("{forge:s%02d}", h.Sum32()%64)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
