@@ -54,6 +54,7 @@ type Report struct {
 	RanTwice     int // tasks whose handler ran more than once
 	SameAttempt  int // handler invocations of an attempt already run
 	StaleOverlap int // runs that overlapped a later attempt while being stopped
+	LongestStale time.Duration
 	Killed       int // runs ended by their process's death
 	Abandoned    int // runs stopped because their lease was gone
 	LongestWait  time.Duration
@@ -185,13 +186,27 @@ func Check(ev Evidence) *Report {
 				if !a.overlaps(b) {
 					continue
 				}
-				te, ok := expired[a.att]
-				if a.att < b.att && ok && !te.After(b.start) {
+				// The older attempt may still run, being stopped, once its lease
+				// expired before the newer one started; whichever started first.
+				lo, hi := a, b
+				if hi.att < lo.att {
+					lo, hi = hi, lo
+				}
+				te, ok := expired[lo.att]
+				if lo.att < hi.att && ok && !te.After(hi.start) {
 					r.StaleOverlap++
+					from, to := lo.start, lo.end
+					if hi.start.After(from) {
+						from = hi.start
+					}
+					if hi.end.Before(to) {
+						to = hi.end
+					}
+					r.LongestStale = max(r.LongestStale, to.Sub(from))
 					continue
 				}
-				bad("task %s: attempt %d (%s %s..%s) and attempt %d (%s %s..) ran at once; lease of attempt %d expired: %v",
-					id, a.att, a.host, stamp(a.start), stamp(a.end), b.att, b.host, stamp(b.start), a.att, fmtTime(te, ok))
+				bad("task %s: attempt %d (%s %s..%s) and attempt %d (%s %s..%s) ran at once; lease of attempt %d expired: %v",
+					id, lo.att, lo.host, stamp(lo.start), stamp(lo.end), hi.att, hi.host, stamp(hi.start), stamp(hi.end), lo.att, fmtTime(te, ok))
 			}
 		}
 		// The result kept is the last attempt's.
@@ -488,8 +503,8 @@ func (r *Report) Table() string {
 		r.Jobs, r.Accepted, r.Sent, r.Refused, r.Retries)
 	fmt.Fprintf(&b, "  attempts %d, handler runs %d, redelivered tasks %d (redeliveries %d), lost %d\n",
 		r.Attempts, r.Runs, r.Redelivered, r.Redeliveries, r.Lost)
-	fmt.Fprintf(&b, "  duplicates: tasks run more than once %d, same attempt run twice %d, stale runs overlapping a retry while being stopped %d\n",
-		r.RanTwice, r.SameAttempt, r.StaleOverlap)
+	fmt.Fprintf(&b, "  duplicates: tasks run more than once %d, same attempt run twice %d, stale runs overlapping a retry while being stopped %d (longest overlap %s)\n",
+		r.RanTwice, r.SameAttempt, r.StaleOverlap, r.LongestStale.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  runs killed with their process %d, abandoned (lease gone) %d\n", r.Killed, r.Abandoned)
 	fmt.Fprintf(&b, "  longest wait because of a fault: %s (task %s, %s)\n", r.LongestWait.Round(time.Millisecond), r.WaitTask, r.WaitWhy)
 	if len(r.FaultErrors) > 0 {
