@@ -41,7 +41,8 @@ func newControl(urls []string, token string) *control {
 // transient tells whether a failed call may succeed if repeated.
 func transient(err error) bool {
 	switch connect.CodeOf(err) {
-	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeUnknown, connect.CodeInternal, connect.CodeAborted:
+	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeUnknown, connect.CodeInternal, connect.CodeAborted,
+		connect.CodeCanceled: // a connection reset by a replica killed mid-call reads as canceled
 		return true
 	}
 	return false
