@@ -55,6 +55,7 @@ type Report struct {
 	SameAttempt  int // handler invocations of an attempt already run
 	StaleOverlap int // runs that overlapped a later attempt while being stopped
 	LongestStale time.Duration
+	LiveExpired  int // leases that ran out under an agent neither killed nor stopped
 	Killed       int // runs ended by their process's death
 	Abandoned    int // runs stopped because their lease was gone
 	LongestWait  time.Duration
@@ -179,6 +180,14 @@ func Check(ev Evidence) *Report {
 		}
 		if len(rs) > 1 {
 			r.RanTwice++
+		}
+		// Leases that ran out while their agent was neither killed nor stopped:
+		// the servers or Redis were out of reach for longer than a lease.
+		for _, x := range rs {
+			te, ok := expired[x.att]
+			if ok && te.After(x.start) && !hostDown(ev.Faults, x.host, x.start, te) {
+				r.LiveExpired++
+			}
 		}
 		// Overlaps.
 		for i, a := range rs {
@@ -366,6 +375,18 @@ func buildRuns(ev Evidence, note func(string, ...any)) []*run {
 	return out
 }
 
+// hostDown tells whether an agent process was killed or stopped at some time
+// between from and to.
+func hostDown(faults []Fault, host string, from, to time.Time) bool {
+	for _, f := range faults {
+		if (f.Kind == FaultAgentKill || f.Kind == FaultAgentStop) && f.Target == host &&
+			f.Start.Before(to) && f.Back.After(from) {
+			return true
+		}
+	}
+	return false
+}
+
 // leaseExpiries returns, per attempt, when the server found its lease expired.
 func leaseExpiries(t *forgev1.TaskInfo) map[int32]time.Time {
 	out := map[int32]time.Time{}
@@ -505,7 +526,8 @@ func (r *Report) Table() string {
 		r.Attempts, r.Runs, r.Redelivered, r.Redeliveries, r.Lost)
 	fmt.Fprintf(&b, "  duplicates: tasks run more than once %d, same attempt run twice %d, stale runs overlapping a retry while being stopped %d (longest overlap %s)\n",
 		r.RanTwice, r.SameAttempt, r.StaleOverlap, r.LongestStale.Round(time.Millisecond))
-	fmt.Fprintf(&b, "  runs killed with their process %d, abandoned (lease gone) %d\n", r.Killed, r.Abandoned)
+	fmt.Fprintf(&b, "  runs killed with their process %d, abandoned (lease gone) %d; leases run out under a live agent %d\n",
+		r.Killed, r.Abandoned, r.LiveExpired)
 	fmt.Fprintf(&b, "  longest wait because of a fault: %s (task %s, %s)\n", r.LongestWait.Round(time.Millisecond), r.WaitTask, r.WaitWhy)
 	if len(r.FaultErrors) > 0 {
 		fmt.Fprintf(&b, "  faults that could not be injected: %d\n", len(r.FaultErrors))

@@ -90,7 +90,12 @@ func (d *driver) step(ctx context.Context, n int) {
 		spec := TaskSpec{Sleep: time.Duration(3000+d.rng.IntN(3000)) * time.Millisecond}
 		d.dispatch(ctx, n, "long", &forgev1.DispatchRequest{Target: &forgev1.DispatchRequest_AgentId{AgentId: agentID}}, spec, 30*time.Second)
 	case r < 0.60:
+		// Half stop at once when their time is up (the agent's own deadline ends
+		// them), half linger past it (the server's reaper finds them first).
 		spec := TaskSpec{Sleep: 5 * time.Second}
+		if d.rng.IntN(2) == 0 {
+			spec.Linger = 2 * time.Second
+		}
 		d.dispatch(ctx, n, "timeout", &forgev1.DispatchRequest{Target: &forgev1.DispatchRequest_AgentId{AgentId: agentID}}, spec, time.Second)
 	case r < 0.70:
 		spec := TaskSpec{Sleep: time.Duration(200+d.rng.IntN(800)) * time.Millisecond, FailMod: 3}

@@ -56,27 +56,42 @@ type injector struct {
 	faults []Fault
 }
 
+// run injects faults until ctx ends and every kind has happened at least once:
+// a run shorter than a round of faults still completes its first round (a kind
+// that could not be injected is tried again, up to three times).
 func (in *injector) run(ctx context.Context) {
 	var round []string
+	rounds := 0
+	tries := map[string]int{}
 	for {
-		gap := in.gap[0] + time.Duration(in.rng.Int64N(int64(in.gap[1]-in.gap[0])+1))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(gap):
-		}
 		if len(round) == 0 {
+			if ctx.Err() != nil && rounds > 0 {
+				return
+			}
 			round = slices.Clone(in.kinds)
 			in.rng.Shuffle(len(round), func(i, j int) { round[i], round[j] = round[j], round[i] })
+			rounds++
+		} else if ctx.Err() != nil && rounds > 1 {
+			return
 		}
+		gap := in.gap[0] + time.Duration(in.rng.Int64N(int64(in.gap[1]-in.gap[0])+1))
+		if ctx.Err() != nil {
+			gap = in.gap[0] // finishing the first round
+		}
+		time.Sleep(gap)
 		kind := round[0]
 		round = round[1:]
-		f := in.inject(ctx, kind)
+		// A fault under way runs its course (a stopped agent is resumed, a killed
+		// process restarted) even when the run's time is up.
+		f := in.inject(context.WithoutCancel(ctx), kind)
 		in.mu.Lock()
 		in.faults = append(in.faults, f)
 		in.mu.Unlock()
 		if f.Err != "" {
 			in.logf("fault %s on %s failed: %s", f.Kind, f.Target, f.Err)
+			if tries[kind]++; rounds == 1 && tries[kind] < 3 {
+				round = append(round, kind)
+			}
 		} else {
 			in.logf("fault %s on %s (%s) back after %s", f.Kind, f.Target, f.Note, f.Back.Sub(f.Start).Round(time.Millisecond))
 		}

@@ -203,14 +203,17 @@ func Run(t testing.TB, cfg Config) (*Report, error) {
 	in := &injector{rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 2)), kinds: cfg.Faults, gap: cfg.FaultGap, lease: cfg.Lease,
 		cluster: cluster, servers: servers, agents: agents, shards: shards, logf: logf}
 
+	// The driver dispatches for as long as the injector injects: cfg.Duration,
+	// or longer until every kind of fault has happened once.
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(t.Context(), cfg.Duration)
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); d.run(ctx) }()
-	go func() { defer wg.Done(); in.run(ctx) }()
-	wg.Wait()
-	cancel()
+	faultCtx, stopFaults := context.WithTimeout(t.Context(), cfg.Duration)
+	driverCtx, stopDriver := context.WithCancel(t.Context())
+	driverDone := make(chan struct{})
+	go func() { defer close(driverDone); d.run(driverCtx) }()
+	in.run(faultCtx)
+	stopFaults()
+	stopDriver()
+	<-driverDone
 	faultsEnd := time.Now()
 	logf("seed %d: faults over after %s; healing", cfg.Seed, faultsEnd.Sub(start).Round(time.Second))
 	if err := in.heal(); err != nil {

@@ -27,6 +27,9 @@ type TaskSpec struct {
 	FailMod int
 	// Fail makes every attempt fail.
 	Fail bool
+	// Linger is how long the attempt goes on after it is told to stop (its
+	// context ends, or SIGTERM), as a command that cleans up first does.
+	Linger time.Duration
 }
 
 // Argv returns the exec argv running the task with the helper binary bin.
@@ -37,6 +40,9 @@ func (s TaskSpec) Argv(bin string) []string {
 	}
 	if s.Fail {
 		argv = append(argv, "-fail")
+	}
+	if s.Linger > 0 {
+		argv = append(argv, "-linger", s.Linger.String())
 	}
 	return argv
 }
@@ -49,6 +55,7 @@ func ParseTaskArgs(args []string) (TaskSpec, error) {
 	f.DurationVar(&s.Sleep, "sleep", 0, "how long the attempt works")
 	f.IntVar(&s.FailMod, "fail-mod", 0, "fail when a hash of the task id is a multiple of this")
 	f.BoolVar(&s.Fail, "fail", false, "fail every attempt")
+	f.DurationVar(&s.Linger, "linger", 0, "how long the attempt goes on after it is told to stop")
 	if err := f.Parse(args); err != nil {
 		return s, err
 	}
@@ -104,6 +111,7 @@ func RunTask(ctx context.Context, w *HistoryWriter, host string, a Attempt, spec
 	case <-ctx.Done():
 		err = context.Cause(ctx)
 		end.How, end.Cause = "canceled", err.Error()
+		time.Sleep(spec.Linger)
 	}
 	end.At = time.Now().UnixMicro()
 	if werr := w.Write(end); werr != nil {
