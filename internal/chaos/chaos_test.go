@@ -46,7 +46,7 @@ const fixedSeed = 1
 // TestChaos runs the chaos run: a 3+3 Redis Cluster, 3 forge server replicas, 20
 // agents in 6 processes, a driver dispatching steadily, and every kind of fault
 // at least once; then the checker. By default it runs the fixed seed and one
-// random seed (printed, so a failure can be replayed) for 30 s of faults each (a
+// random seed (printed, so a failure can be replayed) for 25 s of faults each (a
 // little longer if a kind of fault has not happened by then).
 //
 // The long form, with environment variables:
@@ -69,7 +69,7 @@ func TestChaos(t *testing.T) {
 			seeds = append(seeds, n)
 		}
 	}
-	duration := 30 * time.Second
+	duration := 25 * time.Second
 	if s := os.Getenv("FORGE_CHAOS_DURATION"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil {
