@@ -24,7 +24,9 @@ func newEvidence() *evidenceBuilder {
 		Faults: []Fault{{Kind: FaultAgentKill, Target: "other", Start: t0, Back: t0.Add(time.Second)}}}}
 }
 
-func (b *evidenceBuilder) at(s float64) time.Time { return b.t0.Add(time.Duration(s * float64(time.Second))) }
+func (b *evidenceBuilder) at(s float64) time.Time {
+	return b.t0.Add(time.Duration(s * float64(time.Second)))
+}
 
 // job adds a job with its tasks in the given final states (and counts to match).
 func (b *evidenceBuilder) job(id string, mc int32, states ...forgev1.TaskState) []*forgev1.TaskInfo {
