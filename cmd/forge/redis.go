@@ -145,8 +145,9 @@ func readSecret(flag, file string) (string, error) {
 
 // openRedis opens the Redis store, retrying while Redis cannot be used so a
 // server started before its Redis (or before its ACL user or certificate is in
-// place) comes up by itself. Each failed attempt is logged with its cause.
-func openRedis(ctx context.Context, c RedisConfig, cfg store.Config, log *slog.Logger) (store.Store, string, error) {
+// place) comes up by itself. Each failed attempt is logged with its cause and
+// given to waiting (when not nil).
+func openRedis(ctx context.Context, c RedisConfig, cfg store.Config, log *slog.Logger, waiting func(error)) (store.Store, string, error) {
 	opts, err := c.options(log)
 	if err != nil {
 		return nil, "", err
@@ -174,6 +175,9 @@ func openRedis(ctx context.Context, c RedisConfig, cfg store.Config, log *slog.L
 			args = append(args, "hint", hint)
 		}
 		log.Warn("redis not usable; retrying", append(args, "in", delay)...)
+		if waiting != nil {
+			waiting(err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, "", ctx.Err()

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"connectrpc.com/connect"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/redistest"
 )
 
@@ -250,21 +253,27 @@ func TestRedisStartupCauses(t *testing.T) {
 	pw := writeFile(t, "pw", aclPassword+"\n")
 	wrongPw := writeFile(t, "wrong", "not-"+aclPassword+"\n")
 	type cause struct {
-		name string
-		args []string
-		want []string
+		name  string
+		args  []string
+		want  []string // in the log line
+		ready string   // in /readyz's body
 	}
 	for _, tc := range []cause{
 		{"tls unknown authority", []string{"--redis", tlsRd.TLSURL()},
-			[]string{"cause=tls", "certificate signed by unknown authority", "hint=\"--redis-ca"}},
+			[]string{"cause=tls", "certificate signed by unknown authority", "hint=\"--redis-ca"},
+			"redis TLS verification failed: x509: certificate signed by unknown authority"},
 		{"tls no client certificate", []string{"--redis", tlsRd.TLSURL(), "--redis-ca", c.CA},
-			[]string{"cause=tls", "client certificate", "--redis-cert"}},
+			[]string{"cause=tls", "client certificate", "--redis-cert"},
+			"client certificate"},
 		{"wrong password", []string{"--redis", "redis://forge@" + rd.Addr() + "/0", "--redis-password-file", wrongPw},
-			[]string{"cause=auth", `redis authentication failed for user \"forge\": WRONGPASS`, "--redis-password-file"}},
+			[]string{"cause=auth", `redis authentication failed for user \"forge\": WRONGPASS`, "--redis-password-file"},
+			`redis authentication failed for user "forge": WRONGPASS`},
 		{"wrong database", []string{"--redis", "redis://" + rd.Addr() + "/99"},
-			[]string{"cause=database", "redis has no database 99", "hint="}},
+			[]string{"cause=database", "redis has no database 99", "hint="},
+			"redis has no database 99"},
 		{"cluster URL, single node", []string{"--redis", rd.URL() + "?addr=" + rd.Addr()},
-			[]string{"cause=topology", "not a cluster", "?addr="}},
+			[]string{"cause=topology", "not a cluster", "?addr="},
+			"the URL names 2 nodes, as for a cluster, but Redis is not a cluster"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -276,6 +285,7 @@ func TestRedisStartupCauses(t *testing.T) {
 					t.Errorf("the log line lacks %q:\n%s", w, line)
 				}
 			}
+			checkWaiting(t, p, tc.ready)
 			if strings.Contains(p.output(), aclPassword) {
 				t.Errorf("the password was printed:\n%s", p.output())
 			}
@@ -286,6 +296,7 @@ func TestRedisStartupCauses(t *testing.T) {
 		p := startForge(t, tokensEnv, "server", "--listen", "127.0.0.1:0",
 			"--redis", "redis://forge@"+rd.Addr()+"/0", "--redis-password-file", pw)
 		waitOutput(t, p, "cause=permission")
+		checkWaiting(t, p, `redis user "forge" lacks a permission: NOPERM`)
 		line := logLine(p.output(), "cause=permission")
 		for _, w := range []string{`redis user \"forge\" lacks a permission: NOPERM`, "script|load", "docs/operations.md"} {
 			if !strings.Contains(line, w) {
@@ -301,6 +312,34 @@ func TestRedisStartupCauses(t *testing.T) {
 			t.Errorf("the password was printed:\n%s", p.output())
 		}
 	})
+}
+
+// checkWaiting checks a server waiting for its store: it listens (at the URL
+// its log gives) and answers /healthz 200, /readyz 503 with want in the body,
+// and API calls unavailable — and has not called Ready.
+func checkWaiting(t *testing.T, p *inproc, want string) {
+	t.Helper()
+	waitOutput(t, p, "waiting for the store")
+	m := regexp.MustCompile(`waiting for the store.* url=(\S+)`).FindStringSubmatch(p.output())
+	if m == nil {
+		t.Fatalf("no URL in the waiting line:\n%s", p.output())
+	}
+	url := m[1]
+	if code, body := readyz(t, url); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "store unavailable: ") || !strings.Contains(body, want) {
+		t.Errorf("/readyz while waiting = %d %q, want 503 with %q", code, body, want)
+	}
+	if res, err := http.Get(url + "/healthz"); err != nil || res.StatusCode != http.StatusOK {
+		t.Errorf("/healthz while waiting = %v, %v", res, err)
+	}
+	_, err := control(url).ListAgents(t.Context(), connect.NewRequest(&forgev1.ListAgentsRequest{}))
+	if connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Errorf("ListAgents while waiting = %v, want unavailable", err)
+	}
+	select {
+	case u := <-p.url:
+		t.Errorf("Ready was called (%s) before the store opened", u)
+	default:
+	}
 }
 
 // logLine returns the first line of out that contains s.

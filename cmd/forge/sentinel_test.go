@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -110,4 +111,26 @@ func sentinelFailover(t *testing.T, waitReplicas bool) {
 	if counts[forgev1.TaskState_TASK_STATE_SUCCEEDED] != len(ids) {
 		t.Fatalf("of %d accepted tasks: %v; want all SUCCEEDED", len(ids), counts)
 	}
+}
+
+// TestRedisSentinelPassword: sentinels that require a password of their own
+// are reached with --redis-sentinel-password-file; without it the server says
+// the sentinels refused it.
+func TestRedisSentinelPassword(t *testing.T) {
+	t.Parallel()
+	set := redistest.StartSentinel(t)
+	const sentinelPassword = "sentinel-Passw0rd-for-tests"
+	for _, s := range set.Sentinels {
+		s.MustDo("ACL", "SETUSER", "default", "resetpass", ">"+sentinelPassword)
+	}
+	p := startForge(t, tokensEnv, "server", "--listen", "127.0.0.1:0", "--redis", set.URL())
+	waitOutput(t, p, "cause=auth")
+	if line := logLine(p.output(), "cause=auth"); !strings.Contains(line, "NOAUTH") {
+		t.Errorf("without the sentinels' password: %s", line)
+	}
+	pw := writeFile(t, "sentinel-pw", sentinelPassword+"\n")
+	url := startServer(t, "--redis", set.URL(), "--redis-sentinel-password-file", pw)
+	startAgent(t, url, "--label", "sentinel=auth")
+	ctl := control(url)
+	echoRoundTrips(t, ctl, waitAgents(t, ctl, "sentinel=auth", 1)[0].Id, 3)
 }

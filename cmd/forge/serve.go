@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/orange-forge/forge/server"
@@ -36,13 +37,17 @@ type Server struct {
 	hs        *http.Server
 	tls       bool
 	url       string
-	generated []string // lines announcing generated tokens, printed once by Serve
+	gate      *gate      // the handler: answers by itself until the store is open
+	serveOnce sync.Once  // serveHTTP
+	served    chan error // the HTTP server's end, once serving
+	generated []string   // lines announcing generated tokens, printed once by Serve
 }
 
 // BuildServer makes a Server from c: it generates the tokens c lacks, reads the
-// signing keys and the TLS certificate, opens the store (waiting for a Redis that
-// is not up yet until ctx ends), makes the API handler and binds the listen
-// address. It never exits the process; on an error, what it opened is closed.
+// signing keys and the TLS certificate, binds the listen address, opens the
+// store (waiting for a Redis that cannot be used yet until ctx ends, serving
+// meanwhile only /healthz, and /readyz saying why) and makes the API handler.
+// It never exits the process; on an error, what it opened is closed.
 func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err error) {
 	s := &Server{m: m, cfg: c, log: m.newLogger(c.Log)}
 	defer func() {
@@ -78,8 +83,20 @@ func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err 
 		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	}
 
+	// Bind first: a port in use fails at once, and while the store cannot be
+	// opened the gate tells /readyz why.
+	if err := s.listen(c, tlsConfig); err != nil {
+		return nil, err
+	}
 	scfg := store.Config{OnlineWindow: 2 * c.PollHold, Retention: c.Retention, MaxPendingPerAgent: c.MaxPending}
-	if s.store, s.storeDesc, err = openStore(ctx, c.Redis, scfg, s.log); err != nil {
+	waiting := func(err error) {
+		s.gate.waiting(err)
+		if s.served == nil {
+			s.log.Warn("waiting for the store; meanwhile /healthz answers ok and /readyz why not ready", "url", s.url)
+			s.serveHTTP()
+		}
+	}
+	if s.store, s.storeDesc, err = openStore(ctx, c.Redis, scfg, s.log, waiting); err != nil {
 		return nil, err
 	}
 	s.api, err = server.New(server.Config{
@@ -92,11 +109,19 @@ func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err 
 	if err != nil {
 		return nil, err
 	}
+	s.gate.open(s.api)
+	return s, nil
+}
+
+// listen binds the listen address and makes the HTTP server, its handler the
+// gate (which answers by itself until the store is open).
+func (s *Server) listen(c ServerConfig, tlsConfig *tls.Config) (err error) {
 	if s.ln, err = net.Listen("tcp", c.Listen); err != nil {
-		return nil, err
+		return err
 	}
+	s.gate = newGate()
 	s.hs = &http.Server{
-		Handler:           s.api,
+		Handler:           s.gate,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		// A held call must be able to answer: the longest hold plus slack.
@@ -115,7 +140,22 @@ func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err 
 		s.hs.Protocols.SetHTTP1(true)
 	}
 	s.url = scheme + "://" + s.ln.Addr().String()
-	return s, nil
+	return nil
+}
+
+// serveHTTP starts serving, once: early when the store keeps the server
+// waiting, else from Serve. Its end is sent on s.served.
+func (s *Server) serveHTTP() {
+	s.serveOnce.Do(func() {
+		s.served = make(chan error, 1)
+		go func() {
+			if s.tls {
+				s.served <- s.hs.ServeTLS(s.ln, "", "") // the certificate is in TLSConfig
+			} else {
+				s.served <- s.hs.Serve(s.ln)
+			}
+		}()
+	})
 }
 
 // URL is the server's base URL, such as http://127.0.0.1:8080.
@@ -140,16 +180,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.m.Ready(s.url)
 	}
 
-	errc := make(chan error, 1)
-	go func() {
-		if s.tls {
-			errc <- s.hs.ServeTLS(s.ln, "", "") // the certificate is in TLSConfig
-		} else {
-			errc <- s.hs.Serve(s.ln)
-		}
-	}()
+	s.serveHTTP()
 	select {
-	case err := <-errc:
+	case err := <-s.served:
 		return err
 	case <-ctx.Done():
 	}
@@ -204,9 +237,9 @@ func readSigningKey(file string) (ed25519.PrivateKey, error) {
 	return ek, nil
 }
 
-func openStore(ctx context.Context, rc RedisConfig, cfg store.Config, log *slog.Logger) (store.Store, string, error) {
+func openStore(ctx context.Context, rc RedisConfig, cfg store.Config, log *slog.Logger, waiting func(error)) (store.Store, string, error) {
 	if rc.URL == "" {
 		return memstore.New(cfg), "in memory (state is lost when the server stops; use --redis for production)", nil
 	}
-	return openRedis(ctx, rc, cfg, log)
+	return openRedis(ctx, rc, cfg, log, waiting)
 }

@@ -234,7 +234,7 @@ func TestServerGeneratesTokens(t *testing.T) {
 
 // TestServerReadiness: once Ready is called the server answers /healthz, /readyz
 // and /metrics at once; a server started before its Redis waits for it (saying
-// so) and is not ready until it can reach it.
+// so, in its log and on /readyz) and is not ready until it can reach it.
 func TestServerReadiness(t *testing.T) {
 	t.Parallel()
 	check := func(t *testing.T, url string) {
@@ -267,6 +267,7 @@ func TestServerReadiness(t *testing.T) {
 		rd.Stop()
 		p := startForge(t, tokensEnv, "server", "--listen", "127.0.0.1:0", "--redis", rd.URL())
 		waitOutput(t, p, "redis not usable; retrying")
+		checkWaiting(t, p, "redis is unavailable: connection refused")
 		select {
 		case u := <-p.url:
 			t.Fatalf("the server said it was ready at %s without its Redis", u)

@@ -187,9 +187,9 @@ func (c conn) redisReply(reply string) (Cause, string) {
 	has := func(p string) bool { return strings.HasPrefix(reply, p) }
 	switch {
 	case has("WRONGPASS"):
-		return CauseAuth, "redis authentication failed for user " + user + ": " + reply
+		return CauseAuth, "redis authentication failed for user " + user + ": " + reply + c.sentinelAuth()
 	case has("NOAUTH"):
-		return CauseAuth, "redis requires authentication: " + reply + " (give a user and password)"
+		return CauseAuth, "redis requires authentication: " + reply + " (give a user and password)" + c.sentinelAuth()
 	case has("NOPERM"):
 		return CausePermission, "redis user " + user + " lacks a permission: " + reply + " (docs/operations.md lists the ACL forge needs)"
 	case strings.Contains(reply, "DB index is out of range"):
@@ -214,6 +214,14 @@ func (c conn) redisReply(reply string) (Cause, string) {
 		return CauseFull, "redis is full: " + reply
 	}
 	return CauseOther, "internal store error"
+}
+
+// sentinelAuth says, through Sentinel, that the refusal may be the sentinels'.
+func (c conn) sentinelAuth() string {
+	if c.sentinel == "" {
+		return ""
+	}
+	return " (through Sentinel: the master's credentials, or the sentinels' own)"
 }
 
 func quote(s string) string { return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"` }
