@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -55,6 +56,7 @@ const fixedSeed = 1
 //	FORGE_CHAOS_DURATION=10m     how long faults are injected in each run
 //	FORGE_CHAOS_DIR=/tmp/chaos   keep logs, histories and state there (per seed)
 //	FORGE_CHAOS_RACE=1           build the binaries with the race detector
+//	FORGE_CHAOS_FAULTS=default,master-stop   the kinds of fault (default: chaos.AllFaults)
 //
 // such as: FORGE_CHAOS_SEED=42 FORGE_CHAOS_DURATION=10m go test ./internal/chaos -run TestChaos -v -timeout 0
 func TestChaos(t *testing.T) {
@@ -77,6 +79,20 @@ func TestChaos(t *testing.T) {
 		}
 		duration = d
 	}
+	var kinds []string
+	if s := os.Getenv("FORGE_CHAOS_FAULTS"); s != "" {
+		for _, k := range strings.Split(s, ",") {
+			k = strings.TrimSpace(k)
+			switch {
+			case k == "default":
+				kinds = append(kinds, chaos.AllFaults...)
+			case slices.Contains(chaos.AllFaults, k) || slices.Contains(chaos.ExtraFaults, k):
+				kinds = append(kinds, k)
+			default:
+				t.Fatalf("FORGE_CHAOS_FAULTS: unknown fault %q (kinds: %v and %v)", k, chaos.AllFaults, chaos.ExtraFaults)
+			}
+		}
+	}
 	t.Logf("seeds %v, %s of faults each (replay one with FORGE_CHAOS_SEED=<seed>)", seeds, duration)
 	for _, seed := range seeds {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
@@ -87,7 +103,7 @@ func TestChaos(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			rep, err := chaos.Run(t, chaos.Config{Seed: seed, Duration: duration, Dir: dir, ForgeBin: forgeBin, AgentBin: agentBin,
+			rep, err := chaos.Run(t, chaos.Config{Seed: seed, Duration: duration, Dir: dir, ForgeBin: forgeBin, AgentBin: agentBin, Faults: kinds,
 				Logf: func(f string, a ...any) { t.Logf(f, a...) }})
 			if err != nil {
 				t.Fatal(err)

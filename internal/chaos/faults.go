@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
@@ -25,8 +26,16 @@ const (
 	FaultConnsCut   = "conns-cut"   // CLIENT KILL every Redis connection of one replica
 )
 
-// AllFaults lists every fault kind, in a fixed order.
+// FaultMasterStop freezes a Redis master (SIGSTOP) until its replica takes over,
+// then thaws it: a master that stalls rather than dies, its connections open and
+// silent. Not in AllFaults; ask for it by name.
+const FaultMasterStop = "master-stop"
+
+// AllFaults lists the fault kinds a run injects by default, in a fixed order.
 var AllFaults = []string{FaultAgentKill, FaultAgentStop, FaultServerKill, FaultServerTerm, FaultMasterKill, FaultSlotMove, FaultConnsCut}
+
+// ExtraFaults lists the kinds a run injects only when asked.
+var ExtraFaults = []string{FaultMasterStop}
 
 // Fault is one fault the injector caused.
 type Fault struct {
@@ -150,6 +159,32 @@ func (in *injector) inject(ctx context.Context, kind string) Fault {
 		f.Note = "replica " + nm.Addr() + " took over"
 		// Back as a replica of the new master; the next master-kill waits for its sync.
 		err = m.TryRestart()
+	case FaultMasterStop:
+		if err = in.cluster.WaitHealthy(60 * time.Second); err != nil {
+			break
+		}
+		var masters []*redistest.Server
+		if masters, err = in.cluster.Masters(); err != nil {
+			break
+		}
+		m := masters[in.rng.IntN(len(masters))]
+		var slots []int
+		if slots, err = in.cluster.SlotsOf(m); err != nil {
+			break
+		}
+		f.Target = m.Addr()
+		f.Start = time.Now()
+		if err = m.Pause(); err != nil {
+			break
+		}
+		nm, ferr := in.cluster.WaitFailover(m, slots, 30*time.Second)
+		// Stalled a while longer: clients still hold its connections, open and silent.
+		after := time.Duration(2000+in.rng.IntN(4000)) * time.Millisecond
+		time.Sleep(after)
+		err = errors.Join(ferr, m.Resume()) // back, it finds itself replaced and follows
+		if nm != nil {
+			f.Note = "replica " + nm.Addr() + " took over; resumed " + after.String() + " later"
+		}
 	case FaultSlotMove:
 		tag := in.shards[in.rng.IntN(len(in.shards))]
 		slot := redistest.Slot(tag)

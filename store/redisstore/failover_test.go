@@ -78,3 +78,37 @@ func TestWakeAcrossFailover(t *testing.T) {
 		}
 	}
 }
+
+// TestWakeAcrossStalledMaster: the master of an agent's shard stalls (SIGSTOP)
+// and stays stalled after its replica took over, its connections open and silent.
+// A Poll held on replica A is still woken by a task dispatched through replica B.
+func TestWakeAcrossStalledMaster(t *testing.T) {
+	t.Parallel()
+	cl := redistest.StartReplicated(t, 3, 1)
+	a := open(t, cl.URL(), "f", store.Config{})
+	b := open(t, cl.URL(), "f", store.Config{})
+	cred := register(t, a, "s")
+	slot := shardSlot("f", cred.AgentID)
+	held := a.Watch(store.AgentKey(cred.AgentID))
+	defer held.Stop()
+	master, err := cl.MasterOf(slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slots, err := cl.SlotsOf(master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := master.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer master.Resume()
+	if _, err := cl.WaitFailover(master, slots, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	dispatchRetrying(t, b, cred.AgentID)
+	t.Logf("dispatch through B took %s after the failover", time.Since(start))
+	d := waitFire(t, held, 20*time.Second, "a Poll held while the old master stalls")
+	t.Logf("held Poll woken %s after the dispatch", d)
+}
