@@ -164,6 +164,7 @@ func Check(ev Evidence) *Report {
 		}
 		rs := byTask[id]
 		expired := leaseExpiries(t)
+		leasedAt := leases(t)
 		seenAtt := map[int32]bool{}
 		for _, x := range rs {
 			if seenAtt[x.att] {
@@ -201,8 +202,14 @@ func Check(ev Evidence) *Report {
 				if hi.att < lo.att {
 					lo, hi = hi, lo
 				}
+				// Judged on the server's own times (its history), so the two
+				// clocks need not agree: attempt hi was leased after lo's lease ran out.
 				te, ok := expired[lo.att]
-				if lo.att < hi.att && ok && !te.After(hi.start) {
+				leased, lok := leasedAt[hi.att]
+				if !lok {
+					leased = hi.start.Add(clockSlack)
+				}
+				if lo.att < hi.att && ok && !te.After(leased) {
 					r.StaleOverlap++
 					from, to := lo.start, lo.end
 					if hi.start.After(from) {
@@ -387,6 +394,23 @@ func hostDown(faults []Fault, host string, from, to time.Time) bool {
 	return false
 }
 
+// clockSlack is how far apart a time the servers recorded (Redis' clock, as each
+// replica reads it) and one an agent process recorded (its own) may be for the
+// same instant, on one machine: the replicas' offset from Redis is measured to
+// within half a round trip, which a loaded machine can stretch.
+const clockSlack = 100 * time.Millisecond
+
+// leases returns, per attempt, when the server leased it.
+func leases(t *forgev1.TaskInfo) map[int32]time.Time {
+	out := map[int32]time.Time{}
+	for _, h := range t.History {
+		if h.State == forgev1.TaskState_TASK_STATE_RUNNING {
+			out[h.Attempt] = h.At.AsTime()
+		}
+	}
+	return out
+}
+
 // leaseExpiries returns, per attempt, when the server found its lease expired.
 func leaseExpiries(t *forgev1.TaskInfo) map[int32]time.Time {
 	out := map[int32]time.Time{}
@@ -432,9 +456,11 @@ func peakConcurrency(j JobRecord, byTask map[string][]*run, tasks map[string]*fo
 		}
 		exp := leaseExpiries(t)
 		for _, x := range byTask[id] {
+			// Counted until it ended, or its lease was found expired (less the
+			// slack between clocks: the next task may start right after).
 			end := x.end
-			if te, ok := exp[x.att]; ok && te.Before(end) {
-				end = te
+			if te, ok := exp[x.att]; ok && te.Add(-clockSlack).Before(end) {
+				end = te.Add(-clockSlack)
 			}
 			if !end.After(x.start) {
 				continue
