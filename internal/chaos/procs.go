@@ -104,18 +104,9 @@ func (p *Proc) Running() bool {
 	return p.cmd != nil
 }
 
-// PID returns the process id, or 0.
-func (p *Proc) PID() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
-}
-
-// Signal sends sig and, for SIGKILL and SIGTERM, waits up to wait for the exit
-// (then kills it). It returns once the process is gone.
+// end sends sig (SIGKILL or SIGTERM; a paused process is resumed to hear a
+// SIGTERM) and waits up to wait for the exit, then kills it. It returns once the
+// process is gone.
 func (p *Proc) end(sig syscall.Signal, wait time.Duration) {
 	p.mu.Lock()
 	cmd, done, paused := p.cmd, p.done, p.paused
