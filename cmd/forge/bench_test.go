@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/orange-forge/forge/internal/redistest"
 )
 
 // TestBenchQuick runs `forge bench --quick` and checks that every scenario
@@ -41,5 +43,35 @@ func TestBenchQuick(t *testing.T) {
 	b, err := os.ReadFile(svg)
 	if err != nil || !strings.HasPrefix(string(b), "<svg") || !strings.Contains(string(b), "polyline") {
 		t.Errorf("--plot wrote no latency plot: %v", err)
+	}
+}
+
+// TestBenchRedisTLS: `forge bench --redis` takes the --redis-* flags, for its
+// in-process servers and for the idle scenario's child server alike: here a
+// Redis that serves only mutual TLS with the test's CA.
+func TestBenchRedisTLS(t *testing.T) {
+	t.Parallel()
+	c := redistest.NewCerts(t)
+	rd := redistest.Start(t, redistest.WithTLS(c, redistest.ClientCertRequired))
+	cmd := exec.Command(bin(t, "forge"), "bench", "--quick", "--scenario", "roundtrip,idle",
+		"--redis", rd.TLSURL(), "--redis-ca", c.CA, "--redis-cert", c.ClientCert, "--redis-key", c.ClientKey)
+	cmd.Env = append(os.Environ(), "FORGE_ADMIN_TOKEN=", "FORGE_ENROLL_TOKEN=")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("forge bench: %v\n%s", err, out)
+	}
+	for _, s := range []string{"roundtrip", "idle"} {
+		ok := false
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && f[0] == s && f[1] != "failed" {
+				ok = true
+			}
+		}
+		if !ok {
+			t.Errorf("no good row for %s:\n%s", s, out)
+		}
+	}
+	if n := rd.Info("stats", "total_commands_processed"); n == "" || n == "0" {
+		t.Errorf("the bench sent Redis nothing (total_commands_processed %q)", n)
 	}
 }
