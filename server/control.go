@@ -101,8 +101,13 @@ func (s *Server) jobSpec(m *forgev1.DispatchRequest) (store.JobSpec, error) {
 			return spec, invalid("all", "must be true when given")
 		}
 		spec.Target.All = true
+	case *forgev1.DispatchRequest_AgentName:
+		if _, err := store.ParseNamePattern(t.AgentName); err != nil {
+			return spec, connect.NewError(connect.CodeInvalidArgument, err)
+		}
+		spec.Target.AgentName = t.AgentName
 	default:
-		return spec, invalid("target", "one of agent_id, selector or all is required")
+		return spec, invalid("target", "one of agent_id, agent_name, selector or all is required")
 	}
 	spec.Target.IncludeOffline = m.IncludeOffline
 	var err error
@@ -271,7 +276,13 @@ func (c *controlService) ListAgents(ctx context.Context, req *connect.Request[fo
 	if m.Status < 0 || m.Status > forgev1.AgentStatus_AGENT_STATUS_REVOKED {
 		return nil, invalid("status", "unknown status %d", m.Status)
 	}
-	agents, next, err := c.s.store.ListAgents(ctx, store.AgentFilter{Selector: sel, Status: store.AgentStatus(m.Status),
+	var name store.NamePattern
+	if m.Name != "" {
+		if name, err = store.ParseNamePattern(m.Name); err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		}
+	}
+	agents, next, err := c.s.store.ListAgents(ctx, store.AgentFilter{Selector: sel, Status: store.AgentStatus(m.Status), Name: name,
 		Page: store.Page{Size: size, Token: m.PageToken}})
 	if err != nil {
 		return nil, c.s.storeError(ctx, err)

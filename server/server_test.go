@@ -2,6 +2,8 @@ package server_test
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -108,4 +110,53 @@ func TestCloseStopsTheReaper(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not end the reaper's store call")
 	}
+}
+
+// TestDispatchByAgentName: agents are reached by name or by a glob over names,
+// through JSON as curl sends it, and listed the same way.
+func TestDispatchByAgentName(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		e := forgetest.Start(t, forgetest.Options{Backend: b})
+		web1, _ := e.Register("web-1", nil)
+		web2, _ := e.Register("web-2", nil)
+		e.Register("db-1", nil)
+		ctx := t.Context()
+		status, code, msg := e.Post(ctx, "/forge.v1.ControlService/Dispatch", forgetest.AdminToken, "application/json",
+			strings.NewReader(`{"type":"echo","agentName":"web-*"}`))
+		if status != 200 {
+			t.Fatalf("Dispatch by agentName: %d %s %s", status, code, msg)
+		}
+		jobs, err := e.Control.ListJobs(ctx, connect.NewRequest(&forgev1.ListJobsRequest{}))
+		if err != nil || len(jobs.Msg.Jobs) != 1 || jobs.Msg.Jobs[0].Target != "agents named web-*" || jobs.Msg.Jobs[0].Counts.Total != 2 {
+			t.Fatalf("ListJobs = %v, %v", jobs, err)
+		}
+		j, err := e.Control.GetJob(ctx, connect.NewRequest(&forgev1.GetJobRequest{JobId: jobs.Msg.Jobs[0].Id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, task := range j.Msg.Tasks {
+			got = append(got, task.AgentId)
+		}
+		slices.Sort(got)
+		if want := []string{web1, web2}; !slices.Equal(got, want) {
+			slices.Sort(want)
+			t.Fatalf("tasks went to %v, want %v", got, want)
+		}
+		one, err := e.Control.Dispatch(ctx, connect.NewRequest(&forgev1.DispatchRequest{Type: "echo",
+			Target: &forgev1.DispatchRequest_AgentName{AgentName: "web-1"}}))
+		if err != nil || len(one.Msg.TaskIds) != 1 || !strings.HasSuffix(one.Msg.TaskIds[0], web1) {
+			t.Fatalf("Dispatch to web-1 = %v, %v", one, err)
+		}
+		none, err := e.Control.Dispatch(ctx, connect.NewRequest(&forgev1.DispatchRequest{Type: "echo",
+			Target: &forgev1.DispatchRequest_AgentName{AgentName: "nobody"}}))
+		if err != nil || len(none.Msg.TaskIds) != 0 || none.Msg.Counts.GetTotal() != 0 {
+			t.Fatalf("Dispatch to nobody = %v, %v; want an empty job", none, err)
+		}
+		list, err := e.Control.ListAgents(ctx, connect.NewRequest(&forgev1.ListAgentsRequest{Name: "web-?"}))
+		if err != nil || len(list.Msg.Agents) != 2 {
+			t.Fatalf("ListAgents name web-? = %v, %v", list, err)
+		}
+	})
 }

@@ -218,7 +218,14 @@ type TaskFilter struct {
 type AgentFilter struct {
 	Selector Selector
 	Status   AgentStatus
+	// Name, when its text is not empty, keeps the agents whose name it matches.
+	Name NamePattern
 	Page
+}
+
+// MatchesName tells whether an agent's name passes the filter's Name.
+func (f AgentFilter) MatchesName(name string) bool {
+	return f.Name.String() == "" || f.Name.Matches(name)
 }
 
 // Clock tells the time; tests inject one they can move.

@@ -65,13 +65,16 @@ type Agent struct {
 	Pending      int
 }
 
-// Target says which agents a job goes to; exactly one of AgentID, Selector or All is set.
+// Target says which agents a job goes to; exactly one of AgentID, Selector,
+// AgentName or All is set.
 type Target struct {
 	AgentID  string
 	Selector string // parsed with ParseSelector
 	All      bool
-	// IncludeOffline extends Selector and All to agents not online now.
+	// IncludeOffline extends Selector, AgentName and All to agents not online now.
 	IncludeOffline bool
+	// AgentName is a name or a glob over names, parsed with ParseNamePattern.
+	AgentName string `json:",omitempty"`
 }
 
 // String describes the target as operators write it.
@@ -79,11 +82,39 @@ func (t Target) String() string {
 	switch {
 	case t.AgentID != "":
 		return "agent " + t.AgentID
+	case t.AgentName != "":
+		return "agents named " + t.AgentName
 	case t.All:
 		return "all"
 	default:
 		return t.Selector
 	}
+}
+
+// Matcher returns the rule a fan-out target (Selector, AgentName or All) picks
+// agents by; every store applies it to each non-revoked agent, online unless
+// IncludeOffline. A malformed selector or name pattern is KindInvalid.
+func (t Target) Matcher() (AgentMatcher, error) {
+	if t.AgentName != "" {
+		p, err := ParseNamePattern(t.AgentName)
+		return AgentMatcher{name: &p}, err
+	}
+	sel, err := ParseSelector(t.Selector)
+	return AgentMatcher{sel: sel}, err
+}
+
+// AgentMatcher tells whether an agent is reached by a fan-out target.
+type AgentMatcher struct {
+	sel  Selector
+	name *NamePattern
+}
+
+// Matches tells whether the agent with this name and these labels is reached.
+func (m AgentMatcher) Matches(name string, labels map[string]string) bool {
+	if m.name != nil {
+		return m.name.Matches(name)
+	}
+	return m.sel.Matches(labels)
 }
 
 // JobSpec describes a job to dispatch. The server fills in defaults, so every

@@ -124,7 +124,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]store.Ag
 		var out []store.Agent
 		for _, id := range ids {
 			a := s.agents[id]
-			if !f.Selector.Matches(a.Labels) {
+			if !f.Selector.Matches(a.Labels) || !f.MatchesName(a.Name) {
 				continue
 			}
 			if f.Status != store.AgentUnspecified && s.status(a, now) != f.Status {

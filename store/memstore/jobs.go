@@ -11,7 +11,7 @@ import (
 
 // Dispatch implements store.Store.
 func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, error) {
-	sel, err := store.ParseSelector(spec.Target.Selector)
+	match, err := spec.Target.Matcher()
 	if err != nil {
 		return store.Job{}, err
 	}
@@ -23,7 +23,7 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 				return v, nil
 			}
 		}
-		targets, err := s.targets(spec.Target, sel, now)
+		targets, err := s.targets(spec.Target, match, now)
 		if err != nil {
 			return store.Job{}, err
 		}
@@ -66,9 +66,9 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 }
 
 // targets returns the agents a job goes to: the one named (which must exist, not
-// be revoked and have room in its queue), or every non-revoked agent the selector
+// be revoked and have room in its queue), or every non-revoked agent the target
 // matches that is online (or any, with IncludeOffline), in id order.
-func (s *Store) targets(tg store.Target, sel store.Selector, now time.Time) ([]*agent, error) {
+func (s *Store) targets(tg store.Target, match store.AgentMatcher, now time.Time) ([]*agent, error) {
 	if tg.AgentID != "" {
 		a, err := find(s.agents, tg.AgentID, store.ErrAgentNotFound)
 		switch {
@@ -83,7 +83,7 @@ func (s *Store) targets(tg store.Target, sel store.Selector, now time.Time) ([]*
 	}
 	var out []*agent
 	for _, a := range s.agents {
-		if a.RevokedAt.IsZero() && sel.Matches(a.Labels) &&
+		if a.RevokedAt.IsZero() && match.Matches(a.Name, a.Labels) &&
 			(tg.IncludeOffline || s.status(a, now) == store.AgentOnline) {
 			out = append(out, a)
 		}

@@ -129,7 +129,7 @@ func (s *Store) ListAgents(ctx context.Context, f store.AgentFilter) ([]store.Ag
 				return nil, "", err
 			}
 			a := s.agentFromView(ids[i], arr, now)
-			if !f.Selector.Matches(a.Labels) || (f.Status != store.AgentUnspecified && a.Status != f.Status) {
+			if !f.Selector.Matches(a.Labels) || !f.MatchesName(a.Name) || (f.Status != store.AgentUnspecified && a.Status != f.Status) {
 				continue
 			}
 			if len(out) == size {

@@ -56,7 +56,7 @@ func jobTaskID(jobID, agentID string) string { return "t" + jobID[1:] + "-" + ag
 // tasks; they run. Held tasks are released by Reap's advancer. Nothing is
 // stranded.
 func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, error) {
-	sel, err := store.ParseSelector(spec.Target.Selector)
+	match, err := spec.Target.Matcher()
 	if err != nil {
 		return store.Job{}, err
 	}
@@ -80,7 +80,7 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 			return store.Job{}, s.wrap(ctx, err)
 		}
 	}
-	job, err := s.dispatch(ctx, spec, sel, jid, now, idemKey, resume)
+	job, err := s.dispatch(ctx, spec, match, jid, now, idemKey, resume)
 	if err != nil {
 		if idemKey != "" && resume == nil && refusedBeforeWriting(err) {
 			// Free the key for a corrected retry; should this fail, a retry meets
@@ -152,7 +152,7 @@ func (s *Store) existingJob(ctx context.Context, idemKey string) (store.Job, *jo
 type target struct{ taskID, agentID string }
 
 // dispatch creates job jid, or, with resume, finishes creating it.
-func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Selector, jid string, now int64, idemKey string, resume *jobRecord) (store.Job, error) {
+func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, match store.AgentMatcher, jid string, now int64, idemKey string, resume *jobRecord) (store.Job, error) {
 	var targets []target
 	single := spec.Target.AgentID != ""
 	switch {
@@ -165,7 +165,7 @@ func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, sel store.Sele
 		}
 		targets = []target{{jobTaskID(jid, spec.Target.AgentID), spec.Target.AgentID}}
 	default:
-		ids, err := s.matchAgents(ctx, sel, spec.Target.IncludeOffline, now)
+		ids, err := s.matchAgents(ctx, match, spec.Target.IncludeOffline, now)
 		if err != nil {
 			return store.Job{}, err
 		}
@@ -336,9 +336,9 @@ func fieldValue(fields []string, name string) string {
 	return ""
 }
 
-// matchAgents returns, in id order, the non-revoked agents matching sel that are
+// matchAgents returns, in id order, the non-revoked agents match reaches that are
 // online now (or all of them with includeOffline).
-func (s *Store) matchAgents(ctx context.Context, sel store.Selector, includeOffline bool, now int64) ([]string, error) {
+func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, includeOffline bool, now int64) ([]string, error) {
 	ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.agents()).Min("0").Max("-1").Build()).AsStrSlice()
 	if err != nil {
 		return nil, s.wrap(ctx, err)
@@ -349,14 +349,14 @@ func (s *Store) matchAgents(ctx context.Context, sel store.Selector, includeOffl
 		chunk := ids[lo:min(lo+batch, len(ids))]
 		cmds := make(rueidis.Commands, len(chunk))
 		for i, id := range chunk {
-			cmds[i] = s.client.B().Hmget().Key(s.k.agent(id)).Field("labels", "rev", "seen", "pu").Build()
+			cmds[i] = s.client.B().Hmget().Key(s.k.agent(id)).Field("labels", "rev", "seen", "pu", "name").Build()
 		}
 		for i, r := range s.client.DoMulti(ctx, cmds...) {
 			vals, err := r.ToArray()
 			if err != nil {
 				return nil, s.wrap(ctx, err)
 			}
-			if len(vals) != 4 || !vals[1].IsNil() {
+			if len(vals) != 5 || !vals[1].IsNil() {
 				continue // revoked (or malformed)
 			}
 			labelsJSON, err := vals[0].ToString()
@@ -365,7 +365,8 @@ func (s *Store) matchAgents(ctx context.Context, sel store.Selector, includeOffl
 			}
 			var labels map[string]string
 			_ = json.Unmarshal([]byte(labelsJSON), &labels) // see decodeAgent
-			if !sel.Matches(labels) {
+			name, _ := vals[4].ToString()
+			if !match.Matches(name, labels) {
 				continue
 			}
 			seen, _ := vals[2].AsInt64()

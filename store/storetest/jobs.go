@@ -9,6 +9,7 @@ import (
 
 var jobCases = []testCase{
 	{"SelectorTargets", testSelector},
+	{"NameTargets", testNameTargets},
 	{"MaxConcurrency", testMaxConcurrency},
 	{"MaxFailures", testMaxFailures},
 	{"Cancel", testCancelJob},
@@ -57,6 +58,84 @@ func testSelector(h *harness) {
 	if store.KindOf(err) != store.KindInvalid {
 		h.Fatalf("malformed selector: %v (kind %d), want KindInvalid", err, store.KindOf(err))
 	}
+}
+
+// testNameTargets: a name or a glob over names reaches the non-revoked agents
+// whose name matches, online ones unless IncludeOffline, like a selector.
+func testNameTargets(h *harness) {
+	web1 := h.registerNamed("web-1", nil)
+	web2 := h.registerNamed("web-2", nil)
+	web10 := h.registerNamed("web-10", nil)
+	dup := h.registerNamed("web-1", map[string]string{"note": "same hostname"})
+	gone := h.registerNamed("web-3", nil)
+	db := h.registerNamed("db/web-1", nil)
+	h.clock.Advance(40 * time.Second)
+	for _, a := range []testAgent{web1, web2, web10, dup, db} {
+		h.lease(a, 0)
+	}
+	h.clock.Advance(20 * time.Second) // web-3 is now offline
+	if _, err := h.s.RevokeAgent(h.ctx, web2.ID, ""); err != nil {
+		h.Fatal(err)
+	}
+	agentsOf := func(j store.Job) []string {
+		var out []string
+		for _, id := range j.TaskIDs {
+			out = append(out, h.task(id).AgentID)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		pattern string
+		offline bool
+		want    []testAgent
+	}{
+		{"web-1", false, []testAgent{web1, dup}},             // names are not unique
+		{"web-*", false, []testAgent{web1, web10, dup}},      // web-2 revoked, web-3 offline
+		{"web-*", true, []testAgent{web1, web10, dup, gone}}, // offline too, never revoked
+		{"web-?", false, []testAgent{web1, dup}},
+		{"web-[0-9]0", false, []testAgent{web10}},
+		{"web-[!1]*", true, []testAgent{gone}},
+		{"*web-1", false, []testAgent{web1, dup, db}}, // * crosses '/'
+		{`web\-1`, false, []testAgent{web1, dup}},
+		{"nobody", false, nil},
+	} {
+		var want []string
+		for _, a := range c.want {
+			want = append(want, a.ID)
+		}
+		j := h.dispatchSpec(h.spec(store.Target{AgentName: c.pattern, IncludeOffline: c.offline}))
+		if got := agentsOf(j); !slices.Equal(got, sorted(want)) {
+			h.Fatalf("agent name %q (include offline %v) went to %v, want %v in id order", c.pattern, c.offline, got, sorted(want))
+		}
+		if c.want == nil && (!j.Counts.Done() || j.Counts != (store.Counts{})) {
+			h.Fatalf("no match = %+v; want an empty, done job", j)
+		}
+		if j.Spec.Target.AgentName != c.pattern {
+			h.Fatalf("job target = %+v", j.Spec.Target)
+		}
+		if got, err := h.s.GetJob(h.ctx, j.ID); err != nil || got.Spec.Target.AgentName != c.pattern || got.Spec.Target.String() != "agents named "+c.pattern {
+			h.Fatalf("GetJob target = %+v (%q), %v", got.Spec.Target, got.Spec.Target.String(), err)
+		}
+	}
+	for _, bad := range []string{"web-[1", `web\`, "web-[3-1]", " "} {
+		_, err := h.s.Dispatch(h.ctx, h.spec(store.Target{AgentName: bad}))
+		if store.KindOf(err) != store.KindInvalid {
+			h.Fatalf("malformed name pattern %q: %v (kind %d), want KindInvalid", bad, err, store.KindOf(err))
+		}
+	}
+	named, _, err := h.s.ListAgents(h.ctx, store.AgentFilter{Name: mustName(h, "web-1*")})
+	if got, want := ids(named, func(x store.Agent) string { return x.ID }), sorted([]string{web1.ID, web10.ID, dup.ID}); err != nil || !slices.Equal(got, want) {
+		h.Fatalf("ListAgents named web-1* = %v, %v; want %v", got, err, want)
+	}
+}
+
+func mustName(h *harness, s string) store.NamePattern {
+	h.Helper()
+	p, err := store.ParseNamePattern(s)
+	if err != nil {
+		h.Fatal(err)
+	}
+	return p
 }
 
 func testMaxConcurrency(h *harness) {

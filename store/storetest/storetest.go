@@ -118,10 +118,15 @@ func (h *harness) now() time.Time { return h.clock.Now() }
 
 func (h *harness) register(labels map[string]string) testAgent {
 	h.Helper()
+	return h.registerNamed(fmt.Sprintf("agent-%d", h.n+1), labels)
+}
+
+func (h *harness) registerNamed(name string, labels map[string]string) testAgent {
+	h.Helper()
 	h.n++
 	secret := fmt.Sprintf("secret-%d-%s", h.n, h.Name())
 	a, err := h.s.RegisterAgent(h.ctx, store.RegisterParams{
-		Name: fmt.Sprintf("agent-%d", h.n), Hostname: "host", Version: "v1",
+		Name: name, Hostname: "host", Version: "v1",
 		Labels: labels, TaskTypes: []string{"echo"}, SecretHash: hash(secret),
 	})
 	if err != nil {

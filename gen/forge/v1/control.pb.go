@@ -37,6 +37,7 @@ type DispatchRequest struct {
 	//	*DispatchRequest_AgentId
 	//	*DispatchRequest_Selector
 	//	*DispatchRequest_All
+	//	*DispatchRequest_AgentName
 	Target isDispatchRequest_Target `protobuf_oneof:"target"`
 	// Execution timeout of each attempt; zero means the server's default.
 	Timeout *durationpb.Duration `protobuf:"bytes,6,opt,name=timeout,proto3" json:"timeout,omitempty"`
@@ -53,7 +54,7 @@ type DispatchRequest struct {
 	IdempotencyKey string `protobuf:"bytes,11,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// When set, hold the call until the tasks finish or this long passes, and return them.
 	Wait *durationpb.Duration `protobuf:"bytes,12,opt,name=wait,proto3" json:"wait,omitempty"`
-	// With a selector or `all`: include agents that are offline now.
+	// With a selector, an agent name or `all`: include agents that are offline now.
 	IncludeOffline bool `protobuf:"varint,13,opt,name=include_offline,json=includeOffline,proto3" json:"include_offline,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -137,6 +138,15 @@ func (x *DispatchRequest) GetAll() bool {
 	return false
 }
 
+func (x *DispatchRequest) GetAgentName() string {
+	if x != nil {
+		if x, ok := x.Target.(*DispatchRequest_AgentName); ok {
+			return x.AgentName
+		}
+	}
+	return ""
+}
+
 func (x *DispatchRequest) GetTimeout() *durationpb.Duration {
 	if x != nil {
 		return x.Timeout
@@ -212,11 +222,21 @@ type DispatchRequest_All struct {
 	All bool `protobuf:"varint,5,opt,name=all,proto3,oneof"`
 }
 
+type DispatchRequest_AgentName struct {
+	// Agents whose name matches: a name such as `web-1` (names need not be
+	// unique), or a glob over names such as `web-*` (`*` any run of characters,
+	// `?` one, `[1-3]` one of a set, `[!1-3]` one not in it, `\` escapes). Like a
+	// selector, it reaches online agents unless include_offline.
+	AgentName string `protobuf:"bytes,14,opt,name=agent_name,json=agentName,proto3,oneof"`
+}
+
 func (*DispatchRequest_AgentId) isDispatchRequest_Target() {}
 
 func (*DispatchRequest_Selector) isDispatchRequest_Target() {}
 
 func (*DispatchRequest_All) isDispatchRequest_Target() {}
+
+func (*DispatchRequest_AgentName) isDispatchRequest_Target() {}
 
 // DispatchResponse names what was created.
 type DispatchResponse struct {
@@ -1209,7 +1229,10 @@ type ListAgentsRequest struct {
 	// At most this many per page; zero means 100, at most 1000.
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token.
-	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only agents whose name matches: a name, or a glob over names such as `web-*`
+	// (as DispatchRequest.agent_name).
+	Name          string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1268,6 +1291,13 @@ func (x *ListAgentsRequest) GetPageSize() int32 {
 func (x *ListAgentsRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListAgentsRequest) GetName() string {
+	if x != nil {
+		return x.Name
 	}
 	return ""
 }
@@ -1827,13 +1857,15 @@ var File_forge_v1_control_proto protoreflect.FileDescriptor
 
 const file_forge_v1_control_proto_rawDesc = "" +
 	"\n" +
-	"\x16forge/v1/control.proto\x12\bforge.v1\x1a\x14forge/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x03\n" +
+	"\x16forge/v1/control.proto\x12\bforge.v1\x1a\x14forge/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x04\n" +
 	"\x0fDispatchRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1b\n" +
 	"\bagent_id\x18\x03 \x01(\tH\x00R\aagentId\x12\x1c\n" +
 	"\bselector\x18\x04 \x01(\tH\x00R\bselector\x12\x12\n" +
-	"\x03all\x18\x05 \x01(\bH\x00R\x03all\x123\n" +
+	"\x03all\x18\x05 \x01(\bH\x00R\x03all\x12\x1f\n" +
+	"\n" +
+	"agent_name\x18\x0e \x01(\tH\x00R\tagentName\x123\n" +
 	"\atimeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
 	"\fdelivery_ttl\x18\a \x01(\v2\x19.google.protobuf.DurationR\vdeliveryTtl\x12!\n" +
 	"\fmax_attempts\x18\b \x01(\x05R\vmaxAttempts\x12'\n" +
@@ -1903,13 +1935,14 @@ const file_forge_v1_control_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +
 	"\x12CancelTaskResponse\x12&\n" +
-	"\x04task\x18\x01 \x01(\v2\x12.forge.v1.TaskInfoR\x04task\"\x9a\x01\n" +
+	"\x04task\x18\x01 \x01(\v2\x12.forge.v1.TaskInfoR\x04task\"\xae\x01\n" +
 	"\x11ListAgentsRequest\x12\x1a\n" +
 	"\bselector\x18\x01 \x01(\tR\bselector\x12-\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x15.forge.v1.AgentStatusR\x06status\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tR\tpageToken\"i\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\"i\n" +
 	"\x12ListAgentsResponse\x12+\n" +
 	"\x06agents\x18\x01 \x03(\v2\x13.forge.v1.AgentInfoR\x06agents\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +
@@ -2087,6 +2120,7 @@ func file_forge_v1_control_proto_init() {
 		(*DispatchRequest_AgentId)(nil),
 		(*DispatchRequest_Selector)(nil),
 		(*DispatchRequest_All)(nil),
+		(*DispatchRequest_AgentName)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
