@@ -6,8 +6,6 @@ import (
 	"errors"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -15,6 +13,7 @@ import (
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/outputcap"
 	"github.com/orange-forge/forge/internal/tasksig"
+	"github.com/orange-forge/forge/internal/termsafe"
 	"github.com/orange-forge/forge/store"
 )
 
@@ -64,7 +63,7 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 			return invalid(field, "%d bytes is over the limit of %d", len(v), l.MaxName)
 		}
 		if !printable(v) {
-			return invalid(field, "must be printable UTF-8 without control characters")
+			return invalid(field, "must be printable UTF-8 without control, bidi or zero-width characters")
 		}
 	}
 	if len(m.Labels) > l.MaxLabels {
@@ -82,26 +81,17 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 		return invalid("task_types", "%d types is over the limit of %d", len(m.TaskTypes), l.MaxLabels)
 	}
 	for _, t := range m.TaskTypes {
-		if t == "" || len(t) > l.MaxName {
-			return invalid("task_types", "each type must be 1 to %d bytes", l.MaxName)
+		if t == "" || len(t) > l.MaxName || !printable(t) {
+			return invalid("task_types", "each type must be 1 to %d bytes of printable UTF-8", l.MaxName)
 		}
 	}
 	return nil
 }
 
-// printable tells whether s is valid UTF-8 without control characters, so it is
-// safe to show on an operator's terminal.
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			return false
-		}
-	}
-	return true
-}
+// printable tells whether s is valid UTF-8 without control, bidi or zero-width
+// characters, so it is safe to show on an operator's terminal and two names
+// that look alike are alike (termsafe.Safe).
+func printable(s string) bool { return termsafe.Safe(s) }
 
 // labelText tells whether s uses only the characters selectors can name.
 func labelText(s string) bool {

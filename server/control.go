@@ -73,8 +73,8 @@ func (s *Server) jobSpec(m *forgev1.DispatchRequest) (store.JobSpec, error) {
 	l := s.cfg.Limits
 	spec := store.JobSpec{Type: m.Type, Payload: m.Payload, IdempotencyKey: m.IdempotencyKey,
 		MaxConcurrency: m.MaxConcurrency, MaxFailures: m.MaxFailures, MaxAttempts: m.MaxAttempts}
-	if m.Type == "" || len(m.Type) > l.MaxName {
-		return spec, invalid("type", "must be 1 to %d bytes", l.MaxName)
+	if m.Type == "" || len(m.Type) > l.MaxName || !printable(m.Type) {
+		return spec, invalid("type", "must be 1 to %d bytes of printable UTF-8", l.MaxName)
 	}
 	if len(m.Payload) > l.MaxPayload {
 		return spec, exhausted("payload: %d bytes is over the limit of %d bytes", len(m.Payload), l.MaxPayload)
@@ -317,6 +317,9 @@ func (c *controlService) CreateEnrollmentToken(ctx context.Context, req *connect
 	m := req.Msg
 	if len(m.Description) > s.cfg.Limits.MaxName {
 		return nil, invalid("description", "%d bytes is over the limit of %d", len(m.Description), s.cfg.Limits.MaxName)
+	}
+	if !printable(m.Description) {
+		return nil, invalid("description", "must be printable UTF-8 without control, bidi or zero-width characters")
 	}
 	if m.MaxUses < 0 {
 		return nil, invalid("max_uses", "must not be negative")

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/orange-forge/forge/internal/termsafe"
 )
 
 // Main is the forge command, runnable inside a test: give it its own streams and
@@ -85,7 +87,8 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 	case errors.As(err, &ec):
 		return int(ec)
 	}
-	fmt.Fprintf(m.Stderr, "forge %s: %v\n", args[0], err)
+	// An error may quote what an agent or a caller sent.
+	fmt.Fprintf(m.Stderr, "forge %s: %s\n", args[0], termsafe.Line(err.Error()))
 	return 1
 }
 

@@ -20,6 +20,7 @@ import (
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
 	"github.com/orange-forge/forge/internal/bearer"
+	"github.com/orange-forge/forge/internal/termsafe"
 )
 
 // clientFlags are the flags every operator command takes.
@@ -28,6 +29,7 @@ type clientFlags struct {
 	token  *string
 	ca     *string
 	json   *bool
+	raw    *bool
 }
 
 func (f *flags) client() clientFlags {
@@ -36,8 +38,13 @@ func (f *flags) client() clientFlags {
 		token:  f.String("admin-token", "", "operator token"),
 		ca:     f.String("ca", "", "PEM file of the CA that signed the server's certificate (replaces the system roots)"),
 		json:   f.Bool("json", false, "print JSON instead of a table"),
+		raw:    f.Bool("raw", false, "print text from agents as it is: control, bidi and zero-width characters are escaped otherwise"),
 	}
 }
+
+// printer returns what prints text that came from agents or the API: escaped
+// (see package termsafe) unless --raw.
+func (c clientFlags) printer() termsafe.Printer { return termsafe.Printer{Raw: *c.raw} }
 
 // httpClient returns a client trusting caFile (or the system roots). No global
 // timeout: long-polls carry their own deadlines.
@@ -69,12 +76,13 @@ func (c clientFlags) control() (forgev1connect.ControlServiceClient, error) {
 	return forgev1connect.NewControlServiceClient(hc, strings.TrimRight(*c.server, "/"), connect.WithInterceptors(bearer.Interceptor(*c.token))), nil
 }
 
-func (m *Main) printJSON(msg proto.Message) error {
+// printJSON prints msg as JSON, its strings escaped by p.
+func (m *Main) printJSON(p termsafe.Printer, msg proto.Message) error {
 	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(msg)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(m.Stdout, "%s\n", b)
+	_, err = fmt.Fprintf(m.Stdout, "%s\n", p.JSON(b))
 	return err
 }
 
@@ -91,7 +99,7 @@ func ago(t interface{ AsTime() time.Time }) string {
 	return time.Since(t.AsTime()).Round(time.Second).String() + " ago"
 }
 
-func labelsText(l map[string]string) string {
+func labelsText(p termsafe.Printer, l map[string]string) string {
 	keys := make([]string, 0, len(l))
 	for k := range l {
 		keys = append(keys, k)
@@ -101,7 +109,7 @@ func labelsText(l map[string]string) string {
 	for i, k := range keys {
 		parts[i] = k + "=" + l[k]
 	}
-	return strings.Join(parts, ",")
+	return p.Line(strings.Join(parts, ","))
 }
 
 func (m *Main) runAgents(ctx context.Context, args []string) error {
@@ -136,13 +144,14 @@ func (m *Main) runAgents(ctx context.Context, args []string) error {
 		}
 		req.PageToken = res.Msg.NextPageToken
 	}
+	p := cf.printer()
 	if *cf.json {
-		return m.printJSON(all)
+		return m.printJSON(p, all)
 	}
 	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tLAST SEEN\tRUNNING\tPENDING\tLABELS")
 	for _, a := range all.Agents {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Id, a.Name, statusName(a.Status), ago(a.LastSeenAt), len(a.Running), a.Pending, labelsText(a.Labels))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Line(a.Id), p.Line(a.Name), statusName(a.Status), ago(a.LastSeenAt), len(a.Running), a.Pending, labelsText(p, a.Labels))
 	}
 	return tw.Flush()
 }
@@ -161,6 +170,7 @@ func (m *Main) runTasks(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	p := cf.printer()
 	if f.NArg() > 0 {
 		for _, id := range f.Args() {
 			res, err := ctl.GetTask(ctx, connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
@@ -168,12 +178,12 @@ func (m *Main) runTasks(ctx context.Context, args []string) error {
 				return err
 			}
 			if *cf.json {
-				if err := m.printJSON(res.Msg.Task); err != nil {
+				if err := m.printJSON(p, res.Msg.Task); err != nil {
 					return err
 				}
 				continue
 			}
-			m.printTask(res.Msg.Task)
+			m.printTask(p, res.Msg.Task)
 		}
 		return nil
 	}
@@ -190,32 +200,34 @@ func (m *Main) runTasks(ctx context.Context, args []string) error {
 		return err
 	}
 	if *cf.json {
-		return m.printJSON(res.Msg)
+		return m.printJSON(p, res.Msg)
 	}
 	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tJOB\tAGENT\tTYPE\tSTATE\tATTEMPT\tEXIT\tUPDATED")
 	for _, t := range res.Msg.Tasks {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", t.Id, t.JobId, t.AgentId, t.Type, stateName(t.State), t.Attempt, t.ExitCode, ago(t.UpdatedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Line(t.Id), p.Line(t.JobId), p.Line(t.AgentId), p.Line(t.Type), stateName(t.State), t.Attempt, t.ExitCode, ago(t.UpdatedAt))
 	}
 	return tw.Flush()
 }
 
-func (m *Main) printTask(t *forgev1.TaskInfo) {
+// printTask prints a task with its history and output, text from the agent
+// escaped by p.
+func (m *Main) printTask(p termsafe.Printer, t *forgev1.TaskInfo) {
 	fmt.Fprintf(m.Stdout, "task     %s\njob      %s\nagent    %s\ntype     %s\nstate    %s\nattempt  %d of %d\nexit     %d\n",
-		t.Id, t.JobId, t.AgentId, t.Type, stateName(t.State), t.Attempt, t.MaxAttempts, t.ExitCode)
+		p.Line(t.Id), p.Line(t.JobId), p.Line(t.AgentId), p.Line(t.Type), stateName(t.State), t.Attempt, t.MaxAttempts, t.ExitCode)
 	if t.Error != "" {
-		fmt.Fprintf(m.Stdout, "error    %s\n", t.Error)
+		fmt.Fprintf(m.Stdout, "error    %s\n", p.Line(t.Error))
 	}
 	fmt.Fprintln(m.Stdout, "history")
 	for _, h := range t.History {
-		fmt.Fprintf(m.Stdout, "  %s  %-9s  %s\n", h.At.AsTime().Local().Format(time.RFC3339Nano), stateName(h.State), h.Reason)
+		fmt.Fprintf(m.Stdout, "  %s  %-9s  %s\n", h.At.AsTime().Local().Format(time.RFC3339Nano), stateName(h.State), p.Line(h.Reason))
 	}
 	if len(t.Output) > 0 {
 		fmt.Fprintf(m.Stdout, "output (%d bytes", t.OutputSize)
 		if t.OutputTruncated {
 			fmt.Fprint(m.Stdout, ", cut to the server's cap")
 		}
-		fmt.Fprintf(m.Stdout, ")\n%s", t.Output)
+		fmt.Fprintf(m.Stdout, ")\n%s", p.Text(t.Output))
 		if !strings.HasSuffix(string(t.Output), "\n") {
 			fmt.Fprintln(m.Stdout)
 		}
@@ -244,7 +256,7 @@ func (m *Main) runCancel(ctx context.Context, args []string) error {
 			return err
 		}
 		if *cf.json {
-			return m.printJSON(res.Msg)
+			return m.printJSON(cf.printer(), res.Msg)
 		}
 		c := res.Msg.Job.Counts
 		fmt.Fprintf(m.Stdout, "job %s: %d canceled, %d still running (asked to stop)\n", *job, c.GetCanceled(), c.GetRunning())
@@ -256,10 +268,10 @@ func (m *Main) runCancel(ctx context.Context, args []string) error {
 			return fmt.Errorf("%s: %w", id, err)
 		}
 		if *cf.json {
-			m.printJSON(res.Msg)
+			m.printJSON(cf.printer(), res.Msg)
 			continue
 		}
-		fmt.Fprintf(m.Stdout, "%s %s\n", id, stateName(res.Msg.Task.State))
+		fmt.Fprintf(m.Stdout, "%s %s\n", termsafe.Line(id), stateName(res.Msg.Task.State))
 	}
 	return nil
 }
@@ -284,7 +296,7 @@ func (m *Main) runRevoke(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", id, err)
 		}
-		fmt.Fprintf(m.Stdout, "%s %s\n", id, statusName(res.Msg.Agent.Status))
+		fmt.Fprintf(m.Stdout, "%s %s\n", termsafe.Line(id), statusName(res.Msg.Agent.Status))
 	}
 	return nil
 }

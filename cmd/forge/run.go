@@ -15,6 +15,7 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/termsafe"
 )
 
 // execPayload is the payload of the built-in exec task type.
@@ -93,7 +94,7 @@ func (m *Main) runRun(ctx context.Context, args []string) error {
 		return exitCode(1)
 	}
 	names := m.agentNames(ctx, ctl)
-	r := &runPrinter{m: m, total: len(ids), names: names, live: isTerminal(m.Stderr), json: *cf.json}
+	r := &runPrinter{m: m, total: len(ids), names: names, live: isTerminal(m.Stderr), json: *cf.json, p: cf.printer()}
 	stopNag := m.nagWaiting(ctx, ctl, res.Msg.JobId)
 	finished := waitTasks(ctx, ctl, ids, r.print)
 	stopNag()
@@ -222,6 +223,7 @@ type runPrinter struct {
 	live      bool
 	liveShown bool
 	json      bool
+	p         termsafe.Printer // escapes what the agents sent
 }
 
 func (r *runPrinter) print(t *forgev1.TaskInfo) {
@@ -232,23 +234,23 @@ func (r *runPrinter) print(t *forgev1.TaskInfo) {
 	}
 	if r.json { // one TaskInfo per line, as each finishes
 		b, _ := protojson.Marshal(t)
-		fmt.Fprintf(r.m.Stdout, "%s\n", b)
+		fmt.Fprintf(r.m.Stdout, "%s\n", r.p.JSON(b))
 		return
 	}
 	name := r.names[t.AgentId]
 	if name == "" {
 		name = t.AgentId
 	}
-	head := fmt.Sprintf("--- %s (%s) %s", name, t.AgentId, stateName(t.State))
+	head := fmt.Sprintf("--- %s (%s) %s", r.p.Line(name), r.p.Line(t.AgentId), stateName(t.State))
 	if t.ExitCode != 0 || t.State == forgev1.TaskState_TASK_STATE_SUCCEEDED {
 		head += fmt.Sprintf(" exit %d", t.ExitCode)
 	}
 	if t.Error != "" && t.State != forgev1.TaskState_TASK_STATE_SUCCEEDED {
-		head += ": " + t.Error
+		head += ": " + r.p.Line(t.Error)
 	}
 	fmt.Fprintln(r.m.Stdout, head)
 	if len(t.Output) > 0 {
-		r.m.Stdout.Write(t.Output)
+		r.m.Stdout.Write(r.p.Text(t.Output))
 		if t.Output[len(t.Output)-1] != '\n' {
 			fmt.Fprintln(r.m.Stdout)
 		}
