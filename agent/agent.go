@@ -133,6 +133,7 @@ type Agent struct {
 	newest      newestAttempts // the newest attempt taken of each recent task
 	groups      groupRecorder
 	changed     chan struct{} // a slot freed or the drain request changed
+	beatNow     chan struct{} // a task arrived with little of its lease left
 }
 
 // attempt is one task attempt the agent holds: from its Poll answer until it is
@@ -197,6 +198,7 @@ func New(cfg Config) (*Agent, error) {
 		hbInterval: defaultHeartbeat,
 		running:    map[refKey]*attempt{},
 		changed:    make(chan struct{}, 1),
+		beatNow:    make(chan struct{}, 1),
 	}
 	if cfg.PollWait > 0 {
 		a.pollWait = cfg.PollWait

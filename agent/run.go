@@ -223,6 +223,26 @@ func (a *Agent) accept(s *session, res *forgev1.PollResponse) {
 			go func() { defer s.tasks.Done(); a.report(s, req) }()
 		default:
 			a.start(s, t)
+			a.beatSoonIfDue(t)
+		}
+	}
+}
+
+// beatSoonIfDue asks for a heartbeat at once when t's lease ends before the next
+// one would go out, as when a Poll answer waited while the agent was frozen. The
+// lease expiry is the server's time; a skewed clock costs an early heartbeat, or
+// nothing more than without this.
+func (a *Agent) beatSoonIfDue(t *forgev1.Task) {
+	if t.LeaseExpiresAt == nil {
+		return
+	}
+	a.mu.Lock()
+	d := a.hbInterval
+	a.mu.Unlock()
+	if time.Until(t.LeaseExpiresAt.AsTime()) < d {
+		select {
+		case a.beatNow <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -443,8 +463,14 @@ func (a *Agent) heartbeatLoop(ctx context.Context, s *session) {
 		if bo.failing() {
 			d = min(d, bo.next()+time.Second)
 		}
-		if !sleep(ctx, d) {
+		timer := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
 			return
+		case <-timer.C:
+		case <-a.beatNow:
+			timer.Stop()
 		}
 		a.mu.Lock()
 		refs := make([]*forgev1.TaskRef, 0, len(a.running))
