@@ -36,11 +36,22 @@ type principal struct {
 	by     string               // who, for the audit log: a token id or a short fingerprint of its hash, never the token
 }
 
-type principalKey struct{}
+// call is what the middleware puts in an API request's context: the caller,
+// and the connection's controller, with which a held call extends its own
+// deadlines (see extendDeadlines).
+type call struct {
+	principal
+	conn *http.ResponseController
+}
+
+type callKey struct{}
 
 func principalFrom(ctx context.Context) principal {
-	p, _ := ctx.Value(principalKey{}).(principal)
-	return p
+	c, _ := ctx.Value(callKey{}).(*call)
+	if c == nil {
+		return principal{}
+	}
+	return c.principal
 }
 
 // staticTokens holds hashes of tokens given by flag, compared in constant time.
@@ -144,7 +155,8 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			s.writeError(w, r, err)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+		c := &call{principal: p, conn: http.NewResponseController(w)}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
 	})
 }
 

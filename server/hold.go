@@ -31,6 +31,7 @@ func (s *Server) hold(ctx context.Context, h hold, check func() (done bool, err 
 		_, err := check()
 		return err
 	}
+	extendDeadlines(ctx, h.End)
 	// Watch before the first check, so a change between the two is not missed.
 	w := s.store.Watch(h.Keys...)
 	defer w.Stop()
@@ -66,6 +67,25 @@ func (s *Server) hold(ctx context.Context, h hold, check func() (done bool, err 
 			return nil
 		}
 	}
+}
+
+// answerSlack is how long a held call's answer may take to be written once its
+// hold ends.
+const answerSlack = 30 * time.Second
+
+// extendDeadlines moves the read and write deadlines of a held call's
+// connection past the hold's end. The http.Server forge is mounted on may be
+// an application's own, with a ReadTimeout or WriteTimeout shorter than a hold:
+// without this, the answer of a Poll held past them could not be written (a
+// task leased into it would come back only when its lease ran out). A writer
+// that cannot set deadlines (a wrapper without Unwrap) keeps its own.
+func extendDeadlines(ctx context.Context, end time.Time) {
+	c, _ := ctx.Value(callKey{}).(*call)
+	if c == nil {
+		return
+	}
+	_ = c.conn.SetReadDeadline(end.Add(answerSlack))
+	_ = c.conn.SetWriteDeadline(end.Add(answerSlack))
 }
 
 func (s *Server) isClosing() bool {

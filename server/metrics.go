@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -12,9 +13,11 @@ import (
 )
 
 // metrics are the server's Prometheus metrics, in a registry of its own so several
-// servers can live in one process (tests, embedding).
+// servers can live in one process (tests, embedding), or in the application's
+// (Config.Metrics).
 type metrics struct {
-	reg          *prometheus.Registry
+	gather       prometheus.Gatherer // what /metrics serves; nil: nothing
+	reg          prometheus.Registerer
 	requests     *prometheus.CounterVec
 	duration     *prometheus.HistogramVec
 	authFailures *prometheus.CounterVec
@@ -23,9 +26,10 @@ type metrics struct {
 	results      *prometheus.CounterVec
 }
 
-func newMetrics() *metrics {
+// newMetrics registers the server's collectors with reg, or with a registry of
+// its own (with the Go and process collectors) when reg is nil.
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
-		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "forge_rpc_requests_total", Help: "RPCs served, by procedure and Connect code.",
 		}, []string{"procedure", "code"}),
@@ -46,13 +50,31 @@ func newMetrics() *metrics {
 			Name: "forge_task_results_total", Help: "Results reported through this replica, by final state.",
 		}, []string{"state"}),
 	}
-	m.reg.MustRegister(m.requests, m.duration, m.authFailures, m.heldPolls, m.dispatched, m.results,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return m
+	cs := []prometheus.Collector{m.requests, m.duration, m.authFailures, m.heldPolls, m.dispatched, m.results}
+	if reg == nil {
+		own := prometheus.NewRegistry()
+		reg = own
+		m.gather = own
+		cs = append(cs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	} else if g, ok := reg.(prometheus.Gatherer); ok {
+		m.gather = g
+	}
+	m.reg = reg
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("server: registering metrics: %w (one registry can hold one server's metrics)", err)
+		}
+	}
+	return m, nil
 }
 
+// handler serves the gathered metrics, or 404 when the server registers into
+// an application's Registerer that it cannot gather.
 func (m *metrics) handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	if m.gather == nil {
+		return http.NotFoundHandler()
+	}
+	return promhttp.HandlerFor(m.gather, promhttp.HandlerOpts{})
 }
 
 func (m *metrics) interceptor() connect.UnaryInterceptorFunc {

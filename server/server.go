@@ -1,13 +1,27 @@
 // Package server serves forge's API: the Connect handlers of AgentService,
 // ControlService and PingService, the bearer-token gate in front of them, the
-// long-poll holds, and /healthz, /readyz and /metrics. A Server is an
-// http.Handler, so it can be mounted in an existing application's router.
+// long-poll holds, and /healthz, /readyz and /metrics.
+//
+// A Server is an http.Handler, so an application mounts it in the router it
+// already has, at the root or under a prefix with http.StripPrefix (agents and
+// clients then use the prefix in their base URL, http://host/forge), on its
+// own http.Server. The application chooses the store (memstore.New, or
+// redisstore.Open / redisstore.OpenClient with a rueidis client it already
+// has), the logger (Config.Logger) and the Prometheus registry
+// (Config.Metrics). Held calls extend their own connection's deadlines, so the
+// application's ReadTimeout and WriteTimeout may be shorter than a hold. To
+// shut down, call Close before or as http.Server.Shutdown starts
+// (RegisterOnShutdown): it answers held Polls and waits at once, so Shutdown
+// does not wait out a 25 s hold. Ready reports what /readyz does;
+// NewOperatorToken and NewEnrollToken make tokens as `forge server` does when
+// given none. The README's examples/embedserver shows all of it.
 package server
 
 import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -16,6 +30,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
@@ -32,6 +47,13 @@ type Config struct {
 	AdminTokens []string
 	// Logger receives the server's log and audit lines; nil discards them.
 	Logger *slog.Logger
+	// Metrics is where the server registers its Prometheus collectors (forge_*).
+	// Nil: a registry of its own, with the Go and process collectors too. Given
+	// (an application's registry), only forge's own; its /metrics then serves
+	// it when it is also a prometheus.Gatherer (a *prometheus.Registry is),
+	// else answers 404 and the application serves its registry itself. New
+	// fails if a collector is already registered there (another Server's).
+	Metrics prometheus.Registerer
 
 	// Lease is how long a leased task stays with its agent without a heartbeat; 30 s.
 	Lease time.Duration
@@ -162,6 +184,10 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	cfg = cfg.withDefaults()
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:       cfg,
 		store:     cfg.Store,
@@ -171,7 +197,7 @@ func New(cfg Config) (*Server, error) {
 		enrollers: hashTokens(cfg.EnrollTokens),
 		limiter:   newRateLimiter(cfg.RateLimit, cfg.RateBurst),
 		agents:    &agentCache{ttl: cfg.AgentCacheTTL, m: make(map[string]cacheEntry)},
-		metrics:   newMetrics(),
+		metrics:   m,
 		errw:      connect.NewErrorWriter(),
 		closing:   make(chan struct{}),
 	}
@@ -210,7 +236,9 @@ func (s *Server) recovered(_ context.Context, spec connect.Spec, _ http.Header, 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
 
 // Close answers every held Poll and wait at once (empty) and stops the reaper. It
-// does not close the Store. Call it before http.Server.Shutdown so held calls end.
+// does not close the Store. Call it before http.Server.Shutdown, or register it
+// with http.Server.RegisterOnShutdown, so held calls end at once; after it,
+// Ready answers ErrClosed and held calls answer at once.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() { close(s.closing) })
 	s.wg.Wait()
@@ -236,20 +264,31 @@ func (l lifetime) Err() error {
 	}
 }
 
-func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	select {
-	case <-s.closing:
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		return
-	default:
+// ErrClosed is what Ready answers once Close has been called.
+var ErrClosed = errors.New("shutting down")
+
+// Ready tells whether the server can serve calls now: nil when its store
+// answers (within ctx, and 2 s at most) and Close has not been called. Its
+// error says why not in words safe to show anyone (the store's message names
+// the cause — TLS, credentials, a missing permission — and holds no secret);
+// it is what /readyz answers with a 503. An application that mounts the
+// Server under its own readiness check calls it there.
+func (s *Server) Ready(ctx context.Context) error {
+	if s.isClosing() {
+		return ErrClosed
 	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
-		// The store's message names the cause (TLS, credentials, a missing
-		// permission …) and holds no secret; the raw cause goes to the log only.
-		s.log.Warn("readyz: store unavailable", causeArgs(err)...)
-		http.Error(w, "store unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		s.log.Warn("not ready: store unavailable", causeArgs(err)...)
+		return fmt.Errorf("store unavailable: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := s.Ready(r.Context()); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	w.Write([]byte("ok\n"))

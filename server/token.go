@@ -1,7 +1,11 @@
 package server
 
 import (
+	"crypto/ed25519"
 	"crypto/sha256"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"strings"
 
 	"github.com/orange-forge/forge/store"
@@ -55,4 +59,22 @@ func parseStoredEnrollToken(tok string) (store.EnrollmentUse, bool) {
 		return store.EnrollmentUse{}, false
 	}
 	return store.EnrollmentUse{ID: id, SecretHash: HashSecret(secret)}, true
+}
+
+// ParseSigningKey reads an ed25519 private key from PEM (PKCS#8, as
+// `openssl genpkey -algorithm ed25519` writes it), for Config.SigningKeys.
+func ParseSigningKey(pemBytes []byte) (ed25519.PrivateKey, error) {
+	blk, _ := pem.Decode(pemBytes)
+	if blk == nil {
+		return nil, errors.New("no PEM block in it")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	ek, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, errors.New("not an ed25519 key")
+	}
+	return ek, nil
 }

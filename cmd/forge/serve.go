@@ -4,9 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -222,19 +219,7 @@ func readSigningKey(file string) (ed25519.PrivateKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil, errors.New("no PEM block in it")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	ek, ok := k.(ed25519.PrivateKey)
-	if !ok {
-		return nil, errors.New("not an ed25519 key")
-	}
-	return ek, nil
+	return server.ParseSigningKey(b)
 }
 
 func openStore(ctx context.Context, rc RedisConfig, cfg store.Config, log *slog.Logger, waiting func(error)) (store.Store, string, error) {
