@@ -280,7 +280,7 @@ func (s *Server) Ready(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
-		s.log.Warn("not ready: store unavailable", causeArgs(err)...)
+		s.log.Warn("readyz: store unavailable", causeArgs(err)...)
 		return fmt.Errorf("store unavailable: %w", err)
 	}
 	return nil

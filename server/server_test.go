@@ -140,8 +140,9 @@ func TestDispatchByAgentName(t *testing.T) {
 			got = append(got, task.AgentId)
 		}
 		slices.Sort(got)
-		if want := []string{web1, web2}; !slices.Equal(got, want) {
-			slices.Sort(want)
+		want := []string{web1, web2}
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
 			t.Fatalf("tasks went to %v, want %v", got, want)
 		}
 		one, err := e.Control.Dispatch(ctx, connect.NewRequest(&forgev1.DispatchRequest{Type: "echo",
