@@ -20,9 +20,20 @@ var version = "dev"
 
 // runAgent is `forge agent`: parse, build, run until ctx ends (then drain).
 func (m *Main) runAgent(ctx context.Context, args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "install":
+			return m.runAgentInstall(ctx, args[1:])
+		case "uninstall":
+			return m.runAgentUninstall(ctx, args[1:])
+		}
+	}
 	c, err := m.ParseAgent(args)
 	if err != nil {
 		return err
+	}
+	if inService() {
+		return m.serveAgentService(ctx, c)
 	}
 	a, err := m.BuildAgent(c)
 	if err != nil {
