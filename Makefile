@@ -1,6 +1,6 @@
 BUF := go tool -modfile=tools/go.mod buf
 
-.PHONY: generate lint test check
+.PHONY: generate lint test check release
 generate:
 	$(BUF) generate
 	go generate ./store/...
@@ -14,3 +14,7 @@ test:
 	./scripts/test
 
 check: lint test
+
+# Every target's binary, the .deb and .rpm packages, and SHA256SUMS, in dist/.
+release:
+	./scripts/release

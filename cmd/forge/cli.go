@@ -36,6 +36,7 @@ const usage = `forge sends commands to machines that open no ports.
 Usage:
   forge server  [flags]               run the API server
   forge agent   --server URL [flags]  run an agent on this machine
+  forge agent   install|uninstall     make it this machine's service (systemd, launchd, Windows)
   forge run     [flags] -- CMD ARGS   run a command on agents and print what each prints
   forge agents  [flags]               list agents
   forge tasks   [flags] [TASK_ID]     list tasks, or show one
