@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"time"
 )
 
 // Install writes the launchd daemon and the enrollment token (0600, root's, or
@@ -35,7 +36,7 @@ func Install(c Config) error {
 	if err := c.writeFile(PlistFile, []byte(LaunchdPlist(c.Exe, c.Env, c.User)), 0o644); err != nil {
 		return err
 	}
-	c.run("launchctl", "bootout", "system/"+LaunchdLabel) // not loaded is fine
+	c.bootout()
 	if c.NoStart {
 		return nil // RunAtLoad starts it at the next boot
 	}
@@ -48,7 +49,7 @@ func Uninstall(c Config, purge bool) error {
 	if c.Root == "" && os.Geteuid() != 0 {
 		return errors.New("removing a service needs root (sudo)")
 	}
-	c.run("launchctl", "bootout", "system/"+LaunchdLabel)
+	c.bootout()
 	if err := os.Remove(c.path(PlistFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -60,4 +61,20 @@ func Uninstall(c Config, purge bool) error {
 		}
 	}
 	return nil
+}
+
+// bootout unloads the daemon if it is loaded (a drain: SIGTERM, then up to
+// ExitTimeOut), and waits until launchd no longer knows it, so it can be loaded
+// again at once.
+func (c *Config) bootout() {
+	target := "system/" + LaunchdLabel
+	if c.Root != "" || c.run("launchctl", "print", target) != nil {
+		return // not loaded
+	}
+	c.run("launchctl", "bootout", target)
+	for deadline := time.Now().Add(100 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		if c.run("launchctl", "print", target) != nil {
+			return
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/windows"
@@ -82,7 +83,7 @@ func Install(c Config) error {
 		old, err := s.Config()
 		if err == nil {
 			cfg.ServiceType, cfg.ErrorControl = old.ServiceType, old.ErrorControl
-			cfg.BinaryPathName = `"` + c.Exe + `" agent`
+			cfg.BinaryPathName = syscall.EscapeArg(c.Exe) + " agent" // as CreateService writes it
 			err = s.UpdateConfig(cfg)
 		}
 		if err != nil {
