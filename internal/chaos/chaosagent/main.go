@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command chaosagent is the chaos run's helper binary. `chaosagent task` is the
 // command every chaos task execs: it records its start and end in the history
 // file named by CHAOS_HISTORY and works for a while. `chaosagent agents` runs
