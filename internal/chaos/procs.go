@@ -54,8 +54,7 @@ func (p *Proc) Start() error {
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = f, f
-	// If the test process dies, so do its processes: the run stays bounded.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		p.mu.Unlock()
@@ -118,7 +117,7 @@ func (p *Proc) end(sig syscall.Signal, wait time.Duration) {
 	}
 	cmd.Process.Signal(sig)
 	if paused && sig != syscall.SIGKILL {
-		cmd.Process.Signal(syscall.SIGCONT)
+		cmd.Process.Signal(sigCont)
 	}
 	select {
 	case <-done:
@@ -145,7 +144,7 @@ func (p *Proc) Pause() error {
 		return fmt.Errorf("chaos: %s is not running", p.Name)
 	}
 	p.paused = true
-	return p.cmd.Process.Signal(syscall.SIGSTOP)
+	return p.cmd.Process.Signal(sigStop)
 }
 
 // Resume thaws a paused process (SIGCONT).
@@ -156,7 +155,7 @@ func (p *Proc) Resume() error {
 		return fmt.Errorf("chaos: %s is not running", p.Name)
 	}
 	p.paused = false
-	return p.cmd.Process.Signal(syscall.SIGCONT)
+	return p.cmd.Process.Signal(sigCont)
 }
 
 // Shutdown stops the process for good: SIGTERM, SIGKILL after wait.
