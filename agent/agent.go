@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,10 +91,20 @@ const (
 	quickEmpty = 200 * time.Millisecond
 )
 
-// ErrRevoked is returned by Run when the server refuses the agent's own token:
-// the agent was revoked (or its identity is unknown to this server). The agent
-// does not enroll again by itself; remove its state dir to do so.
-var ErrRevoked = errors.New("agent: the server refused the agent token (revoked or unknown agent); remove the state dir to enroll again")
+// ErrRevoked is returned by Run when the server answers that the agent was
+// revoked. The agent stops for good: it never enrolls again by itself, and with
+// a state dir it records the revocation there, so a restart stops at once too.
+// A server that refuses the token for another reason than "unknown agent" (an
+// older server's answer) is taken the same way; the error then quotes it.
+var ErrRevoked = errors.New("agent: the server revoked this agent; it stops for good and will not enroll again by itself " +
+	"(to run an agent here again, enroll a new one with an empty state dir)")
+
+// ErrUnknown is returned by Run when the server answers that it does not know
+// the agent (it never registered there, or the server's state was lost) and no
+// enrollment token was given to enroll again with. With one, the agent enrolls
+// again by itself and Run goes on.
+var ErrUnknown = errors.New("agent: the server does not know this agent (its state was lost?) and no enrollment token " +
+	"was given to enroll again with")
 
 // Causes given to a handler's context.
 var (
@@ -116,7 +125,11 @@ type Agent struct {
 	mu        sync.Mutex
 	handlers  map[string]Handler
 	started   bool
+	st        *stateDir // nil without Config.StateDir
 	id, token string
+	// gen counts the identities this Run has had: it grows each time the agent
+	// enrolls again, so a refusal of an older token is not acted on twice.
+	gen uint64
 	// keys verify signed tasks; when empty (the server does not sign) tasks are
 	// taken as they come.
 	keys map[string]ed25519.PublicKey
@@ -276,8 +289,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer st.close()
 		st.endLeftovers()
 		a.groups = st
+		a.mu.Lock()
+		a.st = st
+		a.mu.Unlock()
 	}
-	if err := a.enroll(ctx, st); err != nil {
+	if err := a.enroll(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped before it ever took work: nothing to drain
 		}
@@ -308,13 +324,14 @@ func (a *Agent) failover(idx int) {
 	a.log.Info("switching server", "from", a.servers[idx], "to", a.servers[a.cur])
 }
 
-// authed returns req with the agent's token.
-func authed[T any](a *Agent, msg *T) *connect.Request[T] {
+// authed returns req with the agent's token, and the generation of the
+// identity the token belongs to.
+func authed[T any](a *Agent, msg *T) (*connect.Request[T], uint64) {
 	req := connect.NewRequest(msg)
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	bearer.Set(req.Header(), a.token)
-	a.mu.Unlock()
-	return req
+	return req, a.gen
 }
 
 // transient tells whether err may go away by itself (retry with backoff), as
@@ -360,89 +377,4 @@ func (a *Agent) checkSigned(t *forgev1.Task) (replay bool, err error) {
 	}
 	a.seen[t.Id] = t.Attempt
 	return false, nil
-}
-
-// enroll loads the saved identity or registers a new one.
-func (a *Agent) enroll(ctx context.Context, st *stateDir) error {
-	if st != nil {
-		id, err := st.loadIdentity()
-		if err != nil {
-			return err
-		}
-		if id.AgentID != "" {
-			a.mu.Lock()
-			a.id, a.token = id.AgentID, id.AgentToken
-			a.setKeys(id.SigningKeys)
-			a.mu.Unlock()
-			a.log.Info("using saved identity", "agent", id.AgentID, "signed_tasks", len(id.SigningKeys) > 0)
-			return nil
-		}
-	}
-	if a.cfg.EnrollToken == "" {
-		return errors.New("agent: no saved identity and no enrollment token")
-	}
-	a.mu.Lock()
-	types := make([]string, 0, len(a.handlers))
-	for t := range a.handlers {
-		types = append(types, t)
-	}
-	a.mu.Unlock()
-	sort.Strings(types)
-	var bo backoff
-	for {
-		idx, c := a.client()
-		req := connect.NewRequest(&forgev1.RegisterRequest{
-			Name: a.cfg.Name, Labels: a.cfg.Labels, Hostname: a.hostname,
-			Version: a.cfg.Version, TaskTypes: types,
-		})
-		bearer.Set(req.Header(), a.cfg.EnrollToken)
-		cctx, cancel := context.WithTimeout(ctx, callTimeout)
-		res, err := c.Register(cctx, req)
-		cancel()
-		if err == nil {
-			m := res.Msg
-			if m.AgentId == "" || m.AgentToken == "" {
-				return errors.New("agent: register: the server answered without an identity")
-			}
-			var keys []signingKey
-			for _, k := range m.SigningKeys {
-				if k != nil && len(k.PublicKey) == ed25519.PublicKeySize {
-					keys = append(keys, signingKey{ID: k.Id, PublicKey: k.PublicKey})
-				}
-			}
-			if st != nil {
-				if err := st.saveIdentity(identity{AgentID: m.AgentId, AgentToken: m.AgentToken, SigningKeys: keys}); err != nil {
-					return err
-				}
-			}
-			a.mu.Lock()
-			a.id, a.token = m.AgentId, m.AgentToken
-			a.setKeys(keys)
-			if d := m.PollWait.AsDuration(); a.cfg.PollWait == 0 && m.PollWait != nil && d > 0 {
-				a.pollWait = d
-			}
-			if d := m.HeartbeatInterval.AsDuration(); m.HeartbeatInterval != nil && d > 0 {
-				a.hbInterval, a.hbKnown = d, true
-			}
-			a.mu.Unlock()
-			a.log.Info("registered", "agent", m.AgentId, "server", a.servers[idx])
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		switch connect.CodeOf(err) {
-		case connect.CodeUnauthenticated:
-			return fmt.Errorf("agent: the server refused the enrollment token: %w", err)
-		case connect.CodePermissionDenied, connect.CodeInvalidArgument, connect.CodeResourceExhausted, connect.CodeUnimplemented:
-			return fmt.Errorf("agent: register: %w", err)
-		}
-		if !bo.failing() {
-			a.log.Warn("cannot register; retrying with backoff", "server", a.servers[idx], "err", err)
-		}
-		a.failover(idx)
-		if !sleep(ctx, bo.next()) {
-			return ctx.Err()
-		}
-	}
 }

@@ -532,9 +532,27 @@ func TestRevokedAgentStops(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("Run did not return after revocation")
 		}
-		// The identity is kept: a revoked agent does not enroll itself again.
+		// The identity is kept, and the revocation recorded beside it: a revoked
+		// agent does not enroll itself again, not even after a restart with a
+		// valid enrollment token.
 		if _, err := os.Stat(filepath.Join(dir, "identity.json")); err != nil {
 			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "revoked.json")); err != nil {
+			t.Fatal(err)
+		}
+		b := runAgent(t, agent.Config{Servers: []string{e.URL}, StateDir: dir, EnrollToken: enrollToken, Logger: testLogger(t)}, nil)
+		select {
+		case <-b.done:
+			if !errors.Is(b.err, agent.ErrRevoked) {
+				t.Fatalf("restarted: Run: %v, want ErrRevoked", b.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a restarted revoked agent did not stop")
+		}
+		res, err := e.Control.ListAgents(t.Context(), connect.NewRequest(&forgev1.ListAgentsRequest{}))
+		if err != nil || len(res.Msg.Agents) != 1 {
+			t.Fatalf("ListAgents = %v, %v; want the one revoked agent and no other", res, err)
 		}
 	})
 }

@@ -25,17 +25,37 @@ type session struct {
 	tasks      sync.WaitGroup  // attempts until reported
 	revoked    chan struct{}
 	revokeOnce sync.Once
+	revokedBy  error       // the refusal that closed revoked
+	unknown    chan uint64 // identity generations the server answered "unknown agent"
 }
 
-func (s *session) revoke() {
-	s.revokeOnce.Do(func() { close(s.revoked) })
+// revoke ends the session for good: the server refused the agent's token
+// (cause) other than as unknown.
+func (s *session) revoke(cause error) {
+	s.revokeOnce.Do(func() {
+		s.revokedBy = cause
+		close(s.revoked)
+	})
+}
+
+// refused acts on a refusal of the token of identity generation gen: the poll
+// loop enrolls again on "unknown agent"; anything else ends the session.
+func (s *session) refused(err error, gen uint64) {
+	if refusalOf(err) == refusedUnknown {
+		select {
+		case s.unknown <- gen:
+		default: // one is waiting already; the poll loop re-checks the generation
+		}
+		return
+	}
+	s.revoke(err)
 }
 
 func (a *Agent) serve(ctx context.Context) error {
 	base := context.WithoutCancel(ctx)
 	reportCtx, stopReports := context.WithCancel(base)
 	defer stopReports()
-	s := &session{base: base, reportCtx: reportCtx, revoked: make(chan struct{})}
+	s := &session{base: base, reportCtx: reportCtx, revoked: make(chan struct{}), unknown: make(chan uint64, 1)}
 
 	hbCtx, stopHeartbeats := context.WithCancel(base)
 	hbDone := make(chan struct{})
@@ -54,11 +74,18 @@ func (a *Agent) serve(ctx context.Context) error {
 	a.draining = true
 	n := len(a.running)
 	a.mu.Unlock()
-	if errors.Is(err, ErrRevoked) {
-		a.log.Error("the server refused the agent token; stopping", "agent", a.ID())
+	switch {
+	case errors.Is(err, ErrRevoked):
+		a.log.Error("the server revoked this agent; stopping for good", "agent", a.ID(), "err", err)
+		if err == ErrRevoked {
+			a.recordRevoked()
+		}
 		a.cancelAll(ErrRevoked)
 		stopReports()
-	} else {
+	case err != nil:
+		a.cancelAll(err)
+		stopReports()
+	default:
 		if n > 0 {
 			a.log.Info("draining", "running", n, "grace", a.cfg.DrainGrace)
 		}
@@ -88,14 +115,16 @@ func (a *Agent) serve(ctx context.Context) error {
 // pollResult is the answer to one Poll.
 type pollResult struct {
 	seq  uint64
+	gen  uint64 // the identity generation whose token it was sent with
 	idx  int
 	res  *forgev1.PollResponse
 	err  error
 	took time.Duration
 }
 
-// pollLoop keeps a Poll held until ctx ends (nil) or the token is refused
-// (ErrRevoked). A Poll asks for as many tasks as there are free slots; when none
+// pollLoop keeps a Poll held until ctx ends (nil) or the token is refused for
+// good (ErrRevoked). When the server answers "unknown agent", to a Poll or to
+// any other call, it enrolls again (reenroll) and goes on. A Poll asks for as many tasks as there are free slots; when none
 // are free it still holds one with max_tasks 0 to hear cancels at once, and when a
 // slot frees it sends a new Poll, which makes the server answer the held one.
 func (a *Agent) pollLoop(ctx context.Context, s *session) error {
@@ -125,7 +154,14 @@ func (a *Agent) pollLoop(ctx context.Context, s *session) error {
 		case <-ctx.Done():
 			return nil
 		case <-s.revoked:
-			return ErrRevoked
+			return revokedError(s.revokedBy)
+		case gen := <-s.unknown:
+			if err := a.reenroll(ctx, gen); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
 		case <-a.changed:
 		case <-retry:
 			retry = nil
@@ -142,9 +178,19 @@ func (a *Agent) pollLoop(ctx context.Context, s *session) error {
 				if ctx.Err() != nil {
 					return nil
 				}
-				if connect.CodeOf(r.err) == connect.CodeUnauthenticated {
-					s.revoke()
-					return ErrRevoked
+				switch refusalOf(r.err) {
+				case refusedRevoked:
+					s.revoke(r.err)
+					return revokedError(r.err)
+				case refusedUnknown:
+					if err := a.reenroll(ctx, r.gen); err != nil {
+						if ctx.Err() != nil {
+							return nil
+						}
+						return err
+					}
+					bo.reset()
+					continue
 				}
 				if !bo.failing() {
 					a.log.Warn("cannot poll; retrying with backoff", "server", a.servers[r.idx], "err", r.err)
@@ -196,9 +242,10 @@ func (a *Agent) poll(ctx context.Context, seq uint64, maxTasks int32, out chan<-
 	}
 	cctx, cancel := context.WithTimeout(ctx, wait+pollMargin)
 	start := time.Now()
-	res, err := c.Poll(cctx, authed(a, req))
+	areq, gen := authed(a, req)
+	res, err := c.Poll(cctx, areq)
 	cancel()
-	r := pollResult{seq: seq, idx: idx, err: err, took: time.Since(start)}
+	r := pollResult{seq: seq, gen: gen, idx: idx, err: err, took: time.Since(start)}
 	if err == nil {
 		r.res = res.Msg
 	}
@@ -406,7 +453,8 @@ func (a *Agent) report(s *session, req *forgev1.ReportResultRequest) {
 	for {
 		idx, c := a.client()
 		cctx, cancel := context.WithTimeout(s.reportCtx, callTimeout)
-		res, err := c.ReportResult(cctx, authed(a, req))
+		areq, gen := authed(a, req)
+		res, err := c.ReportResult(cctx, areq)
 		cancel()
 		if err == nil {
 			log.Info("task reported", "outcome", req.Outcome.String(), "state", res.Msg.State.String())
@@ -417,8 +465,14 @@ func (a *Agent) report(s *session, req *forgev1.ReportResultRequest) {
 			log.Warn("result refused: this attempt is no longer current", "err", err)
 			return
 		case connect.CodeUnauthenticated:
-			log.Error("result refused: agent token not accepted", "err", err)
-			s.revoke()
+			if refusalOf(err) == refusedUnknown {
+				// The identity the attempt was leased to is gone with the
+				// server's state: nobody can take this result any more.
+				log.Warn("result dropped: the server no longer knows the agent this attempt was leased to", "err", err)
+			} else {
+				log.Error("result refused: agent token not accepted", "err", err)
+			}
+			s.refused(err, gen)
 			return
 		case connect.CodeResourceExhausted:
 			if len(req.Output) > 64<<10 {
@@ -487,15 +541,20 @@ func (a *Agent) heartbeatLoop(ctx context.Context, s *session) {
 		}
 		idx, c := a.client()
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
-		res, err := c.Heartbeat(cctx, authed(a, &forgev1.HeartbeatRequest{Running: refs, Draining: draining}))
+		areq, gen := authed(a, &forgev1.HeartbeatRequest{Running: refs, Draining: draining})
+		res, err := c.Heartbeat(cctx, areq)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			if connect.CodeOf(err) == connect.CodeUnauthenticated {
-				s.revoke()
-				return
+				s.refused(err, gen)
+				if refusalOf(err) == refusedRevoked {
+					return
+				}
+				bo.next()
+				continue
 			}
 			if !bo.failing() {
 				a.log.Warn("cannot heartbeat", "server", a.servers[idx], "err", err)

@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 )
 
 const (
 	identityFile = "identity.json"
+	revokedFile  = "revoked.json"
 	groupsFile   = "groups.json"
 	lockFile     = "lock"
 )
@@ -103,6 +105,38 @@ func (s *stateDir) saveIdentity(id identity) error {
 		return fmt.Errorf("agent: save identity: %w", err)
 	}
 	return nil
+}
+
+// revocation records that the server revoked the identity the state dir holds.
+type revocation struct {
+	AgentID string    `json:"agent_id"`
+	At      time.Time `json:"at"`
+}
+
+// loadRevoked returns the recorded revocation, or a zero one when none is.
+func (s *stateDir) loadRevoked() (revocation, error) {
+	var r revocation
+	b, err := os.ReadFile(filepath.Join(s.dir, revokedFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return revocation{}, nil
+	}
+	if err != nil {
+		return revocation{}, fmt.Errorf("agent: read revocation record: %w", err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil || r.AgentID == "" {
+		// Damaged, but written only at a revocation: stay stopped.
+		r.AgentID = "(unreadable record)"
+	}
+	return r, nil
+}
+
+// saveRevoked records that agentID was revoked.
+func (s *stateDir) saveRevoked(agentID string) error {
+	b, err := json.Marshal(revocation{AgentID: agentID, At: time.Now().UTC().Truncate(time.Second)})
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(s.dir, revokedFile), b)
 }
 
 // addGroup records a running process group.

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"strings"
 	"time"
 
@@ -35,7 +34,13 @@ func (a *agentService) Register(ctx context.Context, req *connect.Request[forgev
 	if err != nil {
 		return nil, s.storeError(ctx, err)
 	}
-	s.log.Info("audit: agent registered", "by", p.by, "from", req.Peer().Addr, "agent", ag.ID, "name", ag.Name, "hostname", ag.Hostname)
+	if m.PreviousAgentId != "" {
+		s.metrics.reenrolled.Inc()
+		s.log.Info("audit: agent enrolled again: the server no longer knew it (state lost)", "by", p.by, "from", req.Peer().Addr,
+			"agent", ag.ID, "previous_agent", m.PreviousAgentId, "name", ag.Name, "hostname", ag.Hostname)
+	} else {
+		s.log.Info("audit: agent registered", "by", p.by, "from", req.Peer().Addr, "agent", ag.ID, "name", ag.Name, "hostname", ag.Hostname)
+	}
 	return connect.NewResponse(&forgev1.RegisterResponse{
 		AgentId:           ag.ID,
 		AgentToken:        PrefixAgent + ag.ID + "_" + secret,
@@ -65,6 +70,9 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 		if !printable(v) {
 			return invalid(field, "must be printable UTF-8 without control, bidi or zero-width characters")
 		}
+	}
+	if m.PreviousAgentId != "" && !store.ValidID(m.PreviousAgentId, 'a') {
+		return invalid("previous_agent_id", "%.80q is not an agent id", m.PreviousAgentId)
 	}
 	if len(m.Labels) > l.MaxLabels {
 		return invalid("labels", "%d labels is over the limit of %d", len(m.Labels), l.MaxLabels)
@@ -123,11 +131,13 @@ func (a *agentService) Heartbeat(ctx context.Context, req *connect.Request[forge
 }
 
 // agentError maps a store error on an agent call; a credential that stopped
-// working (revoked) also leaves the token cache.
+// working (revoked, or unknown since the store lost its state) also leaves the
+// token cache.
 func (s *Server) agentError(ctx context.Context, err error) error {
 	if store.KindOf(err) == store.KindUnauthenticated {
-		s.agents.forget(principalFrom(ctx).cred.AgentID)
-		return connect.NewError(connect.CodeUnauthenticated, errors.New("agent token is not valid (unknown or revoked)"))
+		id := principalFrom(ctx).cred.AgentID
+		s.agents.forget(id)
+		return s.agentRefused(id, err)
 	}
 	return s.storeError(ctx, err)
 }

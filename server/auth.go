@@ -186,7 +186,7 @@ func (s *Server) identify(ctx context.Context, header string, need principalKind
 		}
 		if err := s.store.AuthenticateAgent(ctx, cred); err != nil {
 			if store.KindOf(err) == store.KindUnauthenticated {
-				return principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("agent token is not valid (unknown or revoked)"))
+				return principal{}, s.agentRefused(cred.AgentID, err)
 			}
 			return principal{}, s.storeError(ctx, err)
 		}

@@ -42,7 +42,7 @@ func TestBadInput(t *testing.T) {
 		}{
 			{"no token", pollPath, "", js, `{}`, "unauthenticated", "missing token"},
 			{"garbage token", pollPath, "nope-nope-nope-nope", js, `{}`, "unauthenticated", "not valid"},
-			{"forged agent token", pollPath, "fa_" + idA + "_0123456789abcdef0123456789abcdef", js, `{}`, "unauthenticated", "not valid"},
+			{"forged agent token", pollPath, "fa_" + idA + "_0123456789abcdef0123456789abcdef", js, `{}`, "unauthenticated", "unknown agent"},
 			{"operator token on AgentService", pollPath, adminToken, js, `{}`, "permission_denied", "agent token"},
 			{"agent token on ControlService", getPath, tokA, js, `{}`, "permission_denied", "operator token"},
 			{"agent token on Register", registerPath, tokA, js, `{}`, "permission_denied", "enrollment token"},

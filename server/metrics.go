@@ -24,6 +24,8 @@ type metrics struct {
 	heldPolls    prometheus.Gauge
 	dispatched   prometheus.Counter
 	results      *prometheus.CounterVec
+	agentRefused *prometheus.CounterVec
+	reenrolled   prometheus.Counter
 }
 
 // newMetrics registers the server's collectors with reg, or with a registry of
@@ -49,8 +51,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "forge_task_results_total", Help: "Results reported through this replica, by final state.",
 		}, []string{"state"}),
+		agentRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "forge_agent_tokens_refused_total",
+			Help: "Agent tokens refused, by reason: unknown (never registered, or the store lost its state) or revoked.",
+		}, []string{"reason"}),
+		reenrolled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "forge_agents_reenrolled_total",
+			Help: "Registrations of agents enrolling again because the server no longer knew them (state lost).",
+		}),
 	}
-	cs := []prometheus.Collector{m.requests, m.duration, m.authFailures, m.heldPolls, m.dispatched, m.results}
+	cs := []prometheus.Collector{m.requests, m.duration, m.authFailures, m.heldPolls, m.dispatched, m.results, m.agentRefused, m.reenrolled}
 	if reg == nil {
 		own := prometheus.NewRegistry()
 		reg = own

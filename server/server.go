@@ -162,6 +162,7 @@ type Server struct {
 	operators staticTokens
 	enrollers staticTokens
 	agents    *agentCache
+	unknown   refusalLog
 	limiter   *rateLimiter
 	metrics   *metrics
 	errw      *connect.ErrorWriter

@@ -78,9 +78,14 @@ func KindOf(err error) Kind {
 // reasons, they use only %d and %s, so the Redis store's scripts format the same
 // texts from the same strings.
 const (
-	MsgAgentToken  = "agent token is not valid"
-	MsgEnrollToken = "enrollment token is not valid"
-	MsgBadOutcome  = "outcome must be OUTCOME_SUCCEEDED or OUTCOME_FAILED"
+	// MsgUnknownAgent and MsgAgentRevoked are the two answers to an agent
+	// credential that does not work (CheckAgentCred): agents act on them — the
+	// Go agent enrolls again on the first and stops for good on the second — so
+	// they are part of the API (DESIGN.md, "Agent lifecycle rules").
+	MsgUnknownAgent = "unknown agent"
+	MsgAgentRevoked = "agent revoked"
+	MsgEnrollToken  = "enrollment token is not valid"
+	MsgBadOutcome   = "outcome must be OUTCOME_SUCCEEDED or OUTCOME_FAILED"
 
 	FmtAgentNotFound  = "agent %s not found"
 	FmtTaskNotFound   = "task %s not found"
@@ -104,8 +109,23 @@ func Quote(id string) string { return strconv.Quote(id) }
 
 func newError(kind Kind, msg string) error { return &Error{Kind: kind, Msg: msg} }
 
-// ErrAgentToken is the error of an agent credential that is unknown, wrong or revoked.
-func ErrAgentToken() error { return newError(KindUnauthenticated, MsgAgentToken) }
+// ErrUnknownAgent is the error of an agent credential the store does not know:
+// its agent does not exist (never did, or the store's state was lost) or its
+// secret is neither of the agent's tokens.
+func ErrUnknownAgent() error { return newError(KindUnauthenticated, MsgUnknownAgent) }
+
+// ErrRevokedAgent is the error of a credential of a revoked agent.
+func ErrRevokedAgent() error { return newError(KindUnauthenticated, MsgAgentRevoked) }
+
+// IsUnknownAgent tells whether err is ErrUnknownAgent.
+func IsUnknownAgent(err error) bool {
+	return KindOf(err) == KindUnauthenticated && err.Error() == MsgUnknownAgent
+}
+
+// IsRevokedAgent tells whether err is ErrRevokedAgent.
+func IsRevokedAgent(err error) bool {
+	return KindOf(err) == KindUnauthenticated && err.Error() == MsgAgentRevoked
+}
 
 // ErrEnrollmentToken is the error of an enrollment token unknown or with the wrong secret.
 func ErrEnrollmentToken() error { return newError(KindUnauthenticated, MsgEnrollToken) }

@@ -89,6 +89,26 @@ func StatusAt(revoked bool, lastSeen, pollUntil, now time.Time, window time.Dura
 	}
 }
 
+// CheckAgentCred decides what an agent credential proves, from what the store
+// holds of its agent: whether a record exists, whether it is revoked, and
+// whether the secret matched one of its token hashes (checked only when it is
+// not revoked). No record is ErrUnknownAgent: never registered, or the state
+// that held it was lost — an agent told so may enroll again. A revoked one is
+// ErrRevokedAgent: revoked agents keep their record for this answer, so a
+// revoked agent is never told it is unknown. A secret that matches neither token
+// is ErrUnknownAgent too: it is a token the store has never known.
+func CheckAgentCred(exists, revoked, matched bool) error {
+	switch {
+	case !exists:
+		return ErrUnknownAgent()
+	case revoked:
+		return ErrRevokedAgent()
+	case !matched:
+		return ErrUnknownAgent()
+	}
+	return nil
+}
+
 // CheckReport decides what an agent's report p does to task t, whose current (or
 // last) attempt is t.Attempt. reported is the outcome of the report that ended
 // t.Attempt, or OutcomeUnspecified if no report did. It answers repeat when p is

@@ -65,7 +65,7 @@ func TestAgentEnrollTokenFile(t *testing.T) {
 	if !eventually(ag.exited) {
 		t.Fatalf("the revoked agent did not stop:\n%s", ag.output())
 	}
-	if code := ag.stop(t); code != 3 || !strings.Contains(ag.output(), "refused the agent token") {
+	if code := ag.stop(t); code != 3 || !strings.Contains(ag.output(), "the server revoked this agent") {
 		t.Fatalf("the revoked agent exited %d, want 3:\n%s", code, ag.output())
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -70,6 +71,9 @@ type Options struct {
 	Backend Backend
 	// Store configures the store (a test's clock, limits).
 	Store store.Config
+	// OwnRedis gives the test a redis-server of its own (Backend Redis), without
+	// persistence, instead of the binary's shared one: LoseState restarts it.
+	OwnRedis bool
 	// Server configures the server. Store is always set by Start; EnrollTokens
 	// and AdminTokens default to EnrollToken and AdminToken; a nil Logger
 	// means the server and store log into Server.Log.
@@ -95,6 +99,9 @@ type Server struct {
 	t      testing.TB
 	config server.Config
 	redis  *redisStore // nil on Memory
+	// storeConfig is what the store was opened with, for LoseState.
+	storeConfig store.Config
+	served      swapHandler // what the HTTP server serves: Server, replaced by LoseState on Memory
 }
 
 // Start starts a Server and stops it (server, HTTP server, then store) when the
@@ -115,14 +122,14 @@ func Start(t testing.TB, opt Options) *Server {
 			}
 		})
 	}
-	s := &Server{t: t, Backend: opt.Backend, Log: log}
+	s := &Server{t: t, Backend: opt.Backend, Log: log, storeConfig: opt.Store}
 	switch opt.Backend {
 	case Memory:
 		st := memstore.New(opt.Store)
 		t.Cleanup(func() { st.Close() })
 		s.Store = st
 	case Redis, Cluster:
-		s.redis = openRedis(t, opt.Backend, opt.Store, cfg.Logger)
+		s.redis = openRedis(t, opt.Backend, opt.OwnRedis, opt.Store, cfg.Logger)
 		s.Store = s.redis.st
 	default:
 		t.Fatalf("forgetest: unknown backend %q", opt.Backend)
@@ -145,8 +152,9 @@ func (s *Server) start(cfg server.Config) {
 	if err != nil {
 		s.t.Fatalf("forgetest: server.New: %v", err)
 	}
-	hs := httptest.NewServer(srv)
-	s.t.Cleanup(func() { srv.Close(); hs.Close() })
+	s.served.set(srv)
+	hs := httptest.NewServer(&s.served)
+	s.t.Cleanup(func() { s.served.get().Close(); hs.Close() })
 	s.Server, s.URL, s.config = srv, hs.URL, cfg
 	s.Control = s.ControlAs(AdminToken)
 }
@@ -274,20 +282,28 @@ type redisStore struct {
 	st     *redisstore.Store
 	nodes  []*redistest.Server
 	prefix string
+	own    bool // the test's own redis-server (Options.OwnRedis)
 }
 
-func openRedis(t testing.TB, b Backend, cfg store.Config, log *slog.Logger) *redisStore {
+func openRedis(t testing.TB, b Backend, own bool, cfg store.Config, log *slog.Logger) *redisStore {
 	t.Helper()
 	var url string
 	var nodes []*redistest.Server
-	if b == Cluster {
+	switch {
+	case b == Cluster:
+		if own {
+			t.Fatalf("forgetest: OwnRedis is for the Redis backend, not %s", b)
+		}
 		cl := sharedCluster(t)
 		url, nodes = cl.URL(), cl.Nodes
-	} else {
+	case own:
+		srv := redistest.Start(t)
+		url, nodes = srv.URL(), []*redistest.Server{srv}
+	default:
 		srv := sharedRedis(t)
 		url, nodes = srv.URL(), []*redistest.Server{srv}
 	}
-	r := &redisStore{nodes: nodes, prefix: newPrefix()}
+	r := &redisStore{nodes: nodes, prefix: newPrefix(), own: own}
 	st, err := redisstore.Open(t.Context(), url, cfg, redisstore.Options{Prefix: r.prefix, Logger: log})
 	if err != nil {
 		t.Fatalf("forgetest: redisstore.Open: %v", err)
@@ -295,4 +311,30 @@ func openRedis(t testing.TB, b Backend, cfg store.Config, log *slog.Logger) *red
 	t.Cleanup(func() { st.Close() })
 	r.st = st
 	return r
+}
+
+// Metric returns the value of one sample of the server's /metrics, named as
+// Prometheus prints it (forge_polls_held, or name{label="value"}); 0 when the
+// sample is absent, as a counter no one has counted yet is.
+func (s *Server) Metric(sample string) float64 {
+	s.t.Helper()
+	res, err := http.Get(s.URL + "/metrics")
+	if err != nil {
+		s.t.Fatalf("forgetest: /metrics: %v", err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		s.t.Fatalf("forgetest: /metrics: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				s.t.Fatalf("forgetest: /metrics: %q", line)
+			}
+			return f
+		}
+	}
+	return 0
 }

@@ -43,17 +43,20 @@ func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (stor
 // the caller holds the lock.
 func (s *Store) auth(c store.Cred) (*agent, error) {
 	a := s.agents[c.AgentID]
-	if a == nil || !a.RevokedAt.IsZero() || len(c.SecretHash) == 0 {
-		return nil, store.ErrAgentToken()
+	matched := false
+	if a != nil && a.RevokedAt.IsZero() && len(c.SecretHash) > 0 {
+		switch {
+		case subtle.ConstantTimeCompare(a.cur, c.SecretHash) == 1:
+			matched = true
+		case a.next != nil && subtle.ConstantTimeCompare(a.next, c.SecretHash) == 1:
+			a.cur, a.next = a.next, nil
+			matched = true
+		}
 	}
-	if subtle.ConstantTimeCompare(a.cur, c.SecretHash) == 1 {
-		return a, nil
+	if err := store.CheckAgentCred(a != nil, a != nil && !a.RevokedAt.IsZero(), matched); err != nil {
+		return nil, err
 	}
-	if a.next != nil && subtle.ConstantTimeCompare(a.next, c.SecretHash) == 1 {
-		a.cur, a.next = a.next, nil
-		return a, nil
-	}
-	return nil, store.ErrAgentToken()
+	return a, nil
 }
 
 // AuthenticateAgent implements store.Store.

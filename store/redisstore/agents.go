@@ -48,7 +48,7 @@ func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (stor
 // AuthenticateAgent implements store.Store.
 func (s *Store) AuthenticateAgent(ctx context.Context, c store.Cred) error {
 	if !store.ValidID(c.AgentID, 'a') {
-		return store.ErrAgentToken()
+		return store.ErrUnknownAgent()
 	}
 	_, err := s.run(ctx, authScript, []string{s.k.agent(c.AgentID)},
 		s.shardArgs(s.k.tag(c.AgentID), s.nowMS(), string(c.SecretHash)))
@@ -58,7 +58,7 @@ func (s *Store) AuthenticateAgent(ctx context.Context, c store.Cred) error {
 // RotateAgentToken implements store.Store.
 func (s *Store) RotateAgentToken(ctx context.Context, c store.Cred, newSecretHash []byte) error {
 	if !store.ValidID(c.AgentID, 'a') {
-		return store.ErrAgentToken()
+		return store.ErrUnknownAgent()
 	}
 	_, err := s.run(ctx, rotateScript, []string{s.k.agent(c.AgentID)},
 		s.shardArgs(s.k.tag(c.AgentID), s.nowMS(), string(c.SecretHash), string(newSecretHash)))

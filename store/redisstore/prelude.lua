@@ -52,7 +52,8 @@ local FMT_QUEUE_FULL = "agent's queue is full (%d pending tasks, the limit)"
 local FMT_CAUSE = '%s (%s)'
 
 -- Error messages (store.Msg*, store.Fmt*).
-local MSG_AGENT_TOKEN = 'agent token is not valid'
+local MSG_UNKNOWN_AGENT = 'unknown agent'
+local MSG_AGENT_REVOKED = 'agent revoked'
 local MSG_ENROLL_TOKEN = 'enrollment token is not valid'
 local MSG_BAD_OUTCOME = 'outcome must be OUTCOME_SUCCEEDED or OUTCOME_FAILED'
 local MSG_ID_TAKEN = 'agent id taken'
@@ -78,6 +79,16 @@ local function fail(code, msg) return {'E', code, msg} end
 -- q is store.Quote for the ids scripts see: Go checks every id (store.ValidID,
 -- store.ValidTaskID) before it reaches a script, and such ids need no escapes.
 local function q(id) return '"' .. id .. '"' end
+
+-- agentCred is store.CheckAgentCred: exists, revoked and matched (booleans) say
+-- whether the agent's record exists, is revoked, and whether the secret matched
+-- one of its tokens. It answers nil or an error answer.
+local function agentCred(exists, revoked, matched)
+  if not exists then return fail(E_UNAUTHENTICATED, MSG_UNKNOWN_AGENT) end
+  if revoked then return fail(E_UNAUTHENTICATED, MSG_AGENT_REVOKED) end
+  if not matched then return fail(E_UNAUTHENTICATED, MSG_UNKNOWN_AGENT) end
+  return nil
+end
 
 -- checkReport is store.CheckReport: st, cur (the task's attempt), ro (the outcome
 -- that ended it, 0 if no report did) and ec are the task's; att, outcome and exit

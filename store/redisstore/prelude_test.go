@@ -210,6 +210,20 @@ func agreements() []agreement {
 	}
 	return []agreement{
 		{
+			name: "agentCred",
+			lua: `local r = agentCred(a[1] == '1', a[2] == '1', a[3] == '1')
+			if r == nil then return {'ok'} end
+			return {'error', r[2], r[3]}`,
+			// exists, revoked, matched
+			rows: cross(flags, flags, flags),
+			goRule: func(r []string) []string {
+				if err := store.CheckAgentCred(flagOf(r[0]), flagOf(r[1]), flagOf(r[2])); err != nil {
+					return errRow(err)
+				}
+				return []string{"ok"}
+			},
+		},
+		{
 			name: "checkReport",
 			lua: `local r = checkReport(a[1], tonumber(a[2]), tonumber(a[3]), tonumber(a[4]), tonumber(a[5]),
 				tonumber(a[6]), tonumber(a[7]), tonumber(a[8]))
@@ -289,7 +303,7 @@ func agreements() []agreement {
 				string.format(FMT_AGENT_NOT_FOUND, q(id)), string.format(FMT_TASK_NOT_FOUND, q(id)),
 				string.format(FMT_ENROLL_NOT_FOUND, q(id)), string.format(FMT_AGENT_IS_REVOKED, q(id)),
 				string.format(FMT_AGENT_QUEUE_FULL, q(id), n), string.format(FMT_TASK_ENDED, q(id), STATE_NAMES[st]),
-				string.format(FMT_ENROLL_EXISTS, id), MSG_AGENT_TOKEN, MSG_ENROLL_TOKEN, MSG_ID_TAKEN}`,
+				string.format(FMT_ENROLL_EXISTS, id), MSG_UNKNOWN_AGENT, MSG_AGENT_REVOKED, MSG_ENROLL_TOKEN, MSG_ID_TAKEN}`,
 			rows: cross([]string{"a0123456789abcde", taskID, "j0123456789abcdef", "e1"}, []string{"0", "50"}, states[2:]),
 			goRule: func(r []string) []string {
 				id, n, st := r[0], int(num(r[1])), store.TaskState(num(r[2]))
@@ -297,7 +311,8 @@ func agreements() []agreement {
 					store.ErrAgentNotFound(id).Error(), store.ErrTaskNotFound(id).Error(),
 					store.ErrEnrollmentNotFound(id).Error(), store.ErrAgentRevoked(id).Error(),
 					store.ErrAgentQueueFull(id, n).Error(), store.ErrTaskEnded(id, st).Error(),
-					store.ErrEnrollmentExists(id).Error(), store.ErrAgentToken().Error(), store.ErrEnrollmentToken().Error(),
+					store.ErrEnrollmentExists(id).Error(), store.ErrUnknownAgent().Error(), store.ErrRevokedAgent().Error(),
+					store.ErrEnrollmentToken().Error(),
 					luaprelude.MsgIDTaken,
 				}
 			},

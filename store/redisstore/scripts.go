@@ -117,20 +117,26 @@ local function agentOf(tid) return string.match(tid, '%-(a[0-9a-z]+)$') end
 
 -- auth checks an agent credential (SHA-256 hash of the token's secret) against the
 -- current and the next token hash, promoting the next one on its first use. It
--- returns nil or the values of the extra fields asked for, from index 4 on.
+-- returns the record's fields, the extra ones asked for from index 5 on, or nil
+-- and the error answer (agentCred: unknown agent, or agent revoked).
 -- Lua compares strings in variable time; what it compares are SHA-256 hashes of
 -- 160-bit secrets, so timing could reveal at most a prefix of a hash, from which
 -- no secret can be recovered (the reason only hashes are stored).
 local function auth(ak, secret, ...)
-  local f = redis.call('HMGET', ak, 'cur', 'next', 'rev', ...)
-  if not f[1] or f[3] or secret == '' then return nil end
-  if f[1] == secret then return f end
-  if f[2] and f[2] == secret then
-    redis.call('HSET', ak, 'cur', secret)
-    redis.call('HDEL', ak, 'next')
-    return f
+  local f = redis.call('HMGET', ak, 'reg', 'rev', 'cur', 'next', ...)
+  local matched = false
+  if f[1] and not f[2] and secret ~= '' then
+    if f[3] == secret then
+      matched = true
+    elseif f[4] and f[4] == secret then
+      redis.call('HSET', ak, 'cur', secret)
+      redis.call('HDEL', ak, 'next')
+      matched = true
+    end
   end
-  return nil
+  local err = agentCred(f[1] ~= false, f[2] ~= false, matched)
+  if err then return nil, err end
+  return f
 end
 
 -- setState records a task's move to state new. hist, when given, is the task's
@@ -251,7 +257,8 @@ return {'OK'}
 // ARGV[4] secret hash
 // returns {'OK'} or fail(E_UNAUTHENTICATED)
 var authScript = shardScript(`
-if not auth(KEYS[1], ARGV[4]) then return fail(E_UNAUTHENTICATED, MSG_AGENT_TOKEN) end
+local _, aerr = auth(KEYS[1], ARGV[4])
+if aerr then return aerr end
 return {'OK'}
 `)
 
@@ -261,7 +268,8 @@ return {'OK'}
 // ARGV[4] secret hash, ARGV[5] next secret hash
 // returns {'OK'} or fail(E_UNAUTHENTICATED)
 var rotateScript = shardScript(`
-if not auth(KEYS[1], ARGV[4]) then return fail(E_UNAUTHENTICATED, MSG_AGENT_TOKEN) end
+local _, aerr = auth(KEYS[1], ARGV[4])
+if aerr then return aerr end
 redis.call('HSET', KEYS[1], 'next', ARGV[5])
 return {'OK'}
 `)
@@ -277,9 +285,9 @@ return {'OK'}
 // {job ids to advance}, task1 id, task1 fields, task2 id, ...}
 var leaseScript = shardScript(`
 local aid, max, lease, hold, gen = ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local f = auth(KEYS[1], ARGV[5], 'gen', 'pu')
-if not f then return fail(E_UNAUTHENTICATED, MSG_AGENT_TOKEN) end
-local cur, pu = tonumber(f[4]) or 0, tonumber(f[5]) or 0
+local f, aerr = auth(KEYS[1], ARGV[5], 'gen', 'pu')
+if aerr then return aerr end
+local cur, pu = tonumber(f[5]) or 0, tonumber(f[6]) or 0
 -- The agent record is written once, at the end.
 local upd = {'seen', ms(NOW)}
 if gen == 0 then
@@ -355,7 +363,8 @@ return out
 // returns {'OK', {tid, attempt, ...} to cancel, {tid, attempt, ...} to abandon}
 var heartbeatScript = shardScript(`
 local lease = tonumber(ARGV[6])
-if not auth(KEYS[1], ARGV[5]) then return fail(E_UNAUTHENTICATED, MSG_AGENT_TOKEN) end
+local _, aerr = auth(KEYS[1], ARGV[5])
+if aerr then return aerr end
 redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'dr', ARGV[7])
 local cancel, abandon = {}, {}
 for i = 8, #ARGV - 1, 2 do
@@ -395,7 +404,8 @@ return {'OK', cancel, abandon}
 // returns {'OK', state, {job ids to advance}} or an error
 var reportScript = shardScript(`
 local tid, att, outcome, exit = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[10])
-if not auth(KEYS[1], ARGV[5]) then return fail(E_UNAUTHENTICATED, MSG_AGENT_TOKEN) end
+local _, aerr = auth(KEYS[1], ARGV[5])
+if aerr then return aerr end
 redis.call('HSET', KEYS[1], 'seen', ms(NOW))
 local tk = KEYS[2]
 local t = redis.call('HMGET', tk, 'st', 'att', 'rep', 'ro', 'ec', 'tmo', 'cr', 'crr')

@@ -14,7 +14,7 @@ import (
 func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResult, error) {
 	id := p.Cred.AgentID
 	if !store.ValidID(id, 'a') {
-		return store.LeaseResult{}, store.ErrAgentToken()
+		return store.LeaseResult{}, store.ErrUnknownAgent()
 	}
 	arr, err := s.run(ctx, leaseScript,
 		[]string{s.k.agent(id), s.k.queue(id), s.k.running(id), s.k.cancels(id)},
@@ -38,7 +38,7 @@ func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResu
 func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.HeartbeatResult, error) {
 	id := p.Cred.AgentID
 	if !store.ValidID(id, 'a') {
-		return store.HeartbeatResult{}, store.ErrAgentToken()
+		return store.HeartbeatResult{}, store.ErrUnknownAgent()
 	}
 	args := s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), ms(p.Lease), flag(p.Draining))
 	for _, r := range p.Running {
@@ -55,7 +55,7 @@ func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.H
 func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskState, error) {
 	id := p.Cred.AgentID
 	if !store.ValidID(id, 'a') {
-		return 0, store.ErrAgentToken()
+		return 0, store.ErrUnknownAgent()
 	}
 	if owner, ok := store.AgentOfTask(p.TaskID); !ok || owner != id || !store.ValidTaskID(p.TaskID) {
 		// Another agent's task lives in another slot: check the credential on its

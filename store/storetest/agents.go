@@ -26,16 +26,20 @@ func testRegister(h *harness) {
 	if err := h.s.AuthenticateAgent(h.ctx, a.cred); err != nil {
 		h.Fatalf("AuthenticateAgent: %v", err)
 	}
-	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}), store.ErrAgentToken(), "wrong secret")
-	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: a.ID}), store.ErrAgentToken(), "no secret")
-	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: unknownAgent, SecretHash: a.cred.SecretHash}), store.ErrAgentToken(), "unknown agent")
-	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: "not an id", SecretHash: a.cred.SecretHash}), store.ErrAgentToken(), "malformed agent id")
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}), store.ErrUnknownAgent(), "wrong secret")
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: a.ID}), store.ErrUnknownAgent(), "no secret")
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: unknownAgent, SecretHash: a.cred.SecretHash}), store.ErrUnknownAgent(), "unknown agent")
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: "not an id", SecretHash: a.cred.SecretHash}), store.ErrUnknownAgent(), "malformed agent id")
 	_, err := h.s.Lease(h.ctx, store.LeaseParams{Cred: store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}, Max: 1, Lease: time.Second})
-	wantErr(h, err, store.ErrAgentToken(), "Lease with a wrong secret")
+	wantErr(h, err, store.ErrUnknownAgent(), "Lease with a wrong secret")
 	_, err = h.s.Heartbeat(h.ctx, store.HeartbeatParams{Cred: store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}, Lease: time.Second})
-	wantErr(h, err, store.ErrAgentToken(), "Heartbeat with a wrong secret")
+	wantErr(h, err, store.ErrUnknownAgent(), "Heartbeat with a wrong secret")
 	_, err = h.report(testAgent{cred: store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}}, store.TaskRef{TaskID: "t000000000000000-" + a.ID, Attempt: 1}, store.OutcomeSucceeded)
-	wantErr(h, err, store.ErrAgentToken(), "Report with a wrong secret")
+	wantErr(h, err, store.ErrUnknownAgent(), "Report with a wrong secret")
+	_, err = h.s.Lease(h.ctx, store.LeaseParams{Cred: store.Cred{AgentID: unknownAgent, SecretHash: a.cred.SecretHash}, Max: 1, Lease: time.Second})
+	wantErr(h, err, store.ErrUnknownAgent(), "Lease of an agent never registered")
+	_, err = h.s.Heartbeat(h.ctx, store.HeartbeatParams{Cred: store.Cred{AgentID: unknownAgent, SecretHash: a.cred.SecretHash}, Lease: time.Second})
+	wantErr(h, err, store.ErrUnknownAgent(), "Heartbeat of an agent never registered")
 
 	b := h.register(nil)
 	if b.ID == a.ID {
@@ -76,11 +80,11 @@ func testRotate(h *harness) {
 	}
 	next := store.Cred{AgentID: a.ID, SecretHash: hash("next")}
 	h.lease(testAgent{Agent: a.Agent, cred: next}, 0)
-	wantErr(h, h.s.AuthenticateAgent(h.ctx, a.cred), store.ErrAgentToken(), "old token after the new one was used")
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, a.cred), store.ErrUnknownAgent(), "old token after the new one was used")
 	if err := h.s.AuthenticateAgent(h.ctx, next); err != nil {
 		h.Fatalf("new token: %v", err)
 	}
-	wantErr(h, h.s.RotateAgentToken(h.ctx, a.cred, hash("other")), store.ErrAgentToken(), "rotation with the retired token")
+	wantErr(h, h.s.RotateAgentToken(h.ctx, a.cred, hash("other")), store.ErrUnknownAgent(), "rotation with the retired token")
 }
 
 // testStatus follows an agent's status as time passes, comparing it with
@@ -173,11 +177,22 @@ func testRevoke(h *harness) {
 	if !fired(w) {
 		h.Fatalf("revoke did not wake the agent's watcher")
 	}
-	wantErr(h, h.s.AuthenticateAgent(h.ctx, a.cred), store.ErrAgentToken(), "revoked token")
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, a.cred), store.ErrRevokedAgent(), "revoked token")
 	_, err = h.s.Lease(h.ctx, h.leaseParams(a, 1))
-	wantErr(h, err, store.ErrAgentToken(), "Lease with a revoked token")
+	wantErr(h, err, store.ErrRevokedAgent(), "Lease with a revoked token")
 	_, err = h.report(a, run.Ref(), store.OutcomeSucceeded)
-	wantErr(h, err, store.ErrAgentToken(), "Report with a revoked token")
+	wantErr(h, err, store.ErrRevokedAgent(), "Report with a revoked token")
+	_, err = h.s.Heartbeat(h.ctx, store.HeartbeatParams{Cred: a.cred, Lease: leaseFor})
+	wantErr(h, err, store.ErrRevokedAgent(), "Heartbeat with a revoked token")
+	wantErr(h, h.s.RotateAgentToken(h.ctx, a.cred, hash("other")), store.ErrRevokedAgent(), "rotation with a revoked token")
+	// The revocation is told whatever the secret: a revoked agent is never told
+	// it is unknown, which would let it enroll again.
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}), store.ErrRevokedAgent(),
+		"a revoked agent's id with a wrong secret")
+	if _, err := h.s.RevokeAgent(h.ctx, a.ID, "again"); err != nil {
+		h.Fatal(err)
+	}
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, a.cred), store.ErrRevokedAgent(), "revoked twice")
 
 	h.wantHistory(pending,
 		step{store.StatePending, store.ReasonDispatched, 0, t0},

@@ -35,9 +35,13 @@ type RegisterRequest struct {
 	// The agent's software version.
 	Version string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
 	// The task types the agent handles.
-	TaskTypes     []string `protobuf:"bytes,5,rep,name=task_types,json=taskTypes,proto3" json:"task_types,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TaskTypes []string `protobuf:"bytes,5,rep,name=task_types,json=taskTypes,proto3" json:"task_types,omitempty"`
+	// The id the agent had before, when it enrolls again because the server answered
+	// its token "unknown agent" (the server's state was lost). For the server's log
+	// and metrics only: the new identity inherits nothing from it.
+	PreviousAgentId string `protobuf:"bytes,6,opt,name=previous_agent_id,json=previousAgentId,proto3" json:"previous_agent_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RegisterRequest) Reset() {
@@ -103,6 +107,13 @@ func (x *RegisterRequest) GetTaskTypes() []string {
 		return x.TaskTypes
 	}
 	return nil
+}
+
+func (x *RegisterRequest) GetPreviousAgentId() string {
+	if x != nil {
+		return x.PreviousAgentId
+	}
+	return ""
 }
 
 // RegisterResponse carries the new identity. The token is shown only here.
@@ -672,14 +683,15 @@ var File_forge_v1_agent_proto protoreflect.FileDescriptor
 
 const file_forge_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14forge/v1/agent.proto\x12\bforge.v1\x1a\x14forge/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xf4\x01\n" +
+	"\x14forge/v1/agent.proto\x12\bforge.v1\x1a\x14forge/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xa0\x02\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12=\n" +
 	"\x06labels\x18\x02 \x03(\v2%.forge.v1.RegisterRequest.LabelsEntryR\x06labels\x12\x1a\n" +
 	"\bhostname\x18\x03 \x01(\tR\bhostname\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
-	"task_types\x18\x05 \x03(\tR\ttaskTypes\x1a9\n" +
+	"task_types\x18\x05 \x03(\tR\ttaskTypes\x12*\n" +
+	"\x11previous_agent_id\x18\x06 \x01(\tR\x0fpreviousAgentId\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x02\n" +

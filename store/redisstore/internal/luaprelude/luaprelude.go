@@ -83,7 +83,8 @@ func groups() []group {
 			{"FMT_CAUSE", store.FmtCause},
 		}},
 		{"Error messages (store.Msg*, store.Fmt*).", []constant{
-			{"MSG_AGENT_TOKEN", store.MsgAgentToken},
+			{"MSG_UNKNOWN_AGENT", store.MsgUnknownAgent},
+			{"MSG_AGENT_REVOKED", store.MsgAgentRevoked},
 			{"MSG_ENROLL_TOKEN", store.MsgEnrollToken},
 			{"MSG_BAD_OUTCOME", store.MsgBadOutcome},
 			{"MSG_ID_TAKEN", MsgIDTaken},
@@ -115,6 +116,16 @@ local function fail(code, msg) return {'E', code, msg} end
 -- q is store.Quote for the ids scripts see: Go checks every id (store.ValidID,
 -- store.ValidTaskID) before it reaches a script, and such ids need no escapes.
 local function q(id) return '"' .. id .. '"' end
+
+-- agentCred is store.CheckAgentCred: exists, revoked and matched (booleans) say
+-- whether the agent's record exists, is revoked, and whether the secret matched
+-- one of its tokens. It answers nil or an error answer.
+local function agentCred(exists, revoked, matched)
+  if not exists then return fail(E_UNAUTHENTICATED, MSG_UNKNOWN_AGENT) end
+  if revoked then return fail(E_UNAUTHENTICATED, MSG_AGENT_REVOKED) end
+  if not matched then return fail(E_UNAUTHENTICATED, MSG_UNKNOWN_AGENT) end
+  return nil
+end
 
 -- checkReport is store.CheckReport: st, cur (the task's attempt), ro (the outcome
 -- that ended it, 0 if no report did) and ec are the task's; att, outcome and exit

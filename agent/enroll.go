@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"sort"
+
+	"connectrpc.com/connect"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/bearer"
+)
+
+// The messages a server answers a token it does not accept with, with the code
+// unauthenticated (forge's contract: the agent lifecycle rules).
+const (
+	msgUnknownAgent = "unknown agent" // never known, or the server's state was lost
+	msgAgentRevoked = "agent revoked" // an operator revoked it
+)
+
+// refusal is what an answer to a call made with the agent's own token says
+// about that token.
+type refusal int
+
+const (
+	notRefused     refusal = iota
+	refusedUnknown         // the server does not know the identity: enroll again
+	refusedRevoked         // revoked, or refused for another reason: stop for good
+)
+
+func refusalOf(err error) refusal {
+	if connect.CodeOf(err) != connect.CodeUnauthenticated {
+		return notRefused
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) && ce.Message() == msgUnknownAgent {
+		return refusedUnknown
+	}
+	return refusedRevoked
+}
+
+// revokedError is the error Run returns for a refusal that stops the agent for
+// good: ErrRevoked, quoting the server when it said something else than
+// "agent revoked".
+func revokedError(cause error) error {
+	var ce *connect.Error
+	if cause == nil || (errors.As(cause, &ce) && ce.Message() == msgAgentRevoked) {
+		return ErrRevoked
+	}
+	return fmt.Errorf("%w; the server said: %v", ErrRevoked, cause)
+}
+
+// enroll loads the saved identity or registers a new one. A state dir that
+// recorded a revocation stops it at once.
+func (a *Agent) enroll(ctx context.Context) error {
+	if st := a.st; st != nil {
+		rev, err := st.loadRevoked()
+		if err != nil {
+			return err
+		}
+		if rev.AgentID != "" {
+			a.log.Error("this agent was revoked; it does not start again", "agent", rev.AgentID, "revoked_at", rev.At, "state_dir", st.dir)
+			return ErrRevoked
+		}
+		id, err := st.loadIdentity()
+		if err != nil {
+			return err
+		}
+		if id.AgentID != "" {
+			a.mu.Lock()
+			a.id, a.token = id.AgentID, id.AgentToken
+			a.setKeys(id.SigningKeys)
+			a.mu.Unlock()
+			a.log.Info("using saved identity", "agent", id.AgentID, "signed_tasks", len(id.SigningKeys) > 0, "state_dir", st.dir)
+			return nil
+		}
+	}
+	if a.cfg.EnrollToken == "" {
+		return errors.New("agent: no saved identity and no enrollment token")
+	}
+	return a.register(ctx, "")
+}
+
+// reenroll registers a new identity because the server answered the token of
+// identity generation gen "unknown agent". It does nothing when the agent has
+// enrolled again since gen (another call met the same refusal first), and
+// answers ErrUnknown when there is no enrollment token to do it with.
+func (a *Agent) reenroll(ctx context.Context, gen uint64) error {
+	a.mu.Lock()
+	old, cur := a.id, a.gen
+	a.mu.Unlock()
+	if gen != cur {
+		return nil
+	}
+	if a.cfg.EnrollToken == "" {
+		a.log.Error("the server does not know this agent (never registered there, or its state was lost), and there is no enrollment token to enroll again with",
+			"agent", old)
+		return ErrUnknown
+	}
+	a.log.Warn("the server does not know this agent (never registered there, or its state was lost); enrolling again", "agent", old)
+	return a.register(ctx, old)
+}
+
+// register enrolls a new identity with the enrollment token, retrying with
+// backoff while the server cannot be reached, and keeps it (in the state dir
+// too). previous is the identity the server no longer knew, if any.
+func (a *Agent) register(ctx context.Context, previous string) error {
+	a.mu.Lock()
+	types := make([]string, 0, len(a.handlers))
+	for t := range a.handlers {
+		types = append(types, t)
+	}
+	st := a.st
+	a.mu.Unlock()
+	sort.Strings(types)
+	var bo backoff
+	for {
+		idx, c := a.client()
+		req := connect.NewRequest(&forgev1.RegisterRequest{
+			Name: a.cfg.Name, Labels: a.cfg.Labels, Hostname: a.hostname,
+			Version: a.cfg.Version, TaskTypes: types, PreviousAgentId: previous,
+		})
+		bearer.Set(req.Header(), a.cfg.EnrollToken)
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		res, err := c.Register(cctx, req)
+		cancel()
+		if err == nil {
+			m := res.Msg
+			if m.AgentId == "" || m.AgentToken == "" {
+				return errors.New("agent: register: the server answered without an identity")
+			}
+			var keys []signingKey
+			for _, k := range m.SigningKeys {
+				if k != nil && len(k.PublicKey) == ed25519.PublicKeySize {
+					keys = append(keys, signingKey{ID: k.Id, PublicKey: k.PublicKey})
+				}
+			}
+			if st != nil {
+				if err := st.saveIdentity(identity{AgentID: m.AgentId, AgentToken: m.AgentToken, SigningKeys: keys}); err != nil {
+					return err
+				}
+			}
+			a.mu.Lock()
+			a.id, a.token = m.AgentId, m.AgentToken
+			a.gen++
+			a.setKeys(keys)
+			if d := m.PollWait.AsDuration(); a.cfg.PollWait == 0 && m.PollWait != nil && d > 0 {
+				a.pollWait = d
+			}
+			if d := m.HeartbeatInterval.AsDuration(); m.HeartbeatInterval != nil && d > 0 {
+				a.hbInterval, a.hbKnown = d, true
+			}
+			a.mu.Unlock()
+			if previous != "" {
+				a.log.Info("enrolled again", "agent", m.AgentId, "previous_agent", previous, "server", a.servers[idx])
+			} else {
+				a.log.Info("registered", "agent", m.AgentId, "server", a.servers[idx])
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		switch connect.CodeOf(err) {
+		case connect.CodeUnauthenticated:
+			return fmt.Errorf("agent: the server refused the enrollment token: %w", err)
+		case connect.CodePermissionDenied, connect.CodeInvalidArgument, connect.CodeResourceExhausted, connect.CodeUnimplemented:
+			return fmt.Errorf("agent: register: %w", err)
+		}
+		if !bo.failing() {
+			a.log.Warn("cannot register; retrying with backoff", "server", a.servers[idx], "err", err)
+		}
+		a.failover(idx)
+		if !sleep(ctx, bo.next()) {
+			return ctx.Err()
+		}
+	}
+}
+
+// recordRevoked keeps the revocation in the state dir, so the agent never
+// starts again with the revoked identity, whatever a server says then (one that
+// lost its state would answer "unknown agent").
+func (a *Agent) recordRevoked() {
+	a.mu.Lock()
+	st, id := a.st, a.id
+	a.mu.Unlock()
+	if st == nil {
+		return
+	}
+	if err := st.saveRevoked(id); err != nil {
+		a.log.Error("cannot record the revocation in the state dir", "err", err)
+	}
+}

@@ -1,0 +1,167 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/orange-forge/forge/agent"
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/forgetest"
+)
+
+// logBuffer keeps an agent's log lines (text) and shows them through t too.
+type logBuffer struct {
+	t  *testing.T
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func newLogBuffer(t *testing.T) *logBuffer { return &logBuffer{t: t} }
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	l.b.Write(p)
+	l.mu.Unlock()
+	l.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func (l *logBuffer) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// savedID returns the agent id kept in a state dir.
+func savedID(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "identity.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id struct {
+		AgentID string `json:"agent_id"`
+	}
+	if err := json.Unmarshal(b, &id); err != nil {
+		t.Fatal(err)
+	}
+	return id.AgentID
+}
+
+// TestReenrollWhenStateLost: the server loses its state (an in-memory server
+// restarted, a Redis without persistence restarted) while an agent polls. The
+// server answers the agent's token "unknown agent"; the agent enrolls again by
+// itself with its enrollment token, says so in its log, keeps the new identity
+// in its state dir, and runs tasks under it. The server's log and metrics show
+// the re-enrollment.
+func TestReenrollWhenStateLost(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := &env{Server: forgetest.Start(t, forgetest.Options{Backend: backend, OwnRedis: backend == forgetest.Redis}), t: t}
+		dir := filepath.Join(t.TempDir(), "state")
+		logs := newLogBuffer(t)
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, StateDir: dir, Logger: logs.logger()},
+			map[string]agent.Handler{"echo": agent.EchoHandler()})
+		old := a.ID()
+		wantState(t, e.wait(e.dispatch(old, "echo", []byte("before"), 0)), forgev1.TaskState_TASK_STATE_SUCCEEDED)
+
+		e.LoseState()
+		waitFor(t, 20*time.Second, "the agent to enroll again", func() bool { return a.ID() != old })
+		select {
+		case <-a.done:
+			t.Fatalf("Run returned: %v", a.err)
+		default:
+		}
+		id := a.ID()
+		if got := savedID(t, dir); got != id {
+			t.Fatalf("state dir keeps %s, want the new identity %s", got, id)
+		}
+		ti := e.wait(e.dispatch(id, "echo", []byte("after"), 0))
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		if string(ti.Output) != "after" {
+			t.Fatalf("output %q", ti.Output)
+		}
+		if log := logs.String(); !strings.Contains(log, "enrolling again") || !strings.Contains(log, "msg=\"enrolled again\"") ||
+			!strings.Contains(log, "previous_agent="+old) {
+			t.Fatalf("the agent's log does not say it enrolled again:\n%s", log)
+		}
+		if !strings.Contains(e.Log.String(), `"previous_agent":"`+old+`"`) {
+			t.Fatalf("the server's log does not show the re-enrollment of %s", old)
+		}
+		if n := e.Metric("forge_agents_reenrolled_total"); n != 1 {
+			t.Fatalf("forge_agents_reenrolled_total = %v, want 1", n)
+		}
+		if n := e.Metric(`forge_agent_tokens_refused_total{reason="unknown"}`); n < 1 {
+			t.Fatalf(`forge_agent_tokens_refused_total{reason="unknown"} = %v, want at least 1`, n)
+		}
+		if err := a.stop(t); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestUnknownWithoutEnrollTokenStops: an agent started from its saved identity
+// without an enrollment token cannot enroll again when the server lost its
+// state: Run returns ErrUnknown, which says so.
+func TestUnknownWithoutEnrollTokenStops(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := &env{Server: forgetest.Start(t, forgetest.Options{Backend: backend, OwnRedis: backend == forgetest.Redis}), t: t}
+		dir := t.TempDir()
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, StateDir: dir}, map[string]agent.Handler{"echo": agent.EchoHandler()})
+		if err := a.stop(t); err != nil {
+			t.Fatal(err)
+		}
+		b := runAgent(t, agent.Config{Servers: []string{e.URL}, StateDir: dir, Logger: testLogger(t)}, nil)
+		waitFor(t, 10*time.Second, "the agent to start", func() bool { return b.ID() != "" })
+		e.LoseState()
+		select {
+		case <-b.done:
+			if !errors.Is(b.err, agent.ErrUnknown) {
+				t.Fatalf("Run: %v, want ErrUnknown", b.err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("Run did not return")
+		}
+	})
+}
+
+// runAgent starts an agent as startAgent does, but as configured: without an
+// enrollment token unless cfg has one, and without waiting for its identity.
+func runAgent(t *testing.T, cfg agent.Config, handlers map[string]agent.Handler) *started {
+	t.Helper()
+	a, err := agent.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for typ, h := range handlers {
+		a.Handle(typ, h)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	s := &started{Agent: a, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		s.err = a.Run(ctx)
+		close(s.done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-s.done:
+		case <-time.After(15 * time.Second):
+		}
+	})
+	return s
+}

@@ -1,0 +1,116 @@
+package server_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/forgetest"
+)
+
+// wantRefused fails unless err is unauthenticated with exactly the message msg.
+func wantRefused(t *testing.T, err error, msg, what string) {
+	t.Helper()
+	var ce *connect.Error
+	if !errors.As(err, &ce) || ce.Code() != connect.CodeUnauthenticated || ce.Message() != msg {
+		t.Fatalf("%s: %v; want unauthenticated %q", what, err, msg)
+	}
+}
+
+// agentCalls makes every call an agent makes with its own token and hands each
+// answer to check.
+func agentCalls(t *testing.T, ag forgev1connect.AgentServiceClient, check func(err error, what string)) {
+	t.Helper()
+	ctx := t.Context()
+	_, err := ag.Poll(ctx, connect.NewRequest(&forgev1.PollRequest{Wait: durationpb.New(0)}))
+	check(err, "Poll")
+	_, err = ag.Heartbeat(ctx, connect.NewRequest(&forgev1.HeartbeatRequest{}))
+	check(err, "Heartbeat")
+	_, err = ag.ReportResult(ctx, connect.NewRequest(&forgev1.ReportResultRequest{TaskId: "t0000000000000000-a000000000000000",
+		Attempt: 1, Outcome: forgev1.Outcome_OUTCOME_SUCCEEDED}))
+	check(err, "ReportResult")
+	_, err = ag.RotateToken(ctx, connect.NewRequest(&forgev1.RotateTokenRequest{}))
+	check(err, "RotateToken")
+}
+
+// TestAgentTokenRefusals: an agent token is refused "unknown agent" when the
+// server never knew it (an unknown id, a wrong secret) or lost its state (an
+// in-memory server restarted, a Redis without persistence restarted: on Redis
+// the replica's token cache still vouches for the token, and the store's own
+// check refuses it), and "agent revoked" when it was revoked — on every agent
+// call. The refusals are counted by reason.
+func TestAgentTokenRefusals(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		e := forgetest.Start(t, forgetest.Options{Backend: b, OwnRedis: b == forgetest.Redis})
+		idA, tokA := e.Register("a", nil)
+		idB, tokB := e.Register("b", nil)
+		if _, err := e.Control.RevokeAgent(t.Context(), connect.NewRequest(&forgev1.RevokeAgentRequest{AgentId: idB})); err != nil {
+			t.Fatal(err)
+		}
+		agentCalls(t, e.Agent(tokB), func(err error, what string) { wantRefused(t, err, "agent revoked", "revoked agent: "+what) })
+		secret := tokA[strings.LastIndexByte(tokA, '_')+1:]
+		for name, tok := range map[string]string{
+			"never known":  "fa_a0000000000000000_" + secret,
+			"wrong secret": "fa_" + idA + "_" + strings.Repeat("z", len(secret)),
+		} {
+			agentCalls(t, e.Agent(tok), func(err error, what string) { wantRefused(t, err, "unknown agent", name+": "+what) })
+		}
+		if n := e.Metric(`forge_agent_tokens_refused_total{reason="revoked"}`); n != 4 {
+			t.Fatalf(`refused{reason="revoked"} = %v, want 4`, n)
+		}
+		if n := e.Metric(`forge_agent_tokens_refused_total{reason="unknown"}`); n != 8 {
+			t.Fatalf(`refused{reason="unknown"} = %v, want 8`, n)
+		}
+
+		// A works, and its token is in the replica's cache, until the state is lost.
+		agA := e.Agent(tokA)
+		if _, err := agA.Heartbeat(t.Context(), connect.NewRequest(&forgev1.HeartbeatRequest{})); err != nil {
+			t.Fatal(err)
+		}
+		e.LoseState()
+		agentCalls(t, agA, func(err error, what string) { wantRefused(t, err, "unknown agent", "after the state was lost: "+what) })
+		if !strings.Contains(e.Log.String(), "agent tokens refused: unknown agent") {
+			t.Fatalf("the server's log does not mention the unknown agent:\n%s", e.Log.Tail(20))
+		}
+	})
+}
+
+// TestRegisterAgain: a Register that names the identity the server no longer
+// knew (previous_agent_id) makes a new identity like any other, and is counted
+// and logged as a re-enrollment; a malformed previous id is invalid.
+func TestRegisterAgain(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		e := forgetest.Start(t, forgetest.Options{Backend: b})
+		const prev = "a0000000000000000"
+		ctx := t.Context()
+		enr := e.Agent(forgetest.EnrollToken)
+		res, err := enr.Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "back", PreviousAgentId: prev}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Msg.AgentId == prev {
+			t.Fatal("the new identity took the previous id")
+		}
+		if n := e.Metric("forge_agents_reenrolled_total"); n != 1 {
+			t.Fatalf("forge_agents_reenrolled_total = %v, want 1", n)
+		}
+		if log := e.Log.String(); !strings.Contains(log, `"previous_agent":"`+prev+`"`) || !strings.Contains(log, `"agent":"`+res.Msg.AgentId+`"`) {
+			t.Fatalf("the server's log does not show the re-enrollment:\n%s", e.Log.Tail(10))
+		}
+		_, err = enr.Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "x", PreviousAgentId: "not an id"}))
+		wantCode(t, err, connect.CodeInvalidArgument)
+		if _, err := enr.Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "new"})); err != nil {
+			t.Fatal(err)
+		}
+		if n := e.Metric("forge_agents_reenrolled_total"); n != 1 {
+			t.Fatalf("a first registration counted as a re-enrollment: %v", n)
+		}
+	})
+}
