@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -382,5 +384,45 @@ func TestRedisReadyzNamesTheCause(t *testing.T) {
 	_, body := readyz(t, url)
 	if strings.Contains(body, "127.0.0.1") || strings.Contains(p.output(), aclPassword) {
 		t.Fatalf("/readyz shows an address (%q), or the password was printed:\n%s", body, p.output())
+	}
+}
+
+// TestAttackRedisURLPassword gives `forge server` Redis URLs that do not parse,
+// each broken by its password in another way, by flag and by variable (issue
+// 13, finding 8): whether the server refuses the URL or keeps trying to reach
+// what it parsed, no piece of the password appears in anything it prints.
+func TestAttackRedisURLPassword(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ url, secret string }{
+		{"redis://forge:Qx/Zy-Kw@127.0.0.1:1/0", "Qx/Zy-Kw"},
+		{"redis://forge:Q@Zy-Kw@127.0.0.1:1/0", "Q@Zy-Kw"},
+		{"redis://forge:Qx Zy@127.0.0.1:1/0", "Qx Zy"},
+		{"redis://forge:Qx%zzZy@127.0.0.1:1/0", "Qx%zzZy"},
+		{"redis://:Qx9Zy/x", "Qx9Zy"},
+		{"http://forge:QxZyKw@127.0.0.1/0", "QxZyKw"},
+		{"redis://forge:QxZyKw@127.0.0.1:1/zero", "QxZyKw"},
+		{"redis://forge:Qx:Zy:Kw@127.0.0.1:1/0?x=%zz", "Qx:Zy:Kw"},
+	} {
+		for _, how := range []string{"flag", "variable"} {
+			t.Run(how, func(t *testing.T) {
+				t.Parallel()
+				e := env{"FORGE_ENROLL_TOKEN": enrollToken, "FORGE_ADMIN_TOKEN": adminToken}
+				args := []string{"server", "--listen", "127.0.0.1:0"}
+				if how == "flag" {
+					args = append(args, "--redis", tc.url)
+				} else {
+					e["FORGE_REDIS"] = tc.url
+				}
+				var out buffer
+				ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+				defer cancel()
+				newMain(e, &out).Run(ctx, args)
+				for _, piece := range strings.FieldsFunc(tc.secret, func(r rune) bool { return strings.ContainsRune("/@ %:", r) }) {
+					if len(piece) >= 2 && strings.Contains(out.String(), piece) {
+						t.Errorf("%s %q: the output shows %q of the password:\n%s", how, tc.url, piece, out.String())
+					}
+				}
+			})
+		}
 	}
 }
