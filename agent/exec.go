@@ -20,7 +20,9 @@ const DefaultKillGrace = 5 * time.Second
 type ExecOption func(*execConfig)
 
 type execConfig struct {
-	grace time.Duration
+	grace    time.Duration
+	allowEnv map[string]bool // names a task's env may set (envKey); see WithAllowEnv
+	user     *ExecUser       // who commands run as; nil: the agent's user (WithExecUser)
 }
 
 // WithKillGrace sets how long a stopped command's process tree may take to exit
@@ -39,7 +41,8 @@ type ExecPayload struct {
 	Argv []string `json:"argv"`
 	// Dir is the working directory; empty means the agent's.
 	Dir string `json:"dir,omitempty"`
-	// Env is added to the agent's environment, replacing variables of the same name.
+	// Env is added to the agent's environment, replacing variables of the same
+	// name. Each name must be allowed (WithAllowEnv) and not forbidden (ForbiddenEnv).
 	Env map[string]string `json:"env,omitempty"`
 }
 
@@ -52,7 +55,9 @@ type ExecPayload struct {
 // agent's working directory, whatever the payload's dir, and one without a slash
 // is looked up in the agent's PATH, never the payload's env: the payload cannot
 // change which program an allowed name runs. Commands inherit the agent's
-// environment without forge's own tokens (FORGE_*TOKEN*), and learn which attempt
+// environment without forge's own tokens (FORGE_*TOKEN*); a task's env may set
+// only the names allowed with WithAllowEnv, never the loader's, a shell's or an
+// interpreter's start-up variables (ForbiddenEnv). Commands learn which attempt
 // they run as from FORGE_TASK_ID, FORGE_JOB_ID and FORGE_TASK_ATTEMPT (the
 // payload cannot set these): delivery is at least once, so a command with side
 // effects can key them on the task id.
@@ -90,7 +95,10 @@ func ExecHandler(allow []string, opts ...ExecOption) Handler {
 		if !allowed[p.Argv[0]] {
 			return nil, fmt.Errorf("exec: %q is not allowed on this agent (allow it with --allow-exec, matched exactly as given)", p.Argv[0])
 		}
-		add := make(map[string]string, len(p.Env)+3)
+		if err := checkTaskEnv(p.Env, cfg.allowEnv); err != nil {
+			return nil, err
+		}
+		add := make(map[string]string, len(p.Env)+6)
 		for k, v := range p.Env {
 			add[k] = v
 		}
@@ -98,6 +106,9 @@ func ExecHandler(allow []string, opts ...ExecOption) Handler {
 		add["FORGE_TASK_ID"] = t.ID
 		add["FORGE_JOB_ID"] = t.JobID
 		add["FORGE_TASK_ATTEMPT"] = strconv.Itoa(int(t.Attempt))
+		if cfg.user != nil {
+			add["HOME"], add["USER"], add["LOGNAME"] = cfg.user.Home, cfg.user.Name, cfg.user.Name
+		}
 		env, err := mergeEnv(os.Environ(), add)
 		if err != nil {
 			return nil, err

@@ -117,6 +117,11 @@ func runCommand(ctx context.Context, p ExecPayload, env []string, cfg execConfig
 	// would wait for while a background child still holds the pipe.
 	cmd.Stdout = pw
 	cmd.Stderr = pw
+	if err := applyUser(cmd, cfg.user); err != nil {
+		pr.Close()
+		pw.Close()
+		return nil, fmt.Errorf("exec: %w", err)
+	}
 	tree, err := startTree(cmd)
 	if err != nil {
 		pr.Close()

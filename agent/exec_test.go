@@ -71,7 +71,7 @@ func runExec(ctx context.Context, t *testing.T, h Handler, argv []string, env ma
 
 func TestExecOutputAndExitCode(t *testing.T) {
 	t.Parallel()
-	h := ExecHandler([]string{"sh"})
+	h := ExecHandler([]string{"sh"}, WithAllowEnv("FORGE_X"))
 	out, err, _, g := runExec(t.Context(), t, h, []string{"sh", "-c", "echo out; echo err >&2; echo $FORGE_X"}, map[string]string{"FORGE_X": "from-env"}, 1<<20)
 	if err != nil || string(out) != "out\nerr\nfrom-env\n" {
 		t.Fatalf("got %q, %v", out, err)
@@ -88,7 +88,7 @@ func TestExecOutputAndExitCode(t *testing.T) {
 
 func TestExecRefusals(t *testing.T) {
 	t.Parallel()
-	h := ExecHandler([]string{"sh", "/bin/echo"})
+	h := ExecHandler([]string{"sh", "/bin/echo"}, WithAllowEnv("A=B"))
 	for _, tc := range []struct {
 		name, payload, want string
 	}{
@@ -98,6 +98,7 @@ func TestExecRefusals(t *testing.T) {
 		{"empty argv", `{"argv":[]}`, "argv is empty"},
 		{"not json", `sh -c true`, "payload must be JSON"},
 		{"bad env", `{"argv":["sh"],"env":{"A=B":"x"}}`, "not a valid variable"},
+		{"env not allowed", `{"argv":["sh"],"env":{"PATH":"/tmp"}}`, `env "PATH" is not allowed on this agent`},
 	} {
 		_, err := h(t.Context(), &Task{Type: "exec", Payload: []byte(tc.payload)})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -147,7 +148,7 @@ func TestExecCancelEndsWholeGroup(t *testing.T) {
 	ready := filepath.Join(t.TempDir(), "ready")
 	cancelWhenReady(t, ready, func() { cancel(errors.New("test cancel")) })
 	start := time.Now()
-	_, err, _, g := runExec(ctx, t, ExecHandler([]string{"sh"}), []string{"sh", "-c", `sleep 60 & touch "$READY"; sleep 60`}, map[string]string{"READY": ready}, 1<<20)
+	_, err, _, g := runExec(ctx, t, ExecHandler([]string{"sh"}, WithAllowEnv("READY")), []string{"sh", "-c", `sleep 60 & touch "$READY"; sleep 60`}, map[string]string{"READY": ready}, 1<<20)
 	var ee *ExitError
 	if !errors.As(err, &ee) || ee.Code != 128+15 || !strings.Contains(err.Error(), "test cancel") {
 		t.Fatalf("err %v, want exit code 143 naming the cause", err)
@@ -161,7 +162,7 @@ func TestExecCancelEndsWholeGroup(t *testing.T) {
 func TestExecKillsAfterGrace(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(t.Context())
-	h := ExecHandler([]string{"sh"}, WithKillGrace(300*time.Millisecond))
+	h := ExecHandler([]string{"sh"}, WithKillGrace(300*time.Millisecond), WithAllowEnv("READY"))
 	ready := filepath.Join(t.TempDir(), "ready")
 	// The ignored SIGTERM is inherited by the background child too.
 	argv := []string{"sh", "-c", `trap "" TERM; sleep 60 & echo started; touch "$READY"; sleep 60`}
@@ -204,7 +205,7 @@ func TestExecStartFailure(t *testing.T) {
 
 func TestExecEnvNamesTheAttempt(t *testing.T) {
 	t.Parallel()
-	h := ExecHandler([]string{"sh"})
+	h := ExecHandler([]string{"sh"}, WithAllowEnv("FORGE_TASK_ATTEMPT"))
 	p, _ := json.Marshal(ExecPayload{Argv: []string{"sh", "-c", "echo $FORGE_TASK_ID $FORGE_JOB_ID $FORGE_TASK_ATTEMPT"},
 		Env: map[string]string{"FORGE_TASK_ATTEMPT": "99"}})
 	out, err := h(t.Context(), &Task{ID: "t1-a1", JobID: "j1", Type: "exec", Attempt: 3, Payload: p})
@@ -236,5 +237,40 @@ func TestExecEnvHidesTokensAndKeepsRelativePath(t *testing.T) {
 	}
 	if want := "real\n" + other + "\ntok=\n"; string(out) != want {
 		t.Fatalf("output %q, want %q", out, want)
+	}
+}
+
+// TestAttackExecEnv sends exec tasks whose env makes an allowed command run
+// other code (issue 13, finding 3): LD_PRELOAD of a library that would print
+// "pwned", BASH_ENV and ENV naming a script, and exported bash functions. Each
+// is refused before anything runs, even when the agent's operator listed the
+// name with --allow-env; a name not listed is refused too.
+func TestAttackExecEnv(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	evil := filepath.Join(dir, "evil.sh")
+	if err := os.WriteFile(evil, []byte("echo pwned\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Even an allow list that names them all cannot let these through.
+	names := []string{"LD_PRELOAD", "ld_preload", "LD_LIBRARY_PATH", "LD_AUDIT", "BASH_ENV", "ENV", "BASH_FUNC_uptime%%",
+		"GCONV_PATH", "GLIBC_TUNABLES", "SHELLOPTS", "PS4", "PYTHONSTARTUP", "PERL5OPT", "NODE_OPTIONS", "DYLD_INSERT_LIBRARIES"}
+	h := ExecHandler([]string{"sh", "uptime"}, WithAllowEnv(append(names, "GREETING")...))
+	for _, name := range names {
+		for _, argv := range [][]string{{"uptime"}, {"sh", "-c", "echo ran"}} {
+			out, err, _, _ := runExec(t.Context(), t, h, argv, map[string]string{name: evil}, 1<<20)
+			if err == nil || !strings.Contains(err.Error(), "never allowed") || len(out) != 0 {
+				t.Errorf("env %s with %v: output %q, err %v; want it refused before running", name, argv, out, err)
+			}
+		}
+	}
+	// A listed, harmless name passes; one not listed is refused.
+	out, err, _, _ := runExec(t.Context(), t, h, []string{"sh", "-c", "echo $GREETING"}, map[string]string{"GREETING": "hi"}, 1<<20)
+	if err != nil || string(out) != "hi\n" {
+		t.Errorf("an allowed variable: %q, %v", out, err)
+	}
+	out, err, _, _ = runExec(t.Context(), t, h, []string{"sh", "-c", "echo ran"}, map[string]string{"HOME": dir}, 1<<20)
+	if err == nil || !strings.Contains(err.Error(), "--allow-env") || len(out) != 0 {
+		t.Errorf("a variable not allowed: %q, %v; want it refused", out, err)
 	}
 }

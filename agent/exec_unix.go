@@ -11,9 +11,13 @@ import (
 // pgroup is a process group: the exec command is its leader.
 type pgroup int
 
-// startTree starts cmd as the leader of a new process group.
+// startTree starts cmd as the leader of a new process group (keeping the
+// credential applyUser set, if any).
 func startTree(cmd *exec.Cmd) (processTree, error) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}

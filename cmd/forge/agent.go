@@ -32,6 +32,14 @@ func (m *Main) runAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := m.hideAgentSecrets(args, c.EnrollToken); err != nil {
+		return err
+	}
+	if m.Exec != nil {
+		if err := hideMemory(); err != nil {
+			return fmt.Errorf("cannot close the agent's memory to other processes: %w", err)
+		}
+	}
 	if inService() {
 		return m.serveAgentService(ctx, c)
 	}
@@ -63,6 +71,8 @@ type AgentConfig struct {
 	Labels      map[string]string
 	StateDir    string
 	AllowExec   []string // argv[0] values the exec task type may run
+	AllowEnv    []string // variables an exec task's env may set
+	ExecUser    string   // user commands run as; empty: the agent's
 	Concurrency int
 	DrainGrace  time.Duration
 	Log         logConfig
@@ -87,6 +97,8 @@ func (m *Main) ParseAgent(args []string) (AgentConfig, error) {
 	f.ListVar(&labels, "label", "label k=v for selectors (repeatable)")
 	f.StringVar(&c.StateDir, "state-dir", "", "directory keeping the agent's identity and running commands across restarts")
 	f.ListVar(&c.AllowExec, "allow-exec", "command the exec task type may run, matched exactly against argv[0] (repeatable)")
+	f.ListVar(&c.AllowEnv, "allow-env", "variable an exec task's env may set (repeatable); the loader's, shells' and interpreters' start-up variables never pass")
+	f.StringVar(&c.ExecUser, "exec-user", "", "run commands as this user, who cannot read the agent's state dir or token (the agent must run as root)")
 	f.IntVar(&c.Concurrency, "concurrency", 4, "most tasks run at once")
 	f.DurationVar(&c.DrainGrace, "drain-grace", 30*time.Second, "on SIGTERM, how long running tasks may finish before they are stopped")
 	f.logFlags(&logFormat, &logLevel)
@@ -104,6 +116,16 @@ func (m *Main) ParseAgent(args []string) (AgentConfig, error) {
 	var err error
 	if c.Log, err = parseLog(logFormat, logLevel); err != nil {
 		return c, err
+	}
+	if v := m.getenv(tokenFDVar); v != "" && c.EnrollToken == "" && c.EnrollTokenFile == "" {
+		if c.EnrollToken, err = readTokenFD(v); err != nil {
+			return c, err
+		}
+	}
+	for _, name := range c.AllowEnv {
+		if agent.ForbiddenEnv(name) {
+			return c, fmt.Errorf("--allow-env %s: never allowed: the loader's, a shell's or an interpreter's start-up variable lets a task run code of its own", name)
+		}
 	}
 	c.Labels = map[string]string{}
 	for _, kv := range labels {
@@ -155,8 +177,16 @@ func (m *Main) BuildAgent(c AgentConfig) (*agent.Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	opts := []agent.ExecOption{agent.WithAllowEnv(c.AllowEnv...)}
+	if c.ExecUser != "" {
+		u, err := agent.LookupExecUser(c.ExecUser)
+		if err != nil {
+			return nil, fmt.Errorf("--exec-user: %w", err)
+		}
+		opts = append(opts, agent.WithExecUser(u))
+	}
 	a.Handle("echo", agent.EchoHandler())
-	a.Handle("exec", agent.ExecHandler(c.AllowExec))
+	a.Handle("exec", agent.ExecHandler(c.AllowExec, opts...))
 	if len(c.AllowExec) == 0 {
 		log.Info("exec tasks will be refused: no --allow-exec given")
 	}

@@ -24,11 +24,17 @@ type Main struct {
 	// Ready, when set, receives the server's URL once it listens and has printed
 	// its start-up lines: from then on it answers calls.
 	Ready func(url string)
+	// Exec, when set, replaces the running program (syscall.Exec): `forge agent`
+	// given its enrollment token on the command line or in the environment
+	// starts itself again without it there (see secrets.go), and then closes its
+	// memory to other processes. NewMain sets it where the system allows; a
+	// test's Main leaves it nil, so the test process is never replaced.
+	Exec func(argv0 string, argv, envv []string) error
 }
 
 // NewMain returns a Main wired to the process's streams and environment.
 func NewMain() *Main {
-	return &Main{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv}
+	return &Main{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Exec: execProcess}
 }
 
 const usage = `forge sends commands to machines that open no ports.

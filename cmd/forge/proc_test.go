@@ -103,6 +103,14 @@ func startProc(t *testing.T, e env, name string, args ...string) *proc {
 	for k, v := range e {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
+	return startCmd(t, cmd)
+}
+
+// startCmd starts cmd, its output read as startProc reads it; it is stopped
+// (SIGTERM, then SIGKILL) when the test ends.
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	name, args := filepath.Base(cmd.Path), cmd.Args[1:]
 	r, w := io.Pipe()
 	cmd.Stdout, cmd.Stderr = w, w
 	p := &proc{cmd: cmd, url: make(chan string, 1), done: make(chan struct{})}
