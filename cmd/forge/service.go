@@ -144,7 +144,7 @@ func splitOwnFlags(args []string, valued, bools map[string]bool) (map[string]str
 // installedAgentFields are the AgentConfig fields installEnv carries into the
 // service's configuration or refuses; a test checks none is forgotten.
 var installedAgentFields = []string{"Servers", "EnrollToken", "EnrollTokenFile", "CA", "Name", "Labels",
-	"StateDir", "AllowExec", "Concurrency", "DrainGrace", "Log"}
+	"StateDir", "AllowExec", "AllowEnv", "ExecUser", "Concurrency", "DrainGrace", "Log"}
 
 // installEnv returns the FORGE_* variables that configure the service as c
 // does: only what differs from the defaults, so later defaults still apply.
@@ -186,6 +186,12 @@ func installEnv(c AgentConfig) (map[string]string, error) {
 			}
 		}
 		env["FORGE_ALLOW_EXEC"] = strings.Join(c.AllowExec, ",")
+	}
+	if len(c.AllowEnv) > 0 {
+		env["FORGE_ALLOW_ENV"] = strings.Join(c.AllowEnv, ",")
+	}
+	if c.ExecUser != "" {
+		env["FORGE_EXEC_USER"] = c.ExecUser
 	}
 	if c.Concurrency != def.Concurrency {
 		env["FORGE_CONCURRENCY"] = fmt.Sprint(c.Concurrency)
