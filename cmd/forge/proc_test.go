@@ -39,14 +39,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// buildBinaries builds forge and the README's embedding example with -race.
+// buildBinaries builds forge and the README's Go examples with -race.
 func buildBinaries(ctx context.Context) {
 	defer close(binReady)
 	binDir, binErr = os.MkdirTemp("", "forge-bin-")
 	if binErr != nil {
 		return
 	}
-	for pkg, name := range map[string]string{".": "forge", "../../examples/embed": "embed"} {
+	for pkg, name := range map[string]string{".": "forge", "../../examples/embed": "embed",
+		"../../examples/embedserver": "embedserver", "../../examples/control": "control"} {
 		out, err := exec.CommandContext(ctx, "go", "build", "-race", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
 		if err != nil {
 			binErr = &buildError{pkg, err, out}
@@ -55,8 +56,8 @@ func buildBinaries(ctx context.Context) {
 	}
 }
 
-// bin returns the path of the built forge binary ("forge") or the README's
-// embedding example ("embed"), waiting for the build.
+// bin returns the path of the built forge binary ("forge") or of one of the
+// README's Go examples ("embed", "embedserver", "control"), waiting for the build.
 func bin(t *testing.T, name string) string {
 	t.Helper()
 	<-binReady

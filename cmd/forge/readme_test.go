@@ -1,10 +1,16 @@
 package main_test
 
 import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -12,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/redistest"
 )
 
 func readme(t *testing.T, marker string) string {
@@ -95,3 +102,132 @@ func TestEmbedExampleRuns(t *testing.T) {
 		t.Fatalf("Dispatch with wait = %v, %v", res, err)
 	}
 }
+
+// TestGoExamplesAreReadme keeps the README's server-embedding and control
+// client examples equal to examples/embedserver and examples/control.
+func TestGoExamplesAreReadme(t *testing.T) {
+	t.Parallel()
+	for marker, file := range map[string]string{"embedserver": "../../examples/embedserver/main.go", "control": "../../examples/control/main.go"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readme(t, marker); got != string(b) {
+			t.Errorf("README's %s example differs from %s", marker, file)
+		}
+	}
+}
+
+// TestEmbedServerExampleRuns runs the README's server-embedding example as its
+// own program, in memory and on Redis: the README's agent example registers
+// against forge mounted under /forge, the service's own route POST /greet
+// dispatches through the Go client and answers with the agent's result, the
+// service's other routes keep answering throughout, and SIGTERM stops it at
+// once although the agent holds a Poll.
+func TestEmbedServerExampleRuns(t *testing.T) {
+	t.Parallel()
+	for _, store := range []string{"memory", "redis"} {
+		t.Run(store, func(t *testing.T) {
+			t.Parallel()
+			e := env{"LISTEN": "127.0.0.1:0", "FORGE_ENROLL_TOKEN": enrollToken}
+			if store == "redis" {
+				e["REDIS_URL"] = redistest.Start(t).URL()
+			}
+			app := startProc(t, e, "embedserver")
+			base := app.waitURL(t)
+
+			// The service's own routes, asked all along.
+			stopAsking := make(chan struct{})
+			asked := make(chan error, 1)
+			go func() {
+				n := 0
+				for {
+					select {
+					case <-stopAsking:
+						if n == 0 {
+							asked <- errors.New("never asked")
+						}
+						asked <- nil
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+					res, err := http.Get(base + "/")
+					if err != nil {
+						asked <- err
+						return
+					}
+					b, _ := io.ReadAll(res.Body)
+					res.Body.Close()
+					if res.StatusCode != 200 || string(b) != "billing service\n" {
+						asked <- fmt.Errorf("GET / = %d %q", res.StatusCode, b)
+						return
+					}
+					n++
+				}
+			}()
+
+			startProc(t, env{"FORGE_SERVER": base + "/forge", "FORGE_ENROLL_TOKEN": enrollToken, "FORGE_STATE_DIR": t.TempDir()}, "embed")
+			var out string
+			waitFor(t, "POST /greet answered by the agent", func() bool {
+				res, err := http.PostForm(base+"/greet", url.Values{"name": {"forge"}})
+				if err != nil {
+					return false
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				out = string(b)
+				return res.StatusCode == 200 && out != "" // no agent online yet: an empty job
+			})
+			if !greeted.MatchString(out) {
+				t.Fatalf("POST /greet = %q, want one agent's line %s", out, greeted)
+			}
+			for path, want := range map[string]string{"/readyz": "ok", "/forge/healthz": "ok",
+				"/metrics": `forge_rpc_requests_total{code="ok",procedure="/forge.v1.ControlService/Dispatch"}`} {
+				res, err := http.Get(base + path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode != 200 || !strings.Contains(string(b), want) {
+					t.Fatalf("GET %s = %d, want %q in:\n%s", path, res.StatusCode, want, b)
+				}
+			}
+			close(stopAsking)
+			if err := <-asked; err != nil {
+				t.Fatalf("the service's own route failed meanwhile: %v", err)
+			}
+
+			// The agent holds a Poll (25 s); SIGTERM answers it and the service stops.
+			time.Sleep(200 * time.Millisecond)
+			start := time.Now()
+			app.signal(syscall.SIGTERM)
+			if err := app.wait(t); err != nil {
+				t.Fatalf("the service exited with %v:\n%s", err, app.output())
+			}
+			if took := time.Since(start); took > 10*time.Second {
+				t.Fatalf("the service took %v to stop; the held Poll was not answered at once", took)
+			}
+		})
+	}
+}
+
+// TestControlExampleRuns runs the README's control client example against a
+// server with the README's agent example.
+func TestControlExampleRuns(t *testing.T) {
+	t.Parallel()
+	u := startServer(t)
+	startProc(t, env{"FORGE_SERVER": u, "FORGE_ENROLL_TOKEN": enrollToken, "FORGE_STATE_DIR": t.TempDir()}, "embed")
+	waitAgents(t, control(u), "app=billing", 1)
+	p := startProc(t, env{"FORGE_SERVER": u, "FORGE_ADMIN_TOKEN": adminToken}, "control")
+	if err := p.wait(t); err != nil {
+		t.Fatalf("control example: %v\n%s", err, p.output())
+	}
+	if !greeted.MatchString(p.output()) {
+		t.Fatalf("control example printed %q, want one agent's line %s", p.output(), greeted)
+	}
+}
+
+// greeted is the answer of one agent of the README's agent example to a greet
+// task with the payload "forge", as the Go examples print it.
+var greeted = regexp.MustCompile(`^[^\s:]+: TASK_STATE_SUCCEEDED hello, forge\n$`)
