@@ -27,7 +27,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)) // the service's own logger
-	metrics := prometheus.NewRegistry()                   // and its own metrics
+	metrics := prometheus.NewRegistry()                  // and its own metrics
 
 	// forge keeps its state in memory, or in the Redis the service already uses.
 	var st store.Store = memstore.New(store.Config{})
