@@ -213,6 +213,7 @@ func (a *agentService) ReportResult(ctx context.Context, req *connect.Request[fo
 	st, err := s.store.Report(ctx, store.ReportParams{
 		Cred: principalFrom(ctx).cred, TaskID: m.TaskId, Attempt: m.Attempt, Outcome: store.Outcome(m.Outcome),
 		Output: out, ExitCode: m.ExitCode, Error: m.Error, OutputTruncated: truncated, OutputSize: size,
+		Cap: int64(s.cfg.Limits.MaxOutput),
 	})
 	if err != nil {
 		return nil, s.agentError(ctx, err)

@@ -56,7 +56,7 @@ func taskInfo(t store.Task) *forgev1.TaskInfo {
 	info := &forgev1.TaskInfo{
 		Id: t.ID, JobId: t.JobID, AgentId: t.AgentID, Type: t.Type,
 		State: forgev1.TaskState(t.State), Attempt: t.Attempt,
-		Output: t.Output, ExitCode: t.ExitCode, Error: t.Error,
+		Output: t.Output, Stderr: t.Stderr, ExitCode: t.ExitCode, Error: t.Error,
 		CreatedAt: ts(t.CreatedAt), UpdatedAt: ts(t.UpdatedAt),
 		Payload: t.Payload, MaxAttempts: t.MaxAttempts, CancelRequested: t.CancelRequested,
 		OutputTruncated: t.OutputTruncated, OutputSize: t.OutputSize, Timeout: dur(t.Timeout),

@@ -123,6 +123,7 @@ var agentProcedures = []string{
 	forgev1connect.AgentServicePollProcedure,
 	forgev1connect.AgentServiceReportResultProcedure,
 	forgev1connect.AgentServiceRotateTokenProcedure,
+	forgev1connect.AgentServiceAppendOutputProcedure,
 }
 
 var controlProcedures = []string{
@@ -141,6 +142,7 @@ var controlProcedures = []string{
 	forgev1connect.ControlServiceCreateEnrollmentTokenProcedure,
 	forgev1connect.ControlServiceListEnrollmentTokensProcedure,
 	forgev1connect.ControlServiceRevokeEnrollmentTokenProcedure,
+	forgev1connect.ControlServiceReadOutputProcedure,
 }
 
 // addSeeds adds each message as JSON and as proto, for procedure i.
@@ -169,10 +171,12 @@ func FuzzAgentService(f *testing.F) {
 		2: {&forgev1.PollRequest{MaxTasks: i32(3), Wait: durationpb.New(0)}, &forgev1.PollRequest{Wait: &durationpb.Duration{Seconds: -1, Nanos: 5}}},
 		3: {&forgev1.ReportResultRequest{TaskId: "t0000000000000000-a000000000000000", Attempt: 1, Outcome: forgev1.Outcome_OUTCOME_FAILED, Output: []byte("x"), ExitCode: 2, OutputSize: -1}},
 		4: {&forgev1.RotateTokenRequest{}},
+		5: {&forgev1.AppendOutputRequest{TaskId: "t0000000000000000-" + fuzzAgentID, Attempt: 1, Stream: forgev1.Stream_STREAM_STDERR, Offset: 3, Data: []byte("x")}},
 	})
 	f.Add(uint8(0), false, []byte(`{"labels":{"":""},"taskTypes":[""]}`))
 	f.Add(uint8(2), false, []byte(`{"maxTasks":-2147483648,"wait":"315576000001s"}`))
 	f.Add(uint8(3), false, []byte(`{"taskId":"t","attempt":2147483647,"outcome":99}`))
+	f.Add(uint8(5), false, []byte(`{"taskId":"t","attempt":1,"stream":7,"offset":"9223372036854775807"}`))
 	f.Fuzz(func(t *testing.T, proc uint8, asProto bool, body []byte) {
 		p := agentProcedures[int(proc)%len(agentProcedures)]
 		tok := "" // the target's agent
@@ -212,7 +216,9 @@ func FuzzControlService(f *testing.F) {
 		12: {&forgev1.CreateEnrollmentTokenRequest{Description: "d", MaxUses: 2, Ttl: durationpb.New(time.Hour)}},
 		13: {&forgev1.ListEnrollmentTokensRequest{}},
 		14: {&forgev1.RevokeEnrollmentTokenRequest{Id: "e00000000000"}},
+		15: {&forgev1.ReadOutputRequest{TaskId: tid, Offset: 7, Wait: durationpb.New(time.Second)}},
 	})
+	f.Add(uint8(15), false, []byte(`{"taskId":"t","offset":"-9223372036854775808","wait":"-1s"}`))
 	f.Add(uint8(0), false, []byte(`{"type":"echo","selector":"a,"}`))
 	f.Add(uint8(0), false, []byte(`{"type":"echo","all":true,"maxAttempts":-1,"timeout":"-315576000000s"}`))
 	f.Add(uint8(12), false, []byte(`{"maxUses":-1,"ttl":"1e9s"}`))

@@ -93,7 +93,8 @@ type Config struct {
 type Limits struct {
 	MaxBodyBytes  int // request body; 4 MiB
 	MaxPayload    int // Dispatch payload; 1 MiB
-	MaxOutput     int // ReportResult output kept per attempt; 1 MiB
+	MaxOutput     int // output kept per attempt, stdout and stderr together; 1 MiB
+	MaxChunk      int // AppendOutput data per call; 1 MiB
 	MaxLabels     int // labels per agent; 64
 	MaxLabelKey   int // 63
 	MaxLabelValue int // 255
@@ -104,7 +105,7 @@ type Limits struct {
 // DefaultLimits returns the limits of the design, which a zero Limits field gets.
 func DefaultLimits() Limits {
 	return Limits{
-		MaxBodyBytes: 4 << 20, MaxPayload: 1 << 20, MaxOutput: 1 << 20,
+		MaxBodyBytes: 4 << 20, MaxPayload: 1 << 20, MaxOutput: 1 << 20, MaxChunk: 1 << 20,
 		MaxLabels: 64, MaxLabelKey: 63, MaxLabelValue: 255, MaxName: 255, MaxTasks: 64,
 	}
 }
@@ -119,6 +120,7 @@ func (l Limits) withDefaults() Limits {
 	set(&l.MaxBodyBytes, d.MaxBodyBytes)
 	set(&l.MaxPayload, d.MaxPayload)
 	set(&l.MaxOutput, d.MaxOutput)
+	set(&l.MaxChunk, d.MaxChunk)
 	set(&l.MaxLabels, d.MaxLabels)
 	set(&l.MaxLabelKey, d.MaxLabelKey)
 	set(&l.MaxLabelValue, d.MaxLabelValue)

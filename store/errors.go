@@ -86,6 +86,8 @@ const (
 	MsgAgentRevoked = "agent revoked"
 	MsgEnrollToken  = "enrollment token is not valid"
 	MsgBadOutcome   = "outcome must be OUTCOME_SUCCEEDED or OUTCOME_FAILED"
+	MsgBadStream    = "stream must be STREAM_STDOUT or STREAM_STDERR"
+	MsgBadOffset    = "offset must not be negative"
 
 	FmtAgentNotFound  = "agent %s not found"
 	FmtTaskNotFound   = "task %s not found"
@@ -97,12 +99,20 @@ const (
 	FmtTaskEnded      = "task %s already ended %s"
 	FmtStaleEnded     = "attempt %d of task %s is stale: the task ended %s at attempt %d"
 	FmtStale          = "attempt %d of task %s is stale: the current attempt is %d (%s)"
+	// FmtOutputGap names the stream, the chunk's offset, its attempt, the task
+	// and the offset expected: what the store holds of the stream.
+	FmtOutputGap    = "%s offset %d of attempt %d of task %s leaves a gap: expected offset %d"
+	FmtOutputCursor = "offset %d is past the end of the output of task %s (%d)"
 
 	FmtEnrollRevoked = "enrollment token %s is revoked"
 	FmtEnrollExpired = "enrollment token %s has expired"
 	FmtEnrollUsedUp  = "enrollment token %s is used up (%d uses)"
 	FmtEnrollExists  = "enrollment token %s exists"
 )
+
+// FmtNoteAttempt is the note a read gives where a new attempt's output starts
+// (see NoteAttempt); like the cut marker it is a line of its own.
+const FmtNoteAttempt = "\n... [forge: output of attempt %d] ...\n"
 
 // Quote returns an id in double quotes, as it appears in error messages.
 func Quote(id string) string { return strconv.Quote(id) }

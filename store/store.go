@@ -41,6 +41,14 @@ type Store interface {
 	// a report for another attempt, or a different outcome for an attempt already
 	// reported, fails with KindPrecondition.
 	Report(ctx context.Context, p ReportParams) (TaskState, error)
+	// AppendOutput adds a chunk of the output of the agent's running attempt,
+	// kept under p.Cap as output.go describes, and returns how many bytes of the
+	// chunk's stream the store holds for the attempt: the next chunk's offset.
+	// CheckAppend says which chunks are refused; one sent again is stored once.
+	AppendOutput(ctx context.Context, p AppendParams) (int64, error)
+	// ReadOutput returns a task's output from p.Cursor (see ReadFrom), with the
+	// task's state. It never blocks: waiting is built on Watch (OutputKey).
+	ReadOutput(ctx context.Context, p ReadParams) (OutputRead, error)
 
 	// Dispatch creates a job and one task per agent its target matches. A spec
 	// with an idempotency key already used returns that job and creates nothing.
@@ -170,15 +178,21 @@ type HeartbeatResult struct {
 
 // ReportParams is an agent's report of one attempt.
 type ReportParams struct {
-	Cred            Cred
-	TaskID          string
-	Attempt         int32
-	Outcome         Outcome
-	Output          []byte
-	ExitCode        int32
-	Error           string
+	Cred    Cred
+	TaskID  string
+	Attempt int32
+	Outcome Outcome
+	// Output is what the handler returned: it is added to the attempt's stdout,
+	// after what was streamed, under Cap.
+	Output   []byte
+	ExitCode int32
+	Error    string
+	// OutputTruncated and OutputSize say the agent cut or dropped output before
+	// the store saw it, and the full size of the attempt's output.
 	OutputTruncated bool
 	OutputSize      int64
+	// Cap bounds the bytes kept of the attempt's output, as in AppendParams.
+	Cap int64
 }
 
 // Page asks for one page of a list.

@@ -36,7 +36,10 @@ type Task struct {
 	Deadline        time.Time // execution deadline of the current attempt
 	LeaseExpiresAt  time.Time
 	DeliverBy       time.Time // when a pending task expires; zero while held
+	// Output and Stderr are the current (or last) attempt's stdout (with what
+	// its handler returned) and stderr, as kept under the cap (OutputViews).
 	Output          []byte
+	Stderr          []byte
 	OutputTruncated bool
 	OutputSize      int64
 	ExitCode        int32

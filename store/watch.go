@@ -4,11 +4,15 @@ import "sync"
 
 // Keys that Watch and Hub understand. A change to an agent's queue or to the
 // cancellations it should hear fires AgentKey; a task reaching a new state fires
-// TaskKey; any change to a job's tasks fires JobKey.
+// TaskKey; output appended to a task fires OutputKey; any change to a job's tasks
+// fires JobKey.
 func AgentKey(id string) string { return "a:" + id }
 
 // TaskKey is the watch key of a task.
 func TaskKey(id string) string { return "t:" + id }
+
+// OutputKey is the watch key of a task's output.
+func OutputKey(id string) string { return "o:" + id }
 
 // JobKey is the watch key of a job.
 func JobKey(id string) string { return "j:" + id }

@@ -12,7 +12,7 @@ import "fmt"
 func Split(size int64, limit int) (head, tail int, marker string) {
 	keep := limit
 	for range 2 { // the marker's length depends on the number it shows
-		marker = fmt.Sprintf("\n... [forge: %d bytes cut] ...\n", size-int64(keep))
+		marker = Marker(size - int64(keep))
 		keep = limit - len(marker)
 	}
 	if keep < 0 {
@@ -20,6 +20,9 @@ func Split(size int64, limit int) (head, tail int, marker string) {
 	}
 	return keep / 2, keep - keep/2, marker
 }
+
+// Marker is the line that stands for n bytes cut out of an output.
+func Marker(n int64) string { return fmt.Sprintf("\n... [forge: %d bytes cut] ...\n", n) }
 
 // Cut cuts out to at most limit bytes as Split says. It reports whether it cut,
 // and the size before the cut; an output within the limit is returned as is.

@@ -47,6 +47,10 @@ type task struct {
 	store.Task
 	cancelDelivered bool
 	reported        store.Outcome // the outcome of the report that ended the task, if one did
+	out             outputLog
+	// What the report said of output the store never saw (cut or dropped by the agent).
+	reportedTruncated bool
+	reportedSize      int64
 }
 
 type job struct {
@@ -121,7 +125,8 @@ func (s *Store) Close() error {
 func (t *task) clone() store.Task {
 	v := t.Task
 	v.Payload = slices.Clone(t.Payload)
-	v.Output = slices.Clone(t.Output)
+	v.Output, v.Stderr = store.OutputViews(t.out.meta, t.out.head, t.out.tail)
+	v.OutputTruncated, v.OutputSize = store.OutputSummary(t.out.meta, t.reportedTruncated, t.reportedSize)
 	v.History = slices.Clone(t.History)
 	return v
 }

@@ -100,9 +100,13 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 		if repeat {
 			return t.State, nil
 		}
-		t.Output = slices.Clone(p.Output)
-		t.OutputTruncated = p.OutputTruncated
-		t.OutputSize = max(p.OutputSize, int64(len(p.Output)))
+		t.out.reset(p.Attempt)
+		if len(p.Output) > 0 {
+			t.out.add(p.Attempt, store.StreamStdout, p.Output, store.OutputCap(p.Cap))
+			s.hub.Notify(store.OutputKey(t.ID))
+		}
+		t.reportedTruncated = p.OutputTruncated
+		t.reportedSize = p.OutputSize
 		t.ExitCode = p.ExitCode
 		t.Error = p.Error
 		t.reported = p.Outcome

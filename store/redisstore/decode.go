@@ -109,8 +109,9 @@ type histEntry struct {
 //	held             held back by the job's max_concurrency
 //	cr crr cd tmo    cancel requested, its reason, delivered by a Lease, timed out
 //	dl le db         deadline, lease expiry, deliver-by (ms)
-//	out otr osz ec err rep ro   the report: output, truncated, size, exit code, error,
-//	                 reported, reported outcome
+//	otr osz ec err rep ro   the report: output cut by the agent, its full size,
+//	                 exit code, error, reported, reported outcome
+//	oa ob on o1 o2 ohb ohn otb otn   the kept output (see decodeOutput)
 //	ca ua hist       created, updated (ms), history (JSON array)
 //	tor exr          the reasons to use when it times out or expires
 func decodeTask(id string, f map[string]string) store.Task {
@@ -132,8 +133,6 @@ func decodeTask(id string, f map[string]string) store.Task {
 		Deadline:        msTime(f["dl"]),
 		LeaseExpiresAt:  msTime(f["le"]),
 		DeliverBy:       msTime(f["db"]),
-		OutputTruncated: f["otr"] == "1",
-		OutputSize:      atoi(f["osz"]),
 		ExitCode:        int32(atoi(f["ec"])),
 		Error:           f["err"],
 		CreatedAt:       msTime(f["ca"]),
@@ -142,7 +141,9 @@ func decodeTask(id string, f map[string]string) store.Task {
 	if p, ok := f["pl"]; ok && p != "" {
 		t.Payload = []byte(p)
 	}
+	t.OutputTruncated, t.OutputSize = store.OutputSummary(decodeOutput(f), f["otr"] == "1", atoi(f["osz"]))
 	if o, ok := f["out"]; ok && o != "" {
+		// A record written before output was kept as pieces.
 		t.Output = []byte(o)
 	}
 	var h []histEntry
@@ -152,6 +153,38 @@ func decodeTask(id string, f map[string]string) store.Task {
 		}
 	}
 	return t
+}
+
+// decodeOutput reads what a task record says of its kept output (store.OutputMeta):
+//
+//	oa ob on      the attempt it belongs to, its base cursor, bytes received
+//	o1 o2         bytes of stdout and stderr received (the next offsets)
+//	ohb ohn       bytes and pieces in the head list (KEYS outHead)
+//	otb otn       bytes and pieces in the tail list (KEYS outTail)
+func decodeOutput(f map[string]string) store.OutputMeta {
+	return store.OutputMeta{
+		Attempt: int32(atoi(f["oa"])), Base: atoi(f["ob"]), Total: atoi(f["on"]),
+		Stdout: atoi(f["o1"]), Stderr: atoi(f["o2"]),
+		HeadBytes: atoi(f["ohb"]), HeadPieces: atoi(f["ohn"]),
+		TailBytes: atoi(f["otb"]), TailPieces: atoi(f["otn"]),
+	}
+}
+
+// outputFields are the record fields readOutputScript answers, in its order.
+var outputFields = []string{"st", "oa", "ob", "on", "o1", "o2", "ohb", "ohn", "otb", "otn"}
+
+// decodePieces reads output pieces: a stream digit, then the bytes.
+func decodePieces(m rueidis.RedisMessage) []store.OutputChunk {
+	arr, _ := m.ToArray()
+	out := make([]store.OutputChunk, 0, len(arr))
+	for _, x := range arr {
+		p, err := x.ToString()
+		if err != nil || p == "" {
+			continue
+		}
+		out = append(out, store.OutputChunk{Stream: store.Stream(p[0] - '0'), Data: []byte(p[1:])})
+	}
+	return out
 }
 
 // decodeAgent builds an Agent from its record (without status, running, pending).

@@ -31,7 +31,12 @@ const NumShards = 64
 //	{P:sNN}:r:<agent>    zset   running (leased) tasks
 //	{P:sNN}:c:<agent>    zset   running tasks whose cancel Lease has not yet delivered
 //	{P:sNN}:at:<agent>   zset   every retained task of the agent (ListTasks by agent)
-//	{P:sNN}:t:<task>     hash   task record, history included
+//	{P:sNN}:t:<task>     hash   task record, history included, and what is kept
+//	                            of its output (o* fields, see decodeOutput)
+//	{P:sNN}:oh:<task>    list   the head of the task's kept output: pieces, each
+//	                            a stream digit (1 stdout, 2 stderr) and its bytes
+//	{P:sNN}:ot:<task>    list   the tail of the task's kept output, same pieces;
+//	                            both lists expire and go with the task record
 //	{P:sNN}:due          zset   task id -> next time Reap must look at it (ms)
 //	{P:sNN}:tasks        zset   every retained task of the shard (ListTasks)
 //	{P:sNN}:st:<n>       zset   tasks of the shard in state n (ListTasks by state)
@@ -83,6 +88,10 @@ func (k *keys) agentTasks(id string) string {
 
 // task returns the key of a task's record; agentID is the agent its id names.
 func (k *keys) task(agentID, taskID string) string { return k.tag(agentID) + ":t:" + taskID }
+
+// outHead and outTail return the keys of a task's kept output (store/output.go).
+func (k *keys) outHead(agentID, taskID string) string { return k.tag(agentID) + ":oh:" + taskID }
+func (k *keys) outTail(agentID, taskID string) string { return k.tag(agentID) + ":ot:" + taskID }
 
 func (k *keys) due(shard int) string            { return k.shard[shard] + ":due" }
 func (k *keys) shardTasks(shard int) string     { return k.shard[shard] + ":tasks" }

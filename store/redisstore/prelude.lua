@@ -33,10 +33,18 @@ local CANCEL_END = 1
 local CANCEL_REQUEST = 2
 local CANCEL_REFUSE = 3
 
--- Watch-key prefixes (store.AgentKey, store.TaskKey, store.JobKey).
+-- Watch-key prefixes (store.AgentKey, store.TaskKey, store.OutputKey, store.JobKey).
 local WATCH_AGENT = 'a:'
 local WATCH_TASK = 't:'
+local WATCH_OUTPUT = 'o:'
 local WATCH_JOB = 'j:'
+
+-- Output streams and the sizes of kept output (store.Stream, store.OutputPieceMax,
+-- store.OutputPieceCost).
+local STREAM_STDOUT = 1
+local STREAM_STDERR = 2
+local OUTPUT_PIECE_MAX = 8192
+local OUTPUT_PIECE_COST = 256
 
 -- Reasons of a task's history (store.Reason*, store.Fmt*).
 local REASON_DISPATCHED = 'dispatched'
@@ -56,6 +64,8 @@ local MSG_UNKNOWN_AGENT = 'unknown agent'
 local MSG_AGENT_REVOKED = 'agent revoked'
 local MSG_ENROLL_TOKEN = 'enrollment token is not valid'
 local MSG_BAD_OUTCOME = 'outcome must be OUTCOME_SUCCEEDED or OUTCOME_FAILED'
+local MSG_BAD_STREAM = 'stream must be STREAM_STDOUT or STREAM_STDERR'
+local MSG_BAD_OFFSET = 'offset must not be negative'
 local MSG_ID_TAKEN = 'agent id taken'
 local FMT_AGENT_NOT_FOUND = 'agent %s not found'
 local FMT_TASK_NOT_FOUND = 'task %s not found'
@@ -65,6 +75,7 @@ local FMT_AGENT_QUEUE_FULL = 'agent %s already has %d pending tasks (the limit)'
 local FMT_TASK_ENDED = 'task %s already ended %s'
 local FMT_STALE_ENDED = 'attempt %d of task %s is stale: the task ended %s at attempt %d'
 local FMT_STALE = 'attempt %d of task %s is stale: the current attempt is %d (%s)'
+local FMT_OUTPUT_GAP = '%s offset %d of attempt %d of task %s leaves a gap: expected offset %d'
 local FMT_ENROLL_REVOKED = 'enrollment token %s is revoked'
 local FMT_ENROLL_EXPIRED = 'enrollment token %s has expired'
 local FMT_ENROLL_USED_UP = 'enrollment token %s is used up (%d uses)'
@@ -72,6 +83,9 @@ local FMT_ENROLL_EXISTS = 'enrollment token %s exists'
 
 -- STATE_NAMES[st] is store.TaskState.String for the states above.
 local STATE_NAMES = {'PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'CANCELED', 'TIMED_OUT', 'EXPIRED', 'LOST'}
+
+-- STREAM_NAMES[s] is store.Stream.String for the streams above.
+local STREAM_NAMES = {'stdout', 'stderr'}
 
 -- fail is a script's error answer: a code (E_*) and a message for the caller.
 local function fail(code, msg) return {'E', code, msg} end
@@ -135,6 +149,66 @@ local function cancelAction(mode, st)
   if st == RUNNING and mode ~= CANCEL_MODE_STOP then return CANCEL_REQUEST end
   if st > RUNNING and mode == CANCEL_MODE_TASK then return CANCEL_REFUSE end
   return CANCEL_SKIP
+end
+
+-- checkAppend is store.CheckAppend: st and cur (attempt) are the task's; held is
+-- what the store holds of stream s for attempt att (0 when the kept output is an
+-- older attempt's); off and n are the chunk's offset and length. It answers how
+-- many of the chunk's first bytes are held already, or an error answer.
+local function checkAppend(tid, st, cur, att, s, held, off, n)
+  if s ~= STREAM_STDOUT and s ~= STREAM_STDERR then return fail(E_INVALID, MSG_BAD_STREAM) end
+  if off < 0 then return fail(E_INVALID, MSG_BAD_OFFSET) end
+  if st > RUNNING then
+    if cur == att and off + n <= held then return n end
+    if cur ~= att then
+      return fail(E_PRECONDITION, string.format(FMT_STALE_ENDED, att, q(tid), STATE_NAMES[st], cur))
+    end
+    return fail(E_PRECONDITION, string.format(FMT_TASK_ENDED, q(tid), STATE_NAMES[st]))
+  end
+  if st ~= RUNNING or cur ~= att then
+    return fail(E_PRECONDITION, string.format(FMT_STALE, att, q(tid), cur, STATE_NAMES[st]))
+  end
+  if off > held then
+    return fail(E_PRECONDITION, string.format(FMT_OUTPUT_GAP, STREAM_NAMES[s], off, att, q(tid), held))
+  end
+  return math.min(held - off, n)
+end
+
+-- outputLimits is store.OutputLimits: the most bytes head and tail keep under
+-- cap, and the most pieces each holds.
+local function outputLimits(cap)
+  local head = math.floor(cap / 2)
+  return head, cap - head, math.max(math.floor(cap / OUTPUT_PIECE_COST), 16)
+end
+
+-- outputMergeRoom is store.OutputMergeRoom: how many bytes of stream s may extend
+-- a region's last piece, of stream last (0: none) and length n.
+local function outputMergeRoom(last, n, s)
+  if last ~= s or n >= OUTPUT_PIECE_MAX then return 0 end
+  return OUTPUT_PIECE_MAX - n
+end
+
+-- outputHeadTake is store.OutputHeadTake: how many of n new bytes go to the head.
+local function outputHeadTake(total, hb, hn, merge, n, cap)
+  local headMax, _, maxPieces = outputLimits(cap)
+  if total > hb then return 0 end
+  local room = math.min(headMax - hb, merge + (maxPieces - hn) * OUTPUT_PIECE_MAX)
+  return math.max(math.min(n, room), 0)
+end
+
+-- outputTailOver is store.OutputTailOver: whether the tail holds more than cap allows.
+local function outputTailOver(tb, tn, cap)
+  local _, tailMax, maxPieces = outputLimits(cap)
+  return tb > tailMax or tn > maxPieces
+end
+
+-- outputTrim is store.OutputTrim: how many bytes to drop from the front of an
+-- over-full tail's first piece, first bytes long.
+local function outputTrim(tb, tn, first, cap)
+  local _, tailMax, maxPieces = outputLimits(cap)
+  if tn > maxPieces or tb - first >= tailMax then return first end
+  if tb > tailMax then return tb - tailMax end
+  return 0
 end
 
 -- enrollCheck is store.CheckEnrollment, after the secret matched: rev and exp are

@@ -297,13 +297,74 @@ func agreements() []agreement {
 			},
 		},
 		{
+			name: "checkAppend",
+			lua: `local r = checkAppend(a[1], tonumber(a[2]), tonumber(a[3]), tonumber(a[4]), tonumber(a[5]),
+				tonumber(a[6]), tonumber(a[7]), tonumber(a[8]))
+			if type(r) == 'table' then return {'error', r[2], r[3]} end
+			return {'skip', r}`,
+			// task id, state, attempt; the chunk's attempt, stream; held; the chunk's offset, length
+			rows: cross([]string{taskID}, states, []string{"1", "2"}, []string{"1", "2"}, []string{"0", "1", "2", "3"},
+				[]string{"0", "5"}, []string{"-1", "0", "3", "5", "6"}, []string{"0", "2", "5"}),
+			goRule: func(r []string) []string {
+				t := store.Task{ID: r[0], State: store.TaskState(num(r[1])), Attempt: num(r[2])}
+				p := store.AppendParams{TaskID: r[0], Attempt: num(r[3]), Stream: store.Stream(num(r[4])),
+					Offset: int64(num(r[6])), Data: make([]byte, num(r[7]))}
+				skip, err := store.CheckAppend(t, int64(num(r[5])), p)
+				if err != nil {
+					return errRow(err)
+				}
+				return []string{"skip", strconv.FormatInt(skip, 10)}
+			},
+		},
+		{
+			name: "outputLimits",
+			lua:  `return {outputLimits(tonumber(a[1]))}`,
+			rows: [][]string{{"1"}, {"2"}, {"63"}, {"64"}, {"100"}, {"4096"}, {"4097"}, {"1048576"}, {"3145735"}},
+			goRule: func(r []string) []string {
+				h, t, p := store.OutputLimits(atoi(r[0]))
+				return []string{itoa(h), itoa(t), itoa(p)}
+			},
+		},
+		{
+			name: "outputMergeRoom",
+			lua:  `return {outputMergeRoom(tonumber(a[1]), tonumber(a[2]), tonumber(a[3]))}`,
+			rows: cross([]string{"0", "1", "2"}, []string{"0", "1", "8191", "8192", "9000"}, []string{"1", "2"}),
+			goRule: func(r []string) []string {
+				return []string{itoa(store.OutputMergeRoom(store.Stream(num(r[0])), atoi(r[1]), store.Stream(num(r[2]))))}
+			},
+		},
+		{
+			name: "outputHeadTake",
+			lua: `return {outputHeadTake(tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4]), tonumber(a[5]),
+				tonumber(a[6]))}`,
+			// total, head bytes, head pieces, merge room, new bytes, cap
+			rows: cross([]string{"0", "30", "32", "40"}, []string{"0", "30", "32"}, []string{"0", "15", "16"},
+				[]string{"0", "1", "8192"}, []string{"0", "1", "2", "100", "20000"}, []string{"64", "1048576"}),
+			goRule: func(r []string) []string {
+				return []string{itoa(store.OutputHeadTake(atoi(r[0]), atoi(r[1]), atoi(r[2]), atoi(r[3]), atoi(r[4]), atoi(r[5])))}
+			},
+		},
+		{
+			name: "outputTrim",
+			lua: `local over = outputTailOver(tonumber(a[1]), tonumber(a[2]), tonumber(a[4]))
+			return {tostring(over), outputTrim(tonumber(a[1]), tonumber(a[2]), tonumber(a[3]), tonumber(a[4]))}`,
+			// tail bytes, tail pieces, first piece's length, cap
+			rows: cross([]string{"0", "31", "32", "33", "40", "70"}, []string{"1", "16", "17"}, []string{"1", "5", "8", "32", "38"},
+				[]string{"64", "100"}),
+			goRule: func(r []string) []string {
+				over := store.OutputTailOver(atoi(r[0]), atoi(r[1]), atoi(r[3]))
+				return []string{strconv.FormatBool(over), itoa(store.OutputTrim(atoi(r[0]), atoi(r[1]), atoi(r[2]), atoi(r[3])))}
+			},
+		},
+		{
 			name: "messages",
 			lua: `local id, n, st = a[1], tonumber(a[2]), tonumber(a[3])
 			return {
 				string.format(FMT_AGENT_NOT_FOUND, q(id)), string.format(FMT_TASK_NOT_FOUND, q(id)),
 				string.format(FMT_ENROLL_NOT_FOUND, q(id)), string.format(FMT_AGENT_IS_REVOKED, q(id)),
 				string.format(FMT_AGENT_QUEUE_FULL, q(id), n), string.format(FMT_TASK_ENDED, q(id), STATE_NAMES[st]),
-				string.format(FMT_ENROLL_EXISTS, id), MSG_UNKNOWN_AGENT, MSG_AGENT_REVOKED, MSG_ENROLL_TOKEN, MSG_ID_TAKEN}`,
+				string.format(FMT_ENROLL_EXISTS, id), MSG_UNKNOWN_AGENT, MSG_AGENT_REVOKED, MSG_ENROLL_TOKEN, MSG_ID_TAKEN,
+				string.format(FMT_OUTPUT_GAP, STREAM_NAMES[2], n, st, q(id), n + 1), MSG_BAD_STREAM, MSG_BAD_OFFSET}`,
 			rows: cross([]string{"a0123456789abcde", taskID, "j0123456789abcdef", "e1"}, []string{"0", "50"}, states[2:]),
 			goRule: func(r []string) []string {
 				id, n, st := r[0], int(num(r[1])), store.TaskState(num(r[2]))
@@ -314,6 +375,8 @@ func agreements() []agreement {
 					store.ErrEnrollmentExists(id).Error(), store.ErrUnknownAgent().Error(), store.ErrRevokedAgent().Error(),
 					store.ErrEnrollmentToken().Error(),
 					luaprelude.MsgIDTaken,
+					store.Errorf(store.KindPrecondition, store.FmtOutputGap, store.StreamStderr, n, int32(st), store.Quote(id), n+1).Error(),
+					store.MsgBadStream, store.MsgBadOffset,
 				}
 			},
 		},

@@ -74,7 +74,8 @@ func newScript(body string) *script {
 // early as possible.
 //
 // Task record fields: job type pl st att max to ttl lim held cr crr cd tmo dl le
-// db out otr osz ec err rep ro ca ua hist tor exr (see decodeTask in decode.go).
+// db otr osz ec err rep ro ca ua hist tor exr, and of its kept output oa ob on o1
+// o2 ohb ohn otb otn (see decodeTask and decodeOutput in decode.go).
 const shardLib = `
 local TAG = ARGV[1]
 local NOW = tonumber(ARGV[2])
@@ -86,6 +87,8 @@ local function kRun(a) return TAG .. ':r:' .. a end
 local function kCancels(a) return TAG .. ':c:' .. a end
 local function kAgentTasks(a) return TAG .. ':at:' .. a end
 local function kTask(t) return TAG .. ':t:' .. t end
+local function kOutHead(t) return TAG .. ':oh:' .. t end
+local function kOutTail(t) return TAG .. ':ot:' .. t end
 local function kState(n) return TAG .. ':st:' .. n end
 local function kJobCounts(j) return TAG .. ':jc:' .. j end
 local kDue = TAG .. ':due'
@@ -205,8 +208,81 @@ local function endTask(tid, new, reason)
   -- A backstop should reaping stop: the record goes by itself an hour after Reap
   -- would have dropped it (relative, so it does not depend on the clocks agreeing).
   redis.call('PEXPIRE', tk, RET + 3600000)
+  redis.call('PEXPIRE', kOutHead(tid), RET + 3600000)
+  redis.call('PEXPIRE', kOutTail(tid), RET + 3600000)
   if f[5] == '1' then needsAdvance(f[3]) end
   return true
+end
+
+-- lastPiece returns the stream and length of the last piece of an output list
+-- (0, 0 when it is empty).
+local function lastPiece(k)
+  local p = redis.call('LINDEX', k, -1)
+  if not p then return 0, 0 end
+  return string.byte(p, 1) - 48, #p - 1
+end
+
+-- pushOutput appends data of stream s to an output list: its first merge bytes
+-- extend the last piece, the rest go in new pieces of at most OUTPUT_PIECE_MAX
+-- bytes. It returns how many pieces it added.
+local function pushOutput(k, s, data, merge)
+  local i = 1
+  if merge > 0 then
+    redis.call('LSET', k, -1, redis.call('LINDEX', k, -1) .. string.sub(data, 1, merge))
+    i = merge + 1
+  end
+  local add = {}
+  while i <= #data do
+    add[#add + 1] = s .. string.sub(data, i, i + OUTPUT_PIECE_MAX - 1)
+    i = i + OUTPUT_PIECE_MAX
+  end
+  if #add > 0 then redis.call('RPUSH', k, unpack(add)) end
+  return #add
+end
+
+-- appendOutput adds data of stream s to attempt att's kept output of a task
+-- (record tk, lists kh and kt) under cap, by store/output.go's rules; an older
+-- attempt's output is dropped first, and the new one's cursors start where it
+-- ended. With no data it only does that.
+local function appendOutput(tk, kh, kt, att, s, data, cap)
+  local f = redis.call('HMGET', tk, 'oa', 'ob', 'on', 'o1', 'o2', 'ohb', 'ohn', 'otb', 'otn')
+  local ob, n = tonumber(f[2]) or 0, tonumber(f[3]) or 0
+  local held = {tonumber(f[4]) or 0, tonumber(f[5]) or 0}
+  local hb, hn, tb, tn = tonumber(f[6]) or 0, tonumber(f[7]) or 0, tonumber(f[8]) or 0, tonumber(f[9]) or 0
+  if tonumber(f[1]) ~= att then
+    redis.call('DEL', kh, kt)
+    ob, n, held, hb, hn, tb, tn = ob + n, 0, {0, 0}, 0, 0, 0, 0
+  end
+  local len = #data
+  if n == hb and len > 0 then
+    local ls, ll = lastPiece(kh)
+    local merge = outputMergeRoom(ls, ll, s)
+    local take = outputHeadTake(n, hb, hn, merge, len, cap)
+    if take > 0 then
+      hn = hn + pushOutput(kh, s, string.sub(data, 1, take), math.min(merge, take))
+      hb = hb + take
+      data = string.sub(data, take + 1)
+    end
+  end
+  if #data > 0 then
+    local ls, ll = lastPiece(kt)
+    tn = tn + pushOutput(kt, s, data, math.min(outputMergeRoom(ls, ll, s), #data))
+    tb = tb + #data
+    while outputTailOver(tb, tn, cap) do
+      local first = redis.call('LINDEX', kt, 0)
+      local d = outputTrim(tb, tn, #first - 1, cap)
+      if d == #first - 1 then
+        redis.call('LPOP', kt)
+        tn = tn - 1
+      else
+        redis.call('LSET', kt, 0, string.sub(first, 1, 1) .. string.sub(first, d + 2))
+      end
+      tb = tb - d
+    end
+  end
+  held[s] = held[s] + len
+  redis.call('HSET', tk, 'oa', att, 'ob', ms(ob), 'on', ms(n + len), 'o1', ms(held[1]), 'o2', ms(held[2]),
+    'ohb', ms(hb), 'ohn', hn, 'otb', ms(tb), 'otn', tn)
 end
 
 -- requestCancel records a cancel request on a running task and wakes its agent.
@@ -396,11 +472,13 @@ end
 return {'OK', cancel, abandon}
 `)
 
-// reportScript ends an attempt with the agent's report.
+// reportScript ends an attempt with the agent's report; the output the handler
+// returned is added to the attempt's stdout.
 //
-// KEYS[1] agent record, KEYS[2] task record
+// KEYS[1] agent record, KEYS[2] task record, KEYS[3] output head, KEYS[4] output tail
 // ARGV[4] agent id, [5] secret hash, [6] task id, [7] attempt, [8] outcome (1/2),
-// [9] output, [10] exit code, [11] error, [12] output truncated (0/1), [13] output size
+// [9] output, [10] exit code, [11] error, [12] output truncated (0/1), [13] output
+// size, [14] output cap
 // returns {'OK', state, {job ids to advance}} or an error
 var reportScript = shardScript(`
 local tid, att, outcome, exit = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[10])
@@ -416,13 +494,40 @@ if t[3] == '1' then ro = tonumber(t[4]) or 0 end
 local check = checkReport(tid, st, tonumber(t[2]) or 0, ro, tonumber(t[5]) or 0, att, outcome, exit)
 if check == true then return {'OK', st, {}} end
 if check then return check end
-local size = tonumber(ARGV[13])
-if size < #ARGV[9] then size = #ARGV[9] end
-redis.call('HSET', tk, 'out', ARGV[9], 'otr', ARGV[12], 'osz', size, 'ec', ARGV[10], 'err', ARGV[11], 'rep', '1', 'ro', outcome)
+appendOutput(tk, KEYS[3], KEYS[4], att, STREAM_STDOUT, ARGV[9], tonumber(ARGV[14]))
+if #ARGV[9] > 0 then notify(WATCH_OUTPUT .. tid) end
+redis.call('HSET', tk, 'otr', ARGV[12], 'osz', ARGV[13], 'ec', ARGV[10], 'err', ARGV[11], 'rep', '1', 'ro', outcome)
 local new, reason = reportEnd(outcome, t[6] == '1', t[7] == '1', t[8])
 endTask(tid, new, reason)
 publish()
 return {'OK', new, advanceList()}
+`)
+
+// appendOutputScript adds a chunk of a running attempt's output (store.CheckAppend
+// says which chunks are refused; one sent again is acknowledged, not stored).
+//
+// KEYS[1] agent record, KEYS[2] task record, KEYS[3] output head, KEYS[4] output tail
+// ARGV[4] agent id, [5] secret hash, [6] task id, [7] attempt, [8] stream (1/2),
+// [9] offset, [10] data, [11] output cap
+// returns {'OK', bytes of the stream held for the attempt} or an error
+var appendOutputScript = shardScript(`
+local tid, att, s, off, data = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local _, aerr = auth(KEYS[1], ARGV[5])
+if aerr then return aerr end
+local t = redis.call('HMGET', KEYS[2], 'st', 'att', 'oa', 'o1', 'o2')
+local st = tonumber(t[1])
+if not st then return fail(E_NOT_FOUND, string.format(FMT_TASK_NOT_FOUND, q(tid))) end
+local held = 0
+if tonumber(t[3]) == att and (s == STREAM_STDOUT or s == STREAM_STDERR) then held = tonumber(t[3 + s]) or 0 end
+local skip = checkAppend(tid, st, tonumber(t[2]) or 0, att, s, held, off, #data)
+if type(skip) == 'table' then return skip end
+if skip < #data then
+  appendOutput(KEYS[2], KEYS[3], KEYS[4], att, s, string.sub(data, skip + 1), tonumber(ARGV[11]))
+  held = off + #data
+  notify(WATCH_OUTPUT .. tid)
+  publish()
+end
+return {'OK', ms(held)}
 `)
 
 // createTasksScript creates the tasks of one job in one shard; a task that exists
@@ -583,6 +688,7 @@ for _, tid in ipairs(ids) do
   local st = tonumber(t[1])
   if not st then
     -- The record expired by itself (reaping had stopped): drop what indexes it.
+    redis.call('DEL', kOutHead(tid), kOutTail(tid))
     redis.call('ZREM', kDue, tid)
     redis.call('ZREM', kAll, tid)
     if aid then redis.call('ZREM', kAgentTasks(aid), tid) end
@@ -594,7 +700,7 @@ for _, tid in ipairs(ids) do
       redis.call('HINCRBY', jc, st, -1)
       if redis.call('HINCRBY', jc, 'n', -1) <= 0 then redis.call('DEL', jc) end
     end
-    redis.call('DEL', tk)
+    redis.call('DEL', tk, kOutHead(tid), kOutTail(tid))
     redis.call('ZREM', kDue, tid)
     redis.call('ZREM', kAll, tid)
     redis.call('ZREM', kState(st), tid)
@@ -639,6 +745,56 @@ publish()
 local more = 0
 if #ids == limit then more = 1 end
 return {'OK', more, advanceList()}
+`)
+
+// readOutputScript reads what a read of a task's output from a cursor needs
+// (store.ReadFrom assembles it): the task's state and output fields, every head
+// piece when the cursor is before the head's end, and the tail's pieces from the
+// one that holds the cursor (or the tail's start) to the last, found from the
+// end, so a reader that keeps up reads only the newest pieces.
+//
+// KEYS[1] task record, KEYS[2] output head, KEYS[3] output tail
+// ARGV[1] cursor
+// returns {'OK', {st, oa, ob, on, o1, o2, ohb, ohn, otb, otn}, head pieces, tail
+// pieces, the cursor of the first tail piece's first byte}, or {'OK'} when the
+// task does not exist
+var readOutputScript = newScript(`
+local t = redis.call('HMGET', KEYS[1], 'st', 'oa', 'ob', 'on', 'o1', 'o2', 'ohb', 'ohn', 'otb', 'otn')
+if not t[1] then return {'OK'} end
+local c = tonumber(ARGV[1])
+local ob, n, hb, tb = tonumber(t[3]) or 0, tonumber(t[4]) or 0, tonumber(t[7]) or 0, tonumber(t[9]) or 0
+local e = ob + n
+local head, tail, from = {}, {}, e
+if c < ob + hb then head = redis.call('LRANGE', KEYS[2], 0, -1) end
+if c < e and tb > 0 then
+  local want = math.max(c, e - tb)
+  local k = 8
+  while true do
+    local got = redis.call('LRANGE', KEYS[3], -k, -1)
+    local size = 0
+    for _, p in ipairs(got) do size = size + #p - 1 end
+    if e - size <= want or #got < k then
+      from = e - size
+      local i = 1
+      while i <= #got and from + #got[i] - 1 <= want do
+        from = from + #got[i] - 1
+        i = i + 1
+      end
+      for j = i, #got do tail[#tail + 1] = got[j] end
+      break
+    end
+    k = k * 2
+  end
+end
+return {'OK', t, head, tail, string.format('%d', from)}
+`)
+
+// taskScript reads a task record with its kept output, at one moment.
+//
+// KEYS[1] task record, KEYS[2] output head, KEYS[3] output tail
+// returns {'OK', record fields, head pieces, tail pieces}
+var taskScript = newScript(`
+return {'OK', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1), redis.call('LRANGE', KEYS[3], 0, -1)}
 `)
 
 // jobCreateScript writes a job record unless it exists, so two attempts of one
@@ -736,7 +892,8 @@ return {'OK', redis.call('HGETALL', KEYS[1])}
 `)
 
 var allScripts = []*script{
-	registerScript, authScript, rotateScript, leaseScript, heartbeatScript, reportScript,
+	registerScript, authScript, rotateScript, leaseScript, heartbeatScript, reportScript, appendOutputScript,
+	readOutputScript, taskScript,
 	createTasksScript, releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
 	jobCreateScript, jobStepScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
 }

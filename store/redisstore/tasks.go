@@ -65,9 +65,11 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 		}
 		return 0, store.ErrTaskNotFound(p.TaskID)
 	}
-	arr, err := s.run(ctx, reportScript, []string{s.k.agent(id), s.k.task(id, p.TaskID)},
+	arr, err := s.run(ctx, reportScript,
+		[]string{s.k.agent(id), s.k.task(id, p.TaskID), s.k.outHead(id, p.TaskID), s.k.outTail(id, p.TaskID)},
 		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), p.TaskID, itoa(p.Attempt),
-			itoa(p.Outcome), string(p.Output), itoa(p.ExitCode), p.Error, flag(p.OutputTruncated), itoa(p.OutputSize)))
+			itoa(p.Outcome), string(p.Output), itoa(p.ExitCode), p.Error, flag(p.OutputTruncated), itoa(p.OutputSize),
+			itoa(store.OutputCap(p.Cap))))
 	if err != nil {
 		return 0, err
 	}
@@ -77,18 +79,18 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 
 // GetTask implements store.Store.
 func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
-	a, ok := store.AgentOfTask(id)
+	_, ok := store.AgentOfTask(id)
 	if !ok || !store.ValidTaskID(id) {
 		return store.Task{}, store.ErrTaskNotFound(id)
 	}
-	f, err := s.client.Do(ctx, s.client.B().Hgetall().Key(s.k.task(a, id)).Build()).AsStrMap()
+	tasks, err := s.getTasks(ctx, []string{id})
 	if err != nil {
-		return store.Task{}, s.wrap(ctx, err)
+		return store.Task{}, err
 	}
-	if len(f) == 0 {
+	if tasks[0].ID == "" {
 		return store.Task{}, store.ErrTaskNotFound(id)
 	}
-	return decodeTask(id, f), nil
+	return tasks[0], nil
 }
 
 // CancelTask implements store.Store.
@@ -226,21 +228,22 @@ func (s *Store) lexBefore(ctx context.Context, keys []string, before string, n i
 	return all[:min(n, len(all))], nil
 }
 
-// getTasks reads task records, pipelined; a missing one comes back with no ID.
+// getTasks reads task records with their kept output (taskScript), pipelined; a
+// missing one comes back with no ID.
 func (s *Store) getTasks(ctx context.Context, ids []string) ([]store.Task, error) {
-	cmds := make(rueidis.Commands, 0, len(ids))
-	for _, id := range ids {
+	execs := make([]rueidis.LuaExec, len(ids))
+	for i, id := range ids {
 		a, _ := store.AgentOfTask(id)
-		cmds = append(cmds, s.client.B().Hgetall().Key(s.k.task(a, id)).Build())
+		execs[i] = rueidis.LuaExec{Keys: []string{s.k.task(a, id), s.k.outHead(a, id), s.k.outTail(a, id)}}
 	}
 	out := make([]store.Task, len(ids))
-	for i, r := range s.client.DoMulti(ctx, cmds...) {
-		f, err := r.AsStrMap()
+	for i, r := range s.runMulti(ctx, taskScript, execs) {
+		arr, err := s.answer(ctx, r)
 		if err != nil {
-			return nil, s.wrap(ctx, err)
+			return nil, err
 		}
-		if len(f) > 0 {
-			out[i] = decodeTask(ids[i], f)
+		if f := pairs(arr[1]); len(f) > 0 {
+			out[i] = withOutput(decodeTask(ids[i], f), f, decodePieces(arr[2]), decodePieces(arr[3]))
 		}
 	}
 	return out, nil

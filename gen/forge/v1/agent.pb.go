@@ -449,7 +449,8 @@ type ReportResultRequest struct {
 	Attempt int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// Succeeded or failed.
 	Outcome Outcome `protobuf:"varint,3,opt,name=outcome,proto3,enum=forge.v1.Outcome" json:"outcome,omitempty"`
-	// Output of the handler (stdout+stderr for `exec`); the server caps it.
+	// Output the handler returned, added to the attempt's stdout after what was
+	// streamed with AppendOutput (which need not be sent again); the server caps it.
 	Output []byte `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
 	// The exit code, for commands.
 	ExitCode int32 `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
@@ -457,7 +458,8 @@ type ReportResultRequest struct {
 	Error string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
 	// True when the agent already cut the output to its own cap.
 	OutputTruncated bool `protobuf:"varint,7,opt,name=output_truncated,json=outputTruncated,proto3" json:"output_truncated,omitempty"`
-	// The full size of the output before any cap; zero means len(output).
+	// The full size of the attempt's output (streamed and returned) before any cap;
+	// zero means what the server received.
 	OutputSize    int64 `protobuf:"varint,8,opt,name=output_size,json=outputSize,proto3" json:"output_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -596,6 +598,136 @@ func (x *ReportResultResponse) GetState() TaskState {
 	return TaskState_TASK_STATE_UNSPECIFIED
 }
 
+// AppendOutputRequest carries one chunk of an attempt's output.
+type AppendOutputRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task's id.
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// The attempt the output belongs to, as received in the Task.
+	Attempt int32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// STREAM_STDOUT or STREAM_STDERR.
+	Stream Stream `protobuf:"varint,3,opt,name=stream,proto3,enum=forge.v1.Stream" json:"stream,omitempty"`
+	// How many bytes of this stream of this attempt were sent before `data`: the
+	// offset of its first byte. Each stream counts from 0.
+	Offset int64 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The bytes; at most the server's chunk limit (1 MiB). Empty asks what the
+	// server holds.
+	Data          []byte `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendOutputRequest) Reset() {
+	*x = AppendOutputRequest{}
+	mi := &file_forge_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendOutputRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendOutputRequest) ProtoMessage() {}
+
+func (x *AppendOutputRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_forge_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendOutputRequest.ProtoReflect.Descriptor instead.
+func (*AppendOutputRequest) Descriptor() ([]byte, []int) {
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AppendOutputRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *AppendOutputRequest) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *AppendOutputRequest) GetStream() Stream {
+	if x != nil {
+		return x.Stream
+	}
+	return Stream_STREAM_UNSPECIFIED
+}
+
+func (x *AppendOutputRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *AppendOutputRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// AppendOutputResponse acknowledges a chunk.
+type AppendOutputResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many bytes of this stream the server holds: the offset of the next chunk.
+	NextOffset    int64 `protobuf:"varint,1,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendOutputResponse) Reset() {
+	*x = AppendOutputResponse{}
+	mi := &file_forge_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendOutputResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendOutputResponse) ProtoMessage() {}
+
+func (x *AppendOutputResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_forge_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendOutputResponse.ProtoReflect.Descriptor instead.
+func (*AppendOutputResponse) Descriptor() ([]byte, []int) {
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AppendOutputResponse) GetNextOffset() int64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
 // RotateTokenRequest asks for a new agent token.
 type RotateTokenRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -605,7 +737,7 @@ type RotateTokenRequest struct {
 
 func (x *RotateTokenRequest) Reset() {
 	*x = RotateTokenRequest{}
-	mi := &file_forge_v1_agent_proto_msgTypes[8]
+	mi := &file_forge_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -617,7 +749,7 @@ func (x *RotateTokenRequest) String() string {
 func (*RotateTokenRequest) ProtoMessage() {}
 
 func (x *RotateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_agent_proto_msgTypes[8]
+	mi := &file_forge_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -630,7 +762,7 @@ func (x *RotateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateTokenRequest.ProtoReflect.Descriptor instead.
 func (*RotateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 // RotateTokenResponse carries the new token.
@@ -644,7 +776,7 @@ type RotateTokenResponse struct {
 
 func (x *RotateTokenResponse) Reset() {
 	*x = RotateTokenResponse{}
-	mi := &file_forge_v1_agent_proto_msgTypes[9]
+	mi := &file_forge_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +788,7 @@ func (x *RotateTokenResponse) String() string {
 func (*RotateTokenResponse) ProtoMessage() {}
 
 func (x *RotateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_agent_proto_msgTypes[9]
+	mi := &file_forge_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +801,7 @@ func (x *RotateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateTokenResponse.ProtoReflect.Descriptor instead.
 func (*RotateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RotateTokenResponse) GetAgentToken() string {
@@ -729,16 +861,26 @@ const file_forge_v1_agent_proto_rawDesc = "" +
 	"\voutput_size\x18\b \x01(\x03R\n" +
 	"outputSize\"A\n" +
 	"\x14ReportResultResponse\x12)\n" +
-	"\x05state\x18\x01 \x01(\x0e2\x13.forge.v1.TaskStateR\x05state\"\x14\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x13.forge.v1.TaskStateR\x05state\"\x9e\x01\n" +
+	"\x13AppendOutputRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12(\n" +
+	"\x06stream\x18\x03 \x01(\x0e2\x10.forge.v1.StreamR\x06stream\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\"7\n" +
+	"\x14AppendOutputResponse\x12\x1f\n" +
+	"\vnext_offset\x18\x01 \x01(\x03R\n" +
+	"nextOffset\"\x14\n" +
 	"\x12RotateTokenRequest\"6\n" +
 	"\x13RotateTokenResponse\x12\x1f\n" +
 	"\vagent_token\x18\x01 \x01(\tR\n" +
-	"agentToken2\xf3\x02\n" +
+	"agentToken2\xc4\x03\n" +
 	"\fAgentService\x12C\n" +
 	"\bRegister\x12\x19.forge.v1.RegisterRequest\x1a\x1a.forge.v1.RegisterResponse\"\x00\x12F\n" +
 	"\tHeartbeat\x12\x1a.forge.v1.HeartbeatRequest\x1a\x1b.forge.v1.HeartbeatResponse\"\x00\x127\n" +
 	"\x04Poll\x12\x15.forge.v1.PollRequest\x1a\x16.forge.v1.PollResponse\"\x00\x12O\n" +
-	"\fReportResult\x12\x1d.forge.v1.ReportResultRequest\x1a\x1e.forge.v1.ReportResultResponse\"\x00\x12L\n" +
+	"\fReportResult\x12\x1d.forge.v1.ReportResultRequest\x1a\x1e.forge.v1.ReportResultResponse\"\x00\x12O\n" +
+	"\fAppendOutput\x12\x1d.forge.v1.AppendOutputRequest\x1a\x1e.forge.v1.AppendOutputResponse\"\x00\x12L\n" +
 	"\vRotateToken\x12\x1c.forge.v1.RotateTokenRequest\x1a\x1d.forge.v1.RotateTokenResponse\"\x00B\x8f\x01\n" +
 	"\fcom.forge.v1B\n" +
 	"AgentProtoP\x01Z2github.com/orange-forge/forge/gen/forge/v1;forgev1\xa2\x02\x03FXX\xaa\x02\bForge.V1\xca\x02\bForge\\V1\xe2\x02\x14Forge\\V1\\GPBMetadata\xea\x02\tForge::V1b\x06proto3"
@@ -755,7 +897,7 @@ func file_forge_v1_agent_proto_rawDescGZIP() []byte {
 	return file_forge_v1_agent_proto_rawDescData
 }
 
-var file_forge_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_forge_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_forge_v1_agent_proto_goTypes = []any{
 	(*RegisterRequest)(nil),      // 0: forge.v1.RegisterRequest
 	(*RegisterResponse)(nil),     // 1: forge.v1.RegisterResponse
@@ -765,45 +907,51 @@ var file_forge_v1_agent_proto_goTypes = []any{
 	(*PollResponse)(nil),         // 5: forge.v1.PollResponse
 	(*ReportResultRequest)(nil),  // 6: forge.v1.ReportResultRequest
 	(*ReportResultResponse)(nil), // 7: forge.v1.ReportResultResponse
-	(*RotateTokenRequest)(nil),   // 8: forge.v1.RotateTokenRequest
-	(*RotateTokenResponse)(nil),  // 9: forge.v1.RotateTokenResponse
-	nil,                          // 10: forge.v1.RegisterRequest.LabelsEntry
-	(*durationpb.Duration)(nil),  // 11: google.protobuf.Duration
-	(*SigningKey)(nil),           // 12: forge.v1.SigningKey
-	(*TaskRef)(nil),              // 13: forge.v1.TaskRef
-	(*Task)(nil),                 // 14: forge.v1.Task
-	(Outcome)(0),                 // 15: forge.v1.Outcome
-	(TaskState)(0),               // 16: forge.v1.TaskState
+	(*AppendOutputRequest)(nil),  // 8: forge.v1.AppendOutputRequest
+	(*AppendOutputResponse)(nil), // 9: forge.v1.AppendOutputResponse
+	(*RotateTokenRequest)(nil),   // 10: forge.v1.RotateTokenRequest
+	(*RotateTokenResponse)(nil),  // 11: forge.v1.RotateTokenResponse
+	nil,                          // 12: forge.v1.RegisterRequest.LabelsEntry
+	(*durationpb.Duration)(nil),  // 13: google.protobuf.Duration
+	(*SigningKey)(nil),           // 14: forge.v1.SigningKey
+	(*TaskRef)(nil),              // 15: forge.v1.TaskRef
+	(*Task)(nil),                 // 16: forge.v1.Task
+	(Outcome)(0),                 // 17: forge.v1.Outcome
+	(TaskState)(0),               // 18: forge.v1.TaskState
+	(Stream)(0),                  // 19: forge.v1.Stream
 }
 var file_forge_v1_agent_proto_depIdxs = []int32{
-	10, // 0: forge.v1.RegisterRequest.labels:type_name -> forge.v1.RegisterRequest.LabelsEntry
-	11, // 1: forge.v1.RegisterResponse.poll_wait:type_name -> google.protobuf.Duration
-	11, // 2: forge.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	12, // 3: forge.v1.RegisterResponse.signing_keys:type_name -> forge.v1.SigningKey
-	13, // 4: forge.v1.HeartbeatRequest.running:type_name -> forge.v1.TaskRef
-	13, // 5: forge.v1.HeartbeatResponse.cancel:type_name -> forge.v1.TaskRef
-	13, // 6: forge.v1.HeartbeatResponse.abandon:type_name -> forge.v1.TaskRef
-	11, // 7: forge.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	11, // 8: forge.v1.PollRequest.wait:type_name -> google.protobuf.Duration
-	14, // 9: forge.v1.PollResponse.tasks:type_name -> forge.v1.Task
-	13, // 10: forge.v1.PollResponse.cancels:type_name -> forge.v1.TaskRef
-	15, // 11: forge.v1.ReportResultRequest.outcome:type_name -> forge.v1.Outcome
-	16, // 12: forge.v1.ReportResultResponse.state:type_name -> forge.v1.TaskState
-	0,  // 13: forge.v1.AgentService.Register:input_type -> forge.v1.RegisterRequest
-	2,  // 14: forge.v1.AgentService.Heartbeat:input_type -> forge.v1.HeartbeatRequest
-	4,  // 15: forge.v1.AgentService.Poll:input_type -> forge.v1.PollRequest
-	6,  // 16: forge.v1.AgentService.ReportResult:input_type -> forge.v1.ReportResultRequest
-	8,  // 17: forge.v1.AgentService.RotateToken:input_type -> forge.v1.RotateTokenRequest
-	1,  // 18: forge.v1.AgentService.Register:output_type -> forge.v1.RegisterResponse
-	3,  // 19: forge.v1.AgentService.Heartbeat:output_type -> forge.v1.HeartbeatResponse
-	5,  // 20: forge.v1.AgentService.Poll:output_type -> forge.v1.PollResponse
-	7,  // 21: forge.v1.AgentService.ReportResult:output_type -> forge.v1.ReportResultResponse
-	9,  // 22: forge.v1.AgentService.RotateToken:output_type -> forge.v1.RotateTokenResponse
-	18, // [18:23] is the sub-list for method output_type
-	13, // [13:18] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	12, // 0: forge.v1.RegisterRequest.labels:type_name -> forge.v1.RegisterRequest.LabelsEntry
+	13, // 1: forge.v1.RegisterResponse.poll_wait:type_name -> google.protobuf.Duration
+	13, // 2: forge.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	14, // 3: forge.v1.RegisterResponse.signing_keys:type_name -> forge.v1.SigningKey
+	15, // 4: forge.v1.HeartbeatRequest.running:type_name -> forge.v1.TaskRef
+	15, // 5: forge.v1.HeartbeatResponse.cancel:type_name -> forge.v1.TaskRef
+	15, // 6: forge.v1.HeartbeatResponse.abandon:type_name -> forge.v1.TaskRef
+	13, // 7: forge.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	13, // 8: forge.v1.PollRequest.wait:type_name -> google.protobuf.Duration
+	16, // 9: forge.v1.PollResponse.tasks:type_name -> forge.v1.Task
+	15, // 10: forge.v1.PollResponse.cancels:type_name -> forge.v1.TaskRef
+	17, // 11: forge.v1.ReportResultRequest.outcome:type_name -> forge.v1.Outcome
+	18, // 12: forge.v1.ReportResultResponse.state:type_name -> forge.v1.TaskState
+	19, // 13: forge.v1.AppendOutputRequest.stream:type_name -> forge.v1.Stream
+	0,  // 14: forge.v1.AgentService.Register:input_type -> forge.v1.RegisterRequest
+	2,  // 15: forge.v1.AgentService.Heartbeat:input_type -> forge.v1.HeartbeatRequest
+	4,  // 16: forge.v1.AgentService.Poll:input_type -> forge.v1.PollRequest
+	6,  // 17: forge.v1.AgentService.ReportResult:input_type -> forge.v1.ReportResultRequest
+	8,  // 18: forge.v1.AgentService.AppendOutput:input_type -> forge.v1.AppendOutputRequest
+	10, // 19: forge.v1.AgentService.RotateToken:input_type -> forge.v1.RotateTokenRequest
+	1,  // 20: forge.v1.AgentService.Register:output_type -> forge.v1.RegisterResponse
+	3,  // 21: forge.v1.AgentService.Heartbeat:output_type -> forge.v1.HeartbeatResponse
+	5,  // 22: forge.v1.AgentService.Poll:output_type -> forge.v1.PollResponse
+	7,  // 23: forge.v1.AgentService.ReportResult:output_type -> forge.v1.ReportResultResponse
+	9,  // 24: forge.v1.AgentService.AppendOutput:output_type -> forge.v1.AppendOutputResponse
+	11, // 25: forge.v1.AgentService.RotateToken:output_type -> forge.v1.RotateTokenResponse
+	20, // [20:26] is the sub-list for method output_type
+	14, // [14:20] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_forge_v1_agent_proto_init() }
@@ -819,7 +967,7 @@ func file_forge_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_forge_v1_agent_proto_rawDesc), len(file_forge_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -981,6 +981,146 @@ func (x *WaitTaskResponse) GetTask() *TaskInfo {
 	return nil
 }
 
+// ReadOutputRequest names a task and where to read its output from.
+type ReadOutputRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task's id.
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// The cursor: 0 for the start, or a previous answer's next_offset.
+	Offset int64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Hold up to this long when there is no output past `offset` and the task has
+	// not finished; omitted means the server's default hold, "0s" answers at once.
+	Wait          *durationpb.Duration `protobuf:"bytes,3,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadOutputRequest) Reset() {
+	*x = ReadOutputRequest{}
+	mi := &file_forge_v1_control_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadOutputRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadOutputRequest) ProtoMessage() {}
+
+func (x *ReadOutputRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_forge_v1_control_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadOutputRequest.ProtoReflect.Descriptor instead.
+func (*ReadOutputRequest) Descriptor() ([]byte, []int) {
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReadOutputRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *ReadOutputRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ReadOutputRequest) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
+// ReadOutputResponse is the task's output from the cursor on.
+type ReadOutputResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The output, in the order the server received it. Consecutive bytes of one
+	// stream come as one chunk. A chunk with no stream is a note from forge, such
+	// as where output was cut to the cap or where a new attempt's output starts.
+	Chunks []*OutputChunk `protobuf:"bytes,1,rep,name=chunks,proto3" json:"chunks,omitempty"`
+	// The cursor to pass back as `offset` for what comes next.
+	NextOffset int64 `protobuf:"varint,2,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	// True when the task has ended and all its output was read: no more will come.
+	Finished bool `protobuf:"varint,3,opt,name=finished,proto3" json:"finished,omitempty"`
+	// The task's state when the answer was made.
+	State         TaskState `protobuf:"varint,4,opt,name=state,proto3,enum=forge.v1.TaskState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadOutputResponse) Reset() {
+	*x = ReadOutputResponse{}
+	mi := &file_forge_v1_control_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadOutputResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadOutputResponse) ProtoMessage() {}
+
+func (x *ReadOutputResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_forge_v1_control_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadOutputResponse.ProtoReflect.Descriptor instead.
+func (*ReadOutputResponse) Descriptor() ([]byte, []int) {
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ReadOutputResponse) GetChunks() []*OutputChunk {
+	if x != nil {
+		return x.Chunks
+	}
+	return nil
+}
+
+func (x *ReadOutputResponse) GetNextOffset() int64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *ReadOutputResponse) GetFinished() bool {
+	if x != nil {
+		return x.Finished
+	}
+	return false
+}
+
+func (x *ReadOutputResponse) GetState() TaskState {
+	if x != nil {
+		return x.State
+	}
+	return TaskState_TASK_STATE_UNSPECIFIED
+}
+
 // ListTasksRequest filters and pages tasks.
 type ListTasksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1000,7 +1140,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_forge_v1_control_proto_msgTypes[14]
+	mi := &file_forge_v1_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1152,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[14]
+	mi := &file_forge_v1_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1165,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{14}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListTasksRequest) GetAgentId() string {
@@ -1076,7 +1216,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_forge_v1_control_proto_msgTypes[15]
+	mi := &file_forge_v1_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1088,7 +1228,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[15]
+	mi := &file_forge_v1_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1101,7 +1241,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{15}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListTasksResponse) GetTasks() []*TaskInfo {
@@ -1131,7 +1271,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_forge_v1_control_proto_msgTypes[16]
+	mi := &file_forge_v1_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1283,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[16]
+	mi := &file_forge_v1_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1296,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{16}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CancelTaskRequest) GetTaskId() string {
@@ -1184,7 +1324,7 @@ type CancelTaskResponse struct {
 
 func (x *CancelTaskResponse) Reset() {
 	*x = CancelTaskResponse{}
-	mi := &file_forge_v1_control_proto_msgTypes[17]
+	mi := &file_forge_v1_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1336,7 @@ func (x *CancelTaskResponse) String() string {
 func (*CancelTaskResponse) ProtoMessage() {}
 
 func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[17]
+	mi := &file_forge_v1_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1349,7 @@ func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskResponse.ProtoReflect.Descriptor instead.
 func (*CancelTaskResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{17}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CancelTaskResponse) GetTask() *TaskInfo {
@@ -1239,7 +1379,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_forge_v1_control_proto_msgTypes[18]
+	mi := &file_forge_v1_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1391,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[18]
+	mi := &file_forge_v1_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1404,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{18}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListAgentsRequest) GetSelector() string {
@@ -1315,7 +1455,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_forge_v1_control_proto_msgTypes[19]
+	mi := &file_forge_v1_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1467,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[19]
+	mi := &file_forge_v1_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1480,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{19}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*AgentInfo {
@@ -1368,7 +1508,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_forge_v1_control_proto_msgTypes[20]
+	mi := &file_forge_v1_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1520,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[20]
+	mi := &file_forge_v1_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1533,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{20}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetAgentRequest) GetAgentId() string {
@@ -1414,7 +1554,7 @@ type GetAgentResponse struct {
 
 func (x *GetAgentResponse) Reset() {
 	*x = GetAgentResponse{}
-	mi := &file_forge_v1_control_proto_msgTypes[21]
+	mi := &file_forge_v1_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1566,7 @@ func (x *GetAgentResponse) String() string {
 func (*GetAgentResponse) ProtoMessage() {}
 
 func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[21]
+	mi := &file_forge_v1_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1579,7 @@ func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentResponse.ProtoReflect.Descriptor instead.
 func (*GetAgentResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{21}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetAgentResponse) GetAgent() *AgentInfo {
@@ -1462,7 +1602,7 @@ type RevokeAgentRequest struct {
 
 func (x *RevokeAgentRequest) Reset() {
 	*x = RevokeAgentRequest{}
-	mi := &file_forge_v1_control_proto_msgTypes[22]
+	mi := &file_forge_v1_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1614,7 @@ func (x *RevokeAgentRequest) String() string {
 func (*RevokeAgentRequest) ProtoMessage() {}
 
 func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[22]
+	mi := &file_forge_v1_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1627,7 @@ func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{22}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RevokeAgentRequest) GetAgentId() string {
@@ -1515,7 +1655,7 @@ type RevokeAgentResponse struct {
 
 func (x *RevokeAgentResponse) Reset() {
 	*x = RevokeAgentResponse{}
-	mi := &file_forge_v1_control_proto_msgTypes[23]
+	mi := &file_forge_v1_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1667,7 @@ func (x *RevokeAgentResponse) String() string {
 func (*RevokeAgentResponse) ProtoMessage() {}
 
 func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[23]
+	mi := &file_forge_v1_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1680,7 @@ func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{23}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RevokeAgentResponse) GetAgent() *AgentInfo {
@@ -1565,7 +1705,7 @@ type CreateEnrollmentTokenRequest struct {
 
 func (x *CreateEnrollmentTokenRequest) Reset() {
 	*x = CreateEnrollmentTokenRequest{}
-	mi := &file_forge_v1_control_proto_msgTypes[24]
+	mi := &file_forge_v1_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1577,7 +1717,7 @@ func (x *CreateEnrollmentTokenRequest) String() string {
 func (*CreateEnrollmentTokenRequest) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[24]
+	mi := &file_forge_v1_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1590,7 +1730,7 @@ func (x *CreateEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{24}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CreateEnrollmentTokenRequest) GetDescription() string {
@@ -1627,7 +1767,7 @@ type CreateEnrollmentTokenResponse struct {
 
 func (x *CreateEnrollmentTokenResponse) Reset() {
 	*x = CreateEnrollmentTokenResponse{}
-	mi := &file_forge_v1_control_proto_msgTypes[25]
+	mi := &file_forge_v1_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1779,7 @@ func (x *CreateEnrollmentTokenResponse) String() string {
 func (*CreateEnrollmentTokenResponse) ProtoMessage() {}
 
 func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[25]
+	mi := &file_forge_v1_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1792,7 @@ func (x *CreateEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEnrollmentTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateEnrollmentTokenResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{25}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateEnrollmentTokenResponse) GetToken() string {
@@ -1678,7 +1818,7 @@ type ListEnrollmentTokensRequest struct {
 
 func (x *ListEnrollmentTokensRequest) Reset() {
 	*x = ListEnrollmentTokensRequest{}
-	mi := &file_forge_v1_control_proto_msgTypes[26]
+	mi := &file_forge_v1_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1830,7 @@ func (x *ListEnrollmentTokensRequest) String() string {
 func (*ListEnrollmentTokensRequest) ProtoMessage() {}
 
 func (x *ListEnrollmentTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[26]
+	mi := &file_forge_v1_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1843,7 @@ func (x *ListEnrollmentTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEnrollmentTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListEnrollmentTokensRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{26}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{28}
 }
 
 // ListEnrollmentTokensResponse lists enrollment tokens without their secrets.
@@ -1717,7 +1857,7 @@ type ListEnrollmentTokensResponse struct {
 
 func (x *ListEnrollmentTokensResponse) Reset() {
 	*x = ListEnrollmentTokensResponse{}
-	mi := &file_forge_v1_control_proto_msgTypes[27]
+	mi := &file_forge_v1_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +1869,7 @@ func (x *ListEnrollmentTokensResponse) String() string {
 func (*ListEnrollmentTokensResponse) ProtoMessage() {}
 
 func (x *ListEnrollmentTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[27]
+	mi := &file_forge_v1_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +1882,7 @@ func (x *ListEnrollmentTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEnrollmentTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListEnrollmentTokensResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{27}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListEnrollmentTokensResponse) GetTokens() []*EnrollmentTokenInfo {
@@ -1763,7 +1903,7 @@ type RevokeEnrollmentTokenRequest struct {
 
 func (x *RevokeEnrollmentTokenRequest) Reset() {
 	*x = RevokeEnrollmentTokenRequest{}
-	mi := &file_forge_v1_control_proto_msgTypes[28]
+	mi := &file_forge_v1_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1775,7 +1915,7 @@ func (x *RevokeEnrollmentTokenRequest) String() string {
 func (*RevokeEnrollmentTokenRequest) ProtoMessage() {}
 
 func (x *RevokeEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[28]
+	mi := &file_forge_v1_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1788,7 +1928,7 @@ func (x *RevokeEnrollmentTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeEnrollmentTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeEnrollmentTokenRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{28}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RevokeEnrollmentTokenRequest) GetId() string {
@@ -1811,7 +1951,7 @@ type RevokeEnrollmentTokenResponse struct {
 
 func (x *RevokeEnrollmentTokenResponse) Reset() {
 	*x = RevokeEnrollmentTokenResponse{}
-	mi := &file_forge_v1_control_proto_msgTypes[29]
+	mi := &file_forge_v1_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +1963,7 @@ func (x *RevokeEnrollmentTokenResponse) String() string {
 func (*RevokeEnrollmentTokenResponse) ProtoMessage() {}
 
 func (x *RevokeEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_control_proto_msgTypes[29]
+	mi := &file_forge_v1_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +1976,7 @@ func (x *RevokeEnrollmentTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeEnrollmentTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeEnrollmentTokenResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_control_proto_rawDescGZIP(), []int{29}
+	return file_forge_v1_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RevokeEnrollmentTokenResponse) GetInfo() *EnrollmentTokenInfo {
@@ -1920,7 +2060,17 @@ const file_forge_v1_control_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12-\n" +
 	"\x04wait\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04wait\":\n" +
 	"\x10WaitTaskResponse\x12&\n" +
-	"\x04task\x18\x01 \x01(\v2\x12.forge.v1.TaskInfoR\x04task\"\xab\x01\n" +
+	"\x04task\x18\x01 \x01(\v2\x12.forge.v1.TaskInfoR\x04task\"s\n" +
+	"\x11ReadOutputRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12-\n" +
+	"\x04wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"\xab\x01\n" +
+	"\x12ReadOutputResponse\x12-\n" +
+	"\x06chunks\x18\x01 \x03(\v2\x15.forge.v1.OutputChunkR\x06chunks\x12\x1f\n" +
+	"\vnext_offset\x18\x02 \x01(\x03R\n" +
+	"nextOffset\x12\x1a\n" +
+	"\bfinished\x18\x03 \x01(\bR\bfinished\x12)\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x13.forge.v1.TaskStateR\x05state\"\xab\x01\n" +
 	"\x10ListTasksRequest\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12)\n" +
@@ -1970,7 +2120,7 @@ const file_forge_v1_control_proto_rawDesc = "" +
 	"\x1dRevokeEnrollmentTokenResponse\x121\n" +
 	"\x04info\x18\x01 \x01(\v2\x1d.forge.v1.EnrollmentTokenInfoR\x04info\x129\n" +
 	"\n" +
-	"revoked_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt2\x9c\t\n" +
+	"revoked_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt2\xe7\t\n" +
 	"\x0eControlService\x12C\n" +
 	"\bDispatch\x12\x19.forge.v1.DispatchRequest\x1a\x1a.forge.v1.DispatchResponse\"\x00\x12=\n" +
 	"\x06GetJob\x12\x17.forge.v1.GetJobRequest\x1a\x18.forge.v1.GetJobResponse\"\x00\x12@\n" +
@@ -1978,7 +2128,9 @@ const file_forge_v1_control_proto_rawDesc = "" +
 	"\bListJobs\x12\x19.forge.v1.ListJobsRequest\x1a\x1a.forge.v1.ListJobsResponse\"\x00\x12F\n" +
 	"\tCancelJob\x12\x1a.forge.v1.CancelJobRequest\x1a\x1b.forge.v1.CancelJobResponse\"\x00\x12@\n" +
 	"\aGetTask\x12\x18.forge.v1.GetTaskRequest\x1a\x19.forge.v1.GetTaskResponse\"\x00\x12C\n" +
-	"\bWaitTask\x12\x19.forge.v1.WaitTaskRequest\x1a\x1a.forge.v1.WaitTaskResponse\"\x00\x12F\n" +
+	"\bWaitTask\x12\x19.forge.v1.WaitTaskRequest\x1a\x1a.forge.v1.WaitTaskResponse\"\x00\x12I\n" +
+	"\n" +
+	"ReadOutput\x12\x1b.forge.v1.ReadOutputRequest\x1a\x1c.forge.v1.ReadOutputResponse\"\x00\x12F\n" +
 	"\tListTasks\x12\x1a.forge.v1.ListTasksRequest\x1a\x1b.forge.v1.ListTasksResponse\"\x00\x12I\n" +
 	"\n" +
 	"CancelTask\x12\x1b.forge.v1.CancelTaskRequest\x1a\x1c.forge.v1.CancelTaskResponse\"\x00\x12I\n" +
@@ -2003,7 +2155,7 @@ func file_forge_v1_control_proto_rawDescGZIP() []byte {
 	return file_forge_v1_control_proto_rawDescData
 }
 
-var file_forge_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_forge_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_forge_v1_control_proto_goTypes = []any{
 	(*DispatchRequest)(nil),               // 0: forge.v1.DispatchRequest
 	(*DispatchResponse)(nil),              // 1: forge.v1.DispatchResponse
@@ -2019,95 +2171,103 @@ var file_forge_v1_control_proto_goTypes = []any{
 	(*GetTaskResponse)(nil),               // 11: forge.v1.GetTaskResponse
 	(*WaitTaskRequest)(nil),               // 12: forge.v1.WaitTaskRequest
 	(*WaitTaskResponse)(nil),              // 13: forge.v1.WaitTaskResponse
-	(*ListTasksRequest)(nil),              // 14: forge.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),             // 15: forge.v1.ListTasksResponse
-	(*CancelTaskRequest)(nil),             // 16: forge.v1.CancelTaskRequest
-	(*CancelTaskResponse)(nil),            // 17: forge.v1.CancelTaskResponse
-	(*ListAgentsRequest)(nil),             // 18: forge.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),            // 19: forge.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),               // 20: forge.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),              // 21: forge.v1.GetAgentResponse
-	(*RevokeAgentRequest)(nil),            // 22: forge.v1.RevokeAgentRequest
-	(*RevokeAgentResponse)(nil),           // 23: forge.v1.RevokeAgentResponse
-	(*CreateEnrollmentTokenRequest)(nil),  // 24: forge.v1.CreateEnrollmentTokenRequest
-	(*CreateEnrollmentTokenResponse)(nil), // 25: forge.v1.CreateEnrollmentTokenResponse
-	(*ListEnrollmentTokensRequest)(nil),   // 26: forge.v1.ListEnrollmentTokensRequest
-	(*ListEnrollmentTokensResponse)(nil),  // 27: forge.v1.ListEnrollmentTokensResponse
-	(*RevokeEnrollmentTokenRequest)(nil),  // 28: forge.v1.RevokeEnrollmentTokenRequest
-	(*RevokeEnrollmentTokenResponse)(nil), // 29: forge.v1.RevokeEnrollmentTokenResponse
-	(*durationpb.Duration)(nil),           // 30: google.protobuf.Duration
-	(*TaskInfo)(nil),                      // 31: forge.v1.TaskInfo
-	(*JobCounts)(nil),                     // 32: forge.v1.JobCounts
-	(*JobInfo)(nil),                       // 33: forge.v1.JobInfo
-	(TaskState)(0),                        // 34: forge.v1.TaskState
-	(AgentStatus)(0),                      // 35: forge.v1.AgentStatus
-	(*AgentInfo)(nil),                     // 36: forge.v1.AgentInfo
-	(*EnrollmentTokenInfo)(nil),           // 37: forge.v1.EnrollmentTokenInfo
-	(*timestamppb.Timestamp)(nil),         // 38: google.protobuf.Timestamp
+	(*ReadOutputRequest)(nil),             // 14: forge.v1.ReadOutputRequest
+	(*ReadOutputResponse)(nil),            // 15: forge.v1.ReadOutputResponse
+	(*ListTasksRequest)(nil),              // 16: forge.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),             // 17: forge.v1.ListTasksResponse
+	(*CancelTaskRequest)(nil),             // 18: forge.v1.CancelTaskRequest
+	(*CancelTaskResponse)(nil),            // 19: forge.v1.CancelTaskResponse
+	(*ListAgentsRequest)(nil),             // 20: forge.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),            // 21: forge.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),               // 22: forge.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),              // 23: forge.v1.GetAgentResponse
+	(*RevokeAgentRequest)(nil),            // 24: forge.v1.RevokeAgentRequest
+	(*RevokeAgentResponse)(nil),           // 25: forge.v1.RevokeAgentResponse
+	(*CreateEnrollmentTokenRequest)(nil),  // 26: forge.v1.CreateEnrollmentTokenRequest
+	(*CreateEnrollmentTokenResponse)(nil), // 27: forge.v1.CreateEnrollmentTokenResponse
+	(*ListEnrollmentTokensRequest)(nil),   // 28: forge.v1.ListEnrollmentTokensRequest
+	(*ListEnrollmentTokensResponse)(nil),  // 29: forge.v1.ListEnrollmentTokensResponse
+	(*RevokeEnrollmentTokenRequest)(nil),  // 30: forge.v1.RevokeEnrollmentTokenRequest
+	(*RevokeEnrollmentTokenResponse)(nil), // 31: forge.v1.RevokeEnrollmentTokenResponse
+	(*durationpb.Duration)(nil),           // 32: google.protobuf.Duration
+	(*TaskInfo)(nil),                      // 33: forge.v1.TaskInfo
+	(*JobCounts)(nil),                     // 34: forge.v1.JobCounts
+	(*JobInfo)(nil),                       // 35: forge.v1.JobInfo
+	(*OutputChunk)(nil),                   // 36: forge.v1.OutputChunk
+	(TaskState)(0),                        // 37: forge.v1.TaskState
+	(AgentStatus)(0),                      // 38: forge.v1.AgentStatus
+	(*AgentInfo)(nil),                     // 39: forge.v1.AgentInfo
+	(*EnrollmentTokenInfo)(nil),           // 40: forge.v1.EnrollmentTokenInfo
+	(*timestamppb.Timestamp)(nil),         // 41: google.protobuf.Timestamp
 }
 var file_forge_v1_control_proto_depIdxs = []int32{
-	30, // 0: forge.v1.DispatchRequest.timeout:type_name -> google.protobuf.Duration
-	30, // 1: forge.v1.DispatchRequest.delivery_ttl:type_name -> google.protobuf.Duration
-	30, // 2: forge.v1.DispatchRequest.wait:type_name -> google.protobuf.Duration
-	31, // 3: forge.v1.DispatchResponse.tasks:type_name -> forge.v1.TaskInfo
-	32, // 4: forge.v1.DispatchResponse.counts:type_name -> forge.v1.JobCounts
-	33, // 5: forge.v1.GetJobResponse.job:type_name -> forge.v1.JobInfo
-	31, // 6: forge.v1.GetJobResponse.tasks:type_name -> forge.v1.TaskInfo
-	30, // 7: forge.v1.WaitJobRequest.wait:type_name -> google.protobuf.Duration
-	33, // 8: forge.v1.WaitJobResponse.job:type_name -> forge.v1.JobInfo
-	31, // 9: forge.v1.WaitJobResponse.tasks:type_name -> forge.v1.TaskInfo
-	33, // 10: forge.v1.ListJobsResponse.jobs:type_name -> forge.v1.JobInfo
-	33, // 11: forge.v1.CancelJobResponse.job:type_name -> forge.v1.JobInfo
-	31, // 12: forge.v1.GetTaskResponse.task:type_name -> forge.v1.TaskInfo
-	30, // 13: forge.v1.WaitTaskRequest.wait:type_name -> google.protobuf.Duration
-	31, // 14: forge.v1.WaitTaskResponse.task:type_name -> forge.v1.TaskInfo
-	34, // 15: forge.v1.ListTasksRequest.state:type_name -> forge.v1.TaskState
-	31, // 16: forge.v1.ListTasksResponse.tasks:type_name -> forge.v1.TaskInfo
-	31, // 17: forge.v1.CancelTaskResponse.task:type_name -> forge.v1.TaskInfo
-	35, // 18: forge.v1.ListAgentsRequest.status:type_name -> forge.v1.AgentStatus
-	36, // 19: forge.v1.ListAgentsResponse.agents:type_name -> forge.v1.AgentInfo
-	36, // 20: forge.v1.GetAgentResponse.agent:type_name -> forge.v1.AgentInfo
-	36, // 21: forge.v1.RevokeAgentResponse.agent:type_name -> forge.v1.AgentInfo
-	30, // 22: forge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
-	37, // 23: forge.v1.CreateEnrollmentTokenResponse.info:type_name -> forge.v1.EnrollmentTokenInfo
-	37, // 24: forge.v1.ListEnrollmentTokensResponse.tokens:type_name -> forge.v1.EnrollmentTokenInfo
-	37, // 25: forge.v1.RevokeEnrollmentTokenResponse.info:type_name -> forge.v1.EnrollmentTokenInfo
-	38, // 26: forge.v1.RevokeEnrollmentTokenResponse.revoked_at:type_name -> google.protobuf.Timestamp
-	0,  // 27: forge.v1.ControlService.Dispatch:input_type -> forge.v1.DispatchRequest
-	2,  // 28: forge.v1.ControlService.GetJob:input_type -> forge.v1.GetJobRequest
-	4,  // 29: forge.v1.ControlService.WaitJob:input_type -> forge.v1.WaitJobRequest
-	6,  // 30: forge.v1.ControlService.ListJobs:input_type -> forge.v1.ListJobsRequest
-	8,  // 31: forge.v1.ControlService.CancelJob:input_type -> forge.v1.CancelJobRequest
-	10, // 32: forge.v1.ControlService.GetTask:input_type -> forge.v1.GetTaskRequest
-	12, // 33: forge.v1.ControlService.WaitTask:input_type -> forge.v1.WaitTaskRequest
-	14, // 34: forge.v1.ControlService.ListTasks:input_type -> forge.v1.ListTasksRequest
-	16, // 35: forge.v1.ControlService.CancelTask:input_type -> forge.v1.CancelTaskRequest
-	18, // 36: forge.v1.ControlService.ListAgents:input_type -> forge.v1.ListAgentsRequest
-	20, // 37: forge.v1.ControlService.GetAgent:input_type -> forge.v1.GetAgentRequest
-	22, // 38: forge.v1.ControlService.RevokeAgent:input_type -> forge.v1.RevokeAgentRequest
-	24, // 39: forge.v1.ControlService.CreateEnrollmentToken:input_type -> forge.v1.CreateEnrollmentTokenRequest
-	26, // 40: forge.v1.ControlService.ListEnrollmentTokens:input_type -> forge.v1.ListEnrollmentTokensRequest
-	28, // 41: forge.v1.ControlService.RevokeEnrollmentToken:input_type -> forge.v1.RevokeEnrollmentTokenRequest
-	1,  // 42: forge.v1.ControlService.Dispatch:output_type -> forge.v1.DispatchResponse
-	3,  // 43: forge.v1.ControlService.GetJob:output_type -> forge.v1.GetJobResponse
-	5,  // 44: forge.v1.ControlService.WaitJob:output_type -> forge.v1.WaitJobResponse
-	7,  // 45: forge.v1.ControlService.ListJobs:output_type -> forge.v1.ListJobsResponse
-	9,  // 46: forge.v1.ControlService.CancelJob:output_type -> forge.v1.CancelJobResponse
-	11, // 47: forge.v1.ControlService.GetTask:output_type -> forge.v1.GetTaskResponse
-	13, // 48: forge.v1.ControlService.WaitTask:output_type -> forge.v1.WaitTaskResponse
-	15, // 49: forge.v1.ControlService.ListTasks:output_type -> forge.v1.ListTasksResponse
-	17, // 50: forge.v1.ControlService.CancelTask:output_type -> forge.v1.CancelTaskResponse
-	19, // 51: forge.v1.ControlService.ListAgents:output_type -> forge.v1.ListAgentsResponse
-	21, // 52: forge.v1.ControlService.GetAgent:output_type -> forge.v1.GetAgentResponse
-	23, // 53: forge.v1.ControlService.RevokeAgent:output_type -> forge.v1.RevokeAgentResponse
-	25, // 54: forge.v1.ControlService.CreateEnrollmentToken:output_type -> forge.v1.CreateEnrollmentTokenResponse
-	27, // 55: forge.v1.ControlService.ListEnrollmentTokens:output_type -> forge.v1.ListEnrollmentTokensResponse
-	29, // 56: forge.v1.ControlService.RevokeEnrollmentToken:output_type -> forge.v1.RevokeEnrollmentTokenResponse
-	42, // [42:57] is the sub-list for method output_type
-	27, // [27:42] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	32, // 0: forge.v1.DispatchRequest.timeout:type_name -> google.protobuf.Duration
+	32, // 1: forge.v1.DispatchRequest.delivery_ttl:type_name -> google.protobuf.Duration
+	32, // 2: forge.v1.DispatchRequest.wait:type_name -> google.protobuf.Duration
+	33, // 3: forge.v1.DispatchResponse.tasks:type_name -> forge.v1.TaskInfo
+	34, // 4: forge.v1.DispatchResponse.counts:type_name -> forge.v1.JobCounts
+	35, // 5: forge.v1.GetJobResponse.job:type_name -> forge.v1.JobInfo
+	33, // 6: forge.v1.GetJobResponse.tasks:type_name -> forge.v1.TaskInfo
+	32, // 7: forge.v1.WaitJobRequest.wait:type_name -> google.protobuf.Duration
+	35, // 8: forge.v1.WaitJobResponse.job:type_name -> forge.v1.JobInfo
+	33, // 9: forge.v1.WaitJobResponse.tasks:type_name -> forge.v1.TaskInfo
+	35, // 10: forge.v1.ListJobsResponse.jobs:type_name -> forge.v1.JobInfo
+	35, // 11: forge.v1.CancelJobResponse.job:type_name -> forge.v1.JobInfo
+	33, // 12: forge.v1.GetTaskResponse.task:type_name -> forge.v1.TaskInfo
+	32, // 13: forge.v1.WaitTaskRequest.wait:type_name -> google.protobuf.Duration
+	33, // 14: forge.v1.WaitTaskResponse.task:type_name -> forge.v1.TaskInfo
+	32, // 15: forge.v1.ReadOutputRequest.wait:type_name -> google.protobuf.Duration
+	36, // 16: forge.v1.ReadOutputResponse.chunks:type_name -> forge.v1.OutputChunk
+	37, // 17: forge.v1.ReadOutputResponse.state:type_name -> forge.v1.TaskState
+	37, // 18: forge.v1.ListTasksRequest.state:type_name -> forge.v1.TaskState
+	33, // 19: forge.v1.ListTasksResponse.tasks:type_name -> forge.v1.TaskInfo
+	33, // 20: forge.v1.CancelTaskResponse.task:type_name -> forge.v1.TaskInfo
+	38, // 21: forge.v1.ListAgentsRequest.status:type_name -> forge.v1.AgentStatus
+	39, // 22: forge.v1.ListAgentsResponse.agents:type_name -> forge.v1.AgentInfo
+	39, // 23: forge.v1.GetAgentResponse.agent:type_name -> forge.v1.AgentInfo
+	39, // 24: forge.v1.RevokeAgentResponse.agent:type_name -> forge.v1.AgentInfo
+	32, // 25: forge.v1.CreateEnrollmentTokenRequest.ttl:type_name -> google.protobuf.Duration
+	40, // 26: forge.v1.CreateEnrollmentTokenResponse.info:type_name -> forge.v1.EnrollmentTokenInfo
+	40, // 27: forge.v1.ListEnrollmentTokensResponse.tokens:type_name -> forge.v1.EnrollmentTokenInfo
+	40, // 28: forge.v1.RevokeEnrollmentTokenResponse.info:type_name -> forge.v1.EnrollmentTokenInfo
+	41, // 29: forge.v1.RevokeEnrollmentTokenResponse.revoked_at:type_name -> google.protobuf.Timestamp
+	0,  // 30: forge.v1.ControlService.Dispatch:input_type -> forge.v1.DispatchRequest
+	2,  // 31: forge.v1.ControlService.GetJob:input_type -> forge.v1.GetJobRequest
+	4,  // 32: forge.v1.ControlService.WaitJob:input_type -> forge.v1.WaitJobRequest
+	6,  // 33: forge.v1.ControlService.ListJobs:input_type -> forge.v1.ListJobsRequest
+	8,  // 34: forge.v1.ControlService.CancelJob:input_type -> forge.v1.CancelJobRequest
+	10, // 35: forge.v1.ControlService.GetTask:input_type -> forge.v1.GetTaskRequest
+	12, // 36: forge.v1.ControlService.WaitTask:input_type -> forge.v1.WaitTaskRequest
+	14, // 37: forge.v1.ControlService.ReadOutput:input_type -> forge.v1.ReadOutputRequest
+	16, // 38: forge.v1.ControlService.ListTasks:input_type -> forge.v1.ListTasksRequest
+	18, // 39: forge.v1.ControlService.CancelTask:input_type -> forge.v1.CancelTaskRequest
+	20, // 40: forge.v1.ControlService.ListAgents:input_type -> forge.v1.ListAgentsRequest
+	22, // 41: forge.v1.ControlService.GetAgent:input_type -> forge.v1.GetAgentRequest
+	24, // 42: forge.v1.ControlService.RevokeAgent:input_type -> forge.v1.RevokeAgentRequest
+	26, // 43: forge.v1.ControlService.CreateEnrollmentToken:input_type -> forge.v1.CreateEnrollmentTokenRequest
+	28, // 44: forge.v1.ControlService.ListEnrollmentTokens:input_type -> forge.v1.ListEnrollmentTokensRequest
+	30, // 45: forge.v1.ControlService.RevokeEnrollmentToken:input_type -> forge.v1.RevokeEnrollmentTokenRequest
+	1,  // 46: forge.v1.ControlService.Dispatch:output_type -> forge.v1.DispatchResponse
+	3,  // 47: forge.v1.ControlService.GetJob:output_type -> forge.v1.GetJobResponse
+	5,  // 48: forge.v1.ControlService.WaitJob:output_type -> forge.v1.WaitJobResponse
+	7,  // 49: forge.v1.ControlService.ListJobs:output_type -> forge.v1.ListJobsResponse
+	9,  // 50: forge.v1.ControlService.CancelJob:output_type -> forge.v1.CancelJobResponse
+	11, // 51: forge.v1.ControlService.GetTask:output_type -> forge.v1.GetTaskResponse
+	13, // 52: forge.v1.ControlService.WaitTask:output_type -> forge.v1.WaitTaskResponse
+	15, // 53: forge.v1.ControlService.ReadOutput:output_type -> forge.v1.ReadOutputResponse
+	17, // 54: forge.v1.ControlService.ListTasks:output_type -> forge.v1.ListTasksResponse
+	19, // 55: forge.v1.ControlService.CancelTask:output_type -> forge.v1.CancelTaskResponse
+	21, // 56: forge.v1.ControlService.ListAgents:output_type -> forge.v1.ListAgentsResponse
+	23, // 57: forge.v1.ControlService.GetAgent:output_type -> forge.v1.GetAgentResponse
+	25, // 58: forge.v1.ControlService.RevokeAgent:output_type -> forge.v1.RevokeAgentResponse
+	27, // 59: forge.v1.ControlService.CreateEnrollmentToken:output_type -> forge.v1.CreateEnrollmentTokenResponse
+	29, // 60: forge.v1.ControlService.ListEnrollmentTokens:output_type -> forge.v1.ListEnrollmentTokensResponse
+	31, // 61: forge.v1.ControlService.RevokeEnrollmentToken:output_type -> forge.v1.RevokeEnrollmentTokenResponse
+	46, // [46:62] is the sub-list for method output_type
+	30, // [30:46] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_forge_v1_control_proto_init() }
@@ -2128,7 +2288,7 @@ func file_forge_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_forge_v1_control_proto_rawDesc), len(file_forge_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

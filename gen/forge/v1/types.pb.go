@@ -212,6 +212,115 @@ func (Outcome) EnumDescriptor() ([]byte, []int) {
 	return file_forge_v1_types_proto_rawDescGZIP(), []int{2}
 }
 
+// Stream names one of an attempt's output streams.
+type Stream int32
+
+const (
+	// Not a stream: in ReadOutput, a note from forge itself (output cut to the cap,
+	// the output of a new attempt starting).
+	Stream_STREAM_UNSPECIFIED Stream = 0
+	// The command's standard output, or what a handler wrote to its Stdout.
+	Stream_STREAM_STDOUT Stream = 1
+	// The command's standard error, or what a handler wrote to its Stderr.
+	Stream_STREAM_STDERR Stream = 2
+)
+
+// Enum value maps for Stream.
+var (
+	Stream_name = map[int32]string{
+		0: "STREAM_UNSPECIFIED",
+		1: "STREAM_STDOUT",
+		2: "STREAM_STDERR",
+	}
+	Stream_value = map[string]int32{
+		"STREAM_UNSPECIFIED": 0,
+		"STREAM_STDOUT":      1,
+		"STREAM_STDERR":      2,
+	}
+)
+
+func (x Stream) Enum() *Stream {
+	p := new(Stream)
+	*p = x
+	return p
+}
+
+func (x Stream) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Stream) Descriptor() protoreflect.EnumDescriptor {
+	return file_forge_v1_types_proto_enumTypes[3].Descriptor()
+}
+
+func (Stream) Type() protoreflect.EnumType {
+	return &file_forge_v1_types_proto_enumTypes[3]
+}
+
+func (x Stream) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Stream.Descriptor instead.
+func (Stream) EnumDescriptor() ([]byte, []int) {
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
+// OutputChunk is a run of bytes of one stream of a task's output.
+type OutputChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which stream; STREAM_UNSPECIFIED for a note from forge.
+	Stream Stream `protobuf:"varint,1,opt,name=stream,proto3,enum=forge.v1.Stream" json:"stream,omitempty"`
+	// The bytes, as the command wrote them.
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutputChunk) Reset() {
+	*x = OutputChunk{}
+	mi := &file_forge_v1_types_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutputChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutputChunk) ProtoMessage() {}
+
+func (x *OutputChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_forge_v1_types_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutputChunk.ProtoReflect.Descriptor instead.
+func (*OutputChunk) Descriptor() ([]byte, []int) {
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *OutputChunk) GetStream() Stream {
+	if x != nil {
+		return x.Stream
+	}
+	return Stream_STREAM_UNSPECIFIED
+}
+
+func (x *OutputChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 // TaskRef names one attempt of one task.
 type TaskRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -225,7 +334,7 @@ type TaskRef struct {
 
 func (x *TaskRef) Reset() {
 	*x = TaskRef{}
-	mi := &file_forge_v1_types_proto_msgTypes[0]
+	mi := &file_forge_v1_types_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +346,7 @@ func (x *TaskRef) String() string {
 func (*TaskRef) ProtoMessage() {}
 
 func (x *TaskRef) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[0]
+	mi := &file_forge_v1_types_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +359,7 @@ func (x *TaskRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskRef.ProtoReflect.Descriptor instead.
 func (*TaskRef) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{0}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *TaskRef) GetTaskId() string {
@@ -299,7 +408,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_forge_v1_types_proto_msgTypes[1]
+	mi := &file_forge_v1_types_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -311,7 +420,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[1]
+	mi := &file_forge_v1_types_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -324,7 +433,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{1}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Task) GetId() string {
@@ -410,7 +519,7 @@ type SigningKey struct {
 
 func (x *SigningKey) Reset() {
 	*x = SigningKey{}
-	mi := &file_forge_v1_types_proto_msgTypes[2]
+	mi := &file_forge_v1_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -422,7 +531,7 @@ func (x *SigningKey) String() string {
 func (*SigningKey) ProtoMessage() {}
 
 func (x *SigningKey) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[2]
+	mi := &file_forge_v1_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -435,7 +544,7 @@ func (x *SigningKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigningKey.ProtoReflect.Descriptor instead.
 func (*SigningKey) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SigningKey) GetId() string {
@@ -469,7 +578,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_forge_v1_types_proto_msgTypes[3]
+	mi := &file_forge_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +590,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[3]
+	mi := &file_forge_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +603,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StateChange) GetState() TaskState {
@@ -540,7 +649,9 @@ type TaskInfo struct {
 	State TaskState `protobuf:"varint,5,opt,name=state,proto3,enum=forge.v1.TaskState" json:"state,omitempty"`
 	// The current (or last) attempt; zero until first leased.
 	Attempt int32 `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	// The output the agent reported (stdout+stderr for `exec`), capped by the server.
+	// The current (or last) attempt's stdout, with any output its handler returned
+	// after it. Together with `stderr` it is capped by the server (head and tail
+	// kept, with a line saying how much was cut between them).
 	Output []byte `protobuf:"bytes,7,opt,name=output,proto3" json:"output,omitempty"`
 	// The exit code the agent reported.
 	ExitCode int32 `protobuf:"varint,8,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
@@ -560,19 +671,22 @@ type TaskInfo struct {
 	CancelRequested bool `protobuf:"varint,15,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
 	// True when the output was cut to the cap; `output_size` tells the full size.
 	OutputTruncated bool `protobuf:"varint,16,opt,name=output_truncated,json=outputTruncated,proto3" json:"output_truncated,omitempty"`
-	// The size in bytes of the output as the handler produced it, before any cap.
+	// The size in bytes of the attempt's output (stdout and stderr) as the handler
+	// produced it, before any cap.
 	OutputSize int64 `protobuf:"varint,17,opt,name=output_size,json=outputSize,proto3" json:"output_size,omitempty"`
 	// The execution timeout of each attempt.
 	Timeout *durationpb.Duration `protobuf:"bytes,18,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// The lease expiry of the running attempt, by the server's clock.
 	LeaseExpiresAt *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The current (or last) attempt's stderr, capped with `output`.
+	Stderr        []byte `protobuf:"bytes,20,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskInfo) Reset() {
 	*x = TaskInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[4]
+	mi := &file_forge_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +698,7 @@ func (x *TaskInfo) String() string {
 func (*TaskInfo) ProtoMessage() {}
 
 func (x *TaskInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[4]
+	mi := &file_forge_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +711,7 @@ func (x *TaskInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskInfo.ProtoReflect.Descriptor instead.
 func (*TaskInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TaskInfo) GetId() string {
@@ -733,6 +847,13 @@ func (x *TaskInfo) GetLeaseExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *TaskInfo) GetStderr() []byte {
+	if x != nil {
+		return x.Stderr
+	}
+	return nil
+}
+
 // AgentInfo is the operator's view of an agent.
 type AgentInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -764,7 +885,7 @@ type AgentInfo struct {
 
 func (x *AgentInfo) Reset() {
 	*x = AgentInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[5]
+	mi := &file_forge_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -776,7 +897,7 @@ func (x *AgentInfo) String() string {
 func (*AgentInfo) ProtoMessage() {}
 
 func (x *AgentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[5]
+	mi := &file_forge_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -789,7 +910,7 @@ func (x *AgentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentInfo.ProtoReflect.Descriptor instead.
 func (*AgentInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AgentInfo) GetId() string {
@@ -896,7 +1017,7 @@ type JobCounts struct {
 
 func (x *JobCounts) Reset() {
 	*x = JobCounts{}
-	mi := &file_forge_v1_types_proto_msgTypes[6]
+	mi := &file_forge_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -908,7 +1029,7 @@ func (x *JobCounts) String() string {
 func (*JobCounts) ProtoMessage() {}
 
 func (x *JobCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[6]
+	mi := &file_forge_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -921,7 +1042,7 @@ func (x *JobCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCounts.ProtoReflect.Descriptor instead.
 func (*JobCounts) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JobCounts) GetPending() int32 {
@@ -1016,7 +1137,7 @@ type JobInfo struct {
 
 func (x *JobInfo) Reset() {
 	*x = JobInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[7]
+	mi := &file_forge_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1149,7 @@ func (x *JobInfo) String() string {
 func (*JobInfo) ProtoMessage() {}
 
 func (x *JobInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[7]
+	mi := &file_forge_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1162,7 @@ func (x *JobInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobInfo.ProtoReflect.Descriptor instead.
 func (*JobInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobInfo) GetId() string {
@@ -1137,7 +1258,7 @@ type EnrollmentTokenInfo struct {
 
 func (x *EnrollmentTokenInfo) Reset() {
 	*x = EnrollmentTokenInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[8]
+	mi := &file_forge_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1270,7 @@ func (x *EnrollmentTokenInfo) String() string {
 func (*EnrollmentTokenInfo) ProtoMessage() {}
 
 func (x *EnrollmentTokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[8]
+	mi := &file_forge_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1283,7 @@ func (x *EnrollmentTokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollmentTokenInfo.ProtoReflect.Descriptor instead.
 func (*EnrollmentTokenInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EnrollmentTokenInfo) GetId() string {
@@ -1218,7 +1339,10 @@ var File_forge_v1_types_proto protoreflect.FileDescriptor
 
 const file_forge_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x14forge/v1/types.proto\x12\bforge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n" +
+	"\x14forge/v1/types.proto\x12\bforge.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"K\n" +
+	"\vOutputChunk\x12(\n" +
+	"\x06stream\x18\x01 \x01(\x0e2\x10.forge.v1.StreamR\x06stream\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"<\n" +
 	"\aTaskRef\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\"\xdd\x02\n" +
@@ -1243,7 +1367,7 @@ const file_forge_v1_types_proto_rawDesc = "" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.forge.v1.TaskStateR\x05state\x12*\n" +
 	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
-	"\aattempt\x18\x04 \x01(\x05R\aattempt\"\xc6\x05\n" +
+	"\aattempt\x18\x04 \x01(\x05R\aattempt\"\xde\x05\n" +
 	"\bTaskInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1267,7 +1391,8 @@ const file_forge_v1_types_proto_rawDesc = "" +
 	"\voutput_size\x18\x11 \x01(\x03R\n" +
 	"outputSize\x123\n" +
 	"\atimeout\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12D\n" +
-	"\x10lease_expires_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\"\xed\x03\n" +
+	"\x10lease_expires_at\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\x12\x16\n" +
+	"\x06stderr\x18\x14 \x01(\fR\x06stderr\"\xed\x03\n" +
 	"\tAgentInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x127\n" +
@@ -1337,7 +1462,11 @@ const file_forge_v1_types_proto_rawDesc = "" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n" +
-	"\x0eOUTCOME_FAILED\x10\x02B\x8f\x01\n" +
+	"\x0eOUTCOME_FAILED\x10\x02*F\n" +
+	"\x06Stream\x12\x16\n" +
+	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rSTREAM_STDOUT\x10\x01\x12\x11\n" +
+	"\rSTREAM_STDERR\x10\x02B\x8f\x01\n" +
 	"\fcom.forge.v1B\n" +
 	"TypesProtoP\x01Z2github.com/orange-forge/forge/gen/forge/v1;forgev1\xa2\x02\x03FXX\xaa\x02\bForge.V1\xca\x02\bForge\\V1\xe2\x02\x14Forge\\V1\\GPBMetadata\xea\x02\tForge::V1b\x06proto3"
 
@@ -1353,51 +1482,54 @@ func file_forge_v1_types_proto_rawDescGZIP() []byte {
 	return file_forge_v1_types_proto_rawDescData
 }
 
-var file_forge_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_forge_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_forge_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_forge_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_forge_v1_types_proto_goTypes = []any{
 	(TaskState)(0),                // 0: forge.v1.TaskState
 	(AgentStatus)(0),              // 1: forge.v1.AgentStatus
 	(Outcome)(0),                  // 2: forge.v1.Outcome
-	(*TaskRef)(nil),               // 3: forge.v1.TaskRef
-	(*Task)(nil),                  // 4: forge.v1.Task
-	(*SigningKey)(nil),            // 5: forge.v1.SigningKey
-	(*StateChange)(nil),           // 6: forge.v1.StateChange
-	(*TaskInfo)(nil),              // 7: forge.v1.TaskInfo
-	(*AgentInfo)(nil),             // 8: forge.v1.AgentInfo
-	(*JobCounts)(nil),             // 9: forge.v1.JobCounts
-	(*JobInfo)(nil),               // 10: forge.v1.JobInfo
-	(*EnrollmentTokenInfo)(nil),   // 11: forge.v1.EnrollmentTokenInfo
-	nil,                           // 12: forge.v1.AgentInfo.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(Stream)(0),                   // 3: forge.v1.Stream
+	(*OutputChunk)(nil),           // 4: forge.v1.OutputChunk
+	(*TaskRef)(nil),               // 5: forge.v1.TaskRef
+	(*Task)(nil),                  // 6: forge.v1.Task
+	(*SigningKey)(nil),            // 7: forge.v1.SigningKey
+	(*StateChange)(nil),           // 8: forge.v1.StateChange
+	(*TaskInfo)(nil),              // 9: forge.v1.TaskInfo
+	(*AgentInfo)(nil),             // 10: forge.v1.AgentInfo
+	(*JobCounts)(nil),             // 11: forge.v1.JobCounts
+	(*JobInfo)(nil),               // 12: forge.v1.JobInfo
+	(*EnrollmentTokenInfo)(nil),   // 13: forge.v1.EnrollmentTokenInfo
+	nil,                           // 14: forge.v1.AgentInfo.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
 }
 var file_forge_v1_types_proto_depIdxs = []int32{
-	13, // 0: forge.v1.Task.deadline:type_name -> google.protobuf.Timestamp
-	13, // 1: forge.v1.Task.lease_expires_at:type_name -> google.protobuf.Timestamp
-	14, // 2: forge.v1.Task.timeout:type_name -> google.protobuf.Duration
-	0,  // 3: forge.v1.StateChange.state:type_name -> forge.v1.TaskState
-	13, // 4: forge.v1.StateChange.at:type_name -> google.protobuf.Timestamp
-	0,  // 5: forge.v1.TaskInfo.state:type_name -> forge.v1.TaskState
-	13, // 6: forge.v1.TaskInfo.created_at:type_name -> google.protobuf.Timestamp
-	13, // 7: forge.v1.TaskInfo.updated_at:type_name -> google.protobuf.Timestamp
-	6,  // 8: forge.v1.TaskInfo.history:type_name -> forge.v1.StateChange
-	14, // 9: forge.v1.TaskInfo.timeout:type_name -> google.protobuf.Duration
-	13, // 10: forge.v1.TaskInfo.lease_expires_at:type_name -> google.protobuf.Timestamp
-	12, // 11: forge.v1.AgentInfo.labels:type_name -> forge.v1.AgentInfo.LabelsEntry
-	1,  // 12: forge.v1.AgentInfo.status:type_name -> forge.v1.AgentStatus
-	13, // 13: forge.v1.AgentInfo.last_seen_at:type_name -> google.protobuf.Timestamp
-	3,  // 14: forge.v1.AgentInfo.running:type_name -> forge.v1.TaskRef
-	13, // 15: forge.v1.AgentInfo.registered_at:type_name -> google.protobuf.Timestamp
-	9,  // 16: forge.v1.JobInfo.counts:type_name -> forge.v1.JobCounts
-	13, // 17: forge.v1.JobInfo.created_at:type_name -> google.protobuf.Timestamp
-	13, // 18: forge.v1.EnrollmentTokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	13, // 19: forge.v1.EnrollmentTokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	3,  // 0: forge.v1.OutputChunk.stream:type_name -> forge.v1.Stream
+	15, // 1: forge.v1.Task.deadline:type_name -> google.protobuf.Timestamp
+	15, // 2: forge.v1.Task.lease_expires_at:type_name -> google.protobuf.Timestamp
+	16, // 3: forge.v1.Task.timeout:type_name -> google.protobuf.Duration
+	0,  // 4: forge.v1.StateChange.state:type_name -> forge.v1.TaskState
+	15, // 5: forge.v1.StateChange.at:type_name -> google.protobuf.Timestamp
+	0,  // 6: forge.v1.TaskInfo.state:type_name -> forge.v1.TaskState
+	15, // 7: forge.v1.TaskInfo.created_at:type_name -> google.protobuf.Timestamp
+	15, // 8: forge.v1.TaskInfo.updated_at:type_name -> google.protobuf.Timestamp
+	8,  // 9: forge.v1.TaskInfo.history:type_name -> forge.v1.StateChange
+	16, // 10: forge.v1.TaskInfo.timeout:type_name -> google.protobuf.Duration
+	15, // 11: forge.v1.TaskInfo.lease_expires_at:type_name -> google.protobuf.Timestamp
+	14, // 12: forge.v1.AgentInfo.labels:type_name -> forge.v1.AgentInfo.LabelsEntry
+	1,  // 13: forge.v1.AgentInfo.status:type_name -> forge.v1.AgentStatus
+	15, // 14: forge.v1.AgentInfo.last_seen_at:type_name -> google.protobuf.Timestamp
+	5,  // 15: forge.v1.AgentInfo.running:type_name -> forge.v1.TaskRef
+	15, // 16: forge.v1.AgentInfo.registered_at:type_name -> google.protobuf.Timestamp
+	11, // 17: forge.v1.JobInfo.counts:type_name -> forge.v1.JobCounts
+	15, // 18: forge.v1.JobInfo.created_at:type_name -> google.protobuf.Timestamp
+	15, // 19: forge.v1.EnrollmentTokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	15, // 20: forge.v1.EnrollmentTokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_forge_v1_types_proto_init() }
@@ -1410,8 +1542,8 @@ func file_forge_v1_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_forge_v1_types_proto_rawDesc), len(file_forge_v1_types_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   10,
+			NumEnums:      4,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -42,6 +42,9 @@ const (
 	// AgentServiceReportResultProcedure is the fully-qualified name of the AgentService's ReportResult
 	// RPC.
 	AgentServiceReportResultProcedure = "/forge.v1.AgentService/ReportResult"
+	// AgentServiceAppendOutputProcedure is the fully-qualified name of the AgentService's AppendOutput
+	// RPC.
+	AgentServiceAppendOutputProcedure = "/forge.v1.AgentService/AppendOutput"
 	// AgentServiceRotateTokenProcedure is the fully-qualified name of the AgentService's RotateToken
 	// RPC.
 	AgentServiceRotateTokenProcedure = "/forge.v1.AgentService/RotateToken"
@@ -62,6 +65,13 @@ type AgentServiceClient interface {
 	// ReportResult reports the outcome of one attempt. The identical report again is
 	// accepted; a report for another attempt is refused with failed_precondition.
 	ReportResult(context.Context, *connect.Request[v1.ReportResultRequest]) (*connect.Response[v1.ReportResultResponse], error)
+	// AppendOutput sends a chunk of a running attempt's stdout or stderr, so
+	// operators can read it while the task runs (ControlService.ReadOutput). Chunks
+	// of a stream carry their offset: a chunk whose bytes the server already holds
+	// is acknowledged and not stored again (retries are safe); one that would leave
+	// a gap is refused with failed_precondition naming the offset the server
+	// expects. A stale attempt's chunks are refused like its report.
+	AppendOutput(context.Context, *connect.Request[v1.AppendOutputRequest]) (*connect.Response[v1.AppendOutputResponse], error)
 	// RotateToken issues a new agent token. Both tokens work until the new one is
 	// first used; from then on only the new one does.
 	RotateToken(context.Context, *connect.Request[v1.RotateTokenRequest]) (*connect.Response[v1.RotateTokenResponse], error)
@@ -102,6 +112,12 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(agentServiceMethods.ByName("ReportResult")),
 			connect.WithClientOptions(opts...),
 		),
+		appendOutput: connect.NewClient[v1.AppendOutputRequest, v1.AppendOutputResponse](
+			httpClient,
+			baseURL+AgentServiceAppendOutputProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("AppendOutput")),
+			connect.WithClientOptions(opts...),
+		),
 		rotateToken: connect.NewClient[v1.RotateTokenRequest, v1.RotateTokenResponse](
 			httpClient,
 			baseURL+AgentServiceRotateTokenProcedure,
@@ -117,6 +133,7 @@ type agentServiceClient struct {
 	heartbeat    *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
 	poll         *connect.Client[v1.PollRequest, v1.PollResponse]
 	reportResult *connect.Client[v1.ReportResultRequest, v1.ReportResultResponse]
+	appendOutput *connect.Client[v1.AppendOutputRequest, v1.AppendOutputResponse]
 	rotateToken  *connect.Client[v1.RotateTokenRequest, v1.RotateTokenResponse]
 }
 
@@ -140,6 +157,11 @@ func (c *agentServiceClient) ReportResult(ctx context.Context, req *connect.Requ
 	return c.reportResult.CallUnary(ctx, req)
 }
 
+// AppendOutput calls forge.v1.AgentService.AppendOutput.
+func (c *agentServiceClient) AppendOutput(ctx context.Context, req *connect.Request[v1.AppendOutputRequest]) (*connect.Response[v1.AppendOutputResponse], error) {
+	return c.appendOutput.CallUnary(ctx, req)
+}
+
 // RotateToken calls forge.v1.AgentService.RotateToken.
 func (c *agentServiceClient) RotateToken(ctx context.Context, req *connect.Request[v1.RotateTokenRequest]) (*connect.Response[v1.RotateTokenResponse], error) {
 	return c.rotateToken.CallUnary(ctx, req)
@@ -160,6 +182,13 @@ type AgentServiceHandler interface {
 	// ReportResult reports the outcome of one attempt. The identical report again is
 	// accepted; a report for another attempt is refused with failed_precondition.
 	ReportResult(context.Context, *connect.Request[v1.ReportResultRequest]) (*connect.Response[v1.ReportResultResponse], error)
+	// AppendOutput sends a chunk of a running attempt's stdout or stderr, so
+	// operators can read it while the task runs (ControlService.ReadOutput). Chunks
+	// of a stream carry their offset: a chunk whose bytes the server already holds
+	// is acknowledged and not stored again (retries are safe); one that would leave
+	// a gap is refused with failed_precondition naming the offset the server
+	// expects. A stale attempt's chunks are refused like its report.
+	AppendOutput(context.Context, *connect.Request[v1.AppendOutputRequest]) (*connect.Response[v1.AppendOutputResponse], error)
 	// RotateToken issues a new agent token. Both tokens work until the new one is
 	// first used; from then on only the new one does.
 	RotateToken(context.Context, *connect.Request[v1.RotateTokenRequest]) (*connect.Response[v1.RotateTokenResponse], error)
@@ -196,6 +225,12 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(agentServiceMethods.ByName("ReportResult")),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceAppendOutputHandler := connect.NewUnaryHandler(
+		AgentServiceAppendOutputProcedure,
+		svc.AppendOutput,
+		connect.WithSchema(agentServiceMethods.ByName("AppendOutput")),
+		connect.WithHandlerOptions(opts...),
+	)
 	agentServiceRotateTokenHandler := connect.NewUnaryHandler(
 		AgentServiceRotateTokenProcedure,
 		svc.RotateToken,
@@ -212,6 +247,8 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServicePollHandler.ServeHTTP(w, r)
 		case AgentServiceReportResultProcedure:
 			agentServiceReportResultHandler.ServeHTTP(w, r)
+		case AgentServiceAppendOutputProcedure:
+			agentServiceAppendOutputHandler.ServeHTTP(w, r)
 		case AgentServiceRotateTokenProcedure:
 			agentServiceRotateTokenHandler.ServeHTTP(w, r)
 		default:
@@ -237,6 +274,10 @@ func (UnimplementedAgentServiceHandler) Poll(context.Context, *connect.Request[v
 
 func (UnimplementedAgentServiceHandler) ReportResult(context.Context, *connect.Request[v1.ReportResultRequest]) (*connect.Response[v1.ReportResultResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("forge.v1.AgentService.ReportResult is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) AppendOutput(context.Context, *connect.Request[v1.AppendOutputRequest]) (*connect.Response[v1.AppendOutputResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("forge.v1.AgentService.AppendOutput is not implemented"))
 }
 
 func (UnimplementedAgentServiceHandler) RotateToken(context.Context, *connect.Request[v1.RotateTokenRequest]) (*connect.Response[v1.RotateTokenResponse], error) {

@@ -48,6 +48,9 @@ const (
 	ControlServiceGetTaskProcedure = "/forge.v1.ControlService/GetTask"
 	// ControlServiceWaitTaskProcedure is the fully-qualified name of the ControlService's WaitTask RPC.
 	ControlServiceWaitTaskProcedure = "/forge.v1.ControlService/WaitTask"
+	// ControlServiceReadOutputProcedure is the fully-qualified name of the ControlService's ReadOutput
+	// RPC.
+	ControlServiceReadOutputProcedure = "/forge.v1.ControlService/ReadOutput"
 	// ControlServiceListTasksProcedure is the fully-qualified name of the ControlService's ListTasks
 	// RPC.
 	ControlServiceListTasksProcedure = "/forge.v1.ControlService/ListTasks"
@@ -90,6 +93,10 @@ type ControlServiceClient interface {
 	GetTask(context.Context, *connect.Request[v1.GetTaskRequest]) (*connect.Response[v1.GetTaskResponse], error)
 	// WaitTask is GetTask held until the task is terminal or `wait` ends.
 	WaitTask(context.Context, *connect.Request[v1.WaitTaskRequest]) (*connect.Response[v1.WaitTaskResponse], error)
+	// ReadOutput returns a task's output from a cursor, holding the call up to
+	// `wait` until there is more or the task ends. Pass `next_offset` back as the
+	// next `offset` to follow the task as it runs, until `finished`.
+	ReadOutput(context.Context, *connect.Request[v1.ReadOutputRequest]) (*connect.Response[v1.ReadOutputResponse], error)
 	// ListTasks pages through tasks, newest first, filtered by agent, job and state.
 	ListTasks(context.Context, *connect.Request[v1.ListTasksRequest]) (*connect.Response[v1.ListTasksResponse], error)
 	// CancelTask cancels a task: a PENDING one ends CANCELED at once; a RUNNING one
@@ -162,6 +169,12 @@ func NewControlServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(controlServiceMethods.ByName("WaitTask")),
 			connect.WithClientOptions(opts...),
 		),
+		readOutput: connect.NewClient[v1.ReadOutputRequest, v1.ReadOutputResponse](
+			httpClient,
+			baseURL+ControlServiceReadOutputProcedure,
+			connect.WithSchema(controlServiceMethods.ByName("ReadOutput")),
+			connect.WithClientOptions(opts...),
+		),
 		listTasks: connect.NewClient[v1.ListTasksRequest, v1.ListTasksResponse](
 			httpClient,
 			baseURL+ControlServiceListTasksProcedure,
@@ -222,6 +235,7 @@ type controlServiceClient struct {
 	cancelJob             *connect.Client[v1.CancelJobRequest, v1.CancelJobResponse]
 	getTask               *connect.Client[v1.GetTaskRequest, v1.GetTaskResponse]
 	waitTask              *connect.Client[v1.WaitTaskRequest, v1.WaitTaskResponse]
+	readOutput            *connect.Client[v1.ReadOutputRequest, v1.ReadOutputResponse]
 	listTasks             *connect.Client[v1.ListTasksRequest, v1.ListTasksResponse]
 	cancelTask            *connect.Client[v1.CancelTaskRequest, v1.CancelTaskResponse]
 	listAgents            *connect.Client[v1.ListAgentsRequest, v1.ListAgentsResponse]
@@ -265,6 +279,11 @@ func (c *controlServiceClient) GetTask(ctx context.Context, req *connect.Request
 // WaitTask calls forge.v1.ControlService.WaitTask.
 func (c *controlServiceClient) WaitTask(ctx context.Context, req *connect.Request[v1.WaitTaskRequest]) (*connect.Response[v1.WaitTaskResponse], error) {
 	return c.waitTask.CallUnary(ctx, req)
+}
+
+// ReadOutput calls forge.v1.ControlService.ReadOutput.
+func (c *controlServiceClient) ReadOutput(ctx context.Context, req *connect.Request[v1.ReadOutputRequest]) (*connect.Response[v1.ReadOutputResponse], error) {
+	return c.readOutput.CallUnary(ctx, req)
 }
 
 // ListTasks calls forge.v1.ControlService.ListTasks.
@@ -324,6 +343,10 @@ type ControlServiceHandler interface {
 	GetTask(context.Context, *connect.Request[v1.GetTaskRequest]) (*connect.Response[v1.GetTaskResponse], error)
 	// WaitTask is GetTask held until the task is terminal or `wait` ends.
 	WaitTask(context.Context, *connect.Request[v1.WaitTaskRequest]) (*connect.Response[v1.WaitTaskResponse], error)
+	// ReadOutput returns a task's output from a cursor, holding the call up to
+	// `wait` until there is more or the task ends. Pass `next_offset` back as the
+	// next `offset` to follow the task as it runs, until `finished`.
+	ReadOutput(context.Context, *connect.Request[v1.ReadOutputRequest]) (*connect.Response[v1.ReadOutputResponse], error)
 	// ListTasks pages through tasks, newest first, filtered by agent, job and state.
 	ListTasks(context.Context, *connect.Request[v1.ListTasksRequest]) (*connect.Response[v1.ListTasksResponse], error)
 	// CancelTask cancels a task: a PENDING one ends CANCELED at once; a RUNNING one
@@ -392,6 +415,12 @@ func NewControlServiceHandler(svc ControlServiceHandler, opts ...connect.Handler
 		connect.WithSchema(controlServiceMethods.ByName("WaitTask")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlServiceReadOutputHandler := connect.NewUnaryHandler(
+		ControlServiceReadOutputProcedure,
+		svc.ReadOutput,
+		connect.WithSchema(controlServiceMethods.ByName("ReadOutput")),
+		connect.WithHandlerOptions(opts...),
+	)
 	controlServiceListTasksHandler := connect.NewUnaryHandler(
 		ControlServiceListTasksProcedure,
 		svc.ListTasks,
@@ -456,6 +485,8 @@ func NewControlServiceHandler(svc ControlServiceHandler, opts ...connect.Handler
 			controlServiceGetTaskHandler.ServeHTTP(w, r)
 		case ControlServiceWaitTaskProcedure:
 			controlServiceWaitTaskHandler.ServeHTTP(w, r)
+		case ControlServiceReadOutputProcedure:
+			controlServiceReadOutputHandler.ServeHTTP(w, r)
 		case ControlServiceListTasksProcedure:
 			controlServiceListTasksHandler.ServeHTTP(w, r)
 		case ControlServiceCancelTaskProcedure:
@@ -507,6 +538,10 @@ func (UnimplementedControlServiceHandler) GetTask(context.Context, *connect.Requ
 
 func (UnimplementedControlServiceHandler) WaitTask(context.Context, *connect.Request[v1.WaitTaskRequest]) (*connect.Response[v1.WaitTaskResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("forge.v1.ControlService.WaitTask is not implemented"))
+}
+
+func (UnimplementedControlServiceHandler) ReadOutput(context.Context, *connect.Request[v1.ReadOutputRequest]) (*connect.Response[v1.ReadOutputResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("forge.v1.ControlService.ReadOutput is not implemented"))
 }
 
 func (UnimplementedControlServiceHandler) ListTasks(context.Context, *connect.Request[v1.ListTasksRequest]) (*connect.Response[v1.ListTasksResponse], error) {

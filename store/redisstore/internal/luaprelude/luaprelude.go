@@ -64,10 +64,17 @@ func groups() []group {
 			{"CANCEL_REQUEST", int(store.CancelRequest)},
 			{"CANCEL_REFUSE", int(store.CancelRefuse)},
 		}},
-		{"Watch-key prefixes (store.AgentKey, store.TaskKey, store.JobKey).", []constant{
+		{"Watch-key prefixes (store.AgentKey, store.TaskKey, store.OutputKey, store.JobKey).", []constant{
 			{"WATCH_AGENT", store.AgentKey("")},
 			{"WATCH_TASK", store.TaskKey("")},
+			{"WATCH_OUTPUT", store.OutputKey("")},
 			{"WATCH_JOB", store.JobKey("")},
+		}},
+		{"Output streams and the sizes of kept output (store.Stream, store.OutputPieceMax,\n-- store.OutputPieceCost).", []constant{
+			{"STREAM_STDOUT", int(store.StreamStdout)},
+			{"STREAM_STDERR", int(store.StreamStderr)},
+			{"OUTPUT_PIECE_MAX", store.OutputPieceMax},
+			{"OUTPUT_PIECE_COST", store.OutputPieceCost},
 		}},
 		{"Reasons of a task's history (store.Reason*, store.Fmt*).", []constant{
 			{"REASON_DISPATCHED", store.ReasonDispatched},
@@ -87,6 +94,8 @@ func groups() []group {
 			{"MSG_AGENT_REVOKED", store.MsgAgentRevoked},
 			{"MSG_ENROLL_TOKEN", store.MsgEnrollToken},
 			{"MSG_BAD_OUTCOME", store.MsgBadOutcome},
+			{"MSG_BAD_STREAM", store.MsgBadStream},
+			{"MSG_BAD_OFFSET", store.MsgBadOffset},
 			{"MSG_ID_TAKEN", MsgIDTaken},
 			{"FMT_AGENT_NOT_FOUND", store.FmtAgentNotFound},
 			{"FMT_TASK_NOT_FOUND", store.FmtTaskNotFound},
@@ -96,6 +105,7 @@ func groups() []group {
 			{"FMT_TASK_ENDED", store.FmtTaskEnded},
 			{"FMT_STALE_ENDED", store.FmtStaleEnded},
 			{"FMT_STALE", store.FmtStale},
+			{"FMT_OUTPUT_GAP", store.FmtOutputGap},
 			{"FMT_ENROLL_REVOKED", store.FmtEnrollRevoked},
 			{"FMT_ENROLL_EXPIRED", store.FmtEnrollExpired},
 			{"FMT_ENROLL_USED_UP", store.FmtEnrollUsedUp},
@@ -109,6 +119,9 @@ func groups() []group {
 const rules = `
 -- STATE_NAMES[st] is store.TaskState.String for the states above.
 local STATE_NAMES = {{{STATE_NAMES}}}
+
+-- STREAM_NAMES[s] is store.Stream.String for the streams above.
+local STREAM_NAMES = {{{STREAM_NAMES}}}
 
 -- fail is a script's error answer: a code (E_*) and a message for the caller.
 local function fail(code, msg) return {'E', code, msg} end
@@ -174,6 +187,66 @@ local function cancelAction(mode, st)
   return CANCEL_SKIP
 end
 
+-- checkAppend is store.CheckAppend: st and cur (attempt) are the task's; held is
+-- what the store holds of stream s for attempt att (0 when the kept output is an
+-- older attempt's); off and n are the chunk's offset and length. It answers how
+-- many of the chunk's first bytes are held already, or an error answer.
+local function checkAppend(tid, st, cur, att, s, held, off, n)
+  if s ~= STREAM_STDOUT and s ~= STREAM_STDERR then return fail(E_INVALID, MSG_BAD_STREAM) end
+  if off < 0 then return fail(E_INVALID, MSG_BAD_OFFSET) end
+  if st > RUNNING then
+    if cur == att and off + n <= held then return n end
+    if cur ~= att then
+      return fail(E_PRECONDITION, string.format(FMT_STALE_ENDED, att, q(tid), STATE_NAMES[st], cur))
+    end
+    return fail(E_PRECONDITION, string.format(FMT_TASK_ENDED, q(tid), STATE_NAMES[st]))
+  end
+  if st ~= RUNNING or cur ~= att then
+    return fail(E_PRECONDITION, string.format(FMT_STALE, att, q(tid), cur, STATE_NAMES[st]))
+  end
+  if off > held then
+    return fail(E_PRECONDITION, string.format(FMT_OUTPUT_GAP, STREAM_NAMES[s], off, att, q(tid), held))
+  end
+  return math.min(held - off, n)
+end
+
+-- outputLimits is store.OutputLimits: the most bytes head and tail keep under
+-- cap, and the most pieces each holds.
+local function outputLimits(cap)
+  local head = math.floor(cap / 2)
+  return head, cap - head, math.max(math.floor(cap / OUTPUT_PIECE_COST), 16)
+end
+
+-- outputMergeRoom is store.OutputMergeRoom: how many bytes of stream s may extend
+-- a region's last piece, of stream last (0: none) and length n.
+local function outputMergeRoom(last, n, s)
+  if last ~= s or n >= OUTPUT_PIECE_MAX then return 0 end
+  return OUTPUT_PIECE_MAX - n
+end
+
+-- outputHeadTake is store.OutputHeadTake: how many of n new bytes go to the head.
+local function outputHeadTake(total, hb, hn, merge, n, cap)
+  local headMax, _, maxPieces = outputLimits(cap)
+  if total > hb then return 0 end
+  local room = math.min(headMax - hb, merge + (maxPieces - hn) * OUTPUT_PIECE_MAX)
+  return math.max(math.min(n, room), 0)
+end
+
+-- outputTailOver is store.OutputTailOver: whether the tail holds more than cap allows.
+local function outputTailOver(tb, tn, cap)
+  local _, tailMax, maxPieces = outputLimits(cap)
+  return tb > tailMax or tn > maxPieces
+end
+
+-- outputTrim is store.OutputTrim: how many bytes to drop from the front of an
+-- over-full tail's first piece, first bytes long.
+local function outputTrim(tb, tn, first, cap)
+  local _, tailMax, maxPieces = outputLimits(cap)
+  if tn > maxPieces or tb - first >= tailMax then return first end
+  if tb > tailMax then return tb - tailMax end
+  return 0
+end
+
 -- enrollCheck is store.CheckEnrollment, after the secret matched: rev and exp are
 -- the token's revocation and expiry times (ms, 0: none), now the time (ms), max
 -- and uses its use limit (0: none) and count. It answers nil or an error answer.
@@ -218,7 +291,12 @@ func Source() []byte {
 	for st := store.StatePending; st <= store.StateLost; st++ {
 		names = append(names, literal(st.String()))
 	}
-	b.WriteString(strings.Replace(rules, "{{STATE_NAMES}}", strings.Join(names, ", "), 1))
+	var streams []string
+	for s := store.StreamStdout; s <= store.StreamStderr; s++ {
+		streams = append(streams, literal(s.String()))
+	}
+	r := strings.Replace(rules, "{{STATE_NAMES}}", strings.Join(names, ", "), 1)
+	b.WriteString(strings.Replace(r, "{{STREAM_NAMES}}", strings.Join(streams, ", "), 1))
 	return b.Bytes()
 }
 

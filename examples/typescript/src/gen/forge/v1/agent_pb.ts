@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Outcome, SigningKey, Task, TaskRef, TaskState } from "./types_pb.js";
+import type { Outcome, SigningKey, Stream, Task, TaskRef, TaskState } from "./types_pb.js";
 import { file_forge_v1_types } from "./types_pb.js";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file forge/v1/agent.proto.
  */
 export const file_forge_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChRmb3JnZS92MS9hZ2VudC5wcm90bxIIZm9yZ2UudjEi1wEKD1JlZ2lzdGVyUmVxdWVzdBIMCgRuYW1lGAEgASgJEjUKBmxhYmVscxgCIAMoCzIlLmZvcmdlLnYxLlJlZ2lzdGVyUmVxdWVzdC5MYWJlbHNFbnRyeRIQCghob3N0bmFtZRgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEhIKCnRhc2tfdHlwZXMYBSADKAkSGQoRcHJldmlvdXNfYWdlbnRfaWQYBiABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLKAQoQUmVnaXN0ZXJSZXNwb25zZRIQCghhZ2VudF9pZBgBIAEoCRITCgthZ2VudF90b2tlbhgCIAEoCRIsCglwb2xsX3dhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNQoSaGVhcnRiZWF0X2ludGVydmFsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKDHNpZ25pbmdfa2V5cxgFIAMoCzIULmZvcmdlLnYxLlNpZ25pbmdLZXkiSAoQSGVhcnRiZWF0UmVxdWVzdBIiCgdydW5uaW5nGAEgAygLMhEuZm9yZ2UudjEuVGFza1JlZhIQCghkcmFpbmluZxgCIAEoCCKgAQoRSGVhcnRiZWF0UmVzcG9uc2USIQoGY2FuY2VsGAEgAygLMhEuZm9yZ2UudjEuVGFza1JlZhIiCgdhYmFuZG9uGAIgAygLMhEuZm9yZ2UudjEuVGFza1JlZhINCgVkcmFpbhgDIAEoCBI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iXAoLUG9sbFJlcXVlc3QSFgoJbWF4X3Rhc2tzGAEgASgFSACIAQESJwoEd2FpdBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIMCgpfbWF4X3Rhc2tzIlEKDFBvbGxSZXNwb25zZRIdCgV0YXNrcxgBIAMoCzIOLmZvcmdlLnYxLlRhc2sSIgoHY2FuY2VscxgCIAMoCzIRLmZvcmdlLnYxLlRhc2tSZWYivAEKE1JlcG9ydFJlc3VsdFJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgFEiIKB291dGNvbWUYAyABKA4yES5mb3JnZS52MS5PdXRjb21lEg4KBm91dHB1dBgEIAEoDBIRCglleGl0X2NvZGUYBSABKAUSDQoFZXJyb3IYBiABKAkSGAoQb3V0cHV0X3RydW5jYXRlZBgHIAEoCBITCgtvdXRwdXRfc2l6ZRgIIAEoAyI6ChRSZXBvcnRSZXN1bHRSZXNwb25zZRIiCgVzdGF0ZRgBIAEoDjITLmZvcmdlLnYxLlRhc2tTdGF0ZSIUChJSb3RhdGVUb2tlblJlcXVlc3QiKgoTUm90YXRlVG9rZW5SZXNwb25zZRITCgthZ2VudF90b2tlbhgBIAEoCTLzAgoMQWdlbnRTZXJ2aWNlEkMKCFJlZ2lzdGVyEhkuZm9yZ2UudjEuUmVnaXN0ZXJSZXF1ZXN0GhouZm9yZ2UudjEuUmVnaXN0ZXJSZXNwb25zZSIAEkYKCUhlYXJ0YmVhdBIaLmZvcmdlLnYxLkhlYXJ0YmVhdFJlcXVlc3QaGy5mb3JnZS52MS5IZWFydGJlYXRSZXNwb25zZSIAEjcKBFBvbGwSFS5mb3JnZS52MS5Qb2xsUmVxdWVzdBoWLmZvcmdlLnYxLlBvbGxSZXNwb25zZSIAEk8KDFJlcG9ydFJlc3VsdBIdLmZvcmdlLnYxLlJlcG9ydFJlc3VsdFJlcXVlc3QaHi5mb3JnZS52MS5SZXBvcnRSZXN1bHRSZXNwb25zZSIAEkwKC1JvdGF0ZVRva2VuEhwuZm9yZ2UudjEuUm90YXRlVG9rZW5SZXF1ZXN0Gh0uZm9yZ2UudjEuUm90YXRlVG9rZW5SZXNwb25zZSIAYgZwcm90bzM", [file_forge_v1_types, file_google_protobuf_duration]);
+  fileDesc("ChRmb3JnZS92MS9hZ2VudC5wcm90bxIIZm9yZ2UudjEi1wEKD1JlZ2lzdGVyUmVxdWVzdBIMCgRuYW1lGAEgASgJEjUKBmxhYmVscxgCIAMoCzIlLmZvcmdlLnYxLlJlZ2lzdGVyUmVxdWVzdC5MYWJlbHNFbnRyeRIQCghob3N0bmFtZRgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEhIKCnRhc2tfdHlwZXMYBSADKAkSGQoRcHJldmlvdXNfYWdlbnRfaWQYBiABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLKAQoQUmVnaXN0ZXJSZXNwb25zZRIQCghhZ2VudF9pZBgBIAEoCRITCgthZ2VudF90b2tlbhgCIAEoCRIsCglwb2xsX3dhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNQoSaGVhcnRiZWF0X2ludGVydmFsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKDHNpZ25pbmdfa2V5cxgFIAMoCzIULmZvcmdlLnYxLlNpZ25pbmdLZXkiSAoQSGVhcnRiZWF0UmVxdWVzdBIiCgdydW5uaW5nGAEgAygLMhEuZm9yZ2UudjEuVGFza1JlZhIQCghkcmFpbmluZxgCIAEoCCKgAQoRSGVhcnRiZWF0UmVzcG9uc2USIQoGY2FuY2VsGAEgAygLMhEuZm9yZ2UudjEuVGFza1JlZhIiCgdhYmFuZG9uGAIgAygLMhEuZm9yZ2UudjEuVGFza1JlZhINCgVkcmFpbhgDIAEoCBI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iXAoLUG9sbFJlcXVlc3QSFgoJbWF4X3Rhc2tzGAEgASgFSACIAQESJwoEd2FpdBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIMCgpfbWF4X3Rhc2tzIlEKDFBvbGxSZXNwb25zZRIdCgV0YXNrcxgBIAMoCzIOLmZvcmdlLnYxLlRhc2sSIgoHY2FuY2VscxgCIAMoCzIRLmZvcmdlLnYxLlRhc2tSZWYivAEKE1JlcG9ydFJlc3VsdFJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgFEiIKB291dGNvbWUYAyABKA4yES5mb3JnZS52MS5PdXRjb21lEg4KBm91dHB1dBgEIAEoDBIRCglleGl0X2NvZGUYBSABKAUSDQoFZXJyb3IYBiABKAkSGAoQb3V0cHV0X3RydW5jYXRlZBgHIAEoCBITCgtvdXRwdXRfc2l6ZRgIIAEoAyI6ChRSZXBvcnRSZXN1bHRSZXNwb25zZRIiCgVzdGF0ZRgBIAEoDjITLmZvcmdlLnYxLlRhc2tTdGF0ZSJ3ChNBcHBlbmRPdXRwdXRSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoBRIgCgZzdHJlYW0YAyABKA4yEC5mb3JnZS52MS5TdHJlYW0SDgoGb2Zmc2V0GAQgASgDEgwKBGRhdGEYBSABKAwiKwoUQXBwZW5kT3V0cHV0UmVzcG9uc2USEwoLbmV4dF9vZmZzZXQYASABKAMiFAoSUm90YXRlVG9rZW5SZXF1ZXN0IioKE1JvdGF0ZVRva2VuUmVzcG9uc2USEwoLYWdlbnRfdG9rZW4YASABKAkyxAMKDEFnZW50U2VydmljZRJDCghSZWdpc3RlchIZLmZvcmdlLnYxLlJlZ2lzdGVyUmVxdWVzdBoaLmZvcmdlLnYxLlJlZ2lzdGVyUmVzcG9uc2UiABJGCglIZWFydGJlYXQSGi5mb3JnZS52MS5IZWFydGJlYXRSZXF1ZXN0GhsuZm9yZ2UudjEuSGVhcnRiZWF0UmVzcG9uc2UiABI3CgRQb2xsEhUuZm9yZ2UudjEuUG9sbFJlcXVlc3QaFi5mb3JnZS52MS5Qb2xsUmVzcG9uc2UiABJPCgxSZXBvcnRSZXN1bHQSHS5mb3JnZS52MS5SZXBvcnRSZXN1bHRSZXF1ZXN0Gh4uZm9yZ2UudjEuUmVwb3J0UmVzdWx0UmVzcG9uc2UiABJPCgxBcHBlbmRPdXRwdXQSHS5mb3JnZS52MS5BcHBlbmRPdXRwdXRSZXF1ZXN0Gh4uZm9yZ2UudjEuQXBwZW5kT3V0cHV0UmVzcG9uc2UiABJMCgtSb3RhdGVUb2tlbhIcLmZvcmdlLnYxLlJvdGF0ZVRva2VuUmVxdWVzdBodLmZvcmdlLnYxLlJvdGF0ZVRva2VuUmVzcG9uc2UiAGIGcHJvdG8z", [file_forge_v1_types, file_google_protobuf_duration]);
 
 /**
  * RegisterRequest describes the agent being enrolled.
@@ -282,7 +282,8 @@ export type ReportResultRequest = Message<"forge.v1.ReportResultRequest"> & {
   outcome: Outcome;
 
   /**
-   * Output of the handler (stdout+stderr for `exec`); the server caps it.
+   * Output the handler returned, added to the attempt's stdout after what was
+   * streamed with AppendOutput (which need not be sent again); the server caps it.
    *
    * @generated from field: bytes output = 4;
    */
@@ -310,7 +311,8 @@ export type ReportResultRequest = Message<"forge.v1.ReportResultRequest"> & {
   outputTruncated: boolean;
 
   /**
-   * The full size of the output before any cap; zero means len(output).
+   * The full size of the attempt's output (streamed and returned) before any cap;
+   * zero means what the server received.
    *
    * @generated from field: int64 output_size = 8;
    */
@@ -347,6 +349,78 @@ export const ReportResultResponseSchema: GenMessage<ReportResultResponse> = /*@_
   messageDesc(file_forge_v1_agent, 7);
 
 /**
+ * AppendOutputRequest carries one chunk of an attempt's output.
+ *
+ * @generated from message forge.v1.AppendOutputRequest
+ */
+export type AppendOutputRequest = Message<"forge.v1.AppendOutputRequest"> & {
+  /**
+   * The task's id.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * The attempt the output belongs to, as received in the Task.
+   *
+   * @generated from field: int32 attempt = 2;
+   */
+  attempt: number;
+
+  /**
+   * STREAM_STDOUT or STREAM_STDERR.
+   *
+   * @generated from field: forge.v1.Stream stream = 3;
+   */
+  stream: Stream;
+
+  /**
+   * How many bytes of this stream of this attempt were sent before `data`: the
+   * offset of its first byte. Each stream counts from 0.
+   *
+   * @generated from field: int64 offset = 4;
+   */
+  offset: bigint;
+
+  /**
+   * The bytes; at most the server's chunk limit (1 MiB). Empty asks what the
+   * server holds.
+   *
+   * @generated from field: bytes data = 5;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message forge.v1.AppendOutputRequest.
+ * Use `create(AppendOutputRequestSchema)` to create a new message.
+ */
+export const AppendOutputRequestSchema: GenMessage<AppendOutputRequest> = /*@__PURE__*/
+  messageDesc(file_forge_v1_agent, 8);
+
+/**
+ * AppendOutputResponse acknowledges a chunk.
+ *
+ * @generated from message forge.v1.AppendOutputResponse
+ */
+export type AppendOutputResponse = Message<"forge.v1.AppendOutputResponse"> & {
+  /**
+   * How many bytes of this stream the server holds: the offset of the next chunk.
+   *
+   * @generated from field: int64 next_offset = 1;
+   */
+  nextOffset: bigint;
+};
+
+/**
+ * Describes the message forge.v1.AppendOutputResponse.
+ * Use `create(AppendOutputResponseSchema)` to create a new message.
+ */
+export const AppendOutputResponseSchema: GenMessage<AppendOutputResponse> = /*@__PURE__*/
+  messageDesc(file_forge_v1_agent, 9);
+
+/**
  * RotateTokenRequest asks for a new agent token.
  *
  * @generated from message forge.v1.RotateTokenRequest
@@ -359,7 +433,7 @@ export type RotateTokenRequest = Message<"forge.v1.RotateTokenRequest"> & {
  * Use `create(RotateTokenRequestSchema)` to create a new message.
  */
 export const RotateTokenRequestSchema: GenMessage<RotateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_agent, 8);
+  messageDesc(file_forge_v1_agent, 10);
 
 /**
  * RotateTokenResponse carries the new token.
@@ -380,7 +454,7 @@ export type RotateTokenResponse = Message<"forge.v1.RotateTokenResponse"> & {
  * Use `create(RotateTokenResponseSchema)` to create a new message.
  */
 export const RotateTokenResponseSchema: GenMessage<RotateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_agent, 9);
+  messageDesc(file_forge_v1_agent, 11);
 
 /**
  * AgentService is called by agents. Register takes an enrollment token
@@ -440,6 +514,21 @@ export const AgentService: GenService<{
     methodKind: "unary";
     input: typeof ReportResultRequestSchema;
     output: typeof ReportResultResponseSchema;
+  },
+  /**
+   * AppendOutput sends a chunk of a running attempt's stdout or stderr, so
+   * operators can read it while the task runs (ControlService.ReadOutput). Chunks
+   * of a stream carry their offset: a chunk whose bytes the server already holds
+   * is acknowledged and not stored again (retries are safe); one that would leave
+   * a gap is refused with failed_precondition naming the offset the server
+   * expects. A stale attempt's chunks are refused like its report.
+   *
+   * @generated from rpc forge.v1.AgentService.AppendOutput
+   */
+  appendOutput: {
+    methodKind: "unary";
+    input: typeof AppendOutputRequestSchema;
+    output: typeof AppendOutputResponseSchema;
   },
   /**
    * RotateToken issues a new agent token. Both tokens work until the new one is

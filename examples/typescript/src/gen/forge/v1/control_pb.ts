@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { AgentInfo, AgentStatus, EnrollmentTokenInfo, JobCounts, JobInfo, TaskInfo, TaskState } from "./types_pb.js";
+import type { AgentInfo, AgentStatus, EnrollmentTokenInfo, JobCounts, JobInfo, OutputChunk, TaskInfo, TaskState } from "./types_pb.js";
 import { file_forge_v1_types } from "./types_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file forge/v1/control.proto.
  */
 export const file_forge_v1_control: GenFile = /*@__PURE__*/
-  fileDesc("ChZmb3JnZS92MS9jb250cm9sLnByb3RvEghmb3JnZS52MSKEAwoPRGlzcGF0Y2hSZXF1ZXN0EgwKBHR5cGUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBISCghhZ2VudF9pZBgDIAEoCUgAEhIKCHNlbGVjdG9yGAQgASgJSAASDQoDYWxsGAUgASgISAASFAoKYWdlbnRfbmFtZRgOIAEoCUgAEioKB3RpbWVvdXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZGVsaXZlcnlfdHRsGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDG1heF9hdHRlbXB0cxgIIAEoBRIXCg9tYXhfY29uY3VycmVuY3kYCSABKAUSFAoMbWF4X2ZhaWx1cmVzGAogASgFEhcKD2lkZW1wb3RlbmN5X2tleRgLIAEoCRInCgR3YWl0GAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhcKD2luY2x1ZGVfb2ZmbGluZRgNIAEoCEIICgZ0YXJnZXQifAoQRGlzcGF0Y2hSZXNwb25zZRIOCgZqb2JfaWQYASABKAkSEAoIdGFza19pZHMYAiADKAkSIQoFdGFza3MYAyADKAsyEi5mb3JnZS52MS5UYXNrSW5mbxIjCgZjb3VudHMYBCABKAsyEy5mb3JnZS52MS5Kb2JDb3VudHMiRgoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkibAoOR2V0Sm9iUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZm9yZ2UudjEuSm9iSW5mbxIhCgV0YXNrcxgCIAMoCzISLmZvcmdlLnYxLlRhc2tJbmZvEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSJwCg5XYWl0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSJwoEd2FpdBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJtCg9XYWl0Sm9iUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZm9yZ2UudjEuSm9iSW5mbxIhCgV0YXNrcxgCIAMoCzISLmZvcmdlLnYxLlRhc2tJbmZvEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSI4Cg9MaXN0Sm9ic1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiTAoQTGlzdEpvYnNSZXNwb25zZRIfCgRqb2JzGAEgAygLMhEuZm9yZ2UudjEuSm9iSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjMKEUNhbmNlbEpvYlJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLmZvcmdlLnYxLkpvYkluZm8iIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIzCg9HZXRUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmZvcmdlLnYxLlRhc2tJbmZvIksKD1dhaXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEicKBHdhaXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iNAoQV2FpdFRhc2tSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuZm9yZ2UudjEuVGFza0luZm8ifwoQTGlzdFRhc2tzUmVxdWVzdBIQCghhZ2VudF9pZBgBIAEoCRIOCgZqb2JfaWQYAiABKAkSIgoFc3RhdGUYAyABKA4yEy5mb3JnZS52MS5UYXNrU3RhdGUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiTwoRTGlzdFRhc2tzUmVzcG9uc2USIQoFdGFza3MYASADKAsyEi5mb3JnZS52MS5UYXNrSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiNAoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNgoSQ2FuY2VsVGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5mb3JnZS52MS5UYXNrSW5mbyKBAQoRTGlzdEFnZW50c1JlcXVlc3QSEAoIc2VsZWN0b3IYASABKAkSJQoGc3RhdHVzGAIgASgOMhUuZm9yZ2UudjEuQWdlbnRTdGF0dXMSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSDAoEbmFtZRgFIAEoCSJSChJMaXN0QWdlbnRzUmVzcG9uc2USIwoGYWdlbnRzGAEgAygLMhMuZm9yZ2UudjEuQWdlbnRJbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIjCg9HZXRBZ2VudFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkiNgoQR2V0QWdlbnRSZXNwb25zZRIiCgVhZ2VudBgBIAEoCzITLmZvcmdlLnYxLkFnZW50SW5mbyI2ChJSZXZva2VBZ2VudFJlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjkKE1Jldm9rZUFnZW50UmVzcG9uc2USIgoFYWdlbnQYASABKAsyEy5mb3JnZS52MS5BZ2VudEluZm8ibQocQ3JlYXRlRW5yb2xsbWVudFRva2VuUmVxdWVzdBITCgtkZXNjcmlwdGlvbhgBIAEoCRIQCghtYXhfdXNlcxgCIAEoBRImCgN0dGwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iWwodQ3JlYXRlRW5yb2xsbWVudFRva2VuUmVzcG9uc2USDQoFdG9rZW4YASABKAkSKwoEaW5mbxgCIAEoCzIdLmZvcmdlLnYxLkVucm9sbG1lbnRUb2tlbkluZm8iHQobTGlzdEVucm9sbG1lbnRUb2tlbnNSZXF1ZXN0Ik0KHExpc3RFbnJvbGxtZW50VG9rZW5zUmVzcG9uc2USLQoGdG9rZW5zGAEgAygLMh0uZm9yZ2UudjEuRW5yb2xsbWVudFRva2VuSW5mbyIqChxSZXZva2VFbnJvbGxtZW50VG9rZW5SZXF1ZXN0EgoKAmlkGAEgASgJInwKHVJldm9rZUVucm9sbG1lbnRUb2tlblJlc3BvbnNlEisKBGluZm8YASABKAsyHS5mb3JnZS52MS5FbnJvbGxtZW50VG9rZW5JbmZvEi4KCnJldm9rZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wMpwJCg5Db250cm9sU2VydmljZRJDCghEaXNwYXRjaBIZLmZvcmdlLnYxLkRpc3BhdGNoUmVxdWVzdBoaLmZvcmdlLnYxLkRpc3BhdGNoUmVzcG9uc2UiABI9CgZHZXRKb2ISFy5mb3JnZS52MS5HZXRKb2JSZXF1ZXN0GhguZm9yZ2UudjEuR2V0Sm9iUmVzcG9uc2UiABJACgdXYWl0Sm9iEhguZm9yZ2UudjEuV2FpdEpvYlJlcXVlc3QaGS5mb3JnZS52MS5XYWl0Sm9iUmVzcG9uc2UiABJDCghMaXN0Sm9icxIZLmZvcmdlLnYxLkxpc3RKb2JzUmVxdWVzdBoaLmZvcmdlLnYxLkxpc3RKb2JzUmVzcG9uc2UiABJGCglDYW5jZWxKb2ISGi5mb3JnZS52MS5DYW5jZWxKb2JSZXF1ZXN0GhsuZm9yZ2UudjEuQ2FuY2VsSm9iUmVzcG9uc2UiABJACgdHZXRUYXNrEhguZm9yZ2UudjEuR2V0VGFza1JlcXVlc3QaGS5mb3JnZS52MS5HZXRUYXNrUmVzcG9uc2UiABJDCghXYWl0VGFzaxIZLmZvcmdlLnYxLldhaXRUYXNrUmVxdWVzdBoaLmZvcmdlLnYxLldhaXRUYXNrUmVzcG9uc2UiABJGCglMaXN0VGFza3MSGi5mb3JnZS52MS5MaXN0VGFza3NSZXF1ZXN0GhsuZm9yZ2UudjEuTGlzdFRhc2tzUmVzcG9uc2UiABJJCgpDYW5jZWxUYXNrEhsuZm9yZ2UudjEuQ2FuY2VsVGFza1JlcXVlc3QaHC5mb3JnZS52MS5DYW5jZWxUYXNrUmVzcG9uc2UiABJJCgpMaXN0QWdlbnRzEhsuZm9yZ2UudjEuTGlzdEFnZW50c1JlcXVlc3QaHC5mb3JnZS52MS5MaXN0QWdlbnRzUmVzcG9uc2UiABJDCghHZXRBZ2VudBIZLmZvcmdlLnYxLkdldEFnZW50UmVxdWVzdBoaLmZvcmdlLnYxLkdldEFnZW50UmVzcG9uc2UiABJMCgtSZXZva2VBZ2VudBIcLmZvcmdlLnYxLlJldm9rZUFnZW50UmVxdWVzdBodLmZvcmdlLnYxLlJldm9rZUFnZW50UmVzcG9uc2UiABJqChVDcmVhdGVFbnJvbGxtZW50VG9rZW4SJi5mb3JnZS52MS5DcmVhdGVFbnJvbGxtZW50VG9rZW5SZXF1ZXN0GicuZm9yZ2UudjEuQ3JlYXRlRW5yb2xsbWVudFRva2VuUmVzcG9uc2UiABJnChRMaXN0RW5yb2xsbWVudFRva2VucxIlLmZvcmdlLnYxLkxpc3RFbnJvbGxtZW50VG9rZW5zUmVxdWVzdBomLmZvcmdlLnYxLkxpc3RFbnJvbGxtZW50VG9rZW5zUmVzcG9uc2UiABJqChVSZXZva2VFbnJvbGxtZW50VG9rZW4SJi5mb3JnZS52MS5SZXZva2VFbnJvbGxtZW50VG9rZW5SZXF1ZXN0GicuZm9yZ2UudjEuUmV2b2tlRW5yb2xsbWVudFRva2VuUmVzcG9uc2UiAGIGcHJvdG8z", [file_forge_v1_types, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZmb3JnZS92MS9jb250cm9sLnByb3RvEghmb3JnZS52MSKEAwoPRGlzcGF0Y2hSZXF1ZXN0EgwKBHR5cGUYASABKAkSDwoHcGF5bG9hZBgCIAEoDBISCghhZ2VudF9pZBgDIAEoCUgAEhIKCHNlbGVjdG9yGAQgASgJSAASDQoDYWxsGAUgASgISAASFAoKYWdlbnRfbmFtZRgOIAEoCUgAEioKB3RpbWVvdXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMZGVsaXZlcnlfdHRsGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhQKDG1heF9hdHRlbXB0cxgIIAEoBRIXCg9tYXhfY29uY3VycmVuY3kYCSABKAUSFAoMbWF4X2ZhaWx1cmVzGAogASgFEhcKD2lkZW1wb3RlbmN5X2tleRgLIAEoCRInCgR3YWl0GAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhcKD2luY2x1ZGVfb2ZmbGluZRgNIAEoCEIICgZ0YXJnZXQifAoQRGlzcGF0Y2hSZXNwb25zZRIOCgZqb2JfaWQYASABKAkSEAoIdGFza19pZHMYAiADKAkSIQoFdGFza3MYAyADKAsyEi5mb3JnZS52MS5UYXNrSW5mbxIjCgZjb3VudHMYBCABKAsyEy5mb3JnZS52MS5Kb2JDb3VudHMiRgoNR2V0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkibAoOR2V0Sm9iUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZm9yZ2UudjEuSm9iSW5mbxIhCgV0YXNrcxgCIAMoCzISLmZvcmdlLnYxLlRhc2tJbmZvEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSJwCg5XYWl0Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSJwoEd2FpdBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJtCg9XYWl0Sm9iUmVzcG9uc2USHgoDam9iGAEgASgLMhEuZm9yZ2UudjEuSm9iSW5mbxIhCgV0YXNrcxgCIAMoCzISLmZvcmdlLnYxLlRhc2tJbmZvEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSI4Cg9MaXN0Sm9ic1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiTAoQTGlzdEpvYnNSZXNwb25zZRIfCgRqb2JzGAEgAygLMhEuZm9yZ2UudjEuSm9iSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMgoQQ2FuY2VsSm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjMKEUNhbmNlbEpvYlJlc3BvbnNlEh4KA2pvYhgBIAEoCzIRLmZvcmdlLnYxLkpvYkluZm8iIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIzCg9HZXRUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmZvcmdlLnYxLlRhc2tJbmZvIksKD1dhaXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEicKBHdhaXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iNAoQV2FpdFRhc2tSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuZm9yZ2UudjEuVGFza0luZm8iXQoRUmVhZE91dHB1dFJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIOCgZvZmZzZXQYAiABKAMSJwoEd2FpdBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKGAQoSUmVhZE91dHB1dFJlc3BvbnNlEiUKBmNodW5rcxgBIAMoCzIVLmZvcmdlLnYxLk91dHB1dENodW5rEhMKC25leHRfb2Zmc2V0GAIgASgDEhAKCGZpbmlzaGVkGAMgASgIEiIKBXN0YXRlGAQgASgOMhMuZm9yZ2UudjEuVGFza1N0YXRlIn8KEExpc3RUYXNrc1JlcXVlc3QSEAoIYWdlbnRfaWQYASABKAkSDgoGam9iX2lkGAIgASgJEiIKBXN0YXRlGAMgASgOMhMuZm9yZ2UudjEuVGFza1N0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIk8KEUxpc3RUYXNrc1Jlc3BvbnNlEiEKBXRhc2tzGAEgAygLMhIuZm9yZ2UudjEuVGFza0luZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjQKEUNhbmNlbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjYKEkNhbmNlbFRhc2tSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuZm9yZ2UudjEuVGFza0luZm8igQEKEUxpc3RBZ2VudHNSZXF1ZXN0EhAKCHNlbGVjdG9yGAEgASgJEiUKBnN0YXR1cxgCIAEoDjIVLmZvcmdlLnYxLkFnZW50U3RhdHVzEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEgwKBG5hbWUYBSABKAkiUgoSTGlzdEFnZW50c1Jlc3BvbnNlEiMKBmFnZW50cxgBIAMoCzITLmZvcmdlLnYxLkFnZW50SW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiIwoPR2V0QWdlbnRSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJIjYKEEdldEFnZW50UmVzcG9uc2USIgoFYWdlbnQYASABKAsyEy5mb3JnZS52MS5BZ2VudEluZm8iNgoSUmV2b2tlQWdlbnRSZXF1ZXN0EhAKCGFnZW50X2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI5ChNSZXZva2VBZ2VudFJlc3BvbnNlEiIKBWFnZW50GAEgASgLMhMuZm9yZ2UudjEuQWdlbnRJbmZvIm0KHENyZWF0ZUVucm9sbG1lbnRUb2tlblJlcXVlc3QSEwoLZGVzY3JpcHRpb24YASABKAkSEAoIbWF4X3VzZXMYAiABKAUSJgoDdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlsKHUNyZWF0ZUVucm9sbG1lbnRUb2tlblJlc3BvbnNlEg0KBXRva2VuGAEgASgJEisKBGluZm8YAiABKAsyHS5mb3JnZS52MS5FbnJvbGxtZW50VG9rZW5JbmZvIh0KG0xpc3RFbnJvbGxtZW50VG9rZW5zUmVxdWVzdCJNChxMaXN0RW5yb2xsbWVudFRva2Vuc1Jlc3BvbnNlEi0KBnRva2VucxgBIAMoCzIdLmZvcmdlLnYxLkVucm9sbG1lbnRUb2tlbkluZm8iKgocUmV2b2tlRW5yb2xsbWVudFRva2VuUmVxdWVzdBIKCgJpZBgBIAEoCSJ8Ch1SZXZva2VFbnJvbGxtZW50VG9rZW5SZXNwb25zZRIrCgRpbmZvGAEgASgLMh0uZm9yZ2UudjEuRW5yb2xsbWVudFRva2VuSW5mbxIuCgpyZXZva2VkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDLnCQoOQ29udHJvbFNlcnZpY2USQwoIRGlzcGF0Y2gSGS5mb3JnZS52MS5EaXNwYXRjaFJlcXVlc3QaGi5mb3JnZS52MS5EaXNwYXRjaFJlc3BvbnNlIgASPQoGR2V0Sm9iEhcuZm9yZ2UudjEuR2V0Sm9iUmVxdWVzdBoYLmZvcmdlLnYxLkdldEpvYlJlc3BvbnNlIgASQAoHV2FpdEpvYhIYLmZvcmdlLnYxLldhaXRKb2JSZXF1ZXN0GhkuZm9yZ2UudjEuV2FpdEpvYlJlc3BvbnNlIgASQwoITGlzdEpvYnMSGS5mb3JnZS52MS5MaXN0Sm9ic1JlcXVlc3QaGi5mb3JnZS52MS5MaXN0Sm9ic1Jlc3BvbnNlIgASRgoJQ2FuY2VsSm9iEhouZm9yZ2UudjEuQ2FuY2VsSm9iUmVxdWVzdBobLmZvcmdlLnYxLkNhbmNlbEpvYlJlc3BvbnNlIgASQAoHR2V0VGFzaxIYLmZvcmdlLnYxLkdldFRhc2tSZXF1ZXN0GhkuZm9yZ2UudjEuR2V0VGFza1Jlc3BvbnNlIgASQwoIV2FpdFRhc2sSGS5mb3JnZS52MS5XYWl0VGFza1JlcXVlc3QaGi5mb3JnZS52MS5XYWl0VGFza1Jlc3BvbnNlIgASSQoKUmVhZE91dHB1dBIbLmZvcmdlLnYxLlJlYWRPdXRwdXRSZXF1ZXN0GhwuZm9yZ2UudjEuUmVhZE91dHB1dFJlc3BvbnNlIgASRgoJTGlzdFRhc2tzEhouZm9yZ2UudjEuTGlzdFRhc2tzUmVxdWVzdBobLmZvcmdlLnYxLkxpc3RUYXNrc1Jlc3BvbnNlIgASSQoKQ2FuY2VsVGFzaxIbLmZvcmdlLnYxLkNhbmNlbFRhc2tSZXF1ZXN0GhwuZm9yZ2UudjEuQ2FuY2VsVGFza1Jlc3BvbnNlIgASSQoKTGlzdEFnZW50cxIbLmZvcmdlLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GhwuZm9yZ2UudjEuTGlzdEFnZW50c1Jlc3BvbnNlIgASQwoIR2V0QWdlbnQSGS5mb3JnZS52MS5HZXRBZ2VudFJlcXVlc3QaGi5mb3JnZS52MS5HZXRBZ2VudFJlc3BvbnNlIgASTAoLUmV2b2tlQWdlbnQSHC5mb3JnZS52MS5SZXZva2VBZ2VudFJlcXVlc3QaHS5mb3JnZS52MS5SZXZva2VBZ2VudFJlc3BvbnNlIgASagoVQ3JlYXRlRW5yb2xsbWVudFRva2VuEiYuZm9yZ2UudjEuQ3JlYXRlRW5yb2xsbWVudFRva2VuUmVxdWVzdBonLmZvcmdlLnYxLkNyZWF0ZUVucm9sbG1lbnRUb2tlblJlc3BvbnNlIgASZwoUTGlzdEVucm9sbG1lbnRUb2tlbnMSJS5mb3JnZS52MS5MaXN0RW5yb2xsbWVudFRva2Vuc1JlcXVlc3QaJi5mb3JnZS52MS5MaXN0RW5yb2xsbWVudFRva2Vuc1Jlc3BvbnNlIgASagoVUmV2b2tlRW5yb2xsbWVudFRva2VuEiYuZm9yZ2UudjEuUmV2b2tlRW5yb2xsbWVudFRva2VuUmVxdWVzdBonLmZvcmdlLnYxLlJldm9rZUVucm9sbG1lbnRUb2tlblJlc3BvbnNlIgBiBnByb3RvMw", [file_forge_v1_types, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * DispatchRequest describes a job.
@@ -530,6 +530,86 @@ export const WaitTaskResponseSchema: GenMessage<WaitTaskResponse> = /*@__PURE__*
   messageDesc(file_forge_v1_control, 13);
 
 /**
+ * ReadOutputRequest names a task and where to read its output from.
+ *
+ * @generated from message forge.v1.ReadOutputRequest
+ */
+export type ReadOutputRequest = Message<"forge.v1.ReadOutputRequest"> & {
+  /**
+   * The task's id.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * The cursor: 0 for the start, or a previous answer's next_offset.
+   *
+   * @generated from field: int64 offset = 2;
+   */
+  offset: bigint;
+
+  /**
+   * Hold up to this long when there is no output past `offset` and the task has
+   * not finished; omitted means the server's default hold, "0s" answers at once.
+   *
+   * @generated from field: google.protobuf.Duration wait = 3;
+   */
+  wait?: Duration | undefined;
+};
+
+/**
+ * Describes the message forge.v1.ReadOutputRequest.
+ * Use `create(ReadOutputRequestSchema)` to create a new message.
+ */
+export const ReadOutputRequestSchema: GenMessage<ReadOutputRequest> = /*@__PURE__*/
+  messageDesc(file_forge_v1_control, 14);
+
+/**
+ * ReadOutputResponse is the task's output from the cursor on.
+ *
+ * @generated from message forge.v1.ReadOutputResponse
+ */
+export type ReadOutputResponse = Message<"forge.v1.ReadOutputResponse"> & {
+  /**
+   * The output, in the order the server received it. Consecutive bytes of one
+   * stream come as one chunk. A chunk with no stream is a note from forge, such
+   * as where output was cut to the cap or where a new attempt's output starts.
+   *
+   * @generated from field: repeated forge.v1.OutputChunk chunks = 1;
+   */
+  chunks: OutputChunk[];
+
+  /**
+   * The cursor to pass back as `offset` for what comes next.
+   *
+   * @generated from field: int64 next_offset = 2;
+   */
+  nextOffset: bigint;
+
+  /**
+   * True when the task has ended and all its output was read: no more will come.
+   *
+   * @generated from field: bool finished = 3;
+   */
+  finished: boolean;
+
+  /**
+   * The task's state when the answer was made.
+   *
+   * @generated from field: forge.v1.TaskState state = 4;
+   */
+  state: TaskState;
+};
+
+/**
+ * Describes the message forge.v1.ReadOutputResponse.
+ * Use `create(ReadOutputResponseSchema)` to create a new message.
+ */
+export const ReadOutputResponseSchema: GenMessage<ReadOutputResponse> = /*@__PURE__*/
+  messageDesc(file_forge_v1_control, 15);
+
+/**
  * ListTasksRequest filters and pages tasks.
  *
  * @generated from message forge.v1.ListTasksRequest
@@ -576,7 +656,7 @@ export type ListTasksRequest = Message<"forge.v1.ListTasksRequest"> & {
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 14);
+  messageDesc(file_forge_v1_control, 16);
 
 /**
  * ListTasksResponse is a page of tasks.
@@ -604,7 +684,7 @@ export type ListTasksResponse = Message<"forge.v1.ListTasksResponse"> & {
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 15);
+  messageDesc(file_forge_v1_control, 17);
 
 /**
  * CancelTaskRequest names a task.
@@ -632,7 +712,7 @@ export type CancelTaskRequest = Message<"forge.v1.CancelTaskRequest"> & {
  * Use `create(CancelTaskRequestSchema)` to create a new message.
  */
 export const CancelTaskRequestSchema: GenMessage<CancelTaskRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 16);
+  messageDesc(file_forge_v1_control, 18);
 
 /**
  * CancelTaskResponse is the task after the cancel.
@@ -653,7 +733,7 @@ export type CancelTaskResponse = Message<"forge.v1.CancelTaskResponse"> & {
  * Use `create(CancelTaskResponseSchema)` to create a new message.
  */
 export const CancelTaskResponseSchema: GenMessage<CancelTaskResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 17);
+  messageDesc(file_forge_v1_control, 19);
 
 /**
  * ListAgentsRequest filters and pages agents.
@@ -703,7 +783,7 @@ export type ListAgentsRequest = Message<"forge.v1.ListAgentsRequest"> & {
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 18);
+  messageDesc(file_forge_v1_control, 20);
 
 /**
  * ListAgentsResponse is a page of agents.
@@ -731,7 +811,7 @@ export type ListAgentsResponse = Message<"forge.v1.ListAgentsResponse"> & {
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 19);
+  messageDesc(file_forge_v1_control, 21);
 
 /**
  * GetAgentRequest names an agent.
@@ -752,7 +832,7 @@ export type GetAgentRequest = Message<"forge.v1.GetAgentRequest"> & {
  * Use `create(GetAgentRequestSchema)` to create a new message.
  */
 export const GetAgentRequestSchema: GenMessage<GetAgentRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 20);
+  messageDesc(file_forge_v1_control, 22);
 
 /**
  * GetAgentResponse is one agent.
@@ -773,7 +853,7 @@ export type GetAgentResponse = Message<"forge.v1.GetAgentResponse"> & {
  * Use `create(GetAgentResponseSchema)` to create a new message.
  */
 export const GetAgentResponseSchema: GenMessage<GetAgentResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 21);
+  messageDesc(file_forge_v1_control, 23);
 
 /**
  * RevokeAgentRequest names an agent to revoke.
@@ -801,7 +881,7 @@ export type RevokeAgentRequest = Message<"forge.v1.RevokeAgentRequest"> & {
  * Use `create(RevokeAgentRequestSchema)` to create a new message.
  */
 export const RevokeAgentRequestSchema: GenMessage<RevokeAgentRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 22);
+  messageDesc(file_forge_v1_control, 24);
 
 /**
  * RevokeAgentResponse is the agent after revocation.
@@ -822,7 +902,7 @@ export type RevokeAgentResponse = Message<"forge.v1.RevokeAgentResponse"> & {
  * Use `create(RevokeAgentResponseSchema)` to create a new message.
  */
 export const RevokeAgentResponseSchema: GenMessage<RevokeAgentResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 23);
+  messageDesc(file_forge_v1_control, 25);
 
 /**
  * CreateEnrollmentTokenRequest describes a new enrollment token.
@@ -857,7 +937,7 @@ export type CreateEnrollmentTokenRequest = Message<"forge.v1.CreateEnrollmentTok
  * Use `create(CreateEnrollmentTokenRequestSchema)` to create a new message.
  */
 export const CreateEnrollmentTokenRequestSchema: GenMessage<CreateEnrollmentTokenRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 24);
+  messageDesc(file_forge_v1_control, 26);
 
 /**
  * CreateEnrollmentTokenResponse carries the token, shown only here.
@@ -885,7 +965,7 @@ export type CreateEnrollmentTokenResponse = Message<"forge.v1.CreateEnrollmentTo
  * Use `create(CreateEnrollmentTokenResponseSchema)` to create a new message.
  */
 export const CreateEnrollmentTokenResponseSchema: GenMessage<CreateEnrollmentTokenResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 25);
+  messageDesc(file_forge_v1_control, 27);
 
 /**
  * ListEnrollmentTokensRequest lists enrollment tokens.
@@ -900,7 +980,7 @@ export type ListEnrollmentTokensRequest = Message<"forge.v1.ListEnrollmentTokens
  * Use `create(ListEnrollmentTokensRequestSchema)` to create a new message.
  */
 export const ListEnrollmentTokensRequestSchema: GenMessage<ListEnrollmentTokensRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 26);
+  messageDesc(file_forge_v1_control, 28);
 
 /**
  * ListEnrollmentTokensResponse lists enrollment tokens without their secrets.
@@ -921,7 +1001,7 @@ export type ListEnrollmentTokensResponse = Message<"forge.v1.ListEnrollmentToken
  * Use `create(ListEnrollmentTokensResponseSchema)` to create a new message.
  */
 export const ListEnrollmentTokensResponseSchema: GenMessage<ListEnrollmentTokensResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 27);
+  messageDesc(file_forge_v1_control, 29);
 
 /**
  * RevokeEnrollmentTokenRequest names an enrollment token.
@@ -942,7 +1022,7 @@ export type RevokeEnrollmentTokenRequest = Message<"forge.v1.RevokeEnrollmentTok
  * Use `create(RevokeEnrollmentTokenRequestSchema)` to create a new message.
  */
 export const RevokeEnrollmentTokenRequestSchema: GenMessage<RevokeEnrollmentTokenRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 28);
+  messageDesc(file_forge_v1_control, 30);
 
 /**
  * RevokeEnrollmentTokenResponse is the token after revocation.
@@ -970,7 +1050,7 @@ export type RevokeEnrollmentTokenResponse = Message<"forge.v1.RevokeEnrollmentTo
  * Use `create(RevokeEnrollmentTokenResponseSchema)` to create a new message.
  */
 export const RevokeEnrollmentTokenResponseSchema: GenMessage<RevokeEnrollmentTokenResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_control, 29);
+  messageDesc(file_forge_v1_control, 31);
 
 /**
  * ControlService is called by operators and platforms with an operator token
@@ -1049,6 +1129,18 @@ export const ControlService: GenService<{
     methodKind: "unary";
     input: typeof WaitTaskRequestSchema;
     output: typeof WaitTaskResponseSchema;
+  },
+  /**
+   * ReadOutput returns a task's output from a cursor, holding the call up to
+   * `wait` until there is more or the task ends. Pass `next_offset` back as the
+   * next `offset` to follow the task as it runs, until `finished`.
+   *
+   * @generated from rpc forge.v1.ControlService.ReadOutput
+   */
+  readOutput: {
+    methodKind: "unary";
+    input: typeof ReadOutputRequestSchema;
+    output: typeof ReadOutputResponseSchema;
   },
   /**
    * ListTasks pages through tasks, newest first, filtered by agent, job and state.

@@ -12,7 +12,35 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file forge/v1/types.proto.
  */
 export const file_forge_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChRmb3JnZS92MS90eXBlcy5wcm90bxIIZm9yZ2UudjEiKwoHVGFza1JlZhIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKAUihQIKBFRhc2sSCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSDAoEdHlwZRgEIAEoCRIPCgdwYXlsb2FkGAUgASgMEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsZWFzZV9leHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgd0aW1lb3V0GAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhEKCXNpZ25hdHVyZRgJIAEoDBIOCgZrZXlfaWQYCiABKAkiLAoKU2lnbmluZ0tleRIKCgJpZBgBIAEoCRISCgpwdWJsaWNfa2V5GAIgASgMInoKC1N0YXRlQ2hhbmdlEiIKBXN0YXRlGAEgASgOMhMuZm9yZ2UudjEuVGFza1N0YXRlEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkSDwoHYXR0ZW1wdBgEIAEoBSKHBAoIVGFza0luZm8SCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEhAKCGFnZW50X2lkGAMgASgJEgwKBHR5cGUYBCABKAkSIgoFc3RhdGUYBSABKA4yEy5mb3JnZS52MS5UYXNrU3RhdGUSDwoHYXR0ZW1wdBgGIAEoBRIOCgZvdXRwdXQYByABKAwSEQoJZXhpdF9jb2RlGAggASgFEg0KBWVycm9yGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKB2hpc3RvcnkYDCADKAsyFS5mb3JnZS52MS5TdGF0ZUNoYW5nZRIPCgdwYXlsb2FkGA0gASgMEhQKDG1heF9hdHRlbXB0cxgOIAEoBRIYChBjYW5jZWxfcmVxdWVzdGVkGA8gASgIEhgKEG91dHB1dF90cnVuY2F0ZWQYECABKAgSEwoLb3V0cHV0X3NpemUYESABKAMSKgoHdGltZW91dBgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChBsZWFzZV9leHBpcmVzX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL9AgoJQWdlbnRJbmZvEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSLwoGbGFiZWxzGAMgAygLMh8uZm9yZ2UudjEuQWdlbnRJbmZvLkxhYmVsc0VudHJ5EhAKCGhvc3RuYW1lGAQgASgJEg8KB3ZlcnNpb24YBSABKAkSJQoGc3RhdHVzGAYgASgOMhUuZm9yZ2UudjEuQWdlbnRTdGF0dXMSMAoMbGFzdF9zZWVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiCgdydW5uaW5nGAggAygLMhEuZm9yZ2UudjEuVGFza1JlZhISCgp0YXNrX3R5cGVzGAkgAygJEjEKDXJlZ2lzdGVyZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3BlbmRpbmcYCyABKAUaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKjAQoJSm9iQ291bnRzEg8KB3BlbmRpbmcYASABKAUSDwoHcnVubmluZxgCIAEoBRIRCglzdWNjZWVkZWQYAyABKAUSDgoGZmFpbGVkGAQgASgFEhAKCGNhbmNlbGVkGAUgASgFEhEKCXRpbWVkX291dBgGIAEoBRIPCgdleHBpcmVkGAcgASgFEgwKBGxvc3QYCCABKAUSDQoFdG90YWwYCSABKAUi8AEKB0pvYkluZm8SCgoCaWQYASABKAkSDAoEdHlwZRgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSIwoGY291bnRzGAQgASgLMhMuZm9yZ2UudjEuSm9iQ291bnRzEgwKBGRvbmUYBSABKAgSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPbWF4X2NvbmN1cnJlbmN5GAcgASgFEhQKDG1heF9mYWlsdXJlcxgIIAEoBRIXCg9pZGVtcG90ZW5jeV9rZXkYCSABKAkSEAoIY2FuY2VsZWQYCiABKAgizAEKE0Vucm9sbG1lbnRUb2tlbkluZm8SCgoCaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSEQoJdXNlc19sZWZ0GAMgASgFEhAKCG1heF91c2VzGAQgASgFEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Jldm9rZWQYByABKAgq6AEKCVRhc2tTdGF0ZRIaChZUQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFURV9QRU5ESU5HEAESFgoSVEFTS19TVEFURV9SVU5OSU5HEAISGAoUVEFTS19TVEFURV9TVUNDRUVERUQQAxIVChFUQVNLX1NUQVRFX0ZBSUxFRBAEEhcKE1RBU0tfU1RBVEVfQ0FOQ0VMRUQQBRIYChRUQVNLX1NUQVRFX1RJTUVEX09VVBAGEhYKElRBU0tfU1RBVEVfRVhQSVJFRBAHEhMKD1RBU0tfU1RBVEVfTE9TVBAIKngKC0FnZW50U3RhdHVzEhwKGEFHRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE0FHRU5UX1NUQVRVU19PTkxJTkUQARIYChRBR0VOVF9TVEFUVVNfT0ZGTElORRACEhgKFEFHRU5UX1NUQVRVU19SRVZPS0VEEAMqTQoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASFQoRT1VUQ09NRV9TVUNDRUVERUQQARISCg5PVVRDT01FX0ZBSUxFRBACYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRmb3JnZS92MS90eXBlcy5wcm90bxIIZm9yZ2UudjEiPQoLT3V0cHV0Q2h1bmsSIAoGc3RyZWFtGAEgASgOMhAuZm9yZ2UudjEuU3RyZWFtEgwKBGRhdGEYAiABKAwiKwoHVGFza1JlZhIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKAUihQIKBFRhc2sSCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSDAoEdHlwZRgEIAEoCRIPCgdwYXlsb2FkGAUgASgMEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsZWFzZV9leHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgd0aW1lb3V0GAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhEKCXNpZ25hdHVyZRgJIAEoDBIOCgZrZXlfaWQYCiABKAkiLAoKU2lnbmluZ0tleRIKCgJpZBgBIAEoCRISCgpwdWJsaWNfa2V5GAIgASgMInoKC1N0YXRlQ2hhbmdlEiIKBXN0YXRlGAEgASgOMhMuZm9yZ2UudjEuVGFza1N0YXRlEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkSDwoHYXR0ZW1wdBgEIAEoBSKXBAoIVGFza0luZm8SCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEhAKCGFnZW50X2lkGAMgASgJEgwKBHR5cGUYBCABKAkSIgoFc3RhdGUYBSABKA4yEy5mb3JnZS52MS5UYXNrU3RhdGUSDwoHYXR0ZW1wdBgGIAEoBRIOCgZvdXRwdXQYByABKAwSEQoJZXhpdF9jb2RlGAggASgFEg0KBWVycm9yGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKB2hpc3RvcnkYDCADKAsyFS5mb3JnZS52MS5TdGF0ZUNoYW5nZRIPCgdwYXlsb2FkGA0gASgMEhQKDG1heF9hdHRlbXB0cxgOIAEoBRIYChBjYW5jZWxfcmVxdWVzdGVkGA8gASgIEhgKEG91dHB1dF90cnVuY2F0ZWQYECABKAgSEwoLb3V0cHV0X3NpemUYESABKAMSKgoHdGltZW91dBgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChBsZWFzZV9leHBpcmVzX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzdGRlcnIYFCABKAwi/QIKCUFnZW50SW5mbxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi8KBmxhYmVscxgDIAMoCzIfLmZvcmdlLnYxLkFnZW50SW5mby5MYWJlbHNFbnRyeRIQCghob3N0bmFtZRgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEiUKBnN0YXR1cxgGIAEoDjIVLmZvcmdlLnYxLkFnZW50U3RhdHVzEjAKDGxhc3Rfc2Vlbl9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoHcnVubmluZxgIIAMoCzIRLmZvcmdlLnYxLlRhc2tSZWYSEgoKdGFza190eXBlcxgJIAMoCRIxCg1yZWdpc3RlcmVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdwZW5kaW5nGAsgASgFGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiowEKCUpvYkNvdW50cxIPCgdwZW5kaW5nGAEgASgFEg8KB3J1bm5pbmcYAiABKAUSEQoJc3VjY2VlZGVkGAMgASgFEg4KBmZhaWxlZBgEIAEoBRIQCghjYW5jZWxlZBgFIAEoBRIRCgl0aW1lZF9vdXQYBiABKAUSDwoHZXhwaXJlZBgHIAEoBRIMCgRsb3N0GAggASgFEg0KBXRvdGFsGAkgASgFIvABCgdKb2JJbmZvEgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSDgoGdGFyZ2V0GAMgASgJEiMKBmNvdW50cxgEIAEoCzITLmZvcmdlLnYxLkpvYkNvdW50cxIMCgRkb25lGAUgASgIEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD21heF9jb25jdXJyZW5jeRgHIAEoBRIUCgxtYXhfZmFpbHVyZXMYCCABKAUSFwoPaWRlbXBvdGVuY3lfa2V5GAkgASgJEhAKCGNhbmNlbGVkGAogASgIIswBChNFbnJvbGxtZW50VG9rZW5JbmZvEgoKAmlkGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhEKCXVzZXNfbGVmdBgDIAEoBRIQCghtYXhfdXNlcxgEIAEoBRIuCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAcgASgIKugBCglUYXNrU3RhdGUSGgoWVEFTS19TVEFURV9VTlNQRUNJRklFRBAAEhYKElRBU0tfU1RBVEVfUEVORElORxABEhYKElRBU0tfU1RBVEVfUlVOTklORxACEhgKFFRBU0tfU1RBVEVfU1VDQ0VFREVEEAMSFQoRVEFTS19TVEFURV9GQUlMRUQQBBIXChNUQVNLX1NUQVRFX0NBTkNFTEVEEAUSGAoUVEFTS19TVEFURV9USU1FRF9PVVQQBhIWChJUQVNLX1NUQVRFX0VYUElSRUQQBxITCg9UQVNLX1NUQVRFX0xPU1QQCCp4CgtBZ2VudFN0YXR1cxIcChhBR0VOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNBR0VOVF9TVEFUVVNfT05MSU5FEAESGAoUQUdFTlRfU1RBVFVTX09GRkxJTkUQAhIYChRBR0VOVF9TVEFUVVNfUkVWT0tFRBADKk0KB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhUKEU9VVENPTUVfU1VDQ0VFREVEEAESEgoOT1VUQ09NRV9GQUlMRUQQAipGCgZTdHJlYW0SFgoSU1RSRUFNX1VOU1BFQ0lGSUVEEAASEQoNU1RSRUFNX1NURE9VVBABEhEKDVNUUkVBTV9TVERFUlIQAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * OutputChunk is a run of bytes of one stream of a task's output.
+ *
+ * @generated from message forge.v1.OutputChunk
+ */
+export type OutputChunk = Message<"forge.v1.OutputChunk"> & {
+  /**
+   * Which stream; STREAM_UNSPECIFIED for a note from forge.
+   *
+   * @generated from field: forge.v1.Stream stream = 1;
+   */
+  stream: Stream;
+
+  /**
+   * The bytes, as the command wrote them.
+   *
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message forge.v1.OutputChunk.
+ * Use `create(OutputChunkSchema)` to create a new message.
+ */
+export const OutputChunkSchema: GenMessage<OutputChunk> = /*@__PURE__*/
+  messageDesc(file_forge_v1_types, 0);
 
 /**
  * TaskRef names one attempt of one task.
@@ -40,7 +68,7 @@ export type TaskRef = Message<"forge.v1.TaskRef"> & {
  * Use `create(TaskRefSchema)` to create a new message.
  */
 export const TaskRefSchema: GenMessage<TaskRef> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 0);
+  messageDesc(file_forge_v1_types, 1);
 
 /**
  * Task is one leased attempt of a task, as an agent receives it from Poll.
@@ -127,7 +155,7 @@ export type Task = Message<"forge.v1.Task"> & {
  * Use `create(TaskSchema)` to create a new message.
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 1);
+  messageDesc(file_forge_v1_types, 2);
 
 /**
  * SigningKey is a public key the server signs tasks with.
@@ -155,7 +183,7 @@ export type SigningKey = Message<"forge.v1.SigningKey"> & {
  * Use `create(SigningKeySchema)` to create a new message.
  */
 export const SigningKeySchema: GenMessage<SigningKey> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 2);
+  messageDesc(file_forge_v1_types, 3);
 
 /**
  * StateChange is one entry of a task's history.
@@ -197,7 +225,7 @@ export type StateChange = Message<"forge.v1.StateChange"> & {
  * Use `create(StateChangeSchema)` to create a new message.
  */
 export const StateChangeSchema: GenMessage<StateChange> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 3);
+  messageDesc(file_forge_v1_types, 4);
 
 /**
  * TaskInfo is the operator's view of a task.
@@ -248,7 +276,9 @@ export type TaskInfo = Message<"forge.v1.TaskInfo"> & {
   attempt: number;
 
   /**
-   * The output the agent reported (stdout+stderr for `exec`), capped by the server.
+   * The current (or last) attempt's stdout, with any output its handler returned
+   * after it. Together with `stderr` it is capped by the server (head and tail
+   * kept, with a line saying how much was cut between them).
    *
    * @generated from field: bytes output = 7;
    */
@@ -318,7 +348,8 @@ export type TaskInfo = Message<"forge.v1.TaskInfo"> & {
   outputTruncated: boolean;
 
   /**
-   * The size in bytes of the output as the handler produced it, before any cap.
+   * The size in bytes of the attempt's output (stdout and stderr) as the handler
+   * produced it, before any cap.
    *
    * @generated from field: int64 output_size = 17;
    */
@@ -337,6 +368,13 @@ export type TaskInfo = Message<"forge.v1.TaskInfo"> & {
    * @generated from field: google.protobuf.Timestamp lease_expires_at = 19;
    */
   leaseExpiresAt?: Timestamp | undefined;
+
+  /**
+   * The current (or last) attempt's stderr, capped with `output`.
+   *
+   * @generated from field: bytes stderr = 20;
+   */
+  stderr: Uint8Array;
 };
 
 /**
@@ -344,7 +382,7 @@ export type TaskInfo = Message<"forge.v1.TaskInfo"> & {
  * Use `create(TaskInfoSchema)` to create a new message.
  */
 export const TaskInfoSchema: GenMessage<TaskInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 4);
+  messageDesc(file_forge_v1_types, 5);
 
 /**
  * AgentInfo is the operator's view of an agent.
@@ -435,7 +473,7 @@ export type AgentInfo = Message<"forge.v1.AgentInfo"> & {
  * Use `create(AgentInfoSchema)` to create a new message.
  */
 export const AgentInfoSchema: GenMessage<AgentInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 5);
+  messageDesc(file_forge_v1_types, 6);
 
 /**
  * JobCounts counts a job's tasks by state.
@@ -512,7 +550,7 @@ export type JobCounts = Message<"forge.v1.JobCounts"> & {
  * Use `create(JobCountsSchema)` to create a new message.
  */
 export const JobCountsSchema: GenMessage<JobCounts> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 6);
+  messageDesc(file_forge_v1_types, 7);
 
 /**
  * JobInfo is the operator's view of a job: one dispatch, one task per matched agent.
@@ -596,7 +634,7 @@ export type JobInfo = Message<"forge.v1.JobInfo"> & {
  * Use `create(JobInfoSchema)` to create a new message.
  */
 export const JobInfoSchema: GenMessage<JobInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 7);
+  messageDesc(file_forge_v1_types, 8);
 
 /**
  * EnrollmentTokenInfo describes an enrollment token without revealing it.
@@ -659,7 +697,7 @@ export type EnrollmentTokenInfo = Message<"forge.v1.EnrollmentTokenInfo"> & {
  * Use `create(EnrollmentTokenInfoSchema)` to create a new message.
  */
 export const EnrollmentTokenInfoSchema: GenMessage<EnrollmentTokenInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 8);
+  messageDesc(file_forge_v1_types, 9);
 
 /**
  * TaskState is where a task is in its life. PENDING and RUNNING are live; every
@@ -813,4 +851,39 @@ export enum Outcome {
  */
 export const OutcomeSchema: GenEnum<Outcome> = /*@__PURE__*/
   enumDesc(file_forge_v1_types, 2);
+
+/**
+ * Stream names one of an attempt's output streams.
+ *
+ * @generated from enum forge.v1.Stream
+ */
+export enum Stream {
+  /**
+   * Not a stream: in ReadOutput, a note from forge itself (output cut to the cap,
+   * the output of a new attempt starting).
+   *
+   * @generated from enum value: STREAM_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The command's standard output, or what a handler wrote to its Stdout.
+   *
+   * @generated from enum value: STREAM_STDOUT = 1;
+   */
+  STDOUT = 1,
+
+  /**
+   * The command's standard error, or what a handler wrote to its Stderr.
+   *
+   * @generated from enum value: STREAM_STDERR = 2;
+   */
+  STDERR = 2,
+}
+
+/**
+ * Describes the enum forge.v1.Stream.
+ */
+export const StreamSchema: GenEnum<Stream> = /*@__PURE__*/
+  enumDesc(file_forge_v1_types, 3);
 
