@@ -166,9 +166,12 @@ func (a *Agent) register(ctx context.Context, previous string) error {
 		switch connect.CodeOf(err) {
 		case connect.CodeUnauthenticated:
 			return fmt.Errorf("agent: the server refused the enrollment token: %w", err)
-		case connect.CodePermissionDenied, connect.CodeInvalidArgument, connect.CodeResourceExhausted, connect.CodeUnimplemented:
+		case connect.CodePermissionDenied, connect.CodeInvalidArgument, connect.CodeUnimplemented:
 			return fmt.Errorf("agent: register: %w", err)
 		}
+		// Anything else may pass: the server unreachable, or resource_exhausted
+		// (registrations rate-limited while a fleet enrolls at once, or the store
+		// full): retry with backoff.
 		if !bo.failing() {
 			a.log.Warn("cannot register; retrying with backoff", "server", a.servers[idx], "err", err)
 		}

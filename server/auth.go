@@ -150,6 +150,9 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		if err == nil && !s.limiter.allow(p.by, time.Now()) {
 			err = errRateLimited
 		}
+		if err == nil && need == principalEnroll {
+			err = s.allowRegister(p, r.RemoteAddr, time.Now())
+		}
 		if err != nil {
 			s.metrics.authFailures.WithLabelValues(connect.CodeOf(err).String()).Inc()
 			s.writeError(w, r, err)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"net"
 	"sync"
 	"time"
 
@@ -36,6 +37,39 @@ func newRateLimiter(rate float64, burst int) *rateLimiter {
 }
 
 var errRateLimited = connect.NewError(connect.CodeResourceExhausted, errors.New("rate limit for this token exceeded (--rate-limit); slow down and retry"))
+
+// Default limits on Register (Config.RegisterRate, Config.RegisterRatePerAddr):
+// enough for a fleet enrolling at once (5,000 agents in about four minutes, each
+// retrying with backoff), far from what a leaked enrollment token would need to
+// flood the agent list.
+const (
+	DefaultRegisterRate        = 20
+	DefaultRegisterRatePerAddr = 5
+)
+
+var (
+	errRegisterRate = connect.NewError(connect.CodeResourceExhausted,
+		errors.New("too many registrations with this enrollment token (--register-rate); retry later"))
+	errRegisterRateAddr = connect.NewError(connect.CodeResourceExhausted,
+		errors.New("too many registrations from this address (--register-rate-per-addr); retry later"))
+)
+
+// allowRegister takes a token from the Register buckets of the enrollment
+// token and of the source address; both must have one. A call refused by the
+// second still spent from the first: a flood is slowed either way.
+func (s *Server) allowRegister(p principal, remoteAddr string, now time.Time) error {
+	if !s.regToken.allow(p.by, now) {
+		return errRegisterRate
+	}
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		host = remoteAddr
+	}
+	if !s.regAddr.allow(host, now) {
+		return errRegisterRateAddr
+	}
+	return nil
+}
 
 // allow takes one token from who's bucket.
 func (l *rateLimiter) allow(who string, now time.Time) bool {

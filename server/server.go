@@ -82,6 +82,13 @@ type Config struct {
 	RateLimit float64
 	// RateBurst is the bucket size of RateLimit.
 	RateBurst int
+	// RegisterRate is how many Registers each enrollment token may make per
+	// second on average, with bursts of ten seconds' worth; beyond it Register
+	// gets resource_exhausted. Zero means 20; negative means no limit.
+	RegisterRate float64
+	// RegisterRatePerAddr is the same limit per source address; zero means 5,
+	// negative no limit.
+	RegisterRatePerAddr float64
 	// SigningKeys, when given, make the server sign every task it leases with
 	// the first key; Register hands all their public keys to agents, which then
 	// refuse unsigned or altered tasks. Give old keys after the new one to rotate.
@@ -147,6 +154,12 @@ func (c Config) withDefaults() Config {
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 3
 	}
+	if c.RegisterRate == 0 {
+		c.RegisterRate = DefaultRegisterRate
+	}
+	if c.RegisterRatePerAddr == 0 {
+		c.RegisterRatePerAddr = DefaultRegisterRatePerAddr
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -166,6 +179,8 @@ type Server struct {
 	agents    *agentCache
 	unknown   refusalLog
 	limiter   *rateLimiter
+	regToken  *rateLimiter // Registers per enrollment token
+	regAddr   *rateLimiter // Registers per source address
 	metrics   *metrics
 	errw      *connect.ErrorWriter
 
@@ -199,6 +214,8 @@ func New(cfg Config) (*Server, error) {
 		operators: hashTokens(cfg.AdminTokens),
 		enrollers: hashTokens(cfg.EnrollTokens),
 		limiter:   newRateLimiter(cfg.RateLimit, cfg.RateBurst),
+		regToken:  newRateLimiter(cfg.RegisterRate, int(10*cfg.RegisterRate)),
+		regAddr:   newRateLimiter(cfg.RegisterRatePerAddr, int(10*cfg.RegisterRatePerAddr)),
 		agents:    &agentCache{ttl: cfg.AgentCacheTTL, m: make(map[string]cacheEntry)},
 		metrics:   m,
 		errw:      connect.NewErrorWriter(),

@@ -100,6 +100,7 @@ func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err 
 		Store: s.store, EnrollTokens: enroll, AdminTokens: admin, Logger: s.log,
 		Lease: c.Lease, PollHold: c.PollHold, MaxWait: c.MaxWait, MaxAttempts: int32(c.MaxAttempts),
 		TaskTimeout: c.TaskTimeout, DeliveryTTL: c.DeliveryTTL, RateLimit: c.RateLimit, RateBurst: c.RateBurst,
+		RegisterRate: noLimit(c.RegisterRate), RegisterRatePerAddr: noLimit(c.RegisterRatePerAddr),
 		SigningKeys: keys,
 		Limits:      server.Limits{MaxBodyBytes: c.MaxBody, MaxPayload: c.MaxPayload, MaxOutput: c.MaxOutput},
 	})
@@ -227,4 +228,12 @@ func openStore(ctx context.Context, rc RedisConfig, cfg store.Config, log *slog.
 		return memstore.New(cfg), "in memory (state is lost when the server stops; use --redis for production)", nil
 	}
 	return openRedis(ctx, rc, cfg, log, waiting)
+}
+
+// noLimit turns a flag's 0 ("no limit") into server.Config's negative.
+func noLimit(rate float64) float64 {
+	if rate == 0 {
+		return -1
+	}
+	return rate
 }

@@ -58,6 +58,10 @@ type ServerConfig struct {
 	MaxPending  int
 	RateLimit   float64
 	RateBurst   int
+	// RegisterRate and RegisterRatePerAddr limit Registers per enrollment token
+	// and per source address (per second; 0: no limit).
+	RegisterRate        float64
+	RegisterRatePerAddr float64
 
 	Log logConfig
 }
@@ -92,6 +96,8 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	f.ListVar(&c.SigningKeys, "signing-key", "ed25519 private key file (PKCS#8 PEM, as from `openssl genpkey -algorithm ed25519`) to sign tasks with; repeat to rotate, newest first")
 	f.FloatVar(&c.RateLimit, "rate-limit", 0, "calls per second allowed to each token on average (0: no limit)")
 	f.IntVar(&c.RateBurst, "rate-burst", 0, "burst size of --rate-limit (default: one second's worth)")
+	f.FloatVar(&c.RegisterRate, "register-rate", server.DefaultRegisterRate, "registrations per second allowed to each enrollment token, in bursts of ten seconds' worth (0: no limit)")
+	f.FloatVar(&c.RegisterRatePerAddr, "register-rate-per-addr", server.DefaultRegisterRatePerAddr, "registrations per second allowed from each source address, in bursts of ten seconds' worth (0: no limit)")
 	f.logFlags(&logFormat, &logLevel)
 	if err := f.parse(args); err != nil {
 		return c, err

@@ -1,0 +1,108 @@
+package server_test
+
+import (
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/forgetest"
+	"github.com/orange-forge/forge/server"
+)
+
+// TestAttackRegisterFlood registers as fast as it can with one enrollment token
+// (issue 13, finding 5): with the server's default limits, at most a burst of
+// registrations passes — the rest get resource_exhausted and create nothing.
+// The limit holds per token and per source address, each on its own.
+func TestAttackRegisterFlood(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		const other = "enroll-other-0123456789"
+		t.Run("defaults", func(t *testing.T) {
+			t.Parallel()
+			s := forgetest.Start(t, forgetest.Options{Backend: b, Server: server.Config{EnrollTokens: []string{enrollToken}}})
+			ok, limited := flood(t, s, enrollToken, 400)
+			// 5/s in bursts of 50 per address: the flood, seconds at most, gets
+			// the burst and a few more.
+			if ok < 50 || ok > 80 || limited != 400-ok {
+				t.Errorf("%d registered, %d limited; want about 50 registered and the rest limited", ok, limited)
+			}
+			if n := countAgents(t, s); n != ok {
+				t.Errorf("%d agents stored, want the %d registered", n, ok)
+			}
+		})
+		t.Run("per token", func(t *testing.T) {
+			t.Parallel()
+			s := forgetest.Start(t, forgetest.Options{Backend: b, Server: server.Config{EnrollTokens: []string{enrollToken, other},
+				RegisterRate: 1, RegisterRatePerAddr: -1}})
+			ok, _ := flood(t, s, enrollToken, 30)
+			if ok < 10 || ok > 12 {
+				t.Errorf("%d registered with one token at 1/s in bursts of 10", ok)
+			}
+			_, err := s.Agent(enrollToken).Register(t.Context(), connect.NewRequest(&forgev1.RegisterRequest{Name: "x"}))
+			if codeOf(err) != "resource_exhausted" || !strings.Contains(err.Error(), "--register-rate") {
+				t.Errorf("Register past the limit: %v", err)
+			}
+			if ok, _ := flood(t, s, other, 5); ok != 5 {
+				t.Errorf("another token registered %d of 5: its bucket is its own", ok)
+			}
+		})
+		t.Run("per address", func(t *testing.T) {
+			t.Parallel()
+			s := forgetest.Start(t, forgetest.Options{Backend: b, Server: server.Config{EnrollTokens: []string{enrollToken, other},
+				RegisterRate: -1, RegisterRatePerAddr: 1}})
+			ok, _ := flood(t, s, enrollToken, 30)
+			if ok < 10 || ok > 12 {
+				t.Errorf("%d registered from one address at 1/s in bursts of 10", ok)
+			}
+			_, err := s.Agent(other).Register(t.Context(), connect.NewRequest(&forgev1.RegisterRequest{Name: "x"}))
+			if codeOf(err) != "resource_exhausted" || !strings.Contains(err.Error(), "--register-rate-per-addr") {
+				t.Errorf("Register with another token from the same address: %v", err)
+			}
+		})
+	})
+}
+
+// flood registers n agents with tok, 16 at a time, and counts what passed and
+// what was rate-limited; any other outcome fails the test.
+func flood(t *testing.T, s *forgetest.Server, tok string, n int) (ok, limited int) {
+	t.Helper()
+	var okN, limN atomic.Int64
+	var wg sync.WaitGroup
+	next := make(chan int, n)
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				_, err := s.Agent(tok).Register(t.Context(), connect.NewRequest(&forgev1.RegisterRequest{Name: "flood"}))
+				switch codeOf(err) {
+				case "ok":
+					okN.Add(1)
+				case "resource_exhausted":
+					limN.Add(1)
+				default:
+					t.Errorf("Register: %v", err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return int(okN.Load()), int(limN.Load())
+}
+
+func countAgents(t *testing.T, s *forgetest.Server) int {
+	t.Helper()
+	res, err := s.Control.ListAgents(t.Context(), connect.NewRequest(&forgev1.ListAgentsRequest{PageSize: 1000}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(res.Msg.Agents)
+}
