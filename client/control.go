@@ -79,6 +79,10 @@ func (x control) WaitTask(ctx context.Context, req *connect.Request[forgev1.Wait
 	return call(ctx, x.c, req, forgev1connect.ControlServiceClient.WaitTask)
 }
 
+func (x control) ReadOutput(ctx context.Context, req *connect.Request[forgev1.ReadOutputRequest]) (*connect.Response[forgev1.ReadOutputResponse], error) {
+	return call(ctx, x.c, req, forgev1connect.ControlServiceClient.ReadOutput)
+}
+
 func (x control) ListTasks(ctx context.Context, req *connect.Request[forgev1.ListTasksRequest]) (*connect.Response[forgev1.ListTasksResponse], error) {
 	return call(ctx, x.c, req, forgev1connect.ControlServiceClient.ListTasks)
 }
