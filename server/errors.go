@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"connectrpc.com/connect"
 
@@ -61,7 +62,14 @@ func exhausted(format string, args ...any) error {
 // writeError writes err in the protocol the request used (Connect, gRPC, gRPC-Web).
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if !s.errw.IsSupported(r) {
-		http.Error(w, err.Error(), http.StatusUnsupportedMediaType)
+		// Not a call of any protocol forge speaks: say that first, whatever
+		// the token (Connect would refuse it with an empty 405 or 415).
+		code := http.StatusUnsupportedMediaType
+		if r.Method != http.MethodPost {
+			code = http.StatusMethodNotAllowed
+			w.Header().Set("Allow", http.MethodPost)
+		}
+		http.Error(w, strings.TrimSuffix(refusalText(code, r, w.Header()), "\n"), code)
 		return
 	}
 	_ = s.errw.Write(w, r, err)

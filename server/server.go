@@ -236,7 +236,8 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("GET /metrics", s.metrics.handler())
-	s.handler = s.authenticate(s.mux)
+	s.mountIntrospection()
+	s.handler = s.authenticate(describeRefusals(s.mux))
 
 	if !cfg.DisableReaper {
 		s.wg.Add(1)

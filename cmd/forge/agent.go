@@ -13,10 +13,8 @@ import (
 	"time"
 
 	"github.com/orange-forge/forge/agent"
+	"github.com/orange-forge/forge/internal/buildinfo"
 )
-
-// version is the forge version agents report at Register.
-var version = "dev"
 
 // runAgent is `forge agent`: parse, build, run until ctx ends (then drain).
 func (m *Main) runAgent(ctx context.Context, args []string) error {
@@ -160,7 +158,7 @@ func (m *Main) BuildAgent(c AgentConfig) (*agent.Agent, error) {
 	}
 	cfg := agent.Config{
 		Servers: c.Servers, EnrollToken: c.EnrollToken, Name: c.Name, Labels: c.Labels, StateDir: c.StateDir,
-		Concurrency: c.Concurrency, DrainGrace: c.DrainGrace, Logger: log, Version: version,
+		Concurrency: c.Concurrency, DrainGrace: c.DrainGrace, Logger: log, Version: buildinfo.Get().Version,
 	}
 	if c.CA != "" {
 		pem, err := os.ReadFile(c.CA)

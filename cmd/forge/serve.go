@@ -136,6 +136,10 @@ func (s *Server) listen(c ServerConfig, tlsConfig *tls.Config) (err error) {
 		scheme = "http"
 		s.hs.Protocols = new(http.Protocols)
 		s.hs.Protocols.SetHTTP1(true)
+		// HTTP/2 with prior knowledge only (no Upgrade: h2c), for gRPC tools
+		// (grpcurl -plaintext, buf curl --http2-prior-knowledge): reflection
+		// streams both ways. Agents and browsers speak HTTP/1.1 here.
+		s.hs.Protocols.SetUnencryptedHTTP2(true)
 	}
 	s.url = scheme + "://" + s.ln.Addr().String()
 	return nil
