@@ -13,9 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/orange-forge/forge/agent"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/forgetest"
+	"github.com/orange-forge/forge/server"
 )
 
 // logBuffer keeps an agent's log lines (text) and shows them through t too.
@@ -164,4 +167,41 @@ func runAgent(t *testing.T, cfg agent.Config, handlers map[string]agent.Handler)
 		}
 	})
 	return s
+}
+
+// TestCleanStopIsOfflineAtOnce: an agent stopped cleanly tells the server with
+// its last call; it is offline at once, and a selector dispatch right after no
+// longer matches it.
+func TestCleanStopIsOfflineAtOnce(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, Labels: map[string]string{"env": "stop"}},
+			map[string]agent.Handler{"echo": agent.EchoHandler()})
+		id := a.ID()
+		status := func() forgev1.AgentStatus {
+			res, err := e.Control.GetAgent(t.Context(), connect.NewRequest(&forgev1.GetAgentRequest{AgentId: id}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res.Msg.Agent.Status
+		}
+		if st := status(); st != forgev1.AgentStatus_AGENT_STATUS_ONLINE {
+			t.Fatalf("running agent is %v", st)
+		}
+		if err := a.stop(t); err != nil {
+			t.Fatal(err)
+		}
+		if st := status(); st != forgev1.AgentStatus_AGENT_STATUS_OFFLINE {
+			t.Fatalf("stopped agent is %v, want offline at once", st)
+		}
+		res, err := e.Control.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "echo",
+			Target: &forgev1.DispatchRequest_Selector{Selector: "env=stop"}}))
+		if err != nil || len(res.Msg.TaskIds) != 0 {
+			t.Fatalf("Dispatch to env=stop after the stop = %v, %v; want no task", res, err)
+		}
+		if !strings.Contains(e.Log.String(), `"msg":"agent stopped: offline now","agent":"`+id+`"`) {
+			t.Fatalf("the server's log does not show the stop:\n%s", e.Log.Tail(5))
+		}
+	})
 }

@@ -107,9 +107,30 @@ func (a *Agent) serve(ctx context.Context) error {
 		a.log.Error("handlers did not return after their contexts were cancelled; leaving them", "running", a.runningCount())
 	}
 	if err == nil {
+		a.signOff(base)
 		a.log.Info("stopped")
 	}
 	return err
+}
+
+// signOffTimeout bounds the last call of a clean stop.
+const signOffTimeout = 5 * time.Second
+
+// signOff tells the server the agent stops (a last Heartbeat with stopped), so
+// it is offline at once rather than when its online window ends. It names no
+// attempt: any still running are left to their leases. One try: a stop does not
+// wait for a server that cannot be reached.
+func (a *Agent) signOff(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, signOffTimeout)
+	defer cancel()
+	idx, c := a.client()
+	req, _ := authed(a, &forgev1.HeartbeatRequest{Draining: true, Stopped: true})
+	if _, err := c.Heartbeat(ctx, req); err != nil {
+		a.log.Warn("could not tell the server this agent stopped; it counts as online until its online window ends",
+			"server", a.servers[idx], "err", err)
+		return
+	}
+	a.log.Debug("told the server this agent stopped", "server", a.servers[idx])
 }
 
 // pollResult is the answer to one Poll.

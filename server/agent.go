@@ -117,12 +117,16 @@ func (a *agentService) Heartbeat(ctx context.Context, req *connect.Request[forge
 	if len(req.Msg.Running) > 10*s.cfg.Limits.MaxTasks {
 		return nil, invalid("running", "%d attempts is over the limit of %d", len(req.Msg.Running), 10*s.cfg.Limits.MaxTasks)
 	}
+	cred := principalFrom(ctx).cred
 	res, err := s.store.Heartbeat(ctx, store.HeartbeatParams{
-		Cred: principalFrom(ctx).cred, Running: refsFromProto(req.Msg.Running),
-		Lease: s.cfg.Lease, Draining: req.Msg.Draining,
+		Cred: cred, Running: refsFromProto(req.Msg.Running),
+		Lease: s.cfg.Lease, Draining: req.Msg.Draining, Stopped: req.Msg.Stopped,
 	})
 	if err != nil {
 		return nil, s.agentError(ctx, err)
+	}
+	if req.Msg.Stopped {
+		s.log.Info("agent stopped: offline now", "agent", cred.AgentID, "running", len(req.Msg.Running))
 	}
 	return connect.NewResponse(&forgev1.HeartbeatResponse{
 		Cancel: refsToProto(res.Cancel), Abandon: refsToProto(res.Abandon), Drain: res.Drain,

@@ -75,13 +75,17 @@ const (
 	AgentRevoked     AgentStatus = 3
 )
 
-// StatusAt returns an agent's status at now: REVOKED once revoked; ONLINE while
-// its last call (lastSeen) is less than window ago, or while a Poll it started is
-// still held (pollUntil is when that hold ends); OFFLINE otherwise.
-func StatusAt(revoked bool, lastSeen, pollUntil, now time.Time, window time.Duration) AgentStatus {
+// StatusAt returns an agent's status at now: REVOKED once revoked; OFFLINE once
+// it stopped (its last call said it was stopping cleanly: a Heartbeat with
+// Stopped); ONLINE while its last call (lastSeen) is less than window ago, or
+// while a Poll it started is still held (pollUntil is when that hold ends);
+// OFFLINE otherwise.
+func StatusAt(revoked, stopped bool, lastSeen, pollUntil, now time.Time, window time.Duration) AgentStatus {
 	switch {
 	case revoked:
 		return AgentRevoked
+	case stopped:
+		return AgentOffline
 	case now.Sub(lastSeen) < window || now.Before(pollUntil):
 		return AgentOnline
 	default:

@@ -56,20 +56,23 @@ func TestStatusAt(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	const w = 50 * time.Second
 	for _, c := range []struct {
-		revoked         bool
-		seen, pollUntil time.Time
-		want            store.AgentStatus
+		revoked, stopped bool
+		seen, pollUntil  time.Time
+		want             store.AgentStatus
 	}{
-		{false, now, time.Time{}, store.AgentOnline},
-		{false, now.Add(-w + time.Millisecond), time.Time{}, store.AgentOnline},
-		{false, now.Add(-w), time.Time{}, store.AgentOffline},
-		{false, now.Add(-time.Hour), now.Add(time.Millisecond), store.AgentOnline},
-		{false, now.Add(-time.Hour), now, store.AgentOffline},
-		{true, now, now.Add(time.Hour), store.AgentRevoked},
+		{false, false, now, time.Time{}, store.AgentOnline},
+		{false, false, now.Add(-w + time.Millisecond), time.Time{}, store.AgentOnline},
+		{false, false, now.Add(-w), time.Time{}, store.AgentOffline},
+		{false, false, now.Add(-time.Hour), now.Add(time.Millisecond), store.AgentOnline},
+		{false, false, now.Add(-time.Hour), now, store.AgentOffline},
+		{true, false, now, now.Add(time.Hour), store.AgentRevoked},
+		{false, true, now, time.Time{}, store.AgentOffline},
+		{false, true, now, now.Add(time.Hour), store.AgentOffline},
+		{true, true, now, time.Time{}, store.AgentRevoked},
 	} {
-		if got := store.StatusAt(c.revoked, c.seen, c.pollUntil, now, w); got != c.want {
-			t.Errorf("StatusAt(revoked %v, seen %v ago, poll held %v more) = %v, want %v",
-				c.revoked, now.Sub(c.seen), c.pollUntil.Sub(now), got, c.want)
+		if got := store.StatusAt(c.revoked, c.stopped, c.seen, c.pollUntil, now, w); got != c.want {
+			t.Errorf("StatusAt(revoked %v, stopped %v, seen %v ago, poll held %v more) = %v, want %v",
+				c.revoked, c.stopped, now.Sub(c.seen), c.pollUntil.Sub(now), got, c.want)
 		}
 	}
 }

@@ -36,6 +36,7 @@ type Store interface {
 	// Heartbeat extends the leases of the attempts the agent names and holds,
 	// and answers which of them to cancel and which it does not hold (abandon).
 	// Naming attempts the agent does not hold changes nothing for their holder.
+	// With p.Stopped the agent is offline at once (see HeartbeatParams).
 	Heartbeat(ctx context.Context, p HeartbeatParams) (HeartbeatResult, error)
 	// Report ends an attempt. The identical report again returns the same state;
 	// a report for another attempt, or a different outcome for an attempt already
@@ -167,6 +168,10 @@ type HeartbeatParams struct {
 	Running  []TaskRef
 	Lease    time.Duration
 	Draining bool
+	// Stopped says this is the agent's last call: it is stopping cleanly. It is
+	// OFFLINE from now on (StatusAt), so selectors stop matching it, until its
+	// next Lease, Heartbeat or Report.
+	Stopped bool
 }
 
 // HeartbeatResult tells the agent what to do with the attempts it named.

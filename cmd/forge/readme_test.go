@@ -36,7 +36,9 @@ func readme(t *testing.T, marker string) string {
 }
 
 // TestReadmeWalkthrough runs the README's curl walk-through, as printed, against the
-// built binary: a reader runs that binary, so this test does too.
+// built binary: a reader runs that binary, so this test does too. Then, on the same
+// server, it runs the commands of "Agents and commands" in their order, as a reader
+// would next (readmeBinary).
 func TestReadmeWalkthrough(t *testing.T) {
 	t.Parallel()
 	for _, tool := range []string{"bash", "curl", "jq"} {
@@ -73,6 +75,61 @@ func TestReadmeWalkthrough(t *testing.T) {
 	b, _ := os.ReadFile("../../README.md")
 	if !strings.Contains(string(b), "The last command prints:\n\n```json\n"+want+"\n```") {
 		t.Fatalf("README does not show the output the walk-through prints")
+	}
+	readmeBinary(t, u)
+}
+
+// readmeBinary runs the commands of the README's "Agents and commands" block
+// against the server at url, where the curl walk-through just ran: the built
+// forge binary for the build step, its agent in the background (state in a
+// temporary dir), then `forge run --selector env=dev -- uptime`, `forge agents`
+// and `forge tasks`. The walk-through's agent said it stopped, so the run finds the
+// one forge agent and ends at once: it no longer waits out the delivery TTL (1
+// minute) for web-1 and ends EXPIRED.
+func readmeBinary(t *testing.T, url string) {
+	script := strings.ReplaceAll(readme(t, "binary"), "\\\n", " ")
+	var cmds [][]string
+	for _, line := range strings.Split(script, "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			cmds = append(cmds, f)
+		}
+	}
+	if len(cmds) != 5 || strings.Join(cmds[0], " ") != "go build -o forge ./cmd/forge" {
+		t.Fatalf("README's binary block is not the build, agent, run, agents, tasks this test runs:\n%s", script)
+	}
+	state := t.TempDir()
+	e := env{"FORGE_SERVER": url}
+	args := func(c []string) []string {
+		if c[0] != "./forge" {
+			t.Fatalf("README runs %q, not ./forge", c)
+		}
+		var out []string
+		for _, a := range c[1:] {
+			a = strings.ReplaceAll(a, "http://127.0.0.1:8080", url)
+			out = append(out, strings.ReplaceAll(a, "/tmp/forge-agent", state))
+		}
+		return out
+	}
+	startProc(t, e, "forge", args(cmds[1])...)
+	waitAgents(t, controlAs(url, "admin-dev-0123456789"), "env=dev", 1)
+	start := time.Now()
+	run := exec.Command(bin(t, "forge"), args(cmds[2])...)
+	run.Env = append(os.Environ(), "FORGE_SERVER="+url)
+	out, err := run.CombinedOutput()
+	took := time.Since(start)
+	if err != nil || !strings.Contains(string(out), "load average") || strings.Contains(string(out), "EXPIRED") {
+		t.Fatalf("forge run after %v: %v\n%s", took, err, out)
+	}
+	if took > 45*time.Second { // the delivery TTL it used to wait out is 1 minute
+		t.Fatalf("forge run took %v:\n%s", took, out)
+	}
+	t.Logf("forge run took %v", took)
+	for _, c := range cmds[3:] {
+		cmd := exec.Command(bin(t, "forge"), args(c)...)
+		cmd.Env = append(os.Environ(), "FORGE_SERVER="+url)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(c, " "), err, out)
+		}
 	}
 }
 

@@ -52,6 +52,7 @@ func TestTypeScriptClient(t *testing.T) {
 	}
 	success := regexp.MustCompile(`(?m)^task \S+ TASK_STATE_SUCCEEDED output="hello from TypeScript"$`)
 	denied := regexp.MustCompile(`(?m)^GetTask with the agent token: permission_denied: `)
+	stopped := regexp.MustCompile(`(?m)^agent \S+ stopped: AGENT_STATUS_OFFLINE$`)
 	for _, format := range []string{"binary", "json"} {
 		t.Run("client "+format, func(t *testing.T) {
 			out := run(t, 30*time.Second, append(env, "FORGE_FORMAT="+format),
@@ -61,6 +62,9 @@ func TestTypeScriptClient(t *testing.T) {
 			}
 			if !denied.MatchString(out) {
 				t.Errorf("no permission_denied line matching %s in the output:\n%s", denied, out)
+			}
+			if !stopped.MatchString(out) {
+				t.Errorf("no line matching %s (offline at once after its last call) in the output:\n%s", stopped, out)
 			}
 		})
 	}

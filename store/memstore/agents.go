@@ -80,7 +80,7 @@ func (s *Store) RotateAgentToken(ctx context.Context, c store.Cred, newSecretHas
 }
 
 func (s *Store) status(a *agent, now time.Time) store.AgentStatus {
-	return store.StatusAt(!a.RevokedAt.IsZero(), a.LastSeenAt, a.pollUntil, now, s.cfg.OnlineWindow)
+	return store.StatusAt(!a.RevokedAt.IsZero(), a.stopped, a.LastSeenAt, a.pollUntil, now, s.cfg.OnlineWindow)
 }
 
 func (s *Store) agentView(a *agent, now time.Time) store.Agent {

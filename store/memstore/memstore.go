@@ -41,6 +41,7 @@ type agent struct {
 	tasks     []string         // every retained task id, oldest first
 	gen       int64            // poll generation
 	pollUntil time.Time        // when the newest Poll's hold ends
+	stopped   bool             // its last call was a Heartbeat saying it stopped
 }
 
 type task struct {

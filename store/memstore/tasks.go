@@ -15,7 +15,7 @@ func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResu
 		if err != nil {
 			return store.LeaseResult{}, err
 		}
-		a.LastSeenAt = now
+		a.LastSeenAt, a.stopped = now, false
 		if p.Gen == 0 {
 			a.gen++
 			if now.Before(a.pollUntil) {
@@ -61,7 +61,10 @@ func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.H
 		if err != nil {
 			return store.HeartbeatResult{}, err
 		}
-		a.LastSeenAt = now
+		a.LastSeenAt, a.stopped = now, p.Stopped
+		if p.Stopped {
+			a.pollUntil = time.Time{}
+		}
 		var res store.HeartbeatResult
 		for _, r := range p.Running {
 			t := a.running[r.TaskID]
@@ -88,7 +91,7 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 		if err != nil {
 			return 0, err
 		}
-		a.LastSeenAt = now
+		a.LastSeenAt, a.stopped = now, false
 		t := s.tasks[p.TaskID]
 		if t == nil || t.AgentID != a.ID {
 			return 0, store.ErrTaskNotFound(p.TaskID)

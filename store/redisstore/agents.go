@@ -76,7 +76,7 @@ func (s *Store) agentViewExec(id string, now int64) rueidis.LuaExec {
 func (s *Store) agentFromView(id string, arr []rueidis.RedisMessage, now int64) store.Agent {
 	f := pairs(arr[1])
 	a := decodeAgent(id, f)
-	a.Status = s.status(f["rev"] != "", atoi(f["seen"]), atoi(f["pu"]), now)
+	a.Status = s.status(f["rev"] != "", f["so"] == "1", atoi(f["seen"]), atoi(f["pu"]), now)
 	a.Pending = int(msgInt(arr[2]))
 	a.Running = refs(arr[3])
 	return a

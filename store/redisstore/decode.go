@@ -189,7 +189,8 @@ func decodePieces(m rueidis.RedisMessage) []store.OutputChunk {
 
 // decodeAgent builds an Agent from its record (without status, running, pending).
 // Fields: name host ver labels types (JSON) reg seen rev rr (ms, reason) cur next
-// (token hashes) gen pu (poll generation, poll held until) dr (draining) ra.
+// (token hashes) gen pu (poll generation, poll held until) dr (draining) so (stopped:
+// its last call was a stopping Heartbeat) ra.
 func decodeAgent(id string, f map[string]string) store.Agent {
 	a := store.Agent{
 		ID:           id,
@@ -213,8 +214,8 @@ func decodeAgent(id string, f map[string]string) store.Agent {
 }
 
 // status is store.StatusAt of an agent record's fields (times in ms).
-func (s *Store) status(revoked bool, seen, pollUntil, now int64) store.AgentStatus {
-	return store.StatusAt(revoked, time.UnixMilli(seen), time.UnixMilli(pollUntil), time.UnixMilli(now), s.cfg.OnlineWindow)
+func (s *Store) status(revoked, stopped bool, seen, pollUntil, now int64) store.AgentStatus {
+	return store.StatusAt(revoked, stopped, time.UnixMilli(seen), time.UnixMilli(pollUntil), time.UnixMilli(now), s.cfg.OnlineWindow)
 }
 
 func splitIDs(s string) []string {

@@ -349,14 +349,14 @@ func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, inclu
 		chunk := ids[lo:min(lo+batch, len(ids))]
 		cmds := make(rueidis.Commands, len(chunk))
 		for i, id := range chunk {
-			cmds[i] = s.client.B().Hmget().Key(s.k.agent(id)).Field("labels", "rev", "seen", "pu", "name").Build()
+			cmds[i] = s.client.B().Hmget().Key(s.k.agent(id)).Field("labels", "rev", "seen", "pu", "name", "so").Build()
 		}
 		for i, r := range s.client.DoMulti(ctx, cmds...) {
 			vals, err := r.ToArray()
 			if err != nil {
 				return nil, s.wrap(ctx, err)
 			}
-			if len(vals) != 5 || !vals[1].IsNil() {
+			if len(vals) != 6 || !vals[1].IsNil() {
 				continue // revoked (or malformed)
 			}
 			labelsJSON, err := vals[0].ToString()
@@ -371,7 +371,8 @@ func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, inclu
 			}
 			seen, _ := vals[2].AsInt64()
 			pu, _ := vals[3].AsInt64()
-			if !includeOffline && s.status(false, seen, pu, now) != store.AgentOnline {
+			so, _ := vals[5].ToString()
+			if !includeOffline && s.status(false, so == "1", seen, pu, now) != store.AgentOnline {
 				continue
 			}
 			out = append(out, chunk[i])

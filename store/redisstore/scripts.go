@@ -361,18 +361,20 @@ return {'OK'}
 // {job ids to advance}, task1 id, task1 fields, task2 id, ...}
 var leaseScript = shardScript(`
 local aid, max, lease, hold, gen = ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local f, aerr = auth(KEYS[1], ARGV[5], 'gen', 'pu')
+local f, aerr = auth(KEYS[1], ARGV[5], 'gen', 'pu', 'so')
 if aerr then return aerr end
 local cur, pu = tonumber(f[5]) or 0, tonumber(f[6]) or 0
--- The agent record is written once, at the end.
+-- The agent record is written once, at the end. A call ends a stop (so).
 local upd = {'seen', ms(NOW)}
+if f[7] == '1' then upd[#upd + 1] = 'so'; upd[#upd + 1] = '0' end
 if gen == 0 then
   cur = cur + 1
   -- An older Poll may still be held: wake it so it finds itself superseded.
   if pu > NOW then notify(WATCH_AGENT .. aid) end
-  upd[3], upd[4], upd[5], upd[6] = 'gen', cur, 'pu', ms(NOW + hold)
+  upd[#upd + 1] = 'gen'; upd[#upd + 1] = cur
+  upd[#upd + 1] = 'pu'; upd[#upd + 1] = ms(NOW + hold)
 elseif gen ~= cur then
-  redis.call('HSET', KEYS[1], 'seen', ms(NOW))
+  redis.call('HSET', KEYS[1], unpack(upd))
   return {'S', cur}
 end
 if redis.call('EXISTS', KEYS[2], KEYS[4]) == 0 then
@@ -432,18 +434,24 @@ return out
 `)
 
 // heartbeatScript extends the leases of the attempts an agent names and holds.
+// A stopping agent's last one (stopped) makes it offline at once: its Poll hold
+// ends and it is marked stopped (so) until its next call.
 //
 // KEYS[1] agent record, KEYS[2] running, KEYS[3] undelivered cancels
 // ARGV[4] agent id, [5] secret hash, [6] lease ms, [7] draining (0/1),
-// [8..] task id, attempt pairs
+// [8] stopped (0/1), [9..] task id, attempt pairs
 // returns {'OK', {tid, attempt, ...} to cancel, {tid, attempt, ...} to abandon}
 var heartbeatScript = shardScript(`
 local lease = tonumber(ARGV[6])
 local _, aerr = auth(KEYS[1], ARGV[5])
 if aerr then return aerr end
-redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'dr', ARGV[7])
+if ARGV[8] == '1' then
+  redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'dr', ARGV[7], 'so', '1', 'pu', '0')
+else
+  redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'dr', ARGV[7], 'so', '0')
+end
 local cancel, abandon = {}, {}
-for i = 8, #ARGV - 1, 2 do
+for i = 9, #ARGV - 1, 2 do
   local tid, att = ARGV[i], ARGV[i + 1]
   local held = false
   if redis.call('ZSCORE', KEYS[2], tid) then
@@ -484,7 +492,7 @@ var reportScript = shardScript(`
 local tid, att, outcome, exit = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[10])
 local _, aerr = auth(KEYS[1], ARGV[5])
 if aerr then return aerr end
-redis.call('HSET', KEYS[1], 'seen', ms(NOW))
+redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'so', '0')
 local tk = KEYS[2]
 local t = redis.call('HMGET', tk, 'st', 'att', 'rep', 'ro', 'ec', 'tmo', 'cr', 'crr')
 local st = tonumber(t[1])

@@ -40,7 +40,7 @@ func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.H
 	if !store.ValidID(id, 'a') {
 		return store.HeartbeatResult{}, store.ErrUnknownAgent()
 	}
-	args := s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), ms(p.Lease), flag(p.Draining))
+	args := s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), ms(p.Lease), flag(p.Draining), flag(p.Stopped))
 	for _, r := range p.Running {
 		args = append(args, r.TaskID, itoa(r.Attempt))
 	}

@@ -11,6 +11,7 @@ var agentCases = []testCase{
 	{"RegisterAndAuthenticate", testRegister},
 	{"RotateToken", testRotate},
 	{"Status", testStatus},
+	{"Stopped", testStopped},
 	{"Revoke", testRevoke},
 	{"RevokeReason", testRevokeReason},
 	{"List", testListAgents},
@@ -93,7 +94,7 @@ func testStatus(h *harness) {
 	a := h.register(nil)
 	want := func(seen, pollUntil time.Time, what string) {
 		h.Helper()
-		w := store.StatusAt(false, seen, pollUntil, h.now(), onlineWindow)
+		w := store.StatusAt(false, false, seen, pollUntil, h.now(), onlineWindow)
 		if got := h.agent(a.ID); got.Status != w || !got.LastSeenAt.Equal(seen) {
 			h.Fatalf("%s: agent %v last seen %v, want %v last seen %v", what, got.Status, got.LastSeenAt, w, seen)
 		}
@@ -278,4 +279,52 @@ func testListAgents(h *harness) {
 	if len(off) != 4 {
 		h.Fatalf("offline filter after the window = %d agents, want 4", len(off))
 	}
+}
+
+// testStopped: a Heartbeat that says the agent stopped makes it OFFLINE at once,
+// even with a Poll held and within the online window; selectors and `all` no
+// longer match it (unless IncludeOffline); its next call makes it ONLINE again.
+func testStopped(h *harness) {
+	a := h.register(map[string]string{"pool": "stop"})
+	if _, err := h.s.Lease(h.ctx, store.LeaseParams{Cred: a.cred, Max: 1, Lease: leaseFor, Hold: holdFor}); err != nil {
+		h.Fatal(err)
+	}
+	status := func(want store.AgentStatus, what string) {
+		h.Helper()
+		got := h.agent(a.ID)
+		if got.Status != want || !got.LastSeenAt.Equal(h.now()) {
+			h.Fatalf("%s: agent %v last seen %v, want %v last seen %v", what, got.Status, got.LastSeenAt, want, h.now())
+		}
+		on, _, err := h.s.ListAgents(h.ctx, store.AgentFilter{Status: want})
+		if err != nil || !slices.Contains(ids(on, func(x store.Agent) string { return x.ID }), a.ID) {
+			h.Fatalf("%s: ListAgents with status %v does not list the agent (%v)", what, want, err)
+		}
+	}
+	status(store.AgentOnline, "holding a Poll")
+	h.clock.Advance(time.Second)
+	if _, err := h.s.Heartbeat(h.ctx, store.HeartbeatParams{Cred: a.cred, Lease: leaseFor, Stopped: true}); err != nil {
+		h.Fatal(err)
+	}
+	status(store.AgentOffline, "after its stopping Heartbeat")
+	for _, tg := range []store.Target{{Selector: "pool=stop"}, {All: true}} {
+		if j := h.dispatchSpec(h.spec(tg)); len(j.TaskIDs) != 0 {
+			h.Fatalf("dispatch to %v after the stop made %d tasks", tg, len(j.TaskIDs))
+		}
+	}
+	spec := h.spec(store.Target{Selector: "pool=stop", IncludeOffline: true})
+	if j := h.dispatchSpec(spec); len(j.TaskIDs) != 1 {
+		h.Fatalf("dispatch with IncludeOffline after the stop made %d tasks, want 1", len(j.TaskIDs))
+	}
+	h.clock.Advance(time.Second)
+	h.heartbeat(a, leaseFor)
+	status(store.AgentOnline, "after a Heartbeat of its next run")
+	if _, err := h.s.Heartbeat(h.ctx, store.HeartbeatParams{Cred: a.cred, Lease: leaseFor, Stopped: true}); err != nil {
+		h.Fatal(err)
+	}
+	status(store.AgentOffline, "stopped again")
+	h.clock.Advance(time.Second)
+	if _, err := h.s.Lease(h.ctx, store.LeaseParams{Cred: a.cred, Max: 0, Lease: leaseFor, Hold: holdFor}); err != nil {
+		h.Fatal(err)
+	}
+	status(store.AgentOnline, "after a Lease of its next run")
 }

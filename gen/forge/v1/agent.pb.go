@@ -205,7 +205,11 @@ type HeartbeatRequest struct {
 	// The attempts the agent holds now.
 	Running []*TaskRef `protobuf:"bytes,1,rep,name=running,proto3" json:"running,omitempty"`
 	// True when the agent is draining (taking no new tasks).
-	Draining      bool `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	Draining bool `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	// True on the agent's last call as it stops cleanly (after reporting what it ran):
+	// the server marks it offline at once, so selectors and `all` stop matching it,
+	// instead of after the online window. Its next call makes it online again.
+	Stopped       bool `protobuf:"varint,3,opt,name=stopped,proto3" json:"stopped,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -250,6 +254,13 @@ func (x *HeartbeatRequest) GetRunning() []*TaskRef {
 func (x *HeartbeatRequest) GetDraining() bool {
 	if x != nil {
 		return x.Draining
+	}
+	return false
+}
+
+func (x *HeartbeatRequest) GetStopped() bool {
+	if x != nil {
+		return x.Stopped
 	}
 	return false
 }
@@ -833,10 +844,11 @@ const file_forge_v1_agent_proto_rawDesc = "" +
 	"agentToken\x126\n" +
 	"\tpoll_wait\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bpollWait\x12H\n" +
 	"\x12heartbeat_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x127\n" +
-	"\fsigning_keys\x18\x05 \x03(\v2\x14.forge.v1.SigningKeyR\vsigningKeys\"[\n" +
+	"\fsigning_keys\x18\x05 \x03(\v2\x14.forge.v1.SigningKeyR\vsigningKeys\"u\n" +
 	"\x10HeartbeatRequest\x12+\n" +
 	"\arunning\x18\x01 \x03(\v2\x11.forge.v1.TaskRefR\arunning\x12\x1a\n" +
-	"\bdraining\x18\x02 \x01(\bR\bdraining\"\xcb\x01\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\x12\x18\n" +
+	"\astopped\x18\x03 \x01(\bR\astopped\"\xcb\x01\n" +
 	"\x11HeartbeatResponse\x12)\n" +
 	"\x06cancel\x18\x01 \x03(\v2\x11.forge.v1.TaskRefR\x06cancel\x12+\n" +
 	"\aabandon\x18\x02 \x03(\v2\x11.forge.v1.TaskRefR\aabandon\x12\x14\n" +

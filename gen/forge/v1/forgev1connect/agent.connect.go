@@ -56,7 +56,8 @@ type AgentServiceClient interface {
 	// existing identity: an agent keeps its identity by keeping its token.
 	Register(context.Context, *connect.Request[v1.RegisterRequest]) (*connect.Response[v1.RegisterResponse], error)
 	// Heartbeat reports the attempts the agent is running; the server extends their
-	// leases and answers which to cancel or abandon, and whether to drain.
+	// leases and answers which to cancel or abandon, and whether to drain. An agent that
+	// stops cleanly sends a last one with `stopped`, and is offline at once.
 	Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error)
 	// Poll is a long-poll: held until tasks or cancellations are ready for this agent,
 	// or until `wait` ends (an empty answer is normal). One held Poll per agent: a new
@@ -173,7 +174,8 @@ type AgentServiceHandler interface {
 	// existing identity: an agent keeps its identity by keeping its token.
 	Register(context.Context, *connect.Request[v1.RegisterRequest]) (*connect.Response[v1.RegisterResponse], error)
 	// Heartbeat reports the attempts the agent is running; the server extends their
-	// leases and answers which to cancel or abandon, and whether to drain.
+	// leases and answers which to cancel or abandon, and whether to drain. An agent that
+	// stops cleanly sends a last one with `stopped`, and is offline at once.
 	Heartbeat(context.Context, *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error)
 	// Poll is a long-poll: held until tasks or cancellations are ready for this agent,
 	// or until `wait` ends (an empty answer is normal). One held Poll per agent: a new
