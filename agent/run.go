@@ -278,7 +278,22 @@ func (a *Agent) accept(s *session, res *forgev1.PollResponse) {
 	for _, ref := range res.Cancels {
 		a.cancelAttempt(ref, errCanceled)
 	}
+	// Never more than Concurrency at once: the agent asks for no more than its
+	// free slots, but a Poll answer (a hostile server, or one in the middle)
+	// may bring more. Those are handed back at once, to be leased again.
+	a.mu.Lock()
+	free := a.cfg.Concurrency - len(a.running)
+	if a.serverDrain || a.draining {
+		free = 0
+	}
+	a.mu.Unlock()
+	var back []*forgev1.TaskRef
 	for _, t := range res.Tasks {
+		if free <= 0 {
+			back = append(back, &forgev1.TaskRef{TaskId: t.Id, Attempt: t.Attempt})
+			continue
+		}
+		free--
 		replay, err := a.checkSigned(t)
 		switch {
 		case replay:
@@ -292,6 +307,37 @@ func (a *Agent) accept(s *session, res *forgev1.PollResponse) {
 		default:
 			a.start(s, t)
 			a.beatSoonIfDue(t)
+		}
+	}
+	if len(back) > 0 {
+		a.log.Warn("a Poll answer brought more tasks than free slots; handing the rest back", "tasks", len(res.Tasks), "handed_back", len(back), "concurrency", a.cfg.Concurrency)
+		s.tasks.Add(1)
+		go func() { defer s.tasks.Done(); a.returnTasks(s, back) }()
+	}
+}
+
+// returnTasks hands attempts back to the server (AgentService.ReturnTasks),
+// retrying transient failures like a report. A server without the call, or one
+// that refuses it, leaves them to their leases: they are requeued when those
+// run out.
+func (a *Agent) returnTasks(s *session, refs []*forgev1.TaskRef) {
+	var bo backoff
+	for {
+		idx, c := a.client()
+		cctx, cancel := context.WithTimeout(s.reportCtx, callTimeout)
+		req, _ := authed(a, &forgev1.ReturnTasksRequest{Tasks: refs})
+		_, err := c.ReturnTasks(cctx, req)
+		cancel()
+		if err == nil {
+			return
+		}
+		if !transient(err) {
+			a.log.Warn("cannot hand tasks back; they return when their leases run out", "tasks", len(refs), "err", err)
+			return
+		}
+		a.failover(idx)
+		if !sleep(s.reportCtx, bo.next()) {
+			return
 		}
 	}
 }

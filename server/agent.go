@@ -134,6 +134,27 @@ func (a *agentService) Heartbeat(ctx context.Context, req *connect.Request[forge
 	}), nil
 }
 
+// ReturnTasks hands back attempts the agent will not run (store.ReturnTasks).
+func (a *agentService) ReturnTasks(ctx context.Context, req *connect.Request[forgev1.ReturnTasksRequest]) (*connect.Response[forgev1.ReturnTasksResponse], error) {
+	s := a.s
+	if len(req.Msg.Tasks) > s.cfg.Limits.MaxTasks {
+		return nil, invalid("tasks", "%d attempts is over the limit of %d", len(req.Msg.Tasks), s.cfg.Limits.MaxTasks)
+	}
+	for _, r := range req.Msg.Tasks {
+		if !store.ValidTaskID(r.GetTaskId()) {
+			return nil, invalid("tasks", "%.80q is not a task id", r.GetTaskId())
+		}
+	}
+	got, err := s.store.ReturnTasks(ctx, store.ReturnParams{Cred: principalFrom(ctx).cred, Tasks: refsFromProto(req.Msg.Tasks)})
+	if err != nil {
+		return nil, s.agentError(ctx, err)
+	}
+	if len(got) > 0 {
+		s.log.Info("agent handed back attempts it will not run", "agent", principalFrom(ctx).cred.AgentID, "attempts", len(got))
+	}
+	return connect.NewResponse(&forgev1.ReturnTasksResponse{Returned: refsToProto(got)}), nil
+}
+
 // agentError maps a store error on an agent call; a credential that stopped
 // working (revoked, or unknown since the store lost its state) also leaves the
 // token cache.

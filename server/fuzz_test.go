@@ -122,6 +122,7 @@ var agentProcedures = []string{
 	forgev1connect.AgentServiceHeartbeatProcedure,
 	forgev1connect.AgentServicePollProcedure,
 	forgev1connect.AgentServiceReportResultProcedure,
+	forgev1connect.AgentServiceReturnTasksProcedure,
 	forgev1connect.AgentServiceRotateTokenProcedure,
 	forgev1connect.AgentServiceAppendOutputProcedure,
 }

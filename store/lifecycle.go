@@ -174,6 +174,23 @@ func LeaseExpiryEnd(t Task) (TaskState, string) {
 	return StatePending, fmt.Sprintf(FmtRequeued, t.Attempt)
 }
 
+// ReturnEnd returns what becomes of a RUNNING attempt of t that its agent hands
+// back unstarted (it took more tasks than it runs at once), and the reason
+// recorded: TIMED_OUT or CANCELED as LeaseExpiryEnd says when the attempt was
+// asked to stop, else PENDING: the task goes back to its agent's queue as if
+// never leased — its attempt number back to t.Attempt-1, so a handed-back
+// attempt does not count toward max_attempts — to be leased again at once.
+func ReturnEnd(t Task) (TaskState, string) {
+	why := ReasonReturned(t.Attempt)
+	switch {
+	case t.TimedOut:
+		return StateTimedOut, fmt.Sprintf(FmtCause, t.CancelReason, why)
+	case t.CancelRequested:
+		return StateCanceled, fmt.Sprintf(FmtCause, t.CancelReason, why)
+	}
+	return StatePending, why
+}
+
 // CancelMode says what a cancel does to each task it names.
 type CancelMode int
 

@@ -26,6 +26,7 @@ const (
 const (
 	FmtLeased      = "leased (attempt %d)"
 	FmtRequeued    = "lease expired (attempt %d); requeued"
+	FmtReturned    = "returned unstarted by the agent (attempt %d); requeued"
 	FmtLost        = "lease expired %d times (max_attempts)"
 	FmtTimedOut    = "timed out after %s"
 	FmtExpired     = "not picked up within its delivery TTL (%s)"
@@ -39,6 +40,10 @@ const (
 
 // ReasonLeased is the reason of a task's move to RUNNING as attempt n.
 func ReasonLeased(n int32) string { return fmt.Sprintf(FmtLeased, n) }
+
+// ReasonReturned is the reason of attempt n's move back to PENDING when its
+// agent handed it back unstarted (ReturnEnd).
+func ReasonReturned(n int32) string { return fmt.Sprintf(FmtReturned, n) }
 
 // ReasonTimedOut is the cancel reason of an attempt found past its timeout.
 func ReasonTimedOut(timeout time.Duration) string { return fmt.Sprintf(FmtTimedOut, timeout) }

@@ -38,6 +38,12 @@ type Store interface {
 	// Naming attempts the agent does not hold changes nothing for their holder.
 	// With p.Stopped the agent is offline at once (see HeartbeatParams).
 	Heartbeat(ctx context.Context, p HeartbeatParams) (HeartbeatResult, error)
+	// ReturnTasks hands back attempts the agent holds but will not run: each
+	// ends as ReturnEnd says — back in the agent's queue as if never leased, to
+	// be leased again by its next Lease, or ended when it was asked to stop.
+	// Attempts the agent does not hold are left alone. It returns the attempts
+	// it handed back.
+	ReturnTasks(ctx context.Context, p ReturnParams) ([]TaskRef, error)
 	// Report ends an attempt. The identical report again returns the same state;
 	// a report for another attempt, or a different outcome for an attempt already
 	// reported, fails with KindPrecondition.
@@ -179,6 +185,12 @@ type HeartbeatResult struct {
 	Cancel  []TaskRef
 	Abandon []TaskRef
 	Drain   bool
+}
+
+// ReturnParams names attempts an agent hands back unstarted.
+type ReturnParams struct {
+	Cred  Cred
+	Tasks []TaskRef
 }
 
 // ReportParams is an agent's report of one attempt.

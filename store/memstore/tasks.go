@@ -84,6 +84,33 @@ func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.H
 	})
 }
 
+// ReturnTasks implements store.Store.
+func (s *Store) ReturnTasks(ctx context.Context, p store.ReturnParams) ([]store.TaskRef, error) {
+	return locked(ctx, s, func(now time.Time) ([]store.TaskRef, error) {
+		a, err := s.auth(p.Cred)
+		if err != nil {
+			return nil, err
+		}
+		a.LastSeenAt = now
+		var out []store.TaskRef
+		for _, r := range p.Tasks {
+			t := a.running[r.TaskID]
+			if t == nil || t.Attempt != r.Attempt {
+				continue
+			}
+			st, reason := store.ReturnEnd(t.Task)
+			if st != store.StatePending {
+				s.end(t, st, reason, now)
+			} else {
+				s.requeue(t, reason, now)
+				t.Attempt-- // as if never leased; the history names the attempt returned
+			}
+			out = append(out, r)
+		}
+		return out, nil
+	})
+}
+
 // Report implements store.Store.
 func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskState, error) {
 	return locked(ctx, s, func(now time.Time) (store.TaskState, error) {

@@ -55,6 +55,7 @@ local REASON_SUCCEEDED = 'reported succeeded'
 local REASON_FAILED = 'reported failed'
 local FMT_LEASED = 'leased (attempt %d)'
 local FMT_REQUEUED = 'lease expired (attempt %d); requeued'
+local FMT_RETURNED = 'returned unstarted by the agent (attempt %d); requeued'
 local FMT_LOST = 'lease expired %d times (max_attempts)'
 local FMT_QUEUE_FULL = "agent's queue is full (%d pending tasks, the limit)"
 local FMT_CAUSE = '%s (%s)'
@@ -140,6 +141,15 @@ local function leaseExpiryEnd(tmo, cr, crr, att, max)
   if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', REASON_LEASE_EXPIRED) end
   if att >= max then return LOST, string.format(FMT_LOST, att) end
   return PENDING, string.format(FMT_REQUEUED, att)
+end
+
+-- returnEnd is store.ReturnEnd: what becomes of a running attempt its agent
+-- hands back unstarted (PENDING: back to the queue as attempt att - 1), and the reason.
+local function returnEnd(tmo, cr, crr, att)
+  local why = string.format(FMT_RETURNED, att)
+  if tmo then return TIMED_OUT, string.format(FMT_CAUSE, crr or '', why) end
+  if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', why) end
+  return PENDING, why
 end
 
 -- cancelAction is store.CancelMode.Action: what cancel mode mode does to a task

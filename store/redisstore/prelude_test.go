@@ -272,6 +272,19 @@ func agreements() []agreement {
 			},
 		},
 		{
+			name: "returnEnd",
+			lua: `local crr = a[3]
+			if crr == '' then crr = nil end
+			local st, why = returnEnd(a[1] == '1', a[2] == '1', crr, tonumber(a[4]))
+			return {st, why}`,
+			rows: cross(flags, flags, reasons, []string{"1", "2", "3"}),
+			goRule: func(r []string) []string {
+				st, why := store.ReturnEnd(store.Task{TimedOut: flagOf(r[0]), CancelRequested: flagOf(r[1]), CancelReason: r[2],
+					Attempt: num(r[3])})
+				return []string{strconv.Itoa(int(st)), why}
+			},
+		},
+		{
 			name: "cancelAction",
 			lua:  `return {cancelAction(tonumber(a[1]), tonumber(a[2]))}`,
 			rows: cross([]string{"1", "2", "3"}, states),

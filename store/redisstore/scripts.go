@@ -480,6 +480,47 @@ end
 return {'OK', cancel, abandon}
 `)
 
+// returnScript hands back attempts an agent holds but will not run (see
+// store.ReturnEnd): each goes back to the agent's queue as attempt - 1, or ends
+// when it was asked to stop. Attempts the agent does not hold are left alone.
+//
+// KEYS[1] agent record, KEYS[2] running, KEYS[3] queue, KEYS[4] undelivered cancels
+// ARGV[4] agent id, [5] secret hash, [6..] task id, attempt pairs
+// returns {'OK', {tid, attempt, ...} handed back, {job ids to advance}}
+var returnScript = shardScript(`
+local aid = ARGV[4]
+local _, aerr = auth(KEYS[1], ARGV[5])
+if aerr then return aerr end
+redis.call('HSET', KEYS[1], 'seen', ms(NOW))
+local out = {}
+for i = 6, #ARGV - 1, 2 do
+  local tid, att = ARGV[i], ARGV[i + 1]
+  if redis.call('ZSCORE', KEYS[2], tid) then
+    local tk = kTask(tid)
+    local t = redis.call('HMGET', tk, 'att', 'st', 'tmo', 'cr', 'crr', 'ttl', 'job')
+    if t[1] == att and tonumber(t[2]) == RUNNING then
+      local n = tonumber(att)
+      local new, reason = returnEnd(t[3] == '1', t[4] == '1', t[5], n)
+      if new ~= PENDING then
+        endTask(tid, new, reason)
+      else
+        redis.call('ZREM', KEYS[2], tid)
+        redis.call('ZREM', KEYS[4], tid)
+        redis.call('HDEL', tk, 'le', 'dl', 'cd')
+        setState(tk, tid, t[7], RUNNING, PENDING, reason, n, nil, {'att', n - 1, 'db', ms(NOW + tonumber(t[6]))})
+        redis.call('ZADD', KEYS[3], 0, tid)
+        notify(WATCH_AGENT .. aid)
+        reindex(tk, tid)
+      end
+      out[#out + 1] = tid
+      out[#out + 1] = att
+    end
+  end
+end
+publish()
+return {'OK', out, advanceList()}
+`)
+
 // reportScript ends an attempt with the agent's report; the output the handler
 // returned is added to the attempt's stdout.
 //
@@ -900,7 +941,7 @@ return {'OK', redis.call('HGETALL', KEYS[1])}
 `)
 
 var allScripts = []*script{
-	registerScript, authScript, rotateScript, leaseScript, heartbeatScript, reportScript, appendOutputScript,
+	registerScript, authScript, rotateScript, leaseScript, heartbeatScript, returnScript, reportScript, appendOutputScript,
 	readOutputScript, taskScript,
 	createTasksScript, releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
 	jobCreateScript, jobStepScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,

@@ -51,6 +51,24 @@ func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.H
 	return store.HeartbeatResult{Cancel: refs(arr[1]), Abandon: refs(arr[2])}, nil
 }
 
+// ReturnTasks implements store.Store: one script in the agent's shard.
+func (s *Store) ReturnTasks(ctx context.Context, p store.ReturnParams) ([]store.TaskRef, error) {
+	id := p.Cred.AgentID
+	if !store.ValidID(id, 'a') {
+		return nil, store.ErrUnknownAgent()
+	}
+	args := s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash))
+	for _, r := range p.Tasks {
+		args = append(args, r.TaskID, itoa(r.Attempt))
+	}
+	arr, err := s.run(ctx, returnScript, []string{s.k.agent(id), s.k.running(id), s.k.queue(id), s.k.cancels(id)}, args)
+	if err != nil {
+		return nil, err
+	}
+	s.advanceAll(ctx, msgStrs(arr[2]))
+	return refs(arr[1]), nil
+}
+
 // Report implements store.Store.
 func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskState, error) {
 	id := p.Cred.AgentID

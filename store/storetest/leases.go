@@ -16,6 +16,63 @@ var leaseCases = []testCase{
 	{"OrderAndBatch", testLeaseBatch},
 	{"PollGeneration", testPollGeneration},
 	{"Concurrent", testConcurrentLeases},
+	{"ReturnRequeues", testReturn},
+}
+
+func testReturn(h *harness) {
+	a, b := h.register(nil), h.register(nil)
+	t0 := h.now()
+	j := h.dispatch(a)
+	h.dispatch(a)
+	h.dispatch(a)
+	r := h.lease(a, 3)
+	if len(r.Tasks) != 3 {
+		h.Fatalf("leased %d tasks, want 3", len(r.Tasks))
+	}
+	keep, back, stop := r.Tasks[0], r.Tasks[1], r.Tasks[2]
+	h.clock.Advance(time.Second)
+	tRet := h.now()
+	// Another agent's attempt, or another attempt of a held task, is left alone.
+	if got := h.returnTasks(b, keep.Ref()); len(got) != 0 {
+		h.Fatalf("b handed back a's attempt: %v", got)
+	}
+	if got := h.returnTasks(a, store.TaskRef{TaskID: back.ID, Attempt: 2}, store.TaskRef{TaskID: unknownTask, Attempt: 1}); len(got) != 0 {
+		h.Fatalf("attempts a does not hold were handed back: %v", got)
+	}
+	if _, err := h.s.CancelTask(h.ctx, stop.ID, ""); err != nil {
+		h.Fatal(err)
+	}
+	got := h.returnTasks(a, back.Ref(), stop.Ref())
+	if !slices.Equal(got, []store.TaskRef{back.Ref(), stop.Ref()}) {
+		h.Fatalf("handed back %v, want %v", got, []store.TaskRef{back.Ref(), stop.Ref()})
+	}
+	p := h.wantState(back.ID, store.StatePending)
+	if p.Attempt != 0 || !p.LeaseExpiresAt.IsZero() || !p.Deadline.IsZero() || !p.DeliverBy.Equal(tRet.Add(deliveryTTL)) {
+		h.Fatalf("handed-back task = %+v; want attempt 0, no lease, no deadline, a new delivery TTL", p)
+	}
+	h.wantEnded(stop.ID, store.StateCanceled, cause(store.ReasonTaskCanceled, store.ReasonReturned(1)))
+	if ag := h.agent(a.ID); ag.Pending != 1 || !slices.Equal(ag.Running, []store.TaskRef{keep.Ref()}) {
+		h.Fatalf("agent after the hand-back: pending %d running %v", ag.Pending, ag.Running)
+	}
+	// Handing back again changes nothing.
+	if got := h.returnTasks(a, back.Ref()); len(got) != 0 {
+		h.Fatalf("handed back twice: %v", got)
+	}
+	// The next Lease takes it again, as the same attempt number.
+	again := h.leaseOne(a)
+	if again.ID != back.ID || again.Attempt != 1 {
+		h.Fatalf("leased %s attempt %d, want %s attempt 1", again.ID, again.Attempt, back.ID)
+	}
+	h.wantHistory(back.ID,
+		step{store.StatePending, store.ReasonDispatched, 0, t0},
+		step{store.StateRunning, store.ReasonLeased(1), 1, t0},
+		step{store.StatePending, store.ReasonReturned(1), 1, tRet},
+		step{store.StateRunning, store.ReasonLeased(1), 1, tRet})
+	h.mustReport(a, again.Ref(), store.OutcomeSucceeded, store.StateSucceeded)
+	h.wantCounts(j.ID, store.Counts{Running: 1})
+	_, err := h.s.ReturnTasks(h.ctx, store.ReturnParams{Cred: store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}, Tasks: []store.TaskRef{keep.Ref()}})
+	wantErr(h, err, store.ErrUnknownAgent(), "hand-back with a wrong secret")
+	h.wantState(keep.ID, store.StateRunning)
 }
 
 func testLeaseExpiry(h *harness) {

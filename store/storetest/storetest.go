@@ -210,6 +210,15 @@ func (h *harness) heartbeat(a testAgent, lease time.Duration, refs ...store.Task
 	return r
 }
 
+func (h *harness) returnTasks(a testAgent, refs ...store.TaskRef) []store.TaskRef {
+	h.Helper()
+	got, err := h.s.ReturnTasks(h.ctx, store.ReturnParams{Cred: a.cred, Tasks: refs})
+	if err != nil {
+		h.Fatal(err)
+	}
+	return got
+}
+
 func (h *harness) report(a testAgent, ref store.TaskRef, o store.Outcome) (store.TaskState, error) {
 	return h.s.Report(h.ctx, store.ReportParams{Cred: a.cred, TaskID: ref.TaskID, Attempt: ref.Attempt, Outcome: o, Output: []byte("out")})
 }

@@ -451,6 +451,98 @@ func (x *PollResponse) GetCancels() []*TaskRef {
 	return nil
 }
 
+// ReturnTasksRequest names attempts the agent hands back unstarted.
+type ReturnTasksRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The attempts, as Poll gave them.
+	Tasks         []*TaskRef `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReturnTasksRequest) Reset() {
+	*x = ReturnTasksRequest{}
+	mi := &file_forge_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReturnTasksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReturnTasksRequest) ProtoMessage() {}
+
+func (x *ReturnTasksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_forge_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReturnTasksRequest.ProtoReflect.Descriptor instead.
+func (*ReturnTasksRequest) Descriptor() ([]byte, []int) {
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReturnTasksRequest) GetTasks() []*TaskRef {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+// ReturnTasksResponse says which attempts were handed back.
+type ReturnTasksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The attempts the agent held and handed back; the others it did not hold.
+	Returned      []*TaskRef `protobuf:"bytes,1,rep,name=returned,proto3" json:"returned,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReturnTasksResponse) Reset() {
+	*x = ReturnTasksResponse{}
+	mi := &file_forge_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReturnTasksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReturnTasksResponse) ProtoMessage() {}
+
+func (x *ReturnTasksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_forge_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReturnTasksResponse.ProtoReflect.Descriptor instead.
+func (*ReturnTasksResponse) Descriptor() ([]byte, []int) {
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReturnTasksResponse) GetReturned() []*TaskRef {
+	if x != nil {
+		return x.Returned
+	}
+	return nil
+}
+
 // ReportResultRequest reports one attempt's outcome.
 type ReportResultRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -478,7 +570,7 @@ type ReportResultRequest struct {
 
 func (x *ReportResultRequest) Reset() {
 	*x = ReportResultRequest{}
-	mi := &file_forge_v1_agent_proto_msgTypes[6]
+	mi := &file_forge_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -490,7 +582,7 @@ func (x *ReportResultRequest) String() string {
 func (*ReportResultRequest) ProtoMessage() {}
 
 func (x *ReportResultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_agent_proto_msgTypes[6]
+	mi := &file_forge_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -503,7 +595,7 @@ func (x *ReportResultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResultRequest.ProtoReflect.Descriptor instead.
 func (*ReportResultRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReportResultRequest) GetTaskId() string {
@@ -574,7 +666,7 @@ type ReportResultResponse struct {
 
 func (x *ReportResultResponse) Reset() {
 	*x = ReportResultResponse{}
-	mi := &file_forge_v1_agent_proto_msgTypes[7]
+	mi := &file_forge_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +678,7 @@ func (x *ReportResultResponse) String() string {
 func (*ReportResultResponse) ProtoMessage() {}
 
 func (x *ReportResultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_agent_proto_msgTypes[7]
+	mi := &file_forge_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +691,7 @@ func (x *ReportResultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResultResponse.ProtoReflect.Descriptor instead.
 func (*ReportResultResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReportResultResponse) GetState() TaskState {
@@ -630,7 +722,7 @@ type AppendOutputRequest struct {
 
 func (x *AppendOutputRequest) Reset() {
 	*x = AppendOutputRequest{}
-	mi := &file_forge_v1_agent_proto_msgTypes[8]
+	mi := &file_forge_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +734,7 @@ func (x *AppendOutputRequest) String() string {
 func (*AppendOutputRequest) ProtoMessage() {}
 
 func (x *AppendOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_agent_proto_msgTypes[8]
+	mi := &file_forge_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +747,7 @@ func (x *AppendOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendOutputRequest.ProtoReflect.Descriptor instead.
 func (*AppendOutputRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AppendOutputRequest) GetTaskId() string {
@@ -704,7 +796,7 @@ type AppendOutputResponse struct {
 
 func (x *AppendOutputResponse) Reset() {
 	*x = AppendOutputResponse{}
-	mi := &file_forge_v1_agent_proto_msgTypes[9]
+	mi := &file_forge_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +808,7 @@ func (x *AppendOutputResponse) String() string {
 func (*AppendOutputResponse) ProtoMessage() {}
 
 func (x *AppendOutputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_agent_proto_msgTypes[9]
+	mi := &file_forge_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +821,7 @@ func (x *AppendOutputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendOutputResponse.ProtoReflect.Descriptor instead.
 func (*AppendOutputResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AppendOutputResponse) GetNextOffset() int64 {
@@ -748,7 +840,7 @@ type RotateTokenRequest struct {
 
 func (x *RotateTokenRequest) Reset() {
 	*x = RotateTokenRequest{}
-	mi := &file_forge_v1_agent_proto_msgTypes[10]
+	mi := &file_forge_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +852,7 @@ func (x *RotateTokenRequest) String() string {
 func (*RotateTokenRequest) ProtoMessage() {}
 
 func (x *RotateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_agent_proto_msgTypes[10]
+	mi := &file_forge_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +865,7 @@ func (x *RotateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateTokenRequest.ProtoReflect.Descriptor instead.
 func (*RotateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_forge_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 // RotateTokenResponse carries the new token.
@@ -787,7 +879,7 @@ type RotateTokenResponse struct {
 
 func (x *RotateTokenResponse) Reset() {
 	*x = RotateTokenResponse{}
-	mi := &file_forge_v1_agent_proto_msgTypes[11]
+	mi := &file_forge_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +891,7 @@ func (x *RotateTokenResponse) String() string {
 func (*RotateTokenResponse) ProtoMessage() {}
 
 func (x *RotateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_agent_proto_msgTypes[11]
+	mi := &file_forge_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +904,7 @@ func (x *RotateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateTokenResponse.ProtoReflect.Descriptor instead.
 func (*RotateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_forge_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_forge_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RotateTokenResponse) GetAgentToken() string {
@@ -861,7 +953,11 @@ const file_forge_v1_agent_proto_rawDesc = "" +
 	"_max_tasks\"a\n" +
 	"\fPollResponse\x12$\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x0e.forge.v1.TaskR\x05tasks\x12+\n" +
-	"\acancels\x18\x02 \x03(\v2\x11.forge.v1.TaskRefR\acancels\"\x8c\x02\n" +
+	"\acancels\x18\x02 \x03(\v2\x11.forge.v1.TaskRefR\acancels\"=\n" +
+	"\x12ReturnTasksRequest\x12'\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x11.forge.v1.TaskRefR\x05tasks\"D\n" +
+	"\x13ReturnTasksResponse\x12-\n" +
+	"\breturned\x18\x01 \x03(\v2\x11.forge.v1.TaskRefR\breturned\"\x8c\x02\n" +
 	"\x13ReportResultRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12+\n" +
@@ -886,11 +982,12 @@ const file_forge_v1_agent_proto_rawDesc = "" +
 	"\x12RotateTokenRequest\"6\n" +
 	"\x13RotateTokenResponse\x12\x1f\n" +
 	"\vagent_token\x18\x01 \x01(\tR\n" +
-	"agentToken2\xc4\x03\n" +
+	"agentToken2\x92\x04\n" +
 	"\fAgentService\x12C\n" +
 	"\bRegister\x12\x19.forge.v1.RegisterRequest\x1a\x1a.forge.v1.RegisterResponse\"\x00\x12F\n" +
 	"\tHeartbeat\x12\x1a.forge.v1.HeartbeatRequest\x1a\x1b.forge.v1.HeartbeatResponse\"\x00\x127\n" +
-	"\x04Poll\x12\x15.forge.v1.PollRequest\x1a\x16.forge.v1.PollResponse\"\x00\x12O\n" +
+	"\x04Poll\x12\x15.forge.v1.PollRequest\x1a\x16.forge.v1.PollResponse\"\x00\x12L\n" +
+	"\vReturnTasks\x12\x1c.forge.v1.ReturnTasksRequest\x1a\x1d.forge.v1.ReturnTasksResponse\"\x00\x12O\n" +
 	"\fReportResult\x12\x1d.forge.v1.ReportResultRequest\x1a\x1e.forge.v1.ReportResultResponse\"\x00\x12O\n" +
 	"\fAppendOutput\x12\x1d.forge.v1.AppendOutputRequest\x1a\x1e.forge.v1.AppendOutputResponse\"\x00\x12L\n" +
 	"\vRotateToken\x12\x1c.forge.v1.RotateTokenRequest\x1a\x1d.forge.v1.RotateTokenResponse\"\x00B\x8f\x01\n" +
@@ -909,7 +1006,7 @@ func file_forge_v1_agent_proto_rawDescGZIP() []byte {
 	return file_forge_v1_agent_proto_rawDescData
 }
 
-var file_forge_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_forge_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_forge_v1_agent_proto_goTypes = []any{
 	(*RegisterRequest)(nil),      // 0: forge.v1.RegisterRequest
 	(*RegisterResponse)(nil),     // 1: forge.v1.RegisterResponse
@@ -917,53 +1014,59 @@ var file_forge_v1_agent_proto_goTypes = []any{
 	(*HeartbeatResponse)(nil),    // 3: forge.v1.HeartbeatResponse
 	(*PollRequest)(nil),          // 4: forge.v1.PollRequest
 	(*PollResponse)(nil),         // 5: forge.v1.PollResponse
-	(*ReportResultRequest)(nil),  // 6: forge.v1.ReportResultRequest
-	(*ReportResultResponse)(nil), // 7: forge.v1.ReportResultResponse
-	(*AppendOutputRequest)(nil),  // 8: forge.v1.AppendOutputRequest
-	(*AppendOutputResponse)(nil), // 9: forge.v1.AppendOutputResponse
-	(*RotateTokenRequest)(nil),   // 10: forge.v1.RotateTokenRequest
-	(*RotateTokenResponse)(nil),  // 11: forge.v1.RotateTokenResponse
-	nil,                          // 12: forge.v1.RegisterRequest.LabelsEntry
-	(*durationpb.Duration)(nil),  // 13: google.protobuf.Duration
-	(*SigningKey)(nil),           // 14: forge.v1.SigningKey
-	(*TaskRef)(nil),              // 15: forge.v1.TaskRef
-	(*Task)(nil),                 // 16: forge.v1.Task
-	(Outcome)(0),                 // 17: forge.v1.Outcome
-	(TaskState)(0),               // 18: forge.v1.TaskState
-	(Stream)(0),                  // 19: forge.v1.Stream
+	(*ReturnTasksRequest)(nil),   // 6: forge.v1.ReturnTasksRequest
+	(*ReturnTasksResponse)(nil),  // 7: forge.v1.ReturnTasksResponse
+	(*ReportResultRequest)(nil),  // 8: forge.v1.ReportResultRequest
+	(*ReportResultResponse)(nil), // 9: forge.v1.ReportResultResponse
+	(*AppendOutputRequest)(nil),  // 10: forge.v1.AppendOutputRequest
+	(*AppendOutputResponse)(nil), // 11: forge.v1.AppendOutputResponse
+	(*RotateTokenRequest)(nil),   // 12: forge.v1.RotateTokenRequest
+	(*RotateTokenResponse)(nil),  // 13: forge.v1.RotateTokenResponse
+	nil,                          // 14: forge.v1.RegisterRequest.LabelsEntry
+	(*durationpb.Duration)(nil),  // 15: google.protobuf.Duration
+	(*SigningKey)(nil),           // 16: forge.v1.SigningKey
+	(*TaskRef)(nil),              // 17: forge.v1.TaskRef
+	(*Task)(nil),                 // 18: forge.v1.Task
+	(Outcome)(0),                 // 19: forge.v1.Outcome
+	(TaskState)(0),               // 20: forge.v1.TaskState
+	(Stream)(0),                  // 21: forge.v1.Stream
 }
 var file_forge_v1_agent_proto_depIdxs = []int32{
-	12, // 0: forge.v1.RegisterRequest.labels:type_name -> forge.v1.RegisterRequest.LabelsEntry
-	13, // 1: forge.v1.RegisterResponse.poll_wait:type_name -> google.protobuf.Duration
-	13, // 2: forge.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	14, // 3: forge.v1.RegisterResponse.signing_keys:type_name -> forge.v1.SigningKey
-	15, // 4: forge.v1.HeartbeatRequest.running:type_name -> forge.v1.TaskRef
-	15, // 5: forge.v1.HeartbeatResponse.cancel:type_name -> forge.v1.TaskRef
-	15, // 6: forge.v1.HeartbeatResponse.abandon:type_name -> forge.v1.TaskRef
-	13, // 7: forge.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	13, // 8: forge.v1.PollRequest.wait:type_name -> google.protobuf.Duration
-	16, // 9: forge.v1.PollResponse.tasks:type_name -> forge.v1.Task
-	15, // 10: forge.v1.PollResponse.cancels:type_name -> forge.v1.TaskRef
-	17, // 11: forge.v1.ReportResultRequest.outcome:type_name -> forge.v1.Outcome
-	18, // 12: forge.v1.ReportResultResponse.state:type_name -> forge.v1.TaskState
-	19, // 13: forge.v1.AppendOutputRequest.stream:type_name -> forge.v1.Stream
-	0,  // 14: forge.v1.AgentService.Register:input_type -> forge.v1.RegisterRequest
-	2,  // 15: forge.v1.AgentService.Heartbeat:input_type -> forge.v1.HeartbeatRequest
-	4,  // 16: forge.v1.AgentService.Poll:input_type -> forge.v1.PollRequest
-	6,  // 17: forge.v1.AgentService.ReportResult:input_type -> forge.v1.ReportResultRequest
-	8,  // 18: forge.v1.AgentService.AppendOutput:input_type -> forge.v1.AppendOutputRequest
-	10, // 19: forge.v1.AgentService.RotateToken:input_type -> forge.v1.RotateTokenRequest
-	1,  // 20: forge.v1.AgentService.Register:output_type -> forge.v1.RegisterResponse
-	3,  // 21: forge.v1.AgentService.Heartbeat:output_type -> forge.v1.HeartbeatResponse
-	5,  // 22: forge.v1.AgentService.Poll:output_type -> forge.v1.PollResponse
-	7,  // 23: forge.v1.AgentService.ReportResult:output_type -> forge.v1.ReportResultResponse
-	9,  // 24: forge.v1.AgentService.AppendOutput:output_type -> forge.v1.AppendOutputResponse
-	11, // 25: forge.v1.AgentService.RotateToken:output_type -> forge.v1.RotateTokenResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	14, // 0: forge.v1.RegisterRequest.labels:type_name -> forge.v1.RegisterRequest.LabelsEntry
+	15, // 1: forge.v1.RegisterResponse.poll_wait:type_name -> google.protobuf.Duration
+	15, // 2: forge.v1.RegisterResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	16, // 3: forge.v1.RegisterResponse.signing_keys:type_name -> forge.v1.SigningKey
+	17, // 4: forge.v1.HeartbeatRequest.running:type_name -> forge.v1.TaskRef
+	17, // 5: forge.v1.HeartbeatResponse.cancel:type_name -> forge.v1.TaskRef
+	17, // 6: forge.v1.HeartbeatResponse.abandon:type_name -> forge.v1.TaskRef
+	15, // 7: forge.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	15, // 8: forge.v1.PollRequest.wait:type_name -> google.protobuf.Duration
+	18, // 9: forge.v1.PollResponse.tasks:type_name -> forge.v1.Task
+	17, // 10: forge.v1.PollResponse.cancels:type_name -> forge.v1.TaskRef
+	17, // 11: forge.v1.ReturnTasksRequest.tasks:type_name -> forge.v1.TaskRef
+	17, // 12: forge.v1.ReturnTasksResponse.returned:type_name -> forge.v1.TaskRef
+	19, // 13: forge.v1.ReportResultRequest.outcome:type_name -> forge.v1.Outcome
+	20, // 14: forge.v1.ReportResultResponse.state:type_name -> forge.v1.TaskState
+	21, // 15: forge.v1.AppendOutputRequest.stream:type_name -> forge.v1.Stream
+	0,  // 16: forge.v1.AgentService.Register:input_type -> forge.v1.RegisterRequest
+	2,  // 17: forge.v1.AgentService.Heartbeat:input_type -> forge.v1.HeartbeatRequest
+	4,  // 18: forge.v1.AgentService.Poll:input_type -> forge.v1.PollRequest
+	6,  // 19: forge.v1.AgentService.ReturnTasks:input_type -> forge.v1.ReturnTasksRequest
+	8,  // 20: forge.v1.AgentService.ReportResult:input_type -> forge.v1.ReportResultRequest
+	10, // 21: forge.v1.AgentService.AppendOutput:input_type -> forge.v1.AppendOutputRequest
+	12, // 22: forge.v1.AgentService.RotateToken:input_type -> forge.v1.RotateTokenRequest
+	1,  // 23: forge.v1.AgentService.Register:output_type -> forge.v1.RegisterResponse
+	3,  // 24: forge.v1.AgentService.Heartbeat:output_type -> forge.v1.HeartbeatResponse
+	5,  // 25: forge.v1.AgentService.Poll:output_type -> forge.v1.PollResponse
+	7,  // 26: forge.v1.AgentService.ReturnTasks:output_type -> forge.v1.ReturnTasksResponse
+	9,  // 27: forge.v1.AgentService.ReportResult:output_type -> forge.v1.ReportResultResponse
+	11, // 28: forge.v1.AgentService.AppendOutput:output_type -> forge.v1.AppendOutputResponse
+	13, // 29: forge.v1.AgentService.RotateToken:output_type -> forge.v1.RotateTokenResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_forge_v1_agent_proto_init() }
@@ -979,7 +1082,7 @@ func file_forge_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_forge_v1_agent_proto_rawDesc), len(file_forge_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,6 +39,9 @@ const (
 	AgentServiceHeartbeatProcedure = "/forge.v1.AgentService/Heartbeat"
 	// AgentServicePollProcedure is the fully-qualified name of the AgentService's Poll RPC.
 	AgentServicePollProcedure = "/forge.v1.AgentService/Poll"
+	// AgentServiceReturnTasksProcedure is the fully-qualified name of the AgentService's ReturnTasks
+	// RPC.
+	AgentServiceReturnTasksProcedure = "/forge.v1.AgentService/ReturnTasks"
 	// AgentServiceReportResultProcedure is the fully-qualified name of the AgentService's ReportResult
 	// RPC.
 	AgentServiceReportResultProcedure = "/forge.v1.AgentService/ReportResult"
@@ -63,6 +66,12 @@ type AgentServiceClient interface {
 	// or until `wait` ends (an empty answer is normal). One held Poll per agent: a new
 	// one answers the older one empty.
 	Poll(context.Context, *connect.Request[v1.PollRequest]) (*connect.Response[v1.PollResponse], error)
+	// ReturnTasks hands back attempts the agent took but will not run — a Poll
+	// answer brought more tasks than it runs at once. Each goes back to the agent's
+	// queue at once, as if never leased (its attempt number does not count), and
+	// is leased again by a later Poll; one asked to stop meanwhile ends instead.
+	// Attempts the agent does not hold are left alone.
+	ReturnTasks(context.Context, *connect.Request[v1.ReturnTasksRequest]) (*connect.Response[v1.ReturnTasksResponse], error)
 	// ReportResult reports the outcome of one attempt. The identical report again is
 	// accepted; a report for another attempt is refused with failed_precondition.
 	ReportResult(context.Context, *connect.Request[v1.ReportResultRequest]) (*connect.Response[v1.ReportResultResponse], error)
@@ -107,6 +116,12 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(agentServiceMethods.ByName("Poll")),
 			connect.WithClientOptions(opts...),
 		),
+		returnTasks: connect.NewClient[v1.ReturnTasksRequest, v1.ReturnTasksResponse](
+			httpClient,
+			baseURL+AgentServiceReturnTasksProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("ReturnTasks")),
+			connect.WithClientOptions(opts...),
+		),
 		reportResult: connect.NewClient[v1.ReportResultRequest, v1.ReportResultResponse](
 			httpClient,
 			baseURL+AgentServiceReportResultProcedure,
@@ -133,6 +148,7 @@ type agentServiceClient struct {
 	register     *connect.Client[v1.RegisterRequest, v1.RegisterResponse]
 	heartbeat    *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
 	poll         *connect.Client[v1.PollRequest, v1.PollResponse]
+	returnTasks  *connect.Client[v1.ReturnTasksRequest, v1.ReturnTasksResponse]
 	reportResult *connect.Client[v1.ReportResultRequest, v1.ReportResultResponse]
 	appendOutput *connect.Client[v1.AppendOutputRequest, v1.AppendOutputResponse]
 	rotateToken  *connect.Client[v1.RotateTokenRequest, v1.RotateTokenResponse]
@@ -151,6 +167,11 @@ func (c *agentServiceClient) Heartbeat(ctx context.Context, req *connect.Request
 // Poll calls forge.v1.AgentService.Poll.
 func (c *agentServiceClient) Poll(ctx context.Context, req *connect.Request[v1.PollRequest]) (*connect.Response[v1.PollResponse], error) {
 	return c.poll.CallUnary(ctx, req)
+}
+
+// ReturnTasks calls forge.v1.AgentService.ReturnTasks.
+func (c *agentServiceClient) ReturnTasks(ctx context.Context, req *connect.Request[v1.ReturnTasksRequest]) (*connect.Response[v1.ReturnTasksResponse], error) {
+	return c.returnTasks.CallUnary(ctx, req)
 }
 
 // ReportResult calls forge.v1.AgentService.ReportResult.
@@ -181,6 +202,12 @@ type AgentServiceHandler interface {
 	// or until `wait` ends (an empty answer is normal). One held Poll per agent: a new
 	// one answers the older one empty.
 	Poll(context.Context, *connect.Request[v1.PollRequest]) (*connect.Response[v1.PollResponse], error)
+	// ReturnTasks hands back attempts the agent took but will not run — a Poll
+	// answer brought more tasks than it runs at once. Each goes back to the agent's
+	// queue at once, as if never leased (its attempt number does not count), and
+	// is leased again by a later Poll; one asked to stop meanwhile ends instead.
+	// Attempts the agent does not hold are left alone.
+	ReturnTasks(context.Context, *connect.Request[v1.ReturnTasksRequest]) (*connect.Response[v1.ReturnTasksResponse], error)
 	// ReportResult reports the outcome of one attempt. The identical report again is
 	// accepted; a report for another attempt is refused with failed_precondition.
 	ReportResult(context.Context, *connect.Request[v1.ReportResultRequest]) (*connect.Response[v1.ReportResultResponse], error)
@@ -221,6 +248,12 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(agentServiceMethods.ByName("Poll")),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceReturnTasksHandler := connect.NewUnaryHandler(
+		AgentServiceReturnTasksProcedure,
+		svc.ReturnTasks,
+		connect.WithSchema(agentServiceMethods.ByName("ReturnTasks")),
+		connect.WithHandlerOptions(opts...),
+	)
 	agentServiceReportResultHandler := connect.NewUnaryHandler(
 		AgentServiceReportResultProcedure,
 		svc.ReportResult,
@@ -247,6 +280,8 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceHeartbeatHandler.ServeHTTP(w, r)
 		case AgentServicePollProcedure:
 			agentServicePollHandler.ServeHTTP(w, r)
+		case AgentServiceReturnTasksProcedure:
+			agentServiceReturnTasksHandler.ServeHTTP(w, r)
 		case AgentServiceReportResultProcedure:
 			agentServiceReportResultHandler.ServeHTTP(w, r)
 		case AgentServiceAppendOutputProcedure:
@@ -272,6 +307,10 @@ func (UnimplementedAgentServiceHandler) Heartbeat(context.Context, *connect.Requ
 
 func (UnimplementedAgentServiceHandler) Poll(context.Context, *connect.Request[v1.PollRequest]) (*connect.Response[v1.PollResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("forge.v1.AgentService.Poll is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) ReturnTasks(context.Context, *connect.Request[v1.ReturnTasksRequest]) (*connect.Response[v1.ReturnTasksResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("forge.v1.AgentService.ReturnTasks is not implemented"))
 }
 
 func (UnimplementedAgentServiceHandler) ReportResult(context.Context, *connect.Request[v1.ReportResultRequest]) (*connect.Response[v1.ReportResultResponse], error) {

@@ -85,6 +85,7 @@ func groups() []group {
 			{"REASON_FAILED", store.ReasonFailed},
 			{"FMT_LEASED", store.FmtLeased},
 			{"FMT_REQUEUED", store.FmtRequeued},
+			{"FMT_RETURNED", store.FmtReturned},
 			{"FMT_LOST", store.FmtLost},
 			{"FMT_QUEUE_FULL", store.FmtQueueFull},
 			{"FMT_CAUSE", store.FmtCause},
@@ -176,6 +177,15 @@ local function leaseExpiryEnd(tmo, cr, crr, att, max)
   if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', REASON_LEASE_EXPIRED) end
   if att >= max then return LOST, string.format(FMT_LOST, att) end
   return PENDING, string.format(FMT_REQUEUED, att)
+end
+
+-- returnEnd is store.ReturnEnd: what becomes of a running attempt its agent
+-- hands back unstarted (PENDING: back to the queue as attempt att - 1), and the reason.
+local function returnEnd(tmo, cr, crr, att)
+  local why = string.format(FMT_RETURNED, att)
+  if tmo then return TIMED_OUT, string.format(FMT_CAUSE, crr or '', why) end
+  if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', why) end
+  return PENDING, why
 end
 
 -- cancelAction is store.CancelMode.Action: what cancel mode mode does to a task

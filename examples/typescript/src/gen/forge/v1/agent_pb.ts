@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file forge/v1/agent.proto.
  */
 export const file_forge_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChRmb3JnZS92MS9hZ2VudC5wcm90bxIIZm9yZ2UudjEi1wEKD1JlZ2lzdGVyUmVxdWVzdBIMCgRuYW1lGAEgASgJEjUKBmxhYmVscxgCIAMoCzIlLmZvcmdlLnYxLlJlZ2lzdGVyUmVxdWVzdC5MYWJlbHNFbnRyeRIQCghob3N0bmFtZRgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEhIKCnRhc2tfdHlwZXMYBSADKAkSGQoRcHJldmlvdXNfYWdlbnRfaWQYBiABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLKAQoQUmVnaXN0ZXJSZXNwb25zZRIQCghhZ2VudF9pZBgBIAEoCRITCgthZ2VudF90b2tlbhgCIAEoCRIsCglwb2xsX3dhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNQoSaGVhcnRiZWF0X2ludGVydmFsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKDHNpZ25pbmdfa2V5cxgFIAMoCzIULmZvcmdlLnYxLlNpZ25pbmdLZXkiWQoQSGVhcnRiZWF0UmVxdWVzdBIiCgdydW5uaW5nGAEgAygLMhEuZm9yZ2UudjEuVGFza1JlZhIQCghkcmFpbmluZxgCIAEoCBIPCgdzdG9wcGVkGAMgASgIIqABChFIZWFydGJlYXRSZXNwb25zZRIhCgZjYW5jZWwYASADKAsyES5mb3JnZS52MS5UYXNrUmVmEiIKB2FiYW5kb24YAiADKAsyES5mb3JnZS52MS5UYXNrUmVmEg0KBWRyYWluGAMgASgIEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJcCgtQb2xsUmVxdWVzdBIWCgltYXhfdGFza3MYASABKAVIAIgBARInCgR3YWl0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgwKCl9tYXhfdGFza3MiUQoMUG9sbFJlc3BvbnNlEh0KBXRhc2tzGAEgAygLMg4uZm9yZ2UudjEuVGFzaxIiCgdjYW5jZWxzGAIgAygLMhEuZm9yZ2UudjEuVGFza1JlZiK8AQoTUmVwb3J0UmVzdWx0UmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKAUSIgoHb3V0Y29tZRgDIAEoDjIRLmZvcmdlLnYxLk91dGNvbWUSDgoGb3V0cHV0GAQgASgMEhEKCWV4aXRfY29kZRgFIAEoBRINCgVlcnJvchgGIAEoCRIYChBvdXRwdXRfdHJ1bmNhdGVkGAcgASgIEhMKC291dHB1dF9zaXplGAggASgDIjoKFFJlcG9ydFJlc3VsdFJlc3BvbnNlEiIKBXN0YXRlGAEgASgOMhMuZm9yZ2UudjEuVGFza1N0YXRlIncKE0FwcGVuZE91dHB1dFJlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgFEiAKBnN0cmVhbRgDIAEoDjIQLmZvcmdlLnYxLlN0cmVhbRIOCgZvZmZzZXQYBCABKAMSDAoEZGF0YRgFIAEoDCIrChRBcHBlbmRPdXRwdXRSZXNwb25zZRITCgtuZXh0X29mZnNldBgBIAEoAyIUChJSb3RhdGVUb2tlblJlcXVlc3QiKgoTUm90YXRlVG9rZW5SZXNwb25zZRITCgthZ2VudF90b2tlbhgBIAEoCTLEAwoMQWdlbnRTZXJ2aWNlEkMKCFJlZ2lzdGVyEhkuZm9yZ2UudjEuUmVnaXN0ZXJSZXF1ZXN0GhouZm9yZ2UudjEuUmVnaXN0ZXJSZXNwb25zZSIAEkYKCUhlYXJ0YmVhdBIaLmZvcmdlLnYxLkhlYXJ0YmVhdFJlcXVlc3QaGy5mb3JnZS52MS5IZWFydGJlYXRSZXNwb25zZSIAEjcKBFBvbGwSFS5mb3JnZS52MS5Qb2xsUmVxdWVzdBoWLmZvcmdlLnYxLlBvbGxSZXNwb25zZSIAEk8KDFJlcG9ydFJlc3VsdBIdLmZvcmdlLnYxLlJlcG9ydFJlc3VsdFJlcXVlc3QaHi5mb3JnZS52MS5SZXBvcnRSZXN1bHRSZXNwb25zZSIAEk8KDEFwcGVuZE91dHB1dBIdLmZvcmdlLnYxLkFwcGVuZE91dHB1dFJlcXVlc3QaHi5mb3JnZS52MS5BcHBlbmRPdXRwdXRSZXNwb25zZSIAEkwKC1JvdGF0ZVRva2VuEhwuZm9yZ2UudjEuUm90YXRlVG9rZW5SZXF1ZXN0Gh0uZm9yZ2UudjEuUm90YXRlVG9rZW5SZXNwb25zZSIAYgZwcm90bzM", [file_forge_v1_types, file_google_protobuf_duration]);
+  fileDesc("ChRmb3JnZS92MS9hZ2VudC5wcm90bxIIZm9yZ2UudjEi1wEKD1JlZ2lzdGVyUmVxdWVzdBIMCgRuYW1lGAEgASgJEjUKBmxhYmVscxgCIAMoCzIlLmZvcmdlLnYxLlJlZ2lzdGVyUmVxdWVzdC5MYWJlbHNFbnRyeRIQCghob3N0bmFtZRgDIAEoCRIPCgd2ZXJzaW9uGAQgASgJEhIKCnRhc2tfdHlwZXMYBSADKAkSGQoRcHJldmlvdXNfYWdlbnRfaWQYBiABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLKAQoQUmVnaXN0ZXJSZXNwb25zZRIQCghhZ2VudF9pZBgBIAEoCRITCgthZ2VudF90b2tlbhgCIAEoCRIsCglwb2xsX3dhaXQYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNQoSaGVhcnRiZWF0X2ludGVydmFsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKDHNpZ25pbmdfa2V5cxgFIAMoCzIULmZvcmdlLnYxLlNpZ25pbmdLZXkiWQoQSGVhcnRiZWF0UmVxdWVzdBIiCgdydW5uaW5nGAEgAygLMhEuZm9yZ2UudjEuVGFza1JlZhIQCghkcmFpbmluZxgCIAEoCBIPCgdzdG9wcGVkGAMgASgIIqABChFIZWFydGJlYXRSZXNwb25zZRIhCgZjYW5jZWwYASADKAsyES5mb3JnZS52MS5UYXNrUmVmEiIKB2FiYW5kb24YAiADKAsyES5mb3JnZS52MS5UYXNrUmVmEg0KBWRyYWluGAMgASgIEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJcCgtQb2xsUmVxdWVzdBIWCgltYXhfdGFza3MYASABKAVIAIgBARInCgR3YWl0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQgwKCl9tYXhfdGFza3MiUQoMUG9sbFJlc3BvbnNlEh0KBXRhc2tzGAEgAygLMg4uZm9yZ2UudjEuVGFzaxIiCgdjYW5jZWxzGAIgAygLMhEuZm9yZ2UudjEuVGFza1JlZiI2ChJSZXR1cm5UYXNrc1JlcXVlc3QSIAoFdGFza3MYASADKAsyES5mb3JnZS52MS5UYXNrUmVmIjoKE1JldHVyblRhc2tzUmVzcG9uc2USIwoIcmV0dXJuZWQYASADKAsyES5mb3JnZS52MS5UYXNrUmVmIrwBChNSZXBvcnRSZXN1bHRSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoBRIiCgdvdXRjb21lGAMgASgOMhEuZm9yZ2UudjEuT3V0Y29tZRIOCgZvdXRwdXQYBCABKAwSEQoJZXhpdF9jb2RlGAUgASgFEg0KBWVycm9yGAYgASgJEhgKEG91dHB1dF90cnVuY2F0ZWQYByABKAgSEwoLb3V0cHV0X3NpemUYCCABKAMiOgoUUmVwb3J0UmVzdWx0UmVzcG9uc2USIgoFc3RhdGUYASABKA4yEy5mb3JnZS52MS5UYXNrU3RhdGUidwoTQXBwZW5kT3V0cHV0UmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKAUSIAoGc3RyZWFtGAMgASgOMhAuZm9yZ2UudjEuU3RyZWFtEg4KBm9mZnNldBgEIAEoAxIMCgRkYXRhGAUgASgMIisKFEFwcGVuZE91dHB1dFJlc3BvbnNlEhMKC25leHRfb2Zmc2V0GAEgASgDIhQKElJvdGF0ZVRva2VuUmVxdWVzdCIqChNSb3RhdGVUb2tlblJlc3BvbnNlEhMKC2FnZW50X3Rva2VuGAEgASgJMpIECgxBZ2VudFNlcnZpY2USQwoIUmVnaXN0ZXISGS5mb3JnZS52MS5SZWdpc3RlclJlcXVlc3QaGi5mb3JnZS52MS5SZWdpc3RlclJlc3BvbnNlIgASRgoJSGVhcnRiZWF0EhouZm9yZ2UudjEuSGVhcnRiZWF0UmVxdWVzdBobLmZvcmdlLnYxLkhlYXJ0YmVhdFJlc3BvbnNlIgASNwoEUG9sbBIVLmZvcmdlLnYxLlBvbGxSZXF1ZXN0GhYuZm9yZ2UudjEuUG9sbFJlc3BvbnNlIgASTAoLUmV0dXJuVGFza3MSHC5mb3JnZS52MS5SZXR1cm5UYXNrc1JlcXVlc3QaHS5mb3JnZS52MS5SZXR1cm5UYXNrc1Jlc3BvbnNlIgASTwoMUmVwb3J0UmVzdWx0Eh0uZm9yZ2UudjEuUmVwb3J0UmVzdWx0UmVxdWVzdBoeLmZvcmdlLnYxLlJlcG9ydFJlc3VsdFJlc3BvbnNlIgASTwoMQXBwZW5kT3V0cHV0Eh0uZm9yZ2UudjEuQXBwZW5kT3V0cHV0UmVxdWVzdBoeLmZvcmdlLnYxLkFwcGVuZE91dHB1dFJlc3BvbnNlIgASTAoLUm90YXRlVG9rZW4SHC5mb3JnZS52MS5Sb3RhdGVUb2tlblJlcXVlc3QaHS5mb3JnZS52MS5Sb3RhdGVUb2tlblJlc3BvbnNlIgBiBnByb3RvMw", [file_forge_v1_types, file_google_protobuf_duration]);
 
 /**
  * RegisterRequest describes the agent being enrolled.
@@ -264,6 +264,48 @@ export const PollResponseSchema: GenMessage<PollResponse> = /*@__PURE__*/
   messageDesc(file_forge_v1_agent, 5);
 
 /**
+ * ReturnTasksRequest names attempts the agent hands back unstarted.
+ *
+ * @generated from message forge.v1.ReturnTasksRequest
+ */
+export type ReturnTasksRequest = Message<"forge.v1.ReturnTasksRequest"> & {
+  /**
+   * The attempts, as Poll gave them.
+   *
+   * @generated from field: repeated forge.v1.TaskRef tasks = 1;
+   */
+  tasks: TaskRef[];
+};
+
+/**
+ * Describes the message forge.v1.ReturnTasksRequest.
+ * Use `create(ReturnTasksRequestSchema)` to create a new message.
+ */
+export const ReturnTasksRequestSchema: GenMessage<ReturnTasksRequest> = /*@__PURE__*/
+  messageDesc(file_forge_v1_agent, 6);
+
+/**
+ * ReturnTasksResponse says which attempts were handed back.
+ *
+ * @generated from message forge.v1.ReturnTasksResponse
+ */
+export type ReturnTasksResponse = Message<"forge.v1.ReturnTasksResponse"> & {
+  /**
+   * The attempts the agent held and handed back; the others it did not hold.
+   *
+   * @generated from field: repeated forge.v1.TaskRef returned = 1;
+   */
+  returned: TaskRef[];
+};
+
+/**
+ * Describes the message forge.v1.ReturnTasksResponse.
+ * Use `create(ReturnTasksResponseSchema)` to create a new message.
+ */
+export const ReturnTasksResponseSchema: GenMessage<ReturnTasksResponse> = /*@__PURE__*/
+  messageDesc(file_forge_v1_agent, 7);
+
+/**
  * ReportResultRequest reports one attempt's outcome.
  *
  * @generated from message forge.v1.ReportResultRequest
@@ -333,7 +375,7 @@ export type ReportResultRequest = Message<"forge.v1.ReportResultRequest"> & {
  * Use `create(ReportResultRequestSchema)` to create a new message.
  */
 export const ReportResultRequestSchema: GenMessage<ReportResultRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_agent, 6);
+  messageDesc(file_forge_v1_agent, 8);
 
 /**
  * ReportResultResponse confirms a report.
@@ -355,7 +397,7 @@ export type ReportResultResponse = Message<"forge.v1.ReportResultResponse"> & {
  * Use `create(ReportResultResponseSchema)` to create a new message.
  */
 export const ReportResultResponseSchema: GenMessage<ReportResultResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_agent, 7);
+  messageDesc(file_forge_v1_agent, 9);
 
 /**
  * AppendOutputRequest carries one chunk of an attempt's output.
@@ -406,7 +448,7 @@ export type AppendOutputRequest = Message<"forge.v1.AppendOutputRequest"> & {
  * Use `create(AppendOutputRequestSchema)` to create a new message.
  */
 export const AppendOutputRequestSchema: GenMessage<AppendOutputRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_agent, 8);
+  messageDesc(file_forge_v1_agent, 10);
 
 /**
  * AppendOutputResponse acknowledges a chunk.
@@ -427,7 +469,7 @@ export type AppendOutputResponse = Message<"forge.v1.AppendOutputResponse"> & {
  * Use `create(AppendOutputResponseSchema)` to create a new message.
  */
 export const AppendOutputResponseSchema: GenMessage<AppendOutputResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_agent, 9);
+  messageDesc(file_forge_v1_agent, 11);
 
 /**
  * RotateTokenRequest asks for a new agent token.
@@ -442,7 +484,7 @@ export type RotateTokenRequest = Message<"forge.v1.RotateTokenRequest"> & {
  * Use `create(RotateTokenRequestSchema)` to create a new message.
  */
 export const RotateTokenRequestSchema: GenMessage<RotateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_forge_v1_agent, 10);
+  messageDesc(file_forge_v1_agent, 12);
 
 /**
  * RotateTokenResponse carries the new token.
@@ -463,7 +505,7 @@ export type RotateTokenResponse = Message<"forge.v1.RotateTokenResponse"> & {
  * Use `create(RotateTokenResponseSchema)` to create a new message.
  */
 export const RotateTokenResponseSchema: GenMessage<RotateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_forge_v1_agent, 11);
+  messageDesc(file_forge_v1_agent, 13);
 
 /**
  * AgentService is called by agents. Register takes an enrollment token
@@ -513,6 +555,20 @@ export const AgentService: GenService<{
     methodKind: "unary";
     input: typeof PollRequestSchema;
     output: typeof PollResponseSchema;
+  },
+  /**
+   * ReturnTasks hands back attempts the agent took but will not run — a Poll
+   * answer brought more tasks than it runs at once. Each goes back to the agent's
+   * queue at once, as if never leased (its attempt number does not count), and
+   * is leased again by a later Poll; one asked to stop meanwhile ends instead.
+   * Attempts the agent does not hold are left alone.
+   *
+   * @generated from rpc forge.v1.AgentService.ReturnTasks
+   */
+  returnTasks: {
+    methodKind: "unary";
+    input: typeof ReturnTasksRequestSchema;
+    output: typeof ReturnTasksResponseSchema;
   },
   /**
    * ReportResult reports the outcome of one attempt. The identical report again is
