@@ -57,7 +57,10 @@ type Config struct {
 
 	// Lease is how long a leased task stays with its agent without a heartbeat; 30 s.
 	Lease time.Duration
-	// PollHold is the default and the longest hold of a Poll; 25 s.
+	// PollHold is the default and the longest hold of a Poll; 25 s. An agent
+	// counts as online for the store's OnlineWindow after its last call: give
+	// the store two poll holds (store.Config.OnlineWindow, 50 s by default) when
+	// changing it, as `forge server` does.
 	PollHold time.Duration
 	// MaxWait caps the hold of WaitTask, WaitJob and Dispatch with wait; 5 min.
 	MaxWait time.Duration
