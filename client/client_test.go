@@ -373,9 +373,17 @@ func TestHungServer(t *testing.T) {
 			c.Close()
 		}
 	})
-	c := newClient(t, "http://"+ln.Addr().String()+","+e.URL, client.WithCallTimeout(300*time.Millisecond))
+	hung := "http://" + ln.Addr().String()
+	c := newClient(t, hung+","+e.URL, client.WithCallTimeout(300*time.Millisecond))
 	if _, err := c.Agents(t.Context(), nil); err != nil {
 		t.Fatalf("Agents past a hung server = %v", err)
+	}
+	// Alone, it is given up on: its tries count from the first one's start.
+	c = newClient(t, hung, client.WithCallTimeout(300*time.Millisecond), client.WithGiveUpAfter(time.Second))
+	start := time.Now()
+	_, err = c.Agents(t.Context(), nil)
+	if connect.CodeOf(err) != connect.CodeDeadlineExceeded || !strings.Contains(err.Error(), "gave up") || time.Since(start) > 10*time.Second {
+		t.Fatalf("Agents of a hung server = %v after %v; want deadline_exceeded, given up", err, time.Since(start))
 	}
 }
 

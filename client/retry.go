@@ -81,6 +81,7 @@ func invoke[Req, Res any](ctx context.Context, c *Client, req *connect.Request[R
 		for k, v := range req.Header() {
 			try.Header()[k] = v
 		}
+		start := time.Now()
 		tctx, cancel := context.WithTimeout(ctx, timeout)
 		res, err := m(cl, tctx, try)
 		cancel()
@@ -92,7 +93,12 @@ func invoke[Req, Res any](ctx context.Context, c *Client, req *connect.Request[R
 		}
 		now := time.Now()
 		if first.IsZero() {
+			// A try that hung until its deadline was failing all along; one
+			// cut off mid-hold was working until then.
 			first = now
+			if connect.CodeOf(err) == connect.CodeDeadlineExceeded {
+				first = start
+			}
 		}
 		failing := now.Sub(first)
 		proc := try.Spec().Procedure
