@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -513,4 +515,46 @@ func itoa(n int32) string { return strconv.Itoa(int(n)) }
 func atoi(s string) int {
 	n, _ := strconv.Atoi(s)
 	return n
+}
+
+// TestTransient: which errors are retried.
+func TestTransient(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{connect.NewError(connect.CodeUnavailable, errors.New("store down")), true},
+		{connect.NewError(connect.CodeDeadlineExceeded, errors.New("try ran out")), true},
+		{connect.NewError(connect.CodeAborted, errors.New("aborted")), true},
+		{connect.NewError(connect.CodeCanceled, fmt.Errorf("read: %w", syscall.ECONNRESET)), true},
+		{connect.NewError(connect.CodeUnknown, fmt.Errorf("read message: %w", io.ErrUnexpectedEOF)), true},
+		{connect.NewError(connect.CodeCanceled, context.Canceled), false},
+		{connect.NewError(connect.CodeUnknown, errors.New("odd")), false},
+		{connect.NewError(connect.CodeNotFound, errors.New("no such job")), false},
+		{connect.NewError(connect.CodeResourceExhausted, errors.New("the store is full")), false},
+		{connect.NewError(connect.CodeInvalidArgument, errors.New("selector")), false},
+		{errors.New("plain"), false},
+	} {
+		if got := client.Transient(c.err); got != c.want {
+			t.Errorf("Transient(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+	// A server that resets every connection (a replica killed mid-call) is
+	// left for the next.
+	e := forgetest.Start(t, forgetest.Options{})
+	reset := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		conn.(*net.TCPConn).SetLinger(0) // close with RST
+		conn.Close()
+	}))
+	t.Cleanup(reset.Close)
+	var codes []connect.Code
+	c := newClient(t, reset.URL+","+e.URL, client.OnRetry(func(r client.Retry) { codes = append(codes, connect.CodeOf(r.Err)) }))
+	if _, err := c.Agents(t.Context(), nil); err != nil || len(codes) != 1 {
+		t.Fatalf("Agents past a resetting server = %v (retries %v)", err, codes)
+	}
 }

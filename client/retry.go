@@ -52,10 +52,14 @@ func Transient(err error) bool {
 	switch connect.CodeOf(err) {
 	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeAborted:
 		return true
-	case connect.CodeUnknown:
-		// An answer cut off by a replica that went away mid-way is "unknown"
-		// with the transport's own error; the server never answers unknown.
-		return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
+	case connect.CodeUnknown, connect.CodeCanceled:
+		// A connection cut by a replica that went away is "unknown" (an
+		// answer cut off mid-way) or, for a reset, "canceled" (connect-go
+		// reads a reset as the peer giving up) with the transport's own
+		// error; the server never answers either, and a caller's own cancel
+		// wraps context.Canceled.
+		return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+			errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 	}
 	return false
 }
