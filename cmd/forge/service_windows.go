@@ -39,7 +39,11 @@ func (m *Main) serveAgentService(ctx context.Context, c AgentConfig) error {
 	// Ctrl-Break, which only reaches processes sharing the sender's console: a
 	// console of the agent's own (invisible, in session 0) gives its commands one.
 	procAllocConsole.Call()
-	h := &agentService{m: m, c: c, ctx: ctx}
+	// Only the service manager stops the service. A service also receives the
+	// console's CTRL_LOGOFF_EVENT whenever a user logs off, which the Go runtime
+	// turns into SIGTERM, and so into the end of ctx: ignore it (the runtime
+	// still answers the event as handled, so Windows does not end the process).
+	h := &agentService{m: m, c: c, ctx: context.WithoutCancel(ctx)}
 	if err := svc.Run(service.Name, h); err != nil {
 		return err
 	}
