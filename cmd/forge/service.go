@@ -193,12 +193,6 @@ func installEnv(c AgentConfig) (map[string]string, error) {
 	if c.ExecUser != "" {
 		env["FORGE_EXEC_USER"] = c.ExecUser
 	}
-	if len(c.AllowEnv) > 0 {
-		env["FORGE_ALLOW_ENV"] = strings.Join(c.AllowEnv, ",")
-	}
-	if c.ExecUser != "" {
-		env["FORGE_EXEC_USER"] = c.ExecUser
-	}
 	if c.Concurrency != def.Concurrency {
 		env["FORGE_CONCURRENCY"] = fmt.Sprint(c.Concurrency)
 	}
