@@ -55,8 +55,10 @@ type Config struct {
 	// DrainGrace is how long running handlers may finish after Run's context is
 	// cancelled before their contexts are cancelled too; 30 s.
 	DrainGrace time.Duration
-	// MaxOutput caps each attempt's reported output; 1 MiB. A longer output keeps
-	// its head and tail with a marker line saying how many bytes were cut.
+	// MaxOutput caps the output a handler returns (reported with the result);
+	// 1 MiB. A longer output keeps its head and tail with a marker line saying how
+	// many bytes were cut. What handlers write to Task.Stdout and Task.Stderr is
+	// streamed, and capped by the server (--max-output).
 	MaxOutput int
 	// HTTPClient makes the calls; by default the agent's own HTTP/1.1 transport,
 	// with enough idle connections for poll, report and heartbeat at once. It must

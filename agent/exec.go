@@ -63,9 +63,11 @@ type ExecPayload struct {
 // effects can key them on the task id.
 //
 // The command runs in a process tree of its own, with stdin from the null
-// device; its stdout and stderr, interleaved, are the output, capped to the
-// agent's MaxOutput while they are read. A non-zero exit is returned as an
-// *ExitError. When the task's context ends, the whole tree is asked to stop, and
+// device; its stdout and stderr go to the task's Stdout and Stderr as it prints
+// them, so they are kept apart and can be read live (ReadOutput). Called
+// outside an agent (a Task without Stdout and Stderr), the handler returns them
+// interleaved as its output instead, capped to the agent's MaxOutput while they
+// are read. A non-zero exit is returned as an *ExitError. When the task's context ends, the whole tree is asked to stop, and
 // is killed after the grace period (WithKillGrace); children left running when
 // the command exits are ended the same way. The handler returns only once no live
 // process of the tree remains. With the agent's StateDir set, running trees are
@@ -113,7 +115,7 @@ func ExecHandler(allow []string, opts ...ExecOption) Handler {
 		if err != nil {
 			return nil, err
 		}
-		return runCommand(ctx, p, env, cfg, taskEnvFrom(ctx))
+		return runCommand(ctx, p, env, cfg, taskEnvFrom(ctx), t.Stdout, t.Stderr)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -92,21 +93,40 @@ var separators = func() string {
 	return "/"
 }()
 
-// runCommand runs p in a process tree of its own, its stdout and stderr through
-// one pipe into a capture, until it exits or ctx ends; then it ends whatever the
-// command left in its tree, and reports the outcome.
-func runCommand(ctx context.Context, p ExecPayload, env []string, cfg execConfig, te *taskEnv) ([]byte, error) {
+// runCommand runs p in a process tree of its own until it exits or ctx ends;
+// then it ends whatever the command left in its tree, and reports the outcome.
+// Its stdout and stderr go through pipes of their own to stdout and stderr
+// (the task's streams); when both are nil (the handler called outside an agent)
+// they go through one pipe into a capture, and the output is returned.
+func runCommand(ctx context.Context, p ExecPayload, env []string, cfg execConfig, te *taskEnv, stdout, stderr io.Writer) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("exec: not started: %v", context.Cause(ctx))
 	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("exec: %w", err)
+	var out *capture
+	dests := []io.Writer{stdout, stderr}
+	if stdout == nil && stderr == nil {
+		out = newCapture(te.maxOutput)
+		dests = []io.Writer{out}
+	}
+	var readers, writers []*os.File
+	closeAll := func(fs []*os.File) {
+		for _, f := range fs {
+			f.Close()
+		}
+	}
+	for range dests {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			closeAll(readers)
+			closeAll(writers)
+			return nil, fmt.Errorf("exec: %w", err)
+		}
+		readers, writers = append(readers, pr), append(writers, pw)
 	}
 	cmd := exec.Command(p.Argv[0], p.Argv[1:]...)
 	if path, err := commandPath(p.Argv[0]); err != nil {
-		pr.Close()
-		pw.Close()
+		closeAll(readers)
+		closeAll(writers)
 		return nil, fmt.Errorf("exec: %w", err)
 	} else if path != "" {
 		cmd.Path = path
@@ -115,31 +135,42 @@ func runCommand(ctx context.Context, p ExecPayload, env []string, cfg execConfig
 	cmd.Env = env
 	// An *os.File is handed to the child as is: no copying goroutine that Wait
 	// would wait for while a background child still holds the pipe.
-	cmd.Stdout = pw
-	cmd.Stderr = pw
+	cmd.Stdout = writers[0]
+	cmd.Stderr = writers[len(writers)-1]
 	if err := applyUser(cmd, cfg.user); err != nil {
-		pr.Close()
-		pw.Close()
+		closeAll(readers)
+		closeAll(writers)
 		return nil, fmt.Errorf("exec: %w", err)
 	}
 	tree, err := startTree(cmd)
 	if err != nil {
-		pr.Close()
-		pw.Close()
+		closeAll(readers)
+		closeAll(writers)
 		return nil, fmt.Errorf("exec: start %q: %w", p.Argv[0], err)
 	}
-	pw.Close() // the children hold the write end now; EOF comes when they all exit
+	closeAll(writers) // the children hold the write ends now; EOF comes when they all exit
 	defer tree.release()
 	if te.groups != nil {
 		te.groups.addGroup(tree.id())
 		defer te.groups.removeGroup(tree.id())
 	}
 
-	out := newCapture(te.maxOutput)
 	readDone := make(chan struct{})
+	var copies sync.WaitGroup
+	for i, pr := range readers {
+		to := dests[i]
+		if to == nil {
+			to = io.Discard
+		}
+		copies.Add(1)
+		go func() {
+			defer copies.Done()
+			io.Copy(to, pr)
+		}()
+	}
 	go func() {
-		defer close(readDone)
-		io.Copy(out, pr)
+		copies.Wait()
+		close(readDone)
 	}()
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
@@ -160,11 +191,16 @@ func runCommand(ctx context.Context, p ExecPayload, env []string, cfg execConfig
 	case <-readDone:
 	case <-time.After(readDrain):
 	}
-	pr.Close() // ends the copy if something outside the tree holds the pipe
+	closeAll(readers) // ends the copies if something outside the tree holds a pipe
 	<-readDone
 
-	output, truncated, size := out.result()
-	te.truncated, te.size = truncated, size
+	var output []byte
+	if out != nil {
+		var truncated bool
+		var size int64
+		output, truncated, size = out.result()
+		te.truncated, te.size = truncated, size
+	}
 	if !gone {
 		return output, fmt.Errorf("exec: a process of %s survived being killed", treeName(tree))
 	}

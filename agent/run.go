@@ -414,13 +414,18 @@ func (a *Agent) start(s *session, t *forgev1.Task) {
 		defer s.tasks.Done()
 		defer a.finish(key)
 		defer stop()
+		st := newStreamer(s.reportCtx, a, task)
+		task.Stdout, task.Stderr = streamWriter{st, 0}, streamWriter{st, 1}
 		a.log.Debug("task started", "task", t.Id, "attempt", t.Attempt, "type", t.Type)
 		out, err := a.runHandler(hctx, task)
 		if at.abandoned.Load() {
+			st.stop()
 			a.log.Info("task abandoned; not reporting", "task", t.Id, "attempt", t.Attempt)
 			return
 		}
-		a.report(s, a.result(hctx, task, out, err, te))
+		// The output goes out before the result: once the task has ended, the
+		// server takes no more of it.
+		a.report(s, a.result(hctx, task, out, err, te, st.close(s.reportCtx)))
 	}()
 }
 
@@ -441,17 +446,22 @@ func (a *Agent) runHandler(ctx context.Context, t *Task) (out []byte, err error)
 	return h(ctx, t)
 }
 
-// result builds the report of an attempt.
-func (a *Agent) result(ctx context.Context, t *Task, out []byte, err error, te *taskEnv) *forgev1.ReportResultRequest {
+// result builds the report of an attempt from what the handler returned (out,
+// err) and what became of what it wrote to its streams (so).
+func (a *Agent) result(ctx context.Context, t *Task, out []byte, err error, te *taskEnv, so streamed) *forgev1.ReportResultRequest {
 	req := &forgev1.ReportResultRequest{TaskId: t.ID, Attempt: t.Attempt, Outcome: forgev1.Outcome_OUTCOME_SUCCEEDED}
-	capped, truncated, size := outputcap.Cut(out, a.cfg.MaxOutput)
+	size := int64(len(out))
 	if te.truncated && te.size > size {
-		truncated, size = true, te.size
+		size = te.size
 	}
+	if so.fallback != nil { // the server took none of it live: it goes with the result
+		out = append(so.fallback, out...)
+	}
+	capped, truncated, _ := outputcap.Cut(out, a.cfg.MaxOutput)
 	req.Output = capped
-	if truncated {
+	if truncated || te.truncated || so.cut {
 		req.OutputTruncated = true
-		req.OutputSize = size
+		req.OutputSize = size + so.written
 	}
 	if err != nil {
 		req.Outcome = forgev1.Outcome_OUTCOME_FAILED

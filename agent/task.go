@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -25,12 +26,22 @@ type Task struct {
 	// the server's deadline when no Timeout was sent; zero when neither is known.
 	// The handler's context is cancelled at the same moment.
 	Deadline time.Time
+	// Stdout and Stderr send what the handler writes to them to the server as
+	// the attempt's output while it runs, where operators can read it live
+	// (ReadOutput): a batch leaves about 250 ms after its first byte, or at 64
+	// KiB. Writes never block on the network and never fail; each writer is
+	// safe for concurrent use. Both are nil when the handler is called outside
+	// an Agent.
+	Stdout io.Writer
+	Stderr io.Writer
 }
 
 // Handler runs one task. The context is cancelled when the task is cancelled by an
 // operator, times out, is abandoned (its lease went to another attempt), or the
-// agent's drain grace ends; context.Cause tells which. The output is reported as
-// the task's output (capped, see Config.MaxOutput). A nil error reports
+// agent's drain grace ends; context.Cause tells which. The output it returns is
+// reported with the result and follows what it wrote to Task.Stdout on the
+// task's stdout (capped, see Config.MaxOutput): short results can simply be
+// returned, long or live output is better written as it comes. A nil error reports
 // OUTCOME_SUCCEEDED; any other error reports OUTCOME_FAILED with err.Error() as the
 // task's error, and the exit code of an *ExitError found with errors.As.
 type Handler func(ctx context.Context, t *Task) (output []byte, err error)

@@ -58,7 +58,9 @@ func (s Stream) String() string {
 const (
 	// OutputPieceMax is the longest piece a store keeps: a chunk extends the
 	// last piece of its region while that piece is of its stream and shorter.
-	OutputPieceMax = 8 << 10
+	// On Redis two pieces with their stream byte fill one 8 KiB list node
+	// (list-max-listpack-size -2), so kept output costs little beyond its size.
+	OutputPieceMax = 4000
 	// OutputPieceCost is how many bytes of the cap allow one piece in each of
 	// head and tail (at least 16 each).
 	OutputPieceCost = 256

@@ -338,3 +338,13 @@ func (s *Server) Metric(sample string) float64 {
 	}
 	return 0
 }
+
+// Redis returns the redis-servers the store runs on and the prefix of its keys,
+// for tests that look at Redis itself (INFO, MEMORY USAGE); none on Memory.
+// With OwnRedis the server is the test's alone, so its counters are the test's.
+func (s *Server) Redis() (nodes []*redistest.Server, prefix string) {
+	if s.redis == nil {
+		return nil, ""
+	}
+	return s.redis.nodes, s.redis.prefix
+}

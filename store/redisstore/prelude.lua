@@ -43,7 +43,7 @@ local WATCH_JOB = 'j:'
 -- store.OutputPieceCost).
 local STREAM_STDOUT = 1
 local STREAM_STDERR = 2
-local OUTPUT_PIECE_MAX = 8192
+local OUTPUT_PIECE_MAX = 4000
 local OUTPUT_PIECE_COST = 256
 
 -- Reasons of a task's history (store.Reason*, store.Fmt*).
