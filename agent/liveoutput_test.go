@@ -44,7 +44,7 @@ type arrival struct {
 // follow reads a task's output with ReadOutput until it has finished, as a
 // client tailing it would, and returns the complete lines of each stream as they
 // arrived.
-func follow(t *testing.T, ctl forgev1connect.ControlServiceClient, taskID string) (out, errOut []arrival, notes []string) {
+func follow(t testing.TB, ctl forgev1connect.ControlServiceClient, taskID string) (out, errOut []arrival, notes []string) {
 	t.Helper()
 	var off int64
 	var partial [3]string

@@ -240,12 +240,16 @@ local function pushOutput(k, s, data, merge)
   return #add
 end
 
+-- OUTPUT_FIELDS are the record's fields of kept output, as appendOutput reads them.
+local OUTPUT_FIELDS = {'oa', 'ob', 'on', 'o1', 'o2', 'ohb', 'ohn', 'otb', 'otn'}
+
 -- appendOutput adds data of stream s to attempt att's kept output of a task
 -- (record tk, lists kh and kt) under cap, by store/output.go's rules; an older
 -- attempt's output is dropped first, and the new one's cursors start where it
--- ended. With no data it only does that.
-local function appendOutput(tk, kh, kt, att, s, data, cap)
-  local f = redis.call('HMGET', tk, 'oa', 'ob', 'on', 'o1', 'o2', 'ohb', 'ohn', 'otb', 'otn')
+-- ended. With no data it only does that. f, when given, is OUTPUT_FIELDS as the
+-- caller read them (saving a read).
+local function appendOutput(tk, kh, kt, att, s, data, cap, f)
+  f = f or redis.call('HMGET', tk, unpack(OUTPUT_FIELDS))
   local ob, n = tonumber(f[2]) or 0, tonumber(f[3]) or 0
   local held = {tonumber(f[4]) or 0, tonumber(f[5]) or 0}
   local hb, hn, tb, tn = tonumber(f[6]) or 0, tonumber(f[7]) or 0, tonumber(f[8]) or 0, tonumber(f[9]) or 0
@@ -563,15 +567,17 @@ var appendOutputScript = shardScript(`
 local tid, att, s, off, data = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 local _, aerr = auth(KEYS[1], ARGV[5])
 if aerr then return aerr end
-local t = redis.call('HMGET', KEYS[2], 'st', 'att', 'oa', 'o1', 'o2')
+local t = redis.call('HMGET', KEYS[2], 'st', 'att', unpack(OUTPUT_FIELDS))
 local st = tonumber(t[1])
 if not st then return fail(E_NOT_FOUND, string.format(FMT_TASK_NOT_FOUND, q(tid))) end
+local f = {}
+for i = 3, #t do f[i - 2] = t[i] end
 local held = 0
-if tonumber(t[3]) == att and (s == STREAM_STDOUT or s == STREAM_STDERR) then held = tonumber(t[3 + s]) or 0 end
+if tonumber(f[1]) == att and (s == STREAM_STDOUT or s == STREAM_STDERR) then held = tonumber(f[3 + s]) or 0 end
 local skip = checkAppend(tid, st, tonumber(t[2]) or 0, att, s, held, off, #data)
 if type(skip) == 'table' then return skip end
 if skip < #data then
-  appendOutput(KEYS[2], KEYS[3], KEYS[4], att, s, string.sub(data, skip + 1), tonumber(ARGV[11]))
+  appendOutput(KEYS[2], KEYS[3], KEYS[4], att, s, string.sub(data, skip + 1), tonumber(ARGV[11]), f)
   held = off + #data
   notify(WATCH_OUTPUT .. tid)
   publish()
