@@ -222,13 +222,22 @@ func (m *Main) printTask(p termsafe.Printer, t *forgev1.TaskInfo) {
 	for _, h := range t.History {
 		fmt.Fprintf(m.Stdout, "  %s  %-9s  %s\n", h.At.AsTime().Local().Format(time.RFC3339Nano), stateName(h.State), p.Line(h.Reason))
 	}
-	if len(t.Output) > 0 {
+	if len(t.Output) > 0 || len(t.Stderr) > 0 {
 		fmt.Fprintf(m.Stdout, "output (%d bytes", t.OutputSize)
 		if t.OutputTruncated {
 			fmt.Fprint(m.Stdout, ", cut to the server's cap")
 		}
-		fmt.Fprintf(m.Stdout, ")\n%s", p.Text(t.Output))
-		if !strings.HasSuffix(string(t.Output), "\n") {
+		fmt.Fprintln(m.Stdout, ")")
+	}
+	for _, o := range []struct {
+		name string
+		text []byte
+	}{{"stdout", t.Output}, {"stderr", t.Stderr}} {
+		if len(o.text) == 0 {
+			continue
+		}
+		fmt.Fprintf(m.Stdout, "%s\n%s", o.name, p.Text(o.text))
+		if !strings.HasSuffix(string(o.text), "\n") {
 			fmt.Fprintln(m.Stdout)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -249,10 +250,16 @@ func (r *runPrinter) print(t *forgev1.TaskInfo) {
 		head += ": " + r.p.Line(t.Error)
 	}
 	fmt.Fprintln(r.m.Stdout, head)
-	if len(t.Output) > 0 {
-		r.m.Stdout.Write(r.p.Text(t.Output))
-		if t.Output[len(t.Output)-1] != '\n' {
-			fmt.Fprintln(r.m.Stdout)
+	// The command's stdout to stdout and its stderr to stderr, each as kept.
+	for _, o := range []struct {
+		w    io.Writer
+		text []byte
+	}{{r.m.Stdout, t.Output}, {r.m.Stderr, t.Stderr}} {
+		if len(o.text) > 0 {
+			o.w.Write(r.p.Text(o.text))
+			if o.text[len(o.text)-1] != '\n' {
+				fmt.Fprintln(o.w)
+			}
 		}
 	}
 	if r.live && r.n < r.total {

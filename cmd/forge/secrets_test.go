@@ -25,6 +25,7 @@ import (
 // environment and command line the agent process was started with, its files
 // through /proc, and its state dir.
 const snoop = `
+exec 2>&1 # a refused redirection is the shell's own error: keep it in its section
 echo "== environ"; tr '\0' '\n' < /proc/$PPID/environ 2>&1
 echo "== cmdline"; tr '\0' ' ' < /proc/$PPID/cmdline 2>&1; echo
 echo "== own env"; env
