@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"time"
 
@@ -32,9 +33,11 @@ func pageSize(n int32) (int, error) {
 	return store.PageSize(int(n)), nil
 }
 
-func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forgev1.DispatchRequest]) (*connect.Response[forgev1.DispatchResponse], error) {
+func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forgev1.DispatchRequest]) (_ *connect.Response[forgev1.DispatchResponse], retErr error) {
 	s := c.s
 	m := req.Msg
+	var job store.Job
+	defer func() { s.auditDispatch(ctx, req.Peer(), m, job, retErr) }()
 	spec, err := s.jobSpec(m)
 	if err != nil {
 		return nil, err
@@ -47,15 +50,13 @@ func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forg
 		}
 	}
 	end := holdEnd(ctx, wait)
-	job, err := s.store.Dispatch(ctx, spec)
+	job, err = s.store.Dispatch(ctx, spec)
 	if err != nil {
 		return nil, s.storeError(ctx, err)
 	}
 	if !job.Existing {
 		s.metrics.dispatched.Add(float64(len(job.TaskIDs)))
 	}
-	s.audit(ctx, req.Peer(), "dispatch", "job", job.ID, "type", spec.Type, "target", spec.Target.String(),
-		"tasks", len(job.TaskIDs), "existing", job.Existing, "idempotency_key", spec.IdempotencyKey)
 	res := &forgev1.DispatchResponse{JobId: job.ID, TaskIds: job.TaskIDs, Counts: countsToProto(job.Counts)}
 	if m.Wait != nil {
 		job, tasks, _, err := s.waitJob(ctx, job.ID, end, store.Page{Size: 1000})
@@ -66,6 +67,37 @@ func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forg
 		res.Tasks = taskInfos(tasks)
 	}
 	return connect.NewResponse(res), nil
+}
+
+// auditDispatch logs one audit line for every Dispatch, whatever became of it:
+// who, from where, what and to whom, and the job made (or found by its
+// idempotency key), or the code and message the caller got.
+func (s *Server) auditDispatch(ctx context.Context, peer connect.Peer, m *forgev1.DispatchRequest, job store.Job, err error) {
+	attrs := []any{"type", m.GetType(), "target", requestTarget(m), "payload_bytes", len(m.GetPayload()),
+		"idempotency_key", m.GetIdempotencyKey()}
+	if err != nil {
+		attrs = append(attrs, "outcome", connect.CodeOf(err).String(), "error", err.Error())
+	} else {
+		attrs = append(attrs, "outcome", "ok", "job", job.ID, "tasks", len(job.TaskIDs), "existing", job.Existing)
+	}
+	s.audit(ctx, peer, "dispatch", attrs...)
+}
+
+// requestTarget describes a Dispatch's target as the caller gave it, checked or not.
+func requestTarget(m *forgev1.DispatchRequest) string {
+	switch t := m.GetTarget().(type) {
+	case *forgev1.DispatchRequest_AgentId:
+		return "agent " + t.AgentId
+	case *forgev1.DispatchRequest_AgentName:
+		return "agent name " + t.AgentName
+	case *forgev1.DispatchRequest_Selector:
+		return "selector " + t.Selector
+	case *forgev1.DispatchRequest_All:
+		return fmt.Sprintf("all=%v", t.All)
+	case nil:
+		return "none"
+	}
+	return fmt.Sprintf("%T", m.GetTarget())
 }
 
 // jobSpec checks a DispatchRequest and fills in the server's defaults.

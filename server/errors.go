@@ -27,10 +27,18 @@ func (s *Server) storeError(ctx context.Context, err error) error {
 	case store.KindPrecondition:
 		return connect.NewError(connect.CodeFailedPrecondition, errors.New(msg))
 	case store.KindExhausted:
+		if store.IsDispatchIncomplete(err) {
+			s.log.Warn("dispatch incomplete", causeArgs(err)...)
+		}
 		return connect.NewError(connect.CodeResourceExhausted, errors.New(msg))
 	case store.KindInvalid:
 		return connect.NewError(connect.CodeInvalidArgument, errors.New(msg))
 	case store.KindUnavailable:
+		if store.IsDispatchIncomplete(err) {
+			// What became of the dispatch, and what the caller may do: written for it.
+			s.log.Warn("dispatch incomplete", causeArgs(err)...)
+			return connect.NewError(connect.CodeUnavailable, errors.New(msg))
+		}
 		if ctx.Err() != nil {
 			return connect.NewError(connect.CodeCanceled, errors.New("request cancelled"))
 		}

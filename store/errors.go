@@ -114,6 +114,61 @@ const (
 // (see NoteAttempt); like the cut marker it is a line of its own.
 const FmtNoteAttempt = "\n... [forge: output of attempt %d] ...\n"
 
+// Messages of the errors of a Dispatch: too many targets, and one that could not
+// complete (KindUnavailable), each saying what the caller may do.
+const (
+	FmtTooManyTargets = "the target matches more than %d agents, the most one dispatch may reach (--max-targets): narrow it, or raise the limit"
+
+	MsgDispatchNotAccepted = "the dispatch did not complete and none of its tasks will run; retry it"
+	FmtDispatchResume      = "the dispatch of job %s did not complete; retry it with the same idempotency_key to complete the same job"
+	FmtDispatchUnknown     = "the dispatch of job %s did not complete and may yet run; check it with GetJob before dispatching again (an idempotency_key makes retries safe)"
+)
+
+// ErrTooManyTargets is the error of a dispatch whose target matches more than
+// max agents.
+func ErrTooManyTargets(max int) error { return Errorf(KindExhausted, FmtTooManyTargets, max) }
+
+// CheckTargets refuses a dispatch that reaches n agents when at most max may be
+// reached (max zero or negative: no limit).
+func CheckTargets(n, max int) error {
+	if max > 0 && n > max {
+		return ErrTooManyTargets(max)
+	}
+	return nil
+}
+
+// incomplete marks the cause of an error that says what became of a Dispatch
+// that could not complete.
+type incomplete struct{ err error }
+
+func (e *incomplete) Error() string {
+	if e.err == nil {
+		return "dispatch incomplete"
+	}
+	return e.err.Error()
+}
+func (e *incomplete) Unwrap() error { return e.err }
+
+// ErrDispatchIncomplete is the error of a Dispatch that could not complete:
+// msg (MsgDispatchNotAccepted, FmtDispatchResume, FmtDispatchUnknown) tells the
+// caller what became of it and what to do; cause is for the log. Its kind is
+// KindUnavailable, or KindExhausted when the cause was the store being full (a
+// retry cannot help until it is not).
+func ErrDispatchIncomplete(msg string, cause error) error {
+	kind := KindUnavailable
+	if KindOf(cause) == KindExhausted {
+		kind = KindExhausted
+	}
+	return &Error{Kind: kind, Msg: msg, Err: &incomplete{cause}}
+}
+
+// IsDispatchIncomplete tells whether err is an ErrDispatchIncomplete, whose
+// message is meant for the caller.
+func IsDispatchIncomplete(err error) bool {
+	var i *incomplete
+	return errors.As(err, &i)
+}
+
 // Quote returns an id in double quotes, as it appears in error messages.
 func Quote(id string) string { return strconv.Quote(id) }
 

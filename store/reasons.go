@@ -20,6 +20,9 @@ const (
 	ReasonLeaseExpired  = "lease expired"
 	ReasonSucceeded     = "reported succeeded"
 	ReasonFailed        = "reported failed"
+	// ReasonDispatchIncomplete ends the tasks of a fan-out whose Dispatch never
+	// completed; they never ran.
+	ReasonDispatchIncomplete = "dispatch did not complete"
 )
 
 // Formats of reasons with a value in them.

@@ -60,7 +60,11 @@ type Store interface {
 	// Dispatch creates a job and one task per agent its target matches. A spec
 	// with an idempotency key already used returns that job and creates nothing.
 	// A target matching no agent fails with KindNotFound (agent id) or creates an
-	// empty, finished job (selector, all).
+	// empty, finished job (selector, all); one matching more than
+	// Config.MaxTargets fails with ErrTooManyTargets and creates nothing. A
+	// dispatch is all or nothing: one that fails part way fails with
+	// ErrDispatchIncomplete, and either none of its tasks ever runs, or (with an
+	// idempotency key) a retry completes the same job — the error says which.
 	Dispatch(ctx context.Context, spec JobSpec) (Job, error)
 	// GetJob returns a job with its counts.
 	GetJob(ctx context.Context, id string) (Job, error)
@@ -282,7 +286,14 @@ type Config struct {
 	Retention time.Duration
 	// MaxPendingPerAgent bounds an agent's queue; zero means 10,000.
 	MaxPendingPerAgent int
+	// MaxTargets bounds the agents one Dispatch reaches (CheckTargets); zero
+	// means DefaultMaxTargets, negative no limit.
+	MaxTargets int
 }
+
+// DefaultMaxTargets is how many agents one Dispatch may reach unless
+// Config.MaxTargets says otherwise.
+const DefaultMaxTargets = 10000
 
 // WithDefaults returns c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
@@ -297,6 +308,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxPendingPerAgent <= 0 {
 		c.MaxPendingPerAgent = 10000
+	}
+	if c.MaxTargets == 0 {
+		c.MaxTargets = DefaultMaxTargets
 	}
 	return c
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/orange-forge/forge/server"
+	"github.com/orange-forge/forge/store"
 )
 
 // runServer is `forge server`: parse, build, serve, close.
@@ -56,6 +57,7 @@ type ServerConfig struct {
 	MaxPayload  int
 	MaxOutput   int
 	MaxPending  int
+	MaxTargets  int // agents one Dispatch may reach; 0: no limit
 	RateLimit   float64
 	RateBurst   int
 	// RegisterRate and RegisterRatePerAddr limit Registers per enrollment token
@@ -93,6 +95,7 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	f.IntVar(&c.MaxPayload, "max-payload", server.DefaultLimits().MaxPayload, "largest task payload in bytes")
 	f.IntVar(&c.MaxOutput, "max-output", server.DefaultLimits().MaxOutput, "output kept per attempt in bytes (head and tail)")
 	f.IntVar(&c.MaxPending, "max-pending", 10000, "most tasks waiting in one agent's queue")
+	f.IntVar(&c.MaxTargets, "max-targets", store.DefaultMaxTargets, "most agents one dispatch may reach; beyond, it is refused with resource_exhausted (0: no limit)")
 	f.ListVar(&c.SigningKeys, "signing-key", "ed25519 private key file (PKCS#8 PEM, as from `openssl genpkey -algorithm ed25519`) to sign tasks with; repeat to rotate, newest first")
 	f.FloatVar(&c.RateLimit, "rate-limit", 0, "calls per second allowed to each token on average (0: no limit)")
 	f.IntVar(&c.RateBurst, "rate-burst", 0, "burst size of --rate-limit (default: one second's worth)")

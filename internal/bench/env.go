@@ -103,7 +103,7 @@ func (r *runner) close(ctx context.Context) {
 }
 
 func (r *runner) openStore(ctx context.Context) (store.Store, error) {
-	cfg := store.Config{}
+	cfg := store.Config{MaxTargets: -1} // a fleet of any size is dispatched to at once
 	if r.cfg.RedisURL != "" {
 		return r.cfg.OpenRedis(ctx, r.cfg.RedisURL, cfg)
 	}

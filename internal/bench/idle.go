@@ -57,7 +57,7 @@ type child struct {
 
 func (r *runner) startChild(ctx context.Context, pollHold time.Duration) (*child, error) {
 	args := []string{"server", "--listen", "127.0.0.1:0", "--enroll-token", r.enroll, "--admin-token", r.admin,
-		"--poll-hold", pollHold.String(), "--log-level", "error", "--register-rate", "0", "--register-rate-per-addr", "0"}
+		"--poll-hold", pollHold.String(), "--log-level", "error", "--register-rate", "0", "--register-rate-per-addr", "0", "--max-targets", "0"}
 	if r.cfg.RedisURL != "" {
 		args = append(args, "--redis", r.cfg.RedisURL)
 		args = append(args, r.cfg.RedisArgs...)

@@ -27,6 +27,9 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 		if err != nil {
 			return store.Job{}, err
 		}
+		if err := store.CheckTargets(len(targets), s.cfg.MaxTargets); err != nil {
+			return store.Job{}, err
+		}
 		j := &job{Job: store.Job{ID: store.NewJobID(), Spec: spec, CreatedAt: now}}
 		j.Spec.Payload = slices.Clone(spec.Payload)
 		s.jobs[j.ID] = j

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -72,10 +73,10 @@ func TestDispatchRetriedAfterAnyFailure(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			url := url()
-			for _, rollout := range []bool{false, true} {
+			for _, mode := range []string{"single", "fanout", "rollout"} {
 				for _, sent := range []bool{false, true} {
 					for failAt := 1; ; failAt++ {
-						done := dispatchWithFault(t, url, rollout, sent, failAt)
+						done := dispatchWithFault(t, url, mode, sent, failAt)
 						if done {
 							break
 						}
@@ -88,10 +89,12 @@ func TestDispatchRetriedAfterAnyFailure(t *testing.T) {
 
 // dispatchWithFault runs one case and tells whether the Dispatch made fewer
 // calls than failAt (so no later call is left to fail).
-func dispatchWithFault(t *testing.T, url string, rollout, sent bool, failAt int) bool {
+func dispatchWithFault(t *testing.T, url string, mode string, sent bool, failAt int) bool {
 	t.Helper()
-	what := fmt.Sprintf("rollout=%v sent=%v call %d", rollout, sent, failAt)
-	s, err := Open(t.Context(), url, store.Config{}, Options{Prefix: fmt.Sprintf("df%d", time.Now().UnixNano())})
+	rollout := mode == "rollout"
+	what := fmt.Sprintf("%s sent=%v call %d", mode, sent, failAt)
+	clock := &fakeClock{t: time.Now()}
+	s, err := Open(t.Context(), url, store.Config{Clock: clock}, Options{Prefix: fmt.Sprintf("df%d", time.Now().UnixNano())})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,8 +109,10 @@ func dispatchWithFault(t *testing.T, url string, rollout, sent bool, failAt int)
 	}
 	spec := store.JobSpec{Type: "echo", Payload: []byte("hi"), Target: store.Target{AgentID: agents[0]},
 		Timeout: time.Minute, DeliveryTTL: time.Hour, MaxAttempts: 3, IdempotencyKey: "key"}
-	if rollout {
+	if mode != "single" {
 		spec.Target = store.Target{All: true}
+	}
+	if rollout {
 		spec.MaxConcurrency, spec.MaxFailures = 1, 1
 	}
 	real := s.client
@@ -125,9 +130,9 @@ func dispatchWithFault(t *testing.T, url string, rollout, sent bool, failAt int)
 	if again, err := s.Dispatch(t.Context(), spec); err != nil || again.ID != job.ID || !again.Existing {
 		t.Fatalf("%s: a third Dispatch = %s existing %v, %v; want %s", what, again.ID, again.Existing, err, job.ID)
 	}
-	want := 1
-	if rollout {
-		want = 3
+	want := 3
+	if mode == "single" {
+		want = 1
 	}
 	if len(job.TaskIDs) != want {
 		t.Fatalf("%s: the job lists %d tasks, want %d", what, len(job.TaskIDs), want)
@@ -168,5 +173,140 @@ func dispatchWithFault(t *testing.T, url string, rollout, sent bool, failAt int)
 			t.Fatalf("%s: %d of 3 tasks held, want 2 (max_concurrency 1)", what, held)
 		}
 	}
+	if mode == "fanout" {
+		// Every task released, whichever call did it (the reaper finishes a
+		// release the Dispatch did not).
+		clock.advance(advanceEvery + time.Second)
+		if err := s.Reap(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range job.TaskIDs {
+			if task, _ := s.GetTask(t.Context(), id); task.Held || task.State != store.StatePending {
+				t.Fatalf("%s: task %s is %s held %v after the reaper's pass, want released", what, id, task.State, task.Held)
+			}
+		}
+	}
 	return false
+}
+
+// TestAttackFanOutHalfDone fails one Redis call of a fan-out Dispatch without
+// an idempotency key — each call in turn, before it is sent and after — as the
+// 5 s write timeout did under a 20,000-agent fan-out (issue 13, finding 4):
+// the error says what became of it, and what it says holds. "None of its
+// tasks will run": no task is ever released, and the reaper ends them all
+// CANCELED ("dispatch did not complete"). Success, or "may yet run": the job
+// is whole, every task released.
+func TestAttackFanOutHalfDone(t *testing.T) {
+	t.Parallel()
+	url := redistest.Start(t).URL()
+	for _, sent := range []bool{false, true} {
+		for failAt := 1; ; failAt++ {
+			if keylessWithFault(t, url, sent, failAt) {
+				break
+			}
+		}
+	}
+}
+
+func keylessWithFault(t *testing.T, url string, sent bool, failAt int) bool {
+	t.Helper()
+	what := fmt.Sprintf("keyless sent=%v call %d", sent, failAt)
+	clock := &fakeClock{t: time.Now()}
+	s, err := Open(t.Context(), url, store.Config{Clock: clock}, Options{Prefix: fmt.Sprintf("kf%d", time.Now().UnixNano())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var agents []string
+	for i := range 3 {
+		a, err := s.RegisterAgent(t.Context(), store.RegisterParams{Name: fmt.Sprint(i), SecretHash: sum("s")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		agents = append(agents, a.ID)
+	}
+	spec := store.JobSpec{Type: "echo", Payload: []byte("hi"), Target: store.Target{All: true},
+		Timeout: time.Minute, DeliveryTTL: time.Hour, MaxAttempts: 3}
+	real := s.client
+	fc := &faultyClient{Client: real, failAt: failAt, sent: sent}
+	s.client = fc
+	job, ferr := s.Dispatch(t.Context(), spec)
+	s.client = real
+	if ferr == nil && fc.calls < failAt {
+		return true
+	}
+	released := func() (n int) {
+		for _, a := range agents {
+			ag, err := s.GetAgent(t.Context(), a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += ag.Pending
+		}
+		return n
+	}
+	noneRuns := ferr != nil && ferr.Error() == store.MsgDispatchNotAccepted
+	switch {
+	case ferr == nil:
+	case !store.IsDispatchIncomplete(ferr):
+		t.Fatalf("%s: Dispatch = %v, want an error saying what became of the dispatch", what, ferr)
+	case noneRuns:
+		if n := released(); n != 0 {
+			t.Fatalf("%s: %q, yet %d tasks were released", what, ferr, n)
+		}
+	case !strings.HasPrefix(ferr.Error(), "the dispatch of job ") || !strings.Contains(ferr.Error(), "may yet run"):
+		t.Fatalf("%s: Dispatch = %v", what, ferr)
+	}
+	// The reaper, past the time an uncommitted dispatch is abandoned by.
+	clock.advance(abandonKeyless + time.Minute)
+	if err := s.Reap(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	jobs, _, err := s.ListJobs(t.Context(), store.Page{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range agents {
+		tasks, _, err := s.ListTasks(t.Context(), store.TaskFilter{AgentID: a})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, task := range tasks {
+			switch {
+			case noneRuns && (task.State != store.StateCanceled || task.Error != store.ReasonDispatchIncomplete):
+				t.Fatalf("%s: %q, yet task %s is %s (%s) after the reaper", what, ferr, task.ID, task.State, task.Error)
+			case !noneRuns && (task.State != store.StatePending || task.Held):
+				// Accepted (or maybe): then whole and released — unless the reaper
+				// abandoned a "maybe" that had not committed.
+				if !(ferr != nil && task.State == store.StateCanceled && task.Error == store.ReasonDispatchIncomplete) {
+					t.Fatalf("%s: task %s is %s held %v", what, task.ID, task.State, task.Held)
+				}
+			}
+		}
+	}
+	if ferr == nil && (len(jobs) != 1 || jobs[0].ID != job.ID || len(job.TaskIDs) != 3) {
+		t.Fatalf("%s: succeeded with job %s of %d tasks; jobs listed %v", what, job.ID, len(job.TaskIDs), jobs)
+	}
+	if released() > 3 {
+		t.Fatalf("%s: more tasks released than agents", what)
+	}
+	return false
+}
+
+// fakeClock is a store.Clock the test moves.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
 }

@@ -27,18 +27,13 @@ const idemPending = 24 * time.Hour
 // as store.NewTaskID makes them (a job has one task per agent).
 func jobTaskID(jobID, agentID string) string { return "t" + jobID[1:] + "-" + agentID }
 
-// Dispatch implements store.Store. Steps, each atomic on its own slot:
-//
-//  1. claim the idempotency key (SET NX, expiring after idemPending);
-//  2. for a fan-out, write the job record unless it exists, and list it; for one
-//     agent, create the task first (its script checks the agent) and then, in one
-//     pipelined round trip, write the job record (marked made), list it and make
-//     the idempotency key permanent;
-//  3. create the tasks, one script per shard (pipelined): held if the job has
-//     max_concurrency; each script answers its shard's counts of the job;
-//  4. let the advancer release the first held tasks (should this fail, Reap's
-//     advancer does it; the job is accepted);
-//  5. mark the job made and make the idempotency key permanent.
+// Dispatch implements store.Store. A dispatch to one agent (dispatchOne) creates
+// its task first, in one script that checks the agent, then writes the job
+// record: two round trips (three with an idempotency key). A fan-out
+// (dispatchMany, dispatch.go) writes the job record first and its tasks in
+// bounded batches, held, and releases them only once the job is committed, so
+// it is all or resumable. Both first claim the idempotency key (SET NX,
+// expiring after idemPending).
 //
 // Every step is idempotent for a job id: task ids derive from the job id and
 // the agent, an existing task is left alone, and an existing job record keeps its
@@ -46,15 +41,7 @@ func jobTaskID(jobID, agentID string) string { return "t" + jobID[1:] + "-" + ag
 // whose replica died) is finished by a retry with the same key — one job, every
 // task it lists created — and a retry while the first attempt still runs agrees
 // with it. The key is freed only when the dispatch was refused before anything
-// was written (an unknown, revoked or full agent).
-//
-// The job answered is built from what was written and the counts the task
-// scripts answered, not read back. A dispatch to one agent costs two round trips
-// (three with an idempotency key).
-//
-// Without an idempotency key, a failed dispatch may have created some of its
-// tasks; they run. Held tasks are released by Reap's advancer. Nothing is
-// stranded.
+// was written (an unknown, revoked or full agent; too many targets).
 func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, error) {
 	match, err := spec.Target.Matcher()
 	if err != nil {
@@ -80,7 +67,12 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 			return store.Job{}, s.wrap(ctx, err)
 		}
 	}
-	job, err := s.dispatch(ctx, spec, match, jid, now, idemKey, resume)
+	var job store.Job
+	if spec.Target.AgentID != "" {
+		job, err = s.dispatchOne(ctx, spec, jid, now, idemKey, resume)
+	} else {
+		job, err = s.dispatchMany(ctx, spec, match, jid, now, idemKey, resume)
+	}
 	if err != nil {
 		if idemKey != "" && resume == nil && refusedBeforeWriting(err) {
 			// Free the key for a corrected retry; should this fail, a retry meets
@@ -96,8 +88,9 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 	return job, nil
 }
 
-// refusedBeforeWriting tells whether a dispatch error is a refusal of the
-// create script of a single-agent dispatch, which writes nothing when it refuses.
+// refusedBeforeWriting tells whether a dispatch error is a refusal made before
+// anything was written: the create script of a single-agent dispatch refusing,
+// or a fan-out reaching too many agents.
 func refusedBeforeWriting(err error) bool {
 	switch store.KindOf(err) {
 	case store.KindNotFound, store.KindPrecondition, store.KindExhausted, store.KindInvalid:
@@ -124,9 +117,13 @@ func (s *Store) existingJob(ctx context.Context, idemKey string) (store.Job, *jo
 		// Freed or dropped since the SET: this caller may claim it again.
 		return store.Job{}, nil, store.Errorf(store.KindUnavailable, "a dispatch with this idempotency key just ended; retry")
 	}
-	vals, err := s.client.Do(ctx, s.client.B().Hmget().Key(s.k.job(jid)).Field("made", "tasks", "ca").Build()).ToArray()
+	vals, err := s.client.Do(ctx, s.client.B().Hmget().Key(s.k.job(jid)).Field("made", "tasks", "ca", "abandoned").Build()).ToArray()
 	if err != nil {
 		return store.Job{}, nil, s.wrap(ctx, err)
+	}
+	if ab, _ := vals[3].ToString(); ab == "1" {
+		// Abandoned (its key is being freed): this caller may claim it again.
+		return store.Job{}, nil, store.Errorf(store.KindUnavailable, "a dispatch with this idempotency key just ended; retry")
 	}
 	made, _ := vals[0].ToString()
 	if made == "1" {
@@ -151,119 +148,132 @@ func (s *Store) existingJob(ctx context.Context, idemKey string) (store.Job, *jo
 
 type target struct{ taskID, agentID string }
 
-// dispatch creates job jid, or, with resume, finishes creating it.
-func (s *Store) dispatch(ctx context.Context, spec store.JobSpec, match store.AgentMatcher, jid string, now int64, idemKey string, resume *jobRecord) (store.Job, error) {
+// dispatchOne creates job jid for one agent, or, with resume, finishes
+// creating it: the task first (its script checks the agent and writes nothing
+// when it refuses), with the payload in its own record, then, in one pipelined
+// round trip, the job record (marked made), its listing and the idempotency key
+// made permanent.
+func (s *Store) dispatchOne(ctx context.Context, spec store.JobSpec, jid string, now int64, idemKey string, resume *jobRecord) (store.Job, error) {
 	var targets []target
-	single := spec.Target.AgentID != ""
-	switch {
-	case resume != nil && resume.tasks != nil:
-		// The record was written: its task list stands, whatever the target matches now.
+	if resume != nil && resume.tasks != nil {
+		// The record was written: its task list stands.
 		targets = targetsOf(resume.tasks)
-	case single:
+	} else {
 		if !store.ValidID(spec.Target.AgentID, 'a') {
 			return store.Job{}, store.ErrAgentNotFound(spec.Target.AgentID)
 		}
 		targets = []target{{jobTaskID(jid, spec.Target.AgentID), spec.Target.AgentID}}
-	default:
-		ids, err := s.matchAgents(ctx, match, spec.Target.IncludeOffline, now)
-		if err != nil {
-			return store.Job{}, err
-		}
-		for _, a := range ids {
-			targets = append(targets, target{jobTaskID(jid, a), a})
-		}
 	}
 	limited := spec.MaxConcurrency > 0 || spec.MaxFailures > 0
-	hold := spec.MaxConcurrency > 0
-	var counts store.Counts
-	create := func() error {
-		byShard := map[int][]string{}
-		var order []int
-		for _, t := range targets {
-			sh := shardOf(t.agentID)
-			if _, ok := byShard[sh]; !ok {
-				order = append(order, sh)
-			}
-			byShard[sh] = append(byShard[sh], t.taskID, t.agentID)
-		}
-		execs := make([]rueidis.LuaExec, 0, len(order))
-		for _, sh := range order {
-			args := s.shardArgs(s.k.shard[sh], now, itoa(s.cfg.MaxPendingPerAgent), jid, spec.Type, string(spec.Payload),
-				itoa(spec.MaxAttempts), ms(spec.Timeout), ms(spec.DeliveryTTL), flag(limited), flag(hold), flag(single),
-				store.ReasonTimedOut(spec.Timeout), store.ReasonExpired(spec.DeliveryTTL))
-			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, byShard[sh]...)})
-		}
-		for _, r := range s.runMulti(ctx, createTasksScript, execs) {
-			arr, err := s.answer(ctx, r)
-			if err != nil {
-				return err
-			}
-			if len(arr) > 1 {
-				addCounts(&counts, pairs(arr[1]))
-			}
-		}
-		return nil
+	counts, err := s.createTasks(ctx, spec, jid, now, targets, createMode{limited: limited, hold: spec.MaxConcurrency > 0, single: true})
+	if err != nil {
+		return store.Job{}, err
 	}
-	taskIDs := func() []string {
-		ids := make([]string, len(targets))
-		for i, t := range targets {
-			ids[i] = t.taskID
-		}
-		return ids
+	fields := s.jobFields(spec, taskIDsOf(targets), now)
+	// The job record (made: its task exists), its indexes and the idempotency
+	// key: one round trip.
+	if _, err := s.writeJob(ctx, jid, append(fields, "made", "1"), now, limited, idemKey); err != nil {
+		return store.Job{}, err
 	}
-	fields := s.jobFields(spec, taskIDs(), now)
-	if single {
-		if err := create(); err != nil {
-			return store.Job{}, err
-		}
-		// The job record (made: its task exists), its indexes and the idempotency
-		// key: one round trip.
-		if _, err := s.writeJob(ctx, jid, append(fields, "made", "1"), now, limited, idemKey); err != nil {
-			return store.Job{}, err
-		}
-		if resume != nil && resume.tasks != nil {
-			// A record written before without the mark (it exists, so the write above left it).
-			if err := s.client.Do(ctx, s.client.B().Hset().Key(s.k.job(jid)).FieldValue().FieldValue("made", "1").Build()).Error(); err != nil {
-				return store.Job{}, s.wrap(ctx, err)
-			}
-		}
-	} else {
-		stored, err := s.writeJob(ctx, jid, fields, now, limited, "")
-		if err != nil {
-			return store.Job{}, err
-		}
-		if stored != nil {
-			targets = targetsOf(stored) // another attempt of this dispatch wrote it first
-			fields = s.jobFields(spec, stored, now)
-		}
-		if err := create(); err != nil {
-			return store.Job{}, err
+	if resume != nil && resume.tasks != nil {
+		// A record written before without the mark (it exists, so the write above left it).
+		if err := s.client.Do(ctx, s.client.B().Hset().Key(s.k.job(jid)).FieldValue().FieldValue("made", "1").Build()).Error(); err != nil {
+			return store.Job{}, s.wrap(ctx, err)
 		}
 	}
 	if limited {
-		// The job is accepted once its tasks exist; should this step fail, Reap's
+		// The job is accepted once its task exists; should this step fail, Reap's
 		// advancer takes the job up (it is listed for it).
 		s.advanceAll(ctx, []string{jid})
 	}
-	if !single {
-		b := s.client.B()
-		cmds := rueidis.Commands{b.Hset().Key(s.k.job(jid)).FieldValue().FieldValue("made", "1").Build()}
-		if idemKey != "" {
-			cmds = append(cmds, b.Persist().Key(idemKey).Build())
-		}
-		for _, r := range s.client.DoMulti(ctx, cmds...) {
-			if err := r.Error(); err != nil {
-				return store.Job{}, s.wrap(ctx, err)
-			}
-		}
-	}
+	return s.answerJob(jid, fields, counts), nil
+}
+
+// answerJob is the job a Dispatch answers: built from what was written and the
+// counts the task scripts answered, not read back.
+func (s *Store) answerJob(jid string, fields []string, counts store.Counts) store.Job {
 	f := make(map[string]string, len(fields)/2)
 	for i := 0; i+1 < len(fields); i += 2 {
 		f[fields[i]] = fields[i+1]
 	}
 	job := s.jobs.put(decodeJob(jid, f)).view()
 	job.Counts = counts
-	return job, nil
+	return job
+}
+
+// createMode says how createTasks makes a job's tasks.
+type createMode struct {
+	limited bool // the job has rollout limits: the advancer looks after each end
+	hold    bool // create them held (a rollout, or a fan-out not yet committed)
+	single  bool // one agent: refuse an unknown, revoked or full one, creating nothing
+	inJob   bool // the payload is in the job record only (a fan-out)
+}
+
+// createTasks creates a job's tasks, one script per batch of at most
+// dispatchBatch tasks of one shard, at most dispatchPipeline scripts per round
+// trip, and returns the job's counts as the scripts answered them.
+func (s *Store) createTasks(ctx context.Context, spec store.JobSpec, jid string, now int64, targets []target, m createMode) (store.Counts, error) {
+	byShard := map[int][]string{}
+	for _, t := range targets {
+		sh := shardOf(t.agentID)
+		byShard[sh] = append(byShard[sh], t.taskID, t.agentID)
+	}
+	payload := string(spec.Payload)
+	if m.inJob {
+		payload = ""
+	}
+	var execs []rueidis.LuaExec
+	var shards []int
+	for sh, pairs := range byShard {
+		for lo := 0; lo < len(pairs); lo += 2 * dispatchBatch {
+			args := s.shardArgs(s.k.shard[sh], now, itoa(s.cfg.MaxPendingPerAgent), jid, spec.Type, payload,
+				itoa(spec.MaxAttempts), ms(spec.Timeout), ms(spec.DeliveryTTL), flag(m.limited), flag(m.hold), flag(m.single),
+				store.ReasonTimedOut(spec.Timeout), store.ReasonExpired(spec.DeliveryTTL), flag(m.inJob))
+			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, pairs[lo:min(lo+2*dispatchBatch, len(pairs))]...)})
+			shards = append(shards, sh)
+		}
+	}
+	// A shard's later batch answers its counts with the earlier ones in them.
+	last := map[int]map[string]string{}
+	err := s.runBatches(ctx, createTasksScript, execs, func(i int, arr []rueidis.RedisMessage) {
+		if len(arr) > 1 {
+			last[shards[i]] = pairs(arr[1])
+		}
+	})
+	var counts store.Counts
+	for _, f := range last {
+		addCounts(&counts, f)
+	}
+	return counts, err
+}
+
+// runBatches runs the calls of sc, at most dispatchPipeline per round trip,
+// round after round, handing each answer to each (with the call's index); it
+// stops at the first error. Other callers' commands, on the same connections
+// and in Redis, wait for at most one round.
+func (s *Store) runBatches(ctx context.Context, sc *script, execs []rueidis.LuaExec, each func(int, []rueidis.RedisMessage)) error {
+	for lo := 0; lo < len(execs); lo += dispatchPipeline {
+		hi := min(lo+dispatchPipeline, len(execs))
+		for i, r := range s.runMulti(ctx, sc, execs[lo:hi]) {
+			arr, err := s.answer(ctx, r)
+			if err != nil {
+				return err
+			}
+			if each != nil {
+				each(lo+i, arr)
+			}
+		}
+	}
+	return nil
+}
+
+// taskIDsOf returns the task ids of targets, in order.
+func taskIDsOf(targets []target) []string {
+	ids := make([]string, len(targets))
+	for i, t := range targets {
+		ids[i] = t.taskID
+	}
+	return ids
 }
 
 // targetsOf returns the targets of a job's task list.
@@ -338,6 +348,8 @@ func fieldValue(fields []string, name string) string {
 
 // matchAgents returns, in id order, the non-revoked agents match reaches that are
 // online now (or all of them with includeOffline).
+//
+// It stops with ErrTooManyTargets once more than Config.MaxTargets match.
 func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, includeOffline bool, now int64) ([]string, error) {
 	ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.agents()).Min("0").Max("-1").Build()).AsStrSlice()
 	if err != nil {
@@ -376,6 +388,9 @@ func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, inclu
 				continue
 			}
 			out = append(out, chunk[i])
+			if err := store.CheckTargets(len(out), s.cfg.MaxTargets); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return out, nil
@@ -389,10 +404,15 @@ func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, inclu
 // bookkeeping moves by compare-and-set, so replicas advancing the same job at once
 // never release more than the limit; releasing and cancelling are idempotent, so
 // a crash between the bookkeeping and the task scripts is repaired by the next pass.
+//
+// It also finishes what a fan-out's Dispatch left undone (see dispatchMany): a
+// committed job without rollout limits gets its held tasks released; one never
+// committed is left alone until the time it must be abandoned by, then
+// abandoned, its tasks ended.
 func (s *Store) advance(ctx context.Context, jid string) error {
 	for try := 0; try < 20; try++ {
 		vals, err := s.client.Do(ctx, s.client.B().Hmget().Key(s.k.job(jid)).
-			Field("mc", "mf", "rel", "dp", "dpf", "canceled", "crs", "tasks").Build()).ToArray()
+			Field("mc", "mf", "rel", "dp", "dpf", "canceled", "crs", "tasks", "made", "abandoned", "ab").Build()).ToArray()
 		if err != nil {
 			return s.wrap(ctx, err)
 		}
@@ -404,6 +424,30 @@ func (s *Store) advance(ctx context.Context, jid string) error {
 		rel, dp, dpf := int(atoi(str(2))), int(atoi(str(3))), int(atoi(str(4)))
 		canceled, reason := str(5) == "1", str(6)
 		ids := splitIDs(str(7))
+		switch made, abandoned := str(8), str(9) == "1"; {
+		case abandoned:
+			return s.finishAbandoned(ctx, jid)
+		case made == "0":
+			// A fan-out not committed (made is unset on single-agent jobs and on
+			// records older than fan-out commits, which are committed).
+			if abandonAt := atoi(str(10)); s.nowMS() < abandonAt {
+				if err := s.client.Do(ctx, s.client.B().Zadd().Key(s.k.jobsAdvance()).Xx().ScoreMember().ScoreMember(float64(abandonAt), jid).Build()).Error(); err != nil {
+					return s.wrap(ctx, err)
+				}
+				return nil
+			}
+			state, err := jobAbandonScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)}, []string{store.ReasonDispatchIncomplete}).ToString()
+			if err != nil {
+				return s.wrap(ctx, err)
+			}
+			if state == "made" {
+				continue // committed after all: look again
+			}
+			s.log.Warn("abandoned a dispatch that never completed; its tasks end", "job", jid, "tasks", len(ids))
+			return s.finishAbandoned(ctx, jid)
+		case mc == 0 && mf == 0:
+			return s.releaseAll(ctx, jid, ids)
+		}
 		dp = min(dp, len(ids))
 		states, err := s.taskStates(ctx, ids[dp:])
 		if err != nil {
@@ -521,7 +565,10 @@ func (s *Store) cancelTasks(ctx context.Context, taskIDs []string, m store.Cance
 }
 
 // perShard runs a shard script over task ids grouped by shard, with the given
-// ARGV before the ids, and returns each shard's answer or the first error.
+// ARGV before the ids, and returns each call's answer or the first error. A
+// shard's ids go in calls of at most dispatchBatch, at most dispatchPipeline
+// calls per round trip (runBatches), so cancelling or releasing a whole fan-out
+// holds Redis no longer than creating it.
 func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre []string) ([][]rueidis.RedisMessage, error) {
 	if len(taskIDs) == 0 {
 		return nil, nil
@@ -536,20 +583,16 @@ func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre 
 		sh := shardOf(a)
 		byShard[sh] = append(byShard[sh], id)
 	}
-	execs := make([]rueidis.LuaExec, 0, len(byShard))
+	var execs []rueidis.LuaExec
 	for sh, ids := range byShard {
-		args := s.shardArgs(s.k.shard[sh], now, pre...)
-		execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, ids...)})
+		for lo := 0; lo < len(ids); lo += dispatchBatch {
+			args := s.shardArgs(s.k.shard[sh], now, pre...)
+			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, ids[lo:min(lo+dispatchBatch, len(ids))]...)})
+		}
 	}
 	answers := make([][]rueidis.RedisMessage, 0, len(execs))
-	for _, r := range s.runMulti(ctx, sc, execs) {
-		arr, err := s.answer(ctx, r)
-		if err != nil {
-			return nil, err
-		}
-		answers = append(answers, arr)
-	}
-	return answers, nil
+	err := s.runBatches(ctx, sc, execs, func(_ int, arr []rueidis.RedisMessage) { answers = append(answers, arr) })
+	return answers, err
 }
 
 // GetJob implements store.Store. A job this Store has seen before costs one

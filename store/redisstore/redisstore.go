@@ -74,6 +74,7 @@ type Store struct {
 	owned  bool           // Close closes client and subs
 	hub    *store.Hub
 	jobs   jobCache // the fixed part of jobs seen lately
+	content contentCache // fan-out payloads by job (content.go)
 	clock  store.Clock
 	rclock *redisClock // nil when the caller gave a clock
 

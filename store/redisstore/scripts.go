@@ -586,19 +586,22 @@ return {'OK', ms(held)}
 `)
 
 // createTasksScript creates the tasks of one job in one shard; a task that exists
-// already (a retried dispatch) is left as it is.
+// already (a retried dispatch) is left as it is. A fan-out's tasks keep no
+// payload of their own (cj: it is in the job record).
 //
 // KEYS[1] the shard's due index (for routing)
 // ARGV[4] max pending per agent, [5] job id, [6] type, [7] payload, [8] max attempts,
 // [9] timeout ms, [10] delivery TTL ms, [11] has rollout limits (0/1), [12] hold (0/1),
 // [13] single target (0/1), [14] timeout reason, [15] expiry reason,
-// [16..] task id, agent id pairs
+// [16] payload in the job record (0/1), [17..] task id, agent id pairs
 // returns {'OK', the shard's counts of the job (field, value pairs)}, or for a
 // single target an error when the agent is unknown, revoked or its queue is full
 // (then nothing is created)
 var createTasksScript = shardScript(`
 local maxPending, job, single = tonumber(ARGV[4]), ARGV[5], ARGV[13] == '1'
-for i = 16, #ARGV - 1, 2 do
+local content = {'pl', ARGV[7]}
+if ARGV[16] == '1' then content = {'cj', '1'} end
+for i = 17, #ARGV - 1, 2 do
   local tid, aid = ARGV[i], ARGV[i + 1]
   -- A retried dispatch names the same tasks: one made before stays as it is.
   if redis.call('EXISTS', kTask(tid)) == 0 then
@@ -612,7 +615,7 @@ for i = 16, #ARGV - 1, 2 do
       end
     end
     local tk = kTask(tid)
-    redis.call('HSET', tk, 'job', job, 'type', ARGV[6], 'pl', ARGV[7], 'att', 0, 'max', ARGV[8],
+    redis.call('HSET', tk, 'job', job, 'type', ARGV[6], content[1], content[2], 'att', 0, 'max', ARGV[8],
       'to', ARGV[9], 'ttl', ARGV[10], 'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'exr', ARGV[15])
     redis.call('ZADD', kAll, 0, tid)
     redis.call('ZADD', kAgentTasks(aid), 0, tid)
@@ -868,6 +871,60 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return {'OK', tasks}
 `)
 
+// jobDraftScript writes a fan-out's job record, not yet committed (made 0),
+// unless it exists, so two attempts of one dispatch agree on one task list; a
+// new record expires after ARGV[1] ms unless committed or abandoned (both make
+// it permanent), so one whose dispatch died before its tasks existed goes away.
+//
+// KEYS[1] job record
+// ARGV[1] ms to live until committed, [2..] field, value pairs, 'tasks' among them
+// returns {'OK', the record's task list: the one given, or the one stored before}
+var jobDraftScript = newScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'OK', redis.call('HGET', KEYS[1], 'tasks') or ''} end
+local tasks, f = '', {}
+for i = 2, #ARGV - 1, 2 do
+  if ARGV[i] == 'tasks' then tasks = ARGV[i + 1] end
+  f[#f + 1] = ARGV[i]
+  f[#f + 1] = ARGV[i + 1]
+end
+redis.call('HSET', KEYS[1], unpack(f))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return {'OK', tasks}
+`)
+
+// jobCommitScript commits a fan-out: from now on its tasks are the job's and
+// are released; a job abandoned meanwhile (see jobAbandonScript) stays so.
+//
+// KEYS[1] job record
+// returns 'made' (committed now or before), 'abandoned', or 'gone'
+var jobCommitScript = newScript(`
+local f = redis.call('HMGET', KEYS[1], 'abandoned', 'ca', 'made')
+if not f[2] then return 'gone' end
+if f[1] == '1' then return 'abandoned' end
+if f[3] ~= '1' then
+  redis.call('HSET', KEYS[1], 'made', '1')
+  redis.call('PERSIST', KEYS[1])
+end
+return 'made'
+`)
+
+// jobAbandonScript abandons a fan-out that was not committed: none of its
+// tasks will run (the caller ends them); a committed one is left as it is.
+//
+// KEYS[1] job record
+// ARGV[1] the reason its tasks end with
+// returns 'abandoned' (now or before), 'made', or 'gone'
+var jobAbandonScript = newScript(`
+local f = redis.call('HMGET', KEYS[1], 'made', 'ca', 'abandoned')
+if not f[2] then return 'gone' end
+if f[1] == '1' then return 'made' end
+if f[3] ~= '1' then
+  redis.call('HSET', KEYS[1], 'abandoned', '1', 'canceled', '1', 'crs', ARGV[1])
+  redis.call('PERSIST', KEYS[1])
+end
+return 'abandoned'
+`)
+
 // jobStepScript moves a rollout job's bookkeeping forward if no other replica did
 // so since it was read (compare-and-set on the released and done prefixes).
 //
@@ -950,5 +1007,5 @@ var allScripts = []*script{
 	registerScript, authScript, rotateScript, leaseScript, heartbeatScript, returnScript, reportScript, appendOutputScript,
 	readOutputScript, taskScript,
 	createTasksScript, releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
-	jobCreateScript, jobStepScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
+	jobCreateScript, jobDraftScript, jobCommitScript, jobAbandonScript, jobStepScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
 }

@@ -27,8 +27,15 @@ func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResu
 		return store.LeaseResult{Gen: p.Gen, Superseded: true}, nil
 	}
 	res := store.LeaseResult{Gen: msgInt(arr[1]), Cancels: refs(arr[2])}
+	var fs []map[string]string
 	for i := 4; i+1 < len(arr); i += 2 {
-		res.Tasks = append(res.Tasks, decodeTask(msgStr(arr[i]), pairs(arr[i+1])))
+		f := pairs(arr[i+1])
+		res.Tasks = append(res.Tasks, decodeTask(msgStr(arr[i]), f))
+		fs = append(fs, f)
+	}
+	if err := s.fillContent(ctx, res.Tasks, fs); err != nil {
+		// The tasks are leased: an answer without them costs their lease.
+		return store.LeaseResult{}, err
 	}
 	s.advanceAll(ctx, msgStrs(arr[3]))
 	return res, nil
@@ -123,9 +130,13 @@ func (s *Store) CancelTask(ctx context.Context, id, reason string) (store.Task, 
 	if err != nil {
 		return store.Task{}, err
 	}
-	t := decodeTask(id, pairs(arr[2]))
+	f := pairs(arr[2])
+	ts := []store.Task{decodeTask(id, f)}
 	s.advanceAll(ctx, msgStrs(arr[1]))
-	return t, nil
+	if err := s.fillContent(ctx, ts, []map[string]string{f}); err != nil {
+		return store.Task{}, err
+	}
+	return ts[0], nil
 }
 
 // ListTasks implements store.Store: newest first (task ids sort by creation), the
@@ -255,6 +266,7 @@ func (s *Store) getTasks(ctx context.Context, ids []string) ([]store.Task, error
 		execs[i] = rueidis.LuaExec{Keys: []string{s.k.task(a, id), s.k.outHead(a, id), s.k.outTail(a, id)}}
 	}
 	out := make([]store.Task, len(ids))
+	fs := make([]map[string]string, len(ids))
 	for i, r := range s.runMulti(ctx, taskScript, execs) {
 		arr, err := s.answer(ctx, r)
 		if err != nil {
@@ -262,7 +274,11 @@ func (s *Store) getTasks(ctx context.Context, ids []string) ([]store.Task, error
 		}
 		if f := pairs(arr[1]); len(f) > 0 {
 			out[i] = withOutput(decodeTask(ids[i], f), f, decodePieces(arr[2]), decodePieces(arr[3]))
+			fs[i] = f
 		}
+	}
+	if err := s.fillContent(ctx, out, fs); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

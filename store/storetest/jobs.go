@@ -16,6 +16,65 @@ var jobCases = []testCase{
 	{"Idempotency", testIdempotency},
 	{"List", testListJobs},
 	{"PendingLimit", testPendingLimit},
+	{"TargetsLimit", testTargetsLimit},
+	{"FanOutPayload", testFanOutPayload},
+}
+
+// testTargetsLimit: a dispatch reaching more agents than Config.MaxTargets is
+// refused with ErrTooManyTargets and creates nothing — no job, no task, its
+// idempotency key left free; one reaching exactly the limit goes ahead.
+func testTargetsLimit(h *harness) {
+	agents := h.fleet(maxTargets, map[string]string{"pool": "cap"})
+	extra := h.register(map[string]string{"pool": "more"})
+	spec := h.spec(store.Target{All: true})
+	spec.IdempotencyKey = "fan-out"
+	_, err := h.s.Dispatch(h.ctx, spec)
+	wantErr(h, err, store.ErrTooManyTargets(maxTargets), "a dispatch to one agent more than the limit")
+	if jobs, _, err := h.s.ListJobs(h.ctx, store.Page{}); err != nil || len(jobs) != 0 {
+		h.Fatalf("after the refusal: jobs %v, %v; want none", jobs, err)
+	}
+	for _, a := range append(agents, extra) {
+		if ag := h.agent(a.ID); ag.Pending != 0 {
+			h.Fatalf("after the refusal agent %s has %d pending tasks", a.ID, ag.Pending)
+		}
+	}
+	spec.Target = store.Target{Selector: "pool=cap"}
+	j := h.dispatchSpec(spec) // the key was left free
+	if len(j.TaskIDs) != maxTargets || j.Existing {
+		h.Fatalf("a dispatch to exactly the limit made %d tasks (existing %v), want %d", len(j.TaskIDs), j.Existing, maxTargets)
+	}
+}
+
+// testFanOutPayload: every task of a fan-out carries the payload dispatched,
+// whether read (GetTask, ListTasks), leased or cancelled.
+func testFanOutPayload(h *harness) {
+	agents := h.fleet(4, map[string]string{"pool": "pl"})
+	spec := h.spec(store.Target{Selector: "pool=pl"})
+	spec.Payload = []byte("a payload \x00 with \xff any bytes")
+	j := h.dispatchSpec(spec)
+	for _, id := range j.TaskIDs {
+		if got := h.task(id).Payload; string(got) != string(spec.Payload) {
+			h.Fatalf("GetTask %s: payload %q, want %q", id, got, spec.Payload)
+		}
+	}
+	tasks, _, err := h.s.ListTasks(h.ctx, store.TaskFilter{JobID: j.ID})
+	if err != nil || len(tasks) != len(agents) {
+		h.Fatalf("ListTasks = %d tasks, %v", len(tasks), err)
+	}
+	for _, t := range tasks {
+		if string(t.Payload) != string(spec.Payload) {
+			h.Fatalf("ListTasks %s: payload %q", t.ID, t.Payload)
+		}
+	}
+	for _, a := range agents[:2] {
+		if t := h.leaseOne(a); string(t.Payload) != string(spec.Payload) {
+			h.Fatalf("leased %s: payload %q", t.ID, t.Payload)
+		}
+	}
+	c, err := h.s.CancelTask(h.ctx, j.TaskIDs[3], "")
+	if err != nil || string(c.Payload) != string(spec.Payload) {
+		h.Fatalf("CancelTask = payload %q, %v", c.Payload, err)
+	}
 }
 
 func testSelector(h *harness) {

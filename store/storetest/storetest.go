@@ -73,6 +73,7 @@ const (
 	onlineWindow = 50 * time.Second
 	retention    = 24 * time.Hour
 	maxPending   = 50
+	maxTargets   = 8
 	leaseFor     = 30 * time.Second
 	holdFor      = 25 * time.Second
 	timeout      = time.Minute
@@ -88,7 +89,7 @@ func Run(t *testing.T, open Opener) {
 				t.Run(tc.name, func(t *testing.T) {
 					t.Parallel()
 					clock := NewClock()
-					cfg := store.Config{Clock: clock, OnlineWindow: onlineWindow, Retention: retention, MaxPendingPerAgent: maxPending}
+					cfg := store.Config{Clock: clock, OnlineWindow: onlineWindow, Retention: retention, MaxPendingPerAgent: maxPending, MaxTargets: maxTargets}
 					h := &harness{T: t, s: open(t, cfg), clock: clock, ctx: t.Context()}
 					tc.fn(h)
 				})
