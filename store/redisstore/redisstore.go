@@ -66,17 +66,17 @@ type Options struct {
 
 // Store is a store.Store on Redis.
 type Store struct {
-	cfg    store.Config
-	log    *slog.Logger
-	k      *keys
-	client rueidis.Client // commands and scripts
-	subs   rueidis.Client // the pub/sub subscription only, so losing it cannot fail a call
-	owned  bool           // Close closes client and subs
-	hub    *store.Hub
-	jobs   jobCache // the fixed part of jobs seen lately
+	cfg     store.Config
+	log     *slog.Logger
+	k       *keys
+	client  rueidis.Client // commands and scripts
+	subs    rueidis.Client // the pub/sub subscription only, so losing it cannot fail a call
+	owned   bool           // Close closes client and subs
+	hub     *store.Hub
+	jobs    jobCache     // the fixed part of jobs seen lately
 	content contentCache // fan-out payloads by job (content.go)
-	clock  store.Clock
-	rclock *redisClock // nil when the caller gave a clock
+	clock   store.Clock
+	rclock  *redisClock // nil when the caller gave a clock
 
 	newAgentID func() string // store.NewAgentID; tests make ids collide
 
