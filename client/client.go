@@ -32,6 +32,22 @@
 // gives every other call of the API (ListJobs, GetTask, RevokeAgent, enrollment
 // tokens …) with the same retries and failover.
 //
+// # Output
+//
+// Follow writes a task's stdout and stderr to writers of the caller's as the
+// agent sends them; the server keeps them, so a Follow started late, or moved
+// to another server mid-way, misses and repeats nothing. FollowJob follows
+// every task of a job at once, and Lines puts several tasks' lines on one
+// writer, whole, each after its agent's name.
+//
+// # In a command line tool
+//
+// What `forge run` does, in calls of this package: Dispatch, and print the
+// job id; FollowJob with Lines, for the output as it is printed; Wait with
+// OnProgress in another goroutine, for a live count and the results; on
+// Ctrl-C, CancelJob with a context of its own; OnRetry to say at once that
+// the server cannot be reached, and WithGiveUpAfter to stop after a bound.
+//
 // # Failures
 //
 // Errors carry the server's Connect code: connect.CodeOf(err) is

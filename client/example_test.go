@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"strings"
@@ -216,4 +217,60 @@ func ExampleClient_Control() {
 	fmt.Println(j.Type, j.Target, j.Counts.Succeeded)
 	// Output:
 	// greet all 3
+}
+
+// Follow a command's output as it runs: its lines arrive while it prints them.
+func ExampleClient_Follow() {
+	ctx := context.Background()
+	c, err := client.New(os.Getenv("FORGE_SERVER"), os.Getenv("FORGE_ADMIN_TOKEN"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	d, err := c.Dispatch(ctx, client.Exec(client.Agent("web-1"), "sh", "-c", "echo building; sleep 0.5; echo built"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	state, err := c.Follow(ctx, d.TaskIds[0], os.Stdout, os.Stderr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(state)
+	// Output:
+	// building
+	// built
+	// TASK_STATE_SUCCEEDED
+}
+
+// Follow every agent of a job at once, each line prefixed with the agent's
+// name, as `forge run` prints them; then wait for the results.
+func ExampleClient_FollowJob() {
+	ctx := context.Background()
+	c, err := client.New(os.Getenv("FORGE_SERVER"), os.Getenv("FORGE_ADMIN_TOKEN"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	d, err := c.Dispatch(ctx, client.Exec(client.Selector("role=web"), "sh", "-c", "echo step 1; sleep 0.2; echo step 2"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	stdout, stderr := client.NewLines(os.Stdout), client.NewLines(os.Stderr)
+	err = c.FollowJob(ctx, d.JobId, func(t *forgev1.TaskInfo, agent string) (io.Writer, io.Writer) {
+		return stdout.Prefix(agent + ": "), stderr.Prefix(agent + ": ")
+	})
+	stdout.Flush() // a last line without its newline
+	stderr.Flush()
+	if err != nil {
+		log.Fatal(err)
+	}
+	res, err := c.Wait(ctx, d.JobId)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("succeeded:", res.Job.Counts.Succeeded)
+	// Unordered output:
+	// web-1: step 1
+	// web-2: step 1
+	// web-1: step 2
+	// web-2: step 2
+	// succeeded: 2
 }
