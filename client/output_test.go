@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/orange-forge/forge/client"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
@@ -59,6 +60,19 @@ func TestFollow(t *testing.T) {
 			t.Fatalf("Follow of a finished task = %v, %v, %q", state, err, stdout.String())
 		}
 
+		// Live: the first line arrives while the command still runs.
+		d, err = c.Dispatch(ctx, client.Exec(client.AgentName("web-2"), "sh", "-c", `echo first; sleep 2; echo second`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stamps timedWriter
+		if _, err := c.Follow(ctx, d.TaskIds[0], &stamps, nil); err != nil {
+			t.Fatal(err)
+		}
+		if len(stamps.at) != 2 || stamps.at[1].Sub(stamps.at[0]) < time.Second {
+			t.Fatalf("Follow wrote %d times, %v apart; want the first line well before the second", len(stamps.at), stamps.gap())
+		}
+
 		d, err = c.Dispatch(ctx, client.Exec(client.All(), "sh", "-c", `echo one; sleep 0.2; printf two`))
 		if err != nil {
 			t.Fatal(err)
@@ -92,6 +106,21 @@ func TestFollow(t *testing.T) {
 			t.Fatalf("Wait after FollowJob = %+v, %v", res, err)
 		}
 	})
+}
+
+// timedWriter records when each write came.
+type timedWriter struct{ at []time.Time }
+
+func (w *timedWriter) Write(p []byte) (int, error) {
+	w.at = append(w.at, time.Now())
+	return len(p), nil
+}
+
+func (w *timedWriter) gap() time.Duration {
+	if len(w.at) < 2 {
+		return 0
+	}
+	return w.at[len(w.at)-1].Sub(w.at[0])
 }
 
 // TestLines: whole lines, prefixed, from writers used at once; an unfinished
