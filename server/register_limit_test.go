@@ -5,12 +5,15 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/forgetest"
 	"github.com/orange-forge/forge/server"
+	"github.com/orange-forge/forge/store"
+	"github.com/orange-forge/forge/store/storetest"
 )
 
 // TestAttackRegisterFlood registers as fast as it can with one enrollment token
@@ -105,4 +108,33 @@ func countAgents(t *testing.T, s *forgetest.Server) int {
 		t.Fatal(err)
 	}
 	return len(res.Msg.Agents)
+}
+
+// TestAttackAgentsPileUp: agent records registered once and never seen again no
+// longer pile up (issue 13, finding 5): past the agent retention the reaper
+// removes them with their tokens, which then fail as "unknown agent".
+func TestAttackAgentsPileUp(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		clock := storetest.NewClock()
+		s := forgetest.Start(t, forgetest.Options{Backend: b, Store: store.Config{Clock: clock},
+			Server: server.Config{DisableReaper: true}})
+		ctx := t.Context()
+		var toks []string
+		for range 5 {
+			_, tok := s.Register("once", nil)
+			toks = append(toks, tok)
+		}
+		clock.Advance(store.DefaultAgentRetention + time.Hour)
+		if err := s.Store.Reap(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := countAgents(t, s); n != 0 {
+			t.Fatalf("%d agents left after the retention", n)
+		}
+		_, err := s.Agent(toks[0]).Heartbeat(ctx, connect.NewRequest(&forgev1.HeartbeatRequest{}))
+		if codeOf(err) != "unauthenticated" || !strings.Contains(err.Error(), "unknown agent") {
+			t.Fatalf("the token of a removed agent: %v", err)
+		}
+	})
 }

@@ -113,6 +113,14 @@ func CheckAgentCred(exists, revoked, matched bool) error {
 	return nil
 }
 
+// AgentExpired tells whether an agent last seen at lastSeen (its last call, or
+// its registration) is to be removed at now under retention: when it has not
+// been seen for that long. A retention of zero or less never removes one.
+// Revoked agents are removed the same way, their revocation going with them.
+func AgentExpired(lastSeen, now time.Time, retention time.Duration) bool {
+	return retention > 0 && now.Sub(lastSeen) >= retention
+}
+
 // CheckReport decides what an agent's report p does to task t, whose current (or
 // last) attempt is t.Attempt. reported is the outcome of the report that ended
 // t.Attempt, or OutcomeUnspecified if no report did. It answers repeat when p is

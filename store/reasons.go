@@ -36,6 +36,7 @@ const (
 	FmtMaxFailures = "job stopped: max_failures (%d) reached"
 	FmtQueueFull   = "agent's queue is full (%d pending tasks, the limit)"
 	FmtRevokedWhy  = "agent revoked: %s"
+	FmtAgentGone   = "agent removed: not seen for %s"
 	// FmtCause joins why an attempt was asked to stop (its cancel reason) and
 	// what then ended it: "timed out after 1m0s (reported failed)".
 	FmtCause = "%s (%s)"
@@ -60,6 +61,10 @@ func ReasonMaxFailures(n int32) string { return fmt.Sprintf(FmtMaxFailures, n) }
 // ReasonQueueFull is the reason of a fan-out's task created CANCELED because its
 // agent's queue held pending tasks, the limit.
 func ReasonQueueFull(pending int) string { return fmt.Sprintf(FmtQueueFull, pending) }
+
+// ReasonAgentRemoved is the reason of the live tasks of an agent removed after
+// retention unseen (AgentExpired).
+func ReasonAgentRemoved(retention time.Duration) string { return fmt.Sprintf(FmtAgentGone, retention) }
 
 // ReasonRevoked is the reason of the tasks RevokeAgent ends, given the operator's
 // reason (which may be empty).

@@ -107,7 +107,10 @@ type Store interface {
 	// Reap does one pass of time-driven work: tasks past their delivery TTL end
 	// EXPIRED, running attempts past their timeout are asked to stop, expired leases
 	// are requeued (or end LOST, CANCELED or TIMED_OUT), jobs with rollout limits
-	// start their next tasks, and records past retention are removed. Any number of
+	// start their next tasks, records past retention are removed, and so are
+	// agents unseen for Config.AgentRetention (AgentExpired), with their tokens —
+	// their live tasks end CANCELED (ReasonAgentRemoved). No pass reads every
+	// agent. Any number of
 	// replicas may call it at once; each change happens exactly once.
 	Reap(ctx context.Context) error
 	// Watch returns a Watcher that fires after any change to the given keys
@@ -289,7 +292,14 @@ type Config struct {
 	// MaxTargets bounds the agents one Dispatch reaches (CheckTargets); zero
 	// means DefaultMaxTargets, negative no limit.
 	MaxTargets int
+	// AgentRetention is how long an agent may go unseen before Reap removes it
+	// with its tokens (AgentExpired); zero means 30 days, negative never.
+	AgentRetention time.Duration
 }
+
+// DefaultAgentRetention is how long an agent may go unseen before it is removed,
+// unless Config.AgentRetention says otherwise.
+const DefaultAgentRetention = 30 * 24 * time.Hour
 
 // DefaultMaxTargets is how many agents one Dispatch may reach unless
 // Config.MaxTargets says otherwise.
@@ -311,6 +321,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxTargets == 0 {
 		c.MaxTargets = DefaultMaxTargets
+	}
+	if c.AgentRetention == 0 {
+		c.AgentRetention = DefaultAgentRetention
 	}
 	return c
 }

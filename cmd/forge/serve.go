@@ -86,7 +86,7 @@ func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err 
 		return nil, err
 	}
 	scfg := store.Config{OnlineWindow: 2 * c.PollHold, Retention: c.Retention, MaxPendingPerAgent: c.MaxPending,
-		MaxTargets: int(noLimit(float64(c.MaxTargets)))}
+		MaxTargets: int(noLimit(float64(c.MaxTargets))), AgentRetention: time.Duration(noLimit(float64(c.AgentRetention)))}
 	waiting := func(err error) {
 		s.gate.waiting(err)
 		if s.served == nil {

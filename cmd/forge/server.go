@@ -52,14 +52,16 @@ type ServerConfig struct {
 	TaskTimeout time.Duration
 	DeliveryTTL time.Duration
 	Retention   time.Duration
-	MaxAttempts int
-	MaxBody     int
-	MaxPayload  int
-	MaxOutput   int
-	MaxPending  int
-	MaxTargets  int // agents one Dispatch may reach; 0: no limit
-	RateLimit   float64
-	RateBurst   int
+	// AgentRetention is how long an agent may go unseen before it is removed; 0: never.
+	AgentRetention time.Duration
+	MaxAttempts    int
+	MaxBody        int
+	MaxPayload     int
+	MaxOutput      int
+	MaxPending     int
+	MaxTargets     int // agents one Dispatch may reach; 0: no limit
+	RateLimit      float64
+	RateBurst      int
 	// RegisterRate and RegisterRatePerAddr limit Registers per enrollment token
 	// and per source address (per second; 0: no limit).
 	RegisterRate        float64
@@ -91,6 +93,7 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	f.DurationVar(&c.TaskTimeout, "task-timeout", 10*time.Minute, "default execution timeout of a task")
 	f.DurationVar(&c.DeliveryTTL, "delivery-ttl", time.Hour, "default time a task may wait to be picked up")
 	f.DurationVar(&c.Retention, "retention", 7*24*time.Hour, "how long finished tasks are kept")
+	f.DurationVar(&c.AgentRetention, "agent-retention", store.DefaultAgentRetention, "how long an agent may go unseen before it is removed with its token (0: never)")
 	f.IntVar(&c.MaxBody, "max-body", server.DefaultLimits().MaxBodyBytes, "largest request body in bytes")
 	f.IntVar(&c.MaxPayload, "max-payload", server.DefaultLimits().MaxPayload, "largest task payload in bytes")
 	f.IntVar(&c.MaxOutput, "max-output", server.DefaultLimits().MaxOutput, "output kept per attempt in bytes (head and tail)")

@@ -31,6 +31,9 @@ type Store struct {
 	idem   map[string]string // idempotency key -> job id
 	enroll map[string]*store.EnrollmentToken
 	closed bool
+	// nextAgentSweep is when Reap next looks for agents past retention: once an
+	// hour at most, so a pass does not read every agent.
+	nextAgentSweep time.Time
 }
 
 type agent struct {

@@ -37,8 +37,31 @@ func (s *Store) Reap(ctx context.Context) error {
 			}
 		}
 		s.dropExpired(now)
+		if ret := s.cfg.AgentRetention; ret > 0 && !now.Before(s.nextAgentSweep) {
+			s.removeUnseenAgents(now)
+			s.nextAgentSweep = now.Add(min(time.Hour, ret))
+		}
 		return nil
 	})
+}
+
+// removeUnseenAgents removes the agents unseen for the retention, with their
+// tokens; their live tasks end CANCELED. Their finished tasks stay until their
+// own retention.
+func (s *Store) removeUnseenAgents(now time.Time) {
+	reason := store.ReasonAgentRemoved(s.cfg.AgentRetention)
+	for id, a := range s.agents {
+		if !store.AgentExpired(a.LastSeenAt, now, s.cfg.AgentRetention) {
+			continue
+		}
+		for _, tid := range a.tasks {
+			if t := s.tasks[tid]; t != nil && !t.State.Terminal() {
+				s.end(t, store.StateCanceled, reason, now)
+			}
+		}
+		delete(s.agents, id)
+		s.hub.Notify(store.AgentKey(id))
+	}
 }
 
 // requeue puts a task whose lease expired back in its agent's queue, in order of

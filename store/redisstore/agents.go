@@ -25,9 +25,9 @@ func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (stor
 	types, _ := json.Marshal(p.TaskTypes)
 	for try := 0; ; try++ {
 		id := s.newAgentID()
-		args := s.shardArgs(s.k.tag(id), now,
+		args := s.shardArgs(s.k.tag(id), now, id, itoa(s.agentDue(now)),
 			"name", p.Name, "host", p.Hostname, "ver", p.Version, "labels", string(labels), "types", string(types),
-			"reg", itoa(now), "seen", itoa(now), "cur", string(p.SecretHash), "gen", "0", "ra", p.RemoteAddr)
+			"reg", itoa(now), "seen", itoa(now), "si", itoa(now), "cur", string(p.SecretHash), "gen", "0", "ra", p.RemoteAddr)
 		_, err := s.run(ctx, registerScript, []string{s.k.agent(id)}, args)
 		if errors.Is(err, errIDTaken) {
 			if try < 3 { // astronomically rare: 75 random bits
@@ -43,6 +43,20 @@ func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (stor
 		}
 		return s.GetAgent(ctx, id)
 	}
+}
+
+// agentRetentionMS is the agent retention the scripts take: ms, 0 for never.
+func (s *Store) agentRetentionMS() int64 {
+	return max(s.cfg.AgentRetention.Milliseconds(), 0)
+}
+
+// agentDue is when an agent seen at now is next due in its shard's due index
+// (0: never), for Reap to see whether it has gone unseen for the retention.
+func (s *Store) agentDue(now int64) int64 {
+	if r := s.agentRetentionMS(); r > 0 {
+		return now + r
+	}
+	return 0
 }
 
 // AuthenticateAgent implements store.Store.

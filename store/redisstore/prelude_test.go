@@ -188,6 +188,14 @@ func num(s string) int32 {
 
 func flagOf(s string) bool { return s == "1" }
 
+func num64(s string) int64 {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
+
 // errRow is how an error answer reads in a row: its kind and message.
 func errRow(err error) []string {
 	return []string{"error", strconv.Itoa(int(store.KindOf(err))), err.Error()}
@@ -269,6 +277,16 @@ func agreements() []agreement {
 				st, why := store.LeaseExpiryEnd(store.Task{TimedOut: flagOf(r[0]), CancelRequested: flagOf(r[1]), CancelReason: r[2],
 					Attempt: num(r[3]), MaxAttempts: num(r[4])})
 				return []string{strconv.Itoa(int(st)), why}
+			},
+		},
+		{
+			name: "agentExpired",
+			lua:  `return {tostring(agentExpired(tonumber(a[1]), tonumber(a[2]), tonumber(a[3])))}`,
+			// last seen, now, retention (ms)
+			rows: cross([]string{"0", ms(now.Add(-time.Hour)), ms(now.Add(-time.Hour - time.Millisecond)), ms(now)},
+				[]string{ms(now)}, []string{"0", "-1", "3600000"}),
+			goRule: func(r []string) []string {
+				return []string{strconv.FormatBool(store.AgentExpired(fromMS(r[0]), fromMS(r[1]), time.Duration(num64(r[2]))*time.Millisecond))}
 			},
 		},
 		{

@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"github.com/redis/rueidis"
+
+	"github.com/orange-forge/forge/store"
 )
 
 // reapBatch bounds the due entries one reap script handles, so no script holds
@@ -53,7 +55,8 @@ func (s *Store) Reap(ctx context.Context) error {
 		now := s.nowMS()
 		execs := make([]rueidis.LuaExec, len(shards))
 		for i, sh := range shards {
-			execs[i] = rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: s.shardArgs(s.k.shard[sh], now, itoa(reapBatch))}
+			execs[i] = rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: s.shardArgs(s.k.shard[sh], now, itoa(reapBatch),
+				itoa(s.agentRetentionMS()), store.ReasonAgentRemoved(s.cfg.AgentRetention))}
 		}
 		var more []int
 		for i, r := range s.runMulti(ctx, reapScript, execs) {
@@ -66,6 +69,14 @@ func (s *Store) Reap(ctx context.Context) error {
 			}
 			for _, j := range msgStrs(arr[2]) {
 				jobs[j] = true
+			}
+			if gone := msgStrs(arr[3]); len(gone) > 0 {
+				// Off the agent list too (its own slot); should this fail, ListAgents
+				// and dispatches skip an id whose record is gone.
+				if err := s.client.Do(ctx, s.client.B().Zrem().Key(s.k.agents()).Member(gone...).Build()).Error(); err != nil {
+					return s.wrap(ctx, err)
+				}
+				s.log.Info("removed agents unseen for the agent retention", "agents", len(gone), "retention", s.cfg.AgentRetention.String())
 			}
 		}
 		shards = more

@@ -318,16 +318,18 @@ func shardScript(body string) *script {
 	return sc
 }
 
-// registerScript creates an agent record.
+// registerScript creates an agent record and puts the agent in its shard's due
+// index at the time Reap must see whether it is still seen (AgentExpired).
 //
 // KEYS[1] agent record
-// ARGV[4..] field, value pairs
+// ARGV[4] agent id, [5] due time (ms; 0: never), [6..] field, value pairs
 // returns {'OK'}, or fail(E_ID_TAKEN) if the id is taken
 var registerScript = shardScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return fail(E_ID_TAKEN, MSG_ID_TAKEN) end
 local f = {}
-for i = 4, #ARGV do f[#f + 1] = ARGV[i] end
+for i = 6, #ARGV do f[#f + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(f))
+if tonumber(ARGV[5]) > 0 then redis.call('ZADD', kDue, ARGV[5], ARGV[4]) end
 return {'OK'}
 `)
 
@@ -360,17 +362,25 @@ return {'OK'}
 // drops an emptied sorted set) and one HSET.
 //
 // KEYS[1] agent record, KEYS[2] queue, KEYS[3] running, KEYS[4] undelivered cancels
-// ARGV[4] agent id, [5] secret hash, [6] max tasks, [7] lease ms, [8] hold ms, [9] gen
+// ARGV[4] agent id, [5] secret hash, [6] max tasks, [7] lease ms, [8] hold ms, [9] gen,
+// [10] agent retention ms (0: never)
 // returns {'S', gen} when superseded, else {'OK', gen, {tid, attempt, ...} cancels,
 // {job ids to advance}, task1 id, task1 fields, task2 id, ...}
 var leaseScript = shardScript(`
 local aid, max, lease, hold, gen = ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local f, aerr = auth(KEYS[1], ARGV[5], 'gen', 'pu', 'so')
+local aret = tonumber(ARGV[10])
+local f, aerr = auth(KEYS[1], ARGV[5], 'gen', 'pu', 'so', 'si')
 if aerr then return aerr end
 local cur, pu = tonumber(f[5]) or 0, tonumber(f[6]) or 0
 -- The agent record is written once, at the end. A call ends a stop (so).
 local upd = {'seen', ms(NOW)}
 if f[7] == '1' then upd[#upd + 1] = 'so'; upd[#upd + 1] = '0' end
+-- Once an hour at most, the agent's place in the due index moves on with it (si:
+-- when it last did), so Reap looks at it only once it may be unseen for aret.
+if aret > 0 and NOW - (tonumber(f[8]) or 0) > 3600000 then
+  redis.call('ZADD', kDue, NOW + aret, aid)
+  upd[#upd + 1] = 'si'; upd[#upd + 1] = ms(NOW)
+end
 if gen == 0 then
   cur = cur + 1
   -- An older Poll may still be held: wake it so it finds itself superseded.
@@ -733,76 +743,104 @@ return {'OK', a, redis.call('ZCARD', KEYS[2]), run}
 // against the task record, so any number of replicas may run it at once and each
 // change happens once.
 //
+// The due index also holds agents (their ids: task ids start with t, agent ids
+// with a), each at the time it may have been unseen for the agent retention: one
+// still unseen is removed with its tokens and queues, its live tasks ending
+// CANCELED; its finished tasks stay until their own retention.
+//
 // KEYS[1] the shard's due index
-// ARGV[4] at most this many entries per call
-// returns {'OK', more (0/1), {job ids to advance}}
+// ARGV[4] at most this many entries per call, [5] agent retention ms (0: never),
+// [6] the reason the tasks of a removed agent end with
+// returns {'OK', more (0/1), {job ids to advance}, {agent ids removed}}
 var reapScript = shardScript(`
-local limit = tonumber(ARGV[4])
+local limit, aret, agone = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local ids = redis.call('ZRANGE', kDue, '-inf', ms(NOW), 'BYSCORE', 'LIMIT', 0, limit)
+local removed = {}
 for _, tid in ipairs(ids) do
-  local tk = kTask(tid)
-  local aid = agentOf(tid)
-  local t = redis.call('HMGET', tk, 'st', 'held', 'db', 'dl', 'le', 'tmo', 'cr', 'crr', 'att', 'max', 'tor', 'exr', 'job')
-  local st = tonumber(t[1])
-  if not st then
-    -- The record expired by itself (reaping had stopped): drop what indexes it.
-    redis.call('DEL', kOutHead(tid), kOutTail(tid))
-    redis.call('ZREM', kDue, tid)
-    redis.call('ZREM', kAll, tid)
-    if aid then redis.call('ZREM', kAgentTasks(aid), tid) end
-    for n = 1, 8 do redis.call('ZREM', kState(n), tid) end
-  elseif st > RUNNING then
-    local job = t[13]
-    if job and job ~= '' then
-      local jc = kJobCounts(job)
-      redis.call('HINCRBY', jc, st, -1)
-      if redis.call('HINCRBY', jc, 'n', -1) <= 0 then redis.call('DEL', jc) end
-    end
-    redis.call('DEL', tk, kOutHead(tid), kOutTail(tid))
-    redis.call('ZREM', kDue, tid)
-    redis.call('ZREM', kAll, tid)
-    redis.call('ZREM', kState(st), tid)
-    redis.call('ZREM', kAgentTasks(aid), tid)
-  elseif st == PENDING then
-    if t[2] ~= '1' and NOW >= (tonumber(t[3]) or 0) then
-      endTask(tid, EXPIRED, t[12] or '') -- exr, written with the record
+  if string.sub(tid, 1, 1) == 'a' then
+    -- An agent's entry (see registerScript): remove it if still unseen.
+    local aid = tid
+    local a = redis.call('HMGET', kAgent(aid), 'reg', 'seen')
+    if not a[1] then
+      redis.call('ZREM', kDue, aid)
+    elseif agentExpired(tonumber(a[2]) or 0, NOW, aret) then
+      for _, t in ipairs(redis.call('ZRANGE', kAgentTasks(aid), 0, -1)) do
+        endTask(t, CANCELED, agone)
+      end
+      redis.call('DEL', kAgent(aid), kQueue(aid), kRun(aid), kCancels(aid))
+      redis.call('ZREM', kDue, aid)
+      notify(WATCH_AGENT .. aid)
+      removed[#removed + 1] = aid
+    elseif aret > 0 then
+      redis.call('ZADD', kDue, (tonumber(a[2]) or 0) + aret, aid)
     else
-      reindex(tk, tid)
+      redis.call('ZREM', kDue, aid)
     end
   else
-    local tmo, cr, crr = t[6] == '1', t[7] == '1', t[8]
-    if not tmo and NOW >= (tonumber(t[4]) or 0) then
-      tmo, cr, crr = true, true, t[11] or '' -- tor, written with the record
-      redis.call('HSET', tk, 'tmo', '1', 'cr', '1', 'crr', crr, 'ua', ms(NOW))
-      redis.call('HDEL', tk, 'cd')
-      redis.call('ZADD', kCancels(aid), 0, tid)
-      notify(WATCH_AGENT .. aid); notify(WATCH_TASK .. tid)
-    end
-    if NOW >= (tonumber(t[5]) or 0) then
-      local att = tonumber(t[9]) or 0
-      local new, reason = leaseExpiryEnd(tmo, cr, crr, att, tonumber(t[10]) or 1)
-      if new ~= PENDING then
-        endTask(tid, new, reason)
+    local tk = kTask(tid)
+    local aid = agentOf(tid)
+    local t = redis.call('HMGET', tk, 'st', 'held', 'db', 'dl', 'le', 'tmo', 'cr', 'crr', 'att', 'max', 'tor', 'exr', 'job')
+    local st = tonumber(t[1])
+    if not st then
+      -- The record expired by itself (reaping had stopped): drop what indexes it.
+      redis.call('DEL', kOutHead(tid), kOutTail(tid))
+      redis.call('ZREM', kDue, tid)
+      redis.call('ZREM', kAll, tid)
+      if aid then redis.call('ZREM', kAgentTasks(aid), tid) end
+      for n = 1, 8 do redis.call('ZREM', kState(n), tid) end
+    elseif st > RUNNING then
+      local job = t[13]
+      if job and job ~= '' then
+        local jc = kJobCounts(job)
+        redis.call('HINCRBY', jc, st, -1)
+        if redis.call('HINCRBY', jc, 'n', -1) <= 0 then redis.call('DEL', jc) end
+      end
+      redis.call('DEL', tk, kOutHead(tid), kOutTail(tid))
+      redis.call('ZREM', kDue, tid)
+      redis.call('ZREM', kAll, tid)
+      redis.call('ZREM', kState(st), tid)
+      redis.call('ZREM', kAgentTasks(aid), tid)
+    elseif st == PENDING then
+      if t[2] ~= '1' and NOW >= (tonumber(t[3]) or 0) then
+        endTask(tid, EXPIRED, t[12] or '') -- exr, written with the record
       else
-        local ttl = tonumber(redis.call('HGET', tk, 'ttl'))
-        redis.call('ZREM', kRun(aid), tid)
-        redis.call('ZREM', kCancels(aid), tid)
-        redis.call('HDEL', tk, 'le', 'dl', 'cd')
-        redis.call('HSET', tk, 'db', ms(NOW + ttl))
-        redis.call('ZADD', kQueue(aid), 0, tid)
-        setState(tk, tid, t[13], RUNNING, PENDING, reason, att)
-        notify(WATCH_AGENT .. aid)
         reindex(tk, tid)
       end
     else
-      reindex(tk, tid)
+      local tmo, cr, crr = t[6] == '1', t[7] == '1', t[8]
+      if not tmo and NOW >= (tonumber(t[4]) or 0) then
+        tmo, cr, crr = true, true, t[11] or '' -- tor, written with the record
+        redis.call('HSET', tk, 'tmo', '1', 'cr', '1', 'crr', crr, 'ua', ms(NOW))
+        redis.call('HDEL', tk, 'cd')
+        redis.call('ZADD', kCancels(aid), 0, tid)
+        notify(WATCH_AGENT .. aid); notify(WATCH_TASK .. tid)
+      end
+      if NOW >= (tonumber(t[5]) or 0) then
+        local att = tonumber(t[9]) or 0
+        local new, reason = leaseExpiryEnd(tmo, cr, crr, att, tonumber(t[10]) or 1)
+        if new ~= PENDING then
+          endTask(tid, new, reason)
+        else
+          local ttl = tonumber(redis.call('HGET', tk, 'ttl'))
+          redis.call('ZREM', kRun(aid), tid)
+          redis.call('ZREM', kCancels(aid), tid)
+          redis.call('HDEL', tk, 'le', 'dl', 'cd')
+          redis.call('HSET', tk, 'db', ms(NOW + ttl))
+          redis.call('ZADD', kQueue(aid), 0, tid)
+          setState(tk, tid, t[13], RUNNING, PENDING, reason, att)
+          notify(WATCH_AGENT .. aid)
+          reindex(tk, tid)
+        end
+      else
+        reindex(tk, tid)
+      end
     end
   end
 end
 publish()
 local more = 0
 if #ids == limit then more = 1 end
-return {'OK', more, advanceList()}
+return {'OK', more, advanceList(), removed}
 `)
 
 // readOutputScript reads what a read of a task's output from a cursor needs

@@ -19,7 +19,7 @@ func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResu
 	arr, err := s.run(ctx, leaseScript,
 		[]string{s.k.agent(id), s.k.queue(id), s.k.running(id), s.k.cancels(id)},
 		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), strconv.Itoa(max(p.Max, 0)),
-			ms(p.Lease), ms(p.Hold), itoa(p.Gen)))
+			ms(p.Lease), ms(p.Hold), itoa(p.Gen), itoa(s.agentRetentionMS())))
 	if err != nil {
 		return store.LeaseResult{}, err
 	}

@@ -15,6 +15,47 @@ var agentCases = []testCase{
 	{"Revoke", testRevoke},
 	{"RevokeReason", testRevokeReason},
 	{"List", testListAgents},
+	{"RemovedWhenUnseen", testRemoveUnseen},
+}
+
+// testRemoveUnseen: an agent unseen for the agent retention (revoked or not) is
+// removed by Reap — its record and tokens gone, its live tasks CANCELED — no
+// later than an hour after the retention runs out; one that keeps calling stays.
+func testRemoveUnseen(h *harness) {
+	gone, stays, revoked := h.register(nil), h.register(nil), h.register(nil)
+	spec := h.spec(store.Target{AgentID: gone.ID})
+	spec.DeliveryTTL = 30 * 24 * time.Hour
+	j := h.dispatchSpec(spec)
+	if _, err := h.s.RevokeAgent(h.ctx, revoked.ID, ""); err != nil {
+		h.Fatal(err)
+	}
+	for day := 1; day < 10; day++ {
+		h.clock.Advance(24 * time.Hour)
+		h.lease(stays, 0)
+		h.reap()
+	}
+	h.clock.Advance(24*time.Hour - time.Second) // a second short of the retention
+	h.reap()
+	h.agent(gone.ID)
+	h.agent(revoked.ID)
+	h.clock.Advance(time.Hour + time.Second)
+	h.reap()
+	for _, a := range []testAgent{gone, revoked} {
+		_, err := h.s.GetAgent(h.ctx, a.ID)
+		wantErr(h, err, store.ErrAgentNotFound(a.ID), "GetAgent of an agent removed after the retention")
+	}
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, gone.cred), store.ErrUnknownAgent(), "the token of a removed agent")
+	h.wantEnded(j.TaskIDs[0], store.StateCanceled, store.ReasonAgentRemoved(agentRet))
+	h.wantCounts(j.ID, store.Counts{Canceled: 1})
+	agents, _, err := h.s.ListAgents(h.ctx, store.AgentFilter{})
+	if err != nil || len(agents) != 1 || agents[0].ID != stays.ID {
+		h.Fatalf("ListAgents after the removal = %v, %v; want only %s", agents, err, stays.ID)
+	}
+	_, err = h.s.Dispatch(h.ctx, h.spec(store.Target{AgentID: gone.ID}))
+	wantErr(h, err, store.ErrAgentNotFound(gone.ID), "Dispatch to a removed agent")
+	if err := h.s.AuthenticateAgent(h.ctx, stays.cred); err != nil {
+		h.Fatalf("the agent that kept calling: %v", err)
+	}
 }
 
 const unknownAgent = "a0000000000000000"

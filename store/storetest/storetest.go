@@ -74,6 +74,7 @@ const (
 	retention    = 24 * time.Hour
 	maxPending   = 50
 	maxTargets   = 8
+	agentRet     = 10 * 24 * time.Hour
 	leaseFor     = 30 * time.Second
 	holdFor      = 25 * time.Second
 	timeout      = time.Minute
@@ -89,7 +90,7 @@ func Run(t *testing.T, open Opener) {
 				t.Run(tc.name, func(t *testing.T) {
 					t.Parallel()
 					clock := NewClock()
-					cfg := store.Config{Clock: clock, OnlineWindow: onlineWindow, Retention: retention, MaxPendingPerAgent: maxPending, MaxTargets: maxTargets}
+					cfg := store.Config{Clock: clock, OnlineWindow: onlineWindow, Retention: retention, MaxPendingPerAgent: maxPending, MaxTargets: maxTargets, AgentRetention: agentRet}
 					h := &harness{T: t, s: open(t, cfg), clock: clock, ctx: t.Context()}
 					tc.fn(h)
 				})

@@ -179,6 +179,12 @@ local function leaseExpiryEnd(tmo, cr, crr, att, max)
   return PENDING, string.format(FMT_REQUEUED, att)
 end
 
+-- agentExpired is store.AgentExpired: whether an agent last seen at seen (ms) is
+-- to be removed at now under retention ret (ms; 0 or less: never).
+local function agentExpired(seen, now, ret)
+  return ret > 0 and now - seen >= ret
+end
+
 -- returnEnd is store.ReturnEnd: what becomes of a running attempt its agent
 -- hands back unstarted (PENDING: back to the queue as attempt att - 1), and the reason.
 local function returnEnd(tmo, cr, crr, att)
