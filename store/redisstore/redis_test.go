@@ -469,13 +469,23 @@ func TestJobCountsFanOut(t *testing.T) {
 		t.Fatalf("job past retention: %v", err)
 	}
 	// Every key of prefix f — per shard ({f:sNN}...), per job ({f:j:...}), per
-	// idempotency key ({f:i:...}) and global ({f}:...) — is gone but the agents'.
-	// The global job indexes ({f}:jobs, {f}:jret, {f}:jadv) held the job; they go
-	// when emptied.
-	seen := 0
+	// idempotency key ({f:i:...}) and global ({f}:...) — is gone but the agents':
+	// their records, the agent list, and their entries in the shards' due indexes
+	// (for the agent retention). The global job indexes ({f}:jobs, {f}:jret,
+	// {f}:jadv) held the job; they go when emptied.
+	seen, due := 0, 0
 	for _, n := range cl.Nodes {
 		for _, k := range strings.Split(n.MustDo("KEYS", "*"), "\n") {
 			if !strings.HasPrefix(k, "{f:") && !strings.HasPrefix(k, "{f}") {
+				continue
+			}
+			if strings.HasSuffix(k, ":due") {
+				for _, m := range strings.Split(n.MustDo("ZRANGE", k, "0", "-1"), "\n") {
+					if !strings.HasPrefix(m, "a") {
+						t.Errorf("left behind after retention: %s in %s", m, k)
+					}
+					due++
+				}
 				continue
 			}
 			seen++
@@ -484,8 +494,8 @@ func TestJobCountsFanOut(t *testing.T) {
 			}
 		}
 	}
-	if seen != len(creds)+1 {
-		t.Errorf("found %d keys of prefix f, want the %d agent records and the agent list", seen, len(creds))
+	if seen != len(creds)+1 || due != len(creds) {
+		t.Errorf("found %d keys of prefix f and %d due entries, want the %d agent records and the agent list, and an entry for each agent", seen, due, len(creds))
 	}
 }
 
