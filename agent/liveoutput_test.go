@@ -364,3 +364,58 @@ func redisUsed(t *testing.T, nodes []*redistest.Server) int64 {
 	}
 	return sum
 }
+
+// refusals counts the AppendOutput calls a server refused as over a limit.
+type refusals struct {
+	next http.Handler
+	n    atomic.Int32
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (f *refusals) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	f.next.ServeHTTP(sw, r)
+	if r.URL.Path == forgev1connect.AgentServiceAppendOutputProcedure && sw.status == http.StatusTooManyRequests {
+		f.n.Add(1)
+	}
+}
+
+// A server that refuses chunks for a while (here its rate limit) gets them
+// again later: nothing is lost, nothing stored twice.
+func TestLiveOutputRateLimited(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, forgetest.Memory, server.Config{RateLimit: 2, RateBurst: 2})
+	f := &refusals{next: e.Server}
+	hs := httptest.NewServer(f)
+	t.Cleanup(hs.Close)
+	a := startAgent(t, agent.Config{Servers: []string{hs.URL}}, map[string]agent.Handler{
+		"lines": func(ctx context.Context, t *agent.Task) ([]byte, error) {
+			for i := range 20 {
+				fmt.Fprintf(t.Stdout, "line %d\n", i)
+				time.Sleep(50 * time.Millisecond)
+			}
+			return nil, nil
+		},
+	})
+	var want strings.Builder
+	for i := range 20 {
+		fmt.Fprintf(&want, "line %d\n", i)
+	}
+	ti := e.wait(e.dispatch(a.ID(), "lines", nil, 0))
+	wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+	if string(ti.Output) != want.String() || ti.OutputTruncated {
+		t.Fatalf("output %q truncated %v", ti.Output, ti.OutputTruncated)
+	}
+	if f.n.Load() == 0 {
+		t.Fatalf("no AppendOutput was refused by the rate limit, so the test shows nothing")
+	}
+}

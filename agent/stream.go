@@ -21,12 +21,19 @@ import (
 // acknowledged. The handler never waits for the server: what the server has not
 // taken yet waits in memory, at most outputKeep bytes at the front of each
 // stream's backlog and the newest outputKeep bytes at its back; bytes between
-// them are dropped, and a line saying how many takes their place. An agent
-// killed mid-output loses only what it had not sent.
+// them are dropped, and a line saying how many takes their place. A chunk the
+// server cannot take now is sent again with backoff; one it refuses for good
+// stops the attempt's output. An agent killed mid-output loses only what it had
+// not sent.
 const (
 	outputDelay = 250 * time.Millisecond
 	outputBatch = 64 << 10
 	outputKeep  = 512 << 10
+	// outputFlush bounds how long the report waits, once the handler has
+	// returned, for the rest of the output to be taken: a server that keeps
+	// refusing it for a while (busy, rate-limited, out of memory) must not hold
+	// the result back; what is left then is dropped, and the report says so.
+	outputFlush = 30 * time.Second
 )
 
 // streamer sends one attempt's output.
@@ -243,7 +250,7 @@ func (st *streamer) send(i int, chunk []byte, off int64) error {
 	cancel()
 	if err != nil {
 		if transient(err) && connect.CodeOf(err) != connect.CodeResourceExhausted {
-			st.a.failover(idx)
+			st.a.failover(idx) // a limit of this server's is no reason to leave it
 		}
 		return err
 	}
@@ -274,7 +281,7 @@ func (st *streamer) failed(i int, err error, bo *backoff) bool {
 		st.log.Warn("output refused: agent token not accepted", "err", err)
 		st.stop()
 		return false
-	case !transient(err) || code == connect.CodeResourceExhausted:
+	case !transient(err):
 		st.log.Warn("output refused; no more of this attempt's output is sent", "stream", st.out[i].stream.String(), "err", err)
 		st.stop()
 		return false
@@ -346,9 +353,14 @@ func (st *streamer) close(ctx context.Context) streamed {
 	st.closing = true
 	st.mu.Unlock()
 	st.wake()
+	wait := time.NewTimer(outputFlush)
+	defer wait.Stop()
 	select {
 	case <-st.done:
 	case <-ctx.Done():
+		st.stop()
+	case <-wait.C:
+		st.log.Warn("output not taken in time; sending the result without the rest", "wait", outputFlush)
 		st.stop()
 	}
 	st.mu.Lock()

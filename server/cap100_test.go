@@ -1,0 +1,84 @@
+package server_test
+
+import (
+	"bytes"
+	"fmt"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/forgetest"
+	"github.com/orange-forge/forge/store"
+)
+
+// 100 MiB appended through the server in 1 MiB chunks: what is kept is the
+// first and the last 512 KiB, and neither the server's heap nor Redis grows
+// with what went through.
+func TestOutputCap100MiBThroughServer(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		e := forgetest.Start(t, forgetest.Options{Backend: b, OwnRedis: b == forgetest.Redis})
+		ctx := t.Context()
+		ag, _, task := leased(t, e)
+		nodes, prefix := e.Redis()
+		used := func() int64 {
+			var sum int64
+			for _, n := range nodes {
+				v, _ := strconv.ParseInt(n.Info("memory", "used_memory"), 10, 64)
+				sum += v
+			}
+			return sum
+		}
+		usedBefore := used()
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		heapBefore := ms.HeapInuse
+		var heapPeak uint64
+		var redisPeak int64
+		chunk := func(i int) string { return fmt.Sprintf("%07d", i) + strings.Repeat(string(rune('a'+i%26)), 1<<20-7) }
+		for i := range 100 {
+			if _, err := appendOut(ctx, ag, task, stdout, int64(i)<<20, chunk(i)); err != nil {
+				t.Fatalf("chunk %d: %v", i, err)
+			}
+			if i%10 == 9 {
+				// Slow under -race: keep the lease.
+				if _, err := ag.Heartbeat(ctx, connect.NewRequest(&forgev1.HeartbeatRequest{
+					Running: []*forgev1.TaskRef{{TaskId: task.Id, Attempt: task.Attempt}}})); err != nil {
+					t.Fatal(err)
+				}
+				runtime.ReadMemStats(&ms)
+				heapPeak = max(heapPeak, ms.HeapInuse)
+				redisPeak = max(redisPeak, used()-usedBefore)
+			}
+		}
+		info := e.Task(task.Id)
+		want := chunk(0)[:512<<10] + store.NoteCut(99<<20) + chunk(99)[1<<20-512<<10:]
+		if !info.OutputTruncated || info.OutputSize != 100<<20 || !bytes.Equal(info.Output, []byte(want)) {
+			t.Fatalf("output: truncated %v, size %d, %d bytes", info.OutputTruncated, info.OutputSize, len(info.Output))
+		}
+		grew := int64(heapPeak) - int64(heapBefore)
+		t.Logf("%s: heap in use grew by at most %.1f MiB", b, float64(grew)/(1<<20))
+		if grew > 64<<20 {
+			t.Fatalf("the heap grew by %d MiB", grew>>20)
+		}
+		if nodes == nil {
+			return
+		}
+		var keys int64
+		for _, k := range []string{":oh:", ":ot:"} {
+			key := nodes[0].MustDo("KEYS", "{"+prefix+":*}"+k+task.Id)
+			n, _ := strconv.ParseInt(nodes[0].MustDo("MEMORY", "USAGE", key, "SAMPLES", "0"), 10, 64)
+			keys += n
+		}
+		t.Logf("%s: Redis used_memory grew by at most %.1f MiB; the task's output keys hold %.2f MiB", b,
+			float64(redisPeak)/(1<<20), float64(keys)/(1<<20))
+		if keys > 1<<20+128<<10 || redisPeak > 16<<20 {
+			t.Fatalf("Redis holds %d bytes of output keys, grew by %d", keys, redisPeak)
+		}
+	})
+}
