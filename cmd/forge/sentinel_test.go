@@ -95,6 +95,7 @@ func sentinelFailover(t *testing.T, waitReplicas bool) {
 	old := set.Master.Addr()
 	set.Master.Kill()
 	t0 := time.Now()
+	t.Logf("killed the master %s at %s", old, t0.Format("15:04:05.000"))
 	set.WaitFailover(old)
 	mu.Lock()
 	over = true
@@ -109,6 +110,13 @@ func sentinelFailover(t *testing.T, waitReplicas bool) {
 	t.Logf("%d tasks accepted (%d after the failover), %d dispatches refused during it", len(ids), after, failed)
 	counts := account(t, ctls[1], ids)
 	if counts[forgev1.TaskState_TASK_STATE_SUCCEEDED] != len(ids) {
+		for _, id := range ids { // what became of each task that did not succeed, for the logs above
+			if res, err := ctls[1].GetTask(t.Context(), connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id})); err != nil {
+				t.Logf("task %s: %v", id, err)
+			} else if res.Msg.Task.State != forgev1.TaskState_TASK_STATE_SUCCEEDED {
+				t.Logf("task %s ended %s; history: %v", id, res.Msg.Task.State, res.Msg.Task.History)
+			}
+		}
 		t.Fatalf("of %d accepted tasks: %v; want all SUCCEEDED", len(ids), counts)
 	}
 }

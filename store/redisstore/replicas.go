@@ -14,7 +14,10 @@ import (
 // offers: every write is followed, on the same connection, by WAIT, and forge
 // answers only once that many replicas have the write. A write they do not
 // confirm in time fails as unavailable (it may still have happened on the
-// master, so a retried Dispatch should carry an idempotency key).
+// master, so a retried Dispatch should carry an idempotency key). The error
+// keeps the write's own answer (unconfirmedError), for the one caller that
+// must undo what it did: a Lease, whose tasks would otherwise each spend an
+// attempt without reaching their agent (see handBack in tasks.go).
 //
 // It is for one master with replicas (Sentinel); on a cluster WAIT would have to
 // follow each write to its own node, which this does not do, so Open refuses it.
@@ -65,6 +68,24 @@ func (e *notReplicatedError) Error() string {
 	return fmt.Sprintf("the write was confirmed by %d of the %d replicas required within %s", e.got, e.want, e.within)
 }
 
+// unconfirmedError is a write Redis carried out and answered whose replication
+// WAIT did not confirm: too few replicas in time (notReplicatedError), or WAIT
+// itself failed. The write stands on the master; reply is what it answered.
+type unconfirmedError struct {
+	err   error
+	reply rueidis.RedisMessage
+}
+
+func (e *unconfirmedError) Error() string { return e.err.Error() }
+func (e *unconfirmedError) Unwrap() error { return e.err }
+
+// unconfirmed returns the answer of the write r, failed with err because WAIT
+// did not confirm it.
+func unconfirmed(r rueidis.RedisResult, err error) rueidis.RedisResult {
+	reply, _ := r.ToMessage()
+	return rueidis.NewErrorResult(&unconfirmedError{err: err, reply: reply})
+}
+
 func (c waitClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
 	if !needsWait(&cmd) {
 		return c.Client.Do(ctx, cmd)
@@ -74,7 +95,7 @@ func (c waitClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.Redis
 		return res[0]
 	}
 	if err := c.confirmed(res[1]); err != nil {
-		return rueidis.NewErrorResult(err)
+		return unconfirmed(res[0], err)
 	}
 	return res[0]
 }
@@ -98,7 +119,7 @@ func (c waitClient) DoMulti(ctx context.Context, multi ...rueidis.Completed) []r
 	if err := c.confirmed(w); err != nil {
 		for i := range out {
 			if writes[i] && out[i].Error() == nil {
-				out[i] = rueidis.NewErrorResult(err)
+				out[i] = unconfirmed(out[i], err)
 			}
 		}
 	}

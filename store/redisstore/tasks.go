@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 
@@ -21,6 +22,7 @@ func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResu
 		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), strconv.Itoa(max(p.Max, 0)),
 			ms(p.Lease), ms(p.Hold), itoa(p.Gen), itoa(s.agentRetentionMS())))
 	if err != nil {
+		s.handBack(ctx, p.Cred, err)
 		return store.LeaseResult{}, err
 	}
 	if msgStr(arr[0]) == "S" {
@@ -39,6 +41,42 @@ func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResu
 	}
 	s.advanceAll(ctx, msgStrs(arr[3]))
 	return res, nil
+}
+
+// handBack puts back in their queue the tasks of a Lease that Redis made but
+// its replicas did not confirm (Options.WaitReplicas), as ReturnTasks does:
+// the Poll answers unavailable, so its agent never gets them. Left leased,
+// each would come back only when its lease ran out, as the next attempt, and
+// while no replica confirms writes every Poll would lease it again: a few
+// polls would end it LOST without it ever reaching its agent. Handed back, the
+// attempt does not count. The hand-back is not confirmed either; if the
+// master dies before its replicas have it, so much the worse: the task costs
+// the lease it would have cost anyway.
+func (s *Store) handBack(ctx context.Context, cred store.Cred, err error) {
+	var ue *unconfirmedError
+	if !errors.As(err, &ue) {
+		return
+	}
+	arr, aerr := ue.reply.ToArray()
+	if aerr != nil || len(arr) < 4 || msgStr(arr[0]) != "OK" {
+		return
+	}
+	var leased []store.TaskRef
+	for i := 4; i+1 < len(arr); i += 2 {
+		t := decodeTask(msgStr(arr[i]), pairs(arr[i+1]))
+		leased = append(leased, store.TaskRef{TaskID: t.ID, Attempt: t.Attempt})
+	}
+	if len(leased) == 0 {
+		return
+	}
+	// The Poll's caller may have gone already; the tasks must go back all the same.
+	_, rerr := s.ReturnTasks(context.WithoutCancel(ctx), store.ReturnParams{Cred: cred, Tasks: leased})
+	if rerr != nil && !errors.As(rerr, &ue) {
+		s.log.Warn("handing back the tasks of an unconfirmed lease failed; they return when their lease runs out",
+			"agent", cred.AgentID, "tasks", len(leased), "err", rerr)
+		return
+	}
+	s.log.Debug("handed back the tasks of a lease the replicas did not confirm", "agent", cred.AgentID, "tasks", len(leased))
 }
 
 // Heartbeat implements store.Store.
