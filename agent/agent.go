@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -70,6 +71,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Version is the agent's software version, sent at Register.
 	Version string
+	// SigningKeys pin the server's task-signing public keys (give the old and
+	// the new while rotating): the agent runs only tasks signed with them (see
+	// package tasksig), whatever the server says at Register. Without them, the
+	// agent trusts the keys the server gives at its first Register, keeps them
+	// in its state dir, and from then on refuses unsigned tasks too; a later
+	// Register answer can add keys, never drop one.
+	SigningKeys []ed25519.PublicKey
 }
 
 // Defaults and timings.
@@ -132,12 +140,13 @@ type Agent struct {
 	// gen counts the identities this Run has had: it grows each time the agent
 	// enrolls again, so a refusal of an older token is not acted on twice.
 	gen uint64
-	// keys verify signed tasks; when empty (the server does not sign) tasks are
-	// taken as they come.
-	keys map[string]ed25519.PublicKey
-	// seen remembers the highest attempt received per task, so a replayed
-	// signed task is never run twice.
-	seen        map[string]int32
+	// keys verify signed tasks; when empty (the server does not sign, and no
+	// key is pinned) tasks are taken as they come.
+	keys   map[string]ed25519.PublicKey
+	pinned bool // keys are Config.SigningKeys: Register's change nothing
+	// guard refuses a signed task accepted before (replays), across restarts
+	// with a state dir.
+	guard *replayGuard
 	cur         int // index of the server in use
 	pollWait    time.Duration
 	hbInterval  time.Duration
@@ -218,6 +227,17 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.PollWait > 0 {
 		a.pollWait = cfg.PollWait
 	}
+	a.guard = newReplayGuard()
+	for _, k := range cfg.SigningKeys {
+		if len(k) != ed25519.PublicKeySize {
+			return nil, errors.New("agent: a signing key is not an ed25519 public key")
+		}
+		if a.keys == nil {
+			a.keys = make(map[string]ed25519.PublicKey)
+		}
+		a.keys[tasksig.KeyID(k)] = k
+		a.pinned = true
+	}
 	for _, s := range servers {
 		a.clients = append(a.clients, forgev1connect.NewAgentServiceClient(hc, s))
 	}
@@ -291,8 +311,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer st.close()
 		st.endLeftovers()
 		a.groups = st
+		g, err := openReplayGuard(st.dir, time.Now())
+		if err != nil {
+			return err
+		}
+		defer g.close()
 		a.mu.Lock()
-		a.st = st
+		a.st, a.guard = st, g
 		a.mu.Unlock()
 	}
 	if err := a.enroll(ctx); err != nil {
@@ -347,36 +372,70 @@ func transient(err error) bool {
 	return true
 }
 
-// setKeys installs the server's signing keys; the caller holds a.mu.
-func (a *Agent) setKeys(keys []signingKey) {
-	a.keys = nil
+// learnKeys adds keys the server gave (at Register, or kept in the state dir
+// from one) to those the agent trusts, and returns them all, to keep. A key
+// learned once is never dropped by a later answer: one without it (a party in
+// the middle stripping keys, or a server that lost them) is logged. With keys
+// pinned (Config.SigningKeys), what the server says changes nothing. The caller
+// holds a.mu.
+func (a *Agent) learnKeys(keys []signingKey) []signingKey {
+	if a.pinned {
+		for _, k := range keys {
+			if a.keys[k.ID] == nil {
+				a.log.Warn("the server offers a signing key that is not pinned; ignoring it", "key", k.ID)
+			}
+		}
+		return nil
+	}
+	given := map[string]bool{}
 	for _, k := range keys {
+		given[k.ID] = true
+		if len(k.PublicKey) != ed25519.PublicKeySize || k.ID != tasksig.KeyID(k.PublicKey) {
+			a.log.Warn("the server offers a malformed signing key; ignoring it", "key", k.ID)
+			continue
+		}
 		if a.keys == nil {
 			a.keys = make(map[string]ed25519.PublicKey)
-			a.seen = make(map[string]int32)
 		}
-		a.keys[k.ID] = ed25519.PublicKey(k.PublicKey)
+		if a.keys[k.ID] == nil {
+			a.keys[k.ID] = ed25519.PublicKey(k.PublicKey)
+		}
 	}
+	out := make([]signingKey, 0, len(a.keys))
+	var dropped []string
+	for id, pub := range a.keys {
+		if !given[id] {
+			dropped = append(dropped, id)
+		}
+		out = append(out, signingKey{ID: id, PublicKey: pub})
+	}
+	if len(dropped) > 0 {
+		sort.Strings(dropped)
+		a.log.Warn("the server did not give signing keys this agent trusts; still trusting them (remove the state dir to forget them)", "keys", dropped)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// signed tells whether the agent checks tasks' signatures.
+func (a *Agent) signed() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.keys) > 0
 }
 
 // checkSigned verifies a task when the agent holds the server's keys. It returns
-// an error for a task to refuse (reported FAILED, never run), and replay true for
-// an attempt already received (dropped silently).
-func (a *Agent) checkSigned(t *forgev1.Task) (replay bool, err error) {
+// err for a task to refuse (reported FAILED, never run), and replay for one
+// accepted before (dropped: it ran, or runs, here already).
+func (a *Agent) checkSigned(t *forgev1.Task) (replay, err error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if len(a.keys) == 0 {
-		return false, nil
+	keys, self := a.keys, tasksig.Self{ID: a.id, Name: a.cfg.Name, Labels: a.cfg.Labels}
+	a.mu.Unlock()
+	if len(keys) == 0 {
+		return nil, nil
 	}
-	if err := tasksig.Verify(a.keys, a.id, t, time.Now()); err != nil {
-		return false, err
+	if err := tasksig.Verify(keys, self, t, time.Now()); err != nil {
+		return nil, err
 	}
-	if a.seen[t.Id] >= t.Attempt {
-		return true, nil
-	}
-	if len(a.seen) > 100000 { // bounded memory; the lease expiry check still stops old replays
-		clear(a.seen)
-	}
-	a.seen[t.Id] = t.Attempt
-	return false, nil
+	return a.guard.check(t), nil
 }

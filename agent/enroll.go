@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"sort"
@@ -71,9 +70,10 @@ func (a *Agent) enroll(ctx context.Context) error {
 		if id.AgentID != "" {
 			a.mu.Lock()
 			a.id, a.token = id.AgentID, id.AgentToken
-			a.setKeys(id.SigningKeys)
+			a.learnKeys(id.SigningKeys)
+			signed := len(a.keys) > 0
 			a.mu.Unlock()
-			a.log.Info("using saved identity", "agent", id.AgentID, "signed_tasks", len(id.SigningKeys) > 0, "state_dir", st.dir)
+			a.log.Info("using saved identity", "agent", id.AgentID, "signed_tasks", signed, "state_dir", st.dir)
 			return nil
 		}
 	}
@@ -131,12 +131,15 @@ func (a *Agent) register(ctx context.Context, previous string) error {
 			if m.AgentId == "" || m.AgentToken == "" {
 				return errors.New("agent: register: the server answered without an identity")
 			}
-			var keys []signingKey
+			var given []signingKey
 			for _, k := range m.SigningKeys {
-				if k != nil && len(k.PublicKey) == ed25519.PublicKeySize {
-					keys = append(keys, signingKey{ID: k.Id, PublicKey: k.PublicKey})
+				if k != nil {
+					given = append(given, signingKey{ID: k.Id, PublicKey: k.PublicKey})
 				}
 			}
+			a.mu.Lock()
+			keys := a.learnKeys(given) // those learned before stay
+			a.mu.Unlock()
 			if st != nil {
 				if err := st.saveIdentity(identity{AgentID: m.AgentId, AgentToken: m.AgentToken, SigningKeys: keys}); err != nil {
 					return err
@@ -145,7 +148,6 @@ func (a *Agent) register(ctx context.Context, previous string) error {
 			a.mu.Lock()
 			a.id, a.token = m.AgentId, m.AgentToken
 			a.gen++
-			a.setKeys(keys)
 			if d := m.PollWait.AsDuration(); a.cfg.PollWait == 0 && m.PollWait != nil && d > 0 {
 				a.pollWait = d
 			}

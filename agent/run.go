@@ -287,32 +287,45 @@ func (a *Agent) accept(s *session, res *forgev1.PollResponse) {
 		free = 0
 	}
 	a.mu.Unlock()
-	var back []*forgev1.TaskRef
+	var run, back []*forgev1.Task
 	for _, t := range res.Tasks {
-		if free <= 0 {
-			back = append(back, &forgev1.TaskRef{TaskId: t.Id, Attempt: t.Attempt})
-			continue
-		}
-		free--
 		replay, err := a.checkSigned(t)
 		switch {
-		case replay:
-			a.log.Warn("signed task received again; dropped", "task", t.Id, "attempt", t.Attempt)
+		case replay != nil:
+			a.log.Warn("signed task refused: "+replay.Error(), "task", t.Id, "attempt", t.Attempt)
 		case err != nil:
 			a.log.Error("task refused", "task", t.Id, "attempt", t.Attempt, "err", err)
 			req := &forgev1.ReportResultRequest{TaskId: t.Id, Attempt: t.Attempt,
 				Outcome: forgev1.Outcome_OUTCOME_FAILED, Error: "refused by the agent: " + err.Error()}
 			s.tasks.Add(1)
 			go func() { defer s.tasks.Done(); a.report(s, req) }()
+		case free <= 0:
+			back = append(back, t)
 		default:
-			a.start(s, t)
-			a.beatSoonIfDue(t)
+			free--
+			run = append(run, t)
 		}
+	}
+	// What is run or handed back is on record (in the state dir, synced) before
+	// anything starts, so no replay can run it again, even after a restart.
+	if a.signed() {
+		if err := a.guard.record(run, back); err != nil {
+			a.log.Error("cannot record the tasks accepted; handing them back rather than running them unrecorded", "err", err)
+			back, run = append(back, run...), nil
+		}
+	}
+	for _, t := range run {
+		a.start(s, t)
+		a.beatSoonIfDue(t)
 	}
 	if len(back) > 0 {
 		a.log.Warn("a Poll answer brought more tasks than free slots; handing the rest back", "tasks", len(res.Tasks), "handed_back", len(back), "concurrency", a.cfg.Concurrency)
+		refs := make([]*forgev1.TaskRef, len(back))
+		for i, t := range back {
+			refs[i] = &forgev1.TaskRef{TaskId: t.Id, Attempt: t.Attempt}
+		}
 		s.tasks.Add(1)
-		go func() { defer s.tasks.Done(); a.returnTasks(s, back) }()
+		go func() { defer s.tasks.Done(); a.returnTasks(s, refs) }()
 	}
 }
 

@@ -198,8 +198,14 @@ func (a *agentService) Poll(ctx context.Context, req *connect.Request[forgev1.Po
 	out := &forgev1.PollResponse{Cancels: refsToProto(res.Cancels)}
 	for _, t := range res.Tasks {
 		pt := leasedToProto(t)
-		if len(s.cfg.SigningKeys) > 0 {
-			tasksig.Sign(s.cfg.SigningKeys[0], cred.AgentID, pt)
+		if len(s.cfg.SigningKeys) > 0 && len(t.JobSig.Sig) > 0 {
+			// The job's signature, made at Dispatch and kept with it, and this
+			// lease's, bound to it. A task of a job dispatched unsigned goes
+			// unsigned: an agent holding keys refuses it.
+			pt.JobSignature = &forgev1.JobSignature{KeyId: t.JobSig.KeyID, Signature: t.JobSig.Sig,
+				CreatedAt: ts(t.JobSig.CreatedAt), NotAfter: ts(t.JobSig.NotAfter), MaxAttempts: t.MaxAttempts,
+				Target: tasksig.TargetText(t.Target)}
+			tasksig.SignLease(s.cfg.SigningKeys[0], cred.AgentID, pt)
 		}
 		out.Tasks = append(out.Tasks, pt)
 	}

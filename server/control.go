@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/tasksig"
 	"github.com/orange-forge/forge/store"
 )
 
@@ -43,6 +44,7 @@ func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forg
 		return nil, err
 	}
 	spec.CreatedBy = principalFrom(ctx).by
+	s.signJob(&spec)
 	var wait time.Duration
 	if m.Wait != nil {
 		if wait, err = waitFor("wait", m.Wait, s.cfg.PollHold, s.cfg.MaxWait); err != nil {
@@ -67,6 +69,23 @@ func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forg
 		res.Tasks = taskInfos(tasks)
 	}
 	return connect.NewResponse(res), nil
+}
+
+// signJob signs what the operator dispatched, with the job id it chooses for
+// it, when the server has signing keys (see internal/tasksig). The store keeps
+// the signature with the job; a job found by its idempotency key keeps the one
+// made when it was first accepted.
+func (s *Server) signJob(spec *store.JobSpec) {
+	if len(s.cfg.SigningKeys) == 0 {
+		return
+	}
+	spec.ID = store.NewJobID()
+	created := time.Now().Truncate(time.Millisecond)
+	j := tasksig.Job{ID: spec.ID, Type: spec.Type, Payload: spec.Payload, Timeout: spec.Timeout,
+		MaxAttempts: spec.MaxAttempts, Target: tasksig.TargetText(spec.Target), CreatedAt: created,
+		NotAfter: tasksig.NotAfter(created, spec.DeliveryTTL, spec.Timeout, s.cfg.Lease, spec.MaxAttempts, spec.MaxConcurrency > 0)}
+	js := tasksig.SignJob(s.cfg.SigningKeys[0], j)
+	spec.Sig = store.JobSig{KeyID: js.KeyId, Sig: js.Signature, CreatedAt: j.CreatedAt, NotAfter: j.NotAfter}
 }
 
 // auditDispatch logs one audit line for every Dispatch, whatever became of it:

@@ -16,6 +16,17 @@ type StateChange struct {
 	Attempt int32
 }
 
+// JobSig is the server's signature over a job as the operator dispatched it
+// (see internal/tasksig), made when Dispatch accepted it; stores keep it with
+// the job and give it with each of the job's tasks. The zero JobSig: the job is
+// not signed.
+type JobSig struct {
+	KeyID     string
+	Sig       []byte
+	CreatedAt time.Time
+	NotAfter  time.Time
+}
+
 // Task is one unit of work for one agent.
 type Task struct {
 	ID          string
@@ -23,6 +34,10 @@ type Task struct {
 	AgentID     string
 	Type        string
 	Payload     []byte
+	// JobSig and Target are the job's signature and target, which an agent
+	// checks the task against.
+	JobSig JobSig
+	Target Target
 	State       TaskState
 	Attempt     int32 // the current or last attempt; zero until first leased
 	MaxAttempts int32
@@ -123,6 +138,9 @@ func (m AgentMatcher) Matches(name string, labels map[string]string) bool {
 // JobSpec describes a job to dispatch. The server fills in defaults, so every
 // duration and MaxAttempts is positive.
 type JobSpec struct {
+	// ID is the job's id when the caller chose it (it signs it: Sig); empty, the
+	// store chooses one. A job found by its idempotency key keeps its own.
+	ID             string
 	Type           string
 	Payload        []byte
 	Target         Target
@@ -134,6 +152,8 @@ type JobSpec struct {
 	IdempotencyKey string
 	// CreatedBy names who dispatched, for the record.
 	CreatedBy string
+	// Sig is the server's signature over the job (zero: unsigned), kept with it.
+	Sig JobSig
 }
 
 // Counts counts tasks by state.

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -71,9 +73,12 @@ type AgentConfig struct {
 	AllowExec   []string // argv[0] values the exec task type may run
 	AllowEnv    []string // variables an exec task's env may set
 	ExecUser    string   // user commands run as; empty: the agent's
-	Concurrency int
-	DrainGrace  time.Duration
-	Log         logConfig
+	// SigningPubkeys are PEM files of the server's task-signing public keys to
+	// pin; empty: trust those the server gives at the first Register.
+	SigningPubkeys []string
+	Concurrency    int
+	DrainGrace     time.Duration
+	Log            logConfig
 
 	// EnrollTokenFile holds the enrollment token (read when EnrollToken is
 	// empty); it must not be readable by group or others.
@@ -96,6 +101,7 @@ func (m *Main) ParseAgent(args []string) (AgentConfig, error) {
 	f.StringVar(&c.StateDir, "state-dir", "", "directory keeping the agent's identity and running commands across restarts")
 	f.ListVar(&c.AllowExec, "allow-exec", "command the exec task type may run, matched exactly against argv[0] (repeatable)")
 	f.ListVar(&c.AllowEnv, "allow-env", "variable an exec task's env may set (repeatable); the loader's, shells' and interpreters' start-up variables never pass")
+	f.ListVar(&c.SigningPubkeys, "signing-pubkey", "the server's task-signing public key (PEM, as from `openssl pkey -in key.pem -pubout`) to pin; repeat while rotating. The agent then runs only tasks signed with it")
 	f.StringVar(&c.ExecUser, "exec-user", "", "run commands as this user, who cannot read the agent's state dir or token (the agent must run as root)")
 	f.IntVar(&c.Concurrency, "concurrency", 4, "most tasks run at once")
 	f.DurationVar(&c.DrainGrace, "drain-grace", 30*time.Second, "on SIGTERM, how long running tasks may finish before they are stopped")
@@ -156,9 +162,18 @@ func (m *Main) BuildAgent(c AgentConfig) (*agent.Agent, error) {
 			c.EnrollToken = tok
 		}
 	}
+	var pins []ed25519.PublicKey
+	for _, file := range c.SigningPubkeys {
+		k, err := readSigningPubkey(file)
+		if err != nil {
+			return nil, fmt.Errorf("--signing-pubkey %s: %w", file, err)
+		}
+		pins = append(pins, k)
+	}
 	cfg := agent.Config{
 		Servers: c.Servers, EnrollToken: c.EnrollToken, Name: c.Name, Labels: c.Labels, StateDir: c.StateDir,
 		Concurrency: c.Concurrency, DrainGrace: c.DrainGrace, Logger: log, Version: buildinfo.Get().Version,
+		SigningKeys: pins,
 	}
 	if c.CA != "" {
 		pem, err := os.ReadFile(c.CA)
@@ -219,4 +234,27 @@ func readTokenFile(name string) (string, error) {
 		return "", fmt.Errorf("%s holds no token", name)
 	}
 	return tok, nil
+}
+
+// readSigningPubkey reads an ed25519 public key from a PEM file (PKIX, "PUBLIC
+// KEY"), as `openssl pkey -in key.pem -pubout` writes it from the server's
+// --signing-key.
+func readSigningPubkey(file string) (ed25519.PublicKey, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, errors.New("no PEM block in it")
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("not a public key (want PEM \"PUBLIC KEY\", as from openssl pkey -pubout): %w", err)
+	}
+	pub, ok := k.(ed25519.PublicKey)
+	if !ok {
+		return nil, errors.New("not an ed25519 key")
+	}
+	return pub, nil
 }

@@ -393,3 +393,48 @@ func TestServerSigningKeys(t *testing.T) {
 		t.Fatalf("Register gave signing keys %v, want the two given, newest first", keys)
 	}
 }
+
+// TestAgentSigningPubkey: `forge agent --signing-pubkey` pins the server's key:
+// an agent pinned to the server's public key runs its tasks; one pinned to
+// another key refuses them, whatever the server gave at Register; a file that
+// holds no ed25519 public key stops the agent at start.
+func TestAgentSigningPubkey(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name string, blk *pem.Block) string {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, pem.EncodeToMemory(blk), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	keyPair := func(name string) (priv, pub string) {
+		p, k, _ := ed25519.GenerateKey(rand.Reader)
+		der, _ := x509.MarshalPKCS8PrivateKey(k)
+		pder, _ := x509.MarshalPKIXPublicKey(p)
+		return write(name+".pem", &pem.Block{Type: "PRIVATE KEY", Bytes: der}), write(name+".pub", &pem.Block{Type: "PUBLIC KEY", Bytes: pder})
+	}
+	serverKey, serverPub := keyPair("server")
+	_, otherPub := keyPair("other")
+	url := startServer(t, "--signing-key", serverKey)
+	ctl := control(url)
+	for _, c := range []struct {
+		label, pub string
+		want       forgev1.TaskState
+	}{{"pin=server", serverPub, forgev1.TaskState_TASK_STATE_SUCCEEDED}, {"pin=other", otherPub, forgev1.TaskState_TASK_STATE_FAILED}} {
+		startAgent(t, url, "--signing-pubkey", c.pub, "--label", c.label)
+		a := waitAgents(t, ctl, c.label, 1)[0]
+		res, err := ctl.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "echo", Payload: []byte("hi"),
+			Target: &forgev1.DispatchRequest_AgentId{AgentId: a.Id}, Wait: durationpb.New(20 * time.Second)}))
+		if err != nil || len(res.Msg.Tasks) != 1 || res.Msg.Tasks[0].State != c.want {
+			t.Fatalf("%s: Dispatch = %v, %v; want the task %s", c.label, res, err, c.want)
+		}
+		if c.want == forgev1.TaskState_TASK_STATE_FAILED && !strings.Contains(res.Msg.Tasks[0].Error, "unknown key") {
+			t.Errorf("%s: the refusal says %q", c.label, res.Msg.Tasks[0].Error)
+		}
+	}
+	out, code := runForge(t, nil, "agent", "--server", url, "--enroll-token", enrollToken, "--signing-pubkey", serverKey)
+	if code != 1 || !strings.Contains(out, "--signing-pubkey "+serverKey) {
+		t.Errorf("a private key given as --signing-pubkey: exit %d:\n%s", code, out)
+	}
+}

@@ -144,7 +144,7 @@ func splitOwnFlags(args []string, valued, bools map[string]bool) (map[string]str
 // installedAgentFields are the AgentConfig fields installEnv carries into the
 // service's configuration or refuses; a test checks none is forgotten.
 var installedAgentFields = []string{"Servers", "EnrollToken", "EnrollTokenFile", "CA", "Name", "Labels",
-	"StateDir", "AllowExec", "AllowEnv", "ExecUser", "Concurrency", "DrainGrace", "Log"}
+	"StateDir", "AllowExec", "AllowEnv", "ExecUser", "SigningPubkeys", "Concurrency", "DrainGrace", "Log"}
 
 // installEnv returns the FORGE_* variables that configure the service as c
 // does: only what differs from the defaults, so later defaults still apply.
@@ -192,6 +192,20 @@ func installEnv(c AgentConfig) (map[string]string, error) {
 	}
 	if c.ExecUser != "" {
 		env["FORGE_EXEC_USER"] = c.ExecUser
+	}
+	if len(c.SigningPubkeys) > 0 {
+		files := make([]string, len(c.SigningPubkeys))
+		for i, f := range c.SigningPubkeys {
+			abs, err := filepath.Abs(f)
+			if err != nil {
+				return nil, err
+			}
+			if strings.Contains(abs, ",") {
+				return nil, fmt.Errorf("--signing-pubkey %q: a service's key files cannot hold a comma", f)
+			}
+			files[i] = abs
+		}
+		env["FORGE_SIGNING_PUBKEY"] = strings.Join(files, ",")
 	}
 	if c.Concurrency != def.Concurrency {
 		env["FORGE_CONCURRENCY"] = fmt.Sprint(c.Concurrency)

@@ -30,7 +30,13 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 		if err := store.CheckTargets(len(targets), s.cfg.MaxTargets); err != nil {
 			return store.Job{}, err
 		}
-		j := &job{Job: store.Job{ID: store.NewJobID(), Spec: spec, CreatedAt: now}}
+		id := spec.ID
+		if id == "" {
+			id = store.NewJobID()
+		} else if !store.ValidID(id, 'j') || s.jobs[id] != nil {
+			return store.Job{}, store.Errorf(store.KindInvalid, "job id %s is not a new job id", store.Quote(id))
+		}
+		j := &job{Job: store.Job{ID: id, Spec: spec, CreatedAt: now}}
 		j.Spec.Payload = slices.Clone(spec.Payload)
 		s.jobs[j.ID] = j
 		if spec.IdempotencyKey != "" {
@@ -43,6 +49,8 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 				AgentID:     a.ID,
 				Type:        spec.Type,
 				Payload:     j.Spec.Payload,
+				JobSig:      spec.Sig,
+				Target:      spec.Target,
 				MaxAttempts: spec.MaxAttempts,
 				Timeout:     spec.Timeout,
 				DeliveryTTL: spec.DeliveryTTL,

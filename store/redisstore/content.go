@@ -2,7 +2,9 @@ package redisstore
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
+	"time"
 
 	"github.com/redis/rueidis"
 
@@ -22,6 +24,8 @@ const (
 // jobContent is what a fan-out's tasks take from their job record.
 type jobContent struct {
 	payload []byte
+	sig     store.JobSig
+	target  store.Target
 }
 
 // contentCache maps job ids to their content.
@@ -77,7 +81,7 @@ func (s *Store) fillContent(ctx context.Context, tasks []store.Task, fs []map[st
 	if len(need) > 0 {
 		cmds := make(rueidis.Commands, len(need))
 		for i, j := range need {
-			cmds[i] = s.client.B().Hmget().Key(s.k.job(j)).Field("pl", "ca").Build()
+			cmds[i] = s.client.B().Hmget().Key(s.k.job(j)).Field("pl", "ca", "js", "tgt").Build()
 		}
 		for i, r := range s.client.DoMulti(ctx, cmds...) {
 			vals, err := r.ToArray()
@@ -89,7 +93,10 @@ func (s *Store) fillContent(ctx context.Context, tasks []store.Task, fs []map[st
 				continue
 			}
 			pl, _ := vals[0].ToString()
-			e := &jobContent{}
+			js, _ := vals[2].ToString()
+			tgt, _ := vals[3].ToString()
+			e := &jobContent{sig: decodeJobSig(js)}
+			_ = json.Unmarshal([]byte(tgt), &e.target) // written by jobFields from a Target
 			if pl != "" {
 				e.payload = []byte(pl)
 			}
@@ -100,9 +107,39 @@ func (s *Store) fillContent(ctx context.Context, tasks []store.Task, fs []map[st
 		if fs[i]["cj"] != "1" {
 			continue
 		}
-		if e := s.content.get(tasks[i].JobID); e != nil && e.payload != nil {
-			tasks[i].Payload = append([]byte(nil), e.payload...)
+		if e := s.content.get(tasks[i].JobID); e != nil {
+			if e.payload != nil {
+				tasks[i].Payload = append([]byte(nil), e.payload...)
+			}
+			tasks[i].JobSig, tasks[i].Target = e.sig, e.target
 		}
 	}
 	return nil
+}
+
+// encodeJobSig is how a job's signature is kept in the job record (and in a
+// single-agent task's): JSON, empty for an unsigned job.
+func encodeJobSig(js store.JobSig) string {
+	if len(js.Sig) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(jobSigRecord{KeyID: js.KeyID, Sig: js.Sig, CreatedAt: js.CreatedAt.UnixMilli(), NotAfter: js.NotAfter.UnixMilli()})
+	return string(b)
+}
+
+// decodeJobSig reads encodeJobSig's form; anything else is no signature (an
+// agent holding keys then refuses the task).
+func decodeJobSig(s string) store.JobSig {
+	var r jobSigRecord
+	if s == "" || json.Unmarshal([]byte(s), &r) != nil {
+		return store.JobSig{}
+	}
+	return store.JobSig{KeyID: r.KeyID, Sig: r.Sig, CreatedAt: time.UnixMilli(r.CreatedAt), NotAfter: time.UnixMilli(r.NotAfter)}
+}
+
+type jobSigRecord struct {
+	KeyID     string `json:"k"`
+	Sig       []byte `json:"s"`
+	CreatedAt int64  `json:"c"`
+	NotAfter  int64  `json:"n"`
 }

@@ -103,6 +103,8 @@ type histEntry struct {
 // decodeTask builds a Task from its record. Fields of the record:
 //
 //	job type pl      job id, task type, payload
+//	js cj            the job's signature (a single-agent job's); the payload and
+//	                 the signature are in the job record (a fan-out's: fillContent)
 //	st att max       state, current attempt, max attempts
 //	to ttl           execution timeout and delivery TTL (ms)
 //	lim              the job has rollout limits (the advancer must look after an end)
@@ -151,6 +153,11 @@ func decodeTask(id string, f map[string]string) store.Task {
 		for _, e := range h {
 			t.History = append(t.History, store.StateChange{State: store.TaskState(e.S), At: time.UnixMilli(e.At), Reason: e.R, Attempt: e.A})
 		}
+	}
+	if f["cj"] != "1" {
+		// A single-agent job's task keeps its job's signature; its target is its agent.
+		t.JobSig = decodeJobSig(f["js"])
+		t.Target = store.Target{AgentID: agent}
 	}
 	return t
 }

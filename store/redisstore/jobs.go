@@ -48,7 +48,12 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 		return store.Job{}, err
 	}
 	now := s.nowMS()
-	jid := store.NewJobID()
+	jid := spec.ID
+	if jid == "" {
+		jid = store.NewJobID()
+	} else if !store.ValidID(jid, 'j') || len(jid) != len(store.NewJobID()) {
+		return store.Job{}, store.Errorf(store.KindInvalid, "job id %s is not a new job id", store.Quote(jid))
+	}
 	var idemKey string
 	var resume *jobRecord
 	if spec.IdempotencyKey != "" {
@@ -218,9 +223,9 @@ func (s *Store) createTasks(ctx context.Context, spec store.JobSpec, jid string,
 		sh := shardOf(t.agentID)
 		byShard[sh] = append(byShard[sh], t.taskID, t.agentID)
 	}
-	payload := string(spec.Payload)
+	payload, sig := string(spec.Payload), encodeJobSig(spec.Sig)
 	if m.inJob {
-		payload = ""
+		payload, sig = "", ""
 	}
 	var execs []rueidis.LuaExec
 	var shards []int
@@ -228,7 +233,7 @@ func (s *Store) createTasks(ctx context.Context, spec store.JobSpec, jid string,
 		for lo := 0; lo < len(pairs); lo += 2 * dispatchBatch {
 			args := s.shardArgs(s.k.shard[sh], now, itoa(s.cfg.MaxPendingPerAgent), jid, spec.Type, payload,
 				itoa(spec.MaxAttempts), ms(spec.Timeout), ms(spec.DeliveryTTL), flag(m.limited), flag(m.hold), flag(m.single),
-				store.ReasonTimedOut(spec.Timeout), store.ReasonExpired(spec.DeliveryTTL), flag(m.inJob))
+				store.ReasonTimedOut(spec.Timeout), store.ReasonExpired(spec.DeliveryTTL), flag(m.inJob), sig)
 			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, pairs[lo:min(lo+2*dispatchBatch, len(pairs))]...)})
 			shards = append(shards, sh)
 		}
@@ -295,7 +300,7 @@ func (s *Store) jobFields(spec store.JobSpec, taskIDs []string, now int64) []str
 		"to", ms(spec.Timeout), "ttl", ms(spec.DeliveryTTL), "max", itoa(spec.MaxAttempts),
 		"mc", itoa(spec.MaxConcurrency), "mf", itoa(spec.MaxFailures),
 		"idem", spec.IdempotencyKey, "by", spec.CreatedBy, "ca", itoa(now),
-		"tasks", strings.Join(taskIDs, " "), "rel", "0", "dp", "0", "dpf", "0",
+		"tasks", strings.Join(taskIDs, " "), "rel", "0", "dp", "0", "dpf", "0", "js", encodeJobSig(spec.Sig),
 	}
 }
 
@@ -665,6 +670,7 @@ func decodeJob(id string, f map[string]string) store.Job {
 		j.Spec.Payload = []byte(p)
 	}
 	_ = json.Unmarshal([]byte(f["tgt"]), &j.Spec.Target) // written by jobFields from a Target
+	j.Spec.Sig = decodeJobSig(f["js"])
 	return j
 }
 

@@ -597,21 +597,22 @@ return {'OK', ms(held)}
 
 // createTasksScript creates the tasks of one job in one shard; a task that exists
 // already (a retried dispatch) is left as it is. A fan-out's tasks keep no
-// payload of their own (cj: it is in the job record).
+// payload or job signature of their own (cj: they are in the job record).
 //
 // KEYS[1] the shard's due index (for routing)
 // ARGV[4] max pending per agent, [5] job id, [6] type, [7] payload, [8] max attempts,
 // [9] timeout ms, [10] delivery TTL ms, [11] has rollout limits (0/1), [12] hold (0/1),
 // [13] single target (0/1), [14] timeout reason, [15] expiry reason,
-// [16] payload in the job record (0/1), [17..] task id, agent id pairs
+// [16] payload in the job record (0/1), [17] the job's signature (jobSig, when the
+// payload is not in the job record), [18..] task id, agent id pairs
 // returns {'OK', the shard's counts of the job (field, value pairs)}, or for a
 // single target an error when the agent is unknown, revoked or its queue is full
 // (then nothing is created)
 var createTasksScript = shardScript(`
 local maxPending, job, single = tonumber(ARGV[4]), ARGV[5], ARGV[13] == '1'
-local content = {'pl', ARGV[7]}
+local content = {'pl', ARGV[7], 'js', ARGV[17]}
 if ARGV[16] == '1' then content = {'cj', '1'} end
-for i = 17, #ARGV - 1, 2 do
+for i = 18, #ARGV - 1, 2 do
   local tid, aid = ARGV[i], ARGV[i + 1]
   -- A retried dispatch names the same tasks: one made before stays as it is.
   if redis.call('EXISTS', kTask(tid)) == 0 then
@@ -625,8 +626,8 @@ for i = 17, #ARGV - 1, 2 do
       end
     end
     local tk = kTask(tid)
-    redis.call('HSET', tk, 'job', job, 'type', ARGV[6], content[1], content[2], 'att', 0, 'max', ARGV[8],
-      'to', ARGV[9], 'ttl', ARGV[10], 'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'exr', ARGV[15])
+    redis.call('HSET', tk, 'job', job, 'type', ARGV[6], 'att', 0, 'max', ARGV[8],
+      'to', ARGV[9], 'ttl', ARGV[10], 'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'exr', ARGV[15], unpack(content))
     redis.call('ZADD', kAll, 0, tid)
     redis.call('ZADD', kAgentTasks(aid), 0, tid)
     setState(tk, tid, job, nil, PENDING, REASON_DISPATCHED, 0)

@@ -18,6 +18,59 @@ var jobCases = []testCase{
 	{"PendingLimit", testPendingLimit},
 	{"TargetsLimit", testTargetsLimit},
 	{"FanOutPayload", testFanOutPayload},
+	{"Signature", testJobSignature},
+}
+
+// testJobSignature: a job dispatched with an id and a signature of the
+// caller's keeps both, and every task of it is given them with its job's
+// target — by Lease, GetTask and ListTasks — single-agent jobs and fan-outs
+// alike; a retry with the idempotency key answers the first job, its own id and
+// signature kept.
+func testJobSignature(h *harness) {
+	agents := h.fleet(3, map[string]string{"pool": "sig"})
+	t0 := h.now().Truncate(time.Millisecond)
+	for _, tg := range []store.Target{{AgentID: agents[0].ID}, {Selector: "pool=sig"}} {
+		spec := h.spec(tg)
+		spec.ID = store.NewJobID()
+		spec.IdempotencyKey = "sig-" + tg.String()
+		spec.Sig = store.JobSig{KeyID: "k1", Sig: []byte("\x00signature\xff"), CreatedAt: t0, NotAfter: t0.Add(time.Hour)}
+		j := h.dispatchSpec(spec)
+		if j.ID != spec.ID {
+			h.Fatalf("job id %s, want the one given, %s", j.ID, spec.ID)
+		}
+		again := spec
+		again.ID = store.NewJobID()
+		again.Sig.KeyID = "k2"
+		if r := h.dispatchSpec(again); r.ID != spec.ID || !r.Existing || r.Spec.Sig.KeyID != "k1" {
+			h.Fatalf("a retry with the key = job %s existing %v signed by %q; want %s, by k1", r.ID, r.Existing, r.Spec.Sig.KeyID, spec.ID)
+		}
+		want := func(what string, t store.Task) {
+			h.Helper()
+			if t.JobSig.KeyID != "k1" || string(t.JobSig.Sig) != string(spec.Sig.Sig) || !t.JobSig.CreatedAt.Equal(t0) ||
+				!t.JobSig.NotAfter.Equal(t0.Add(time.Hour)) || t.Target != tg {
+				h.Fatalf("%s %s: signature %+v target %+v; want %+v and %+v", what, t.ID, t.JobSig, t.Target, spec.Sig, tg)
+			}
+		}
+		if g := h.job(j.ID); g.Spec.Sig.KeyID != "k1" || string(g.Spec.Sig.Sig) != string(spec.Sig.Sig) {
+			h.Fatalf("GetJob: signature %+v", g.Spec.Sig)
+		}
+		for _, id := range j.TaskIDs {
+			want("GetTask", h.task(id))
+		}
+		tasks, _, err := h.s.ListTasks(h.ctx, store.TaskFilter{JobID: j.ID})
+		if err != nil {
+			h.Fatal(err)
+		}
+		for _, t := range tasks {
+			want("ListTasks", t)
+		}
+		want("Lease", h.leaseOne(agents[0]))
+	}
+	_, err := h.s.Dispatch(h.ctx, store.JobSpec{ID: "not-a-job-id", Type: "echo", Target: store.Target{All: true},
+		Timeout: timeout, DeliveryTTL: deliveryTTL, MaxAttempts: 1})
+	if store.KindOf(err) != store.KindInvalid {
+		h.Fatalf("a malformed job id: %v, want KindInvalid", err)
+	}
 }
 
 // testTargetsLimit: a dispatch reaching more agents than Config.MaxTargets is

@@ -396,12 +396,16 @@ type Task struct {
 	LeaseExpiresAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
 	// The execution timeout, relative: the agent counts it from when it received the task.
 	Timeout *durationpb.Duration `protobuf:"bytes,8,opt,name=timeout,proto3" json:"timeout,omitempty"`
-	// An ed25519 signature by the server over this task's envelope (see
-	// docs/design.md, "Signed tasks"), bound to the agent id, attempt and lease
-	// expiry; empty when the server has no signing key.
+	// An ed25519 signature by the server over this lease (see docs/design.md,
+	// "Signed tasks"): the agent id, task id, job id, attempt and lease expiry, and
+	// the job's signature; empty when the server has no signing key.
 	Signature []byte `protobuf:"bytes,9,opt,name=signature,proto3" json:"signature,omitempty"`
 	// Which of the server's signing keys made `signature`.
-	KeyId         string `protobuf:"bytes,10,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyId string `protobuf:"bytes,10,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The server's signature over the job as the operator dispatched it, made when
+	// Dispatch accepted it and kept with the job; unset when the server has no
+	// signing key (or had none then).
+	JobSignature  *JobSignature `protobuf:"bytes,11,opt,name=job_signature,json=jobSignature,proto3" json:"job_signature,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -506,6 +510,109 @@ func (x *Task) GetKeyId() string {
 	return ""
 }
 
+func (x *Task) GetJobSignature() *JobSignature {
+	if x != nil {
+		return x.JobSignature
+	}
+	return nil
+}
+
+// JobSignature is the server's ed25519 signature over a job as the operator
+// dispatched it: its id, type, payload, timeout, max_attempts and target, when
+// Dispatch accepted it, and until when its tasks may run. An agent holding the
+// server's keys checks it against the task it comes with, and that the target
+// names it.
+type JobSignature struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which of the server's signing keys made `signature`.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The signature.
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// When Dispatch accepted the job.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// After this (and a clock-skew allowance) an agent runs no task of the job.
+	NotAfter *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// The most attempts of each task: an agent runs no later one.
+	MaxAttempts int32 `protobuf:"varint,5,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// The target as dispatched: "agent:<id>", "name:<name or glob>",
+	// "selector:<selector>" or "all".
+	Target        string `protobuf:"bytes,6,opt,name=target,proto3" json:"target,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobSignature) Reset() {
+	*x = JobSignature{}
+	mi := &file_forge_v1_types_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobSignature) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobSignature) ProtoMessage() {}
+
+func (x *JobSignature) ProtoReflect() protoreflect.Message {
+	mi := &file_forge_v1_types_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobSignature.ProtoReflect.Descriptor instead.
+func (*JobSignature) Descriptor() ([]byte, []int) {
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *JobSignature) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *JobSignature) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *JobSignature) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *JobSignature) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *JobSignature) GetMaxAttempts() int32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *JobSignature) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
 // SigningKey is a public key the server signs tasks with.
 type SigningKey struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -519,7 +626,7 @@ type SigningKey struct {
 
 func (x *SigningKey) Reset() {
 	*x = SigningKey{}
-	mi := &file_forge_v1_types_proto_msgTypes[3]
+	mi := &file_forge_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -531,7 +638,7 @@ func (x *SigningKey) String() string {
 func (*SigningKey) ProtoMessage() {}
 
 func (x *SigningKey) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[3]
+	mi := &file_forge_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -544,7 +651,7 @@ func (x *SigningKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigningKey.ProtoReflect.Descriptor instead.
 func (*SigningKey) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SigningKey) GetId() string {
@@ -578,7 +685,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_forge_v1_types_proto_msgTypes[4]
+	mi := &file_forge_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +697,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[4]
+	mi := &file_forge_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +710,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StateChange) GetState() TaskState {
@@ -686,7 +793,7 @@ type TaskInfo struct {
 
 func (x *TaskInfo) Reset() {
 	*x = TaskInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[5]
+	mi := &file_forge_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +805,7 @@ func (x *TaskInfo) String() string {
 func (*TaskInfo) ProtoMessage() {}
 
 func (x *TaskInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[5]
+	mi := &file_forge_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +818,7 @@ func (x *TaskInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskInfo.ProtoReflect.Descriptor instead.
 func (*TaskInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TaskInfo) GetId() string {
@@ -885,7 +992,7 @@ type AgentInfo struct {
 
 func (x *AgentInfo) Reset() {
 	*x = AgentInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[6]
+	mi := &file_forge_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -897,7 +1004,7 @@ func (x *AgentInfo) String() string {
 func (*AgentInfo) ProtoMessage() {}
 
 func (x *AgentInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[6]
+	mi := &file_forge_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -910,7 +1017,7 @@ func (x *AgentInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentInfo.ProtoReflect.Descriptor instead.
 func (*AgentInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AgentInfo) GetId() string {
@@ -1017,7 +1124,7 @@ type JobCounts struct {
 
 func (x *JobCounts) Reset() {
 	*x = JobCounts{}
-	mi := &file_forge_v1_types_proto_msgTypes[7]
+	mi := &file_forge_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +1136,7 @@ func (x *JobCounts) String() string {
 func (*JobCounts) ProtoMessage() {}
 
 func (x *JobCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[7]
+	mi := &file_forge_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +1149,7 @@ func (x *JobCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCounts.ProtoReflect.Descriptor instead.
 func (*JobCounts) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobCounts) GetPending() int32 {
@@ -1137,7 +1244,7 @@ type JobInfo struct {
 
 func (x *JobInfo) Reset() {
 	*x = JobInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[8]
+	mi := &file_forge_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1256,7 @@ func (x *JobInfo) String() string {
 func (*JobInfo) ProtoMessage() {}
 
 func (x *JobInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[8]
+	mi := &file_forge_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1269,7 @@ func (x *JobInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobInfo.ProtoReflect.Descriptor instead.
 func (*JobInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JobInfo) GetId() string {
@@ -1258,7 +1365,7 @@ type EnrollmentTokenInfo struct {
 
 func (x *EnrollmentTokenInfo) Reset() {
 	*x = EnrollmentTokenInfo{}
-	mi := &file_forge_v1_types_proto_msgTypes[9]
+	mi := &file_forge_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1377,7 @@ func (x *EnrollmentTokenInfo) String() string {
 func (*EnrollmentTokenInfo) ProtoMessage() {}
 
 func (x *EnrollmentTokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_forge_v1_types_proto_msgTypes[9]
+	mi := &file_forge_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1390,7 @@ func (x *EnrollmentTokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollmentTokenInfo.ProtoReflect.Descriptor instead.
 func (*EnrollmentTokenInfo) Descriptor() ([]byte, []int) {
-	return file_forge_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_forge_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EnrollmentTokenInfo) GetId() string {
@@ -1345,7 +1452,7 @@ const file_forge_v1_types_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"<\n" +
 	"\aTaskRef\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
-	"\aattempt\x18\x02 \x01(\x05R\aattempt\"\xdd\x02\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\"\x9a\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x18\n" +
@@ -1357,7 +1464,16 @@ const file_forge_v1_types_proto_rawDesc = "" +
 	"\atimeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1c\n" +
 	"\tsignature\x18\t \x01(\fR\tsignature\x12\x15\n" +
 	"\x06key_id\x18\n" +
-	" \x01(\tR\x05keyId\";\n" +
+	" \x01(\tR\x05keyId\x12;\n" +
+	"\rjob_signature\x18\v \x01(\v2\x16.forge.v1.JobSignatureR\fjobSignature\"\xf2\x01\n" +
+	"\fJobSignature\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x127\n" +
+	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12!\n" +
+	"\fmax_attempts\x18\x05 \x01(\x05R\vmaxAttempts\x12\x16\n" +
+	"\x06target\x18\x06 \x01(\tR\x06target\";\n" +
 	"\n" +
 	"SigningKey\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
@@ -1483,7 +1599,7 @@ func file_forge_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_forge_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_forge_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_forge_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_forge_v1_types_proto_goTypes = []any{
 	(TaskState)(0),                // 0: forge.v1.TaskState
 	(AgentStatus)(0),              // 1: forge.v1.AgentStatus
@@ -1492,44 +1608,48 @@ var file_forge_v1_types_proto_goTypes = []any{
 	(*OutputChunk)(nil),           // 4: forge.v1.OutputChunk
 	(*TaskRef)(nil),               // 5: forge.v1.TaskRef
 	(*Task)(nil),                  // 6: forge.v1.Task
-	(*SigningKey)(nil),            // 7: forge.v1.SigningKey
-	(*StateChange)(nil),           // 8: forge.v1.StateChange
-	(*TaskInfo)(nil),              // 9: forge.v1.TaskInfo
-	(*AgentInfo)(nil),             // 10: forge.v1.AgentInfo
-	(*JobCounts)(nil),             // 11: forge.v1.JobCounts
-	(*JobInfo)(nil),               // 12: forge.v1.JobInfo
-	(*EnrollmentTokenInfo)(nil),   // 13: forge.v1.EnrollmentTokenInfo
-	nil,                           // 14: forge.v1.AgentInfo.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(*JobSignature)(nil),          // 7: forge.v1.JobSignature
+	(*SigningKey)(nil),            // 8: forge.v1.SigningKey
+	(*StateChange)(nil),           // 9: forge.v1.StateChange
+	(*TaskInfo)(nil),              // 10: forge.v1.TaskInfo
+	(*AgentInfo)(nil),             // 11: forge.v1.AgentInfo
+	(*JobCounts)(nil),             // 12: forge.v1.JobCounts
+	(*JobInfo)(nil),               // 13: forge.v1.JobInfo
+	(*EnrollmentTokenInfo)(nil),   // 14: forge.v1.EnrollmentTokenInfo
+	nil,                           // 15: forge.v1.AgentInfo.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
 }
 var file_forge_v1_types_proto_depIdxs = []int32{
 	3,  // 0: forge.v1.OutputChunk.stream:type_name -> forge.v1.Stream
-	15, // 1: forge.v1.Task.deadline:type_name -> google.protobuf.Timestamp
-	15, // 2: forge.v1.Task.lease_expires_at:type_name -> google.protobuf.Timestamp
-	16, // 3: forge.v1.Task.timeout:type_name -> google.protobuf.Duration
-	0,  // 4: forge.v1.StateChange.state:type_name -> forge.v1.TaskState
-	15, // 5: forge.v1.StateChange.at:type_name -> google.protobuf.Timestamp
-	0,  // 6: forge.v1.TaskInfo.state:type_name -> forge.v1.TaskState
-	15, // 7: forge.v1.TaskInfo.created_at:type_name -> google.protobuf.Timestamp
-	15, // 8: forge.v1.TaskInfo.updated_at:type_name -> google.protobuf.Timestamp
-	8,  // 9: forge.v1.TaskInfo.history:type_name -> forge.v1.StateChange
-	16, // 10: forge.v1.TaskInfo.timeout:type_name -> google.protobuf.Duration
-	15, // 11: forge.v1.TaskInfo.lease_expires_at:type_name -> google.protobuf.Timestamp
-	14, // 12: forge.v1.AgentInfo.labels:type_name -> forge.v1.AgentInfo.LabelsEntry
-	1,  // 13: forge.v1.AgentInfo.status:type_name -> forge.v1.AgentStatus
-	15, // 14: forge.v1.AgentInfo.last_seen_at:type_name -> google.protobuf.Timestamp
-	5,  // 15: forge.v1.AgentInfo.running:type_name -> forge.v1.TaskRef
-	15, // 16: forge.v1.AgentInfo.registered_at:type_name -> google.protobuf.Timestamp
-	11, // 17: forge.v1.JobInfo.counts:type_name -> forge.v1.JobCounts
-	15, // 18: forge.v1.JobInfo.created_at:type_name -> google.protobuf.Timestamp
-	15, // 19: forge.v1.EnrollmentTokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	15, // 20: forge.v1.EnrollmentTokenInfo.created_at:type_name -> google.protobuf.Timestamp
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	16, // 1: forge.v1.Task.deadline:type_name -> google.protobuf.Timestamp
+	16, // 2: forge.v1.Task.lease_expires_at:type_name -> google.protobuf.Timestamp
+	17, // 3: forge.v1.Task.timeout:type_name -> google.protobuf.Duration
+	7,  // 4: forge.v1.Task.job_signature:type_name -> forge.v1.JobSignature
+	16, // 5: forge.v1.JobSignature.created_at:type_name -> google.protobuf.Timestamp
+	16, // 6: forge.v1.JobSignature.not_after:type_name -> google.protobuf.Timestamp
+	0,  // 7: forge.v1.StateChange.state:type_name -> forge.v1.TaskState
+	16, // 8: forge.v1.StateChange.at:type_name -> google.protobuf.Timestamp
+	0,  // 9: forge.v1.TaskInfo.state:type_name -> forge.v1.TaskState
+	16, // 10: forge.v1.TaskInfo.created_at:type_name -> google.protobuf.Timestamp
+	16, // 11: forge.v1.TaskInfo.updated_at:type_name -> google.protobuf.Timestamp
+	9,  // 12: forge.v1.TaskInfo.history:type_name -> forge.v1.StateChange
+	17, // 13: forge.v1.TaskInfo.timeout:type_name -> google.protobuf.Duration
+	16, // 14: forge.v1.TaskInfo.lease_expires_at:type_name -> google.protobuf.Timestamp
+	15, // 15: forge.v1.AgentInfo.labels:type_name -> forge.v1.AgentInfo.LabelsEntry
+	1,  // 16: forge.v1.AgentInfo.status:type_name -> forge.v1.AgentStatus
+	16, // 17: forge.v1.AgentInfo.last_seen_at:type_name -> google.protobuf.Timestamp
+	5,  // 18: forge.v1.AgentInfo.running:type_name -> forge.v1.TaskRef
+	16, // 19: forge.v1.AgentInfo.registered_at:type_name -> google.protobuf.Timestamp
+	12, // 20: forge.v1.JobInfo.counts:type_name -> forge.v1.JobCounts
+	16, // 21: forge.v1.JobInfo.created_at:type_name -> google.protobuf.Timestamp
+	16, // 22: forge.v1.EnrollmentTokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	16, // 23: forge.v1.EnrollmentTokenInfo.created_at:type_name -> google.protobuf.Timestamp
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_forge_v1_types_proto_init() }
@@ -1543,7 +1663,7 @@ func file_forge_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_forge_v1_types_proto_rawDesc), len(file_forge_v1_types_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file forge/v1/types.proto.
  */
 export const file_forge_v1_types: GenFile = /*@__PURE__*/
-  fileDesc("ChRmb3JnZS92MS90eXBlcy5wcm90bxIIZm9yZ2UudjEiPQoLT3V0cHV0Q2h1bmsSIAoGc3RyZWFtGAEgASgOMhAuZm9yZ2UudjEuU3RyZWFtEgwKBGRhdGEYAiABKAwiKwoHVGFza1JlZhIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKAUihQIKBFRhc2sSCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSDAoEdHlwZRgEIAEoCRIPCgdwYXlsb2FkGAUgASgMEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsZWFzZV9leHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgd0aW1lb3V0GAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhEKCXNpZ25hdHVyZRgJIAEoDBIOCgZrZXlfaWQYCiABKAkiLAoKU2lnbmluZ0tleRIKCgJpZBgBIAEoCRISCgpwdWJsaWNfa2V5GAIgASgMInoKC1N0YXRlQ2hhbmdlEiIKBXN0YXRlGAEgASgOMhMuZm9yZ2UudjEuVGFza1N0YXRlEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZyZWFzb24YAyABKAkSDwoHYXR0ZW1wdBgEIAEoBSKXBAoIVGFza0luZm8SCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEhAKCGFnZW50X2lkGAMgASgJEgwKBHR5cGUYBCABKAkSIgoFc3RhdGUYBSABKA4yEy5mb3JnZS52MS5UYXNrU3RhdGUSDwoHYXR0ZW1wdBgGIAEoBRIOCgZvdXRwdXQYByABKAwSEQoJZXhpdF9jb2RlGAggASgFEg0KBWVycm9yGAkgASgJEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKB2hpc3RvcnkYDCADKAsyFS5mb3JnZS52MS5TdGF0ZUNoYW5nZRIPCgdwYXlsb2FkGA0gASgMEhQKDG1heF9hdHRlbXB0cxgOIAEoBRIYChBjYW5jZWxfcmVxdWVzdGVkGA8gASgIEhgKEG91dHB1dF90cnVuY2F0ZWQYECABKAgSEwoLb3V0cHV0X3NpemUYESABKAMSKgoHdGltZW91dBgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI0ChBsZWFzZV9leHBpcmVzX2F0GBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZzdGRlcnIYFCABKAwi/QIKCUFnZW50SW5mbxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEi8KBmxhYmVscxgDIAMoCzIfLmZvcmdlLnYxLkFnZW50SW5mby5MYWJlbHNFbnRyeRIQCghob3N0bmFtZRgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEiUKBnN0YXR1cxgGIAEoDjIVLmZvcmdlLnYxLkFnZW50U3RhdHVzEjAKDGxhc3Rfc2Vlbl9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoHcnVubmluZxgIIAMoCzIRLmZvcmdlLnYxLlRhc2tSZWYSEgoKdGFza190eXBlcxgJIAMoCRIxCg1yZWdpc3RlcmVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdwZW5kaW5nGAsgASgFGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiowEKCUpvYkNvdW50cxIPCgdwZW5kaW5nGAEgASgFEg8KB3J1bm5pbmcYAiABKAUSEQoJc3VjY2VlZGVkGAMgASgFEg4KBmZhaWxlZBgEIAEoBRIQCghjYW5jZWxlZBgFIAEoBRIRCgl0aW1lZF9vdXQYBiABKAUSDwoHZXhwaXJlZBgHIAEoBRIMCgRsb3N0GAggASgFEg0KBXRvdGFsGAkgASgFIvABCgdKb2JJbmZvEgoKAmlkGAEgASgJEgwKBHR5cGUYAiABKAkSDgoGdGFyZ2V0GAMgASgJEiMKBmNvdW50cxgEIAEoCzITLmZvcmdlLnYxLkpvYkNvdW50cxIMCgRkb25lGAUgASgIEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD21heF9jb25jdXJyZW5jeRgHIAEoBRIUCgxtYXhfZmFpbHVyZXMYCCABKAUSFwoPaWRlbXBvdGVuY3lfa2V5GAkgASgJEhAKCGNhbmNlbGVkGAogASgIIswBChNFbnJvbGxtZW50VG9rZW5JbmZvEgoKAmlkGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhEKCXVzZXNfbGVmdBgDIAEoBRIQCghtYXhfdXNlcxgEIAEoBRIuCgpleHBpcmVzX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdyZXZva2VkGAcgASgIKugBCglUYXNrU3RhdGUSGgoWVEFTS19TVEFURV9VTlNQRUNJRklFRBAAEhYKElRBU0tfU1RBVEVfUEVORElORxABEhYKElRBU0tfU1RBVEVfUlVOTklORxACEhgKFFRBU0tfU1RBVEVfU1VDQ0VFREVEEAMSFQoRVEFTS19TVEFURV9GQUlMRUQQBBIXChNUQVNLX1NUQVRFX0NBTkNFTEVEEAUSGAoUVEFTS19TVEFURV9USU1FRF9PVVQQBhIWChJUQVNLX1NUQVRFX0VYUElSRUQQBxITCg9UQVNLX1NUQVRFX0xPU1QQCCp4CgtBZ2VudFN0YXR1cxIcChhBR0VOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNBR0VOVF9TVEFUVVNfT05MSU5FEAESGAoUQUdFTlRfU1RBVFVTX09GRkxJTkUQAhIYChRBR0VOVF9TVEFUVVNfUkVWT0tFRBADKk0KB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhUKEU9VVENPTUVfU1VDQ0VFREVEEAESEgoOT1VUQ09NRV9GQUlMRUQQAipGCgZTdHJlYW0SFgoSU1RSRUFNX1VOU1BFQ0lGSUVEEAASEQoNU1RSRUFNX1NURE9VVBABEhEKDVNUUkVBTV9TVERFUlIQAmIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChRmb3JnZS92MS90eXBlcy5wcm90bxIIZm9yZ2UudjEiPQoLT3V0cHV0Q2h1bmsSIAoGc3RyZWFtGAEgASgOMhAuZm9yZ2UudjEuU3RyZWFtEgwKBGRhdGEYAiABKAwiKwoHVGFza1JlZhIPCgd0YXNrX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKAUitAIKBFRhc2sSCgoCaWQYASABKAkSDgoGam9iX2lkGAIgASgJEg8KB2F0dGVtcHQYAyABKAUSDAoEdHlwZRgEIAEoCRIPCgdwYXlsb2FkGAUgASgMEiwKCGRlYWRsaW5lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsZWFzZV9leHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgd0aW1lb3V0GAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhEKCXNpZ25hdHVyZRgJIAEoDBIOCgZrZXlfaWQYCiABKAkSLQoNam9iX3NpZ25hdHVyZRgLIAEoCzIWLmZvcmdlLnYxLkpvYlNpZ25hdHVyZSK2AQoMSm9iU2lnbmF0dXJlEg4KBmtleV9pZBgBIAEoCRIRCglzaWduYXR1cmUYAiABKAwSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbm90X2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxtYXhfYXR0ZW1wdHMYBSABKAUSDgoGdGFyZ2V0GAYgASgJIiwKClNpZ25pbmdLZXkSCgoCaWQYASABKAkSEgoKcHVibGljX2tleRgCIAEoDCJ6CgtTdGF0ZUNoYW5nZRIiCgVzdGF0ZRgBIAEoDjITLmZvcmdlLnYxLlRhc2tTdGF0ZRImCgJhdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAMgASgJEg8KB2F0dGVtcHQYBCABKAUilwQKCFRhc2tJbmZvEgoKAmlkGAEgASgJEg4KBmpvYl9pZBgCIAEoCRIQCghhZ2VudF9pZBgDIAEoCRIMCgR0eXBlGAQgASgJEiIKBXN0YXRlGAUgASgOMhMuZm9yZ2UudjEuVGFza1N0YXRlEg8KB2F0dGVtcHQYBiABKAUSDgoGb3V0cHV0GAcgASgMEhEKCWV4aXRfY29kZRgIIAEoBRINCgVlcnJvchgJIAEoCRIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgdoaXN0b3J5GAwgAygLMhUuZm9yZ2UudjEuU3RhdGVDaGFuZ2USDwoHcGF5bG9hZBgNIAEoDBIUCgxtYXhfYXR0ZW1wdHMYDiABKAUSGAoQY2FuY2VsX3JlcXVlc3RlZBgPIAEoCBIYChBvdXRwdXRfdHJ1bmNhdGVkGBAgASgIEhMKC291dHB1dF9zaXplGBEgASgDEioKB3RpbWVvdXQYEiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNAoQbGVhc2VfZXhwaXJlc19hdBgTIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc3RkZXJyGBQgASgMIv0CCglBZ2VudEluZm8SCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIvCgZsYWJlbHMYAyADKAsyHy5mb3JnZS52MS5BZ2VudEluZm8uTGFiZWxzRW50cnkSEAoIaG9zdG5hbWUYBCABKAkSDwoHdmVyc2lvbhgFIAEoCRIlCgZzdGF0dXMYBiABKA4yFS5mb3JnZS52MS5BZ2VudFN0YXR1cxIwCgxsYXN0X3NlZW5fYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiIKB3J1bm5pbmcYCCADKAsyES5mb3JnZS52MS5UYXNrUmVmEhIKCnRhc2tfdHlwZXMYCSADKAkSMQoNcmVnaXN0ZXJlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcGVuZGluZxgLIAEoBRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqMBCglKb2JDb3VudHMSDwoHcGVuZGluZxgBIAEoBRIPCgdydW5uaW5nGAIgASgFEhEKCXN1Y2NlZWRlZBgDIAEoBRIOCgZmYWlsZWQYBCABKAUSEAoIY2FuY2VsZWQYBSABKAUSEQoJdGltZWRfb3V0GAYgASgFEg8KB2V4cGlyZWQYByABKAUSDAoEbG9zdBgIIAEoBRINCgV0b3RhbBgJIAEoBSLwAQoHSm9iSW5mbxIKCgJpZBgBIAEoCRIMCgR0eXBlGAIgASgJEg4KBnRhcmdldBgDIAEoCRIjCgZjb3VudHMYBCABKAsyEy5mb3JnZS52MS5Kb2JDb3VudHMSDAoEZG9uZRgFIAEoCBIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCg9tYXhfY29uY3VycmVuY3kYByABKAUSFAoMbWF4X2ZhaWx1cmVzGAggASgFEhcKD2lkZW1wb3RlbmN5X2tleRgJIAEoCRIQCghjYW5jZWxlZBgKIAEoCCLMAQoTRW5yb2xsbWVudFRva2VuSW5mbxIKCgJpZBgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIRCgl1c2VzX2xlZnQYAyABKAUSEAoIbWF4X3VzZXMYBCABKAUSLgoKZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHcmV2b2tlZBgHIAEoCCroAQoJVGFza1N0YXRlEhoKFlRBU0tfU1RBVEVfVU5TUEVDSUZJRUQQABIWChJUQVNLX1NUQVRFX1BFTkRJTkcQARIWChJUQVNLX1NUQVRFX1JVTk5JTkcQAhIYChRUQVNLX1NUQVRFX1NVQ0NFRURFRBADEhUKEVRBU0tfU1RBVEVfRkFJTEVEEAQSFwoTVEFTS19TVEFURV9DQU5DRUxFRBAFEhgKFFRBU0tfU1RBVEVfVElNRURfT1VUEAYSFgoSVEFTS19TVEFURV9FWFBJUkVEEAcSEwoPVEFTS19TVEFURV9MT1NUEAgqeAoLQWdlbnRTdGF0dXMSHAoYQUdFTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFwoTQUdFTlRfU1RBVFVTX09OTElORRABEhgKFEFHRU5UX1NUQVRVU19PRkZMSU5FEAISGAoUQUdFTlRfU1RBVFVTX1JFVk9LRUQQAypNCgdPdXRjb21lEhcKE09VVENPTUVfVU5TUEVDSUZJRUQQABIVChFPVVRDT01FX1NVQ0NFRURFRBABEhIKDk9VVENPTUVfRkFJTEVEEAIqRgoGU3RyZWFtEhYKElNUUkVBTV9VTlNQRUNJRklFRBAAEhEKDVNUUkVBTV9TVERPVVQQARIRCg1TVFJFQU1fU1RERVJSEAJiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * OutputChunk is a run of bytes of one stream of a task's output.
@@ -134,9 +134,9 @@ export type Task = Message<"forge.v1.Task"> & {
   timeout?: Duration | undefined;
 
   /**
-   * An ed25519 signature by the server over this task's envelope (see
-   * docs/design.md, "Signed tasks"), bound to the agent id, attempt and lease
-   * expiry; empty when the server has no signing key.
+   * An ed25519 signature by the server over this lease (see docs/design.md,
+   * "Signed tasks"): the agent id, task id, job id, attempt and lease expiry, and
+   * the job's signature; empty when the server has no signing key.
    *
    * @generated from field: bytes signature = 9;
    */
@@ -148,6 +148,15 @@ export type Task = Message<"forge.v1.Task"> & {
    * @generated from field: string key_id = 10;
    */
   keyId: string;
+
+  /**
+   * The server's signature over the job as the operator dispatched it, made when
+   * Dispatch accepted it and kept with the job; unset when the server has no
+   * signing key (or had none then).
+   *
+   * @generated from field: forge.v1.JobSignature job_signature = 11;
+   */
+  jobSignature?: JobSignature | undefined;
 };
 
 /**
@@ -156,6 +165,67 @@ export type Task = Message<"forge.v1.Task"> & {
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
   messageDesc(file_forge_v1_types, 2);
+
+/**
+ * JobSignature is the server's ed25519 signature over a job as the operator
+ * dispatched it: its id, type, payload, timeout, max_attempts and target, when
+ * Dispatch accepted it, and until when its tasks may run. An agent holding the
+ * server's keys checks it against the task it comes with, and that the target
+ * names it.
+ *
+ * @generated from message forge.v1.JobSignature
+ */
+export type JobSignature = Message<"forge.v1.JobSignature"> & {
+  /**
+   * Which of the server's signing keys made `signature`.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * The signature.
+   *
+   * @generated from field: bytes signature = 2;
+   */
+  signature: Uint8Array;
+
+  /**
+   * When Dispatch accepted the job.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * After this (and a clock-skew allowance) an agent runs no task of the job.
+   *
+   * @generated from field: google.protobuf.Timestamp not_after = 4;
+   */
+  notAfter?: Timestamp | undefined;
+
+  /**
+   * The most attempts of each task: an agent runs no later one.
+   *
+   * @generated from field: int32 max_attempts = 5;
+   */
+  maxAttempts: number;
+
+  /**
+   * The target as dispatched: "agent:<id>", "name:<name or glob>",
+   * "selector:<selector>" or "all".
+   *
+   * @generated from field: string target = 6;
+   */
+  target: string;
+};
+
+/**
+ * Describes the message forge.v1.JobSignature.
+ * Use `create(JobSignatureSchema)` to create a new message.
+ */
+export const JobSignatureSchema: GenMessage<JobSignature> = /*@__PURE__*/
+  messageDesc(file_forge_v1_types, 3);
 
 /**
  * SigningKey is a public key the server signs tasks with.
@@ -183,7 +253,7 @@ export type SigningKey = Message<"forge.v1.SigningKey"> & {
  * Use `create(SigningKeySchema)` to create a new message.
  */
 export const SigningKeySchema: GenMessage<SigningKey> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 3);
+  messageDesc(file_forge_v1_types, 4);
 
 /**
  * StateChange is one entry of a task's history.
@@ -225,7 +295,7 @@ export type StateChange = Message<"forge.v1.StateChange"> & {
  * Use `create(StateChangeSchema)` to create a new message.
  */
 export const StateChangeSchema: GenMessage<StateChange> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 4);
+  messageDesc(file_forge_v1_types, 5);
 
 /**
  * TaskInfo is the operator's view of a task.
@@ -382,7 +452,7 @@ export type TaskInfo = Message<"forge.v1.TaskInfo"> & {
  * Use `create(TaskInfoSchema)` to create a new message.
  */
 export const TaskInfoSchema: GenMessage<TaskInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 5);
+  messageDesc(file_forge_v1_types, 6);
 
 /**
  * AgentInfo is the operator's view of an agent.
@@ -473,7 +543,7 @@ export type AgentInfo = Message<"forge.v1.AgentInfo"> & {
  * Use `create(AgentInfoSchema)` to create a new message.
  */
 export const AgentInfoSchema: GenMessage<AgentInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 6);
+  messageDesc(file_forge_v1_types, 7);
 
 /**
  * JobCounts counts a job's tasks by state.
@@ -550,7 +620,7 @@ export type JobCounts = Message<"forge.v1.JobCounts"> & {
  * Use `create(JobCountsSchema)` to create a new message.
  */
 export const JobCountsSchema: GenMessage<JobCounts> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 7);
+  messageDesc(file_forge_v1_types, 8);
 
 /**
  * JobInfo is the operator's view of a job: one dispatch, one task per matched agent.
@@ -634,7 +704,7 @@ export type JobInfo = Message<"forge.v1.JobInfo"> & {
  * Use `create(JobInfoSchema)` to create a new message.
  */
 export const JobInfoSchema: GenMessage<JobInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 8);
+  messageDesc(file_forge_v1_types, 9);
 
 /**
  * EnrollmentTokenInfo describes an enrollment token without revealing it.
@@ -697,7 +767,7 @@ export type EnrollmentTokenInfo = Message<"forge.v1.EnrollmentTokenInfo"> & {
  * Use `create(EnrollmentTokenInfoSchema)` to create a new message.
  */
 export const EnrollmentTokenInfoSchema: GenMessage<EnrollmentTokenInfo> = /*@__PURE__*/
-  messageDesc(file_forge_v1_types, 9);
+  messageDesc(file_forge_v1_types, 10);
 
 /**
  * TaskState is where a task is in its life. PENDING and RUNNING are live; every
