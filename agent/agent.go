@@ -146,7 +146,7 @@ type Agent struct {
 	pinned bool // keys are Config.SigningKeys: Register's change nothing
 	// guard refuses a signed task accepted before (replays), across restarts
 	// with a state dir.
-	guard *replayGuard
+	guard       *replayGuard
 	cur         int // index of the server in use
 	pollWait    time.Duration
 	hbInterval  time.Duration

@@ -29,15 +29,15 @@ type JobSig struct {
 
 // Task is one unit of work for one agent.
 type Task struct {
-	ID          string
-	JobID       string
-	AgentID     string
-	Type        string
-	Payload     []byte
+	ID      string
+	JobID   string
+	AgentID string
+	Type    string
+	Payload []byte
 	// JobSig and Target are the job's signature and target, which an agent
 	// checks the task against.
-	JobSig JobSig
-	Target Target
+	JobSig      JobSig
+	Target      Target
 	State       TaskState
 	Attempt     int32 // the current or last attempt; zero until first leased
 	MaxAttempts int32
