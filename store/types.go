@@ -85,12 +85,15 @@ type Agent struct {
 
 // Target says which agents a job goes to; exactly one of AgentID, Selector,
 // AgentName or All is set.
+//
+// Its JSON (how the Redis store keeps it in the job record) leaves out empty
+// fields, so a job record of small values stays small.
 type Target struct {
-	AgentID  string
-	Selector string // parsed with ParseSelector
-	All      bool
+	AgentID  string `json:",omitempty"`
+	Selector string `json:",omitempty"` // parsed with ParseSelector
+	All      bool   `json:",omitempty"`
 	// IncludeOffline extends Selector, AgentName and All to agents not online now.
-	IncludeOffline bool
+	IncludeOffline bool `json:",omitempty"`
 	// AgentName is a name or a glob over names, parsed with ParseNamePattern.
 	AgentName string `json:",omitempty"`
 }

@@ -115,6 +115,9 @@ type histEntry struct {
 //	                 exit code, error, reported, reported outcome
 //	oa ob on o1 o2 ohb ohn otb otn   the kept output (see decodeOutput)
 //	ca ua hist       created, updated (ms), history (JSON array)
+//	h1 h2 ...        a finished task's history instead (decodeHist)
+//	oi               a finished task's output, when one short piece, instead of
+//	                 its head list (taskScript answers it as the head)
 //	tor exr          the reasons to use when it times out or expires
 func decodeTask(id string, f map[string]string) store.Task {
 	agent, _ := store.AgentOfTask(id)
@@ -154,12 +157,33 @@ func decodeTask(id string, f map[string]string) store.Task {
 			t.History = append(t.History, store.StateChange{State: store.TaskState(e.S), At: time.UnixMilli(e.At), Reason: e.R, Attempt: e.A})
 		}
 	}
+	ca := atoi(f["ca"])
+	for i := 1; ; i++ {
+		e, ok := f["h"+strconv.Itoa(i)]
+		if !ok {
+			break
+		}
+		t.History = append(t.History, decodeHist(e, ca))
+		t.UpdatedAt = t.History[len(t.History)-1].At // compacted: its last change
+	}
 	if f["cj"] != "1" {
 		// A single-agent job's task keeps its job's signature; its target is its agent.
 		t.JobSig = decodeJobSig(f["js"])
 		t.Target = store.Target{AgentID: agent}
 	}
 	return t
+}
+
+// decodeHist reads one state change of a finished task's compacted record
+// (compact in scripts.go): state, ms after creation ca, attempt and reason,
+// separated by single spaces (the reason may hold spaces of its own).
+func decodeHist(e string, ca int64) store.StateChange {
+	parts := strings.SplitN(e, " ", 4)
+	for len(parts) < 4 {
+		parts = append(parts, "")
+	}
+	return store.StateChange{State: store.TaskState(atoi(parts[0])), At: time.UnixMilli(ca + atoi(parts[1])),
+		Attempt: int32(atoi(parts[2])), Reason: parts[3]}
 }
 
 // decodeOutput reads what a task record says of its kept output (store.OutputMeta):

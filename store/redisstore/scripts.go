@@ -75,7 +75,8 @@ func newScript(body string) *script {
 //
 // Task record fields: job type pl st att max to ttl lim held cr crr cd tmo dl le
 // db otr osz ec err rep ro ca ua hist tor exr, and of its kept output oa ob on o1
-// o2 ohb ohn otb otn (see decodeTask and decodeOutput in decode.go).
+// o2 ohb ohn otb otn (see decodeTask and decodeOutput in decode.go); a finished
+// task's record is compacted (compact): h1.. for hist, oi for a small output.
 const shardLib = `
 local TAG = ARGV[1]
 local NOW = tonumber(ARGV[2])
@@ -186,6 +187,55 @@ local function reindex(tk, tid)
   if due then redis.call('ZADD', kDue, due, tid) else redis.call('ZREM', kDue, tid) end
 end
 
+-- ENDED_KEEP are the fields a finished task's record keeps: what GetTask shows,
+-- and what a late report or chunk of its last attempt is checked against. Its
+-- update time is its last state change's (decodeTask).
+local ENDED_KEEP = {}
+for _, n in ipairs({'job', 'type', 'pl', 'cj', 'st', 'att', 'max', 'to', 'db', 'ca', 'err', 'ec', 'ro', 'rep',
+    'otr', 'osz', 'cr', 'crr', 'oa', 'ob', 'on', 'o1', 'o2', 'ohb', 'ohn', 'otb', 'otn'}) do
+  ENDED_KEEP[n] = true
+end
+
+-- INLINE_MAX is the longest value a small hash keeps in its compact encoding
+-- (Redis' hash-max-listpack-value default): a finished task's record whose
+-- values all fit costs a few bytes a field instead of about a hundred.
+local INLINE_MAX = 64
+
+-- compact rewrites a finished task's record in its small form (see decodeTask):
+-- only ENDED_KEEP fields, empty and zero values left out, the history one field
+-- per change (h1, h2, ...: state, ms after creation, attempt, reason, spaced),
+-- and output that is one short piece kept in the record (oi) rather than in a
+-- list of its own. Nothing changes for its readers but the history's form.
+local function compact(tk, tid)
+  local all = redis.call('HGETALL', tk)
+  local out, ca, hist, ohn, otn = {}, 0, nil, nil, nil
+  for i = 1, #all - 1, 2 do
+    local k, v = all[i], all[i + 1]
+    if k == 'hist' then hist = v end
+    if k == 'ohn' then ohn = v end
+    if k == 'otn' then otn = v end
+    if ENDED_KEEP[k] and v ~= '' and v ~= '0' then
+      out[#out + 1], out[#out + 2] = k, v
+      if k == 'ca' then ca = tonumber(v) end
+    end
+  end
+  if hist and hist ~= '' then
+    for i, e in ipairs(cjson.decode(hist)) do
+      out[#out + 1], out[#out + 2] = 'h' .. i, e.s .. ' ' .. ms(e.at - ca) .. ' ' .. e.a .. ' ' .. e.r
+    end
+  end
+  local hk = kOutHead(tid)
+  if ohn == '1' and (tonumber(otn) or 0) == 0 then
+    local p = redis.call('LINDEX', hk, 0)
+    if p and #p <= INLINE_MAX then
+      out[#out + 1], out[#out + 2] = 'oi', p
+      redis.call('DEL', hk)
+    end
+  end
+  redis.call('DEL', tk)
+  redis.call('HSET', tk, unpack(out))
+end
+
 -- endTask moves a live task to a terminal state; it returns false if the task is
 -- unknown or already ended. The task is then due for deletion after retention.
 local function endTask(tid, new, reason)
@@ -204,6 +254,7 @@ local function endTask(tid, new, reason)
     redis.call('HSET', tk, 'err', reason)
   end
   setState(tk, tid, f[3], st, new, reason, tonumber(f[4]) or 0)
+  compact(tk, tid)
   redis.call('ZADD', kDue, NOW + RET, tid)
   -- A backstop should reaping stop: the record goes by itself an hour after Reap
   -- would have dropped it (relative, so it does not depend on the clocks agreeing).
@@ -848,7 +899,8 @@ return {'OK', more, advanceList(), removed}
 // (store.ReadFrom assembles it): the task's state and output fields, every head
 // piece when the cursor is before the head's end, and the tail's pieces from the
 // one that holds the cursor (or the tail's start) to the last, found from the
-// end, so a reader that keeps up reads only the newest pieces.
+// end, so a reader that keeps up reads only the newest pieces. A finished
+// task's output kept in its record (oi, see compact) is its head.
 //
 // KEYS[1] task record, KEYS[2] output head, KEYS[3] output tail
 // ARGV[1] cursor
@@ -862,7 +914,13 @@ local c = tonumber(ARGV[1])
 local ob, n, hb, tb = tonumber(t[3]) or 0, tonumber(t[4]) or 0, tonumber(t[7]) or 0, tonumber(t[9]) or 0
 local e = ob + n
 local head, tail, from = {}, {}, e
-if c < ob + hb then head = redis.call('LRANGE', KEYS[2], 0, -1) end
+if c < ob + hb then
+  head = redis.call('LRANGE', KEYS[2], 0, -1)
+  if #head == 0 then
+    local oi = redis.call('HGET', KEYS[1], 'oi')
+    if oi then head = {oi} end
+  end
+end
 if c < e and tb > 0 then
   local want = math.max(c, e - tb)
   local k = 8
@@ -886,12 +944,20 @@ end
 return {'OK', t, head, tail, string.format('%d', from)}
 `)
 
-// taskScript reads a task record with its kept output, at one moment.
+// taskScript reads a task record with its kept output, at one moment; output
+// a finished task keeps in its record (oi, see compact) is answered as the head.
 //
 // KEYS[1] task record, KEYS[2] output head, KEYS[3] output tail
 // returns {'OK', record fields, head pieces, tail pieces}
 var taskScript = newScript(`
-return {'OK', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1), redis.call('LRANGE', KEYS[3], 0, -1)}
+local f = redis.call('HGETALL', KEYS[1])
+local head = redis.call('LRANGE', KEYS[2], 0, -1)
+if #head == 0 then
+  for i = 1, #f - 1, 2 do
+    if f[i] == 'oi' then head = {f[i + 1]} end
+  end
+end
+return {'OK', f, head, redis.call('LRANGE', KEYS[3], 0, -1)}
 `)
 
 // jobCreateScript writes a job record unless it exists, so two attempts of one

@@ -1,0 +1,127 @@
+package redisstore_test
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/orange-forge/forge/internal/redistest"
+	"github.com/orange-forge/forge/store"
+)
+
+// usage is what the Redis nodes hold: used_memory (INFO memory) and keys
+// (DBSIZE), summed over the nodes.
+func usage(t *testing.T, nodes []*redistest.Server) (bytes, keys int64) {
+	t.Helper()
+	for _, n := range nodes {
+		m, err := strconv.ParseInt(n.Info("memory", "used_memory"), 10, 64)
+		if err != nil {
+			t.Fatalf("INFO memory: %v", err)
+		}
+		k, err := strconv.ParseInt(strings.TrimSpace(n.MustDo("DBSIZE")), 10, 64)
+		if err != nil {
+			t.Fatalf("DBSIZE: %v", err)
+		}
+		bytes, keys = bytes+m, keys+k
+	}
+	return bytes, keys
+}
+
+// finishAll has every agent lease and report (succeeded, output "ok") n tasks.
+func finishAll(t *testing.T, s store.Store, creds []store.Cred, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(creds))
+	for _, c := range creds {
+		wg.Go(func() {
+			for done := 0; done < n; {
+				r, err := s.Lease(t.Context(), store.LeaseParams{Cred: c, Max: 64, Lease: time.Minute})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if len(r.Tasks) == 0 {
+					errs <- fmt.Errorf("agent %s: %d of %d tasks done and none left to lease", c.AgentID, done, n)
+					return
+				}
+				for _, tk := range r.Tasks {
+					if _, err := s.Report(t.Context(), store.ReportParams{Cred: c, TaskID: tk.ID, Attempt: tk.Attempt,
+						Outcome: store.OutcomeSucceeded, Output: []byte("ok"), Cap: 1 << 20}); err != nil {
+						errs <- err
+						return
+					}
+					done++
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// TestRetainedTaskBytes finishes 10,000 small tasks (100 fan-outs to 100
+// agents, payload and output two bytes) and measures what Redis holds for each
+// finished task: at most 1 KB on one node (issue 16; it was about 3 KB). The
+// figures for single-agent dispatches are logged beside it.
+func TestRetainedTaskBytes(t *testing.T) {
+	t.Parallel()
+	for _, cluster := range []bool{false, true} {
+		name := map[bool]string{false: "single", true: "cluster"}[cluster]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var url string
+			var nodes []*redistest.Server
+			if cluster {
+				cl := redistest.StartCluster(t, 3)
+				url, nodes = cl.URL(), cl.Nodes
+			} else {
+				srv := redistest.Start(t)
+				url, nodes = srv.URL(), []*redistest.Server{srv}
+			}
+			s := open(t, url, "ret", store.Config{})
+			const agents, jobs = 100, 100
+			creds := make([]store.Cred, agents)
+			for i := range creds {
+				creds[i] = register(t, s, fmt.Sprint("secret-", i))
+			}
+			fanOut := func(n int) {
+				for range n {
+					sp := spec("")
+					sp.Target = store.Target{All: true}
+					if _, err := s.Dispatch(t.Context(), sp); err != nil {
+						t.Fatal(err)
+					}
+				}
+				finishAll(t, s, creds, n)
+			}
+			fanOut(1) // the indexes and scripts exist before the measure
+			b0, k0 := usage(t, nodes)
+			fanOut(jobs)
+			b1, k1 := usage(t, nodes)
+			const n = agents * jobs
+			perTask, keysPerTask := float64(b1-b0)/n, float64(k1-k0)/n
+			t.Logf("%s, fan-outs: %d finished tasks: %.0f bytes and %.2f keys per task", name, n, perTask, keysPerTask)
+			if !cluster && perTask > 1024 {
+				t.Errorf("a finished small task costs %.0f bytes of Redis; want at most 1024", perTask)
+			}
+
+			// Single-agent dispatches, each its own job: logged.
+			const singles = 2000
+			for i := range singles {
+				if _, err := s.Dispatch(t.Context(), spec(creds[i%agents].AgentID)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			finishAll(t, s, creds, singles/agents)
+			b2, k2 := usage(t, nodes)
+			t.Logf("%s, single-agent jobs: %d finished tasks: %.0f bytes and %.2f keys per task", name, singles,
+				float64(b2-b1)/singles, float64(k2-k1)/singles)
+		})
+	}
+}
