@@ -1,0 +1,134 @@
+package main_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	forge "github.com/orange-forge/forge/cmd/forge"
+	"github.com/orange-forge/forge/internal/redistest"
+)
+
+// TestReadmeRedis runs the README's "Production state" block as a reader runs
+// it, one command after another, each through bash with the block's exports:
+// the build, a Redis, two replicas on it, an agent given both, and `forge run`
+// through the second replica. Only what must be free on a shared machine is
+// swapped: the Redis is a redis-server started by redistest on a free port (the
+// README's own line asks for any free port and no saving), the replicas listen
+// on free ports (their URLs replace 8081 and 8082 in the later commands), the
+// state dir is a temporary one, and ./forge is the binary the build step makes,
+// built once for all the tests. Where a reader waits for a command to come up,
+// the test waits for the same: the replica's "listening" line, the agent online.
+func TestReadmeRedis(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Fatal("the README's Redis block runs in bash")
+	}
+	block := strings.ReplaceAll(readme(t, "redis"), "\\\n", " ")
+	var cmds []string
+	for _, line := range strings.Split(block, "\n") {
+		line = strings.TrimSpace(regexp.MustCompile(`(^|\s+)#\s.*$`).ReplaceAllString(line, ""))
+		if line != "" {
+			cmds = append(cmds, line)
+		}
+	}
+	if len(cmds) == 0 || cmds[0] != "go build -o forge ./cmd/forge" {
+		t.Fatalf("the README's Redis block does not start with the build this test stands in for:\n%s", block)
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(bin(t, "forge"), filepath.Join(dir, "forge")); err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	var exports strings.Builder
+	replace := []string{"/tmp/forge-agent-staging", state}
+	bash := func(cmd string) *exec.Cmd {
+		c := exec.Command("bash", "-euo", "pipefail", "-c", exports.String()+"exec "+cmd)
+		c.Dir = dir
+		return c
+	}
+	ran := map[string]bool{}
+	for _, cmd := range cmds[1:] {
+		for i := 0; i < len(replace); i += 2 {
+			cmd = strings.ReplaceAll(cmd, replace[i], replace[i+1])
+		}
+		background := strings.HasSuffix(cmd, " &")
+		cmd = strings.TrimSuffix(cmd, " &")
+		switch {
+		case strings.HasPrefix(cmd, "export "):
+			exports.WriteString(cmd + "\n")
+		case cmd == "redis-server --port 6390 --save ''" && background:
+			r := redistest.Start(t)
+			replace = append(replace, "127.0.0.1:6390", r.Addr())
+			ran["redis"] = true
+		case strings.HasPrefix(cmd, "./forge server --listen 127.0.0.1:") && background:
+			addr := strings.Fields(cmd)[3]
+			c := bash(strings.Replace(cmd, addr, "127.0.0.1:0", 1))
+			u := startCmd(t, c).waitURL(t)
+			replace = append(replace, "http://"+addr, u)
+			ran["server"+addr] = true
+		case strings.HasPrefix(cmd, "./forge agent ") && background:
+			startCmd(t, bash(cmd))
+			out, err := bash(`printf %s "$FORGE_ADMIN_TOKEN"`).Output()
+			if err != nil || len(out) == 0 {
+				t.Fatalf("the block exports no FORGE_ADMIN_TOKEN before its agent: %v", err)
+			}
+			u := replace[len(replace)-1] // the last replica
+			waitAgents(t, controlAs(u, string(out)), "env=staging", 1)
+			ran["agent"] = true
+		case strings.HasPrefix(cmd, "./forge run ") && !background:
+			start := time.Now()
+			out, err := bash(cmd).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "load average") {
+				t.Fatalf("%s: %v after %v\n%s", cmd, err, time.Since(start), out)
+			}
+			t.Logf("%s printed:\n%s", cmd, out)
+			ran["run"] = true
+		default:
+			t.Fatalf("the README's Redis block has a command this test does not know how to run: %q", cmd)
+		}
+	}
+	if len(ran) != 5 {
+		t.Fatalf("the README's Redis block no longer starts a Redis, two replicas, an agent and a run (ran %v):\n%s", ran, block)
+	}
+}
+
+// TestReadmeSetUp checks the README's set-up block: two commands, the server
+// on the embedded default (memory, http://127.0.0.1:8080, as its comment says;
+// the default address is taken on a shared machine, so the test reads the
+// defaults rather than serving there) and the test script; and that the curl
+// walk-through's server is started with the tokens the walk-through uses.
+func TestReadmeSetUp(t *testing.T) {
+	t.Parallel()
+	var cmds []string
+	for _, line := range strings.Split(readme(t, "setup"), "\n") {
+		if cmd, _, _ := strings.Cut(line, "#"); strings.TrimSpace(cmd) != "" {
+			cmds = append(cmds, strings.TrimSpace(cmd))
+		}
+	}
+	if strings.Join(cmds, "\n") != "go run ./cmd/forge server\n./scripts/test" {
+		t.Fatalf("the README's set-up is no longer the server and ./scripts/test: %q", cmds)
+	}
+	if !strings.Contains(readme(t, "setup"), "in memory, on http://127.0.0.1:8080") {
+		t.Fatal("the README's set-up no longer says where the server listens")
+	}
+	c, err := (&forge.Main{Getenv: env{}.get}).ParseServer(nil)
+	if err != nil || c.Listen != "127.0.0.1:8080" || c.Redis.URL != "" {
+		t.Fatalf("forge server with no flags: listen %q, redis %q, %v; the README says memory on 127.0.0.1:8080", c.Listen, c.Redis.URL, err)
+	}
+	if fi, err := os.Stat("../../scripts/test"); err != nil || fi.Mode()&0o111 == 0 {
+		t.Fatalf("./scripts/test is not an executable: %v", err)
+	}
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const curlServer = "```sh\nFORGE_ENROLL_TOKEN=enroll-dev-0123456789 FORGE_ADMIN_TOKEN=admin-dev-0123456789 go run ./cmd/forge server\n```"
+	if !strings.Contains(string(b), curlServer) {
+		t.Fatalf("the README no longer starts the walk-through's server as TestReadmeWalkthrough does:\n%s", curlServer)
+	}
+}
