@@ -119,6 +119,10 @@ const FmtNoteAttempt = "\n... [forge: output of attempt %d] ...\n"
 const (
 	FmtTooManyTargets = "the target matches more than %d agents, the most one dispatch may reach (--max-targets): narrow it, or raise the limit"
 
+	// MsgStoreFull is the answer to a call that would add data to a full store
+	// (Redis at its maxmemory): it takes new work again once finished tasks
+	// age out or it is given more memory.
+	MsgStoreFull           = "the store is full: it takes no new work until finished tasks age out or it is given more memory"
 	MsgDispatchNotAccepted = "the dispatch did not complete and none of its tasks will run; retry it"
 	FmtDispatchResume      = "the dispatch of job %s did not complete; retry it with the same idempotency_key to complete the same job"
 	FmtDispatchUnknown     = "the dispatch of job %s did not complete and may yet run; check it with GetJob before dispatching again (an idempotency_key makes retries safe)"
@@ -153,11 +157,14 @@ func (e *incomplete) Unwrap() error { return e.err }
 // msg (MsgDispatchNotAccepted, FmtDispatchResume, FmtDispatchUnknown) tells the
 // caller what became of it and what to do; cause is for the log. Its kind is
 // KindUnavailable, or KindExhausted when the cause was the store being full (a
-// retry cannot help until it is not).
+// retry cannot help until it is not; the message then says so first).
 func ErrDispatchIncomplete(msg string, cause error) error {
 	kind := KindUnavailable
 	if KindOf(cause) == KindExhausted {
 		kind = KindExhausted
+		if cause.Error() == MsgStoreFull {
+			msg = MsgStoreFull + "; " + msg
+		}
 	}
 	return &Error{Kind: kind, Msg: msg, Err: &incomplete{cause}}
 }

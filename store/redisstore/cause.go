@@ -211,7 +211,7 @@ func (c conn) redisReply(reply string) (Cause, string) {
 	case has("READONLY"):
 		return CauseFailover, "redis is unavailable: " + reply + " (a failover in progress, or the URL names a replica)"
 	case has("OOM"):
-		return CauseFull, "redis is full: " + reply
+		return CauseFull, store.MsgStoreFull
 	}
 	return CauseOther, "internal store error"
 }
@@ -227,11 +227,15 @@ func (c conn) sentinelAuth() string {
 func quote(s string) string { return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"` }
 
 // kindOf is the store.Kind of a Cause: a reply forge did not expect is a bug;
-// everything else is Redis being unusable for now, which an operator (or a
-// failover) fixes and a retry then gets through.
+// a full Redis is KindExhausted, which a retry cannot help until memory is
+// freed (see full.go); everything else is Redis being unusable for now, which
+// an operator (or a failover) fixes and a retry then gets through.
 func kindOf(c Cause) store.Kind {
-	if c == CauseOther {
+	switch c {
+	case CauseOther:
 		return store.KindInternal
+	case CauseFull:
+		return store.KindExhausted
 	}
 	return store.KindUnavailable
 }

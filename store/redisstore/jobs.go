@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 
@@ -97,6 +98,9 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 // anything was written: the create script of a single-agent dispatch refusing,
 // or a fan-out reaching too many agents.
 func refusedBeforeWriting(err error) bool {
+	if store.IsDispatchIncomplete(err) {
+		return false
+	}
 	switch store.KindOf(err) {
 	case store.KindNotFound, store.KindPrecondition, store.KindExhausted, store.KindInvalid:
 		return true
@@ -178,7 +182,7 @@ func (s *Store) dispatchOne(ctx context.Context, spec store.JobSpec, jid string,
 	// The job record (made: its task exists), its indexes and the idempotency
 	// key: one round trip.
 	if _, err := s.writeJob(ctx, jid, append(fields, "made", "1"), now, limited, idemKey); err != nil {
-		return store.Job{}, err
+		return store.Job{}, s.unwriteOne(ctx, jid, targets, idemKey, err)
 	}
 	if resume != nil && resume.tasks != nil {
 		// A record written before without the mark (it exists, so the write above left it).
@@ -192,6 +196,20 @@ func (s *Store) dispatchOne(ctx context.Context, spec store.JobSpec, jid string,
 		s.advanceAll(ctx, []string{jid})
 	}
 	return s.answerJob(jid, fields, counts), nil
+}
+
+// unwriteOne answers a single-agent dispatch whose task exists but whose job
+// record could not be written (Redis full, or gone): with an idempotency key a
+// retry completes the same job; without one the task ends CANCELED at once
+// ("dispatch did not complete"), so no task runs for a job that does not exist.
+func (s *Store) unwriteOne(ctx context.Context, jid string, targets []target, idemKey string, cause error) error {
+	if idemKey != "" {
+		return store.ErrDispatchIncomplete(fmt.Sprintf(store.FmtDispatchResume, jid), cause)
+	}
+	if _, err := s.cancelTasks(context.WithoutCancel(ctx), taskIDsOf(targets), store.CancelModeJob, store.ReasonDispatchIncomplete); err != nil {
+		return store.ErrDispatchIncomplete(fmt.Sprintf(store.FmtDispatchUnknown, jid), cause)
+	}
+	return store.ErrDispatchIncomplete(store.MsgDispatchNotAccepted, cause)
 }
 
 // answerJob is the job a Dispatch answers: built from what was written and the
@@ -755,8 +773,7 @@ func (s *Store) CancelJob(ctx context.Context, id, reason string) (store.Job, er
 	}
 	tasks, _ := vals[0].ToString()
 	if c, _ := vals[1].ToString(); c != "1" {
-		err := s.client.Do(ctx, s.client.B().Hset().Key(s.k.job(id)).FieldValue().FieldValue("canceled", "1").FieldValue("crs", reason).Build()).Error()
-		if err != nil {
+		if err := jobCancelScript.lua.Exec(ctx, s.client, []string{s.k.job(id)}, []string{reason}).Error(); err != nil {
 			return store.Job{}, s.wrap(ctx, err)
 		}
 	}

@@ -183,6 +183,7 @@ func open(ctx context.Context, client, subs rueidis.Client, owned bool, cn conn,
 		s.closeClients()
 		return nil, s.wrap(ctx, err)
 	}
+	s.checkEviction(ctx)
 	bg, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	for shard := 0; shard < NumShards; shard++ {

@@ -1046,6 +1046,20 @@ if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'canceled', '1', 'crs', ARGV[
 return 1
 `)
 
+// jobCancelScript marks a job canceled with its reason, unless it is already
+// (a script so that it runs while Redis is full: see full.go).
+//
+// KEYS[1] job record
+// ARGV[1] the reason
+// returns 1 if marked now, 0 if it was, -1 if the job is gone
+var jobCancelScript = newScript(`
+local f = redis.call('HMGET', KEYS[1], 'ca', 'canceled')
+if not f[1] then return -1 end
+if f[2] == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'canceled', '1', 'crs', ARGV[1])
+return 1
+`)
+
 // dropJobScript deletes a job record and, if it still names this job, its
 // idempotency key is returned for the caller to clear.
 //
@@ -1112,5 +1126,5 @@ var allScripts = []*script{
 	registerScript, authScript, rotateScript, leaseScript, heartbeatScript, returnScript, reportScript, appendOutputScript,
 	readOutputScript, taskScript,
 	createTasksScript, releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
-	jobCreateScript, jobDraftScript, jobCommitScript, jobAbandonScript, jobStepScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
+	jobCreateScript, jobDraftScript, jobCommitScript, jobAbandonScript, jobStepScript, jobCancelScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
 }
