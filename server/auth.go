@@ -147,11 +147,11 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		if err == nil && p.kind != need {
 			err = connect.NewError(connect.CodePermissionDenied, errors.New(wrongKind(p.kind, need)))
 		}
-		if err == nil && !s.limiter.allow(p.by, time.Now()) {
+		if err == nil && !s.limiter.allow(p.by, s.cfg.Clock.Now()) {
 			err = errRateLimited
 		}
 		if err == nil && need == principalEnroll {
-			err = s.allowRegister(p, r.RemoteAddr, time.Now())
+			err = s.allowRegister(p, r.RemoteAddr, s.cfg.Clock.Now())
 		}
 		if err != nil {
 			s.metrics.authFailures.WithLabelValues(connect.CodeOf(err).String()).Inc()

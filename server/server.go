@@ -92,6 +92,10 @@ type Config struct {
 	// RegisterRatePerAddr is the same limit per source address; zero means 5,
 	// negative no limit.
 	RegisterRatePerAddr float64
+	// Clock tells the rate limits (RateLimit, RegisterRate,
+	// RegisterRatePerAddr) the time; nil means the system clock. A test that
+	// stops it sees exactly the bursts pass, however long its calls take.
+	Clock store.Clock
 	// SigningKeys, when given, make the server sign every task it leases with
 	// the first key; Register hands all their public keys to agents, which then
 	// refuse unsigned or altered tasks. Give old keys after the new one to rotate.
@@ -165,6 +169,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = store.SystemClock{}
 	}
 	c.Limits = c.Limits.withDefaults()
 	return c
