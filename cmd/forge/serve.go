@@ -127,7 +127,13 @@ func (s *Server) listen(c ServerConfig, tlsConfig *tls.Config) (err error) {
 		WriteTimeout:   max(c.PollHold, c.MaxWait) + 30*time.Second,
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
-		TLSConfig:      tlsConfig,
+		// HTTP/2 (h2 over TLS, h2c on plain HTTP) carries many calls on one
+		// connection: at most this many at once (Go's client opens another
+		// connection beyond), so a connection costs no more than 100 HTTP/1.1
+		// ones would. Read timeouts, header and body limits apply per call as
+		// on HTTP/1.1.
+		HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: 100},
+		TLSConfig: tlsConfig,
 		// The HTTP server's own errors (a failed TLS handshake) go to the log.
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
