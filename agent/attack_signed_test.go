@@ -39,6 +39,7 @@ type mitm struct {
 	replayed  chan struct{}
 	stripKeys bool
 	tamper    bool
+	strip     bool // take the signatures off the tasks in Poll answers
 }
 
 func newMITM(t *testing.T, target string) *mitm {
@@ -104,9 +105,12 @@ func (m *mitm) modify(res *http.Response) error {
 		if len(x.Tasks) > 0 {
 			m.recorded = append([]byte(nil), b...)
 		}
-		if m.tamper {
-			for _, tk := range x.Tasks {
+		for _, tk := range x.Tasks {
+			if m.tamper {
 				tk.Payload = []byte("tampered")
+			}
+			if m.strip {
+				tk.Signature, tk.KeyId, tk.JobSignature = nil, "", nil
 			}
 		}
 	}
@@ -151,7 +155,9 @@ func TestAttackReplayAfterRestart(t *testing.T) {
 		m := newMITM(t, e.URL)
 		var c runCounter
 		dir := t.TempDir()
-		cfg := agent.Config{Servers: []string{m.URL}, StateDir: dir}
+		// One slot: a task after the replay runs only once whatever the replay
+		// started has returned, so the count below is final without a wait.
+		cfg := agent.Config{Servers: []string{m.URL}, StateDir: dir, Concurrency: 1}
 		a := startAgent(t, cfg, map[string]agent.Handler{"count": c.handle})
 		id := a.ID()
 		task := e.dispatch(id, "count", []byte("once"), 0)
@@ -170,8 +176,10 @@ func TestAttackReplayAfterRestart(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatal("the restarted agent never polled")
 		}
-		// The replayed answer is handled at once; give it a moment to (not) run.
-		time.Sleep(time.Second)
+		// The agent goes on working: the next task runs in its one slot once
+		// anything the replay started has returned.
+		next := e.dispatch(id, "count", []byte("twice"), 0)
+		wantState(t, e.wait(next), forgev1.TaskState_TASK_STATE_SUCCEEDED)
 		if n := c.count(task); n != 1 {
 			t.Fatalf("the task ran %d times; a replay after a restart ran it again", n)
 		}
@@ -181,9 +189,6 @@ func TestAttackReplayAfterRestart(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, "accepted.jsonl")); err != nil {
 			t.Fatalf("no replay record in the state dir: %v", err)
 		}
-		// The agent goes on working.
-		next := e.dispatch(id, "count", []byte("twice"), 0)
-		wantState(t, e.wait(next), forgev1.TaskState_TASK_STATE_SUCCEEDED)
 		a.stop(t)
 	})
 }
@@ -306,4 +311,39 @@ func TestAttackStoreWrites(t *testing.T) {
 		t.Errorf("the job that ran once ran %d times in all after a copy of its task was written into Redis", n)
 	}
 	a.stop(t)
+}
+
+// TestAttackUnsignedTasks: an agent pinned to the server's key (--signing-pubkey)
+// refuses unsigned tasks, whatever the server says: here the server has no key
+// at all (an attacker's, or one whose key was taken away), and a proxy strips
+// the signatures from a signing server's Poll answers.
+func TestAttackUnsignedTasks(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		pub, key, _ := ed25519.GenerateKey(nil)
+		var c runCounter
+		refused := func(e *env, a *started, what string) {
+			t.Helper()
+			id := e.dispatch(a.ID(), "count", []byte("unsigned"), 0)
+			info := e.wait(id)
+			if info.State != forgev1.TaskState_TASK_STATE_FAILED || !strings.Contains(info.Error, "not signed") || c.count(id) != 0 {
+				t.Fatalf("%s: the task is %s (%s), run %d times; want it refused as not signed", what, info.State, info.Error, c.count(id))
+			}
+		}
+		pinned := agent.Config{SigningKeys: []ed25519.PublicKey{pub}}
+
+		keyless := newEnv(t, b, server.Config{})
+		pinned.Servers = []string{keyless.URL}
+		a := startAgent(t, pinned, map[string]agent.Handler{"count": c.handle})
+		refused(keyless, a, "a server without a key")
+		a.stop(t)
+
+		signing := newEnv(t, b, server.Config{SigningKeys: []ed25519.PrivateKey{key}})
+		m := newMITM(t, signing.URL)
+		m.set(func(m *mitm) { m.strip = true })
+		pinned.Servers = []string{m.URL}
+		a = startAgent(t, pinned, map[string]agent.Handler{"count": c.handle})
+		refused(signing, a, "signatures stripped on the way")
+		a.stop(t)
+	})
 }
