@@ -34,9 +34,12 @@ func (s *Server) mountIntrospection() {
 		grpchealth.HealthV1ServiceName, grpcreflect.ReflectV1ServiceName, grpcreflect.ReflectV1AlphaServiceName)
 	rs := connectv2.NewServer()
 	grpcreflect.Register(rs, grpcreflect.WithNamer(grpcreflect.NamerFunc(func() []string { return names })))
-	connecthttp.Mount(s.mux, rs, connecthttp.WithReadMaxBytes(64<<10))
+	// No compressed requests: a stream of small gzip messages that each inflate
+	// to the read limit would cost the server a thousand times what it costs a
+	// caller who needs no token. gRPC tools do not compress what they send.
+	connecthttp.Mount(s.mux, rs, connecthttp.WithReadMaxBytes(64<<10), connecthttp.WithCompressors())
 
-	path, h := grpchealth.NewHandler(healthChecker{s}, connect.WithReadMaxBytes(4<<10))
+	path, h := grpchealth.NewHandler(healthChecker{s}, connect.WithReadMaxBytes(4<<10), boundedGzip(4<<10))
 	s.mux.Handle(path, h)
 }
 

@@ -233,6 +233,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(cfg.Limits.MaxBodyBytes),
+		boundedGzip(cfg.Limits.MaxBodyBytes),
 		// Resetting a gzip writer costs more than sending a small message as is.
 		connect.WithCompressMinBytes(4096),
 		connect.WithInterceptors(s.metrics.interceptor()),
@@ -240,7 +241,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.mux.Handle(forgev1connect.NewAgentServiceHandler(&agentService{s}, opts...))
 	s.mux.Handle(forgev1connect.NewControlServiceHandler(&controlService{s}, opts...))
-	s.mux.Handle(forgev1connect.NewPingServiceHandler(pingService{}, connect.WithCompressMinBytes(4096), connect.WithReadMaxBytes(1024)))
+	s.mux.Handle(forgev1connect.NewPingServiceHandler(pingService{}, connect.WithCompressMinBytes(4096), connect.WithReadMaxBytes(1024), boundedGzip(1024)))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

@@ -2,6 +2,8 @@ package main_test
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -151,6 +153,32 @@ func TestH2C(t *testing.T) {
 		// Within the limit they pass, and the server goes on serving.
 		if typ, status := h2Headers(t, u, many[:10]); typ != 0x1 || status != "200" {
 			t.Errorf("10 headers of 1 KiB: frame type %d %s, want the answer's headers with 200", typ, status)
+		}
+	})
+
+	t.Run("reflection takes no compressed request", func(t *testing.T) {
+		// Reflection needs no token: a stream of small gzip messages, each
+		// inflating to its read limit, would cost the server a thousand
+		// times what it costs the caller, so compressed messages are refused.
+		var gz bytes.Buffer
+		w := gzip.NewWriter(&gz)
+		w.Write([]byte{0x3a, 0x00}) // ServerReflectionRequest{list_services: ""}
+		w.Close()
+		env := append([]byte{1, 0, 0, 0, 0}, gz.Bytes()...) // compressed, then the length
+		binary.BigEndian.PutUint32(env[1:], uint32(gz.Len()))
+		req, _ := http.NewRequestWithContext(ctx, "POST", u+"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", bytes.NewReader(env))
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Grpc-Encoding", "gzip")
+		req.Header.Set("Te", "trailers")
+		res, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		status := res.Header.Get("Grpc-Status") + res.Trailer.Get("Grpc-Status")
+		if status != "12" { // unimplemented
+			t.Errorf("a compressed reflection request: grpc-status %q (%s), want 12", status, res.Header.Get("Grpc-Message")+res.Trailer.Get("Grpc-Message"))
 		}
 	})
 
