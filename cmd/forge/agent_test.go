@@ -28,13 +28,14 @@ func TestAgentEndToEnd(t *testing.T) {
 	ag := startAgent(t, url, agentArgs...)
 	first := waitAgents(t, ctl, "role=e2e", 1)[0]
 
-	// forge run: dispatch exec, print the output, exit 0 when all succeeded.
+	// forge run: dispatch exec, print the output, exit 0 when all succeeded,
+	// the command's own exit code when it ran on one agent.
 	out, code := runForge(t, nil, "run", "--server", url, "--admin-token", adminToken, "--selector", "role=e2e", "--", "/bin/sh", "-c", "echo hello from $0; echo to stderr >&2")
 	if code != 0 || !strings.Contains(out, "hello from /bin/sh") || !strings.Contains(out, "to stderr") || !strings.Contains(out, "e2e-1") {
 		t.Fatalf("forge run exit %d:\n%s", code, out)
 	}
 	out, code = runForge(t, nil, "run", "--server", url, "--admin-token", adminToken, "--agent", first.Id, "--", "/bin/sh", "-c", "exit 3")
-	if code != 1 || !strings.Contains(out, "FAILED exit 3") {
+	if code != 3 || !strings.Contains(out, "FAILED exit 3") {
 		t.Fatalf("forge run of a failing command: exit %d:\n%s", code, out)
 	}
 	out, code = runForge(t, nil, "run", "--server", url, "--admin-token", adminToken, "--agent", first.Id, "--", "/usr/bin/id")

@@ -30,6 +30,7 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the whole run (servers and agents in this process) to this file")
 	fleetChild := f.String("fleet-child", "", "internal: run --agents agents against this URL for a parent bench (it talks on stdin/stdout)")
 	taskAgents := f.Int("task-agents", 0, "internal: with --fleet-child, how many agents take the storm's tasks")
+	f.hide("fleet-child", "task-agents")
 	logLevel := f.String("log-level", "warn", "progress log level on stderr: debug, info, warn, error")
 	if err := f.parse(args); err != nil {
 		return err

@@ -40,18 +40,31 @@ func NewMain() *Main {
 const usage = `forge sends commands to machines that open no ports.
 
 Usage:
-  forge server  [flags]               run the API server
-  forge agent   --server URL [flags]  run an agent on this machine
-  forge agent   install|uninstall     make it this machine's service (systemd, launchd, Windows)
-  forge run     [flags] -- CMD ARGS   run a command on agents and print what each prints
-  forge agents  [flags]               list agents
-  forge tasks   [flags] [TASK_ID]     list tasks, or show one
-  forge cancel  [flags] TASK_ID...    cancel tasks (or --job JOB_ID)
-  forge revoke  [flags] AGENT_ID      revoke an agent: its token stops working at once
-  forge bench   [flags]               measure latency, throughput and fleet scale
+  forge server  [flags]                     run the API server
+  forge agent   --server URL [flags]        run an agent on this machine
+  forge agent   install|uninstall           make it this machine's service (systemd, launchd, Windows)
+  forge run     [flags] TARGET -- CMD ARGS  run a command on agents, print their output live
+  forge agents  [flags]                     list agents
+  forge jobs    [flags]                     list jobs, their tasks counted by state
+  forge job     [flags] JOB_ID              show a job and each of its tasks
+  forge tasks   [flags]                     list tasks
+  forge task    [flags] TASK_ID             show a task, or follow its output (--follow)
+  forge cancel  [flags] TASK_ID... | --job JOB_ID   cancel tasks or a job
+  forge revoke  [flags] AGENT_ID...         revoke agents: their tokens stop working at once
+  forge version                             print the version (also forge --version)
+  forge bench   [flags]                     measure latency, throughput and fleet scale
 
-Every flag also reads an environment variable: --admin-token reads FORGE_ADMIN_TOKEN.
-Run "forge COMMAND -h" for a command's flags.
+Examples:
+  forge run --all -- uptime
+  forge run --agent 'web-*' --group -- /bin/sh -c 'df -h /'
+  forge tasks --state failed
+  forge task --follow TASK_ID
+
+TARGET is --agent NAME|ID|GLOB, --selector k=v,... or --all. Flags may come before or
+after the other arguments (forge run's command starts at "--" or its first word).
+Flags that say where and how (--server, --admin-token, --ca …) also read a variable:
+--admin-token reads FORGE_ADMIN_TOKEN. Flags that say what to do (targets, --json) read none.
+Run "forge COMMAND -h" for a command's flags and examples.
 `
 
 // errUsage is returned for bad command lines; Run exits 2 on it.
@@ -64,19 +77,27 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 		return 2
 	}
 	cmds := map[string]func(context.Context, []string) error{
-		"server": m.runServer,
-		"agent":  m.runAgent,
-		"run":    m.runRun,
-		"agents": m.runAgents,
-		"tasks":  m.runTasks,
-		"cancel": m.runCancel,
-		"revoke": m.runRevoke,
-		"bench":  m.runBench,
+		"server":  m.runServer,
+		"agent":   m.runAgent,
+		"run":     m.runRun,
+		"agents":  m.runAgents,
+		"jobs":    m.runJobs,
+		"job":     m.runJob,
+		"tasks":   m.runTasks,
+		"task":    m.runTask,
+		"cancel":  m.runCancel,
+		"revoke":  m.runRevoke,
+		"version": m.runVersion,
+		"bench":   m.runBench,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {
-		if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		switch args[0] {
+		case "-h", "--help", "help":
 			fmt.Fprint(m.Stdout, usage)
+			return 0
+		case "--version", "-version", "-v":
+			fmt.Fprintln(m.Stdout, versionLine())
 			return 0
 		}
 		fmt.Fprintf(m.Stderr, "forge: unknown command %q\n\n%s", args[0], usage)

@@ -4,41 +4,44 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"sort"
 	"strings"
-	"text/tabwriter"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/orange-forge/forge/client"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
-	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
-	"github.com/orange-forge/forge/internal/bearer"
 	"github.com/orange-forge/forge/internal/termsafe"
+	"github.com/orange-forge/forge/store"
 )
 
-// clientFlags are the flags every operator command takes.
+// clientFlags are the flags every operator command takes. Where to connect and
+// with what read FORGE_* variables; --json and --raw choose what is printed and
+// read none.
 type clientFlags struct {
 	server *string
 	token  *string
 	ca     *string
+	giveUp *time.Duration
 	json   *bool
 	raw    *bool
 }
 
 func (f *flags) client() clientFlags {
 	return clientFlags{
-		server: f.String("server", "http://127.0.0.1:8080", "server URL"),
-		token:  f.String("admin-token", "", "operator token"),
+		server: f.String("server", "http://127.0.0.1:8080", "server URL; several, comma-separated, to fail over between"),
+		token:  f.String("admin-token", "", "operator token (required)"),
 		ca:     f.String("ca", "", "PEM file of the CA that signed the server's certificate (replaces the system roots)"),
-		json:   f.Bool("json", false, "print JSON instead of a table"),
-		raw:    f.Bool("raw", false, "print text from agents as it is: control, bidi and zero-width characters are escaped otherwise"),
+		giveUp: f.Duration("give-up-after", time.Minute, "how long to keep retrying a server that cannot be reached before giving up; the first failure is reported at once (0: never give up)"),
+		json:   f.FlagSet.Bool("json", false, "print JSON: text as text when it is UTF-8 (base64 in a field named …Base64 otherwise), numbers as numbers"),
+		raw:    f.FlagSet.Bool("raw", false, "print text from agents as it is: control, bidi and zero-width characters are escaped otherwise"),
 	}
 }
 
@@ -46,50 +49,110 @@ func (f *flags) client() clientFlags {
 // (see package termsafe) unless --raw.
 func (c clientFlags) printer() termsafe.Printer { return termsafe.Printer{Raw: *c.raw} }
 
-// httpClient returns a client trusting caFile (or the system roots). No global
-// timeout: long-polls carry their own deadlines.
-func httpClient(caFile string) (*http.Client, error) {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 16
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
+// newClient returns a control client of the servers the flags name. Each
+// retry of a call that cannot reach a server is told through say, at once and
+// then at most every 5 s, so a command never seems to hang.
+func (m *Main) newClient(cmd string, c clientFlags, say func(string)) (*client.Client, error) {
+	if *c.token == "" {
+		return nil, errors.New("--admin-token (or FORGE_ADMIN_TOKEN) is required")
+	}
+	if say == nil {
+		say = func(s string) { fmt.Fprintf(m.Stderr, "forge %s: %s\n", cmd, s) }
+	}
+	giveUp := *c.giveUp
+	if giveUp <= 0 {
+		giveUp = -1
+	}
+	r := &retryNotes{say: say, giveUp: *c.giveUp}
+	opts := []client.Option{client.WithGiveUpAfter(giveUp), client.OnRetry(r.retry),
+		client.WithCallTimeout(15 * time.Second)}
+	if *c.ca != "" {
+		pem, err := os.ReadFile(*c.ca)
 		if err != nil {
 			return nil, err
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ca %s: no PEM certificate in it", caFile)
+			return nil, fmt.Errorf("--ca %s: no PEM certificate in it", *c.ca)
 		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		opts = append(opts, client.WithTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
 	}
-	return &http.Client{Transport: tr}, nil
-}
-
-func (c clientFlags) control() (forgev1connect.ControlServiceClient, error) {
-	if *c.token == "" {
-		return nil, errors.New("--admin-token (or FORGE_ADMIN_TOKEN) is required")
-	}
-	hc, err := httpClient(*c.ca)
+	cl, err := client.New(*c.server, *c.token, opts...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--server: %s", strings.TrimPrefix(err.Error(), "client: "))
 	}
-	return forgev1connect.NewControlServiceClient(hc, strings.TrimRight(*c.server, "/"), connect.WithInterceptors(bearer.Interceptor(*c.token))), nil
+	return cl, nil
 }
 
-// printJSON prints msg as JSON, its strings escaped by p.
-func (m *Main) printJSON(p termsafe.Printer, msg proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(msg)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(m.Stdout, "%s\n", p.JSON(b))
-	return err
+// retryNotes turns the client's retries into notes for the operator: the first
+// at once, then one every 5 s while calls keep failing.
+type retryNotes struct {
+	say    func(string)
+	giveUp time.Duration
+
+	mu   sync.Mutex
+	last time.Time
 }
 
+func (r *retryNotes) retry(x client.Retry) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if time.Since(r.last) < 5*time.Second {
+		return
+	}
+	r.last = time.Now()
+	bound := "until it answers"
+	if r.giveUp > 0 {
+		bound = "giving up after " + r.giveUp.String()
+	}
+	what := "cannot reach " + x.Server
+	if connect.CodeOf(x.Err) != connect.CodeUnavailable {
+		what = x.Server + " did not answer"
+	}
+	next := ""
+	if x.Next != x.Server {
+		next = "; trying " + x.Next
+	}
+	r.say(fmt.Sprintf("%s (%s) for %s%s; retrying, %s", what, termsafe.Line(errText(x.Err)),
+		x.Failing.Round(time.Second), next, bound))
+}
+
+// errText is an error's message without connect's code prefix when the code
+// says nothing more than the message.
+func errText(err error) string {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce.Message()
+	}
+	return err.Error()
+}
+
+// stateName is a task state as the CLI prints it: SUCCEEDED, TIMED_OUT …
 func stateName(s forgev1.TaskState) string { return strings.TrimPrefix(s.String(), "TASK_STATE_") }
+
+// stateNames lists the states a --state flag takes.
+const stateNames = "pending, running, succeeded, failed, canceled, timed_out, expired, lost"
+
+// parseState reads a --state value: a state's name in any case, with or
+// without its TASK_STATE_ prefix.
+func parseState(s string) (forgev1.TaskState, error) {
+	u := strings.ToUpper(strings.ReplaceAll(strings.TrimSpace(s), "-", "_"))
+	if v, ok := forgev1.TaskState_value["TASK_STATE_"+strings.TrimPrefix(u, "TASK_STATE_")]; ok && v != 0 {
+		return forgev1.TaskState(v), nil
+	}
+	return 0, fmt.Errorf("--state %q: want one of %s", s, stateNames)
+}
 
 func statusName(s forgev1.AgentStatus) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "AGENT_STATUS_"))
+}
+
+// timeText is a time as the CLI prints it: local, to the millisecond.
+func timeText(t interface{ AsTime() time.Time }) string {
+	if t == nil {
+		return "-"
+	}
+	return t.AsTime().Local().Format("2006-01-02 15:04:05.000")
 }
 
 func ago(t interface{ AsTime() time.Time }) string {
@@ -97,6 +160,66 @@ func ago(t interface{ AsTime() time.Time }) string {
 		return "-"
 	}
 	return time.Since(t.AsTime()).Round(time.Second).String() + " ago"
+}
+
+// exitText is a task's exit code where it has one: a task that succeeded, or
+// one that reported a non-zero code; "-" for tasks that never reported one
+// (pending, running, expired, canceled before they ran …).
+func exitText(t *forgev1.TaskInfo) string {
+	if t.State == forgev1.TaskState_TASK_STATE_SUCCEEDED || t.ExitCode != 0 {
+		return fmt.Sprint(t.ExitCode)
+	}
+	return "-"
+}
+
+// execArgv is an exec task's command, or nil for other tasks.
+func execArgv(t *forgev1.TaskInfo) []string {
+	if t.Type != "exec" {
+		return nil
+	}
+	var c client.Command
+	if json.Unmarshal(t.Payload, &c) != nil || len(c.Argv) == 0 {
+		return nil
+	}
+	return c.Argv
+}
+
+// commandText is what a task runs, as one line: an exec task's command as a
+// shell would read it, another type's name and payload (when it is short text).
+func commandText(p termsafe.Printer, t *forgev1.TaskInfo) string {
+	if argv := execArgv(t); argv != nil {
+		words := make([]string, len(argv))
+		for i, a := range argv {
+			words[i] = shellQuote(a)
+		}
+		return p.Line(strings.Join(words, " "))
+	}
+	s := p.Line(t.Type)
+	switch {
+	case len(t.Payload) == 0:
+	case utf8.Valid(t.Payload) && len(t.Payload) <= 200:
+		s += " " + p.Line(string(t.Payload))
+	default:
+		s += fmt.Sprintf(" (%d bytes)", len(t.Payload))
+	}
+	return s
+}
+
+// shellQuote quotes a word for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./:=@%+,-") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// cut shortens s to n characters for a table cell.
+func cut(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-1]) + "…"
 }
 
 func labelsText(p termsafe.Printer, l map[string]string) string {
@@ -112,200 +235,29 @@ func labelsText(p termsafe.Printer, l map[string]string) string {
 	return p.Line(strings.Join(parts, ","))
 }
 
-func (m *Main) runAgents(ctx context.Context, args []string) error {
-	f := m.newFlags("agents", "forge agents: list agents.")
-	cf := f.client()
-	selector := f.String("selector", "", "only agents whose labels match, such as env=prod,role in (web,api)")
-	status := f.String("status", "", "only agents in this status: online, offline or revoked")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	ctl, err := cf.control()
-	if err != nil {
-		return err
-	}
-	req := &forgev1.ListAgentsRequest{Selector: *selector, PageSize: 1000}
-	if *status != "" {
-		v, ok := forgev1.AgentStatus_value["AGENT_STATUS_"+strings.ToUpper(*status)]
-		if !ok {
-			return fmt.Errorf("--status: want online, offline or revoked, not %q", *status)
-		}
-		req.Status = forgev1.AgentStatus(v)
-	}
-	all := &forgev1.ListAgentsResponse{}
-	for {
-		res, err := ctl.ListAgents(ctx, connect.NewRequest(req))
-		if err != nil {
-			return err
-		}
-		all.Agents = append(all.Agents, res.Msg.Agents...)
-		if res.Msg.NextPageToken == "" {
-			break
-		}
-		req.PageToken = res.Msg.NextPageToken
-	}
-	p := cf.printer()
-	if *cf.json {
-		return m.printJSON(p, all)
-	}
-	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tSTATUS\tLAST SEEN\tRUNNING\tPENDING\tLABELS")
-	for _, a := range all.Agents {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Line(a.Id), p.Line(a.Name), statusName(a.Status), ago(a.LastSeenAt), len(a.Running), a.Pending, labelsText(p, a.Labels))
-	}
-	return tw.Flush()
-}
+// isAgentID tells whether s is shaped like an agent id rather than a name.
+func isAgentID(s string) bool { return len(s) == store.AgentIDLen && store.ValidID(s, 'a') }
 
-func (m *Main) runTasks(ctx context.Context, args []string) error {
-	f := m.newFlags("tasks", "forge tasks: list tasks (newest first), or show one with its output and history.")
-	cf := f.client()
-	job := f.String("job", "", "only tasks of this job")
-	agentID := f.String("agent", "", "only tasks of this agent")
-	state := f.String("state", "", "only tasks in this state, such as failed or running")
-	limit := f.Int("limit", 50, "most tasks to list")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	ctl, err := cf.control()
-	if err != nil {
-		return err
-	}
-	p := cf.printer()
-	if f.NArg() > 0 {
-		for _, id := range f.Args() {
-			res, err := ctl.GetTask(ctx, connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
-			if err != nil {
-				return err
-			}
-			if *cf.json {
-				if err := m.printJSON(p, res.Msg.Task); err != nil {
-					return err
-				}
-				continue
-			}
-			m.printTask(p, res.Msg.Task)
+// findAgents returns the agents an --agent value names: one agent by id, or
+// every agent whose name matches a name or glob (web-1, web-*). None is an
+// error that says so.
+func findAgents(ctx context.Context, c *client.Client, pattern string) ([]*forgev1.AgentInfo, error) {
+	if isAgentID(pattern) {
+		res, err := c.Control().GetAgent(ctx, connect.NewRequest(&forgev1.GetAgentRequest{AgentId: pattern}))
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			return nil, fmt.Errorf("--agent %s: no such agent", pattern)
 		}
-		return nil
-	}
-	req := &forgev1.ListTasksRequest{JobId: *job, AgentId: *agentID, PageSize: int32(min(*limit, 1000))}
-	if *state != "" {
-		v, ok := forgev1.TaskState_value["TASK_STATE_"+strings.ToUpper(*state)]
-		if !ok {
-			return fmt.Errorf("--state: unknown state %q", *state)
-		}
-		req.State = forgev1.TaskState(v)
-	}
-	res, err := ctl.ListTasks(ctx, connect.NewRequest(req))
-	if err != nil {
-		return err
-	}
-	if *cf.json {
-		return m.printJSON(p, res.Msg)
-	}
-	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tJOB\tAGENT\tTYPE\tSTATE\tATTEMPT\tEXIT\tUPDATED")
-	for _, t := range res.Msg.Tasks {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Line(t.Id), p.Line(t.JobId), p.Line(t.AgentId), p.Line(t.Type), stateName(t.State), t.Attempt, t.ExitCode, ago(t.UpdatedAt))
-	}
-	return tw.Flush()
-}
-
-// printTask prints a task with its history and output, text from the agent
-// escaped by p.
-func (m *Main) printTask(p termsafe.Printer, t *forgev1.TaskInfo) {
-	fmt.Fprintf(m.Stdout, "task     %s\njob      %s\nagent    %s\ntype     %s\nstate    %s\nattempt  %d of %d\nexit     %d\n",
-		p.Line(t.Id), p.Line(t.JobId), p.Line(t.AgentId), p.Line(t.Type), stateName(t.State), t.Attempt, t.MaxAttempts, t.ExitCode)
-	if t.Error != "" {
-		fmt.Fprintf(m.Stdout, "error    %s\n", p.Line(t.Error))
-	}
-	fmt.Fprintln(m.Stdout, "history")
-	for _, h := range t.History {
-		fmt.Fprintf(m.Stdout, "  %s  %-9s  %s\n", h.At.AsTime().Local().Format(time.RFC3339Nano), stateName(h.State), p.Line(h.Reason))
-	}
-	if len(t.Output) > 0 || len(t.Stderr) > 0 {
-		fmt.Fprintf(m.Stdout, "output (%d bytes", t.OutputSize)
-		if t.OutputTruncated {
-			fmt.Fprint(m.Stdout, ", cut to the server's cap")
-		}
-		fmt.Fprintln(m.Stdout, ")")
-	}
-	for _, o := range []struct {
-		name string
-		text []byte
-	}{{"stdout", t.Output}, {"stderr", t.Stderr}} {
-		if len(o.text) == 0 {
-			continue
-		}
-		fmt.Fprintf(m.Stdout, "%s\n%s", o.name, p.Text(o.text))
-		if !strings.HasSuffix(string(o.text), "\n") {
-			fmt.Fprintln(m.Stdout)
-		}
-	}
-}
-
-func (m *Main) runCancel(ctx context.Context, args []string) error {
-	f := m.newFlags("cancel", "forge cancel: cancel tasks by id, or every task of a job with --job.")
-	cf := f.client()
-	job := f.String("job", "", "cancel every task of this job")
-	reason := f.String("reason", "", "why, kept in each task's history")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	if (*job == "") == (f.NArg() == 0) {
-		fmt.Fprintln(m.Stderr, "forge cancel: give task ids or --job JOB_ID")
-		return errUsage
-	}
-	ctl, err := cf.control()
-	if err != nil {
-		return err
-	}
-	if *job != "" {
-		res, err := ctl.CancelJob(ctx, connect.NewRequest(&forgev1.CancelJobRequest{JobId: *job, Reason: *reason}))
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if *cf.json {
-			return m.printJSON(cf.printer(), res.Msg)
-		}
-		c := res.Msg.Job.Counts
-		fmt.Fprintf(m.Stdout, "job %s: %d canceled, %d still running (asked to stop)\n", *job, c.GetCanceled(), c.GetRunning())
-		return nil
+		return []*forgev1.AgentInfo{res.Msg.Agent}, nil
 	}
-	for _, id := range f.Args() {
-		res, err := ctl.CancelTask(ctx, connect.NewRequest(&forgev1.CancelTaskRequest{TaskId: id, Reason: *reason}))
-		if err != nil {
-			return fmt.Errorf("%s: %w", id, err)
-		}
-		if *cf.json {
-			m.printJSON(cf.printer(), res.Msg)
-			continue
-		}
-		fmt.Fprintf(m.Stdout, "%s %s\n", termsafe.Line(id), stateName(res.Msg.Task.State))
-	}
-	return nil
-}
-
-func (m *Main) runRevoke(ctx context.Context, args []string) error {
-	f := m.newFlags("revoke", "forge revoke: revoke agents; their tokens stop working and their tasks are canceled.")
-	cf := f.client()
-	reason := f.String("reason", "", "why, kept in the history of the tasks it cancels")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	if f.NArg() == 0 {
-		fmt.Fprintln(m.Stderr, "forge revoke: give agent ids")
-		return errUsage
-	}
-	ctl, err := cf.control()
+	list, err := c.Agents(ctx, &forgev1.ListAgentsRequest{Name: pattern})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, id := range f.Args() {
-		res, err := ctl.RevokeAgent(ctx, connect.NewRequest(&forgev1.RevokeAgentRequest{AgentId: id, Reason: *reason}))
-		if err != nil {
-			return fmt.Errorf("%s: %w", id, err)
-		}
-		fmt.Fprintf(m.Stdout, "%s %s\n", termsafe.Line(id), statusName(res.Msg.Agent.Status))
+	if len(list) == 0 {
+		return nil, fmt.Errorf("--agent %s: no agent has a name that matches (forge agents lists them)", termsafe.Line(pattern))
 	}
-	return nil
+	return list, nil
 }

@@ -4,35 +4,95 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/orange-forge/forge/internal/termsafe"
 )
 
-// flags is a flag.FlagSet whose flags fall back to FORGE_* environment variables.
-// The Var forms write into a config value's fields, so a command's parse step
-// fills its config directly; the others return pointers.
+// flags is a flag.FlagSet whose flags that say where and how (addresses,
+// tokens, files, limits) fall back to FORGE_* environment variables; flags that
+// say what a command does (targets, --all, --json) are defined on the FlagSet
+// itself and read nothing from the environment, so a stray export cannot
+// retarget a run. Booleans never read the environment, except those defined
+// with BoolEnvVar. The Var forms write into a config value's fields, so a
+// command's parse step fills its config directly; the others return pointers.
 type flags struct {
 	*flag.FlagSet
-	m    *Main
-	envs map[string]string // flag name -> variable
+	m        *Main
+	name     string
+	summary  string
+	usage    string            // the command's synopsis lines
+	examples string            // example command lines, one a line
+	envs     map[string]string // flag name -> variable
+	hidden   map[string]bool   // internal flags, left out of the help
+	// interspersed lets flags come after positional arguments (true for every
+	// command but run, whose first positional argument starts the command).
+	interspersed bool
+	args         []string // positional arguments, once parsed
 }
 
+// newFlags returns the flags of `forge name`. summary is the first paragraph of
+// its help; usage its synopsis (without "Usage:").
 func (m *Main) newFlags(name, summary string) *flags {
 	fs := flag.NewFlagSet("forge "+name, flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)
-	f := &flags{FlagSet: fs, m: m, envs: map[string]string{}}
-	fs.Usage = func() {
-		fmt.Fprintf(m.Stderr, "%s\n\nFlags (each also read from the variable shown):\n", summary)
-		fs.VisitAll(func(fl *flag.Flag) {
-			def := ""
-			if fl.DefValue != "" && fl.DefValue != "false" && fl.DefValue != "[]" {
-				def = " (default " + fl.DefValue + ")"
-			}
-			fmt.Fprintf(m.Stderr, "  --%s  [%s]\n      %s%s\n", fl.Name, f.envs[fl.Name], fl.Usage, def)
-		})
-	}
+	f := &flags{FlagSet: fs, m: m, name: name, summary: summary, envs: map[string]string{}, hidden: map[string]bool{}, interspersed: true}
+	fs.Usage = func() {} // parse prints the help itself, to stdout on -h
 	return f
+}
+
+// hide leaves internal flags out of the help.
+func (f *flags) hide(names ...string) {
+	for _, n := range names {
+		f.hidden[n] = true
+	}
+}
+
+// printHelp writes the command's help: summary, usage, examples, then each flag
+// with its variable, what it does and its default (once, and only when it is
+// not a zero value: what zero means is said by the flag's own text).
+func (f *flags) printHelp(w io.Writer) {
+	fmt.Fprintf(w, "%s\n", strings.TrimRight(f.summary, "\n"))
+	if f.usage != "" {
+		fmt.Fprintf(w, "\nUsage:\n")
+		for _, l := range strings.Split(strings.TrimRight(f.usage, "\n"), "\n") {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
+	}
+	if f.examples != "" {
+		fmt.Fprintf(w, "\nExamples:\n")
+		for _, l := range strings.Split(strings.TrimRight(f.examples, "\n"), "\n") {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
+	}
+	fmt.Fprintf(w, "\nFlags:\n")
+	f.VisitAll(func(fl *flag.Flag) {
+		if f.hidden[fl.Name] {
+			return
+		}
+		text := fl.Usage
+		head := "  --" + fl.Name
+		if v := f.envs[fl.Name]; v != "" {
+			head += "  [" + v + "]"
+		}
+		if !zeroDefault(fl) && !strings.Contains(text, "(default") {
+			text += " (default " + fl.DefValue + ")"
+		}
+		fmt.Fprintf(w, "%s\n      %s\n", head, text)
+	})
+}
+
+// zeroDefault tells whether a flag's default is its type's zero value, which the
+// help does not print.
+func zeroDefault(fl *flag.Flag) bool {
+	switch fl.DefValue {
+	case "", "0", "0s", "false", "[]":
+		return true
+	}
+	return false
 }
 
 func envName(flagName string) string {
@@ -52,7 +112,14 @@ func (f *flags) StringVar(p *string, name, def, usage string) {
 	f.FlagSet.StringVar(p, name, def, usage)
 }
 
+// BoolVar defines a boolean flag; it reads no variable (see flags).
 func (f *flags) BoolVar(p *bool, name string, def bool, usage string) {
+	f.FlagSet.BoolVar(p, name, def, usage)
+}
+
+// BoolEnvVar defines a boolean flag that says how a long-running command works
+// (forge server --insecure), which its variable may set too.
+func (f *flags) BoolEnvVar(p *bool, name string, def bool, usage string) {
 	if v := f.env(name); v != "" {
 		def = v == "1" || strings.EqualFold(v, "true") || strings.EqualFold(v, "yes")
 	}
@@ -148,23 +215,63 @@ func (l *listFlag) Set(s string) error {
 	return nil
 }
 
+// parse parses the command line. Flags may come before or after positional
+// arguments (unless f.interspersed is off); everything after "--" is
+// positional. -h and --help print the help to stdout; a bad flag prints what
+// was wrong and how to get the help, to stderr.
 func (f *flags) parse(args []string) error {
-	if err := f.Parse(args); err != nil {
+	f.args = nil
+	for {
+		err := f.Parse(args)
 		if errors.Is(err, flag.ErrHelp) {
+			f.printHelp(f.m.Stdout)
 			return err
 		}
+		if err != nil {
+			fmt.Fprintf(f.m.Stderr, "Run \"forge %s -h\" for help.\n", f.name)
+			return errUsage
+		}
+		rest := f.FlagSet.Args()
+		if len(rest) == 0 {
+			return nil
+		}
+		// Parse stops at the first positional argument, or after "--".
+		if !f.interspersed || args[len(args)-len(rest)-1] == "--" {
+			f.args = append(f.args, rest...)
+			return nil
+		}
+		f.args = append(f.args, rest[0])
+		args = rest[1:]
+	}
+}
+
+// Args returns the positional arguments.
+func (f *flags) Args() []string { return f.args }
+
+// NArg returns how many positional arguments there are.
+func (f *flags) NArg() int { return len(f.args) }
+
+// Arg returns the i'th positional argument, or "".
+func (f *flags) Arg(i int) string {
+	if i < 0 || i >= len(f.args) {
+		return ""
+	}
+	return f.args[i]
+}
+
+// noArgs refuses positional arguments for commands that take none.
+func (f *flags) noArgs() error {
+	if f.NArg() > 0 {
+		fmt.Fprintf(f.m.Stderr, "forge %s: unexpected argument %q\nRun \"forge %s -h\" for help.\n", f.name, termsafe.Line(f.Arg(0)), f.name)
 		return errUsage
 	}
 	return nil
 }
 
-// noArgs refuses positional arguments for commands that take none.
-func (f *flags) noArgs(cmd string) error {
-	if f.NArg() > 0 {
-		fmt.Fprintf(f.m.Stderr, "forge %s: unexpected argument %q\n", cmd, f.Arg(0))
-		return errUsage
-	}
-	return nil
+// usageError prints msg and how to get the help, and returns errUsage.
+func (f *flags) usageError(format string, args ...any) error {
+	fmt.Fprintf(f.m.Stderr, "forge %s: %s\nRun \"forge %s -h\" for help.\n", f.name, fmt.Sprintf(format, args...), f.name)
+	return errUsage
 }
 
 // logConfig is what --log-format and --log-level ask for.

@@ -2,284 +2,274 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"os"
+	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/orange-forge/forge/client"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
-	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
 	"github.com/orange-forge/forge/internal/termsafe"
 )
 
-// execPayload is the payload of the built-in exec task type.
-type execPayload struct {
-	Argv []string          `json:"argv"`
-	Dir  string            `json:"dir,omitempty"`
-	Env  map[string]string `json:"env,omitempty"`
-}
+// Exit codes of forge run (and forge task --follow). When the job has one task
+// and its command ran and exited with a code from 1 to 255, that code is the
+// exit code instead, as with ssh.
+const (
+	exitOK          = 0   // every task SUCCEEDED
+	exitFailed      = 1   // a task FAILED, TIMED_OUT or was LOST
+	exitUsage       = 2   // a bad command line
+	exitNotRun      = 3   // none failed, but some were CANCELED or EXPIRED (never picked up)
+	exitNoAgent     = 4   // the target matched no agent
+	exitError       = 5   // forge could not finish: a refused request, a server unreachable past --give-up-after, a job gone
+	exitInterrupted = 130 // Ctrl-C: the job was canceled
+)
+
+const runHelp = `forge run: run a command on agents, print what each prints as it prints it, and
+wait for every one to end.
+
+The job id comes first, on stderr (so are the progress and the summary: stdout
+carries only the commands' stdout). Each line is prefixed by its agent's name
+when the job has more than one task; --group prints each agent's output as one
+block when it ends instead. On a terminal a live line counts tasks by state;
+piped, a plain line says the same every 10 s. A server that cannot be reached
+is reported at once and retried for --give-up-after. Ctrl-C cancels the job.
+
+The command starts at "--" or at the first argument that is not a flag; what
+follows it is the command's own. argv[0] must be allowed on the agent
+(forge agent --allow-exec), exactly as written.
+
+Exit code: with one task, the command's own exit code when it ran; otherwise
+  0  every task SUCCEEDED
+  1  some task FAILED, TIMED_OUT or was LOST
+  2  bad command line
+  3  none failed, but some were CANCELED or EXPIRED (never picked up)
+  4  the target matched no agent
+  5  forge could not finish (refused, server unreachable, job gone)
+  130 interrupted (the job was canceled)`
 
 func (m *Main) runRun(ctx context.Context, args []string) error {
-	f := m.newFlags("run", "forge run: run a command on agents and print each one's output as it arrives.\n\nUsage: forge run [flags] (--agent ID | --selector S | --all) -- CMD ARGS...")
+	f := m.newFlags("run", runHelp)
+	f.usage = "forge run [flags] (--agent NAME|ID|GLOB | --selector S | --all) -- CMD ARGS..."
+	f.examples = `forge run --all -- uptime
+forge run --agent 'web-*' -- /bin/sh -c 'systemctl restart nginx && echo ok'
+forge run --selector env=prod --max-concurrency 2 --max-failures 1 -- /usr/local/bin/deploy v42
+forge run --agent web-1 --detach -- /usr/bin/apt-get -y upgrade   # prints the job id
+forge run --selector role=db --json -- /usr/bin/df -h | jq -r '.tasks[] | .agentName + " " + .output'`
+	f.interspersed = false
 	cf := f.client()
-	agentID := f.String("agent", "", "run on this agent")
-	selector := f.String("selector", "", "run on the online agents whose labels match, such as env=prod,role=web")
-	all := f.Bool("all", false, "run on every online agent")
-	offline := f.Bool("include-offline", false, "with --selector or --all: also queue for agents offline now")
-	timeout := f.Duration("timeout", 0, "execution timeout per agent (default: the server's)")
-	ttl := f.Duration("delivery-ttl", time.Minute, "how long an agent may take to pick the command up before its task ends EXPIRED")
-	maxConc := f.Int("max-concurrency", 0, "run on at most this many agents at once")
-	maxFail := f.Int("max-failures", 0, "start no more once this many failed")
-	dir := f.String("dir", "", "working directory on the agent")
-	envs := f.List("env", "K=V set in the command's environment (repeatable)")
+	agentArg := f.FlagSet.String("agent", "", "run on agents by name, by glob over names (web-*, web-[1-3]) or by id")
+	selector := f.FlagSet.String("selector", "", "run on the agents whose labels match, such as env=prod,role in (web,api)")
+	all := f.FlagSet.Bool("all", false, "run on every online agent")
+	offline := f.FlagSet.Bool("include-offline", false, "with a name, glob, selector or --all: also queue for agents offline now (an agent id always queues)")
+	detach := f.FlagSet.Bool("detach", false, "print the job id to stdout and return at once; forge job ID shows it later")
+	group := f.FlagSet.Bool("group", false, "print each agent's output as one block when it ends, rather than line by line as printed")
+	timeout := f.FlagSet.Duration("timeout", 0, "execution timeout on each agent (0: the server's default, 10m unless it was changed)")
+	ttl := f.FlagSet.Duration("delivery-ttl", time.Minute, "how long an agent may take to pick the command up before its task ends EXPIRED")
+	maxConc := f.FlagSet.Int("max-concurrency", 0, "run on at most this many agents at once (0: no limit)")
+	maxFail := f.FlagSet.Int("max-failures", 0, "start no more once this many tasks FAILED, TIMED_OUT, were LOST or EXPIRED (0: no limit)")
+	dir := f.FlagSet.String("dir", "", "working directory on the agent (default: the agent's)")
+	var envs []string
+	f.FlagSet.Var(&listFlag{vals: &envs}, "env", "K=V to set in the command's environment, repeatable (the agent must allow K with --allow-env)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	argv := f.Args()
-	n := 0
-	for _, set := range []bool{*agentID != "", *selector != "", *all} {
-		if set {
-			n++
-		}
+	var target client.Target
+	var targets []string
+	if *agentArg != "" {
+		targets, target = append(targets, "--agent"), client.Agent(*agentArg)
 	}
-	if n != 1 || len(argv) == 0 {
-		fmt.Fprintln(m.Stderr, "forge run: give exactly one of --agent, --selector or --all, then -- and the command")
-		return errUsage
+	if *selector != "" {
+		targets, target = append(targets, "--selector"), client.Selector(*selector)
 	}
-	ctl, err := cf.control()
-	if err != nil {
-		return err
+	if *all {
+		targets, target = append(targets, "--all"), client.All()
 	}
-	p := execPayload{Argv: argv, Dir: *dir}
-	for _, kv := range *envs {
+	switch {
+	case len(targets) == 0:
+		return f.usageError("say where to run it: --agent NAME|ID|GLOB, --selector S or --all")
+	case len(targets) > 1:
+		return f.usageError("give one of --agent, --selector and --all, not %s", strings.Join(targets, " and "))
+	case len(argv) == 0:
+		return f.usageError("give the command to run after --, such as: forge run %s -- uptime", targets[0])
+	}
+	cmd := client.Command{Argv: argv, Dir: *dir}
+	for _, kv := range envs {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return fmt.Errorf("--env %q: want K=V", kv)
+			return f.usageError("--env %q: want K=V", kv)
 		}
-		if p.Env == nil {
-			p.Env = map[string]string{}
+		if cmd.Env == nil {
+			cmd.Env = map[string]string{}
 		}
-		p.Env[k] = v
+		cmd.Env[k] = v
 	}
-	payload, _ := json.Marshal(p)
-	req := &forgev1.DispatchRequest{Type: "exec", Payload: payload, MaxConcurrency: int32(*maxConc),
-		MaxFailures: int32(*maxFail), IncludeOffline: *offline}
+	req := cmd.On(target)
+	req.MaxConcurrency, req.MaxFailures, req.IncludeOffline = int32(*maxConc), int32(*maxFail), *offline
 	if *timeout > 0 {
 		req.Timeout = durationpb.New(*timeout)
 	}
 	if *ttl > 0 {
 		req.DeliveryTtl = durationpb.New(*ttl)
 	}
-	switch {
-	case *agentID != "":
-		req.Target = &forgev1.DispatchRequest_AgentId{AgentId: *agentID}
-	case *selector != "":
-		req.Target = &forgev1.DispatchRequest_Selector{Selector: *selector}
-	default:
-		req.Target = &forgev1.DispatchRequest_All{All: true}
-	}
-	res, err := ctl.Dispatch(ctx, connect.NewRequest(req))
+
+	start := time.Now()
+	width, live := terminalWidth(m.Stderr)
+	scr := &screen{out: m.Stdout, err: m.Stderr, live: live, width: width}
+	c, err := m.newClient("run", cf, func(s string) { scr.note("forge run: " + s) })
 	if err != nil {
 		return err
 	}
-	ids := res.Msg.TaskIds
-	if len(ids) == 0 {
-		fmt.Fprintln(m.Stderr, "forge run: no agent matched")
-		return exitCode(1)
+	d, err := c.Dispatch(ctx, req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return exitCode(exitInterrupted)
+		}
+		scr.note(fmt.Sprintf("forge run: %s", m.quote(err)))
+		return exitCode(exitError)
 	}
-	names := m.agentNames(ctx, ctl)
-	r := &runPrinter{m: m, total: len(ids), names: names, live: isTerminal(m.Stderr), json: *cf.json, p: cf.printer()}
-	stopNag := m.nagWaiting(ctx, ctl, res.Msg.JobId)
-	finished := waitTasks(ctx, ctl, ids, r.print)
-	stopNag()
-	r.clearLive()
+	n := len(d.TaskIds)
+	if *detach {
+		fmt.Fprintln(m.Stdout, d.JobId)
+	}
+	scr.note(fmt.Sprintf("job %s: %d %s", d.JobId, n, plural(n, "task", "tasks")))
+	if n == 0 {
+		what := "--agent " + *agentArg
+		switch {
+		case *selector != "":
+			what = "--selector " + *selector
+		case *all:
+			what = "--all"
+		}
+		hint := ""
+		if !*offline && !isAgentID(*agentArg) {
+			hint = " online (forge agents lists them; --include-offline queues for offline ones)"
+		}
+		scr.note(fmt.Sprintf("forge run: no agent%s matched %s", hint, m.quoteText(what)))
+		return exitCode(exitNoAgent)
+	}
+	if *detach {
+		return nil
+	}
+
+	v := newRunView(m, scr, cf.printer(), d, start, *group, *cf.json)
+	agentIDs := make([]string, n)
+	for i, id := range d.TaskIds {
+		agentIDs[i] = client.TaskAgent(id)
+	}
+	names, _ := c.AgentNames(ctx, agentIDs...) // best effort: ids stand in
+	v.setNames(names)
+
+	fctx, stopFollow := context.WithCancel(ctx)
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		if !*cf.json { // --json prints the output with the results
+			v.followAll(fctx, c)
+		}
+	}()
+	scr.start(v.status)
+	res, werr := c.Wait(ctx, d.JobId, client.OnProgress(v.progress))
+	if werr == nil {
+		// The output of tasks that just ended may still be on its way.
+		select {
+		case <-followed:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	stopFollow()
+	<-followed
+	scr.stop()
+	v.flush()
+
 	if ctx.Err() != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if _, err := ctl.CancelJob(cctx, connect.NewRequest(&forgev1.CancelJobRequest{JobId: res.Msg.JobId, Reason: "forge run interrupted"})); err != nil {
-			fmt.Fprintf(m.Stderr, "forge run: interrupted; cancelling job %s failed: %v\n", res.Msg.JobId, err)
+		if _, err := c.CancelJob(cctx, d.JobId, "forge run interrupted"); err != nil {
+			scr.note(fmt.Sprintf("forge run: interrupted; cancelling job %s failed: %s", d.JobId, m.quote(err)))
 		} else {
-			fmt.Fprintf(m.Stderr, "forge run: interrupted; job %s canceled\n", res.Msg.JobId)
+			scr.note(fmt.Sprintf("forge run: interrupted; job %s canceled", d.JobId))
 		}
-		return exitCode(130)
+		return exitCode(exitInterrupted)
 	}
-	fmt.Fprintf(m.Stderr, "%d succeeded, %d failed of %d (job %s)\n", r.ok, finished-r.ok, len(ids), res.Msg.JobId)
-	if r.ok != len(ids) {
-		return exitCode(1)
+	if werr != nil {
+		switch {
+		case connect.CodeOf(werr) == connect.CodeNotFound:
+			scr.note(fmt.Sprintf("forge run: job %s is gone from the server (%s)", d.JobId, m.quote(werr)))
+		default:
+			scr.note(fmt.Sprintf("forge run: %s\nforge run: job %s goes on without this command: forge job %s shows it, forge cancel --job %s stops it",
+				m.quote(werr), d.JobId, d.JobId, d.JobId))
+		}
+		return exitCode(exitError)
 	}
-	return nil
+	if *cf.json {
+		tasks := make([]any, len(res.Tasks))
+		for i, t := range res.Tasks {
+			tasks[i] = jsonTask(t, res.Names[t.AgentId])
+		}
+		if err := m.writeJSON(cf.printer(), map[string]any{"job": jsonObject(res.Job), "tasks": tasks}); err != nil {
+			return err
+		}
+	}
+	v.summary(res, time.Since(start))
+	return exitCode(runExit(res.Tasks))
 }
 
-// nagWaiting tells the operator every 15 s what the run is still waiting for, so
-// a silent wait never looks like a hang. It returns a func that stops it.
-func (m *Main) nagWaiting(ctx context.Context, ctl forgev1connect.ControlServiceClient, jobID string) func() {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(15 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
+// runExit is forge run's exit code for tasks that ended (see the exit codes).
+func runExit(tasks []*forgev1.TaskInfo) int {
+	if len(tasks) == 1 {
+		t := tasks[0]
+		if t.State == forgev1.TaskState_TASK_STATE_FAILED && t.ExitCode > 0 && t.ExitCode < 256 {
+			return int(t.ExitCode)
+		}
+	}
+	code := exitOK
+	for _, t := range tasks {
+		switch t.State {
+		case forgev1.TaskState_TASK_STATE_SUCCEEDED:
+		case forgev1.TaskState_TASK_STATE_FAILED, forgev1.TaskState_TASK_STATE_TIMED_OUT, forgev1.TaskState_TASK_STATE_LOST:
+			return exitFailed
+		default: // canceled, expired; pending or running only if the wait was cut short
+			code = exitNotRun
+		}
+	}
+	return code
+}
+
+// summaryText counts the tasks by state, naming the agents of each state but
+// SUCCEEDED when there are few: "1 SUCCEEDED, 1 FAILED (web-2), 1 EXPIRED (web-3)".
+func summaryText(counts *forgev1.JobCounts, byState map[forgev1.TaskState][]string) string {
+	var parts []string
+	for _, s := range stateCounts(counts) {
+		if s.N == 0 {
+			continue
+		}
+		part := fmt.Sprintf("%d %s", s.N, stateName(s.State))
+		if names := byState[s.State]; s.State != forgev1.TaskState_TASK_STATE_SUCCEEDED && len(names) > 0 {
+			sort.Strings(names)
+			if len(names) > 5 {
+				names = append(names[:5:5], "…")
 			}
-			res, err := ctl.GetJob(ctx, connect.NewRequest(&forgev1.GetJobRequest{JobId: jobID, PageSize: 1}))
-			if err != nil || res.Msg.Job.Done || ctx.Err() != nil {
-				continue
-			}
-			c := res.Msg.Job.Counts
-			fmt.Fprintf(m.Stderr, "forge run: still waiting for %d of %d (%d not picked up yet, %d running; job %s)\n",
-				c.Pending+c.Running, c.Total, c.Pending, c.Running, jobID)
+			part += " (" + strings.Join(names, ", ") + ")"
 		}
-	}()
-	return func() { cancel(); <-done }
+		parts = append(parts, part)
+	}
+	return strings.Join(parts, ", ")
 }
 
-// agentNames maps agent ids to names, best effort.
-func (m *Main) agentNames(ctx context.Context, ctl forgev1connect.ControlServiceClient) map[string]string {
-	names := map[string]string{}
-	req := &forgev1.ListAgentsRequest{PageSize: 1000}
-	for {
-		res, err := ctl.ListAgents(ctx, connect.NewRequest(req))
-		if err != nil {
-			return names
-		}
-		for _, a := range res.Msg.Agents {
-			names[a.Id] = a.Name
-		}
-		if res.Msg.NextPageToken == "" {
-			return names
-		}
-		req.PageToken = res.Msg.NextPageToken
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
 	}
+	return many
 }
 
-// waitTasks long-polls the tasks, at most 64 at a time, and hands each to done once
-// it is terminal. It returns how many finished.
-func waitTasks(ctx context.Context, ctl forgev1connect.ControlServiceClient, ids []string, done func(*forgev1.TaskInfo)) int {
-	queue := make(chan string, len(ids))
-	for _, id := range ids {
-		queue <- id
-	}
-	var mu sync.Mutex
-	left, finished := len(ids), 0
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	for range min(64, len(ids)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				var id string
-				select {
-				case id = <-queue:
-				case <-stop:
-					return
-				case <-ctx.Done():
-					return
-				}
-				res, err := ctl.WaitTask(ctx, connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: id, Wait: durationpb.New(25 * time.Second)}))
-				if err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					time.Sleep(500 * time.Millisecond) // the server may be restarting; try again
-					queue <- id
-					continue
-				}
-				t := res.Msg.Task
-				if t.State == forgev1.TaskState_TASK_STATE_PENDING || t.State == forgev1.TaskState_TASK_STATE_RUNNING {
-					queue <- id
-					continue
-				}
-				mu.Lock()
-				done(t)
-				finished++
-				left--
-				if left == 0 {
-					close(stop)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return finished
-}
+// quote is an error as forge prints it: escaped, as it may quote what an
+// agent or a caller sent.
+func (m *Main) quote(err error) string { return termsafe.Line(err.Error()) }
 
-type runPrinter struct {
-	m         *Main
-	total, ok int
-	n         int
-	names     map[string]string
-	live      bool
-	liveShown bool
-	json      bool
-	p         termsafe.Printer // escapes what the agents sent
-}
-
-func (r *runPrinter) print(t *forgev1.TaskInfo) {
-	r.clearLive()
-	r.n++
-	if t.State == forgev1.TaskState_TASK_STATE_SUCCEEDED {
-		r.ok++
-	}
-	if r.json { // one TaskInfo per line, as each finishes
-		b, _ := protojson.Marshal(t)
-		fmt.Fprintf(r.m.Stdout, "%s\n", r.p.JSON(b))
-		return
-	}
-	name := r.names[t.AgentId]
-	if name == "" {
-		name = t.AgentId
-	}
-	head := fmt.Sprintf("--- %s (%s) %s", r.p.Line(name), r.p.Line(t.AgentId), stateName(t.State))
-	if t.ExitCode != 0 || t.State == forgev1.TaskState_TASK_STATE_SUCCEEDED {
-		head += fmt.Sprintf(" exit %d", t.ExitCode)
-	}
-	if t.Error != "" && t.State != forgev1.TaskState_TASK_STATE_SUCCEEDED {
-		head += ": " + r.p.Line(t.Error)
-	}
-	fmt.Fprintln(r.m.Stdout, head)
-	// The command's stdout to stdout and its stderr to stderr, each as kept.
-	for _, o := range []struct {
-		w    io.Writer
-		text []byte
-	}{{r.m.Stdout, t.Output}, {r.m.Stderr, t.Stderr}} {
-		if len(o.text) > 0 {
-			o.w.Write(r.p.Text(o.text))
-			if o.text[len(o.text)-1] != '\n' {
-				fmt.Fprintln(o.w)
-			}
-		}
-	}
-	if r.live && r.n < r.total {
-		fmt.Fprintf(r.m.Stderr, "[%d/%d done]", r.n, r.total)
-		r.liveShown = true
-	}
-}
-
-func (r *runPrinter) clearLive() {
-	if r.liveShown {
-		fmt.Fprint(r.m.Stderr, "\r\033[K")
-		r.liveShown = false
-	}
-}
-
-func isTerminal(w any) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
+func (m *Main) quoteText(s string) string { return termsafe.Line(s) }

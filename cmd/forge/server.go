@@ -85,7 +85,7 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	f.StringVar(&adminFile, "admin-token-file", "", "file with operator tokens, one per line")
 	f.StringVar(&c.TLSCert, "tls-cert", "", "TLS certificate file (PEM)")
 	f.StringVar(&c.TLSKey, "tls-key", "", "TLS key file (PEM)")
-	f.BoolVar(&c.Insecure, "insecure", false, "allow plain HTTP on a non-loopback address (behind a TLS-terminating proxy)")
+	f.BoolEnvVar(&c.Insecure, "insecure", false, "allow plain HTTP on a non-loopback address (behind a TLS-terminating proxy)")
 	f.DurationVar(&c.Lease, "lease", 30*time.Second, "how long a leased task stays with a silent agent")
 	f.DurationVar(&c.PollHold, "poll-hold", 25*time.Second, "default and longest hold of an agent's Poll")
 	f.DurationVar(&c.MaxWait, "max-wait", 5*time.Minute, "longest hold of WaitTask, WaitJob and Dispatch with wait")
@@ -108,7 +108,7 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	if err := f.parse(args); err != nil {
 		return c, err
 	}
-	if err := f.noArgs("server"); err != nil {
+	if err := f.noArgs(); err != nil {
 		return c, err
 	}
 	var err error
