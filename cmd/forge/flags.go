@@ -236,7 +236,7 @@ func (f *flags) parse(args []string) error {
 			return nil
 		}
 		// Parse stops at the first positional argument, or after "--".
-		if !f.interspersed || args[len(args)-len(rest)-1] == "--" {
+		if used := len(args) - len(rest); !f.interspersed || (used > 0 && args[used-1] == "--") {
 			f.args = append(f.args, rest...)
 			return nil
 		}

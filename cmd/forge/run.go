@@ -145,11 +145,11 @@ forge run --selector role=db --json -- /usr/bin/df -h | jq -r '.tasks[] | .agent
 		case *all:
 			what = "--all"
 		}
-		hint := ""
+		which, hint := "agent", ""
 		if !*offline && !isAgentID(*agentArg) {
-			hint = " online (forge agents lists them; --include-offline queues for offline ones)"
+			which, hint = "online agent", " (forge agents lists them; --include-offline queues for offline ones)"
 		}
-		scr.note(fmt.Sprintf("forge run: no agent%s matched %s", hint, m.quoteText(what)))
+		scr.note(fmt.Sprintf("forge run: no %s matched %s%s", which, m.quoteText(what), hint))
 		return exitCode(exitNoAgent)
 	}
 	if *detach {
