@@ -4,6 +4,7 @@ package main_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,6 +16,7 @@ import (
 
 	forge "github.com/orange-forge/forge/cmd/forge"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/internal/buildinfo"
 )
 
 // The operator's commands as issue 11 found them wanting: each test names the
@@ -214,5 +216,210 @@ func TestRunStatesNotLumped(t *testing.T) {
 	out, errs, code = runSplit(t, e, "run", "--selector", "cli=nothing", "--", "/bin/true")
 	if code != 4 || !strings.Contains(errs, "no online agent matched --selector cli=nothing") {
 		t.Fatalf("a target matching nothing: exit %d:\n%s%s", code, out, errs)
+	}
+}
+
+// TestRunServerUnreachable: forge run says at once that the server cannot be
+// reached and gives up after --give-up-after; when the server goes away
+// mid-run it says so, and when the server that comes back no longer knows the
+// job (in memory), it says the job is gone. Never a silent hang.
+func TestRunServerUnreachable(t *testing.T) {
+	t.Parallel()
+	e := env{"FORGE_ADMIN_TOKEN": adminToken, "FORGE_SERVER": "http://127.0.0.1:1"}
+	_, errs, code := runSplit(t, e, "run", "--all", "--give-up-after", "1s", "--", "/bin/true")
+	if code != 5 || !strings.Contains(errs, "cannot reach http://127.0.0.1:1") || !strings.Contains(errs, "gave up after") {
+		t.Fatalf("unreachable server: exit %d:\n%s", code, errs)
+	}
+
+	srv := startForge(t, tokensEnv, "server", "--listen", "127.0.0.1:0")
+	url := srv.waitURL(t)
+	ag := startAgent(t, url, "--name", "u-1", "--label", "cli=unreach", "--allow-exec", "/bin/sh")
+	waitAgents(t, control(url), "cli=unreach", 1)
+	gate := filepath.Join(t.TempDir(), "never")
+	e["FORGE_SERVER"] = url
+	r := goForge(t, e, append([]string{"run", "--selector", "cli=unreach", "--give-up-after", "2m", "--"}, gated(gate, "none")...)...)
+	waitOutput(t, text{&r.stdout}, "first\n")
+	job := jobLine.FindStringSubmatch(r.stderr.String())[1]
+	srv.stop(t)
+	waitOutput(t, text{&r.stderr}, "forge run: cannot reach "+url)
+	// The same address, a new in-memory server: it never heard of the job.
+	startForge(t, tokensEnv, "server", "--listen", strings.TrimPrefix(url, "http://")).waitURL(t)
+	if code := r.wait(t); code != 5 {
+		t.Fatalf("exit %d, want 5", code)
+	}
+	if errs := r.stderr.String(); !strings.Contains(errs, "job "+job+" is gone from the server") {
+		t.Fatalf("no word of the job being gone:\n%s", errs)
+	}
+	// The agent's command ends while the new server is there to hear of it.
+	os.WriteFile(gate, nil, 0o600)
+	ag.stop(t)
+}
+
+// TestCLIConventions: flags after positional arguments; wrong usage told
+// precisely; boolean flags and targets never read from the environment;
+// several servers; agents by name and glob in listings; --json with text and
+// numbers; help with examples, defaults once, valid values, hidden internals;
+// the version.
+func TestCLIConventions(t *testing.T) {
+	t.Parallel()
+	e := fleet(t, nil, "conv", "web-1", "web-2", "db-1")
+	out, errs, code := runSplit(t, e, "run", "--agent", "web-*", "--", "/bin/sh", "-c", `printf 'h\351llo'; echo to-stderr >&2; exit 3`)
+	if code != 1 || !strings.Contains(errs, "2 tasks: 2 FAILED (web-1, web-2)") || strings.Contains(out+errs, "db-1") {
+		t.Fatalf("run --agent 'web-*': exit %d:\n%s%s", code, out, errs)
+	}
+	job := jobLine.FindStringSubmatch(errs)[1]
+	out, errs, code = runSplit(t, e, "run", "--agent", "db-1", "--", "/bin/sh", "-c", "echo hello")
+	if code != 0 || out != "hello\n" {
+		t.Fatalf("run --agent db-1: exit %d:\n%s%s", code, out, errs)
+	}
+
+	// Listings by name and glob; an unknown name is an error, not an empty table.
+	out, _, code = runSplit(t, e, "tasks", "--agent", "web-*")
+	if code != 0 || strings.Count(out, "\n") != 3 || strings.Contains(out, "db-1") {
+		t.Fatalf("tasks --agent 'web-*': exit %d:\n%s", code, out)
+	}
+	// Command shown, names not ids, an exit code only where there is one,
+	// times to the millisecond.
+	row := regexp.MustCompile(`(?m)^t\S+\s+web-1\s+/bin/sh -c 'printf.*\s+FAILED\s+3\s+1\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$`)
+	if !row.MatchString(out) {
+		t.Errorf("forge tasks row is not task, name, command, state, exit, attempt, time:\n%s", out)
+	}
+	_, errs, code = runSplit(t, e, "tasks", "--agent", "nosuch")
+	if code != 1 || !strings.Contains(errs, "no agent has a name that matches") {
+		t.Errorf("tasks --agent nosuch: exit %d: %s", code, errs)
+	}
+	out, _, _ = runSplit(t, e, "agents", "--agent", "web-*")
+	if strings.Count(out, "\n") != 3 || !strings.Contains(out, "web-1") || strings.Contains(out, "db-1") {
+		t.Errorf("agents --agent 'web-*':\n%s", out)
+	}
+
+	// forge job, and flags after the positional argument.
+	out, errs, code = runSplit(t, e, "job", job, "--json")
+	var j struct {
+		Job struct {
+			Counts struct{ Failed, Total int }
+		}
+		Tasks []struct {
+			AgentName, OutputBase64, Stderr, State string
+			ExitCode                               int
+			OutputSize                             int
+			Command                                []string
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &j); err != nil || code != 0 {
+		t.Fatalf("job --json: exit %d, %v:\n%s%s", code, err, out, errs)
+	}
+	if j.Job.Counts.Failed != 2 || len(j.Tasks) != 2 || j.Tasks[0].AgentName != "web-1" || j.Tasks[0].ExitCode != 3 ||
+		j.Tasks[0].Stderr != "to-stderr\n" || j.Tasks[0].OutputBase64 != "aOlsbG8=" || j.Tasks[0].OutputSize != 15 ||
+		j.Tasks[0].State != "TASK_STATE_FAILED" || len(j.Tasks[0].Command) != 3 {
+		t.Errorf("job --json = %+v:\n%s", j, out)
+	}
+	out, _, _ = runSplit(t, e, "job", job)
+	if !strings.Contains(out, "command   /bin/sh -c 'printf") || !strings.Contains(out, "tasks     2: 2 FAILED") {
+		t.Errorf("forge job:\n%s", out)
+	}
+	out, _, code = runSplit(t, e, "jobs", "--limit", "1")
+	if code != 0 || !strings.Contains(out, "1 SUCCEEDED") || strings.Count(out, "\n") != 2 {
+		t.Errorf("forge jobs --limit 1: exit %d:\n%s", code, out)
+	}
+	res, err := control(e["FORGE_SERVER"]).ListTasks(t.Context(), connect.NewRequest(&forgev1.ListTasksRequest{JobId: job}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.Msg.Tasks[0].Id
+	out, _, code = runSplit(t, e, "task", id, "--json")
+	var one map[string]any
+	if err := json.Unmarshal([]byte(out), &one); err != nil || code != 0 || one["exitCode"] != 3.0 || one["stderr"] != "to-stderr\n" {
+		t.Errorf("task ID --json: exit %d, %v:\n%s", code, err, out)
+	}
+	out, _, code = runSplit(t, e, "tasks", id, "--raw")
+	if code != 0 || !strings.Contains(out, "exit      3") || !strings.Contains(out, "--- stderr\nto-stderr\n") {
+		t.Errorf("tasks ID --raw:\n%s", out)
+	}
+	out, errs, code = runSplit(t, e, "task", "--follow", id)
+	if code != 3 || !strings.Contains(out, `h\xe9llo`) || !strings.Contains(errs, "to-stderr\nFAILED exit 3") {
+		t.Errorf("task --follow of an ended task: exit %d:\n%s%s", code, out, errs)
+	}
+
+	// Wrong usage, told precisely (exit 2).
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--all"}, "give the command to run after --"},
+		{[]string{"run", "--", "true"}, "say where to run it"},
+		{[]string{"run", "--all", "--selector", "a=b", "--", "true"}, "give one of --agent, --selector and --all, not --selector and --all"},
+		{[]string{"tasks", "--state", "done"}, `want one of pending, running, succeeded, failed, canceled, timed_out, expired, lost`},
+		{[]string{"agents", "extra"}, `unexpected argument "extra"`},
+		{[]string{"cancel"}, "give task ids or --job JOB_ID"},
+		{[]string{"job"}, "give one job id"},
+	} {
+		_, errs, code := runSplit(t, e, c.args...)
+		if code != 2 || !strings.Contains(errs, c.want) || !strings.Contains(errs, "-h\" for help") {
+			t.Errorf("forge %s: exit %d, want 2 with %q:\n%s", strings.Join(c.args, " "), code, c.want, errs)
+		}
+	}
+	// A stray export neither targets a run nor changes what is printed.
+	stray := env{"FORGE_ALL": "1", "FORGE_JSON": "1", "FORGE_SELECTOR": "cli=conv", "FORGE_AGENT": "web-1"}
+	for k, v := range e {
+		stray[k] = v
+	}
+	if _, errs, code := runSplit(t, stray, "run", "--", "/bin/true"); code != 2 || !strings.Contains(errs, "say where to run it") {
+		t.Errorf("forge run with FORGE_ALL and FORGE_SELECTOR set: exit %d:\n%s", code, errs)
+	}
+	if out, _, _ := runSplit(t, stray, "agents"); !strings.HasPrefix(out, "NAME") {
+		t.Errorf("forge agents with FORGE_JSON=1 printed:\n%s", out)
+	}
+	// Several servers: the first is down, the second answers.
+	several := env{"FORGE_ADMIN_TOKEN": adminToken, "FORGE_SERVER": "http://127.0.0.1:1," + e["FORGE_SERVER"]}
+	out, errs, code = runSplit(t, several, "agents", "--json")
+	var agents struct{ Agents []struct{ Name, Version string } }
+	if err := json.Unmarshal([]byte(out), &agents); err != nil || code != 0 || len(agents.Agents) != 3 ||
+		!strings.Contains(errs, "cannot reach http://127.0.0.1:1") {
+		t.Fatalf("agents over two servers: exit %d, %v:\n%s%s", code, err, out, errs)
+	}
+	// Agents send their version at Register.
+	if v := agents.Agents[0].Version; v != buildinfo.Get().Version {
+		t.Errorf("agent version %q, want %q", v, buildinfo.Get().Version)
+	}
+}
+
+// TestCLIHelp: every command's help has its usage and examples, prints each
+// default once and none that is a zero value, says what 0 means, lists valid
+// values, marks which flags read a variable, and hides internal flags.
+func TestCLIHelp(t *testing.T) {
+	t.Parallel()
+	for _, cmd := range []string{"run", "agents", "jobs", "job", "tasks", "task", "cancel", "revoke", "version", "server", "agent", "bench"} {
+		out, _, code := runSplit(t, nil, cmd, "-h")
+		if code != 0 {
+			t.Errorf("forge %s -h: exit %d", cmd, code)
+		}
+		if cmd != "server" && cmd != "agent" && cmd != "bench" && (!strings.Contains(out, "\nUsage:\n") ||
+			(cmd != "version" && !strings.Contains(out, "\nExamples:\n"))) {
+			t.Errorf("forge %s -h has no usage or examples:\n%s", cmd, out)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Count(l, "(default") > 1 || strings.Contains(l, "(default 0") || strings.Contains(l, "(default false)") {
+				t.Errorf("forge %s -h: %q", cmd, l)
+			}
+		}
+		for _, hidden := range []string{"fleet-child", "task-agents"} {
+			if strings.Contains(out, hidden) {
+				t.Errorf("forge %s -h shows the internal flag --%s", cmd, hidden)
+			}
+		}
+	}
+	out, _, _ := runSplit(t, nil, "run", "-h")
+	for _, want := range []string{"--max-concurrency\n      run on at most this many agents at once (0: no limit)\n",
+		"--all\n", "--json\n", "--server  [FORGE_SERVER]", "(default 1m0s)", "  3  none failed, but some were CANCELED or EXPIRED"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("forge run -h lacks %q:\n%s", want, out)
+		}
+	}
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		out, _, code := runSplit(t, nil, args...)
+		if code != 0 || !strings.HasPrefix(out, "forge "+buildinfo.Get().Version) {
+			t.Errorf("forge %s: exit %d: %q", args[0], code, out)
+		}
 	}
 }

@@ -113,8 +113,11 @@ func (r *retryNotes) retry(x client.Retry) {
 	if x.Next != x.Server {
 		next = "; trying " + x.Next
 	}
-	r.say(fmt.Sprintf("%s (%s) for %s%s; retrying, %s", what, termsafe.Line(errText(x.Err)),
-		x.Failing.Round(time.Second), next, bound))
+	since := ""
+	if x.Failing >= time.Second {
+		since = " for " + x.Failing.Round(time.Second).String()
+	}
+	r.say(fmt.Sprintf("%s (%s)%s%s; retrying, %s", what, termsafe.Line(errText(x.Err)), since, next, bound))
 }
 
 // errText is an error's message without connect's code prefix when the code

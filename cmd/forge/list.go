@@ -410,7 +410,11 @@ func (m *Main) printTask(p termsafe.Printer, t *forgev1.TaskInfo, agentName stri
 		at := h.At.AsTime()
 		step := ""
 		if !prev.IsZero() {
-			step = "+" + at.Sub(prev).String()
+			d := at.Sub(prev)
+			if d >= time.Millisecond {
+				d = d.Round(time.Millisecond)
+			}
+			step = "+" + d.String()
 		}
 		prev = at
 		fmt.Fprintf(w, "  %s  %-9s  %-10s %s\n", timeText(h.At), stateName(h.State), step, p.Line(h.Reason))
