@@ -373,7 +373,9 @@ func TestCLIConventions(t *testing.T) {
 	// Several servers: the first is down, the second answers.
 	several := env{"FORGE_ADMIN_TOKEN": adminToken, "FORGE_SERVER": "http://127.0.0.1:1," + e["FORGE_SERVER"]}
 	out, errs, code = runSplit(t, several, "agents", "--json")
-	var agents struct{ Agents []struct{ Name, Version string } }
+	var agents struct {
+		Agents []struct{ Name, Version string }
+	}
 	if err := json.Unmarshal([]byte(out), &agents); err != nil || code != 0 || len(agents.Agents) != 3 ||
 		!strings.Contains(errs, "cannot reach http://127.0.0.1:1") {
 		t.Fatalf("agents over two servers: exit %d, %v:\n%s%s", code, err, out, errs)
