@@ -60,7 +60,20 @@ func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forg
 		s.metrics.dispatched.Add(float64(len(job.TaskIDs)))
 	}
 	res := &forgev1.DispatchResponse{JobId: job.ID, TaskIds: job.TaskIDs, Counts: countsToProto(job.Counts)}
-	if m.Wait != nil {
+	switch {
+	case m.Wait == nil:
+	case len(job.TaskIDs) == 1 && job.Spec.MaxConcurrency == 0 && job.Spec.MaxFailures == 0:
+		// One task and no rollout: the job is its task. Wait for it as WaitTask
+		// does, one store read per wake-up, and count it.
+		t, err := s.waitTask(ctx, job.TaskIDs[0], end)
+		if err != nil {
+			return nil, err
+		}
+		var c store.Counts
+		c.Add(t.State, 1)
+		res.Counts = countsToProto(c)
+		res.Tasks = taskInfos([]store.Task{t})
+	default:
 		job, tasks, _, err := s.waitJob(ctx, job.ID, end, store.Page{Size: 1000})
 		if err != nil {
 			return nil, err
@@ -69,6 +82,20 @@ func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forg
 		res.Tasks = taskInfos(tasks)
 	}
 	return connect.NewResponse(res), nil
+}
+
+// waitTask holds until the task is terminal or end passes, and returns it.
+func (s *Server) waitTask(ctx context.Context, id string, end time.Time) (store.Task, error) {
+	var t store.Task
+	err := s.hold(ctx, hold{Keys: []string{store.TaskKey(id)}, End: end}, func() (bool, error) {
+		var err error
+		t, err = s.store.GetTask(ctx, id)
+		return t.State.Terminal(), err
+	})
+	if err != nil {
+		return t, s.storeError(ctx, err)
+	}
+	return t, nil
 }
 
 // signJob signs what the operator dispatched, with the job id it chooses for
@@ -276,14 +303,9 @@ func (c *controlService) WaitTask(ctx context.Context, req *connect.Request[forg
 	if err != nil {
 		return nil, err
 	}
-	var t store.Task
-	err = s.hold(ctx, hold{Keys: []string{store.TaskKey(req.Msg.TaskId)}, End: holdEnd(ctx, wait)}, func() (bool, error) {
-		var err error
-		t, err = s.store.GetTask(ctx, req.Msg.TaskId)
-		return t.State.Terminal(), err
-	})
+	t, err := s.waitTask(ctx, req.Msg.TaskId, holdEnd(ctx, wait))
 	if err != nil {
-		return nil, s.storeError(ctx, err)
+		return nil, err
 	}
 	return connect.NewResponse(&forgev1.WaitTaskResponse{Task: taskInfo(t)}), nil
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/orange-forge/forge/internal/redistest"
 )
@@ -35,10 +36,21 @@ func TestBenchQuick(t *testing.T) {
 			t.Errorf("no row for scenario %s in:\n%s", s, out)
 		}
 		for _, line := range rows[s] {
-			if strings.Fields(line)[1] == "failed" { // the row of a scenario that errored
+			if strings.Fields(line)[1] == "failed" || strings.HasSuffix(line, "ERROR") { // the row of a scenario that errored
 				t.Errorf("scenario %s failed:\n%s", s, out)
 			}
 		}
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if n := utf8.RuneCountInString(line); n > 120 {
+			t.Errorf("a line of %d columns (at most 120):\n%s", n, line)
+		}
+		if strings.Contains(line, "NOT MET") {
+			t.Errorf("--quick judged a target:\n%s", line)
+		}
+	}
+	if !strings.Contains(string(out), "not judged") {
+		t.Errorf("--quick printed no row as not judged:\n%s", out)
 	}
 	b, err := os.ReadFile(svg)
 	if err != nil || !strings.HasPrefix(string(b), "<svg") || !strings.Contains(string(b), "polyline") {

@@ -13,8 +13,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/orange-forge/forge/store"
 )
@@ -60,12 +60,20 @@ type Result struct {
 	Name string `json:"name"`
 	// Summary is the measured figure as printed.
 	Summary string `json:"summary"`
-	// VsBare is the figure against the bare call, where the target asks for it.
-	VsBare string `json:"vs_bare,omitempty"`
-	Target string `json:"target"`
-	// Met is nil when the target could not be judged (not measured, skipped).
-	Met  *bool  `json:"met,omitempty"`
-	Note string `json:"note,omitempty"`
+	// Floor is what the scenario's path cannot avoid, in bare calls (F) and
+	// bare Redis script round trips (R) measured in the same run, such as
+	// "3F+3R 301µs"; VsFloor is the result against it ("1.62×").
+	Floor   string `json:"floor,omitempty"`
+	VsFloor string `json:"vs_floor,omitempty"`
+	Target  string `json:"target"`
+	// Met is nil when the target could not be judged (not measured, skipped,
+	// or a --quick run, whose tiny scale judges nothing).
+	Met *bool `json:"met,omitempty"`
+	// Status is what the table prints: met, NOT MET, not judged, error or -.
+	Status string `json:"status"`
+	Note   string `json:"note,omitempty"`
+	// failed marks the row of a scenario that could not run.
+	failed bool
 	// Values are the figures in numbers (µs for latencies).
 	Values map[string]float64 `json:"values,omitempty"`
 	// Samples are the latencies behind a latency row, for the plot.
@@ -74,6 +82,8 @@ type Result struct {
 
 func (r Result) status() string {
 	switch {
+	case r.failed:
+		return "ERROR"
 	case r.Met == nil:
 		return "-"
 	case *r.Met:
@@ -91,8 +101,10 @@ type Report struct {
 	GoVersion string    `json:"go_version"`
 	CPUs      int       `json:"cpus"`
 	Started   time.Time `json:"started"`
-	Took      string    `json:"took"`
-	Results   []Result  `json:"results"`
+	// Quick is a --quick run: every scenario at a tiny scale, no target judged.
+	Quick   bool     `json:"quick,omitempty"`
+	Took    string   `json:"took"`
+	Results []Result `json:"results"`
 }
 
 // Run runs the chosen scenarios and returns their results. A scenario that
@@ -127,7 +139,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	defer r.close(ctx)
 	rep := &Report{Store: r.storeName(), Target: r.targetName(), GoVersion: runtime.Version(),
-		CPUs: runtime.NumCPU(), Started: time.Now()}
+		CPUs: runtime.NumCPU(), Started: time.Now(), Quick: cfg.Quick}
 	for _, name := range Scenarios {
 		if !want[name] {
 			continue
@@ -138,8 +150,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		r.log.Info("scenario", "name", name)
 		t0 := time.Now()
 		res := r.run(ctx, name)
-		for _, x := range res {
-			r.log.Info("result", "scenario", x.Scenario, "summary", x.Summary, "vs_bare", x.VsBare, "status", x.status(), "took", time.Since(t0).Round(time.Millisecond))
+		for i := range res {
+			x := &res[i]
+			x.Status = x.status()
+			if cfg.Quick && x.Met != nil && !x.failed {
+				// A smoke test's figures say nothing about the targets.
+				x.Met, x.Status = nil, "not judged"
+			}
+			r.log.Info("result", "scenario", x.Scenario, "summary", x.Summary, "floor", x.Floor, "vs_floor", x.VsFloor, "status", x.Status, "took", time.Since(t0).Round(time.Millisecond))
 		}
 		rep.Results = append(rep.Results, res...)
 		runtime.GC()
@@ -148,28 +166,110 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return rep, nil
 }
 
-// WriteTable prints the report as an aligned table.
+// Columns of the table: with their gaps they fit 120 columns; longer cells
+// wrap onto the lines below.
+var columns = []struct {
+	head  string
+	width int
+}{
+	{"SCENARIO", 13}, {"MEASURED", 23}, {"RESULT", 27}, {"FLOOR", 12}, {"×FLOOR", 6}, {"TARGET", 17}, {"STATUS", 10},
+}
+
+// TableWidth is the widest line WriteTable prints (notes wrap to it too).
+const TableWidth = 120
+
+// WriteTable prints the report as an aligned table no wider than TableWidth,
+// then the notes. F is the bare Connect call and R the bare Redis script
+// round trip, both measured in the same run.
 func (rep *Report) WriteTable(w io.Writer) error {
-	fmt.Fprintf(w, "forge bench · store: %s · server: %s · %s · %d CPUs · took %s\n\n",
-		rep.Store, rep.Target, rep.GoVersion, rep.CPUs, rep.Took)
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENARIO\tMEASURED\tRESULT\tVS BARE\tTARGET\tSTATUS")
-	for _, r := range rep.Results {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Scenario, r.Name, r.Summary, dash(r.VsBare), r.Target, r.status())
+	var b strings.Builder
+	head := fmt.Sprintf("forge bench · store: %s · server: %s · %s · %d CPUs · took %s", rep.Store, rep.Target, rep.GoVersion, rep.CPUs, rep.Took)
+	for _, l := range wrap(head, TableWidth) {
+		b.WriteString(l + "\n")
 	}
-	if err := tw.Flush(); err != nil {
-		return err
+	if rep.Quick {
+		b.WriteString("--quick: every scenario at a tiny scale; no target is judged\n")
+	}
+	b.WriteString("\n")
+	heads := make([]string, len(columns))
+	for i, c := range columns {
+		heads[i] = c.head
+	}
+	writeRow(&b, heads)
+	for _, r := range rep.Results {
+		writeRow(&b, []string{r.Scenario, r.Name, r.Summary, dash(r.Floor), dash(r.VsFloor), r.Target, r.Status})
 	}
 	var notes []string
 	for _, r := range rep.Results {
 		if r.Note != "" {
-			notes = append(notes, fmt.Sprintf("  %s: %s", r.Scenario, r.Note))
+			notes = append(notes, r.Scenario+": "+r.Note)
 		}
 	}
 	if len(notes) > 0 {
-		fmt.Fprintf(w, "\nNotes:\n%s\n", strings.Join(notes, "\n"))
+		b.WriteString("\nNotes:\n")
+		for _, n := range notes {
+			for i, l := range wrap(n, TableWidth-4) {
+				if i == 0 {
+					b.WriteString("  " + l + "\n")
+				} else {
+					b.WriteString("    " + l + "\n")
+				}
+			}
+		}
 	}
-	return nil
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeRow writes one row of cells, each wrapped to its column's width.
+func writeRow(b *strings.Builder, cells []string) {
+	wrapped := make([][]string, len(cells))
+	lines := 1
+	for i, c := range cells {
+		wrapped[i] = wrap(c, columns[i].width)
+		lines = max(lines, len(wrapped[i]))
+	}
+	for l := range lines {
+		var line strings.Builder
+		for i := range cells {
+			var cell string
+			if l < len(wrapped[i]) {
+				cell = wrapped[i][l]
+			}
+			line.WriteString(cell)
+			if i < len(cells)-1 {
+				line.WriteString(strings.Repeat(" ", columns[i].width-utf8.RuneCountInString(cell)+2))
+			}
+		}
+		b.WriteString(strings.TrimRight(line.String(), " ") + "\n")
+	}
+}
+
+// wrap breaks s into lines of at most width runes, at spaces where it can.
+func wrap(s string, width int) []string {
+	var out []string
+	var cur []rune
+	for _, word := range strings.Fields(s) {
+		rw := []rune(word)
+		for len(rw) > width { // a word wider than the column is cut
+			if len(cur) > 0 {
+				out, cur = append(out, string(cur)), nil
+			}
+			out, rw = append(out, string(rw[:width])), rw[width:]
+		}
+		switch {
+		case len(cur) == 0:
+			cur = rw
+		case len(cur)+1+len(rw) <= width:
+			cur = append(append(cur, ' '), rw...)
+		default:
+			out, cur = append(out, string(cur)), rw
+		}
+	}
+	if len(cur) > 0 || len(out) == 0 {
+		out = append(out, string(cur))
+	}
+	return out
 }
 
 // WriteJSON prints the report as JSON.

@@ -24,6 +24,12 @@ import (
 	"github.com/orange-forge/forge/store/memstore"
 )
 
+// scriptRoundTripper is a store that can time a bare Redis script round trip
+// through its own client (redisstore.Store).
+type scriptRoundTripper interface {
+	ScriptRoundTrip(ctx context.Context) error
+}
+
 // runner holds what the scenarios share: the store, the in-process servers (or
 // the URLs of external ones), the operator client, and the bare-call floor.
 type runner struct {
@@ -38,7 +44,8 @@ type runner struct {
 	opHTTP *http.Client // operator calls, scrapes; SingleWrite like the agents
 	ctl    forgev1connect.ControlServiceClient
 
-	floor     time.Duration // p50 of the bare call
+	floor     time.Duration // F: p50 of the bare call
+	rfloor    time.Duration // R: p50 of a bare Redis script round trip (Redis only)
 	floorRate float64       // bare calls/s, concurrent
 
 	one    *single        // the one-agent fleet

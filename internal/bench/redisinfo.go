@@ -13,50 +13,93 @@ import (
 	"time"
 )
 
-// redisCalls returns the number of commands Redis has run, from INFO
-// commandstats, leaving out the bench's own INFO, AUTH, HELLO and SELECT, and
-// how many of them were script calls (EVALSHA, EVAL, FCALL: each one round
-// trip, whose inner commands count in total too). It speaks RESP itself so the
-// bench needs no Redis client.
+// redisStat is what Redis says of the work it has done, from INFO
+// commandstats and INFO cpu.
+type redisStat struct {
+	// Cmds counts every command run, those run inside scripts included, but
+	// not the bench's own INFO, AUTH, HELLO and SELECT.
+	Cmds int64
+	// Scripts counts the script calls among them (EVALSHA, EVAL, FCALL: each
+	// one round trip).
+	Scripts int64
+	// CPU is the Redis process's CPU time, user and system: commands, scripts,
+	// networking, everything.
+	CPU time.Duration
+}
+
+func (a redisStat) sub(b redisStat) redisStat {
+	return redisStat{Cmds: a.Cmds - b.Cmds, Scripts: a.Scripts - b.Scripts, CPU: a.CPU - b.CPU}
+}
+
+func (a redisStat) add(b redisStat) redisStat {
+	return redisStat{Cmds: a.Cmds + b.Cmds, Scripts: a.Scripts + b.Scripts, CPU: a.CPU + b.CPU}
+}
+
+// redisCalls returns the commands and script calls Redis has run (redisStat).
 func (r *runner) redisCalls(ctx context.Context) (total, scripts int64, err error) {
+	st, err := r.redisStats(ctx)
+	return st.Cmds, st.Scripts, err
+}
+
+// redisStats reads the stats of the in-process servers' Redis.
+func (r *runner) redisStats(ctx context.Context) (redisStat, error) {
 	if r.cfg.RedisURL == "" {
-		return 0, 0, errors.New("no Redis")
+		return redisStat{}, errors.New("no Redis")
 	}
 	u, err := url.Parse(r.cfg.RedisURL)
 	if err != nil {
-		return 0, 0, err
+		return redisStat{}, err
 	}
 	host := u.Host
 	if u.Port() == "" {
 		host = net.JoinHostPort(u.Hostname(), "6379")
 	}
+	user := u.User.Username()
+	pw, _ := u.User.Password()
+	return redisStatsAt(ctx, host, user, pw)
+}
+
+// redisStatsAt reads the stats of the Redis node at host. It speaks RESP
+// itself so the bench needs no Redis client.
+func redisStatsAt(ctx context.Context, host, user, pw string) (redisStat, error) {
+	var st redisStat
 	d := net.Dialer{Timeout: 5 * time.Second}
 	conn, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
-		return 0, 0, err
+		return st, err
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	br := bufio.NewReader(conn)
-	if pw, ok := u.User.Password(); ok {
+	if pw != "" {
 		args := []string{"AUTH", pw}
-		if name := u.User.Username(); name != "" {
-			args = []string{"AUTH", name, pw}
+		if user != "" {
+			args = []string{"AUTH", user, pw}
 		}
 		if _, err := respDo(conn, br, args...); err != nil {
-			return 0, 0, err
+			return st, err
 		}
 	}
-	info, err := respDo(conn, br, "INFO", "commandstats")
+	info, err := respDo(conn, br, "INFO", "commandstats", "cpu")
 	if err != nil {
-		return 0, 0, err
+		return st, err
 	}
+	var cpu float64
 	for _, line := range strings.Split(info, "\n") {
 		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+		if !ok {
 			continue
 		}
-		cmd := strings.TrimPrefix(name, "cmdstat_")
+		switch name {
+		case "used_cpu_sys", "used_cpu_user":
+			v, _ := strconv.ParseFloat(rest, 64)
+			cpu += v
+			continue
+		}
+		cmd, ok := strings.CutPrefix(name, "cmdstat_")
+		if !ok {
+			continue
+		}
 		switch cmd {
 		case "info", "auth", "hello", "select":
 			continue
@@ -64,15 +107,16 @@ func (r *runner) redisCalls(ctx context.Context) (total, scripts int64, err erro
 		for _, kv := range strings.Split(rest, ",") {
 			if v, ok := strings.CutPrefix(kv, "calls="); ok {
 				n, _ := strconv.ParseInt(v, 10, 64)
-				total += n
+				st.Cmds += n
 				switch cmd {
 				case "evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro":
-					scripts += n
+					st.Scripts += n
 				}
 			}
 		}
 	}
-	return total, scripts, nil
+	st.CPU = time.Duration(cpu * float64(time.Second))
+	return st, nil
 }
 
 // respDo sends one command and reads a simple or bulk string answer.

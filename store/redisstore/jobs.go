@@ -28,9 +28,11 @@ const idemPending = 24 * time.Hour
 // as store.NewTaskID makes them (a job has one task per agent).
 func jobTaskID(jobID, agentID string) string { return "t" + jobID[1:] + "-" + agentID }
 
-// Dispatch implements store.Store. A dispatch to one agent (dispatchOne) creates
-// its task first, in one script that checks the agent, then writes the job
-// record: two round trips (three with an idempotency key). A fan-out
+// Dispatch implements store.Store. A new dispatch to one agent without rollout
+// limits (dispatchOneTrip) creates its task, in a script that checks the agent,
+// and writes the job record in one pipelined round trip (two with an
+// idempotency key); other dispatches to one agent (dispatchOne) create the task
+// first, then write the job record. A fan-out
 // (dispatchMany, dispatch.go) writes the job record first and its tasks in
 // bounded batches, held, and releases them only once the job is committed, so
 // it is all or resumable. Both first claim the idempotency key (SET NX,
@@ -174,6 +176,9 @@ func (s *Store) dispatchOne(ctx context.Context, spec store.JobSpec, jid string,
 		targets = []target{{jobTaskID(jid, spec.Target.AgentID), spec.Target.AgentID}}
 	}
 	limited := spec.MaxConcurrency > 0 || spec.MaxFailures > 0
+	if resume == nil && !limited {
+		return s.dispatchOneTrip(ctx, spec, jid, now, idemKey, targets[0])
+	}
 	counts, err := s.createTasks(ctx, spec, jid, now, targets, createMode{limited: limited, hold: spec.MaxConcurrency > 0, single: true})
 	if err != nil {
 		return store.Job{}, err
@@ -212,6 +217,76 @@ func (s *Store) unwriteOne(ctx context.Context, jid string, targets []target, id
 	return store.ErrDispatchIncomplete(store.MsgDispatchNotAccepted, cause)
 }
 
+// dispatchOneTrip is dispatchOne's common case — a new job for one agent, no
+// rollout limits — in one round trip: the task's script (which checks the
+// agent), the job record (made), its listings and the idempotency key made
+// permanent go out pipelined, each to its own node on a cluster. When the
+// script refuses (an unknown, revoked or full agent), it has created nothing,
+// and the job record written beside it is taken away again: a second round
+// trip on that path only, before which a ListJobs may see the record. When the
+// script's answer is lost (Redis unreachable), the record stays: the task may
+// exist, and the job is then as it would be after any partial dispatch.
+func (s *Store) dispatchOneTrip(ctx context.Context, spec store.JobSpec, jid string, now int64, idemKey string, t target) (store.Job, error) {
+	sh := shardOf(t.agentID)
+	args := s.createArgs(spec, jid, now, sh, createMode{single: true}, []string{t.taskID, t.agentID})
+	keys := createTasksScript.keys([]string{s.k.due(sh)}, args)
+	fields := append(s.jobFields(spec, []string{t.taskID}, now), "made", "1")
+	b := s.client.B()
+	cmds := rueidis.Commands{
+		b.Evalsha().Sha1(createTasksScript.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(),
+		b.Evalsha().Sha1(jobCreateScript.sha).Numkeys(1).Key(s.k.job(jid)).Arg(fields...).Build(),
+		b.Zadd().Key(s.k.jobs()).ScoreMember().ScoreMember(0, jid).Build(),
+		b.Zadd().Key(s.k.jobsRetain()).ScoreMember().ScoreMember(float64(now+s.cfg.Retention.Milliseconds()), jid).Build(),
+	}
+	if idemKey != "" {
+		cmds = append(cmds, b.Persist().Key(idemKey).Build())
+	}
+	res := s.client.DoMulti(ctx, cmds...)
+	if rerr, ok := rueidis.IsRedisErr(res[0].Error()); ok && rerr.IsNoScript() {
+		res[0] = createTasksScript.lua.Exec(ctx, s.client, keys, args)
+	}
+	if rerr, ok := rueidis.IsRedisErr(res[1].Error()); ok && rerr.IsNoScript() {
+		res[1] = jobCreateScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)}, fields)
+	}
+	arr, err := s.answer(ctx, res[0])
+	if err != nil {
+		if refusedBeforeWriting(err) {
+			s.unwriteJob(context.WithoutCancel(ctx), jid)
+		}
+		return store.Job{}, err
+	}
+	// The task exists: a job record or listing that could not be written
+	// (Redis full, or gone) is answered as dispatchOne answers it.
+	if _, err := s.answer(ctx, res[1]); err != nil {
+		return store.Job{}, s.unwriteOne(ctx, jid, []target{t}, idemKey, err)
+	}
+	for _, r := range res[2:] {
+		if err := r.Error(); err != nil {
+			return store.Job{}, s.unwriteOne(ctx, jid, []target{t}, idemKey, s.wrap(ctx, err))
+		}
+	}
+	var counts store.Counts
+	if len(arr) > 1 {
+		addCounts(&counts, pairs(arr[1]))
+	}
+	return s.answerJob(jid, fields, counts), nil
+}
+
+// unwriteJob takes away the record and listings of a job whose only task was
+// refused; should it fail, retention drops them in time.
+func (s *Store) unwriteJob(ctx context.Context, jid string) {
+	b := s.client.B()
+	for _, r := range s.client.DoMulti(ctx,
+		b.Del().Key(s.k.job(jid)).Build(),
+		b.Zrem().Key(s.k.jobs()).Member(jid).Build(),
+		b.Zrem().Key(s.k.jobsRetain()).Member(jid).Build()) {
+		if err := r.Error(); err != nil {
+			s.log.Warn("taking away the job record of a refused dispatch failed; retention drops it", "job", jid, "err", err)
+			return
+		}
+	}
+}
+
 // answerJob is the job a Dispatch answers: built from what was written and the
 // counts the task scripts answered, not read back.
 func (s *Store) answerJob(jid string, fields []string, counts store.Counts) store.Job {
@@ -241,18 +316,12 @@ func (s *Store) createTasks(ctx context.Context, spec store.JobSpec, jid string,
 		sh := shardOf(t.agentID)
 		byShard[sh] = append(byShard[sh], t.taskID, t.agentID)
 	}
-	payload, sig := string(spec.Payload), encodeJobSig(spec.Sig)
-	if m.inJob {
-		payload, sig = "", ""
-	}
 	var execs []rueidis.LuaExec
 	var shards []int
 	for sh, pairs := range byShard {
 		for lo := 0; lo < len(pairs); lo += 2 * dispatchBatch {
-			args := s.shardArgs(s.k.shard[sh], now, itoa(s.cfg.MaxPendingPerAgent), jid, spec.Type, payload,
-				itoa(spec.MaxAttempts), ms(spec.Timeout), ms(spec.DeliveryTTL), flag(m.limited), flag(m.hold), flag(m.single),
-				store.ReasonTimedOut(spec.Timeout), store.ReasonExpired(spec.DeliveryTTL), flag(m.inJob), sig)
-			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, pairs[lo:min(lo+2*dispatchBatch, len(pairs))]...)})
+			args := s.createArgs(spec, jid, now, sh, m, pairs[lo:min(lo+2*dispatchBatch, len(pairs))])
+			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: args})
 			shards = append(shards, sh)
 		}
 	}
@@ -268,6 +337,19 @@ func (s *Store) createTasks(ctx context.Context, spec store.JobSpec, jid string,
 		addCounts(&counts, f)
 	}
 	return counts, err
+}
+
+// createArgs returns the ARGV of a createTasksScript call making the tasks of
+// pairs (task id, agent id, ...), all in shard sh.
+func (s *Store) createArgs(spec store.JobSpec, jid string, now int64, sh int, m createMode, pairs []string) []string {
+	payload, sig := string(spec.Payload), encodeJobSig(spec.Sig)
+	if m.inJob {
+		payload, sig = "", ""
+	}
+	args := s.shardArgs(s.k.shard[sh], now, itoa(s.cfg.MaxPendingPerAgent), jid, spec.Type, payload,
+		itoa(spec.MaxAttempts), ms(spec.Timeout), ms(spec.DeliveryTTL), flag(m.limited), flag(m.hold), flag(m.single),
+		store.ReasonTimedOut(spec.Timeout), store.ReasonExpired(spec.DeliveryTTL), flag(m.inJob), sig)
+	return append(args, pairs...)
 }
 
 // runBatches runs the calls of sc, at most dispatchPipeline per round trip,

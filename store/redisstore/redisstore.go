@@ -256,6 +256,19 @@ func (s *Store) Ping(ctx context.Context) error {
 	return s.refused.recent()
 }
 
+// emptyScript does nothing: ScriptRoundTrip's floor.
+var emptyScript = rueidis.NewLuaScript("return 1")
+
+// ScriptRoundTrip runs an empty Lua script (EVALSHA) through the store's own
+// client: the least any script call of the store costs, which benchmarks print
+// beside the operations that make such calls.
+func (s *Store) ScriptRoundTrip(ctx context.Context) error {
+	if err := emptyScript.Exec(ctx, s.client, nil, nil).Error(); err != nil {
+		return s.wrap(ctx, err)
+	}
+	return nil
+}
+
 func (s *Store) now() time.Time { return s.clock.Now() }
 
 func (s *Store) nowMS() int64 { return s.clock.Now().UnixMilli() }
