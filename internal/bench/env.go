@@ -230,6 +230,9 @@ type fleetSpec struct {
 	concurrency int
 	// labelsFor, when set, gives agent i its labels instead of labels.
 	labelsFor func(i int) map[string]string
+	// idle bounds the idle connections the fleet's transport keeps; zero: 3n+16
+	// (each agent's poll, report and heartbeat).
+	idle int
 }
 
 // startFleet starts n agents; they register (at most 64 at a time) and poll.
@@ -237,7 +240,11 @@ func (r *runner) startFleet(ctx context.Context, fs fleetSpec) (*fleet, error) {
 	if len(fs.servers) == 0 {
 		fs.servers = []string{r.url}
 	}
-	tr := newTransport(3*fs.n + 16)
+	idle := fs.idle
+	if idle <= 0 {
+		idle = 3*fs.n + 16
+	}
+	tr := newTransport(idle)
 	f := &fleet{tr: tr, rt: &countingRT{base: agent.SingleWrite(tr), register: make(chan struct{}, 64)}}
 	hc := &http.Client{Transport: f.rt}
 	fctx, cancel := context.WithCancel(ctx)

@@ -43,7 +43,7 @@ func RunFleetChild(ctx context.Context, cfg FleetChildConfig, in io.Reader, out 
 		return err
 	}
 	defer f.stop()
-	if _, err := f.ids(ctx, 2*time.Minute); err != nil {
+	if _, err := f.ids(ctx, 10*time.Minute); err != nil {
 		return err
 	}
 	fmt.Fprintln(out, "ready")
@@ -67,7 +67,11 @@ func (r *runner) startStormFleet(ctx context.Context, n, withTasks int) (*fleet,
 		}
 		return t.Payload, nil
 	}
-	return r.startFleet(ctx, fleetSpec{n: n, handlers: map[string]agent.Handler{"slow": slow},
+	return r.startFleet(ctx, fleetSpec{n: n, handlers: map[string]agent.Handler{"slow": slow, "echo": agent.EchoHandler()},
+		// A connection per agent for its held Poll, and a few spare for
+		// reports: a fan-out's reports must not leave the server holding
+		// two idle connections per agent against its open-file limit.
+		idle: n/4 + 64,
 		labelsFor: func(i int) map[string]string {
 			if i < withTasks {
 				return map[string]string{"bench": "storm", "task": "1"}
@@ -109,7 +113,7 @@ func (r *runner) startFleetChild(ctx context.Context, url string, n, withTasks i
 		if ok {
 			return p, nil
 		}
-	case <-time.After(3 * time.Minute):
+	case <-time.After(11 * time.Minute):
 	}
 	p.stop()
 	return nil, errors.New("the fleet child process did not get ready")

@@ -62,6 +62,12 @@ func (r *runner) startChild(ctx context.Context, pollHold time.Duration) (*child
 		args = append(args, "--redis", r.cfg.RedisURL)
 		args = append(args, r.cfg.RedisArgs...)
 	}
+	return r.startChildArgs(ctx, args)
+}
+
+// startChildArgs starts this binary with args (a `forge server` command line)
+// and waits until it says where it listens.
+func (r *runner) startChildArgs(ctx context.Context, args []string) (*child, error) {
 	cmd := exec.CommandContext(ctx, r.cfg.ServerExe, args...)
 	cmd.Env = append(os.Environ(), "FORGE_ENROLL_TOKEN=", "FORGE_ADMIN_TOKEN=")
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }

@@ -25,14 +25,16 @@ type redisStat struct {
 	// CPU is the Redis process's CPU time, user and system: commands, scripts,
 	// networking, everything.
 	CPU time.Duration
+	// Mem is the memory Redis holds for data (used_memory).
+	Mem int64
 }
 
 func (a redisStat) sub(b redisStat) redisStat {
-	return redisStat{Cmds: a.Cmds - b.Cmds, Scripts: a.Scripts - b.Scripts, CPU: a.CPU - b.CPU}
+	return redisStat{Cmds: a.Cmds - b.Cmds, Scripts: a.Scripts - b.Scripts, CPU: a.CPU - b.CPU, Mem: a.Mem - b.Mem}
 }
 
 func (a redisStat) add(b redisStat) redisStat {
-	return redisStat{Cmds: a.Cmds + b.Cmds, Scripts: a.Scripts + b.Scripts, CPU: a.CPU + b.CPU}
+	return redisStat{Cmds: a.Cmds + b.Cmds, Scripts: a.Scripts + b.Scripts, CPU: a.CPU + b.CPU, Mem: a.Mem + b.Mem}
 }
 
 // redisCalls returns the commands and script calls Redis has run (redisStat).
@@ -80,7 +82,7 @@ func redisStatsAt(ctx context.Context, host, user, pw string) (redisStat, error)
 			return st, err
 		}
 	}
-	info, err := respDo(conn, br, "INFO", "commandstats", "cpu")
+	info, err := respDo(conn, br, "INFO", "commandstats", "cpu", "memory")
 	if err != nil {
 		return st, err
 	}
@@ -94,6 +96,9 @@ func redisStatsAt(ctx context.Context, host, user, pw string) (redisStat, error)
 		case "used_cpu_sys", "used_cpu_user":
 			v, _ := strconv.ParseFloat(rest, 64)
 			cpu += v
+			continue
+		case "used_memory":
+			st.Mem, _ = strconv.ParseInt(rest, 10, 64)
 			continue
 		}
 		cmd, ok := strings.CutPrefix(name, "cmdstat_")

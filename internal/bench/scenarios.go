@@ -62,6 +62,9 @@ func (r *runner) run(ctx context.Context, name string) []Result {
 	case "storm":
 		r.stopFleets()
 		res, err = r.storm(ctx)
+	case "scale":
+		r.stopFleets()
+		res, err = r.scaleOut(ctx)
 	}
 	if err != nil {
 		res = append(res, Result{Scenario: name, Name: "failed", Summary: "error", Target: r.target(name), Note: err.Error(), failed: true})
@@ -103,6 +106,8 @@ func (r *runner) target(name string) string {
 		return "≤ 25 KB RSS/agent; CPU ≤ 3%"
 	case "storm":
 		return "all polling ≤ 30s; no error storm; none lost"
+	case "scale":
+		return "fan-out ≤ 15s; none lost"
 	}
 	return ""
 }
