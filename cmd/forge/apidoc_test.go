@@ -115,6 +115,12 @@ func TestAPIDoc(t *testing.T) {
 				rewriteAPIDoc(t, doc, examples, outs)
 				return
 			}
+			defer func() {
+				if t.Failed() {
+					t.Log("when the server's new answers are the right ones, write them into docs/api.md with: " +
+						"go test ./cmd/forge -run 'TestAPIDoc$' -update-api-doc")
+				}
+			}()
 			got, want := &idNormalizer{}, &idNormalizer{}
 			for i, ex := range examples {
 				out := outs[i]
