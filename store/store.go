@@ -113,6 +113,10 @@ type Store interface {
 	// agent. Any number of
 	// replicas may call it at once; each change happens exactly once.
 	Reap(ctx context.Context) error
+	// Stats counts agents by status and tasks by state, finds the oldest
+	// pending task and reads the expired-lease counter (see Stats). Its cost
+	// does not grow with the tasks retained.
+	Stats(ctx context.Context) (Stats, error)
 	// Watch returns a Watcher that fires after any change to the given keys
 	// (AgentKey, TaskKey, JobKey), on this replica or another.
 	Watch(keys ...string) *Watcher

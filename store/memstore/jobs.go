@@ -57,6 +57,7 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 				CreatedAt:   now,
 			}}
 			t.setState(store.StatePending, store.ReasonDispatched, now)
+			s.byState[store.StatePending]++
 			s.tasks[t.ID] = t
 			s.live[t.ID] = t
 			a.tasks = append(a.tasks, t.ID)

@@ -31,6 +31,10 @@ type Store struct {
 	idem   map[string]string // idempotency key -> job id
 	enroll map[string]*store.EnrollmentToken
 	closed bool
+	// byState counts the retained tasks by state, and leasesExpired the leases
+	// that ran out, for Stats.
+	byState       [store.StateLost + 1]int
+	leasesExpired int64
 	// nextAgentSweep is when Reap next looks for agents past retention: once an
 	// hour at most, so a pass does not read every agent.
 	nextAgentSweep time.Time

@@ -29,6 +29,7 @@ func (s *Store) Reap(ctx context.Context) error {
 				if now.Before(t.LeaseExpiresAt) {
 					continue
 				}
+				s.leasesExpired++
 				if st, reason := store.LeaseExpiryEnd(t.Task); st == store.StatePending {
 					s.requeue(t, reason, now)
 				} else {
@@ -93,6 +94,7 @@ func (s *Store) dropExpired(now time.Time) {
 				continue
 			}
 			if t != nil {
+				s.byState[t.State]--
 				delete(s.tasks, tid)
 				if a := s.agents[t.AgentID]; a != nil {
 					if i := slices.Index(a.tasks, tid); i >= 0 {

@@ -249,6 +249,8 @@ func (t *task) setState(st store.TaskState, reason string, now time.Time) {
 }
 
 func (s *Store) setState(t *task, st store.TaskState, reason string, now time.Time) {
+	s.byState[t.State]--
+	s.byState[st]++
 	t.setState(st, reason, now)
 	s.hub.Notify(store.TaskKey(t.ID), store.JobKey(t.JobID))
 }

@@ -43,6 +43,10 @@ const NumShards = 64
 //	{P:sNN}:jc:<job>     hash   the job's tasks in this shard counted by state, and
 //	                            in all (n): GetJob sums at most 64 of these instead
 //	                            of reading every task
+//	{P:sNN}:on           zset   agents neither stopped nor revoked -> time of their
+//	                            last call (ms): Stats counts the online ones
+//	{P:sNN}:rv           set    revoked agents (Stats)
+//	{P:sNN}:n            hash   the shard's counters: lx, leases that ran out (Stats)
 //	{P:sNN}:wake         channel (sharded pub/sub) of watch keys that changed
 //	{P:sNN}:guard        never written: every shard script declares it, so none
 //	                     runs while the shard's slot moves (see guardSuffix)
@@ -97,6 +101,9 @@ func (k *keys) due(shard int) string            { return k.shard[shard] + ":due"
 func (k *keys) shardTasks(shard int) string     { return k.shard[shard] + ":tasks" }
 func (k *keys) stateIndex(shard, st int) string { return fmt.Sprintf("%s:st:%d", k.shard[shard], st) }
 func (k *keys) wake(shard int) string           { return k.shard[shard] + ":wake" }
+func (k *keys) online(shard int) string         { return k.shard[shard] + ":on" }
+func (k *keys) revoked(shard int) string        { return k.shard[shard] + ":rv" }
+func (k *keys) counters(shard int) string       { return k.shard[shard] + ":n" }
 func (k *keys) jobCounts(shard int, job string) string {
 	return k.shard[shard] + ":jc:" + job
 }

@@ -95,6 +95,13 @@ local function kJobCounts(j) return TAG .. ':jc:' .. j end
 local kDue = TAG .. ':due'
 local kAll = TAG .. ':tasks'
 local kWake = TAG .. ':wake'
+local kOnline = TAG .. ':on'
+local kRevoked = TAG .. ':rv'
+local kCounters = TAG .. ':n'
+
+-- seen records an agent's call for Stats: its score in the shard's online index
+-- is the time of its last call; a stopped or revoked agent is not in it.
+local function seen(aid) redis.call('ZADD', kOnline, NOW, aid) end
 
 local wake, wakeN = {}, 0
 local function notify(k)
@@ -381,6 +388,7 @@ local f = {}
 for i = 6, #ARGV do f[#f + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(f))
 if tonumber(ARGV[5]) > 0 then redis.call('ZADD', kDue, ARGV[5], ARGV[4]) end
+seen(ARGV[4])
 return {'OK'}
 `)
 
@@ -426,6 +434,7 @@ local cur, pu = tonumber(f[5]) or 0, tonumber(f[6]) or 0
 -- The agent record is written once, at the end. A call ends a stop (so).
 local upd = {'seen', ms(NOW)}
 if f[7] == '1' then upd[#upd + 1] = 'so'; upd[#upd + 1] = '0' end
+seen(aid)
 -- Once an hour at most, the agent's place in the due index moves on with it (si:
 -- when it last did), so Reap looks at it only once it may be unseen for aret.
 if aret > 0 and NOW - (tonumber(f[8]) or 0) > 3600000 then
@@ -512,8 +521,10 @@ local _, aerr = auth(KEYS[1], ARGV[5])
 if aerr then return aerr end
 if ARGV[8] == '1' then
   redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'dr', ARGV[7], 'so', '1', 'pu', '0')
+  redis.call('ZREM', kOnline, ARGV[4])
 else
   redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'dr', ARGV[7], 'so', '0')
+  seen(ARGV[4])
 end
 local cancel, abandon = {}, {}
 for i = 9, #ARGV - 1, 2 do
@@ -554,9 +565,10 @@ return {'OK', cancel, abandon}
 // returns {'OK', {tid, attempt, ...} handed back, {job ids to advance}}
 var returnScript = shardScript(`
 local aid = ARGV[4]
-local _, aerr = auth(KEYS[1], ARGV[5])
+local af, aerr = auth(KEYS[1], ARGV[5], 'so')
 if aerr then return aerr end
 redis.call('HSET', KEYS[1], 'seen', ms(NOW))
+if af[5] ~= '1' then seen(aid) end
 local out = {}
 for i = 6, #ARGV - 1, 2 do
   local tid, att = ARGV[i], ARGV[i + 1]
@@ -599,6 +611,7 @@ local tid, att, outcome, exit = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), t
 local _, aerr = auth(KEYS[1], ARGV[5])
 if aerr then return aerr end
 redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'so', '0')
+seen(ARGV[4])
 local tk = KEYS[2]
 local t = redis.call('HMGET', tk, 'st', 'att', 'rep', 'ro', 'ec', 'tmo', 'cr', 'crr')
 local st = tonumber(t[1])
@@ -766,6 +779,8 @@ if not a[1] then return fail(E_NOT_FOUND, string.format(FMT_AGENT_NOT_FOUND, q(a
 if a[2] then return {'OK', {}} end
 redis.call('HSET', KEYS[1], 'rev', ms(NOW), 'rr', reason)
 redis.call('HDEL', KEYS[1], 'cur', 'next')
+redis.call('ZREM', kOnline, aid)
+redis.call('SADD', kRevoked, aid)
 for _, tid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   endTask(tid, CANCELED, reason)
 end
@@ -821,6 +836,8 @@ for _, tid in ipairs(ids) do
       end
       redis.call('DEL', kAgent(aid), kQueue(aid), kRun(aid), kCancels(aid))
       redis.call('ZREM', kDue, aid)
+      redis.call('ZREM', kOnline, aid)
+      redis.call('SREM', kRevoked, aid)
       notify(WATCH_AGENT .. aid)
       removed[#removed + 1] = aid
     elseif aret > 0 then
@@ -868,6 +885,7 @@ for _, tid in ipairs(ids) do
         notify(WATCH_AGENT .. aid); notify(WATCH_TASK .. tid)
       end
       if NOW >= (tonumber(t[5]) or 0) then
+        redis.call('HINCRBY', kCounters, 'lx', 1)
         local att = tonumber(t[9]) or 0
         local new, reason = leaseExpiryEnd(tmo, cr, crr, att, tonumber(t[10]) or 1)
         if new ~= PENDING then

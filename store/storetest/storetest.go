@@ -2,7 +2,7 @@
 // from the implementation's tests; it drives the store through a Clock it controls.
 //
 // The suite is split by topic — agents.go, tasks.go, leases.go, reaping.go,
-// jobs.go, enrollment.go, retention.go, output.go — and compares what users see exactly:
+// jobs.go, enrollment.go, retention.go, output.go, stats.go — and compares what users see exactly:
 // states and histories (state, reason, attempt and time of every change), reasons
 // and errors (kind and message), counts. Expected texts are built from package
 // store's rules (store.ReasonLeased, store.ErrTaskNotFound, store.FmtStale ...), so
@@ -66,6 +66,7 @@ var topics = []struct {
 	{"Enrollment", enrollmentCases},
 	{"Retention", retentionCases},
 	{"Output", outputCases},
+	{"Stats", statsCases},
 }
 
 // The settings every case runs with.
