@@ -196,6 +196,7 @@ func (a *agentService) Poll(ctx context.Context, req *connect.Request[forgev1.Po
 		return nil, s.agentError(ctx, err)
 	}
 	out := &forgev1.PollResponse{Cancels: refsToProto(res.Cancels)}
+	s.metrics.leased(res.Tasks)
 	for _, t := range res.Tasks {
 		pt := leasedToProto(t)
 		if len(s.cfg.SigningKeys) > 0 && len(t.JobSig.Sig) > 0 {
@@ -250,6 +251,7 @@ func (a *agentService) ReportResult(ctx context.Context, req *connect.Request[fo
 		return nil, s.agentError(ctx, err)
 	}
 	s.metrics.results.WithLabelValues(st.String()).Inc()
+	s.metrics.reported(m.TaskId, st)
 	return connect.NewResponse(&forgev1.ReportResultResponse{State: forgev1.TaskState(st)}), nil
 }
 

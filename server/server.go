@@ -54,6 +54,11 @@ type Config struct {
 	// else answers 404 and the application serves its registry itself. New
 	// fails if a collector is already registered there (another Server's).
 	Metrics prometheus.Registerer
+	// StatsMaxAge is how long the cluster-wide gauges of /metrics (forge_agents,
+	// forge_tasks, forge_oldest_pending_task_age_seconds,
+	// forge_leases_expired_total) are kept before a scrape reads them from the
+	// store again; 5 s.
+	StatsMaxAge time.Duration
 
 	// Lease is how long a leased task stays with its agent without a heartbeat; 30 s.
 	Lease time.Duration
@@ -155,6 +160,7 @@ func (c Config) withDefaults() Config {
 	dur(&c.TaskTimeout, 10*time.Minute)
 	dur(&c.DeliveryTTL, time.Hour)
 	dur(&c.ReapInterval, time.Second)
+	dur(&c.StatsMaxAge, 5*time.Second)
 	// Longer than a poll hold, so an idle agent's renewed Poll costs no store call
 	// beyond its Lease; safe because every store operation re-checks the token.
 	dur(&c.AgentCacheTTL, 5*time.Minute)
@@ -218,7 +224,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:       cfg,
-		store:     cfg.Store,
+		store:     timedStore{Store: cfg.Store, m: m},
 		log:       cfg.Logger,
 		mux:       http.NewServeMux(),
 		operators: hashTokens(cfg.AdminTokens),
@@ -230,6 +236,12 @@ func New(cfg Config) (*Server, error) {
 		metrics:   m,
 		errw:      connect.NewErrorWriter(),
 		closing:   make(chan struct{}),
+	}
+	err = m.watchStore(lifetime{s.closing}, s.store, cfg.StatsMaxAge, func(err error) {
+		s.log.Warn("metrics: reading the store's counts failed; serving the last ones", causeArgs(err)...)
+	})
+	if err != nil {
+		return nil, err
 	}
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(cfg.Limits.MaxBodyBytes),
