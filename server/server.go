@@ -260,6 +260,7 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("GET /metrics", s.metrics.handler())
 	s.mountIntrospection()
+	s.mountPage()
 	s.handler = s.authenticate(describeRefusals(s.mux))
 
 	if !cfg.DisableReaper {
