@@ -135,3 +135,27 @@ func BenchmarkCrossReplicaWake(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkStats is one read of the cluster-wide counts (store.Stats) with 200
+// agents and 2,000 retained tasks: a fixed number of commands, whatever the
+// history holds.
+func BenchmarkStats(b *testing.B) {
+	for _, cluster := range []bool{false, true} {
+		b.Run(map[bool]string{false: "single", true: "cluster"}[cluster], func(b *testing.B) {
+			s := benchStore(b, cluster)
+			for range 200 {
+				cred := registerB(b, s)
+				for range 10 {
+					if _, err := s.Dispatch(b.Context(), spec(cred.AgentID)); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			for b.Loop() {
+				if _, err := s.Stats(b.Context()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
