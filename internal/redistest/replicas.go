@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -263,8 +264,11 @@ func (cl *Cluster) SlotsOf(s *Server) ([]int, error) {
 
 // WaitHealthy waits until every node of the cluster runs, every node reports
 // cluster_state:ok with every slot served, all nodes agree on who serves each
-// slot, and every replica's link to its master is up and synced: a state in which
-// any one master may die without losing a slot.
+// slot and on every node's role, no node is a master without slots, and every
+// replica's link to its master is up and synced: a state in which any one master
+// may die without losing a slot. (A master killed and restarted comes back for a
+// moment as a master without slots before it turns into its successor's replica,
+// and the other nodes learn that by gossip: until then it protects nothing.)
 func (cl *Cluster) WaitHealthy(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for !cl.Healthy() {
@@ -283,7 +287,7 @@ func (cl *Cluster) Healthy() bool {
 			return false
 		}
 	}
-	if !cl.up() || !cl.agree() {
+	if !cl.up() || !cl.agree() || !cl.rolesSettled() {
 		return false
 	}
 	for _, s := range cl.Nodes {
@@ -348,6 +352,44 @@ func (cl *Cluster) agree() bool {
 			if want[sl] != id {
 				return false
 			}
+		}
+	}
+	return want != nil
+}
+
+// rolesSettled tells whether every running node gives each of the cluster's
+// nodes the same role — a master serving slots, or a replica of a given master —
+// and none sees one of them as a master without slots.
+func (cl *Cluster) rolesSettled() bool {
+	var want map[string]string
+	for _, s := range cl.Nodes {
+		if !s.answering() {
+			continue
+		}
+		nodes, err := cl.topologyFrom(s)
+		if err != nil {
+			return false
+		}
+		roles := map[string]string{}
+		for _, n := range nodes {
+			if n.Server == nil {
+				continue
+			}
+			switch {
+			case n.Master && len(n.Slots) > 0:
+				roles[n.ID] = "master"
+			case !n.Master && n.MasterID != "":
+				roles[n.ID] = "replica of " + n.MasterID
+			default:
+				return false
+			}
+		}
+		if want == nil {
+			want = roles
+			continue
+		}
+		if !maps.Equal(roles, want) {
+			return false
 		}
 	}
 	return want != nil
