@@ -97,6 +97,32 @@ func TestCrossReplicaWakeCluster(t *testing.T) {
 	crossReplica(t, redistest.StartCluster(t, 3).URL())
 }
 
+// TestOpenContextBoundsOpeningOnly: the context given to Open bounds the opening,
+// not the store's life. Once it ends, the store still hears other replicas'
+// changes (its subscriptions run until Close).
+func TestOpenContextBoundsOpeningOnly(t *testing.T) {
+	t.Parallel()
+	url := redistest.Start(t).URL()
+	ctx, cancel := context.WithCancel(t.Context())
+	a, err := redisstore.Open(ctx, url, store.Config{}, redisstore.Options{Prefix: "life"})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { a.Close() })
+	cancel()
+	b := open(t, url, "life", store.Config{})
+	cred := register(t, a, "s")
+	w := a.Watch(store.AgentKey(cred.AgentID))
+	defer w.Stop()
+	if _, err := b.Dispatch(t.Context(), spec(cred.AgentID)); err != nil {
+		t.Fatal(err)
+	}
+	waitFire(t, w, 10*time.Second, "dispatch on the other replica after Open's context ended")
+	if err := a.Ping(t.Context()); err != nil {
+		t.Fatalf("Ping after Open's context ended: %v", err)
+	}
+}
+
 // TestSubscriptionDropped kills the pub/sub connection: every watcher fires (it may
 // have missed a notification), and notifications flow again afterwards.
 func TestSubscriptionDropped(t *testing.T) {

@@ -101,7 +101,8 @@ var _ store.Store = (*Store)(nil)
 // its sentinels (redis://s1:port/db?addr=s2:port&master_set=NAME); see
 // connect.go. If Redis cannot be used it fails with KindUnavailable and a
 // message that names the cause (CauseOf tells which); a URL that does not parse
-// is KindInvalid. No error ever holds the URL's password.
+// is KindInvalid. No error ever holds the URL's password. ctx bounds the
+// opening only: the store runs until Close.
 func Open(ctx context.Context, url string, cfg store.Config, opts Options) (*Store, error) {
 	copt, cn, err := clientOption(url, opts)
 	if err != nil {
@@ -184,11 +185,14 @@ func open(ctx context.Context, client, subs rueidis.Client, owned bool, cn conn,
 		return nil, s.wrap(ctx, err)
 	}
 	s.checkEviction(ctx)
-	bg, cancel := context.WithCancel(context.Background())
+	// The subscriptions and the clock's resync live as long as the store, not
+	// as long as ctx, which bounds the opening (a start-up deadline, a test's
+	// context): they keep ctx's values, not its end, and Close ends them.
+	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	for shard := 0; shard < NumShards; shard++ {
 		s.wg.Add(1)
-		go s.subscribe(bg, shard)
+		go s.subscribe(life, shard)
 	}
 	if err := s.waitSubscribed(ctx); err != nil {
 		s.Close()
@@ -198,7 +202,7 @@ func open(ctx context.Context, client, subs rueidis.Client, owned bool, cn conn,
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.rclock.run(bg, opts.ClockResync)
+			s.rclock.run(life, opts.ClockResync)
 		}()
 	}
 	s.opened.Store(true)
