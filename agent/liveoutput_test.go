@@ -275,10 +275,14 @@ func TestLiveOutputOldServer(t *testing.T) {
 
 // A command that prints 100 MiB: the output kept is the cap's head and tail,
 // and neither the process (server and agent here) nor Redis holds more than
-// the cap's worth of it at any time.
+// the cap's worth of it at any time. Each store's run has a process of its own
+// (RunAlone), so the heap measured is this run's, not the package's other tests'.
 func TestLiveOutputCap100MiB(t *testing.T) {
 	t.Parallel()
 	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		if !forgetest.RunAlone(t) {
+			return
+		}
 		e := &env{Server: forgetest.Start(t, forgetest.Options{Backend: b, OwnRedis: b == forgetest.Redis}), t: t}
 		a := startAgent(t, agent.Config{Servers: []string{e.URL}}, map[string]agent.Handler{"exec": agent.ExecHandler([]string{"sh"})})
 		nodes, prefix := e.Redis()
