@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"strings"
 	"time"
+	"unicode"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -67,8 +68,9 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 		if len(v) > l.MaxName {
 			return invalid(field, "%d bytes is over the limit of %d", len(v), l.MaxName)
 		}
-		if !printable(v) {
-			return invalid(field, "must be printable UTF-8 without control, bidi or zero-width characters")
+		if !nameText(v) {
+			return invalid(field, "must be printable UTF-8 without control, bidi or zero-width characters, "+
+				"no space at either end and no space but U+0020")
 		}
 	}
 	if m.PreviousAgentId != "" && !store.ValidID(m.PreviousAgentId, 'a') {
@@ -89,8 +91,8 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 		return invalid("task_types", "%d types is over the limit of %d", len(m.TaskTypes), l.MaxLabels)
 	}
 	for _, t := range m.TaskTypes {
-		if t == "" || len(t) > l.MaxName || !printable(t) {
-			return invalid("task_types", "each type must be 1 to %d bytes of printable UTF-8", l.MaxName)
+		if t == "" || len(t) > l.MaxName || !nameText(t) {
+			return invalid("task_types", "each type must be 1 to %d bytes of printable UTF-8, spaced only inside and by U+0020", l.MaxName)
 		}
 	}
 	return nil
@@ -100,6 +102,22 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 // characters, so it is safe to show on an operator's terminal and two names
 // that look alike are alike (termsafe.Safe).
 func printable(s string) bool { return termsafe.Safe(s) }
+
+// nameText tells whether s can name what an operator picks from a list (an
+// agent, its host, a task type): printable, with no space that passes for
+// another — none at either end, and none but U+0020 — since "web-1 " and
+// "web\u00a01" show as "web-1" and "web 1" but are other names.
+func nameText(s string) bool {
+	if !printable(s) || strings.TrimSpace(s) != s {
+		return false
+	}
+	for _, r := range s {
+		if r != ' ' && unicode.IsSpace(r) {
+			return false
+		}
+	}
+	return true
+}
 
 // labelText tells whether s uses only the characters selectors can name.
 func labelText(s string) bool {

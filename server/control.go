@@ -151,8 +151,8 @@ func (s *Server) jobSpec(m *forgev1.DispatchRequest) (store.JobSpec, error) {
 	l := s.cfg.Limits
 	spec := store.JobSpec{Type: m.Type, Payload: m.Payload, IdempotencyKey: m.IdempotencyKey,
 		MaxConcurrency: m.MaxConcurrency, MaxFailures: m.MaxFailures, MaxAttempts: m.MaxAttempts}
-	if m.Type == "" || len(m.Type) > l.MaxName || !printable(m.Type) {
-		return spec, invalid("type", "must be 1 to %d bytes of printable UTF-8", l.MaxName)
+	if m.Type == "" || len(m.Type) > l.MaxName || !nameText(m.Type) {
+		return spec, invalid("type", "must be 1 to %d bytes of printable UTF-8, spaced only inside and by U+0020", l.MaxName)
 	}
 	if len(m.Payload) > l.MaxPayload {
 		return spec, exhausted("payload: %d bytes is over the limit of %d bytes", len(m.Payload), l.MaxPayload)

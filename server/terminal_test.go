@@ -11,7 +11,8 @@ import (
 
 // TestAttackTerminalText registers agents whose names, hostnames, versions,
 // labels and task types carry what would act on an operator's terminal or make
-// one name pass for another (issue 13, finding 6): each is refused with
+// one name pass for another (issue 13, finding 6) — spaces at either end or
+// other than U+0020 included: each is refused with
 // invalid_argument naming the field, and nothing is registered.
 func TestAttackTerminalText(t *testing.T) {
 	t.Parallel()
@@ -31,6 +32,14 @@ func TestAttackTerminalText(t *testing.T) {
 			"label value with a zero-width":     {Name: "x", Labels: map[string]string{"role": "web\u200b"}},
 			"label key with a bidi override":    {Name: "x", Labels: map[string]string{"r\u202eole": "web"}},
 			"task type with a zero-width space": {Name: "x", TaskTypes: []string{"ex\u200bec"}},
+			// Spaces that make one name pass for another.
+			"name with a trailing space":         {Name: "web-1 "},
+			"name with a leading space":          {Name: " web-1"},
+			"name with a no-break space":         {Name: "web\u00a01"},
+			"name with an en quad":               {Name: "web\u20001"},
+			"hostname with an ideographic space": {Name: "x", Hostname: "host\u3000a"},
+			"version with a narrow no-break":     {Name: "x", Version: "1.0\u202f"},
+			"task type with a trailing space":    {Name: "x", TaskTypes: []string{"exec "}},
 		}
 		for name, req := range cases {
 			_, err := s.Agent(enrollToken).Register(ctx, connect.NewRequest(req))
@@ -50,8 +59,12 @@ func TestAttackTerminalText(t *testing.T) {
 		if codeOf(err) != "invalid_argument" {
 			t.Errorf("Dispatch of a type with a bidi override = %v, want invalid_argument", err)
 		}
-		// Names in other scripts are fine.
-		if _, err := s.Agent(enrollToken).Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "café-日本"})); err != nil {
+		_, err = s.Control.Dispatch(ctx, connect.NewRequest(&forgev1.DispatchRequest{Type: "echo ", Target: &forgev1.DispatchRequest_All{All: true}}))
+		if codeOf(err) != "invalid_argument" {
+			t.Errorf("Dispatch of a type with a trailing space = %v, want invalid_argument", err)
+		}
+		// Names in other scripts are fine, and so are spaces inside.
+		if _, err := s.Agent(enrollToken).Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "café-日本 2"})); err != nil {
 			t.Errorf("Register of a plain non-ASCII name: %v", err)
 		}
 	})
