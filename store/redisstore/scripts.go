@@ -417,7 +417,8 @@ return {'OK'}
 
 // leaseScript is the whole of one Poll step: credential check, last-seen, poll
 // generation, leasing ready tasks oldest first, and undelivered cancels. An idle
-// agent costs one HMGET, one EXISTS (of its queue and its cancels at once: Redis
+// agent costs one HMGET, one ZADD (its last call in the shard's online index,
+// which Stats counts), one EXISTS (of its queue and its cancels at once: Redis
 // drops an emptied sorted set) and one HSET.
 //
 // KEYS[1] agent record, KEYS[2] queue, KEYS[3] running, KEYS[4] undelivered cancels
