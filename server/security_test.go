@@ -222,6 +222,44 @@ func TestAttacks(t *testing.T) {
 			_, err := w.agA.ReportResult(ctx, connect.NewRequest(&forgev1.ReportResultRequest{TaskId: w.tB2, Attempt: 1, Outcome: forgev1.Outcome_OUTCOME_SUCCEEDED}))
 			return codeOf(err)
 		}},
+		{"A hands back B's attempt", "ok", func(w *world) string {
+			res, err := w.agA.ReturnTasks(ctx, connect.NewRequest(&forgev1.ReturnTasksRequest{Tasks: []*forgev1.TaskRef{{TaskId: w.tB, Attempt: 1}}}))
+			if err != nil {
+				return codeOf(err)
+			}
+			if len(res.Msg.Returned) != 0 {
+				return fmt.Sprintf("handed back %v", res.Msg.Returned)
+			}
+			return "ok"
+		}},
+		{"A writes output into B's running task", "not_found", func(w *world) string {
+			_, err := w.agA.AppendOutput(ctx, connect.NewRequest(&forgev1.AppendOutputRequest{TaskId: w.tB, Attempt: 1,
+				Stream: forgev1.Stream_STREAM_STDOUT, Data: []byte("pwned")}))
+			return codeOf(err)
+		}},
+		{"agent token reads B's output", "permission_denied", func(w *world) string {
+			_, err := w.ControlAs(w.tokA).ReadOutput(ctx, connect.NewRequest(&forgev1.ReadOutputRequest{TaskId: w.tB}))
+			return codeOf(err)
+		}},
+		{"agent token reads B's task", "permission_denied", func(w *world) string {
+			_, err := w.ControlAs(w.tokA).GetTask(ctx, connect.NewRequest(&forgev1.GetTaskRequest{TaskId: w.tB}))
+			return codeOf(err)
+		}},
+		{"100,000 labels on Register", "invalid_argument", func(w *world) string {
+			var b strings.Builder
+			b.WriteString(`{"name":"many","labels":{`)
+			for i := range 100000 {
+				if i > 0 {
+					b.WriteString(",")
+				}
+				fmt.Fprintf(&b, `"k%d":"v"`, i)
+			}
+			b.WriteString("}}")
+			return w.raw("/forge.v1.AgentService/Register", enrollToken, js, b.String())
+		}},
+		{"a name that is not UTF-8 (proto)", "invalid_argument", func(w *world) string {
+			return w.raw("/forge.v1.AgentService/Register", enrollToken, "application/proto", "\x0a\x03a\xffb")
+		}},
 		{"A polls: never gets B's tasks", "ok", func(w *world) string {
 			res, err := w.agA.Poll(ctx, connect.NewRequest(&forgev1.PollRequest{MaxTasks: i32(64), Wait: durationpb.New(0)}))
 			if err != nil {
