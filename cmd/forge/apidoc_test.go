@@ -14,6 +14,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/redistest"
 )
 
@@ -300,4 +303,36 @@ func (n *idNormalizer) text(s string) string {
 		}
 		return p
 	})
+}
+
+// TestAPIDocFields checks that docs/api.md names every field a request of the
+// API takes (in its examples or its text), so a field added to a call is
+// documented with it.
+func TestAPIDocFields(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(apiDocPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	n := 0
+	for _, fd := range []protoreflect.FileDescriptor{forgev1.File_forge_v1_agent_proto, forgev1.File_forge_v1_control_proto} {
+		for i := 0; i < fd.Services().Len(); i++ {
+			methods := fd.Services().Get(i).Methods()
+			for j := 0; j < methods.Len(); j++ {
+				m := methods.Get(j)
+				fields := m.Input().Fields()
+				for k := 0; k < fields.Len(); k++ {
+					name := fields.Get(k).JSONName()
+					n++
+					if !strings.Contains(doc, `"`+name+`"`) && !strings.Contains(doc, `\"`+name+`\"`) && !strings.Contains(doc, "`"+name+"`") {
+						t.Errorf("docs/api.md does not name %s's field %q", m.FullName(), name)
+					}
+				}
+			}
+		}
+	}
+	if n < 40 {
+		t.Fatalf("only %d request fields found", n)
+	}
 }
