@@ -30,6 +30,18 @@ type Main struct {
 	// memory to other processes. NewMain sets it where the system allows; a
 	// test's Main leaves it nil, so the test process is never replaced.
 	Exec func(argv0 string, argv, envv []string) error
+	// Terminal, when set, tells whether a stream is a terminal and how many
+	// columns it has; nil asks the system (a test's Main sets it to see what
+	// forge run draws on a terminal).
+	Terminal func(w io.Writer) (width int, ok bool)
+}
+
+// terminal tells whether w is a terminal and its width.
+func (m *Main) terminal(w io.Writer) (int, bool) {
+	if m.Terminal != nil {
+		return m.Terminal(w)
+	}
+	return terminalWidth(w)
 }
 
 // NewMain returns a Main wired to the process's streams and environment.

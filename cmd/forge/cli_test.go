@@ -5,6 +5,7 @@ package main_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -167,6 +168,28 @@ func TestRunGroup(t *testing.T) {
 		if !strings.Contains(out, "=== "+n+": SUCCEEDED exit 0\none\ntwo\n") {
 			t.Errorf("no block for %s:\n%s", n, out)
 		}
+	}
+	// --json: the job and its tasks once all ended, output as text.
+	out, errs, code = runSplit(t, e, "run", "--json", "--selector", "cli=group", "--", "/bin/sh", "-c", "echo one")
+	var res struct {
+		Job struct {
+			Counts struct{ Succeeded, Total int }
+		}
+		Tasks []struct{ AgentName, Output, State string }
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 0 || res.Job.Counts.Succeeded != 2 ||
+		len(res.Tasks) != 2 || res.Tasks[0].AgentName != "g-1" || res.Tasks[0].Output != "one\n" {
+		t.Fatalf("run --json: exit %d, %v:\n%s\n%s", code, err, out, errs)
+	}
+	// --detach: the job id alone on stdout, at once.
+	out, errs, code = runSplit(t, e, "run", "--detach", "--selector", "cli=group", "--", "/bin/sh", "-c", "echo later")
+	if id := strings.TrimSuffix(out, "\n"); code != 0 || !regexp.MustCompile(`^j[0-9a-z]+$`).MatchString(id) {
+		t.Fatalf("run --detach: exit %d:\n%s\n%s", code, out, errs)
+	} else {
+		waitFor(t, "the detached job to end", func() bool {
+			out, _, _ := runSplit(t, e, "job", id)
+			return strings.Contains(out, "tasks     2: 2 SUCCEEDED")
+		})
 	}
 	// One agent: no prefix, and its exit code.
 	out, errs, code = runSplit(t, e, "run", "--agent", "g-1", "--", "/bin/sh", "-c", "echo alone; exit 42")
@@ -422,6 +445,47 @@ func TestCLIHelp(t *testing.T) {
 		out, _, code := runSplit(t, nil, args...)
 		if code != 0 || !strings.HasPrefix(out, "forge "+buildinfo.Get().Version) {
 			t.Errorf("forge %s: exit %d: %q", args[0], code, out)
+		}
+	}
+}
+
+// TestRunTerminal: on a terminal, forge run keeps a status line at the bottom
+// of stderr — done, running and pending of N by state, the time, the job — and
+// clears it before anything else is written, so output never mixes with it.
+func TestRunTerminal(t *testing.T) {
+	t.Parallel()
+	e := fleet(t, nil, "tty", "t-1", "t-2", "t-3")
+	gate := filepath.Join(t.TempDir(), "go")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out buffer // stdout and stderr on one terminal
+	m := &forge.Main{Stdout: &out, Stderr: &out, Getenv: e.get, Terminal: func(io.Writer) (int, bool) { return 200, true }}
+	done := make(chan int)
+	go func() {
+		done <- m.Run(ctx, append([]string{"run", "--selector", "cli=tty", "--"}, gated(gate, agentID(t, e, "t-3"))...))
+	}()
+	waitOutput(t, text{&out}, "0/3 done · 3 running · 0 pending · ")
+	for _, n := range []string{"t-1", "t-2", "t-3"} {
+		waitOutput(t, text{&out}, n+": first\n")
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done; code != 1 {
+		t.Fatalf("exit %d:\n%q", code, out.String())
+	}
+	s := out.String()
+	if !regexp.MustCompile(`\n3 tasks: 2 SUCCEEDED, 1 FAILED \(t-3\) in \S+ \(job j\w+\)\n$`).MatchString(s) {
+		t.Fatalf("the summary is not the last line:\n%q", s)
+	}
+	if i := strings.Index(s, "· job j"); i < 0 {
+		t.Fatalf("the status line does not name the job:\n%q", s)
+	}
+	// Every line of output starts a line: after a newline, or after the
+	// status line was cleared.
+	for _, l := range regexp.MustCompile(`(?s).(t-\d: (first|second|disk full)\n)`).FindAllStringSubmatchIndex(s, -1) {
+		if before := s[:l[2]]; !strings.HasSuffix(before, "\n") && !strings.HasSuffix(before, "\r\x1b[K") {
+			t.Fatalf("output written after the status line without clearing it: %q", s[max(0, l[2]-80):l[3]])
 		}
 	}
 }

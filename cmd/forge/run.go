@@ -118,7 +118,7 @@ forge run --selector role=db --json -- /usr/bin/df -h | jq -r '.tasks[] | .agent
 	}
 
 	start := time.Now()
-	width, live := terminalWidth(m.Stderr)
+	width, live := m.terminal(m.Stderr)
 	scr := &screen{out: m.Stdout, err: m.Stderr, live: live, width: width}
 	c, err := m.newClient("run", cf, func(s string) { scr.note("forge run: " + s) })
 	if err != nil {
