@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -487,5 +489,57 @@ func TestRunTerminal(t *testing.T) {
 		if before := s[:l[2]]; !strings.HasSuffix(before, "\n") && !strings.HasSuffix(before, "\r\x1b[K") {
 			t.Fatalf("output written after the status line without clearing it: %q", s[max(0, l[2]-80):l[3]])
 		}
+	}
+}
+
+// TestReadmeRunSample runs the README's sample of forge run on three agents,
+// one failing (db-1 has no file "ready" in its working directory), and checks
+// that it prints the README's lines and no others (agents' lines interleave
+// as they come, so the order between agents is not compared; job ids and
+// durations are).
+func TestReadmeRunSample(t *testing.T) {
+	t.Parallel()
+	sample := strings.Split(strings.TrimSuffix(readme(t, "runsample"), "\n"), "\n")
+	cmd, want := sample[0], sample[1:]
+	const prompt = "$ ./forge run --selector env=dev -- /bin/sh -c "
+	if !strings.HasPrefix(cmd, prompt) {
+		t.Fatalf("the sample's command is not %q…: %q", prompt, cmd)
+	}
+	script := strings.TrimSuffix(strings.TrimPrefix(cmd, prompt+"'"), "'")
+	url := startServer(t)
+	for _, n := range []string{"web-1", "web-2", "db-1"} {
+		dir := t.TempDir()
+		if n != "db-1" {
+			if err := os.WriteFile(filepath.Join(dir, "ready"), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c := exec.Command(bin(t, "forge"), "agent", "--server", url, "--enroll-token", enrollToken, "--name", n,
+			"--label", "env=dev", "--allow-exec", "/bin/sh")
+		c.Dir = dir
+		startCmd(t, c)
+	}
+	waitAgents(t, control(url), "env=dev", 3)
+	out, code := runForge(t, env{"FORGE_SERVER": url, "FORGE_ADMIN_TOKEN": adminToken}, "run", "--selector", "env=dev", "--", "/bin/sh", "-c", script)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	norm := func(lines []string) []string {
+		re := regexp.MustCompile(`j[0-9a-z]{15}|in [0-9.]+(ms|s)`)
+		out := make([]string, len(lines))
+		for i, l := range lines {
+			out[i] = re.ReplaceAllStringFunc(l, func(s string) string {
+				if strings.HasPrefix(s, "in ") {
+					return "in T"
+				}
+				return "JOB"
+			})
+		}
+		slices.Sort(out)
+		return out
+	}
+	got := norm(strings.Split(strings.TrimSuffix(out, "\n"), "\n"))
+	if w := norm(want); !slices.Equal(got, w) {
+		t.Fatalf("forge run printed (sorted, normalized):\n%s\nthe README shows:\n%s", strings.Join(got, "\n"), strings.Join(w, "\n"))
 	}
 }
