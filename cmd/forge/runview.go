@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -144,13 +145,14 @@ type runView struct {
 	names  map[string]string // agent id -> name
 	pad    int
 	counts *forgev1.JobCounts
+	ended  map[forgev1.TaskState]int32 // tasks seen ending by their output's end
 }
 
 func newRunView(m *Main, scr *screen, p termsafe.Printer, d *forgev1.DispatchResponse, start time.Time, group, json bool) *runView {
 	return &runView{m: m, scr: scr, p: p, d: d, start: start, group: group,
 		out:    client.NewLines(escapeWriter{screenWriter{scr, m.Stdout}, p}),
 		errs:   client.NewLines(escapeWriter{screenWriter{scr, m.Stderr}, p}),
-		labels: map[string]string{}, names: map[string]string{}}
+		labels: map[string]string{}, names: map[string]string{}, ended: map[forgev1.TaskState]int32{}}
 }
 
 // setNames labels each task by its agent's name; by the name and the id when
@@ -200,21 +202,37 @@ func (v *runView) progress(job *forgev1.JobInfo) {
 }
 
 // status is the live line: "2/3 done: 1 SUCCEEDED, 1 FAILED · 1 running · 0 pending · 4s".
+// The job's counts come from Wait at most a second old; a task whose end this
+// run has already printed counts as ended even before they say so.
 func (v *runView) status() string {
 	v.mu.Lock()
-	c := v.counts
+	var c *forgev1.JobCounts
+	if v.counts != nil {
+		c = proto.Clone(v.counts).(*forgev1.JobCounts)
+	}
+	ended := maps.Clone(v.ended)
 	v.mu.Unlock()
 	total := int32(len(v.d.TaskIds))
 	elapsed := time.Since(v.start).Round(time.Second)
 	if c == nil {
-		return fmt.Sprintf("0/%d done · starting · %s", total, elapsed)
+		c = &forgev1.JobCounts{Total: total, Pending: total}
 	}
-	done := c.Total - c.Pending - c.Running
+	for _, f := range []struct {
+		s forgev1.TaskState
+		n *int32
+	}{{forgev1.TaskState_TASK_STATE_SUCCEEDED, &c.Succeeded}, {forgev1.TaskState_TASK_STATE_FAILED, &c.Failed},
+		{forgev1.TaskState_TASK_STATE_TIMED_OUT, &c.TimedOut}, {forgev1.TaskState_TASK_STATE_LOST, &c.Lost},
+		{forgev1.TaskState_TASK_STATE_CANCELED, &c.Canceled}, {forgev1.TaskState_TASK_STATE_EXPIRED, &c.Expired}} {
+		*f.n = max(*f.n, ended[f.s])
+	}
+	done := c.Succeeded + c.Failed + c.TimedOut + c.Lost + c.Canceled + c.Expired
+	c.Running = max(0, min(c.Running, c.Total-done-c.Pending))
+	c.Pending = max(0, c.Total-done-c.Running)
 	s := fmt.Sprintf("%d/%d done", done, c.Total)
 	if done > 0 {
-		ended := proto.Clone(c).(*forgev1.JobCounts)
-		ended.Pending, ended.Running = 0, 0
-		s += ": " + countsText(ended)
+		c2 := proto.Clone(c).(*forgev1.JobCounts)
+		c2.Pending, c2.Running = 0, 0
+		s += ": " + countsText(c2)
 	}
 	return fmt.Sprintf("%s · %d running · %d pending · %s · job %s", s, c.Running, c.Pending, elapsed, v.d.JobId)
 }
@@ -265,6 +283,11 @@ func (v *runView) follow(ctx context.Context, c *client.Client, id string) {
 		return // the summary says how it ended
 	}
 	t := g.Msg.Task
+	if client.Final(t.State) {
+		v.mu.Lock()
+		v.ended[t.State]++
+		v.mu.Unlock()
+	}
 	end := endText(v.p, t)
 	switch {
 	case v.group:
