@@ -132,3 +132,38 @@ func TestReadmeSetUp(t *testing.T) {
 		t.Fatalf("the README no longer starts the walk-through's server as TestReadmeWalkthrough does:\n%s", curlServer)
 	}
 }
+
+// TestReadmeExamplesAllRun checks that every code block of the README is one a
+// test runs or compares: those between markers are read by the tests named
+// here, and the two others are the walk-through's server line
+// (TestReadmeSetUp) and what the walk-through prints (TestReadmeWalkthrough).
+// A new example needs a marker and a test before it can land.
+func TestReadmeExamplesAllRun(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	tested := map[string]string{
+		"setup": "TestReadmeSetUp", "walkthrough": "TestReadmeWalkthrough", "binary": "TestReadmeWalkthrough",
+		"redis": "TestReadmeRedis", "embed": "TestEmbedExampleIsReadme", "embedserver": "TestGoExamplesAreReadme",
+		"control": "TestGoExamplesAreReadme",
+	}
+	marker := regexp.MustCompile(`<!-- ([a-z]+):start -->\n$`)
+	for _, f := range fenceRE.FindAllStringSubmatchIndex(doc, -1) {
+		block := doc[f[4]:f[5]]
+		if m := marker.FindStringSubmatch(doc[:f[0]]); m != nil {
+			if tested[m[1]] == "" {
+				t.Errorf("the README's %q block is run by no test this one knows of", m[1])
+			}
+			continue
+		}
+		switch {
+		case block == "FORGE_ENROLL_TOKEN=enroll-dev-0123456789 FORGE_ADMIN_TOKEN=admin-dev-0123456789 go run ./cmd/forge server\n":
+		case strings.HasSuffix(doc[:f[0]], "The last command prints:\n\n"):
+		default:
+			t.Errorf("the README's block at byte %d is checked by no test:\n%s", f[0], block)
+		}
+	}
+}
