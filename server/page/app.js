@@ -172,7 +172,7 @@
     if (type === 'exec') {
       try {
         const p = JSON.parse(raw);
-        if (Array.isArray(p.argv)) return p.argv.map(String).join(' ');
+        if (Array.isArray(p.argv)) return p.argv.map((a) => shellQuote(String(a))).join(' ');
       } catch (_) {
         // not JSON: shown as the type alone
       }
@@ -180,6 +180,13 @@
     }
     if (type === 'echo') return raw;
     return '';
+  }
+
+  // shellQuote writes an argument as a shell would need it, so a command's
+  // arguments stay apart when shown: sh -c 'echo a; echo b'.
+  function shellQuote(a) {
+    if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(a)) return a;
+    return "'" + a.replace(/'/g, "'\\''") + "'";
   }
 
   // ---- sign in and out ----------------------------------------------------
@@ -401,9 +408,10 @@
         'data-job-id': j.id, class: 'job' + (view.job === j.id ? ' selected' : '') + (j.done ? ' done' : ''),
         onclick: () => openJob(j.id), tabindex: '0',
       },
-      el('td', { class: 'mono', title: j.id }, shortID(j.id)),
-      el('td', { class: 'command mono' }, el('span', { class: 'type' }, line(j.type)), cmd ? ' ' + clip(line(cmd), 80) : ''),
-      el('td', { class: 'mono' }, clip(line(j.target || ''), 40)),
+      el('td', { class: 'mono nowrap', title: j.id }, shortID(j.id)),
+      el('td', { class: 'command mono', title: line(cmd || j.type) },
+        el('div', { class: 'cmd' }, el('span', { class: 'type' }, line(j.type)), cmd ? ' ' + clip(line(cmd), 120) : ''),
+        el('div', { class: 'target' }, '→ ' + clip(line(j.target || ''), 60))),
       el('td', null, countsBar(j.counts)),
       el('td', { class: 'nowrap', title: j.createdAt || '' }, ago(j.createdAt)));
     });
