@@ -63,6 +63,7 @@ Usage:
   forge task    [flags] TASK_ID             show a task, or follow its output (--follow)
   forge cancel  [flags] TASK_ID... | --job JOB_ID   cancel tasks or a job
   forge revoke  [flags] AGENT_ID...         revoke agents: their tokens stop working at once
+  forge tokens  [create|revoke] [flags]     list, create and revoke enrollment tokens
   forge version                             print the version (also forge --version)
   forge bench   [flags]                     measure latency, throughput and fleet scale
 
@@ -99,6 +100,7 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 		"task":    m.runTask,
 		"cancel":  m.runCancel,
 		"revoke":  m.runRevoke,
+		"tokens":  m.runTokens,
 		"version": m.runVersion,
 		"bench":   m.runBench,
 	}

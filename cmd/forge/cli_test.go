@@ -416,7 +416,7 @@ func TestCLIConventions(t *testing.T) {
 // values, marks which flags read a variable, and hides internal flags.
 func TestCLIHelp(t *testing.T) {
 	t.Parallel()
-	for _, cmd := range []string{"run", "agents", "jobs", "job", "tasks", "task", "cancel", "revoke", "version", "server", "agent", "bench"} {
+	for _, cmd := range []string{"run", "agents", "jobs", "job", "tasks", "task", "cancel", "revoke", "tokens", "version", "server", "agent", "bench"} {
 		out, _, code := runSplit(t, nil, cmd, "-h")
 		if code != 0 {
 			t.Errorf("forge %s -h: exit %d", cmd, code)
@@ -541,5 +541,35 @@ func TestReadmeRunSample(t *testing.T) {
 	got := norm(strings.Split(strings.TrimSuffix(out, "\n"), "\n"))
 	if w := norm(want); !slices.Equal(got, w) {
 		t.Fatalf("forge run printed (sorted, normalized):\n%s\nthe README shows:\n%s", strings.Join(got, "\n"), strings.Join(w, "\n"))
+	}
+}
+
+// TestCLITokens: forge tokens creates an enrollment token (printed once, on
+// stdout), lists it with its uses, and revokes it (flags after the arguments).
+func TestCLITokens(t *testing.T) {
+	t.Parallel()
+	url := startServer(t)
+	e := env{"FORGE_SERVER": url, "FORGE_ADMIN_TOKEN": adminToken}
+	out, errs, code := runSplit(t, e, "tokens", "create", "rack 12", "--max-uses", "2", "--ttl", "1h")
+	tok := strings.TrimSuffix(out, "\n")
+	if code != 0 || !strings.HasPrefix(tok, "fe_") || !strings.Contains(errs, "shown only now") {
+		t.Fatalf("tokens create: exit %d:\n%s%s", code, out, errs)
+	}
+	if _, err := agentClient(url, tok).Register(t.Context(), connect.NewRequest(&forgev1.RegisterRequest{Name: "r-1"})); err != nil {
+		t.Fatalf("Register with the new token: %v", err)
+	}
+	id := strings.Split(tok, "_")[1]
+	out, _, _ = runSplit(t, e, "tokens")
+	if !regexp.MustCompile(`(?m)^` + id + `\s+rack 12\s+1 of 2\s+\d{4}-.*\s+no$`).MatchString(out) {
+		t.Fatalf("tokens:\n%s", out)
+	}
+	if out, errs, code := runSplit(t, e, "tokens", "revoke", id); code != 0 || out != id+" revoked\n" {
+		t.Fatalf("tokens revoke: exit %d:\n%s%s", code, out, errs)
+	}
+	if _, err := agentClient(url, tok).Register(t.Context(), connect.NewRequest(&forgev1.RegisterRequest{Name: "r-2"})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("Register with a revoked token: %v", err)
+	}
+	if _, errs, code := runSplit(t, e, "tokens", "burn"); code != 2 || !strings.Contains(errs, `unknown "burn": want list, create or revoke`) {
+		t.Fatalf("tokens burn: exit %d: %s", code, errs)
 	}
 }

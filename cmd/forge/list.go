@@ -484,7 +484,8 @@ func endText(p termsafe.Printer, t *forgev1.TaskInfo) string {
 	if x := exitText(t); x != "-" {
 		s += " exit " + x
 	}
-	if t.Error != "" && t.State != forgev1.TaskState_TASK_STATE_SUCCEEDED {
+	// "exit status 3" says again what "exit 3" said.
+	if t.Error != "" && t.State != forgev1.TaskState_TASK_STATE_SUCCEEDED && t.Error != fmt.Sprintf("exit status %d", t.ExitCode) {
 		s += ": " + p.Line(t.Error)
 	}
 	return s
