@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -151,4 +152,29 @@ func testMetricsOperators(t *testing.T, b forgetest.Backend) {
 	agents(e, 1, 1, 1)
 	tasks(e, map[string]float64{"RUNNING": 1, "SUCCEEDED": 1})
 	want(e, "forge_oldest_pending_task_age_seconds", 0)
+}
+
+// TestMetricsStoreDown: while the store cannot be reached, /metrics still
+// answers, with the cluster-wide values last read, and the failed reads are
+// counted and logged; once it is back, the values are read again.
+func TestMetricsStoreDown(t *testing.T) {
+	t.Parallel()
+	e := forgetest.Start(t, forgetest.Options{Backend: forgetest.Redis, OwnRedis: true,
+		Server: server.Config{StatsMaxAge: time.Nanosecond, DisableReaper: true}})
+	id, _ := e.Register("a", nil)
+	e.DispatchTo(id)
+	if n := e.Metric(`forge_tasks{state="PENDING"}`); n != 1 {
+		t.Fatalf(`forge_tasks{state="PENDING"} = %v, want 1`, n)
+	}
+	nodes, _ := e.Redis()
+	nodes[0].Kill()
+	if n := e.Metric(`forge_tasks{state="PENDING"}`); n != 1 {
+		t.Errorf(`with the store down, forge_tasks{state="PENDING"} = %v, want the last value, 1`, n)
+	}
+	if n := e.Metric(`forge_store_errors_total{kind="unavailable",op="Stats"}`); n < 1 {
+		t.Errorf(`forge_store_errors_total{kind="unavailable",op="Stats"} = %v, want at least 1`, n)
+	}
+	if !strings.Contains(e.Log.String(), "metrics: reading the store's counts failed") {
+		t.Errorf("the failed read was not logged")
+	}
 }
