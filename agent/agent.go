@@ -28,6 +28,7 @@ import (
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
 	"github.com/orange-forge/forge/internal/bearer"
+	"github.com/orange-forge/forge/internal/gzipcap"
 	"github.com/orange-forge/forge/internal/tasksig"
 )
 
@@ -61,6 +62,12 @@ type Config struct {
 	// many bytes were cut. What handlers write to Task.Stdout and Task.Stderr is
 	// streamed, and capped by the server (--max-output).
 	MaxOutput int
+	// MaxAnswer bounds what the agent reads of one answer, inflated: 256 MiB,
+	// room for a Poll answer of 64 tasks whose payloads are as big as the
+	// server's default body limit (4 MiB) lets a Dispatch make them. A larger
+	// answer — or a gzip bomb from a party in the middle — is refused, as a
+	// failed call, once that much has come; the agent never holds more.
+	MaxAnswer int
 	// HTTPClient makes the calls; by default the agent's own HTTP/1.1 transport,
 	// with enough idle connections for poll, report and heartbeat at once. It must
 	// have no Timeout: the agent sets a deadline on each call, and Poll is held.
@@ -85,6 +92,7 @@ const (
 	defaultConcurrency = 4
 	defaultDrainGrace  = 30 * time.Second
 	defaultMaxOutput   = 1 << 20
+	defaultMaxAnswer   = 256 << 20
 	defaultPollWait    = 25 * time.Second
 	defaultHeartbeat   = 10 * time.Second
 	// pollMargin is added to the poll's wait for its call deadline: the server
@@ -200,6 +208,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MaxOutput <= 0 {
 		cfg.MaxOutput = defaultMaxOutput
 	}
+	if cfg.MaxAnswer <= 0 {
+		cfg.MaxAnswer = defaultMaxAnswer
+	}
 	if cfg.PollWait < 0 {
 		cfg.PollWait = 0
 	}
@@ -239,7 +250,8 @@ func New(cfg Config) (*Agent, error) {
 		a.pinned = true
 	}
 	for _, s := range servers {
-		a.clients = append(a.clients, forgev1connect.NewAgentServiceClient(hc, s))
+		a.clients = append(a.clients, forgev1connect.NewAgentServiceClient(hc, s,
+			connect.WithReadMaxBytes(cfg.MaxAnswer), gzipcap.Client(cfg.MaxAnswer)))
 	}
 	return a, nil
 }

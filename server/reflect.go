@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/grpcreflect/v2"
 
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/gzipcap"
 )
 
 // apiServices are the services forge serves; reflection lists them and the
@@ -39,7 +40,7 @@ func (s *Server) mountIntrospection() {
 	// caller who needs no token. gRPC tools do not compress what they send.
 	connecthttp.Mount(s.mux, rs, connecthttp.WithReadMaxBytes(64<<10), connecthttp.WithCompressors())
 
-	path, h := grpchealth.NewHandler(healthChecker{s}, connect.WithReadMaxBytes(4<<10), boundedGzip(4<<10))
+	path, h := grpchealth.NewHandler(healthChecker{s}, connect.WithReadMaxBytes(4<<10), gzipcap.Handler(4<<10))
 	s.mux.Handle(path, h)
 }
 

@@ -34,6 +34,7 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/gzipcap"
 	"github.com/orange-forge/forge/store"
 )
 
@@ -245,7 +246,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(cfg.Limits.MaxBodyBytes),
-		boundedGzip(cfg.Limits.MaxBodyBytes),
+		gzipcap.Handler(cfg.Limits.MaxBodyBytes),
 		// Resetting a gzip writer costs more than sending a small message as is.
 		connect.WithCompressMinBytes(4096),
 		connect.WithInterceptors(s.metrics.interceptor()),
@@ -253,7 +254,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.mux.Handle(forgev1connect.NewAgentServiceHandler(&agentService{s}, opts...))
 	s.mux.Handle(forgev1connect.NewControlServiceHandler(&controlService{s}, opts...))
-	s.mux.Handle(forgev1connect.NewPingServiceHandler(pingService{}, connect.WithCompressMinBytes(4096), connect.WithReadMaxBytes(1024), boundedGzip(1024)))
+	s.mux.Handle(forgev1connect.NewPingServiceHandler(pingService{}, connect.WithCompressMinBytes(4096), connect.WithReadMaxBytes(1024), gzipcap.Handler(1024)))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
