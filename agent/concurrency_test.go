@@ -79,7 +79,8 @@ func TestAttackConcurrency(t *testing.T) {
 		for i := range ids {
 			ids[i] = e.dispatch(a.ID(), "work", nil, 0)
 		}
-		start := time.Now()
+		// Each wait (60 s) ends before a lease (2 min) could bring a task back:
+		// a task handed back late, or not at all, fails it.
 		var wg sync.WaitGroup
 		for _, id := range ids {
 			wg.Add(1)
@@ -94,9 +95,6 @@ func TestAttackConcurrency(t *testing.T) {
 		wg.Wait()
 		if m := most.Load(); m > 2 {
 			t.Errorf("%d handlers ran at once with concurrency 2", m)
-		}
-		if d := time.Since(start); d > 30*time.Second {
-			t.Errorf("the tasks took %v: handed-back tasks waited for their leases", d)
 		}
 		returned := 0
 		for _, id := range ids {
