@@ -162,19 +162,41 @@ func (m *metrics) interceptor() connect.UnaryInterceptorFunc {
 	}
 }
 
-// leased observes the tasks a Poll leased: the pickup time of first attempts,
-// and redeliveries.
+// leased observes the tasks a Poll leased: the pickup time of a task's first
+// lease, and redeliveries (a lease after an earlier attempt's ran out). A task
+// its agent handed back unstarted and leased again counts as neither: its
+// history says so.
 func (m *metrics) leased(tasks []store.Task) {
 	now := time.Now()
 	for _, t := range tasks {
-		if t.Attempt > 1 {
+		first, redelivered := leaseKind(t)
+		if redelivered {
 			m.redelivered.Inc()
+		}
+		if !first {
 			continue
 		}
 		if at, ok := store.TaskIDTime(t.ID); ok {
 			m.pickup.Observe(max(now.Sub(at), 0).Seconds())
 		}
 	}
+}
+
+// leaseKind tells whether a task just leased is on its first lease, or leased
+// again after a lease ran out, from its history (the newest entry is this
+// lease); without one, from its attempt number.
+func leaseKind(t store.Task) (first, redelivered bool) {
+	h := t.History
+	if len(h) < 2 {
+		return t.Attempt <= 1, t.Attempt > 1
+	}
+	runs := 0
+	for _, c := range h {
+		if c.State == store.StateRunning {
+			runs++
+		}
+	}
+	return runs <= 1, h[len(h)-2].Reason == fmt.Sprintf(store.FmtRequeued, t.Attempt-1)
 }
 
 // reported observes a result that ended a task.

@@ -41,7 +41,7 @@ func (c *movingClock) Advance(d time.Duration) {
 // on memory, one Redis and a Redis Cluster: agents by status and tasks by state
 // (the same on every replica, cached for StatsMaxAge), the oldest pending task's
 // age, pickup and dispatch-to-result histograms, expired leases and
-// redeliveries, store call times and errors, and the build.
+// redeliveries (a hand-back is neither), store call times and errors, and the build.
 func TestMetricsOperators(t *testing.T) {
 	t.Parallel()
 	for _, b := range []forgetest.Backend{forgetest.Memory, forgetest.Redis, forgetest.Cluster} {
@@ -136,12 +136,22 @@ func testMetricsOperators(t *testing.T, b forgetest.Backend) {
 	}
 	want(e, "forge_task_redeliveries_total", 1)
 	want(e, "forge_task_pickup_seconds_count", 2)
+	// Handed back unstarted and leased again: neither a pickup nor a redelivery.
+	if _, err := ag.ReturnTasks(ctx, connect.NewRequest(&forgev1.ReturnTasksRequest{
+		Tasks: []*forgev1.TaskRef{{TaskId: again.Id, Attempt: again.Attempt}}})); err != nil {
+		t.Fatal(err)
+	}
+	if back := poll(); back.Id != second || back.Attempt != 2 {
+		t.Fatalf("leased %s attempt %d after the hand-back, want %s attempt 2", back.Id, back.Attempt, second)
+	}
+	want(e, "forge_task_redeliveries_total", 1)
+	want(e, "forge_task_pickup_seconds_count", 2)
 	if err := report(lost); connect.CodeOf(err) != connect.CodeFailedPrecondition {
 		t.Fatalf("report of the stale attempt: %v, want failed_precondition", err)
 	}
 	want(e, `forge_store_errors_total{kind="precondition",op="Report"}`, 1)
-	if n := e.Metric(`forge_store_call_duration_seconds_count{op="Lease"}`); n != 3 {
-		t.Errorf("Lease store calls = %v, want 3", n)
+	if n := e.Metric(`forge_store_call_duration_seconds_count{op="Lease"}`); n != 4 {
+		t.Errorf("Lease store calls = %v, want 4", n)
 	}
 	if n := e.Metric(`forge_store_call_duration_seconds_count{op="Report"}`); n != 2 {
 		t.Errorf("Report store calls = %v, want 2", n)
