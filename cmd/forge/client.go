@@ -106,8 +106,12 @@ func (r *retryNotes) retry(x client.Retry) {
 		bound = "giving up after " + r.giveUp.String()
 	}
 	what := "cannot reach " + x.Server
-	if connect.CodeOf(x.Err) != connect.CodeUnavailable {
-		what = x.Server + " did not answer"
+	switch connect.CodeOf(x.Err) {
+	case connect.CodeUnavailable:
+	case connect.CodeDeadlineExceeded:
+		what = x.Server + " did not answer in time"
+	default: // a connection cut mid-call
+		what = "lost the connection to " + x.Server
 	}
 	next := ""
 	if x.Next != x.Server {

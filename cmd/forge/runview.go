@@ -273,7 +273,9 @@ func (v *runView) follow(ctx context.Context, c *client.Client, id string) {
 		le.Flush()
 	}
 	if err != nil {
-		if ctx.Err() == nil && connect.CodeOf(err) != connect.CodeUnimplemented {
+		// A server without ReadOutput shows the output in the summary's
+		// stead; a task gone is a job gone, which the run reports.
+		if code := connect.CodeOf(err); ctx.Err() == nil && code != connect.CodeUnimplemented && code != connect.CodeNotFound {
 			v.scr.note(fmt.Sprintf("forge run: %s: cannot read its output: %s", v.label(id), v.m.quote(err)))
 		}
 		return
