@@ -263,24 +263,31 @@ func (v *runView) followAll(ctx context.Context, c *client.Client) {
 // follow prints one task's output and then how it ended.
 func (v *runView) follow(ctx context.Context, c *client.Client, id string) {
 	var bufOut, bufErr bytes.Buffer
-	var err error
-	if v.group {
-		_, err = c.Follow(ctx, id, &bufOut, &bufErr)
-	} else {
+	stdout, stderr := io.Writer(&bufOut), io.Writer(&bufErr)
+	flush := func() {}
+	if !v.group {
 		lo, le := v.out.Prefix(v.prefix(id)), v.errs.Prefix(v.prefix(id))
-		_, err = c.Follow(ctx, id, lo, le)
-		lo.Flush()
-		le.Flush()
+		stdout, stderr = lo, le
+		flush = func() { lo.Flush(); le.Flush() }
 	}
-	if err != nil {
-		// A server without ReadOutput shows the output in the summary's
-		// stead; a task gone is a job gone, which the run reports.
-		if code := connect.CodeOf(err); ctx.Err() == nil && code != connect.CodeUnimplemented && code != connect.CodeNotFound {
-			v.scr.note(fmt.Sprintf("forge run: %s: cannot read its output: %s", v.label(id), v.m.quote(err)))
+	_, err := c.Follow(ctx, id, stdout, stderr)
+	var g *connect.Response[forgev1.GetTaskResponse]
+	switch code := connect.CodeOf(err); {
+	case err == nil:
+		g, err = c.Control().GetTask(ctx, connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
+	case code == connect.CodeUnimplemented:
+		// A server without live output: the output comes with the result.
+		if _, err = c.WaitTask(ctx, id); err == nil {
+			g, err = c.Control().GetTask(ctx, connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
 		}
-		return
+		if err == nil {
+			stdout.Write(g.Msg.Task.Output)
+			stderr.Write(g.Msg.Task.Stderr)
+		}
+	case ctx.Err() == nil && code != connect.CodeNotFound: // a task gone is a job gone, which the run reports
+		v.scr.note(fmt.Sprintf("forge run: %s: cannot read its output: %s", v.label(id), v.m.quote(err)))
 	}
-	g, err := c.Control().GetTask(ctx, connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
+	flush() // a last line without its end, before the task's end is told
 	if err != nil {
 		return // the summary says how it ended
 	}
