@@ -477,7 +477,7 @@ func TestRunTerminal(t *testing.T) {
 		t.Fatalf("exit %d:\n%q", code, out.String())
 	}
 	s := out.String()
-	if !regexp.MustCompile(`\n3 tasks: 2 SUCCEEDED, 1 FAILED \(t-3\) in \S+ \(job j\w+\)\n$`).MatchString(s) {
+	if !regexp.MustCompile(`(\n|\r\x1b\[K)3 tasks: 2 SUCCEEDED, 1 FAILED \(t-3\) in \S+ \(job j\w+\)\n$`).MatchString(s) {
 		t.Fatalf("the summary is not the last line:\n%q", s)
 	}
 	if i := strings.Index(s, "· job j"); i < 0 {
@@ -571,5 +571,39 @@ func TestCLITokens(t *testing.T) {
 	}
 	if _, errs, code := runSplit(t, e, "tokens", "burn"); code != 2 || !strings.Contains(errs, `unknown "burn": want list, create or revoke`) {
 		t.Fatalf("tokens burn: exit %d: %s", code, errs)
+	}
+}
+
+// TestReadmeCLICommands runs the README's list of operator commands, as
+// printed, with the built binary, on a job where one agent failed.
+func TestReadmeCLICommands(t *testing.T) {
+	t.Parallel()
+	e := fleet(t, nil, "readme", "web-1", "db-1")
+	_, errs, code := runSplit(t, e, "run", "--selector", "cli=readme", "--", "/bin/sh", "-c", `case "$FORGE_TASK_ID" in *-`+agentID(t, e, "db-1")+`) echo oops >&2; exit 1;; esac; echo fine`)
+	if code != 1 {
+		t.Fatalf("forge run: exit %d:\n%s", code, errs)
+	}
+	job := jobLine.FindStringSubmatch(errs)[1]
+	res, err := control(e["FORGE_SERVER"]).ListTasks(t.Context(), connect.NewRequest(&forgev1.ListTasksRequest{JobId: job, State: forgev1.TaskState_TASK_STATE_SUCCEEDED}))
+	if err != nil || len(res.Msg.Tasks) != 1 {
+		t.Fatalf("ListTasks = %v, %v", res, err)
+	}
+	forgeBin := bin(t, "forge")
+	want := map[string]string{"jobs": "1 SUCCEEDED, 1 FAILED", "job": "command   /bin/sh -c", "task": "fine",
+		"cancel": "had already ended", "tasks": "db-1: oops\n"}
+	lines := strings.Split(strings.TrimSpace(readme(t, "clicmds")), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("the README lists %d commands; this test knows %d", len(lines), len(want))
+	}
+	for _, l := range lines {
+		l = regexp.MustCompile(`\s+#.*$`).ReplaceAllString(l, "")
+		cmd := strings.NewReplacer("./forge ", forgeBin+" ", "JOB_ID", job, "TASK_ID", res.Msg.Tasks[0].Id).Replace(l)
+		c := exec.Command("bash", "-euo", "pipefail", "-c", cmd)
+		c.Env = append(os.Environ(), "FORGE_SERVER="+e["FORGE_SERVER"], "FORGE_ADMIN_TOKEN="+adminToken)
+		out, err := c.CombinedOutput()
+		verb := strings.Fields(l)[1]
+		if err != nil || !strings.Contains(string(out), want[verb]) {
+			t.Errorf("%s: %v, want %q in:\n%s", l, err, want[verb], out)
+		}
 	}
 }

@@ -148,7 +148,7 @@ func TestReadmeExamplesAllRun(t *testing.T) {
 	tested := map[string]string{
 		"setup": "TestReadmeSetUp", "walkthrough": "TestReadmeWalkthrough", "binary": "TestReadmeWalkthrough",
 		"redis": "TestReadmeRedis", "embed": "TestEmbedExampleIsReadme", "embedserver": "TestGoExamplesAreReadme",
-		"control": "TestGoExamplesAreReadme",
+		"control": "TestGoExamplesAreReadme", "runsample": "TestReadmeRunSample", "clicmds": "TestReadmeCLICommands",
 	}
 	marker := regexp.MustCompile(`<!-- ([a-z]+):start -->\n$`)
 	for _, f := range fenceRE.FindAllStringSubmatchIndex(doc, -1) {

@@ -215,6 +215,9 @@ func (v *runView) status() string {
 	total := int32(len(v.d.TaskIds))
 	elapsed := time.Since(v.start).Round(time.Second)
 	if c == nil {
+		if len(ended) == 0 {
+			return fmt.Sprintf("0/%d done · starting · %s · job %s", total, elapsed, v.d.JobId)
+		}
 		c = &forgev1.JobCounts{Total: total, Pending: total}
 	}
 	for _, f := range []struct {
