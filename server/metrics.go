@@ -41,6 +41,7 @@ type metrics struct {
 	storeCalls   *prometheus.HistogramVec
 	storeErrors  *prometheus.CounterVec
 	stats        *statsCollector
+	exported     prometheus.Counter
 }
 
 // latencyBuckets span a task's waits: a pickup by a polling agent takes
@@ -101,6 +102,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "forge_store_errors_total",
 			Help: "Store calls of this replica that failed, by operation and kind: unavailable and internal are the store failing; the others are answers (not_found, precondition, exhausted ...).",
 		}, []string{"op", "kind"}),
+		exported: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "forge_tasks_exported_total", Help: "Finished tasks this replica wrote to the export sink (--export).",
+		}),
 	}
 	info := buildinfo.Get()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -109,7 +113,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	})
 	build.Set(1)
 	cs := []prometheus.Collector{m.requests, m.duration, m.authFailures, m.heldPolls, m.dispatched, m.results,
-		m.agentRefused, m.reenrolled, m.pickup, m.toResult, m.redelivered, m.storeCalls, m.storeErrors, build}
+		m.agentRefused, m.reenrolled, m.pickup, m.toResult, m.redelivered, m.storeCalls, m.storeErrors, m.exported, build}
 	if reg == nil {
 		own := prometheus.NewRegistry()
 		reg = own

@@ -106,6 +106,16 @@ type Config struct {
 	// the first key; Register hands all their public keys to agents, which then
 	// refuse unsigned or altered tasks. Give old keys after the new one to rotate.
 	SigningKeys []ed25519.PrivateKey
+	// Export, when given, receives every finished task (NewSink): the store
+	// must be a store.Exporter, and one replica of those given a sink exports
+	// at a time, from the position kept in the store.
+	Export Sink
+	// ExportBatch is the most tasks an export batch reads (of each shard on
+	// Redis); 100.
+	ExportBatch int
+	// ExportInterval is how often a replica looks for finished tasks to export
+	// (at once again after a batch that had some); 1 s.
+	ExportInterval time.Duration
 }
 
 // Limits bound what callers may send. Exceeding one gives resource_exhausted or
@@ -162,6 +172,10 @@ func (c Config) withDefaults() Config {
 	dur(&c.DeliveryTTL, time.Hour)
 	dur(&c.ReapInterval, time.Second)
 	dur(&c.StatsMaxAge, 5*time.Second)
+	dur(&c.ExportInterval, time.Second)
+	if c.ExportBatch <= 0 {
+		c.ExportBatch = 100
+	}
 	// Longer than a poll hold, so an idle agent's renewed Poll costs no store call
 	// beyond its Lease; safe because every store operation re-checks the token.
 	dur(&c.AgentCacheTTL, 5*time.Minute)
@@ -267,6 +281,14 @@ func New(cfg Config) (*Server, error) {
 	if !cfg.DisableReaper {
 		s.wg.Add(1)
 		go s.reap(lifetime{s.closing})
+	}
+	if cfg.Export != nil {
+		x, ok := cfg.Store.(store.Exporter)
+		if !ok {
+			return nil, fmt.Errorf("server: Config.Export needs a store that keeps history for export (%T does not)", cfg.Store)
+		}
+		s.wg.Add(1)
+		go s.export(lifetime{s.closing}, x)
 	}
 	return s, nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -38,6 +39,7 @@ type Server struct {
 	serveOnce sync.Once  // serveHTTP
 	served    chan error // the HTTP server's end, once serving
 	generated []string   // lines announcing generated tokens, printed once by Serve
+	export    server.Sink
 }
 
 // BuildServer makes a Server from c: it generates the tokens c lacks, reads the
@@ -71,6 +73,11 @@ func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err 
 		}
 		keys = append(keys, k)
 	}
+	if c.Export != "" {
+		if s.export, err = server.NewSink(c.Export, m.Stdout); err != nil {
+			return nil, fmt.Errorf("--export: %w", err)
+		}
+	}
 	var tlsConfig *tls.Config
 	if c.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
@@ -102,8 +109,8 @@ func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err 
 		Lease: c.Lease, PollHold: c.PollHold, MaxWait: c.MaxWait, MaxAttempts: int32(c.MaxAttempts),
 		TaskTimeout: c.TaskTimeout, DeliveryTTL: c.DeliveryTTL, RateLimit: c.RateLimit, RateBurst: c.RateBurst,
 		RegisterRate: noLimit(c.RegisterRate), RegisterRatePerAddr: noLimit(c.RegisterRatePerAddr),
-		SigningKeys: keys,
-		Limits:      server.Limits{MaxBodyBytes: c.MaxBody, MaxPayload: c.MaxPayload, MaxOutput: c.MaxOutput},
+		SigningKeys: keys, Export: s.export, ExportBatch: c.ExportBatch,
+		Limits: server.Limits{MaxBodyBytes: c.MaxBody, MaxPayload: c.MaxPayload, MaxOutput: c.MaxOutput},
 	})
 	if err != nil {
 		return nil, err
@@ -218,6 +225,9 @@ func (s *Server) Close() error {
 	}
 	if s.ln != nil {
 		s.ln.Close() // when Serve never ran
+	}
+	if c, ok := s.export.(io.Closer); ok {
+		c.Close()
 	}
 	if s.store != nil {
 		return s.store.Close()

@@ -67,6 +67,12 @@ type ServerConfig struct {
 	RegisterRate        float64
 	RegisterRatePerAddr float64
 
+	// Export names where finished tasks are exported (server.NewSink): a
+	// file, "-" for stdout, or an http(s) URL; empty: no export.
+	Export string
+	// ExportBatch is the most tasks an export batch reads (of each shard on Redis).
+	ExportBatch int
+
 	Log logConfig
 }
 
@@ -93,6 +99,8 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	f.DurationVar(&c.TaskTimeout, "task-timeout", 10*time.Minute, "default execution timeout of a task")
 	f.DurationVar(&c.DeliveryTTL, "delivery-ttl", time.Hour, "default time a task may wait to be picked up")
 	f.DurationVar(&c.Retention, "retention", 7*24*time.Hour, "how long finished tasks are kept")
+	f.StringVar(&c.Export, "export", "", "write every finished task, as a JSON line, to this file (appended), - (stdout) or http(s):// URL (POSTed in batches), before retention drops it; replicas given it take turns from the position kept in the store")
+	f.IntVar(&c.ExportBatch, "export-batch", 100, "most finished tasks one export batch reads (of each of the 64 shards on Redis); a replica killed while exporting costs at most one batch again")
 	f.DurationVar(&c.AgentRetention, "agent-retention", store.DefaultAgentRetention, "how long an agent may go unseen before it is removed with its token (0: never)")
 	f.IntVar(&c.MaxBody, "max-body", server.DefaultLimits().MaxBodyBytes, "largest request body in bytes")
 	f.IntVar(&c.MaxPayload, "max-payload", server.DefaultLimits().MaxPayload, "largest task payload in bytes")
@@ -128,7 +136,7 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 		name string
 		v    int
 	}{{"max-attempts", c.MaxAttempts}, {"max-body", c.MaxBody}, {"max-payload", c.MaxPayload},
-		{"max-output", c.MaxOutput}, {"max-pending", c.MaxPending}} {
+		{"max-output", c.MaxOutput}, {"max-pending", c.MaxPending}, {"export-batch", c.ExportBatch}} {
 		if n.v <= 0 {
 			return c, fmt.Errorf("--%s must be positive, not %d", n.name, n.v)
 		}

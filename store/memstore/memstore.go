@@ -35,6 +35,7 @@ type Store struct {
 	// that ran out, for Stats.
 	byState       [store.StateLost + 1]int
 	leasesExpired int64
+	feed          exportFeed // finished tasks, for export (export.go)
 	// nextAgentSweep is when Reap next looks for agents past retention: once an
 	// hour at most, so a pass does not read every agent.
 	nextAgentSweep time.Time

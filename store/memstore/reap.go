@@ -81,6 +81,7 @@ func (s *Store) requeue(t *task, reason string, now time.Time) {
 
 // dropExpired removes finished tasks and jobs older than the retention.
 func (s *Store) dropExpired(now time.Time) {
+	defer s.feed.trim(func(id string) bool { return s.tasks[id] == nil })
 	cut := now.Add(-s.cfg.Retention)
 	for id, j := range s.jobs {
 		if !j.CreatedAt.Before(cut) {

@@ -279,6 +279,7 @@ func (s *Store) end(t *task, st store.TaskState, reason string, now time.Time) {
 		t.Error = reason
 	}
 	s.setState(t, st, reason, now)
+	s.feed.add(t.ID)
 	j := s.jobs[t.JobID]
 	if j == nil {
 		return

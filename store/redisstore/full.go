@@ -27,7 +27,7 @@ const oomShebang = "#!lua flags=allow-oom\n"
 var whileFull = []*script{
 	authScript, rotateScript, leaseScript, heartbeatScript, returnScript, reportScript,
 	releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
-	jobCommitScript, jobAbandonScript, jobStepScript, jobCancelScript, dropJobScript, delIfScript, enrollRevokeScript,
+	jobCommitScript, jobAbandonScript, jobStepScript, jobCancelScript, exportClaimScript, dropJobScript, delIfScript, enrollRevokeScript,
 }
 
 func init() {

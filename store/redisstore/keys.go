@@ -37,7 +37,15 @@ const NumShards = 64
 //	                            a stream digit (1 stdout, 2 stderr) and its bytes
 //	{P:sNN}:ot:<task>    list   the tail of the task's kept output, same pieces;
 //	                            both lists expire and go with the task record
-//	{P:sNN}:due          zset   task id -> next time Reap must look at it (ms)
+//	{P:sNN}:due          zset   task id -> next time Reap must look at it (ms);
+//	                            also agent ids (agent retention) and "fin": the
+//	                            time the oldest finished task passes the retention
+//	{P:sNN}:fin          stream finished tasks (field t: the task id) in the
+//	                            order they finished, ids from the finish time:
+//	                            Reap drops them after the retention, an export
+//	                            reads them
+//	{P:sNN}:xp           string the id of the last entry of fin an export has
+//	                            written to its sink (expires a day after it last moved)
 //	{P:sNN}:tasks        zset   every retained task of the shard (ListTasks)
 //	{P:sNN}:st:<n>       zset   tasks of the shard in state n (ListTasks by state)
 //	{P:sNN}:jc:<job>     hash   the job's tasks in this shard counted by state, and
@@ -104,6 +112,8 @@ func (k *keys) wake(shard int) string           { return k.shard[shard] + ":wake
 func (k *keys) online(shard int) string         { return k.shard[shard] + ":on" }
 func (k *keys) revoked(shard int) string        { return k.shard[shard] + ":rv" }
 func (k *keys) counters(shard int) string       { return k.shard[shard] + ":n" }
+func (k *keys) finished(shard int) string       { return k.shard[shard] + ":fin" }
+func (k *keys) exported(shard int) string       { return k.shard[shard] + ":xp" }
 func (k *keys) jobCounts(shard int, job string) string {
 	return k.shard[shard] + ":jc:" + job
 }
@@ -131,6 +141,9 @@ func (k *keys) jobsRetain() string { return k.global() + ":jret" }
 // Reap's advancer should look at it again, so a crash between a task's end and
 // its job's next step delays the job but never strands it.
 func (k *keys) jobsAdvance() string { return k.global() + ":jadv" }
+
+// exportOwner names the replica that exports now (export.go).
+func (k *keys) exportOwner() string { return k.global() + ":xown" }
 
 func (k *keys) enrollments() string         { return k.global() + ":enrolls" }
 func (k *keys) enrollment(id string) string { return k.global() + ":e:" + id }

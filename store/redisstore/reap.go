@@ -18,9 +18,10 @@ const reapBatch = 200
 // each change happens once.
 //
 // A pass starts with one pipelined round trip of plain reads — the first due
-// entry of each shard's due index, and the rollout and retention indexes — and
-// runs the reap script (pipelined) only on shards with something due, so a pass
-// with nothing to do costs NumShards+2 commands and no script.
+// entry of each shard's due index (retention included: the shard's stream of
+// finished tasks has one entry there, finDue), and the rollout and retention
+// indexes — and runs the reap script (pipelined) only on shards with something
+// due, so a pass with nothing to do costs NumShards+2 commands and no script.
 func (s *Store) Reap(ctx context.Context) error {
 	now := s.nowMS()
 	b := s.client.B()

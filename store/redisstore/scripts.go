@@ -82,6 +82,16 @@ local TAG = ARGV[1]
 local NOW = tonumber(ARGV[2])
 local RET = tonumber(ARGV[3])
 local function ms(x) return string.format('%d', x) end
+-- streamBefore tells whether stream id a (ms-seq) comes before b (ms-seq, or
+-- ms: its last id).
+local function streamBefore(a, b)
+  local am, as = string.match(a, '^(%d+)-?(%d*)$')
+  local bm, bs = string.match(b, '^(%d+)-?(%d*)$')
+  am, bm = tonumber(am), tonumber(bm)
+  if am ~= bm then return am < bm end
+  if bs == '' then return true end
+  return (tonumber(as) or 0) < tonumber(bs)
+end
 local function kAgent(a) return TAG .. ':a:' .. a end
 local function kQueue(a) return TAG .. ':q:' .. a end
 local function kRun(a) return TAG .. ':r:' .. a end
@@ -102,6 +112,8 @@ local kCounters = TAG .. ':n'
 -- seen records an agent's call for Stats: its score in the shard's online index
 -- is the time of its last call; a stopped or revoked agent is not in it.
 local function seen(aid) redis.call('ZADD', kOnline, NOW, aid) end
+local kFin = TAG .. ':fin'
+local kExported = TAG .. ':xp'
 
 local wake, wakeN = {}, 0
 local function notify(k)
@@ -243,6 +255,36 @@ local function compact(tk, tid)
   redis.call('HSET', tk, unpack(out))
 end
 
+-- FIN_DUE is the shard's stream of finished tasks in its due index: due when
+-- its oldest entry passes the retention. (Task ids start with t, agent ids with a.)
+local FIN_DUE = 'fin'
+
+-- finished adds a task that ended now to the shard's stream of finished tasks
+-- (kFin), in the order they finished: what Reap drops after the retention and
+-- what an export reads. Its entry's id is NOW; should another replica's clock
+-- have put a later one first, Redis' own time (never below the last) instead.
+local function finished(tid)
+  local ok = redis.pcall('XADD', kFin, ms(NOW) .. '-*', 't', tid)
+  if type(ok) == 'table' and ok.err then redis.call('XADD', kFin, '*', 't', tid) end
+  redis.call('ZADD', kDue, 'NX', NOW + RET, FIN_DUE)
+end
+
+-- dropEnded deletes a finished task (record st) with its output and index
+-- entries, and takes it off its job's counts in this shard.
+local function dropEnded(tid, st, job)
+  local tk = kTask(tid)
+  if job and job ~= '' then
+    local jc = kJobCounts(job)
+    redis.call('HINCRBY', jc, st, -1)
+    if redis.call('HINCRBY', jc, 'n', -1) <= 0 then redis.call('DEL', jc) end
+  end
+  redis.call('DEL', tk, kOutHead(tid), kOutTail(tid))
+  redis.call('ZREM', kDue, tid)
+  redis.call('ZREM', kAll, tid)
+  redis.call('ZREM', kState(st), tid)
+  redis.call('ZREM', kAgentTasks(agentOf(tid)), tid)
+end
+
 -- endTask moves a live task to a terminal state; it returns false if the task is
 -- unknown or already ended. The task is then due for deletion after retention.
 local function endTask(tid, new, reason)
@@ -262,7 +304,8 @@ local function endTask(tid, new, reason)
   end
   setState(tk, tid, f[3], st, new, reason, tonumber(f[4]) or 0)
   compact(tk, tid)
-  redis.call('ZADD', kDue, NOW + RET, tid)
+  redis.call('ZREM', kDue, tid)
+  finished(tid)
   -- A backstop should reaping stop: the record goes by itself an hour after Reap
   -- would have dropped it (relative, so it does not depend on the clocks agreeing).
   redis.call('PEXPIRE', tk, RET + 3600000)
@@ -824,8 +867,45 @@ var reapScript = shardScript(`
 local limit, aret, agone = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local ids = redis.call('ZRANGE', kDue, '-inf', ms(NOW), 'BYSCORE', 'LIMIT', 0, limit)
 local removed = {}
+local finMore = false
+
+-- retain drops the tasks that finished before NOW - RET, oldest first, but
+-- none an export has not yet read (the shard's export position, kExported,
+-- while it exists: it expires when no export has moved it for a day), and puts
+-- the stream back in the due index at its next oldest entry's time.
+local function retain()
+  local upto = ms(NOW - RET)
+  local xp = redis.call('GET', kExported)
+  local held = xp and streamBefore(xp, upto)
+  if held then upto = xp end
+  local fin = redis.call('XRANGE', kFin, '-', upto, 'COUNT', limit)
+  if #fin > 0 then
+    local done = {}
+    for i, e in ipairs(fin) do
+      local tid = e[2][2]
+      local t = redis.call('HMGET', kTask(tid), 'st', 'job')
+      local st = tonumber(t[1])
+      if st and st > RUNNING then dropEnded(tid, st, t[2]) end
+      done[i] = e[1]
+    end
+    redis.call('XDEL', kFin, unpack(done))
+  end
+  finMore = #fin == limit
+  local first = redis.call('XRANGE', kFin, '-', '+', 'COUNT', 1)[1]
+  if not first then
+    redis.call('DEL', kFin)
+    redis.call('ZREM', kDue, FIN_DUE)
+  elseif held and not finMore then
+    redis.call('ZADD', kDue, NOW + 10000, FIN_DUE) -- the export's turn first
+  else
+    redis.call('ZADD', kDue, tonumber(string.match(first[1], '^(%d+)')) + RET, FIN_DUE)
+  end
+end
+
 for _, tid in ipairs(ids) do
-  if string.sub(tid, 1, 1) == 'a' then
+  if tid == FIN_DUE then
+    retain()
+  elseif string.sub(tid, 1, 1) == 'a' then
     -- An agent's entry (see registerScript): remove it if still unseen.
     local aid = tid
     local a = redis.call('HMGET', kAgent(aid), 'reg', 'seen')
@@ -859,17 +939,8 @@ for _, tid in ipairs(ids) do
       if aid then redis.call('ZREM', kAgentTasks(aid), tid) end
       for n = 1, 8 do redis.call('ZREM', kState(n), tid) end
     elseif st > RUNNING then
-      local job = t[13]
-      if job and job ~= '' then
-        local jc = kJobCounts(job)
-        redis.call('HINCRBY', jc, st, -1)
-        if redis.call('HINCRBY', jc, 'n', -1) <= 0 then redis.call('DEL', jc) end
-      end
-      redis.call('DEL', tk, kOutHead(tid), kOutTail(tid))
-      redis.call('ZREM', kDue, tid)
-      redis.call('ZREM', kAll, tid)
-      redis.call('ZREM', kState(st), tid)
-      redis.call('ZREM', kAgentTasks(aid), tid)
+      -- Retention as it was kept before the finished stream.
+      dropEnded(tid, st, t[13])
     elseif st == PENDING then
       if t[2] ~= '1' and NOW >= (tonumber(t[3]) or 0) then
         endTask(tid, EXPIRED, t[12] or '') -- exr, written with the record
@@ -910,7 +981,7 @@ for _, tid in ipairs(ids) do
 end
 publish()
 local more = 0
-if #ids == limit then more = 1 end
+if #ids == limit or finMore then more = 1 end
 return {'OK', more, advanceList(), removed}
 `)
 
@@ -1079,6 +1150,24 @@ redis.call('HSET', KEYS[1], 'canceled', '1', 'crs', ARGV[1])
 return 1
 `)
 
+// exportClaimScript takes or renews the export claim (store.Exporter): the
+// record names its owner (o) and when its claim ends (u, ms).
+//
+// KEYS[1] the claim record
+// ARGV[1] owner, [2] now ms, [3] lease ms (0: renew for as long as it had)
+// returns 1 if owner holds the claim now, else 0
+var exportClaimScript = newScript(`
+local f = redis.call('HMGET', KEYS[1], 'o', 'u', 'l')
+local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
+if f[1] and f[1] ~= ARGV[1] and (tonumber(f[2]) or 0) > now then return 0 end
+if lease == 0 then
+  if f[1] ~= ARGV[1] then return 0 end
+  lease = tonumber(f[3]) or 0
+end
+redis.call('HSET', KEYS[1], 'o', ARGV[1], 'u', string.format('%d', now + lease), 'l', string.format('%d', lease))
+return 1
+`)
+
 // dropJobScript deletes a job record and, if it still names this job, its
 // idempotency key is returned for the caller to clear.
 //
@@ -1145,5 +1234,5 @@ var allScripts = []*script{
 	registerScript, authScript, rotateScript, leaseScript, heartbeatScript, returnScript, reportScript, appendOutputScript,
 	readOutputScript, taskScript,
 	createTasksScript, releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
-	jobCreateScript, jobDraftScript, jobCommitScript, jobAbandonScript, jobStepScript, jobCancelScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
+	jobCreateScript, jobDraftScript, jobCommitScript, jobAbandonScript, jobStepScript, jobCancelScript, exportClaimScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
 }

@@ -67,6 +67,7 @@ var topics = []struct {
 	{"Retention", retentionCases},
 	{"Output", outputCases},
 	{"Stats", statsCases},
+	{"Export", exportCases},
 }
 
 // The settings every case runs with.
