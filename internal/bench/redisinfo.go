@@ -144,6 +144,8 @@ func respDo(w io.Writer, br *bufio.Reader, args ...string) (string, error) {
 		return line[1:], nil
 	case strings.HasPrefix(line, "-"):
 		return "", errors.New("redis: " + line[1:])
+	case strings.HasPrefix(line, ":"):
+		return line[1:], nil
 	case strings.HasPrefix(line, "$"):
 		n, err := strconv.Atoi(line[1:])
 		if err != nil || n < 0 {
@@ -156,4 +158,78 @@ func respDo(w io.Writer, br *bufio.Reader, args ...string) (string, error) {
 		return string(buf[:n]), nil
 	}
 	return "", fmt.Errorf("redis: unexpected answer %q", line)
+}
+
+// redisUsage returns what Redis holds: used_memory (INFO memory) and its key
+// count (DBSIZE). Only a URL naming one node is measured (a cluster's other
+// nodes would be missed): err otherwise.
+func (r *runner) redisUsage(ctx context.Context) (bytes, keys int64, err error) {
+	if r.cfg.RedisURL == "" {
+		return 0, 0, errors.New("no Redis")
+	}
+	u, err := url.Parse(r.cfg.RedisURL)
+	if err != nil {
+		return 0, 0, err
+	}
+	if u.Query().Has("addr") || u.Query().Has("master_set") {
+		return 0, 0, errors.New("not one node")
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "6379")
+	}
+	d := net.Dialer{Timeout: 5 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(conn)
+	if pw, ok := u.User.Password(); ok {
+		args := []string{"AUTH", pw}
+		if name := u.User.Username(); name != "" {
+			args = []string{"AUTH", name, pw}
+		}
+		if _, err := respDo(conn, br, args...); err != nil {
+			return 0, 0, err
+		}
+	}
+	if db := strings.TrimPrefix(u.Path, "/"); db != "" && db != "0" {
+		if _, err := respDo(conn, br, "SELECT", db); err != nil {
+			return 0, 0, err
+		}
+	}
+	info, err := respDo(conn, br, "INFO", "memory")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "used_memory:"); ok {
+			bytes, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	n, err := respDo(conn, br, "DBSIZE")
+	if err != nil {
+		return 0, 0, err
+	}
+	keys, _ = strconv.ParseInt(n, 10, 64)
+	return bytes, keys, nil
+}
+
+// retainedNote measures what the tasks finished since (b0, k0) cost Redis
+// each, for a scenario's note and values; nothing when Redis cannot be
+// measured.
+func (r *runner) retainedNote(ctx context.Context, row *Result, b0, k0 int64, tasks int) {
+	b1, k1, err := r.redisUsage(ctx)
+	if err != nil || tasks <= 0 || b0 == 0 {
+		return
+	}
+	per, keys := float64(b1-b0)/float64(tasks), float64(k1-k0)/float64(tasks)
+	row.Values["redis_bytes_per_task"], row.Values["redis_keys_per_task"] = per, keys
+	note := fmt.Sprintf("Redis holds %.0f bytes and %.2f keys per finished task (INFO used_memory and DBSIZE over %d tasks)", per, keys, tasks)
+	if row.Note != "" {
+		note = row.Note + "; " + note
+	}
+	row.Note = note
 }

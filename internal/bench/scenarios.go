@@ -322,11 +322,13 @@ func (r *runner) roundTrip(ctx context.Context) ([]Result, error) {
 	if _, err := sample(ctx, 100, time.Second, call); err != nil {
 		return nil, err
 	}
+	b0, k0, _ := r.redisUsage(ctx)
 	lat, err := sample(ctx, r.scale(3000, 50), r.budget(4*time.Second, 300*time.Millisecond), call)
 	if err != nil {
 		return nil, err
 	}
 	row := r.latencyRow("roundtrip", "Dispatch → handler → WaitTask, 1 agent", lat)
+	r.retainedNote(ctx, &row, b0, k0, len(lat))
 	// The critical path: three calls (Dispatch; the Poll's answer and the
 	// agent's report; WaitTask) and three Redis round trips (create, lease,
 	// report).
@@ -726,6 +728,7 @@ func (r *runner) fanOut(ctx context.Context) ([]Result, error) {
 		return time.Since(t0), nil
 	}
 	rs0, rerr := r.redisStats(ctx)
+	b0, k0, _ := r.redisUsage(ctx)
 	lat, err := sample(ctx, r.scale(5, 1), r.budget(10*time.Second, time.Second), call)
 	if err != nil {
 		return nil, err
@@ -738,6 +741,7 @@ func (r *runner) fanOut(ctx context.Context) ([]Result, error) {
 	}
 	d := newDist(lat)
 	row := r.latencyRow("fanout", fmt.Sprintf("1 Dispatch (wait) → %d agents, all results", len(ids)), lat)
+	r.retainedNote(ctx, &row, b0, k0, len(lat)*len(ids))
 	row.Summary = fmt.Sprintf("p50 %s · max %s", fmtDur(d.p50()), fmtDur(d.max()))
 	ok := d.max() <= time.Second
 	if r.onRedis() {
