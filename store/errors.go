@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // Kind classifies a store error; the server maps each kind to one Connect code.
@@ -89,8 +90,11 @@ const (
 	MsgBadStream    = "stream must be STREAM_STDOUT or STREAM_STDERR"
 	MsgBadOffset    = "offset must not be negative"
 
-	FmtAgentNotFound  = "agent %s not found"
-	FmtTaskNotFound   = "task %s not found"
+	FmtAgentNotFound = "agent %s not found"
+	FmtTaskNotFound  = "task %s not found"
+	// FmtTaskAgedOut is not_found for a task old enough to have been dropped
+	// after the retention: its id, how long ago it was made, the retention.
+	FmtTaskAgedOut    = "task %s not found: it was created %s ago, and finished tasks are kept for %s (--retention); it has aged out, or never existed"
 	FmtJobNotFound    = "job %s not found"
 	FmtEnrollNotFound = "enrollment token %s not found"
 
@@ -207,6 +211,25 @@ func ErrAgentNotFound(id string) error { return Errorf(KindNotFound, FmtAgentNot
 
 // ErrTaskNotFound is the error of a task that does not exist or is not the caller's.
 func ErrTaskNotFound(id string) error { return Errorf(KindNotFound, FmtTaskNotFound, Quote(id)) }
+
+// idEpoch is before any id forge made: an id dated earlier is made up.
+var idEpoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// ErrTaskNotFoundAt is the error of a task id the store does not hold at now:
+// ErrTaskNotFound, or FmtTaskAgedOut when the id was made longer than the
+// retention ago (so the task may have finished and been dropped). The id's
+// time is when a server made it; clocks a little apart change nothing here.
+func ErrTaskNotFoundAt(id string, now time.Time, retention time.Duration) error {
+	made, ok := CreatedAt(id)
+	if !ok || !ValidTaskID(id) || now.Sub(made) <= retention || made.Before(idEpoch) {
+		return ErrTaskNotFound(id)
+	}
+	age := now.Sub(made).Truncate(time.Hour)
+	if age < time.Hour {
+		age = now.Sub(made).Truncate(time.Second)
+	}
+	return Errorf(KindNotFound, FmtTaskAgedOut, Quote(id), age, retention)
+}
 
 // ErrJobNotFound is the error of a job that does not exist.
 func ErrJobNotFound(id string) error { return Errorf(KindNotFound, FmtJobNotFound, Quote(id)) }

@@ -106,3 +106,20 @@ func timeChars() string {
 	}
 	return string(b[:])
 }
+
+// CreatedAt returns when a task or job id was made (to the microsecond), from
+// its time characters, or false when the id has none.
+func CreatedAt(id string) (time.Time, bool) {
+	if len(id) < 12 || (id[0] != 't' && id[0] != 'j') {
+		return time.Time{}, false
+	}
+	var us int64
+	for i := 1; i <= 11; i++ {
+		c := strings.IndexByte(idAlphabet, id[i])
+		if c < 0 {
+			return time.Time{}, false
+		}
+		us = us<<5 | int64(c)
+	}
+	return time.UnixMicro(us), true
+}

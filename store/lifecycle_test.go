@@ -107,3 +107,23 @@ func TestFailures(t *testing.T) {
 		t.Errorf("failures are %v, want %v", got, want)
 	}
 }
+
+func TestErrTaskNotFoundAt(t *testing.T) {
+	id := store.NewTaskID(store.NewAgentID())
+	made, ok := store.CreatedAt(id)
+	if !ok || time.Since(made) > time.Minute || time.Since(made) < 0 {
+		t.Fatalf("CreatedAt(%s) = %v, %v", id, made, ok)
+	}
+	week := 7 * 24 * time.Hour
+	if err := store.ErrTaskNotFoundAt(id, made.Add(week), week); err.Error() != store.ErrTaskNotFound(id).Error() {
+		t.Errorf("within the retention: %q", err)
+	}
+	err := store.ErrTaskNotFoundAt(id, made.Add(week+26*time.Hour+time.Minute), week)
+	want := `task "` + id + `" not found: it was created 194h0m0s ago, and finished tasks are kept for 168h0m0s (--retention); it has aged out, or never existed`
+	if store.KindOf(err) != store.KindNotFound || err.Error() != want {
+		t.Errorf("past the retention: %q (kind %v)\nwant %q", err, store.KindOf(err), want)
+	}
+	if err := store.ErrTaskNotFoundAt("t-bad", made.Add(2*week), week); err.Error() != store.ErrTaskNotFound("t-bad").Error() {
+		t.Errorf("a malformed id: %q", err)
+	}
+}

@@ -148,10 +148,10 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 
 // GetTask implements store.Store.
 func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
-	return locked(ctx, s, func(time.Time) (store.Task, error) {
-		t, err := find(s.tasks, id, store.ErrTaskNotFound)
-		if err != nil {
-			return store.Task{}, err
+	return locked(ctx, s, func(now time.Time) (store.Task, error) {
+		t := s.tasks[id]
+		if t == nil {
+			return store.Task{}, store.ErrTaskNotFoundAt(id, now, s.cfg.Retention)
 		}
 		return t.clone(), nil
 	})

@@ -225,6 +225,7 @@ local INLINE_MAX = 64
 -- per change (h1, h2, ...: state, ms after creation, attempt, reason, spaced),
 -- and output that is one short piece kept in the record (oi) rather than in a
 -- list of its own. Nothing changes for its readers but the history's form.
+-- It returns whether the task still has a head list and a tail list of output.
 local function compact(tk, tid)
   local all = redis.call('HGETALL', tk)
   local out, ca, hist, ohn, otn = {}, 0, nil, nil, nil
@@ -243,16 +244,19 @@ local function compact(tk, tid)
       out[#out + 1], out[#out + 2] = 'h' .. i, e.s .. ' ' .. ms(e.at - ca) .. ' ' .. e.a .. ' ' .. e.r
     end
   end
-  local hk = kOutHead(tid)
-  if ohn == '1' and (tonumber(otn) or 0) == 0 then
+  local head, tail = (tonumber(ohn) or 0) > 0, (tonumber(otn) or 0) > 0
+  if ohn == '1' and not tail then
+    local hk = kOutHead(tid)
     local p = redis.call('LINDEX', hk, 0)
     if p and #p <= INLINE_MAX then
       out[#out + 1], out[#out + 2] = 'oi', p
       redis.call('DEL', hk)
+      head = false
     end
   end
   redis.call('DEL', tk)
   redis.call('HSET', tk, unpack(out))
+  return head, tail
 end
 
 -- FIN_DUE is the shard's stream of finished tasks in its due index: due when
@@ -298,19 +302,17 @@ local function endTask(tid, new, reason)
     redis.call('ZREM', kRun(aid), tid)
     redis.call('ZREM', kCancels(aid), tid)
   end
-  redis.call('HDEL', tk, 'held', 'le')
-  if (not f[6] or f[6] == '') and new ~= SUCCEEDED and new ~= FAILED then
-    redis.call('HSET', tk, 'err', reason)
-  end
-  setState(tk, tid, f[3], st, new, reason, tonumber(f[4]) or 0)
-  compact(tk, tid)
+  local extra
+  if (not f[6] or f[6] == '') and new ~= SUCCEEDED and new ~= FAILED then extra = {'err', reason} end
+  setState(tk, tid, f[3], st, new, reason, tonumber(f[4]) or 0, nil, extra)
+  local head, tail = compact(tk, tid) -- held and le go with it
   redis.call('ZREM', kDue, tid)
   finished(tid)
   -- A backstop should reaping stop: the record goes by itself an hour after Reap
   -- would have dropped it (relative, so it does not depend on the clocks agreeing).
   redis.call('PEXPIRE', tk, RET + 3600000)
-  redis.call('PEXPIRE', kOutHead(tid), RET + 3600000)
-  redis.call('PEXPIRE', kOutTail(tid), RET + 3600000)
+  if head then redis.call('PEXPIRE', kOutHead(tid), RET + 3600000) end
+  if tail then redis.call('PEXPIRE', kOutTail(tid), RET + 3600000) end
   if f[5] == '1' then needsAdvance(f[3]) end
   return true
 end

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/redis/rueidis"
 
@@ -151,7 +152,7 @@ func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
 		return store.Task{}, err
 	}
 	if tasks[0].ID == "" {
-		return store.Task{}, store.ErrTaskNotFound(id)
+		return store.Task{}, store.ErrTaskNotFoundAt(id, time.UnixMilli(s.nowMS()), s.cfg.Retention)
 	}
 	return tasks[0], nil
 }

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"strings"
 	"time"
 
 	"github.com/orange-forge/forge/store"
@@ -9,6 +10,36 @@ import (
 var retentionCases = []testCase{
 	{"FinishedTasksAndJobs", testRetention},
 	{"IdempotencyKeyGoesWithItsJob", testRetentionIdempotency},
+	{"AgedOutSaysSo", testRetentionAgedOut},
+}
+
+// taskIDAt returns a task id of agent made at t (its time characters), as
+// store.NewTaskID would have made it then.
+func taskIDAt(agentID string, t time.Time) string {
+	const alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+	us := t.UnixMicro()
+	var b [11]byte
+	for i := 10; i >= 0; i-- {
+		b[i] = alphabet[us&31]
+		us >>= 5
+	}
+	return "t" + string(b[:]) + "0000-" + agentID
+}
+
+// testRetentionAgedOut: GetTask of a task id made longer than the retention
+// ago says it may have aged out; of a recent one, plainly not found.
+func testRetentionAgedOut(h *harness) {
+	a := h.register(nil)
+	now := h.clock.Now()
+	old := taskIDAt(a.ID, now.Add(-retention-26*time.Hour))
+	_, err := h.s.GetTask(h.ctx, old)
+	wantErr(h, err, store.ErrTaskNotFoundAt(old, now, retention), "GetTask of a task past retention")
+	if !strings.Contains(err.Error(), "aged out") {
+		h.Fatalf("GetTask of a task past retention: %q does not say it aged out", err)
+	}
+	recent := taskIDAt(a.ID, now.Add(-time.Hour))
+	_, err = h.s.GetTask(h.ctx, recent)
+	wantErr(h, err, store.ErrTaskNotFound(recent), "GetTask of an unknown recent task")
 }
 
 func testRetention(h *harness) {
