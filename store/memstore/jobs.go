@@ -39,6 +39,7 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 		j := &job{Job: store.Job{ID: id, Spec: spec, CreatedAt: now}}
 		j.Spec.Payload = slices.Clone(spec.Payload)
 		s.jobs[j.ID] = j
+		s.jobOrder = append(s.jobOrder, j.ID)
 		if spec.IdempotencyKey != "" {
 			s.idem[spec.IdempotencyKey] = j.ID
 		}

@@ -36,6 +36,11 @@ type Store struct {
 	byState       [store.StateLost + 1]int
 	leasesExpired int64
 	feed          exportFeed // finished tasks, for export (export.go)
+	// ended lists finished task ids in the order they ended, and jobOrder job
+	// ids in the order they were made: retention drops from their fronts, so
+	// a Reap pass reads what it drops, not the whole history (dropExpired).
+	ended    []string
+	jobOrder []string
 	// nextAgentSweep is when Reap next looks for agents past retention: once an
 	// hour at most, so a pass does not read every agent.
 	nextAgentSweep time.Time
@@ -65,6 +70,7 @@ type task struct {
 type job struct {
 	store.Job
 	held     []*task // tasks waiting for a concurrency slot, in order
+	dropped  int     // of its tasks, how many retention dropped
 	active   int     // released, not yet terminal
 	failures int
 }

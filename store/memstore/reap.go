@@ -79,37 +79,64 @@ func (s *Store) requeue(t *task, reason string, now time.Time) {
 	s.hub.Notify(store.AgentKey(a.ID))
 }
 
-// dropExpired removes finished tasks and jobs older than the retention.
+// dropExpired removes finished tasks and jobs older than the retention: tasks
+// from the front of the list of ended tasks while they ended before the cut,
+// then jobs made before it whose tasks are all gone, looking at no more than
+// jobLook jobs still holding tasks — so a pass costs what it drops, not the
+// history kept.
 func (s *Store) dropExpired(now time.Time) {
 	defer s.feed.trim(func(id string) bool { return s.tasks[id] == nil })
 	cut := now.Add(-s.cfg.Retention)
-	for id, j := range s.jobs {
-		if !j.CreatedAt.Before(cut) {
+	n := 0
+	for ; n < len(s.ended); n++ {
+		t := s.tasks[s.ended[n]]
+		if t == nil {
+			continue // dropped with its agent, or ended twice in the list
+		}
+		if !t.State.Terminal() || !t.UpdatedAt.Before(cut) {
+			break
+		}
+		s.dropTask(t)
+	}
+	s.ended = slices.Delete(s.ended, 0, n)
+	const jobLook = 1000
+	keep, looked := s.jobOrder[:0], 0
+	for i, id := range s.jobOrder {
+		j := s.jobs[id]
+		if j == nil {
 			continue
 		}
-		keep := j.TaskIDs[:0]
-		for _, tid := range j.TaskIDs {
-			t := s.tasks[tid]
-			if t != nil && (!t.State.Terminal() || !t.UpdatedAt.Before(cut)) {
-				keep = append(keep, tid)
-				continue
-			}
-			if t != nil {
-				s.byState[t.State]--
-				delete(s.tasks, tid)
-				if a := s.agents[t.AgentID]; a != nil {
-					if i := slices.Index(a.tasks, tid); i >= 0 {
-						a.tasks = slices.Delete(a.tasks, i, i+1)
-					}
-				}
-			}
+		if !j.CreatedAt.Before(cut) || looked == jobLook {
+			keep = append(keep, s.jobOrder[i:]...)
+			break
 		}
-		j.TaskIDs = keep
-		if len(keep) == 0 {
-			delete(s.jobs, id)
-			if j.Spec.IdempotencyKey != "" && s.idem[j.Spec.IdempotencyKey] == id {
-				delete(s.idem, j.Spec.IdempotencyKey)
-			}
+		if j.dropped < len(j.TaskIDs) {
+			keep = append(keep, id)
+			looked++
+			continue
 		}
+		delete(s.jobs, id)
+		if j.Spec.IdempotencyKey != "" && s.idem[j.Spec.IdempotencyKey] == id {
+			delete(s.idem, j.Spec.IdempotencyKey)
+		}
+	}
+	s.jobOrder = keep
+}
+
+// dropTask removes a finished task, from its agent's list and its job's count.
+func (s *Store) dropTask(t *task) {
+	s.byState[t.State]--
+	delete(s.tasks, t.ID)
+	if a := s.agents[t.AgentID]; a != nil {
+		i, ok := slices.BinarySearch(a.tasks, t.ID) // ids sort by creation
+		if !ok {
+			i = slices.Index(a.tasks, t.ID) // one made with a caller's job id
+		}
+		if i >= 0 {
+			a.tasks = slices.Delete(a.tasks, i, i+1)
+		}
+	}
+	if j := s.jobs[t.JobID]; j != nil {
+		j.dropped++
 	}
 }
