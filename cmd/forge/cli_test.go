@@ -591,7 +591,12 @@ func TestReadmeCLICommands(t *testing.T) {
 	forgeBin := bin(t, "forge")
 	want := map[string]string{"jobs": "1 SUCCEEDED, 1 FAILED", "job": "command   /bin/sh -c", "task": "fine",
 		"cancel": "had already ended", "tasks": "db-1: oops\n"}
-	lines := strings.Split(strings.TrimSpace(readme(t, "clicmds")), "\n")
+	var lines []string // the export of the admin token is TestReadmeListings' to check
+	for _, l := range strings.Split(strings.TrimSpace(readme(t, "clicmds")), "\n") {
+		if !strings.HasPrefix(l, "export ") {
+			lines = append(lines, l)
+		}
+	}
 	if len(lines) != len(want) {
 		t.Fatalf("the README lists %d commands; this test knows %d", len(lines), len(want))
 	}

@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,7 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/orange-forge/forge/client"
 	forge "github.com/orange-forge/forge/cmd/forge"
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/redistest"
 )
 
@@ -148,7 +154,7 @@ func TestReadmeExamplesAllRun(t *testing.T) {
 	tested := map[string]string{
 		"setup": "TestReadmeSetUp", "walkthrough": "TestReadmeWalkthrough", "binary": "TestReadmeWalkthrough",
 		"redis": "TestReadmeRedis", "embed": "TestEmbedExampleIsReadme", "embedserver": "TestGoExamplesAreReadme",
-		"control": "TestGoExamplesAreReadme", "runsample": "TestReadmeRunSample", "clicmds": "TestReadmeCLICommands",
+		"control": "TestGoExamplesAreReadme", "runsample": "TestReadmeRunSample", "clicmds": "TestReadmeCLICommands, TestReadmeListings",
 	}
 	marker := regexp.MustCompile(`<!-- ([a-z]+):start -->\n$`)
 	for _, f := range fenceRE.FindAllStringSubmatchIndex(doc, -1) {
@@ -166,4 +172,116 @@ func TestReadmeExamplesAllRun(t *testing.T) {
 			t.Errorf("the README's block at byte %d is checked by no test:\n%s", f[0], block)
 		}
 	}
+}
+
+// TestReadmeListings runs the README's commands that follow forge run (the
+// jobs, a job, a task followed, a cancel from another shell, the failed tasks
+// through jq) with the built binary, one line at a time through bash after the
+// block's export, as a reader types them. The reader's server is at the
+// default address; the test's is on a free port, named by FORGE_SERVER. Two
+// agents have run a command that failed on db-1; JOB_ID is a job still running
+// (what a cancel is for) and TASK_ID db-1's failed task.
+func TestReadmeListings(t *testing.T) {
+	t.Parallel()
+	const enroll, admin = "enroll-dev-0123456789", "admin-dev-0123456789"
+	block := readme(t, "clicmds")
+	u := startProc(t, env{"FORGE_ENROLL_TOKEN": enroll, "FORGE_ADMIN_TOKEN": admin}, "forge", "server", "--listen", "127.0.0.1:0").waitURL(t)
+	for _, n := range []string{"web-1", "db-1"} {
+		dir := t.TempDir()
+		if n == "web-1" {
+			if err := os.WriteFile(filepath.Join(dir, "ready"), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c := exec.Command(bin(t, "forge"), "agent", "--server", u, "--enroll-token", enroll, "--name", n,
+			"--label", "env=dev", "--state-dir", t.TempDir(), "--allow-exec", "/bin/sh")
+		c.Dir = dir
+		startCmd(t, c)
+	}
+	ctl := controlAs(u, admin)
+	waitAgents(t, ctl, "env=dev", 2)
+	job := client.Exec(client.Selector("env=dev"), "/bin/sh", "-c", `test -e ready || { echo "not ready" >&2; exit 2; }; echo ready`)
+	job.Wait = durationpb.New(time.Minute)
+	done, err := ctl.Dispatch(t.Context(), connect.NewRequest(job))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failed string
+	for _, task := range done.Msg.Tasks {
+		if task.State == forgev1.TaskState_TASK_STATE_FAILED {
+			failed = task.Id
+		}
+	}
+	if len(done.Msg.Tasks) != 2 || failed == "" {
+		t.Fatalf("the job on web-1 and db-1 ended %v, want one task FAILED", done.Msg.Tasks)
+	}
+	running, err := ctl.Dispatch(t.Context(), connect.NewRequest(client.Exec(client.Agent("web-1"), "/bin/sh", "-c", "sleep 120")))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	if err := os.Symlink(bin(t, "forge"), filepath.Join(dir, "forge")); err != nil {
+		t.Fatal(err)
+	}
+	var exports string
+	var lines []string
+	for _, line := range strings.Split(block, "\n") {
+		line = strings.TrimSpace(regexp.MustCompile(`\s+#\s.*$`).ReplaceAllString(line, ""))
+		switch {
+		case line == "":
+		case strings.HasPrefix(line, "export "):
+			exports += line + "\n"
+		default:
+			lines = append(lines, line)
+		}
+	}
+	if !strings.Contains(exports, "FORGE_ADMIN_TOKEN="+admin) {
+		t.Fatalf("the README's listings do not export the walk-through's admin token:\n%s", block)
+	}
+	var environ []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FORGE_") {
+			environ = append(environ, kv)
+		}
+	}
+	want := map[string]struct {
+		code int
+		out  string
+	}{
+		"./forge jobs":                  {0, running.Msg.JobId},
+		"./forge job JOB_ID":            {0, "sleep 120"},
+		"./forge task --follow TASK_ID": {2, "not ready"}, // the command's own exit code
+		"./forge cancel --job JOB_ID":   {0, ""},
+		`./forge tasks --state failed --json | jq -r '.tasks[] | .agentName + ": " + .stderr'`: {0, "db-1: not ready\n"},
+	}
+	for _, line := range lines {
+		w, ok := want[line]
+		if !ok {
+			t.Fatalf("the README's listings have a command this test does not know: %q", line)
+		}
+		delete(want, line)
+		cmdline := strings.NewReplacer("JOB_ID", running.Msg.JobId, "TASK_ID", failed).Replace(line)
+		c := exec.Command("bash", "-o", "pipefail", "-c", exports+cmdline)
+		c.Dir = dir
+		c.Env = append(environ, "FORGE_SERVER="+u)
+		out, err := c.CombinedOutput()
+		code := 0
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			code = exit.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != w.code || !strings.Contains(string(out), w.out) {
+			t.Errorf("%s: exit %d, want %d with %q in:\n%s", cmdline, code, w.code, w.out, out)
+		}
+	}
+	if len(want) != 0 {
+		t.Errorf("the README's listings no longer run %v", want)
+	}
+	waitFor(t, "the running job canceled", func() bool {
+		res, err := ctl.GetJob(t.Context(), connect.NewRequest(&forgev1.GetJobRequest{JobId: running.Msg.JobId}))
+		return err == nil && res.Msg.Job.Done && res.Msg.Job.Counts.Canceled == 1
+	})
 }
