@@ -185,6 +185,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	out := s.m.Stdout
 	fmt.Fprintf(out, "forge server listening on %s\n", s.url)
 	fmt.Fprintf(out, "store: %s\n", s.storeDesc)
+	fmt.Fprintf(out, "fleet page: %s/ (sign in with an admin token); metrics: %s/metrics\n", s.url, s.url)
 	for _, g := range s.generated {
 		fmt.Fprintln(out, g)
 	}
