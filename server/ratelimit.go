@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -61,14 +62,30 @@ func (s *Server) allowRegister(p principal, remoteAddr string, now time.Time) er
 	if !s.regToken.allow(p.by, now) {
 		return errRegisterRate
 	}
+	if !s.regAddr.allow(addrKey(remoteAddr), now) {
+		return errRegisterRateAddr
+	}
+	return nil
+}
+
+// addrKey is whose bucket a source address spends from: its IPv4 address, or
+// the /64 of its IPv6 address — a single host is commonly given a whole /64,
+// and would otherwise have 2^64 buckets to pick from.
+func addrKey(remoteAddr string) string {
 	host, _, err := net.SplitHostPort(remoteAddr)
 	if err != nil {
 		host = remoteAddr
 	}
-	if !s.regAddr.allow(host, now) {
-		return errRegisterRateAddr
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
 	}
-	return nil
+	ip = ip.Unmap()
+	if ip.Is4() {
+		return ip.String()
+	}
+	p, _ := ip.WithZone("").Prefix(64)
+	return p.String()
 }
 
 // allow takes one token from who's bucket.
