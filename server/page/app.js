@@ -29,6 +29,7 @@
     agents: [],
     agentsById: new Map(),
     moreAgents: false,
+    agentsAt: 0, // when the agents were read
     jobs: [],
     job: null, // the selected job's id
     task: null, // the task whose output is shown
@@ -217,6 +218,7 @@
     view.job = null;
     view.task = null;
     view.commands.clear();
+    view.agentsAt = 0;
     $('detail').hidden = true;
     showLogin(message);
   }
@@ -243,22 +245,40 @@
   });
 
   $('signout').addEventListener('click', () => signOut('Signed out.'));
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && token && !$('app').hidden) refresh();
+  });
   $('filter').addEventListener('input', renderAgents);
 
   // ---- refreshing ---------------------------------------------------------
 
+  // agentsEvery is how often the agents are read again: every refresh for a
+  // small fleet, less often for a big one (each agent is a store read), at
+  // least every 30 s.
+  function agentsEvery() {
+    return Math.min(30000, Math.max(REFRESH_MS, view.agents.length * 10));
+  }
+
   async function refresh() {
     clearTimeout(timer);
     const gen = generation;
+    if (document.hidden) {
+      // Nobody looks: read nothing until the tab is shown again.
+      return;
+    }
     try {
+      const readAgents = Date.now() - view.agentsAt >= agentsEvery();
       const [agents, jobs] = await Promise.all([
-        call('ListAgents', { pageSize: 1000 }),
+        readAgents ? call('ListAgents', { pageSize: 1000 }) : null,
         call('ListJobs', { pageSize: JOBS_SHOWN }),
       ]);
       if (gen !== generation) return;
-      view.agents = agents.agents || [];
-      view.moreAgents = !!agents.nextPageToken;
-      view.agentsById = new Map(view.agents.map((a) => [a.id, a]));
+      if (agents) {
+        view.agents = agents.agents || [];
+        view.moreAgents = !!agents.nextPageToken;
+        view.agentsById = new Map(view.agents.map((a) => [a.id, a]));
+        view.agentsAt = Date.now();
+      }
       view.jobs = jobs.jobs || [];
       await readCommands(gen);
       if (view.job) await refreshJob(gen);
