@@ -6,6 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -610,5 +614,36 @@ func TestReadmeCLICommands(t *testing.T) {
 		if err != nil || !strings.Contains(string(out), want[verb]) {
 			t.Errorf("%s: %v, want %q in:\n%s", l, err, want[verb], out)
 		}
+	}
+}
+
+// TestCLIOlderServer: against a server without ReadOutput (a proxy answers it
+// 404, as a server from before live output does), forge run prints each
+// agent's output when its task ends; and forge agents marks a name two
+// agents share.
+func TestCLIOlderServer(t *testing.T) {
+	t.Parallel()
+	e := fleet(t, nil, "older", "o-1", "o-1")
+	target, err := neturl.Parse(e["FORGE_SERVER"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/ReadOutput") {
+			http.NotFound(w, r)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+	old := env{"FORGE_SERVER": proxy.URL, "FORGE_ADMIN_TOKEN": adminToken}
+	out, errs, code := runSplit(t, old, "run", "--selector", "cli=older", "--", "/bin/sh", "-c", "echo out; echo err >&2")
+	if code != 0 || strings.Count(out, ": out\n") != 2 || strings.Count(errs, ": err\n") != 2 || strings.Contains(errs, "cannot read") {
+		t.Fatalf("run through a server without ReadOutput: exit %d:\n%s\n%s", code, out, errs)
+	}
+	out, errs, _ = runSplit(t, old, "agents")
+	if strings.Count(out, "o-1 *") != 2 || !strings.Contains(errs, "2 agents share a name") {
+		t.Errorf("forge agents does not mark the shared name:\n%s%s", out, errs)
 	}
 }

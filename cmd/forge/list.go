@@ -64,13 +64,31 @@ func (m *Main) runAgents(ctx context.Context, args []string) error {
 		}
 		return m.writeJSON(p, map[string]any{"agents": out})
 	}
+	// Names are not unique: a name two agents share is marked, so nobody
+	// takes two machines for one.
+	shared := map[string]int{}
+	for _, a := range list {
+		shared[a.Name]++
+	}
 	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tID\tSTATUS\tVERSION\tLAST SEEN\tRUNNING\tPENDING\tLABELS")
+	dups := 0
 	for _, a := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.Line(a.Name), p.Line(a.Id), statusName(a.Status), p.Line(a.Version),
+		name := p.Line(a.Name)
+		if shared[a.Name] > 1 {
+			name += " *"
+			dups++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", name, p.Line(a.Id), statusName(a.Status), p.Line(a.Version),
 			ago(a.LastSeenAt), len(a.Running), a.Pending, labelsText(p, a.Labels))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if dups > 0 {
+		fmt.Fprintf(m.Stderr, "* %d agents share a name with another: --agent NAME reaches all of them; an id reaches one\n", dups)
+	}
+	return nil
 }
 
 func (m *Main) runJobs(ctx context.Context, args []string) error {
