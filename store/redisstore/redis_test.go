@@ -496,21 +496,30 @@ func TestJobCountsFanOut(t *testing.T) {
 	}
 	// Every key of prefix f — per shard ({f:sNN}...), per job ({f:j:...}), per
 	// idempotency key ({f:i:...}) and global ({f}:...) — is gone but the agents':
-	// their records, the agent list, and their entries in the shards' due indexes
-	// (for the agent retention). The global job indexes ({f}:jobs, {f}:jret,
-	// {f}:jadv) held the job; they go when emptied.
+	// their records, the agent list, their entries in the shards' due indexes
+	// (for the agent retention) and online indexes (for Stats), and the shards'
+	// counters of expired leases (Stats; they only grow). The global job indexes
+	// ({f}:jobs, {f}:jret, {f}:jadv) held the job; they go when emptied.
 	seen, due := 0, 0
 	for _, n := range cl.Nodes {
 		for _, k := range strings.Split(n.MustDo("KEYS", "*"), "\n") {
 			if !strings.HasPrefix(k, "{f:") && !strings.HasPrefix(k, "{f}") {
 				continue
 			}
-			if strings.HasSuffix(k, ":due") {
+			if strings.HasSuffix(k, ":due") || strings.HasSuffix(k, ":on") {
 				for _, m := range strings.Split(n.MustDo("ZRANGE", k, "0", "-1"), "\n") {
 					if !strings.HasPrefix(m, "a") {
 						t.Errorf("left behind after retention: %s in %s", m, k)
 					}
-					due++
+					if strings.HasSuffix(k, ":due") {
+						due++
+					}
+				}
+				continue
+			}
+			if strings.HasSuffix(k, ":n") {
+				if f := n.MustDo("HKEYS", k); f != "lx" {
+					t.Errorf("left behind after retention: fields %q of %s, want only the expired leases' count", f, k)
 				}
 				continue
 			}
