@@ -107,6 +107,10 @@ func (a *Agent) serve(ctx context.Context) error {
 		a.log.Error("handlers did not return after their contexts were cancelled; leaving them", "running", a.runningCount())
 	}
 	if err == nil {
+		// The sign-off must be the agent's last call: a heartbeat after it would
+		// count as a call and end the stop.
+		stopHeartbeats()
+		<-hbDone
 		a.signOff(base)
 		a.log.Info("stopped")
 	}

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/orange-forge/forge/store"
 )
 
 // A hold is one held call: Poll, WaitTask, WaitJob, Dispatch with wait. It
@@ -27,6 +29,12 @@ type hold struct {
 // check's error, or nil; the caller answers with what its last check saw. A hold
 // whose end has already passed runs check once and watches nothing.
 func (s *Server) hold(ctx context.Context, h hold, check func() (done bool, err error)) error {
+	if ctx.Err() != nil {
+		// The caller has gone (an agent that stopped, a client that gave up):
+		// a Poll's check would lease tasks into an answer nobody reads and
+		// count as a call an agent that may have signed off since.
+		return store.Errorf(store.KindUnavailable, "server: the caller has gone")
+	}
 	if !time.Now().Before(h.End) {
 		_, err := check()
 		return err

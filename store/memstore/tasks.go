@@ -15,7 +15,6 @@ func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResu
 		if err != nil {
 			return store.LeaseResult{}, err
 		}
-		a.LastSeenAt, a.stopped = now, false
 		if p.Gen == 0 {
 			a.gen++
 			if now.Before(a.pollUntil) {
@@ -24,8 +23,11 @@ func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResu
 			}
 			a.pollUntil = now.Add(p.Hold)
 		} else if p.Gen != a.gen {
+			// A superseded Poll's re-check is not a call of the agent: it
+			// neither counts as seen nor ends a stop.
 			return store.LeaseResult{Gen: p.Gen, Superseded: true}, nil
 		}
+		a.LastSeenAt, a.stopped = now, false
 		res := store.LeaseResult{Gen: a.gen}
 		for len(res.Tasks) < p.Max && len(a.queue) > 0 {
 			t := a.queue[0]
@@ -63,6 +65,12 @@ func (s *Store) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.H
 		}
 		a.LastSeenAt, a.stopped = now, p.Stopped
 		if p.Stopped {
+			// The Poll it held, if any, is over: woken, it finds itself
+			// superseded and answers at once without ending the stop.
+			a.gen++
+			if now.Before(a.pollUntil) {
+				s.hub.Notify(store.AgentKey(a.ID))
+			}
 			a.pollUntil = time.Time{}
 		}
 		var res store.HeartbeatResult

@@ -477,6 +477,9 @@ local aret = tonumber(ARGV[10])
 local f, aerr = auth(KEYS[1], ARGV[5], 'gen', 'pu', 'so', 'si')
 if aerr then return aerr end
 local cur, pu = tonumber(f[5]) or 0, tonumber(f[6]) or 0
+-- A superseded Poll's re-check is not a call of the agent: it neither counts as
+-- seen nor ends a stop.
+if gen ~= 0 and gen ~= cur then return {'S', cur} end
 -- The agent record is written once, at the end. A call ends a stop (so).
 local upd = {'seen', ms(NOW)}
 if f[7] == '1' then upd[#upd + 1] = 'so'; upd[#upd + 1] = '0' end
@@ -493,9 +496,6 @@ if gen == 0 then
   if pu > NOW then notify(WATCH_AGENT .. aid) end
   upd[#upd + 1] = 'gen'; upd[#upd + 1] = cur
   upd[#upd + 1] = 'pu'; upd[#upd + 1] = ms(NOW + hold)
-elseif gen ~= cur then
-  redis.call('HSET', KEYS[1], unpack(upd))
-  return {'S', cur}
 end
 if redis.call('EXISTS', KEYS[2], KEYS[4]) == 0 then
   redis.call('HSET', KEYS[1], unpack(upd))
@@ -555,7 +555,8 @@ return out
 
 // heartbeatScript extends the leases of the attempts an agent names and holds.
 // A stopping agent's last one (stopped) makes it offline at once: its Poll hold
-// ends and it is marked stopped (so) until its next call.
+// ends (a new poll generation: the held Poll, woken, finds itself superseded and
+// changes nothing) and it is marked stopped (so) until its next call.
 //
 // KEYS[1] agent record, KEYS[2] running, KEYS[3] undelivered cancels
 // ARGV[4] agent id, [5] secret hash, [6] lease ms, [7] draining (0/1),
@@ -563,9 +564,14 @@ return out
 // returns {'OK', {tid, attempt, ...} to cancel, {tid, attempt, ...} to abandon}
 var heartbeatScript = shardScript(`
 local lease = tonumber(ARGV[6])
-local _, aerr = auth(KEYS[1], ARGV[5])
+local f, aerr = auth(KEYS[1], ARGV[5], 'pu')
 if aerr then return aerr end
 if ARGV[8] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'gen', 1)
+  if (tonumber(f[5]) or 0) > NOW then
+    notify(WATCH_AGENT .. ARGV[4])
+    publish()
+  end
   redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'dr', ARGV[7], 'so', '1', 'pu', '0')
   redis.call('ZREM', kOnline, ARGV[4])
 else

@@ -325,9 +325,11 @@ func testListAgents(h *harness) {
 // testStopped: a Heartbeat that says the agent stopped makes it OFFLINE at once,
 // even with a Poll held and within the online window; selectors and `all` no
 // longer match it (unless IncludeOffline); its next call makes it ONLINE again.
+// The Poll it held is over: a re-check of it is superseded and is not a call.
 func testStopped(h *harness) {
 	a := h.register(map[string]string{"pool": "stop"})
-	if _, err := h.s.Lease(h.ctx, store.LeaseParams{Cred: a.cred, Max: 1, Lease: leaseFor, Hold: holdFor}); err != nil {
+	held, err := h.s.Lease(h.ctx, store.LeaseParams{Cred: a.cred, Max: 1, Lease: leaseFor, Hold: holdFor})
+	if err != nil {
 		h.Fatal(err)
 	}
 	status := func(want store.AgentStatus, what string) {
@@ -347,6 +349,16 @@ func testStopped(h *harness) {
 		h.Fatal(err)
 	}
 	status(store.AgentOffline, "after its stopping Heartbeat")
+	stoppedAt := h.now()
+	h.clock.Advance(time.Second)
+	re, err := h.s.Lease(h.ctx, store.LeaseParams{Cred: a.cred, Max: 1, Lease: leaseFor, Hold: holdFor, Gen: held.Gen})
+	if err != nil || !re.Superseded {
+		h.Fatalf("re-check of the Poll held before the stop = superseded %v, %v; want superseded", re.Superseded, err)
+	}
+	if got := h.agent(a.ID); got.Status != store.AgentOffline || !got.LastSeenAt.Equal(stoppedAt) {
+		h.Fatalf("after a re-check of the Poll held before the stop: agent %v last seen %v, want %v last seen %v",
+			got.Status, got.LastSeenAt, store.AgentOffline, stoppedAt)
+	}
 	for _, tg := range []store.Target{{Selector: "pool=stop"}, {All: true}} {
 		if j := h.dispatchSpec(h.spec(tg)); len(j.TaskIDs) != 0 {
 			h.Fatalf("dispatch to %v after the stop made %d tasks", tg, len(j.TaskIDs))
