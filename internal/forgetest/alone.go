@@ -41,8 +41,11 @@ func RunAlone(t *testing.T) bool {
 		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
 	}
 	args := []string{"-test.run=" + strings.Join(parts, "/"), "-test.count=1", "-test.v=true"}
-	if d, ok := t.Deadline(); ok && time.Until(d) > time.Second {
-		args = append(args, "-test.timeout="+time.Until(d).Round(time.Second).String())
+	if d, ok := t.Deadline(); ok && time.Until(d) > 10*time.Second {
+		// The child's own deadline comes first, so that a child that hangs
+		// prints its goroutines here rather than being cut off with the parent.
+		left := time.Until(d)
+		args = append(args, "-test.timeout="+(left-min(left/10, time.Minute)).Round(time.Second).String())
 	}
 	cmd := exec.CommandContext(t.Context(), os.Args[0], args...)
 	cmd.Env = append(os.Environ(), aloneEnv+"="+t.Name())
