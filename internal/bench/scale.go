@@ -136,24 +136,20 @@ func (r *runner) scaleOut(ctx context.Context) ([]Result, error) {
 		Summary: fmt.Sprintf("all registered in %s (%.0f/s); all polling in %s", fmtDur(registered), float64(n)/registered.Seconds(), fmtDur(polling)),
 		Target:  "-", Values: map[string]float64{"agents": float64(n), "replicas": float64(nrep), "register_seconds": registered.Seconds(), "polling_seconds": polling.Seconds()}})
 
-	// Idle: one poll window, every agent renews its Poll once.
-	idle, err := sr.idle(ctx, n, mem0)
-	if err != nil {
-		return nil, err
+	// Each step's row stays when a later one fails: a run this size is too
+	// dear to lose for its last step.
+	for _, step := range []func() (Result, error){
+		func() (Result, error) { return sr.idle(ctx, n, mem0) }, // one poll window, every agent renews its Poll once
+		func() (Result, error) { return sr.fanOut(ctx, n) },
+		func() (Result, error) { return sr.rollingRestart(ctx, n) },
+	} {
+		row, err := step()
+		if err != nil {
+			rows = append(rows, Result{Scenario: "scale", Name: "failed", Summary: "error", Target: r.target("scale"), Note: err.Error(), failed: true})
+			break
+		}
+		rows = append(rows, row)
 	}
-	rows = append(rows, idle)
-
-	fan, err := sr.fanOut(ctx, n)
-	if err != nil {
-		return nil, err
-	}
-	rows = append(rows, fan)
-
-	roll, err := sr.rollingRestart(ctx, n)
-	if err != nil {
-		return nil, err
-	}
-	rows = append(rows, roll)
 	return rows, nil
 }
 
@@ -252,10 +248,14 @@ func (sr *scaleRun) fanOut(ctx context.Context, n int) (Result, error) {
 	}
 	answered := time.Since(t0)
 	counts, err := sr.waitJob(ctx, res.Msg.JobId, 2*time.Minute)
-	if err != nil {
-		return Result{}, err
-	}
 	all := time.Since(t0)
+	if err != nil {
+		return Result{Scenario: "scale", Name: fmt.Sprintf("1 Dispatch to all %d agents", n),
+			Summary: fmt.Sprintf("answered in %s; after %s: %d of %d succeeded, %d running, %d pending", fmtDur(answered), fmtDur(all),
+				counts.GetSucceeded(), len(res.Msg.TaskIds), counts.GetRunning(), counts.GetPending()),
+			Target: "all results ≤ 15s", Met: met(false), Note: err.Error(),
+			Values: map[string]float64{"dispatch_answer_seconds": answered.Seconds(), "succeeded": float64(counts.GetSucceeded())}}, nil
+	}
 	rs1, err := sr.stats(ctx)
 	if err != nil {
 		return Result{}, err
@@ -284,6 +284,7 @@ func (sr *scaleRun) fanOut(ctx context.Context, n int) (Result, error) {
 func (sr *scaleRun) waitJob(ctx context.Context, jobID string, limit time.Duration) (*forgev1.JobCounts, error) {
 	end := time.Now().Add(limit)
 	var lastErr error
+	var last *forgev1.JobCounts
 	for i := 0; time.Now().Before(end); i++ {
 		c := sr.replicas[i%len(sr.replicas)]
 		if c == nil {
@@ -292,17 +293,18 @@ func (sr *scaleRun) waitJob(ctx context.Context, jobID string, limit time.Durati
 		w, err := sr.r.control(c.url).WaitJob(ctx, connect.NewRequest(&forgev1.WaitJobRequest{JobId: jobID, Wait: durationpb.New(10 * time.Second), PageSize: 1}))
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return last, ctx.Err()
 			}
 			lastErr = err
 			time.Sleep(200 * time.Millisecond)
 			continue
 		}
+		last = w.Msg.Job.GetCounts()
 		if w.Msg.Job.GetDone() {
-			return w.Msg.Job.GetCounts(), nil
+			return last, nil
 		}
 	}
-	return nil, fmt.Errorf("job %s not done within %s (last error: %v)", jobID, limit, lastErr)
+	return last, fmt.Errorf("job %s not done within %s (last error: %v)", jobID, limit, lastErr)
 }
 
 // rollingRestart restarts the replicas one after the other, as an upgrade

@@ -331,3 +331,13 @@ func BenchmarkHotPath(b *testing.B) {
 		b.ReportMetric(float64(x[len(x)/2].Microseconds()), st+"-p50-µs")
 	}
 }
+
+func TestJobOfTask(t *testing.T) {
+	jid := store.NewJobID()
+	if got := jobOfTask(jobTaskID(jid, store.NewAgentID())); got != jid {
+		t.Errorf("jobOfTask = %q, want %q", got, jid)
+	}
+	if got := jobOfTask("tbad"); got != "" {
+		t.Errorf("jobOfTask(tbad) = %q", got)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -137,8 +138,22 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 	if err != nil {
 		return 0, err
 	}
+	// The script has published the change to every replica; waiters on this one
+	// (a WaitTask, a Dispatch with wait, a WaitJob) hear it now instead of after
+	// the message's trip through the subscription. A second fire is harmless:
+	// watchers re-read and are coalesced.
+	s.hub.Notify(store.TaskKey(p.TaskID), store.JobKey(jobOfTask(p.TaskID)))
 	s.advanceAll(ctx, msgStrs(arr[2]))
 	return store.TaskState(msgInt(arr[1])), nil
+}
+
+// jobOfTask returns the job id a task id was made from (jobTaskID).
+func jobOfTask(taskID string) string {
+	i := strings.IndexByte(taskID, '-')
+	if i < 1 {
+		return ""
+	}
+	return "j" + taskID[1:i]
 }
 
 // GetTask implements store.Store.
