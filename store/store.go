@@ -291,6 +291,11 @@ type Config struct {
 	OnlineWindow time.Duration
 	// Retention is how long finished tasks and jobs are kept; zero means 7 days.
 	Retention time.Duration
+	// KeepPerAgent, when positive, bounds the tasks kept per agent: once an
+	// agent has more, each task of it that ends drops up to four of its oldest
+	// finished tasks, before their retention. Not while an export runs (the
+	// export reads every finished task first). Zero: no bound.
+	KeepPerAgent int
 	// MaxPendingPerAgent bounds an agent's queue; zero means 10,000.
 	MaxPendingPerAgent int
 	// MaxTargets bounds the agents one Dispatch reaches (CheckTargets); zero

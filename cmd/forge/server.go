@@ -52,6 +52,8 @@ type ServerConfig struct {
 	TaskTimeout time.Duration
 	DeliveryTTL time.Duration
 	Retention   time.Duration
+	// RetentionPerAgent bounds the tasks kept per agent (store.Config.KeepPerAgent); 0: none.
+	RetentionPerAgent int
 	// AgentRetention is how long an agent may go unseen before it is removed; 0: never.
 	AgentRetention time.Duration
 	MaxAttempts    int
@@ -99,6 +101,7 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	f.DurationVar(&c.TaskTimeout, "task-timeout", 10*time.Minute, "default execution timeout of a task")
 	f.DurationVar(&c.DeliveryTTL, "delivery-ttl", time.Hour, "default time a task may wait to be picked up")
 	f.DurationVar(&c.Retention, "retention", 7*24*time.Hour, "how long finished tasks are kept")
+	f.IntVar(&c.RetentionPerAgent, "retention-per-agent", 0, "most tasks kept per agent: past it, its oldest finished tasks go before --retention (not while --export runs; 0: no limit)")
 	f.StringVar(&c.Export, "export", "", "write every finished task, as a JSON line, to this file (appended), - (stdout) or http(s):// URL (POSTed in batches), before retention drops it; replicas given it take turns from the position kept in the store")
 	f.IntVar(&c.ExportBatch, "export-batch", 100, "most finished tasks one export batch reads (of each of the 64 shards on Redis); a replica killed while exporting costs at most one batch again")
 	f.DurationVar(&c.AgentRetention, "agent-retention", store.DefaultAgentRetention, "how long an agent may go unseen before it is removed with its token (0: never)")
@@ -140,6 +143,9 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 		if n.v <= 0 {
 			return c, fmt.Errorf("--%s must be positive, not %d", n.name, n.v)
 		}
+	}
+	if c.RetentionPerAgent < 0 {
+		return c, fmt.Errorf("--retention-per-agent must not be negative, not %d", c.RetentionPerAgent)
 	}
 	if err := c.Redis.check(); err != nil {
 		return c, err

@@ -140,3 +140,21 @@ func (s *Store) dropTask(t *task) {
 		j.dropped++
 	}
 }
+
+// keepAgent drops up to four of an agent's oldest finished tasks while it
+// holds more than Config.KeepPerAgent tasks, unless an export runs.
+func (s *Store) keepAgent(a *agent) {
+	keep := s.cfg.KeepPerAgent
+	if keep <= 0 || len(a.tasks) <= keep || s.feed.owner != "" {
+		return
+	}
+	var drop []*task
+	for _, id := range a.tasks[:min(len(a.tasks)-keep, 4)] {
+		if t := s.tasks[id]; t != nil && t.State.Terminal() {
+			drop = append(drop, t)
+		}
+	}
+	for _, t := range drop {
+		s.dropTask(t)
+	}
+}

@@ -289,6 +289,7 @@ func (s *Store) end(t *task, st store.TaskState, reason string, now time.Time) {
 	s.setState(t, st, reason, now)
 	s.feed.add(t.ID)
 	s.ended = append(s.ended, t.ID)
+	s.keepAgent(a)
 	j := s.jobs[t.JobID]
 	if j == nil {
 		return

@@ -322,7 +322,11 @@ func (s *Store) runMulti(ctx context.Context, sc *script, execs []rueidis.LuaExe
 // shardArgs returns the three ARGV every shard script starts with.
 func (s *Store) shardArgs(tag string, now int64, more ...string) []string {
 	args := make([]string, 0, 3+len(more))
-	args = append(args, tag, strconv.FormatInt(now, 10), strconv.FormatInt(s.cfg.Retention.Milliseconds(), 10))
+	ret := strconv.FormatInt(s.cfg.Retention.Milliseconds(), 10)
+	if s.cfg.KeepPerAgent > 0 {
+		ret += ":" + strconv.Itoa(s.cfg.KeepPerAgent) // shardLib's KEEP
+	}
+	args = append(args, tag, strconv.FormatInt(now, 10), ret)
 	return append(args, more...)
 }
 

@@ -80,7 +80,10 @@ func newScript(body string) *script {
 const shardLib = `
 local TAG = ARGV[1]
 local NOW = tonumber(ARGV[2])
-local RET = tonumber(ARGV[3])
+-- ARGV[3] is the retention in ms, and after a colon the most tasks an agent
+-- keeps (Config.KeepPerAgent; none: no bound).
+local RET, KEEP = string.match(ARGV[3], '^(%d+):?(%d*)$')
+RET, KEEP = tonumber(RET), tonumber(KEEP) or 0
 local function ms(x) return string.format('%d', x) end
 -- streamBefore tells whether stream id a (ms-seq) comes before b (ms-seq, or
 -- ms: its last id).
@@ -289,6 +292,19 @@ local function dropEnded(tid, st, job)
   redis.call('ZREM', kAgentTasks(agentOf(tid)), tid)
 end
 
+-- keepAgent drops up to four of an agent's oldest finished tasks while it
+-- holds more than KEEP tasks (Config.KeepPerAgent), unless an export runs.
+local function keepAgent(aid)
+  local k = kAgentTasks(aid)
+  local over = redis.call('ZCARD', k) - KEEP
+  if over <= 0 or redis.call('EXISTS', kExported) == 1 then return end
+  for _, tid in ipairs(redis.call('ZRANGE', k, 0, math.min(over, 4) - 1)) do
+    local t = redis.call('HMGET', kTask(tid), 'st', 'job')
+    local st = tonumber(t[1])
+    if st and st > RUNNING then dropEnded(tid, st, t[2]) end
+  end
+end
+
 -- endTask moves a live task to a terminal state; it returns false if the task is
 -- unknown or already ended. The task is then due for deletion after retention.
 local function endTask(tid, new, reason)
@@ -313,6 +329,7 @@ local function endTask(tid, new, reason)
   redis.call('PEXPIRE', tk, RET + 3600000)
   if head then redis.call('PEXPIRE', kOutHead(tid), RET + 3600000) end
   if tail then redis.call('PEXPIRE', kOutTail(tid), RET + 3600000) end
+  if KEEP > 0 then keepAgent(aid) end
   if f[5] == '1' then needsAdvance(f[3]) end
   return true
 end

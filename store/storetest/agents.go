@@ -8,14 +8,14 @@ import (
 )
 
 var agentCases = []testCase{
-	{"RegisterAndAuthenticate", testRegister},
-	{"RotateToken", testRotate},
-	{"Status", testStatus},
-	{"Stopped", testStopped},
-	{"Revoke", testRevoke},
-	{"RevokeReason", testRevokeReason},
-	{"List", testListAgents},
-	{"RemovedWhenUnseen", testRemoveUnseen},
+	{"RegisterAndAuthenticate", testRegister, nil},
+	{"RotateToken", testRotate, nil},
+	{"Status", testStatus, nil},
+	{"Stopped", testStopped, nil},
+	{"Revoke", testRevoke, nil},
+	{"RevokeReason", testRevokeReason, nil},
+	{"List", testListAgents, nil},
+	{"RemovedWhenUnseen", testRemoveUnseen, nil},
 }
 
 // testRemoveUnseen: an agent unseen for the agent retention (revoked or not) is

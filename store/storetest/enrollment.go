@@ -7,7 +7,7 @@ import (
 )
 
 var enrollmentCases = []testCase{
-	{"Tokens", testEnrollment},
+	{"Tokens", testEnrollment, nil},
 }
 
 func testEnrollment(h *harness) {

@@ -7,8 +7,8 @@ import (
 )
 
 var exportCases = []testCase{
-	{"FinishedTasksOnce", testExportOnce},
-	{"OneOwnerAtATime", testExportClaim},
+	{"FinishedTasksOnce", testExportOnce, nil},
+	{"OneOwnerAtATime", testExportClaim, nil},
 }
 
 func (h *harness) exporter() store.Exporter {

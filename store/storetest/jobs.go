@@ -8,17 +8,17 @@ import (
 )
 
 var jobCases = []testCase{
-	{"SelectorTargets", testSelector},
-	{"NameTargets", testNameTargets},
-	{"MaxConcurrency", testMaxConcurrency},
-	{"MaxFailures", testMaxFailures},
-	{"Cancel", testCancelJob},
-	{"Idempotency", testIdempotency},
-	{"List", testListJobs},
-	{"PendingLimit", testPendingLimit},
-	{"TargetsLimit", testTargetsLimit},
-	{"FanOutPayload", testFanOutPayload},
-	{"Signature", testJobSignature},
+	{"SelectorTargets", testSelector, nil},
+	{"NameTargets", testNameTargets, nil},
+	{"MaxConcurrency", testMaxConcurrency, nil},
+	{"MaxFailures", testMaxFailures, nil},
+	{"Cancel", testCancelJob, nil},
+	{"Idempotency", testIdempotency, nil},
+	{"List", testListJobs, nil},
+	{"PendingLimit", testPendingLimit, nil},
+	{"TargetsLimit", testTargetsLimit, nil},
+	{"FanOutPayload", testFanOutPayload, nil},
+	{"Signature", testJobSignature, nil},
 }
 
 // testJobSignature: a job dispatched with an id and a signature of the

@@ -9,14 +9,14 @@ import (
 )
 
 var leaseCases = []testCase{
-	{"ExpiryRequeues", testLeaseExpiry},
-	{"LostAfterMaxAttempts", testLost},
-	{"HeartbeatExtendsAndAbandons", testHeartbeat},
-	{"CancelRunningLeaseExpires", testCancelLeaseExpiry},
-	{"OrderAndBatch", testLeaseBatch},
-	{"PollGeneration", testPollGeneration},
-	{"Concurrent", testConcurrentLeases},
-	{"ReturnRequeues", testReturn},
+	{"ExpiryRequeues", testLeaseExpiry, nil},
+	{"LostAfterMaxAttempts", testLost, nil},
+	{"HeartbeatExtendsAndAbandons", testHeartbeat, nil},
+	{"CancelRunningLeaseExpires", testCancelLeaseExpiry, nil},
+	{"OrderAndBatch", testLeaseBatch, nil},
+	{"PollGeneration", testPollGeneration, nil},
+	{"Concurrent", testConcurrentLeases, nil},
+	{"ReturnRequeues", testReturn, nil},
 }
 
 func testReturn(h *harness) {

@@ -11,16 +11,16 @@ import (
 )
 
 var outputCases = []testCase{
-	{"AppendAndRead", testOutputAppendRead},
-	{"SentTwiceStoredOnce", testOutputRetry},
-	{"Refused", testOutputRefused},
-	{"NewAttempt", testOutputNewAttempt},
-	{"Cap", testOutputCap},
-	{"CapModel", testOutputCapModel},
-	{"PieceLimit", testOutputPieceLimit},
-	{"Report", testOutputReport},
-	{"Watch", testOutputWatch},
-	{"Retention", testOutputRetention},
+	{"AppendAndRead", testOutputAppendRead, nil},
+	{"SentTwiceStoredOnce", testOutputRetry, nil},
+	{"Refused", testOutputRefused, nil},
+	{"NewAttempt", testOutputNewAttempt, nil},
+	{"Cap", testOutputCap, nil},
+	{"CapModel", testOutputCapModel, nil},
+	{"PieceLimit", testOutputPieceLimit, nil},
+	{"Report", testOutputReport, nil},
+	{"Watch", testOutputWatch, nil},
+	{"Retention", testOutputRetention, nil},
 }
 
 const (

@@ -9,9 +9,9 @@ import (
 )
 
 var reapingCases = []testCase{
-	{"DeliveryTTL", testDeliveryTTL},
-	{"ExecutionTimeout", testTimeout},
-	{"ConcurrentReapers", testConcurrentReapers},
+	{"DeliveryTTL", testDeliveryTTL, nil},
+	{"ExecutionTimeout", testTimeout, nil},
+	{"ConcurrentReapers", testConcurrentReapers, nil},
 }
 
 func testDeliveryTTL(h *harness) {

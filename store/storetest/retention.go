@@ -8,9 +8,43 @@ import (
 )
 
 var retentionCases = []testCase{
-	{"FinishedTasksAndJobs", testRetention},
-	{"IdempotencyKeyGoesWithItsJob", testRetentionIdempotency},
-	{"AgedOutSaysSo", testRetentionAgedOut},
+	{"FinishedTasksAndJobs", testRetention, nil},
+	{"IdempotencyKeyGoesWithItsJob", testRetentionIdempotency, nil},
+	{"AgedOutSaysSo", testRetentionAgedOut, nil},
+	{"NewestPerAgent", testRetentionPerAgent, func(c *store.Config) { c.KeepPerAgent = 3 }},
+}
+
+// testRetentionPerAgent: with KeepPerAgent 3 an agent keeps its newest three
+// tasks; older finished ones go as newer ones end, another agent's stay.
+func testRetentionPerAgent(h *harness) {
+	a, b := h.register(nil), h.register(nil)
+	var ids []string
+	for range 6 {
+		h.dispatch(a)
+		t := h.leaseOne(a)
+		h.mustReport(a, t.Ref(), store.OutcomeSucceeded, store.StateSucceeded)
+		ids = append(ids, t.ID)
+	}
+	h.dispatch(b)
+	other := h.leaseOne(b)
+	h.mustReport(b, other.Ref(), store.OutcomeSucceeded, store.StateSucceeded)
+	tasks, _, err := h.s.ListTasks(h.ctx, store.TaskFilter{AgentID: a.ID})
+	if err != nil {
+		h.Fatal(err)
+	}
+	var got []string
+	for _, t := range tasks {
+		got = append(got, t.ID)
+	}
+	if !sameSet(got, ids[3:]) {
+		h.Fatalf("the agent keeps %v, want its newest three %v", got, ids[3:])
+	}
+	for _, id := range ids[:3] {
+		if _, err := h.s.GetTask(h.ctx, id); store.KindOf(err) != store.KindNotFound {
+			h.Fatalf("GetTask of a task past the count: %v", err)
+		}
+	}
+	h.task(other.ID)
 }
 
 // taskIDAt returns a task id of agent made at t (its time characters), as

@@ -8,7 +8,7 @@ import (
 )
 
 var statsCases = []testCase{
-	{"Counts", testStats},
+	{"Counts", testStats, nil},
 }
 
 // wantStats checks Stats exactly: agents by status, tasks by state (states not

@@ -51,6 +51,8 @@ type Opener func(t *testing.T, cfg store.Config) store.Store
 type testCase struct {
 	name string
 	fn   func(h *harness)
+	// cfg, when given, changes the store's config for this case.
+	cfg func(*store.Config)
 }
 
 // topics are the suite's cases by topic; each runs as a subtest named after it.
@@ -93,6 +95,9 @@ func Run(t *testing.T, open Opener) {
 					t.Parallel()
 					clock := NewClock()
 					cfg := store.Config{Clock: clock, OnlineWindow: onlineWindow, Retention: retention, MaxPendingPerAgent: maxPending, MaxTargets: maxTargets, AgentRetention: agentRet}
+					if tc.cfg != nil {
+						tc.cfg(&cfg)
+					}
 					h := &harness{T: t, s: open(t, cfg), clock: clock, ctx: t.Context()}
 					tc.fn(h)
 				})

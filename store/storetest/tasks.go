@@ -8,12 +8,12 @@ import (
 )
 
 var taskCases = []testCase{
-	{"LeaseAndReport", testLeaseAndReport},
-	{"ReportRules", testReportRules},
-	{"CancelPending", testCancelPending},
-	{"CancelRunning", testCancelRunning},
-	{"List", testListTasks},
-	{"Watch", testWatch},
+	{"LeaseAndReport", testLeaseAndReport, nil},
+	{"ReportRules", testReportRules, nil},
+	{"CancelPending", testCancelPending, nil},
+	{"CancelRunning", testCancelRunning, nil},
+	{"List", testListTasks, nil},
+	{"Watch", testWatch, nil},
 }
 
 const unknownTask = "t000000000000000-a000000000000000"
