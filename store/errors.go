@@ -94,8 +94,11 @@ const (
 	FmtTaskNotFound  = "task %s not found"
 	// FmtTaskAgedOut is not_found for a task old enough to have been dropped
 	// after the retention: its id, how long ago it was made, the retention.
-	FmtTaskAgedOut    = "task %s not found: it was created %s ago, and finished tasks are kept for %s (--retention); it has aged out, or never existed"
-	FmtJobNotFound    = "job %s not found"
+	FmtTaskAgedOut = "task %s not found: it was created %s ago, and finished tasks are kept for %s (--retention); it has aged out, or never existed"
+	FmtJobNotFound = "job %s not found"
+	// FmtJobIDNotNew refuses a Dispatch given a job id (JobSpec.ID) that is
+	// not the shape NewJobID makes, or (memory store) one already taken.
+	FmtJobIDNotNew    = "job id %s is not a new job id"
 	FmtEnrollNotFound = "enrollment token %s not found"
 
 	FmtAgentIsRevoked = "agent %s is revoked"
@@ -233,6 +236,9 @@ func ErrTaskNotFoundAt(id string, now time.Time, retention time.Duration) error 
 
 // ErrJobNotFound is the error of a job that does not exist.
 func ErrJobNotFound(id string) error { return Errorf(KindNotFound, FmtJobNotFound, Quote(id)) }
+
+// ErrJobIDNotNew is the error of a Dispatch given a job id it cannot take.
+func ErrJobIDNotNew(id string) error { return Errorf(KindInvalid, FmtJobIDNotNew, Quote(id)) }
 
 // ErrEnrollmentNotFound is the error of an enrollment token id that does not exist.
 func ErrEnrollmentNotFound(id string) error {

@@ -37,6 +37,13 @@ type ExportBatch struct {
 // FmtExportClaimed is the error of a commit by an exporter that lost its claim.
 const FmtExportClaimed = "the export is claimed by %s"
 
+// FmtExportPosition is the error of a commit of a position this store never gave.
+const FmtExportPosition = "export position %s is not this store's"
+
+// ErrExportPosition is the error of CommitExport of a position (ExportBatch.
+// Position) that is not one of this store's.
+func ErrExportPosition(pos string) error { return Errorf(KindInvalid, FmtExportPosition, Quote(pos)) }
+
 // ErrExportClaimed is the error of CommitExport by an owner whose claim passed
 // to another.
 func ErrExportClaimed(other string) error {

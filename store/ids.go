@@ -28,8 +28,15 @@ const AgentIDLen = 16
 // NewAgentID returns a new random agent id.
 func NewAgentID() string { return "a" + randomChars(AgentIDLen-1) }
 
+// JobIDLen is the length of a job id: "j", 11 time characters and 4 random ones.
+const JobIDLen = 16
+
 // NewJobID returns a new job id; ids made later sort after earlier ones.
-func NewJobID() string { return "j" + timeChars() + randomChars(4) }
+func NewJobID() string { return "j" + timeChars() + randomChars(JobIDLen-12) }
+
+// ValidJobID tells whether s has the shape of an id NewJobID makes: what a
+// Dispatch given its job id (JobSpec.ID) accepts.
+func ValidJobID(s string) bool { return len(s) == JobIDLen && ValidID(s, 'j') }
 
 // NewTaskID returns a new id for a task of the given agent. The id ends with the
 // agent's id, so any replica can find the task's agent (and its Redis slot) from

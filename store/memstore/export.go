@@ -78,7 +78,7 @@ func (s *Store) CommitExport(ctx context.Context, owner string, b store.ExportBa
 		}
 		pos, err := strconv.ParseInt(b.Position, 10, 64)
 		if err != nil || pos < f.base || pos > f.base+int64(len(f.ids)) {
-			return store.Errorf(store.KindInvalid, "export position %q is not this store's", b.Position)
+			return store.ErrExportPosition(b.Position)
 		}
 		f.exported = max(f.exported, pos)
 		return nil

@@ -33,8 +33,8 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 		id := spec.ID
 		if id == "" {
 			id = store.NewJobID()
-		} else if !store.ValidID(id, 'j') || s.jobs[id] != nil {
-			return store.Job{}, store.Errorf(store.KindInvalid, "job id %s is not a new job id", store.Quote(id))
+		} else if !store.ValidJobID(id) || s.jobs[id] != nil {
+			return store.Job{}, store.ErrJobIDNotNew(id)
 		}
 		j := &job{Job: store.Job{ID: id, Spec: spec, CreatedAt: now}}
 		j.Spec.Payload = slices.Clone(spec.Payload)

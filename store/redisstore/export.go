@@ -93,7 +93,7 @@ func (s *Store) CommitExport(ctx context.Context, owner string, b store.ExportBa
 		sh, id, ok := strings.Cut(p, "=")
 		n, err := strconv.Atoi(sh)
 		if !ok || err != nil || n < 0 || n >= NumShards {
-			return store.Errorf(store.KindInvalid, "export position %q is not this store's", b.Position)
+			return store.ErrExportPosition(b.Position)
 		}
 		cmds = append(cmds, s.client.B().Set().Key(s.k.exported(n)).Value(id).Px(exportKeep).Build())
 	}

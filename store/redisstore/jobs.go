@@ -54,8 +54,8 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 	jid := spec.ID
 	if jid == "" {
 		jid = store.NewJobID()
-	} else if !store.ValidID(jid, 'j') || len(jid) != len(store.NewJobID()) {
-		return store.Job{}, store.Errorf(store.KindInvalid, "job id %s is not a new job id", store.Quote(jid))
+	} else if !store.ValidJobID(jid) {
+		return store.Job{}, store.ErrJobIDNotNew(jid)
 	}
 	var idemKey string
 	var resume *jobRecord

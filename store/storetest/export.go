@@ -101,6 +101,8 @@ func testExportClaim(h *harness) {
 	if err := x.CommitExport(h.ctx, "r1", first); err != nil {
 		h.Fatal(err)
 	}
+	wantErr(h, x.CommitExport(h.ctx, "r1", store.ExportBatch{Position: "x=1"}), store.ErrExportPosition("x=1"),
+		"commit of a position the store never gave")
 	second, err := x.ExportBatch(h.ctx, "r1", 10*time.Second, 2)
 	if err != nil || len(second.Tasks) != 1 {
 		h.Fatalf("second batch: %+v, %v", second, err)
