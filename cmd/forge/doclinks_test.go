@@ -103,9 +103,6 @@ var outsideRefRE = regexp.MustCompile(`\b(?i:issue #?\d+)|\b(?:DESIGN|STYLE|TEAM
 func TestDocsStayInRepository(t *testing.T) {
 	t.Parallel()
 	for _, file := range docFiles(t) {
-		if filepath.Base(file) == "performance.md" {
-			continue // its figures' page is rewritten by forge bench's owner
-		}
 		b, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
