@@ -233,6 +233,8 @@ type fleetSpec struct {
 	// idle bounds the idle connections the fleet's transport keeps; zero: 3n+16
 	// (each agent's poll, report and heartbeat).
 	idle int
+	// registering bounds the Registers in flight; zero: 64.
+	registering int
 }
 
 // startFleet starts n agents; they register (at most 64 at a time) and poll.
@@ -245,7 +247,11 @@ func (r *runner) startFleet(ctx context.Context, fs fleetSpec) (*fleet, error) {
 		idle = 3*fs.n + 16
 	}
 	tr := newTransport(idle)
-	f := &fleet{tr: tr, rt: &countingRT{base: agent.SingleWrite(tr), register: make(chan struct{}, 64)}}
+	registering := fs.registering
+	if registering <= 0 {
+		registering = 64
+	}
+	f := &fleet{tr: tr, rt: &countingRT{base: agent.SingleWrite(tr), register: make(chan struct{}, registering)}}
 	hc := &http.Client{Transport: f.rt}
 	fctx, cancel := context.WithCancel(ctx)
 	f.cancel = cancel

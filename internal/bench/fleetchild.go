@@ -72,6 +72,10 @@ func (r *runner) startStormFleet(ctx context.Context, n, withTasks int) (*fleet,
 		// reports: a fan-out's reports must not leave the server holding
 		// two idle connections per agent against its open-file limit.
 		idle: n/4 + 64,
+		// Several fleet processes register at once (the scale scenario): more
+		// Registers in flight than a loaded server answers within the agent's
+		// call timeout make it time out and retry, and registration collapses.
+		registering: 16,
 		labelsFor: func(i int) map[string]string {
 			if i < withTasks {
 				return map[string]string{"bench": "storm", "task": "1"}
