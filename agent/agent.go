@@ -124,6 +124,12 @@ var ErrRevoked = errors.New("agent: the server revoked this agent; it stops for 
 var ErrUnknown = errors.New("agent: the server does not know this agent (its state was lost?) and no enrollment token " +
 	"was given to enroll again with")
 
+// timedOutError is the cause given to a handler's context when the task's
+// timeout passes, counted from when the agent received it.
+type timedOutError struct{ after time.Duration }
+
+func (e timedOutError) Error() string { return fmt.Sprintf("timed out after %v", e.after) }
+
 // Causes given to a handler's context.
 var (
 	errCanceled  = errors.New("canceled by the server")

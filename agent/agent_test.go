@@ -336,6 +336,8 @@ func TestCancelReachesHandler(t *testing.T) {
 	})
 }
 
+// TestTimeoutReachesHandler: a task's timeout cancels its handler's context
+// with a cause saying so, and the task ends TIMED_OUT.
 func TestTimeoutReachesHandler(t *testing.T) {
 	t.Parallel()
 	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
@@ -345,8 +347,11 @@ func TestTimeoutReachesHandler(t *testing.T) {
 		id := e.dispatch(a.ID(), "block", nil, 300*time.Millisecond)
 		b.waitStarted(t)
 		ti := e.wait(id)
-		if ti.State != forgev1.TaskState_TASK_STATE_FAILED && ti.State != forgev1.TaskState_TASK_STATE_TIMED_OUT {
-			t.Fatalf("state %v", ti.State)
+		// The agent stopped it at its timeout: TIMED_OUT, whether or not the
+		// server's reaper had found it past its deadline first.
+		wantState(t, ti, forgev1.TaskState_TASK_STATE_TIMED_OUT)
+		if h := ti.History[len(ti.History)-1]; h.Reason != "timed out after 300ms (reported failed)" {
+			t.Fatalf("last history entry %+v", h)
 		}
 		if c := b.cause(id); c == nil || !strings.Contains(c.Error(), "timed out") || !strings.Contains(ti.Error, "timed out") {
 			t.Fatalf("cause %v, error %q", c, ti.Error)

@@ -52,7 +52,11 @@ func revokedError(cause error) error {
 }
 
 // enroll loads the saved identity or registers a new one. A state dir that
-// recorded a revocation stops it at once.
+// recorded a revocation stops it at once. A saved identity is announced to the
+// server (Register with the agent's own token), so the name, labels and task
+// types given at this start replace those it held; a server that no longer
+// knows the identity gets a new one enrolled, one that revoked it stops the
+// agent.
 func (a *Agent) enroll(ctx context.Context) error {
 	if st := a.st; st != nil {
 		rev, err := st.loadRevoked()
@@ -71,16 +75,31 @@ func (a *Agent) enroll(ctx context.Context) error {
 			a.mu.Lock()
 			a.id, a.token = id.AgentID, id.AgentToken
 			a.learnKeys(id.SigningKeys)
-			signed := len(a.keys) > 0
 			a.mu.Unlock()
-			a.log.Info("using saved identity", "agent", id.AgentID, "signed_tasks", signed, "state_dir", st.dir)
-			return nil
+			a.log.Info("using saved identity", "agent", id.AgentID, "state_dir", st.dir)
+			err := a.register(ctx, "", true)
+			switch refusalOf(err) {
+			case refusedUnknown:
+				return a.reenroll(ctx, a.generation())
+			case refusedRevoked:
+				a.log.Error("the server revoked this agent; stopping for good", "agent", id.AgentID, "err", err)
+				a.recordRevoked()
+				return revokedError(err)
+			}
+			return err
 		}
 	}
 	if a.cfg.EnrollToken == "" {
 		return errors.New("agent: no saved identity and no enrollment token")
 	}
-	return a.register(ctx, "")
+	return a.register(ctx, "", false)
+}
+
+// generation returns the identity generation in use (see Agent.gen).
+func (a *Agent) generation() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.gen
 }
 
 // reenroll registers a new identity because the server answered the token of
@@ -100,13 +119,19 @@ func (a *Agent) reenroll(ctx context.Context, gen uint64) error {
 		return ErrUnknown
 	}
 	a.log.Warn("the server does not know this agent (never registered there, or its state was lost); enrolling again", "agent", old)
-	return a.register(ctx, old)
+	return a.register(ctx, old, false)
 }
 
 // register enrolls a new identity with the enrollment token, retrying with
 // backoff while the server cannot be reached, and keeps it (in the state dir
 // too). previous is the identity the server no longer knew, if any.
-func (a *Agent) register(ctx context.Context, previous string) error {
+//
+// With self, it announces the saved identity instead (Register with the
+// agent's own token): the server replaces the name, labels and task types it
+// held with these, and the agent keeps its token. A refusal of the token is
+// returned as it came, for the caller to act on (refusalOf); a server too old
+// to take the call is logged and left alone.
+func (a *Agent) register(ctx context.Context, previous string, self bool) error {
 	a.mu.Lock()
 	types := make([]string, 0, len(a.handlers))
 	for t := range a.handlers {
@@ -118,18 +143,27 @@ func (a *Agent) register(ctx context.Context, previous string) error {
 	var bo backoff
 	for {
 		idx, c := a.client()
-		req := connect.NewRequest(&forgev1.RegisterRequest{
+		msg := &forgev1.RegisterRequest{
 			Name: a.cfg.Name, Labels: a.cfg.Labels, Hostname: a.hostname,
 			Version: a.cfg.Version, TaskTypes: types, PreviousAgentId: previous,
-		})
-		bearer.Set(req.Header(), a.cfg.EnrollToken)
+		}
+		var req *connect.Request[forgev1.RegisterRequest]
+		if self {
+			req, _ = authed(a, msg)
+		} else {
+			req = connect.NewRequest(msg)
+			bearer.Set(req.Header(), a.cfg.EnrollToken)
+		}
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
 		res, err := c.Register(cctx, req)
 		cancel()
 		if err == nil {
 			m := res.Msg
-			if m.AgentId == "" || m.AgentToken == "" {
+			if m.AgentId == "" || (m.AgentToken == "" && !self) {
 				return errors.New("agent: register: the server answered without an identity")
+			}
+			if self && m.AgentId != a.ID() {
+				return fmt.Errorf("agent: register: the server answered for agent %q, not this agent's saved identity %q", m.AgentId, a.ID())
 			}
 			var given []signingKey
 			for _, k := range m.SigningKeys {
@@ -139,15 +173,21 @@ func (a *Agent) register(ctx context.Context, previous string) error {
 			}
 			a.mu.Lock()
 			keys := a.learnKeys(given) // those learned before stay
+			token := a.token
+			if !self {
+				token = m.AgentToken
+			}
 			a.mu.Unlock()
 			if st != nil {
-				if err := st.saveIdentity(identity{AgentID: m.AgentId, AgentToken: m.AgentToken, SigningKeys: keys}); err != nil {
+				if err := st.saveIdentity(identity{AgentID: m.AgentId, AgentToken: token, SigningKeys: keys}); err != nil {
 					return err
 				}
 			}
 			a.mu.Lock()
-			a.id, a.token = m.AgentId, m.AgentToken
-			a.gen++
+			if !self {
+				a.id, a.token = m.AgentId, m.AgentToken
+				a.gen++
+			}
 			if d := m.PollWait.AsDuration(); a.cfg.PollWait == 0 && m.PollWait != nil && d > 0 {
 				a.pollWait = d
 			}
@@ -155,9 +195,12 @@ func (a *Agent) register(ctx context.Context, previous string) error {
 				a.hbInterval, a.hbKnown = d, true
 			}
 			a.mu.Unlock()
-			if previous != "" {
+			switch {
+			case self:
+				a.log.Info("the server took this agent's name, labels and task types", "agent", m.AgentId, "server", a.servers[idx])
+			case previous != "":
 				a.log.Info("enrolled again", "agent", m.AgentId, "previous_agent", previous, "server", a.servers[idx])
-			} else {
+			default:
 				a.log.Info("registered", "agent", m.AgentId, "server", a.servers[idx])
 			}
 			return nil
@@ -167,8 +210,20 @@ func (a *Agent) register(ctx context.Context, previous string) error {
 		}
 		switch connect.CodeOf(err) {
 		case connect.CodeUnauthenticated:
+			if self {
+				return err // the caller tells unknown from revoked
+			}
 			return fmt.Errorf("agent: the server refused the enrollment token: %w", err)
-		case connect.CodePermissionDenied, connect.CodeInvalidArgument, connect.CodeUnimplemented:
+		case connect.CodePermissionDenied, connect.CodeUnimplemented:
+			if self {
+				// A server from before Register took an agent's own token: it
+				// keeps what it held of this agent.
+				a.log.Warn("the server cannot update this agent's name, labels and task types (an older server?); it keeps those it had",
+					"server", a.servers[idx], "err", err)
+				return nil
+			}
+			return fmt.Errorf("agent: register: %w", err)
+		case connect.CodeInvalidArgument:
 			return fmt.Errorf("agent: register: %w", err)
 		}
 		// Anything else may pass: the server unreachable, or resource_exhausted

@@ -209,3 +209,76 @@ func TestCleanStopIsOfflineAtOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestRestartWithNewNameAndLabels: an agent started again from its saved
+// identity with another name, other labels and other task types keeps its
+// identity, and the server takes what it was given at this start (selectors
+// match the new labels at once); the server's log says what changed, and the
+// agent's says the server took them. Revoked while stopped, it stops at its
+// next start and records the revocation.
+func TestRestartWithNewNameAndLabels(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		dir := t.TempDir()
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, StateDir: dir, Name: "old-name",
+			Labels: map[string]string{"env": "dev"}}, map[string]agent.Handler{"echo": agent.EchoHandler()})
+		id := a.ID()
+		if err := a.stop(t); err != nil {
+			t.Fatal(err)
+		}
+		logs := newLogBuffer(t)
+		b := startAgent(t, agent.Config{Servers: []string{e.URL}, StateDir: dir, Name: "new-name", Logger: logs.logger(),
+			Labels: map[string]string{"env": "prod", "role": "db"}},
+			map[string]agent.Handler{"echo": agent.EchoHandler(), "exec": agent.EchoHandler()})
+		if b.ID() != id {
+			t.Fatalf("restarted as %s, want the saved identity %s", b.ID(), id)
+		}
+		var got *forgev1.AgentInfo
+		waitFor(t, 10*time.Second, "the server to take the new name", func() bool {
+			res, err := e.Control.GetAgent(t.Context(), connect.NewRequest(&forgev1.GetAgentRequest{AgentId: id}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = res.Msg.Agent
+			return got.Name == "new-name"
+		})
+		if got.Labels["env"] != "prod" || got.Labels["role"] != "db" || len(got.Labels) != 2 ||
+			got.Status != forgev1.AgentStatus_AGENT_STATUS_ONLINE {
+			t.Fatalf("agent after the restart: %+v", got)
+		}
+		res, err := e.Control.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "echo", Payload: []byte("hi"),
+			Target: &forgev1.DispatchRequest_Selector{Selector: "role=db"}}))
+		if err != nil || len(res.Msg.TaskIds) != 1 {
+			t.Fatalf("Dispatch to role=db = %v, %v; want one task", res, err)
+		}
+		wantState(t, e.wait(res.Msg.TaskIds[0]), forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		if log := e.Log.String(); !strings.Contains(log, `name \"old-name\" -> \"new-name\"`) ||
+			!strings.Contains(log, `labels env=dev->prod +role=db`) || !strings.Contains(log, `task types [echo] -> [echo exec]`) {
+			t.Fatalf("the server's log does not say what changed:\n%s", e.Log.Tail(8))
+		}
+		if !strings.Contains(logs.String(), "the server took this agent's name, labels and task types") {
+			t.Fatalf("the agent's log does not say the server took the new name:\n%s", logs.String())
+		}
+		if err := b.stop(t); err != nil {
+			t.Fatal(err)
+		}
+
+		if _, err := e.Control.RevokeAgent(t.Context(), connect.NewRequest(&forgev1.RevokeAgentRequest{AgentId: id})); err != nil {
+			t.Fatal(err)
+		}
+		c := runAgent(t, agent.Config{Servers: []string{e.URL}, StateDir: dir, EnrollToken: enrollToken, Logger: testLogger(t)},
+			map[string]agent.Handler{"echo": agent.EchoHandler()})
+		select {
+		case <-c.done:
+			if !errors.Is(c.err, agent.ErrRevoked) {
+				t.Fatalf("Run: %v, want ErrRevoked", c.err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("Run of a revoked agent did not return")
+		}
+		if _, err := os.Stat(filepath.Join(dir, "revoked.json")); err != nil {
+			t.Fatalf("the revocation is not recorded: %v", err)
+		}
+	})
+}

@@ -390,7 +390,7 @@ func (a *Agent) start(s *session, t *forgev1.Task) {
 		task.Timeout = d
 		task.Deadline = received.Add(d)
 		var cancelT context.CancelFunc
-		hctx, cancelT = context.WithDeadlineCause(hctx, task.Deadline, fmt.Errorf("timed out after %v", d))
+		hctx, cancelT = context.WithDeadlineCause(hctx, task.Deadline, timedOutError{d})
 		stop = func() { cancelT(); cancel(nil) }
 	} else if t.Deadline != nil {
 		task.Deadline = t.Deadline.AsTime()
@@ -480,6 +480,9 @@ func (a *Agent) result(ctx context.Context, t *Task, out []byte, err error, te *
 		req.OutputTruncated = true
 		req.OutputSize = size + so.written
 	}
+	// Stopped at its timeout (or finished past it): the server records TIMED_OUT.
+	var tmo timedOutError
+	req.TimedOut = ctx.Err() != nil && errors.As(context.Cause(ctx), &tmo)
 	if err != nil {
 		req.Outcome = forgev1.Outcome_OUTCOME_FAILED
 		msg := err.Error()

@@ -3,6 +3,9 @@ package server
 import (
 	"context"
 	"crypto/ed25519"
+	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -27,6 +30,9 @@ func (a *agentService) Register(ctx context.Context, req *connect.Request[forgev
 		return nil, err
 	}
 	p := principalFrom(ctx)
+	if p.kind == principalAgent {
+		return a.reRegister(ctx, req, p.cred)
+	}
 	secret := store.NewSecret()
 	ag, err := s.store.RegisterAgent(ctx, store.RegisterParams{
 		Name: m.Name, Hostname: m.Hostname, Version: m.Version, Labels: m.Labels, TaskTypes: m.TaskTypes,
@@ -49,6 +55,70 @@ func (a *agentService) Register(ctx context.Context, req *connect.Request[forgev
 		HeartbeatInterval: durationpb.New(s.heartbeatInterval()),
 		SigningKeys:       s.signingKeys(),
 	}), nil
+}
+
+// reRegister answers a Register made with an agent's own token: the agent
+// started again with its saved identity, and what it gives (name, labels,
+// hostname, version, task types) replaces what the store held. The answer
+// names the same identity and carries no token: the agent keeps its own.
+func (a *agentService) reRegister(ctx context.Context, req *connect.Request[forgev1.RegisterRequest], cred store.Cred) (*connect.Response[forgev1.RegisterResponse], error) {
+	s := a.s
+	m := req.Msg
+	if m.PreviousAgentId != "" {
+		return nil, invalid("previous_agent_id", "is for an agent enrolling again with an enrollment token, not one calling with its own token")
+	}
+	was, err := s.store.UpdateAgent(ctx, cred, store.RegisterParams{
+		Name: m.Name, Hostname: m.Hostname, Version: m.Version, Labels: m.Labels, TaskTypes: m.TaskTypes,
+	})
+	if err != nil {
+		return nil, s.agentError(ctx, err)
+	}
+	attrs := []any{"agent", cred.AgentID, "from", req.Peer().Addr, "name", m.Name}
+	if changed := agentChanges(was, m); len(changed) > 0 {
+		s.log.Info("audit: agent started again with its saved identity; updated", append(attrs, "changed", strings.Join(changed, "; "))...)
+	} else {
+		s.log.Info("agent started again with its saved identity", attrs...)
+	}
+	return connect.NewResponse(&forgev1.RegisterResponse{
+		AgentId:           cred.AgentID,
+		PollWait:          durationpb.New(s.cfg.PollHold),
+		HeartbeatInterval: durationpb.New(s.heartbeatInterval()),
+		SigningKeys:       s.signingKeys(),
+	}), nil
+}
+
+// agentChanges describes what a Register with a saved identity changes of the
+// agent as it was: `name "a" -> "b"`, `labels +env=prod -role=web`, and so on.
+func agentChanges(was store.Agent, m *forgev1.RegisterRequest) []string {
+	var out []string
+	for _, f := range []struct{ name, old, new string }{
+		{"name", was.Name, m.Name}, {"hostname", was.Hostname, m.Hostname}, {"version", was.Version, m.Version},
+	} {
+		if f.old != f.new {
+			out = append(out, fmt.Sprintf("%s %q -> %q", f.name, f.old, f.new))
+		}
+	}
+	var labels []string
+	for _, k := range slices.Sorted(maps.Keys(was.Labels)) {
+		if v, ok := m.Labels[k]; !ok {
+			labels = append(labels, "-"+k+"="+was.Labels[k])
+		} else if v != was.Labels[k] {
+			labels = append(labels, k+"="+was.Labels[k]+"->"+v)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(m.Labels)) {
+		if _, ok := was.Labels[k]; !ok {
+			labels = append(labels, "+"+k+"="+m.Labels[k])
+		}
+	}
+	if len(labels) > 0 {
+		out = append(out, "labels "+strings.Join(labels, " "))
+	}
+	oldTypes, newTypes := slices.Sorted(slices.Values(was.TaskTypes)), slices.Sorted(slices.Values(m.TaskTypes))
+	if !slices.Equal(oldTypes, newTypes) {
+		out = append(out, fmt.Sprintf("task types [%s] -> [%s]", strings.Join(oldTypes, " "), strings.Join(newTypes, " ")))
+	}
+	return out
 }
 
 func (s *Server) signingKeys() []*forgev1.SigningKey {
@@ -263,7 +333,7 @@ func (a *agentService) ReportResult(ctx context.Context, req *connect.Request[fo
 	st, err := s.store.Report(ctx, store.ReportParams{
 		Cred: principalFrom(ctx).cred, TaskID: m.TaskId, Attempt: m.Attempt, Outcome: store.Outcome(m.Outcome),
 		Output: out, ExitCode: m.ExitCode, Error: m.Error, OutputTruncated: truncated, OutputSize: size,
-		Cap: int64(s.cfg.Limits.MaxOutput),
+		TimedOut: m.TimedOut, Cap: int64(s.cfg.Limits.MaxOutput),
 	})
 	if err != nil {
 		return nil, s.agentError(ctx, err)

@@ -144,13 +144,16 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		p, err := s.identify(r.Context(), r.Header.Get("Authorization"), need)
-		if err == nil && p.kind != need {
+		// An agent that starts again with its saved identity calls Register with
+		// its own token: it updates that identity and creates nothing.
+		selfRegister := err == nil && need == principalEnroll && p.kind == principalAgent
+		if err == nil && p.kind != need && !selfRegister {
 			err = connect.NewError(connect.CodePermissionDenied, errors.New(wrongKind(p.kind, need)))
 		}
 		if err == nil && !s.limiter.allow(p.by, s.cfg.Clock.Now()) {
 			err = errRateLimited
 		}
-		if err == nil && need == principalEnroll {
+		if err == nil && need == principalEnroll && !selfRegister {
 			err = s.allowRegister(p, r.RemoteAddr, s.cfg.Clock.Now())
 		}
 		if err != nil {

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -113,4 +114,80 @@ func TestRegisterAgain(t *testing.T) {
 			t.Fatalf("a first registration counted as a re-enrollment: %v", n)
 		}
 	})
+}
+
+// TestRegisterSavedIdentity: a Register made with an agent's own token (an agent
+// starting again with its saved identity) replaces the name, labels, hostname,
+// version and task types the server held, answers the same identity without a
+// token, logs what changed, and creates nothing; an unknown or revoked token is
+// refused as on any other call.
+func TestRegisterSavedIdentity(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		e := forgetest.Start(t, forgetest.Options{Backend: b})
+		ctx := t.Context()
+		id, tok := e.Register("web-1", map[string]string{"env": "dev", "role": "web"})
+		ag := e.Agent(tok)
+		res, err := ag.Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "db-1", Hostname: "h2", Version: "v2",
+			Labels: map[string]string{"env": "prod", "role": "web", "tier": "db"}, TaskTypes: []string{"exec", "echo"}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := res.Msg; m.AgentId != id || m.AgentToken != "" || m.PollWait == nil || m.HeartbeatInterval == nil {
+			t.Fatalf("Register with the agent's token answered %+v", m)
+		}
+		got, err := e.Control.GetAgent(ctx, connect.NewRequest(&forgev1.GetAgentRequest{AgentId: id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := got.Msg.Agent; a.Name != "db-1" || a.Hostname != "h2" || a.Version != "v2" || a.Labels["env"] != "prod" ||
+			a.Labels["tier"] != "db" || len(a.Labels) != 3 {
+			t.Fatalf("agent after Register with its token: %+v", a)
+		}
+		list, err := e.Control.ListAgents(ctx, connect.NewRequest(&forgev1.ListAgentsRequest{}))
+		if err != nil || len(list.Msg.Agents) != 1 {
+			t.Fatalf("ListAgents = %v, %v; want the one agent", list, err)
+		}
+		want := `name "web-1" -> "db-1"; hostname "" -> "h2"; version "" -> "v2"; labels env=dev->prod +tier=db; task types [] -> [echo exec]`
+		if got := logAttr(e.Log.Lines(), "changed"); got != want {
+			t.Fatalf("the server's log says changed=%q, want %q:\n%s", got, want, e.Log.Tail(5))
+		}
+		// The same again changes nothing and says so.
+		if _, err := ag.Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "db-1", Hostname: "h2", Version: "v2",
+			Labels: map[string]string{"env": "prod", "role": "web", "tier": "db"}, TaskTypes: []string{"echo", "exec"}})); err != nil {
+			t.Fatal(err)
+		}
+		if last := e.Log.Tail(1); !strings.Contains(last, "started again with its saved identity") || strings.Contains(last, "changed") {
+			t.Fatalf("an unchanged Register logged %s", last)
+		}
+		_, err = ag.Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "x", PreviousAgentId: id}))
+		wantCode(t, err, connect.CodeInvalidArgument)
+		_, err = ag.Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "bad\x1b[2J"}))
+		wantCode(t, err, connect.CodeInvalidArgument)
+
+		secret := tok[strings.LastIndexByte(tok, '_')+1:]
+		_, err = e.Agent("fa_a0000000000000000_"+secret).Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "x"}))
+		wantRefused(t, err, "unknown agent", "Register with an unknown agent token")
+		if _, err := e.Control.RevokeAgent(ctx, connect.NewRequest(&forgev1.RevokeAgentRequest{AgentId: id})); err != nil {
+			t.Fatal(err)
+		}
+		_, err = ag.Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "x"}))
+		wantRefused(t, err, "agent revoked", "Register with a revoked agent token")
+		// An operator token is still the wrong kind.
+		_, err = e.Agent(forgetest.AdminToken).Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "x"}))
+		wantCode(t, err, connect.CodePermissionDenied)
+	})
+}
+
+// logAttr returns the value of attribute key in the last JSON log line that has it.
+func logAttr(lines []string, key string) string {
+	for i := len(lines) - 1; i >= 0; i-- {
+		var m map[string]any
+		if json.Unmarshal([]byte(lines[i]), &m) == nil {
+			if v, ok := m[key].(string); ok {
+				return v
+			}
+		}
+	}
+	return ""
 }

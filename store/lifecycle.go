@@ -149,17 +149,24 @@ func CheckReport(t Task, reported Outcome, p ReportParams) (repeat bool, err err
 }
 
 // ReportEnd returns the state a RUNNING attempt of t ends in when its agent
-// reports outcome o, and the reason recorded: TIMED_OUT if the server had found
-// it past its timeout, CANCELED if a cancel was requested (whatever the outcome),
-// else SUCCEEDED or FAILED as reported.
-func ReportEnd(t Task, o Outcome) (TaskState, string) {
+// reports p at now, and the reason recorded. A timeout ends TIMED_OUT wherever it
+// is found: when the server had found the attempt past its timeout (t.TimedOut),
+// when the report comes at or after the attempt's deadline (before the reaper
+// flagged it), or when the agent says it stopped the attempt at its own count of
+// the timeout (p.TimedOut), whatever the outcome; the reason is the timeout's
+// (ReasonTimedOut, as the reaper records it) with what ended it. Otherwise a
+// requested cancel ends it CANCELED (whatever the outcome), else SUCCEEDED or
+// FAILED as reported.
+func ReportEnd(t Task, p ReportParams, now time.Time) (TaskState, string) {
 	st, why := StateSucceeded, ReasonSucceeded
-	if o == OutcomeFailed {
+	if p.Outcome == OutcomeFailed {
 		st, why = StateFailed, ReasonFailed
 	}
 	switch {
 	case t.TimedOut:
 		return StateTimedOut, fmt.Sprintf(FmtCause, t.CancelReason, why)
+	case p.TimedOut || (!t.Deadline.IsZero() && !now.Before(t.Deadline)):
+		return StateTimedOut, fmt.Sprintf(FmtCause, ReasonTimedOut(t.Timeout), why)
 	case t.CancelRequested:
 		return StateCanceled, fmt.Sprintf(FmtCause, t.CancelReason, why)
 	}

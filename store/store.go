@@ -22,6 +22,11 @@ type Store interface {
 	// the registration fails with KindUnauthenticated if the token is unknown,
 	// revoked, expired or used up.
 	RegisterAgent(ctx context.Context, p RegisterParams) (Agent, error)
+	// UpdateAgent replaces the name, hostname, version, labels and task types of
+	// the agent c proves with p's (p's other fields are not used), as an agent
+	// that starts again with its saved identity gives them, and records it seen
+	// (online). It returns the agent as it was before.
+	UpdateAgent(ctx context.Context, c Cred, p RegisterParams) (Agent, error)
 	// AuthenticateAgent checks an agent credential without doing anything else. A
 	// credential matching the agent's next token (see RotateAgentToken) promotes it.
 	AuthenticateAgent(ctx context.Context, c Cred) error
@@ -219,6 +224,9 @@ type ReportParams struct {
 	// the store saw it, and the full size of the attempt's output.
 	OutputTruncated bool
 	OutputSize      int64
+	// TimedOut says the agent stopped the attempt at its timeout, counted from
+	// when it received it: the attempt ends TIMED_OUT (ReportEnd).
+	TimedOut bool
 	// Cap bounds the bytes kept of the attempt's output, as in AppendParams.
 	Cap int64
 }

@@ -39,6 +39,21 @@ func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (stor
 	})
 }
 
+// UpdateAgent implements store.Store.
+func (s *Store) UpdateAgent(ctx context.Context, c store.Cred, p store.RegisterParams) (store.Agent, error) {
+	return locked(ctx, s, func(now time.Time) (store.Agent, error) {
+		a, err := s.auth(c)
+		if err != nil {
+			return store.Agent{}, err
+		}
+		was := s.agentView(a, now)
+		a.Name, a.Hostname, a.Version = p.Name, p.Hostname, p.Version
+		a.Labels, a.TaskTypes = cloneMap(p.Labels), slices.Clone(p.TaskTypes)
+		a.LastSeenAt, a.stopped = now, false
+		return was, nil
+	})
+}
+
 // auth finds the agent of a credential, promoting its next token on first use;
 // the caller holds the lock.
 func (s *Store) auth(c store.Cred) (*agent, error) {

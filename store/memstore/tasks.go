@@ -148,7 +148,7 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 		t.ExitCode = p.ExitCode
 		t.Error = p.Error
 		t.reported = p.Outcome
-		state, reason := store.ReportEnd(t.Task, p.Outcome)
+		state, reason := store.ReportEnd(t.Task, p, now)
 		s.end(t, state, reason, now)
 		return state, nil
 	})

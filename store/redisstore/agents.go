@@ -69,6 +69,22 @@ func (s *Store) AuthenticateAgent(ctx context.Context, c store.Cred) error {
 	return err
 }
 
+// UpdateAgent implements store.Store.
+func (s *Store) UpdateAgent(ctx context.Context, c store.Cred, p store.RegisterParams) (store.Agent, error) {
+	if !store.ValidID(c.AgentID, 'a') {
+		return store.Agent{}, store.ErrUnknownAgent()
+	}
+	labels, _ := json.Marshal(p.Labels)
+	types, _ := json.Marshal(p.TaskTypes)
+	arr, err := s.run(ctx, updateAgentScript, []string{s.k.agent(c.AgentID)},
+		s.shardArgs(s.k.tag(c.AgentID), s.nowMS(), string(c.SecretHash),
+			"name", p.Name, "host", p.Hostname, "ver", p.Version, "labels", string(labels), "types", string(types)))
+	if err != nil {
+		return store.Agent{}, err
+	}
+	return decodeAgent(c.AgentID, pairs(arr[1])), nil
+}
+
 // RotateAgentToken implements store.Store.
 func (s *Store) RotateAgentToken(ctx context.Context, c store.Cred, newSecretHash []byte) error {
 	if !store.ValidID(c.AgentID, 'a') {

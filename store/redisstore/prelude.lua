@@ -125,11 +125,14 @@ local function checkReport(tid, st, cur, ro, ec, att, outcome, exit)
 end
 
 -- reportEnd is store.ReportEnd: the state and reason a running attempt ends with
--- when reported; tmo, cr (booleans) and crr (string or nil) are the task's.
-local function reportEnd(outcome, tmo, cr, crr)
+-- when reported at now (ms); tmo, cr (booleans), crr (string or nil), dl (its
+-- deadline, ms; 0: none) and tor (its timeout's reason) are the task's, atmo
+-- (boolean) says the agent stopped it at its timeout.
+local function reportEnd(outcome, tmo, cr, crr, dl, tor, atmo, now)
   local st, why = SUCCEEDED, REASON_SUCCEEDED
   if outcome == OUTCOME_FAILED then st, why = FAILED, REASON_FAILED end
   if tmo then return TIMED_OUT, string.format(FMT_CAUSE, crr or '', why) end
+  if atmo or (dl > 0 and now >= dl) then return TIMED_OUT, string.format(FMT_CAUSE, tor, why) end
   if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', why) end
   return st, why
 end

@@ -257,12 +257,19 @@ func agreements() []agreement {
 			name: "reportEnd",
 			lua: `local crr = a[4]
 			if crr == '' then crr = nil end
-			local st, why = reportEnd(tonumber(a[1]), a[2] == '1', a[3] == '1', crr)
+			local st, why = reportEnd(tonumber(a[1]), a[2] == '1', a[3] == '1', crr, tonumber(a[5]), a[6], a[7] == '1', tonumber(a[8]))
 			return {st, why}`,
-			rows: cross([]string{"1", "2"}, flags, flags, reasons),
+			// outcome, timed out (flagged), cancel requested, its reason; deadline (ms, 0: none),
+			// the timeout's reason, the agent's timeout; now (ms)
+			rows: cross([]string{"1", "2"}, flags, flags, reasons,
+				[]string{"0", ms(now.Add(-time.Millisecond)), ms(now), ms(now.Add(time.Millisecond))},
+				[]string{store.ReasonTimedOut(90 * time.Second)}, flags, []string{ms(now)}),
 			goRule: func(r []string) []string {
-				st, why := store.ReportEnd(store.Task{TimedOut: flagOf(r[1]), CancelRequested: flagOf(r[2]), CancelReason: r[3]},
-					store.Outcome(num(r[0])))
+				t := store.Task{TimedOut: flagOf(r[1]), CancelRequested: flagOf(r[2]), CancelReason: r[3], Timeout: 90 * time.Second}
+				if r[4] != "0" {
+					t.Deadline = fromMS(r[4])
+				}
+				st, why := store.ReportEnd(t, store.ReportParams{Outcome: store.Outcome(num(r[0])), TimedOut: flagOf(r[6])}, fromMS(r[7]))
 				return []string{strconv.Itoa(int(st)), why}
 			},
 		},

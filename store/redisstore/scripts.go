@@ -465,6 +465,25 @@ if aerr then return aerr end
 return {'OK'}
 `)
 
+// updateAgentScript replaces an agent's descriptive fields (name, host, ver,
+// labels, types) and records it seen.
+//
+// KEYS[1] agent record
+// ARGV[4] secret hash, [5..] field, value pairs
+// returns {'OK', {field, value pairs as they were}} or fail(E_UNAUTHENTICATED)
+var updateAgentScript = shardScript(`
+local f, aerr = auth(KEYS[1], ARGV[4], 'name', 'host', 'ver', 'labels', 'types')
+if aerr then return aerr end
+local was = {}
+for i, k in ipairs({'name', 'host', 'ver', 'labels', 'types'}) do
+  if f[4 + i] then was[#was + 1] = k; was[#was + 1] = f[4 + i] end
+end
+local set = {}
+for i = 5, #ARGV do set[#set + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'so', '0', unpack(set))
+return {'OK', was}
+`)
+
 // rotateScript stores the next token hash of an agent.
 //
 // KEYS[1] agent record
@@ -673,7 +692,7 @@ return {'OK', out, advanceList()}
 // KEYS[1] agent record, KEYS[2] task record, KEYS[3] output head, KEYS[4] output tail
 // ARGV[4] agent id, [5] secret hash, [6] task id, [7] attempt, [8] outcome (1/2),
 // [9] output, [10] exit code, [11] error, [12] output truncated (0/1), [13] output
-// size, [14] output cap
+// size, [14] output cap, [15] the agent stopped it at its timeout (0/1)
 // returns {'OK', state, {job ids to advance}} or an error
 var reportScript = shardScript(`
 local tid, att, outcome, exit = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[10])
@@ -682,7 +701,7 @@ if aerr then return aerr end
 redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'so', '0')
 seen(ARGV[4])
 local tk = KEYS[2]
-local t = redis.call('HMGET', tk, 'st', 'att', 'rep', 'ro', 'ec', 'tmo', 'cr', 'crr')
+local t = redis.call('HMGET', tk, 'st', 'att', 'rep', 'ro', 'ec', 'tmo', 'cr', 'crr', 'dl', 'tor')
 local st = tonumber(t[1])
 if not st then return fail(E_NOT_FOUND, string.format(FMT_TASK_NOT_FOUND, q(tid))) end
 local ro = 0
@@ -693,7 +712,7 @@ if check then return check end
 appendOutput(tk, KEYS[3], KEYS[4], att, STREAM_STDOUT, ARGV[9], tonumber(ARGV[14]))
 if #ARGV[9] > 0 then notify(WATCH_OUTPUT .. tid) end
 redis.call('HSET', tk, 'otr', ARGV[12], 'osz', ARGV[13], 'ec', ARGV[10], 'err', ARGV[11], 'rep', '1', 'ro', outcome)
-local new, reason = reportEnd(outcome, t[6] == '1', t[7] == '1', t[8])
+local new, reason = reportEnd(outcome, t[6] == '1', t[7] == '1', t[8], tonumber(t[9]) or 0, t[10] or '', ARGV[15] == '1', NOW)
 endTask(tid, new, reason)
 publish()
 return {'OK', new, advanceList()}
@@ -1256,7 +1275,7 @@ return {'OK', redis.call('HGETALL', KEYS[1])}
 `)
 
 var allScripts = []*script{
-	registerScript, authScript, rotateScript, leaseScript, heartbeatScript, returnScript, reportScript, appendOutputScript,
+	registerScript, authScript, updateAgentScript, rotateScript, leaseScript, heartbeatScript, returnScript, reportScript, appendOutputScript,
 	readOutputScript, taskScript,
 	createTasksScript, releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
 	jobCreateScript, jobDraftScript, jobCommitScript, jobAbandonScript, jobStepScript, jobCancelScript, exportClaimScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,

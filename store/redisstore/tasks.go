@@ -134,7 +134,7 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 		[]string{s.k.agent(id), s.k.task(id, p.TaskID), s.k.outHead(id, p.TaskID), s.k.outTail(id, p.TaskID)},
 		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), p.TaskID, itoa(p.Attempt),
 			itoa(p.Outcome), string(p.Output), itoa(p.ExitCode), p.Error, flag(p.OutputTruncated), itoa(p.OutputSize),
-			itoa(store.OutputCap(p.Cap))))
+			itoa(store.OutputCap(p.Cap)), flag(p.TimedOut)))
 	if err != nil {
 		return 0, err
 	}

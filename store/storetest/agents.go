@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/orange-forge/forge/store"
@@ -16,6 +17,77 @@ var agentCases = []testCase{
 	{"RevokeReason", testRevokeReason, nil},
 	{"List", testListAgents, nil},
 	{"RemovedWhenUnseen", testRemoveUnseen, nil},
+	{"Update", testUpdateAgent, nil},
+}
+
+// testUpdateAgent: an agent that starts again with its saved identity gives its
+// name, labels, hostname, version and task types, which replace the stored ones
+// (selectors and name patterns match the new ones at once); it is online again
+// even after a clean stop; the agent as it was comes back; a wrong, unknown or
+// revoked credential changes nothing.
+func testUpdateAgent(h *harness) {
+	a := h.registerNamed("web-1", map[string]string{"env": "dev", "role": "web"})
+	other := h.registerNamed("web-2", map[string]string{"env": "dev"})
+	if _, err := h.s.Heartbeat(h.ctx, store.HeartbeatParams{Cred: a.cred, Lease: leaseFor, Stopped: true}); err != nil {
+		h.Fatal(err)
+	}
+	if got := h.agent(a.ID); got.Status != store.AgentOffline {
+		h.Fatalf("stopped agent is %v", got.Status)
+	}
+	h.clock.Advance(time.Second)
+	p := store.RegisterParams{Name: "db-1", Hostname: "host2", Version: "v2",
+		Labels: map[string]string{"env": "prod", "tier": "db"}, TaskTypes: []string{"echo", "exec"}}
+	was, err := h.s.UpdateAgent(h.ctx, a.cred, p)
+	if err != nil {
+		h.Fatalf("UpdateAgent: %v", err)
+	}
+	if was.ID != a.ID || was.Name != "web-1" || was.Hostname != "host" || was.Version != "v1" ||
+		!maps(was.Labels, map[string]string{"env": "dev", "role": "web"}) || !slices.Equal(was.TaskTypes, []string{"echo"}) {
+		h.Fatalf("UpdateAgent answered the agent as it was = %+v", was)
+	}
+	got := h.agent(a.ID)
+	if got.Name != "db-1" || got.Hostname != "host2" || got.Version != "v2" || !maps(got.Labels, p.Labels) ||
+		!slices.Equal(got.TaskTypes, p.TaskTypes) || got.Status != store.AgentOnline || !got.LastSeenAt.Equal(h.now()) ||
+		!got.RegisteredAt.Equal(a.RegisteredAt) {
+		h.Fatalf("after UpdateAgent: %+v", got)
+	}
+	for _, c := range []struct {
+		f    store.AgentFilter
+		want []string
+	}{
+		{store.AgentFilter{Selector: store.MustParseSelector("env=prod")}, []string{a.ID}},
+		{store.AgentFilter{Selector: store.MustParseSelector("role=web")}, nil},
+		{store.AgentFilter{Selector: store.MustParseSelector("env=dev")}, []string{other.ID}},
+	} {
+		list, _, err := h.s.ListAgents(h.ctx, c.f)
+		if err != nil {
+			h.Fatal(err)
+		}
+		var ids []string
+		for _, x := range list {
+			ids = append(ids, x.ID)
+		}
+		if !slices.Equal(ids, c.want) {
+			h.Fatalf("ListAgents(%v) = %v, want %v", c.f.Selector, ids, c.want)
+		}
+	}
+	j := h.dispatchSpec(h.spec(store.Target{AgentName: "db-*"}))
+	if len(j.TaskIDs) != 1 || !strings.HasSuffix(j.TaskIDs[0], a.ID) {
+		h.Fatalf("dispatch to the new name made tasks %v", j.TaskIDs)
+	}
+
+	_, err = h.s.UpdateAgent(h.ctx, store.Cred{AgentID: a.ID, SecretHash: hash("wrong")}, p)
+	wantErr(h, err, store.ErrUnknownAgent(), "UpdateAgent with a wrong secret")
+	_, err = h.s.UpdateAgent(h.ctx, store.Cred{AgentID: store.NewAgentID(), SecretHash: hash("x")}, p)
+	wantErr(h, err, store.ErrUnknownAgent(), "UpdateAgent of an unknown agent")
+	if _, err := h.s.RevokeAgent(h.ctx, other.ID, ""); err != nil {
+		h.Fatal(err)
+	}
+	_, err = h.s.UpdateAgent(h.ctx, other.cred, p)
+	wantErr(h, err, store.ErrRevokedAgent(), "UpdateAgent of a revoked agent")
+	if got := h.agent(other.ID); got.Name != "web-2" || got.Status != store.AgentRevoked {
+		h.Fatalf("a refused UpdateAgent changed the agent: %+v", got)
+	}
 }
 
 // testRemoveUnseen: an agent unseen for the agent retention (revoked or not) is

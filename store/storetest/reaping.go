@@ -11,6 +11,7 @@ import (
 var reapingCases = []testCase{
 	{"DeliveryTTL", testDeliveryTTL, nil},
 	{"ExecutionTimeout", testTimeout, nil},
+	{"TimeoutFoundByReport", testTimeoutFoundByReport, nil},
 	{"ConcurrentReapers", testConcurrentReapers, nil},
 }
 
@@ -94,6 +95,67 @@ func testTimeout(h *harness) {
 	h.reap()
 	h.wantEnded(t2.ID, store.StateTimedOut, cause(store.ReasonTimedOut(timeout), store.ReasonLeaseExpired))
 	h.wantCounts(j2.ID, store.Counts{TimedOut: 1})
+}
+
+// testTimeoutFoundByReport: a timeout ends TIMED_OUT wherever it is found — a
+// report that comes at or past the deadline before any Reap flagged the attempt,
+// or the agent saying it stopped the attempt at its own count of the timeout —
+// whatever the outcome reported.
+func testTimeoutFoundByReport(h *harness) {
+	a := h.register(nil)
+	// Past the deadline, unflagged: no Reap ran.
+	j := h.dispatch(a)
+	t := h.leaseOne(a)
+	h.clock.Advance(20 * time.Second)
+	h.heartbeat(a, leaseFor, t.Ref())
+	h.clock.Advance(20 * time.Second)
+	h.heartbeat(a, leaseFor, t.Ref())
+	h.clock.Advance(20 * time.Second) // at the deadline exactly
+	if got := h.task(t.ID); got.TimedOut {
+		h.Fatalf("flagged without a Reap: %+v", got)
+	}
+	h.mustReport(a, t.Ref(), store.OutcomeFailed, store.StateTimedOut)
+	h.wantEnded(t.ID, store.StateTimedOut, cause(store.ReasonTimedOut(timeout), store.ReasonFailed))
+	h.wantCounts(j.ID, store.Counts{TimedOut: 1})
+
+	// A success reported past the deadline timed out all the same.
+	j2 := h.dispatch(a)
+	t2 := h.leaseOne(a)
+	h.clock.Advance(20 * time.Second)
+	h.heartbeat(a, leaseFor, t2.Ref())
+	h.clock.Advance(20 * time.Second)
+	h.heartbeat(a, leaseFor, t2.Ref())
+	h.clock.Advance(21 * time.Second)
+	h.mustReport(a, t2.Ref(), store.OutcomeSucceeded, store.StateTimedOut)
+	h.wantEnded(t2.ID, store.StateTimedOut, cause(store.ReasonTimedOut(timeout), store.ReasonSucceeded))
+	h.wantCounts(j2.ID, store.Counts{TimedOut: 1})
+
+	// The agent stopped it at its own count of the timeout, which starts when it
+	// received the task, so the store's clock may not be there yet.
+	j3 := h.dispatch(a)
+	t3 := h.leaseOne(a)
+	h.clock.Advance(time.Second)
+	st, err := h.s.Report(h.ctx, store.ReportParams{Cred: a.cred, TaskID: t3.ID, Attempt: t3.Attempt,
+		Outcome: store.OutcomeFailed, ExitCode: 143, TimedOut: true})
+	if err != nil || st != store.StateTimedOut {
+		h.Fatalf("Report(timed out by the agent) = %v, %v; want TIMED_OUT", st, err)
+	}
+	h.wantEnded(t3.ID, store.StateTimedOut, cause(store.ReasonTimedOut(timeout), store.ReasonFailed))
+	h.wantCounts(j3.ID, store.Counts{TimedOut: 1})
+	if got := h.task(t3.ID); got.ExitCode != 143 {
+		h.Fatalf("exit code %d, want the reported 143", got.ExitCode)
+	}
+
+	// Just before the deadline, a report ends the task as reported.
+	j4 := h.dispatch(a)
+	t4 := h.leaseOne(a)
+	h.clock.Advance(20 * time.Second)
+	h.heartbeat(a, leaseFor, t4.Ref())
+	h.clock.Advance(20 * time.Second)
+	h.heartbeat(a, leaseFor, t4.Ref())
+	h.clock.Advance(20*time.Second - time.Millisecond)
+	h.mustReport(a, t4.Ref(), store.OutcomeFailed, store.StateFailed)
+	h.wantCounts(j4.ID, store.Counts{Failed: 1})
 }
 
 func testConcurrentReapers(h *harness) {

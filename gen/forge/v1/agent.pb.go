@@ -119,9 +119,10 @@ func (x *RegisterRequest) GetPreviousAgentId() string {
 // RegisterResponse carries the new identity. The token is shown only here.
 type RegisterResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The new agent's id.
+	// The new agent's id (the caller's own when it called with its agent token).
 	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
-	// The agent's token, `fa_<agent id>_<secret>`. Keep it: the server stores only a hash.
+	// The agent's token, `fa_<agent id>_<secret>`. Keep it: the server stores only a
+	// hash. Empty when the caller called with its agent token.
 	AgentToken string `protobuf:"bytes,2,opt,name=agent_token,json=agentToken,proto3" json:"agent_token,omitempty"`
 	// How long the server holds a Poll by default.
 	PollWait *durationpb.Duration `protobuf:"bytes,3,opt,name=poll_wait,json=pollWait,proto3" json:"poll_wait,omitempty"`
@@ -563,7 +564,11 @@ type ReportResultRequest struct {
 	OutputTruncated bool `protobuf:"varint,7,opt,name=output_truncated,json=outputTruncated,proto3" json:"output_truncated,omitempty"`
 	// The full size of the attempt's output (streamed and returned) before any cap;
 	// zero means what the server received.
-	OutputSize    int64 `protobuf:"varint,8,opt,name=output_size,json=outputSize,proto3" json:"output_size,omitempty"`
+	OutputSize int64 `protobuf:"varint,8,opt,name=output_size,json=outputSize,proto3" json:"output_size,omitempty"`
+	// True when the agent stopped the attempt because its timeout passed (counted
+	// from when the agent received it). The task then ends TIMED_OUT, as it does
+	// when the server finds it past its deadline, whatever the outcome.
+	TimedOut      bool `protobuf:"varint,9,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -652,6 +657,13 @@ func (x *ReportResultRequest) GetOutputSize() int64 {
 		return x.OutputSize
 	}
 	return 0
+}
+
+func (x *ReportResultRequest) GetTimedOut() bool {
+	if x != nil {
+		return x.TimedOut
+	}
+	return false
 }
 
 // ReportResultResponse confirms a report.
@@ -957,7 +969,7 @@ const file_forge_v1_agent_proto_rawDesc = "" +
 	"\x12ReturnTasksRequest\x12'\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x11.forge.v1.TaskRefR\x05tasks\"D\n" +
 	"\x13ReturnTasksResponse\x12-\n" +
-	"\breturned\x18\x01 \x03(\v2\x11.forge.v1.TaskRefR\breturned\"\x8c\x02\n" +
+	"\breturned\x18\x01 \x03(\v2\x11.forge.v1.TaskRefR\breturned\"\xa9\x02\n" +
 	"\x13ReportResultRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12+\n" +
@@ -967,7 +979,8 @@ const file_forge_v1_agent_proto_rawDesc = "" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x12)\n" +
 	"\x10output_truncated\x18\a \x01(\bR\x0foutputTruncated\x12\x1f\n" +
 	"\voutput_size\x18\b \x01(\x03R\n" +
-	"outputSize\"A\n" +
+	"outputSize\x12\x1b\n" +
+	"\ttimed_out\x18\t \x01(\bR\btimedOut\"A\n" +
 	"\x14ReportResultResponse\x12)\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.forge.v1.TaskStateR\x05state\"\x9e\x01\n" +
 	"\x13AppendOutputRequest\x12\x17\n" +

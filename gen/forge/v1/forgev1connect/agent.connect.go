@@ -57,6 +57,11 @@ const (
 type AgentServiceClient interface {
 	// Register creates a new agent identity and returns its token. It never reuses an
 	// existing identity: an agent keeps its identity by keeping its token.
+	//
+	// Called with an agent's own token instead (an agent starting again with its
+	// saved identity), it creates nothing: the name, labels, hostname, version and
+	// task types given replace those the server held for that agent, and the answer
+	// carries the same agent_id and no agent_token (keep yours).
 	Register(context.Context, *connect.Request[v1.RegisterRequest]) (*connect.Response[v1.RegisterResponse], error)
 	// Heartbeat reports the attempts the agent is running; the server extends their
 	// leases and answers which to cancel or abandon, and whether to drain. An agent that
@@ -193,6 +198,11 @@ func (c *agentServiceClient) RotateToken(ctx context.Context, req *connect.Reque
 type AgentServiceHandler interface {
 	// Register creates a new agent identity and returns its token. It never reuses an
 	// existing identity: an agent keeps its identity by keeping its token.
+	//
+	// Called with an agent's own token instead (an agent starting again with its
+	// saved identity), it creates nothing: the name, labels, hostname, version and
+	// task types given replace those the server held for that agent, and the answer
+	// carries the same agent_id and no agent_token (keep yours).
 	Register(context.Context, *connect.Request[v1.RegisterRequest]) (*connect.Response[v1.RegisterResponse], error)
 	// Heartbeat reports the attempts the agent is running; the server extends their
 	// leases and answers which to cancel or abandon, and whether to drain. An agent that
