@@ -9,6 +9,7 @@ package agent
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -41,7 +43,7 @@ type Config struct {
 	// EnrollToken is the enrollment token Register uses when StateDir holds no
 	// identity (or there is no StateDir).
 	EnrollToken string
-	// Name is the agent's name; the hostname when empty.
+	// Name is the agent's name; DefaultName(StateDir) when empty.
 	Name string
 	// Labels are the agent's labels, which selectors match.
 	Labels map[string]string
@@ -162,6 +164,8 @@ type Agent struct {
 	// with a state dir.
 	guard       *replayGuard
 	cur         int // index of the server in use
+	lastGood    int // index of the server that last answered; -1: none yet
+	failLogged  time.Time
 	pollWait    time.Duration
 	hbInterval  time.Duration
 	hbKnown     bool // hbInterval came from the server (Register or a Heartbeat answer)
@@ -222,7 +226,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	host, _ := os.Hostname()
 	if cfg.Name == "" {
-		cfg.Name = host
+		cfg.Name = DefaultName(cfg.StateDir)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -235,6 +239,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: log, servers: servers, hostname: host,
 		handlers:   map[string]Handler{},
+		lastGood:   -1,
 		pollWait:   defaultPollWait,
 		hbInterval: defaultHeartbeat,
 		running:    map[refKey]*attempt{},
@@ -355,7 +360,9 @@ func (a *Agent) client() (int, forgev1connect.AgentServiceClient) {
 }
 
 // failover moves to the next server after a transport failure on server idx,
-// unless another call moved already.
+// unless another call moved already. The move is logged, at most every
+// failoverLogEvery while servers keep failing, so an outage of all of them
+// does not fill the log.
 func (a *Agent) failover(idx int) {
 	if len(a.clients) < 2 {
 		return
@@ -366,7 +373,83 @@ func (a *Agent) failover(idx int) {
 		return
 	}
 	a.cur = (idx + 1) % len(a.clients)
-	a.log.Info("switching server", "from", a.servers[idx], "to", a.servers[a.cur])
+	if now := time.Now(); now.Sub(a.failLogged) >= failoverLogEvery {
+		a.failLogged = now
+		a.log.Warn("server unreachable; moving to the next server", "from", a.servers[idx], "to", a.servers[a.cur])
+	}
+}
+
+// failoverLogEvery bounds how often failover logs while servers keep failing.
+const failoverLogEvery = 30 * time.Second
+
+// reachable notes that server idx answered, and says how to log it after calls
+// failed: "server reachable again" for the server that answered last, "now
+// using server" for another (one never used before, after a failover).
+func (a *Agent) reachable(idx int) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	prev := a.lastGood
+	a.lastGood = idx
+	if prev == idx {
+		return "server reachable again"
+	}
+	return "now using server"
+}
+
+// DefaultName is the name an agent gets when none is given: the hostname, so
+// that one agent per machine is named after it; and, when the agent keeps a
+// state dir other than the packaged service's (/var/lib/forge-agent, or any
+// dir named forge-agent), the hostname, "-" and four characters derived from
+// the state dir's absolute path, so that several agents on one machine, each
+// with its own state dir, get names that differ, and each keeps its name
+// across restarts.
+func DefaultName(stateDir string) string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "agent"
+	}
+	if stateDir == "" {
+		return host
+	}
+	abs, err := filepath.Abs(stateDir)
+	if err != nil {
+		abs = stateDir
+	}
+	abs = filepath.Clean(abs)
+	if filepath.Base(abs) == "forge-agent" {
+		return host
+	}
+	sum := sha256.Sum256([]byte(abs))
+	const digits = "0123456789abcdefghjkmnpqrstvwxyz"
+	suffix := make([]byte, 4)
+	for i := range suffix {
+		suffix[i] = digits[sum[i]%32]
+	}
+	return host + "-" + string(suffix)
+}
+
+// describe returns what the agent is, for its log: its identity, name, labels,
+// task types, servers and limits.
+func (a *Agent) describe() []any {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	types := make([]string, 0, len(a.handlers))
+	for t := range a.handlers {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	labels := make([]string, 0, len(a.cfg.Labels))
+	for k, v := range a.cfg.Labels {
+		labels = append(labels, k+"="+v)
+	}
+	sort.Strings(labels)
+	attrs := []any{"agent", a.id, "name", a.cfg.Name, "labels", strings.Join(labels, ","),
+		"task_types", strings.Join(types, ","), "servers", strings.Join(a.servers, ","),
+		"concurrency", a.cfg.Concurrency, "signed_tasks", len(a.keys) > 0}
+	if a.cfg.StateDir != "" {
+		attrs = append(attrs, "state_dir", a.cfg.StateDir)
+	}
+	return attrs
 }
 
 // authed returns req with the agent's token, and the generation of the

@@ -188,6 +188,7 @@ func (a *Agent) register(ctx context.Context, previous string, self bool) error 
 				a.id, a.token = m.AgentId, m.AgentToken
 				a.gen++
 			}
+			a.lastGood = idx
 			if d := m.PollWait.AsDuration(); a.cfg.PollWait == 0 && m.PollWait != nil && d > 0 {
 				a.pollWait = d
 			}
@@ -197,7 +198,7 @@ func (a *Agent) register(ctx context.Context, previous string, self bool) error 
 			a.mu.Unlock()
 			switch {
 			case self:
-				a.log.Info("the server took this agent's name, labels and task types", "agent", m.AgentId, "server", a.servers[idx])
+				a.log.Debug("the server took this agent's name, labels and task types", "agent", m.AgentId, "server", a.servers[idx])
 			case previous != "":
 				a.log.Info("enrolled again", "agent", m.AgentId, "previous_agent", previous, "server", a.servers[idx])
 			default:

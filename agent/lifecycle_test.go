@@ -282,3 +282,66 @@ func TestRestartWithNewNameAndLabels(t *testing.T) {
 		}
 	})
 }
+
+// TestAgentLogsWhatItIsAndDoes: the agent's log says what it is when it is
+// ready (identity, name, labels, task types, servers), each task it starts and
+// how it ended, and, when its server goes away, which server it moves to —
+// "now using server" for one it had not used, not "reachable again".
+func TestAgentLogsWhatItIsAndDoes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, forgetest.Memory, server.Config{})
+	f := &flaky{addr: "127.0.0.1:0", h: e.Server.Server}
+	f.up(t)
+	t.Cleanup(f.down)
+	first := "http://" + f.addr
+	logs := newLogBuffer(t)
+	a := startAgent(t, agent.Config{Servers: []string{first, e.URL}, Name: "web-1", Logger: logs.logger(),
+		Labels: map[string]string{"role": "web", "env": "dev"}}, map[string]agent.Handler{"echo": agent.EchoHandler()})
+	waitFor(t, 10*time.Second, "the agent to say it is ready", func() bool { return strings.Contains(logs.String(), "waiting for tasks") })
+	ready := `msg="agent ready; waiting for tasks" agent=` + a.ID() + ` name=web-1 labels="env=dev,role=web" task_types=echo servers=` +
+		first + "," + e.URL + " concurrency=4"
+	if !strings.Contains(logs.String(), ready) {
+		t.Fatalf("the agent's log does not say what it is (want %s):\n%s", ready, logs.String())
+	}
+	id := e.dispatch(a.ID(), "echo", []byte("x"), 0)
+	wantState(t, e.wait(id), forgev1.TaskState_TASK_STATE_SUCCEEDED)
+	waitFor(t, 10*time.Second, "the task's end in the log", func() bool {
+		return strings.Contains(logs.String(), `msg="task ended" task=`+id+" attempt=1 state=SUCCEEDED took=")
+	})
+	if !strings.Contains(logs.String(), `msg="task started" task=`+id+" attempt=1 type=echo") {
+		t.Fatalf("the agent's log does not show the task start:\n%s", logs.String())
+	}
+
+	f.down()
+	waitFor(t, 20*time.Second, "the move to the second server in the log", func() bool {
+		return strings.Contains(logs.String(), `msg="now using server; waiting for tasks" server=`+e.URL)
+	})
+	if log := logs.String(); !strings.Contains(log, `msg="server unreachable; moving to the next server" from=`+first+" to="+e.URL) ||
+		strings.Contains(log, "reachable again") {
+		t.Fatalf("the agent's log does not show the failover as it happened:\n%s", log)
+	}
+	wantState(t, e.wait(e.dispatch(a.ID(), "echo", []byte("y"), 0)), forgev1.TaskState_TASK_STATE_SUCCEEDED)
+}
+
+// TestDefaultName: without a name, an agent is named after its host; with a
+// state dir (other than the packaged service's), the name gets a suffix of its
+// own, the same for the same dir and different for another.
+func TestDefaultName(t *testing.T) {
+	t.Parallel()
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1, d2 := t.TempDir(), t.TempDir()
+	n1, n2 := agent.DefaultName(d1), agent.DefaultName(d2)
+	if agent.DefaultName("") != host || agent.DefaultName("/var/lib/forge-agent") != host {
+		t.Fatalf("DefaultName without a state dir, or with the service's: %q, %q; want %q",
+			agent.DefaultName(""), agent.DefaultName("/var/lib/forge-agent"), host)
+	}
+	if !strings.HasPrefix(n1, host+"-") || len(n1) != len(host)+5 || n1 == n2 {
+		t.Fatalf("DefaultName of two state dirs: %q, %q", n1, n2)
+	}
+	if agent.DefaultName(d1+"/") != n1 || agent.DefaultName(d1) != n1 {
+		t.Fatalf("DefaultName is not stable for one dir")
+	}
+}

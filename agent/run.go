@@ -68,6 +68,7 @@ func (a *Agent) serve(ctx context.Context) error {
 		<-hbDone
 	}()
 
+	a.log.Info("agent ready; waiting for tasks", a.describe()...)
 	err := a.pollLoop(ctx, s)
 
 	a.mu.Lock()
@@ -145,6 +146,9 @@ type pollResult struct {
 	res  *forgev1.PollResponse
 	err  error
 	took time.Duration
+	// probe: sent with wait 0 after calls failed, so the agent learns at once
+	// that the server answers (and says so) rather than after a hold.
+	probe bool
 }
 
 // pollLoop keeps a Poll held until ctx ends (nil) or the token is refused for
@@ -173,7 +177,7 @@ func (a *Agent) pollLoop(ctx context.Context, s *session) error {
 			seq++
 			newestMax = want
 			inflight++
-			go a.poll(ctx, seq, want, results)
+			go a.poll(ctx, seq, want, bo.failing(), results)
 		}
 		select {
 		case <-ctx.Done():
@@ -226,12 +230,12 @@ func (a *Agent) pollLoop(ctx context.Context, s *session) error {
 				retry = time.After(bo.next())
 				continue
 			}
-			if bo.failing() {
-				a.log.Info("server reachable again", "server", a.servers[r.idx])
+			if msg := a.reachable(r.idx); bo.failing() {
+				a.log.Info(msg+"; waiting for tasks", "server", a.servers[r.idx])
 				bo.reset()
 			}
 			a.accept(s, r.res)
-			if len(r.res.Tasks) == 0 && len(r.res.Cancels) == 0 && r.took < quickEmpty {
+			if len(r.res.Tasks) == 0 && len(r.res.Cancels) == 0 && r.took < quickEmpty && !r.probe {
 				// Answered empty at once: the server is closing, or another
 				// process polls with this identity. Do not spin.
 				if quick == 0 {
@@ -256,7 +260,7 @@ func (a *Agent) wantTasks() int32 {
 	return int32(min(max(a.cfg.Concurrency-len(a.running), 0), maxPollTasks))
 }
 
-func (a *Agent) poll(ctx context.Context, seq uint64, maxTasks int32, out chan<- pollResult) {
+func (a *Agent) poll(ctx context.Context, seq uint64, maxTasks int32, probe bool, out chan<- pollResult) {
 	idx, c := a.client()
 	a.mu.Lock()
 	wait := a.pollWait
@@ -265,12 +269,15 @@ func (a *Agent) poll(ctx context.Context, seq uint64, maxTasks int32, out chan<-
 	if a.cfg.PollWait > 0 {
 		req.Wait = durationpb.New(a.cfg.PollWait)
 	}
+	if probe {
+		req.Wait = durationpb.New(0)
+	}
 	cctx, cancel := context.WithTimeout(ctx, wait+pollMargin)
 	start := time.Now()
 	areq, gen := authed(a, req)
 	res, err := c.Poll(cctx, areq)
 	cancel()
-	r := pollResult{seq: seq, gen: gen, idx: idx, err: err, took: time.Since(start)}
+	r := pollResult{seq: seq, gen: gen, idx: idx, err: err, took: time.Since(start), probe: probe}
 	if err == nil {
 		r.res = res.Msg
 	}
@@ -302,7 +309,7 @@ func (a *Agent) accept(s *session, res *forgev1.PollResponse) {
 			req := &forgev1.ReportResultRequest{TaskId: t.Id, Attempt: t.Attempt,
 				Outcome: forgev1.Outcome_OUTCOME_FAILED, Error: "refused by the agent: " + err.Error()}
 			s.tasks.Add(1)
-			go func() { defer s.tasks.Done(); a.report(s, req) }()
+			go func() { defer s.tasks.Done(); a.report(s, req, time.Time{}) }()
 		case free <= 0:
 			back = append(back, t)
 		default:
@@ -433,7 +440,11 @@ func (a *Agent) start(s *session, t *forgev1.Task) {
 		defer stop()
 		st := newStreamer(s.reportCtx, a, task)
 		task.Stdout, task.Stderr = streamWriter{st, 0}, streamWriter{st, 1}
-		a.log.Debug("task started", "task", t.Id, "attempt", t.Attempt, "type", t.Type)
+		attrs := []any{"task", t.Id, "attempt", t.Attempt, "type", t.Type, "job", t.JobId}
+		if task.Timeout > 0 {
+			attrs = append(attrs, "timeout", task.Timeout)
+		}
+		a.log.Info("task started", attrs...)
 		out, err := a.runHandler(hctx, task)
 		if at.abandoned.Load() {
 			st.stop()
@@ -442,7 +453,7 @@ func (a *Agent) start(s *session, t *forgev1.Task) {
 		}
 		// The output goes out before the result: once the task has ended, the
 		// server takes no more of it.
-		a.report(s, a.result(hctx, task, out, err, te, st.close(s.reportCtx)))
+		a.report(s, a.result(hctx, task, out, err, te, st.close(s.reportCtx)), received)
 	}()
 }
 
@@ -543,8 +554,10 @@ func (a *Agent) cancelAll(cause error) {
 }
 
 // report sends an attempt's result, retrying transient failures with backoff
-// until it is accepted, refused, or the session's report context ends.
-func (a *Agent) report(s *session, req *forgev1.ReportResultRequest) {
+// until it is accepted, refused, or the session's report context ends. It logs
+// how the task ended; started is when the attempt was received (zero for one
+// refused unrun).
+func (a *Agent) report(s *session, req *forgev1.ReportResultRequest, started time.Time) {
 	log := a.log.With("task", req.TaskId, "attempt", req.Attempt)
 	var bo backoff
 	for {
@@ -554,7 +567,14 @@ func (a *Agent) report(s *session, req *forgev1.ReportResultRequest) {
 		res, err := c.ReportResult(cctx, areq)
 		cancel()
 		if err == nil {
-			log.Info("task reported", "outcome", req.Outcome.String(), "state", res.Msg.State.String())
+			attrs := []any{"state", strings.TrimPrefix(res.Msg.State.String(), "TASK_STATE_")}
+			if !started.IsZero() {
+				attrs = append(attrs, "took", time.Since(started).Round(time.Millisecond))
+			}
+			if req.Outcome != forgev1.Outcome_OUTCOME_SUCCEEDED {
+				attrs = append(attrs, "exit_code", req.ExitCode, "error", req.Error)
+			}
+			log.Info("task ended", attrs...)
 			return
 		}
 		switch connect.CodeOf(err) {

@@ -202,6 +202,9 @@ func (m *Main) BuildAgent(c AgentConfig) (*agent.Agent, error) {
 	a.Handle("exec", agent.ExecHandler(c.AllowExec, opts...))
 	if len(c.AllowExec) == 0 {
 		log.Info("exec tasks will be refused: no --allow-exec given")
+	} else {
+		log.Info("exec tasks may run these commands", "allow_exec", strings.Join(c.AllowExec, ","),
+			"allow_env", strings.Join(c.AllowEnv, ","), "exec_user", c.ExecUser)
 	}
 	return a, nil
 }
