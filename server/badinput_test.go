@@ -45,7 +45,10 @@ func TestBadInput(t *testing.T) {
 			{"forged agent token", pollPath, "fa_" + idA + "_0123456789abcdef0123456789abcdef", js, `{}`, "unauthenticated", "unknown agent"},
 			{"operator token on AgentService", pollPath, adminToken, js, `{}`, "permission_denied", "agent token"},
 			{"agent token on ControlService", getPath, tokA, js, `{}`, "permission_denied", "operator token"},
-			{"agent token on Register", registerPath, tokA, js, `{}`, "permission_denied", "enrollment token"},
+			{"operator token on Register", registerPath, adminToken, js, `{}`, "permission_denied", "enrollment token"},
+			// An agent's own token on Register updates that agent (TestRegisterSavedIdentity);
+			// it is checked like any other field.
+			{"agent token on Register, bad name", registerPath, tokA, js, `{"name":"a\u001b[2J"}`, "invalid_argument", "name"},
 			{"enroll token on ControlService", getPath, enrollToken, js, `{}`, "permission_denied", "operator token"},
 			{"malformed JSON", dispatchPath, adminToken, js, `{"type": "echo",`, "invalid_argument", "unmarshal"},
 			{"wrong JSON type", dispatchPath, adminToken, js, `{"type": 5}`, "invalid_argument", "type"},

@@ -103,6 +103,10 @@ const (
 
 	FmtAgentIsRevoked = "agent %s is revoked"
 	FmtAgentQueueFull = "agent %s already has %d pending tasks (the limit)"
+	// FmtTypeUnhandled refuses a dispatch whose type no agent its target matched
+	// handles (CheckTaskType): the type, how many agents matched, their types.
+	FmtTypeUnhandled = "no agent the target matched handles task type %s (agents matched: %d; their task types: %s); " +
+		"set queue to dispatch it anyway, for agents that will handle it when they start again"
 	FmtTaskEnded      = "task %s already ended %s"
 	FmtStaleEnded     = "attempt %d of task %s is stale: the task ended %s at attempt %d"
 	FmtStale          = "attempt %d of task %s is stale: the current attempt is %d (%s)"

@@ -2,6 +2,8 @@ package store
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -260,4 +262,34 @@ func CheckEnrollment(t EnrollmentToken, now time.Time) error {
 		return Errorf(KindUnauthenticated, FmtEnrollUsedUp, t.ID, t.MaxUses)
 	}
 	return nil
+}
+
+// HandlesType tells whether an agent that said it handles types (at Register)
+// takes tasks of type typ. One that named no type said nothing, and may handle
+// any.
+func HandlesType(types []string, typ string) bool {
+	return len(types) == 0 || slices.Contains(types, typ)
+}
+
+// CheckTaskType decides whether a job of type typ may be dispatched to the
+// agents its target matched, given the task types each said it handles
+// (types, one list per agent): it may unless none of them handles it
+// (HandlesType), which fails with KindPrecondition naming the type and the
+// types the agents handle. A target that matched nobody makes an empty job, as
+// before: there is nothing to check. A Dispatch with queue (JobSpec.Queue)
+// skips the check: an agent may be started again with a handler for the type,
+// and a task queued for it waits for it within its delivery TTL.
+func CheckTaskType(typ string, types [][]string) error {
+	if len(types) == 0 {
+		return nil
+	}
+	var all []string
+	for _, ts := range types {
+		if HandlesType(ts, typ) {
+			return nil
+		}
+		all = append(all, ts...)
+	}
+	slices.Sort(all)
+	return Errorf(KindPrecondition, FmtTypeUnhandled, Quote(typ), len(types), strings.Join(slices.Compact(all), ", "))
 }

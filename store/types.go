@@ -157,6 +157,9 @@ type JobSpec struct {
 	CreatedBy string
 	// Sig is the server's signature over the job (zero: unsigned), kept with it.
 	Sig JobSig
+	// Queue creates the tasks even when no agent the target matched handles
+	// Type (CheckTaskType), for agents that will when they start again.
+	Queue bool
 }
 
 // Counts counts tasks by state.

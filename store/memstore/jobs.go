@@ -30,6 +30,15 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 		if err := store.CheckTargets(len(targets), s.cfg.MaxTargets); err != nil {
 			return store.Job{}, err
 		}
+		if !spec.Queue {
+			types := make([][]string, len(targets))
+			for i, a := range targets {
+				types[i] = a.TaskTypes
+			}
+			if err := store.CheckTaskType(spec.Type, types); err != nil {
+				return store.Job{}, err
+			}
+		}
 		id := spec.ID
 		if id == "" {
 			id = store.NewJobID()

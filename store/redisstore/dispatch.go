@@ -55,12 +55,17 @@ func (s *Store) dispatchMany(ctx context.Context, spec store.JobSpec, match stor
 		// The record was written: its task list stands, whatever the target matches now.
 		targets = targetsOf(resume.tasks)
 	} else {
-		ids, err := s.matchAgents(ctx, match, spec.Target.IncludeOffline, now)
+		ids, types, err := s.matchAgents(ctx, match, spec.Target.IncludeOffline, now)
 		if store.KindOf(err) == store.KindUnavailable {
 			return s.incomplete(ctx, jid, idemKey, err, false) // nothing written yet
 		}
 		if err != nil {
 			return store.Job{}, err
+		}
+		if !spec.Queue {
+			if err := store.CheckTaskType(spec.Type, types); err != nil {
+				return store.Job{}, err
+			}
 		}
 		targets = make([]target, len(ids))
 		for i, a := range ids {

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -13,6 +14,13 @@ import (
 
 // errIDTaken is registerScript's answer when the agent id it was given is taken.
 var errIDTaken = errors.New("redisstore: agent id taken")
+
+// typeUnhandledError is createTasksScript's answer when the single agent of a
+// dispatch does not handle its type; the caller makes the error callers see
+// (store.CheckTaskType) from the agent's types.
+type typeUnhandledError struct{ types []string }
+
+func (e *typeUnhandledError) Error() string { return "redisstore: the agent does not handle the task type" }
 
 // scriptError turns a script's error answer, fail(code, msg) = {'E', code, msg}
 // with its leading 'E' removed, into the error callers see. This is the one place
@@ -34,6 +42,13 @@ func (s *Store) scriptError(ans []rueidis.RedisMessage) error {
 	}
 	if code == luaprelude.CodeIDTaken {
 		return errIDTaken
+	}
+	if code == luaprelude.CodeTypeUnhandled {
+		e := &typeUnhandledError{}
+		if msg != "" && msg != "null" {
+			_ = json.Unmarshal([]byte(msg), &e.types) // the agent's record, as decodeAgent reads it
+		}
+		return e
 	}
 	err := fmt.Errorf("redisstore: unknown script error answer %v", ans)
 	s.log.Error("a script answered an unknown error", "err", err)

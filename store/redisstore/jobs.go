@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -179,7 +180,12 @@ func (s *Store) dispatchOne(ctx context.Context, spec store.JobSpec, jid string,
 	if resume == nil && !limited {
 		return s.dispatchOneTrip(ctx, spec, jid, now, idemKey, targets[0])
 	}
-	counts, err := s.createTasks(ctx, spec, jid, now, targets, createMode{limited: limited, hold: spec.MaxConcurrency > 0, single: true})
+	counts, err := s.createTasks(ctx, spec, jid, now, targets, createMode{limited: limited, hold: spec.MaxConcurrency > 0, single: true,
+		checkType: !spec.Queue && (resume == nil || resume.tasks == nil)})
+	var tu *typeUnhandledError
+	if errors.As(err, &tu) {
+		return store.Job{}, store.CheckTaskType(spec.Type, [][]string{tu.types})
+	}
 	if err != nil {
 		return store.Job{}, err
 	}
@@ -228,7 +234,7 @@ func (s *Store) unwriteOne(ctx context.Context, jid string, targets []target, id
 // exist, and the job is then as it would be after any partial dispatch.
 func (s *Store) dispatchOneTrip(ctx context.Context, spec store.JobSpec, jid string, now int64, idemKey string, t target) (store.Job, error) {
 	sh := shardOf(t.agentID)
-	args := s.createArgs(spec, jid, now, sh, createMode{single: true}, []string{t.taskID, t.agentID})
+	args := s.createArgs(spec, jid, now, sh, createMode{single: true, checkType: !spec.Queue}, []string{t.taskID, t.agentID})
 	keys := createTasksScript.keys([]string{s.k.due(sh)}, args)
 	fields := append(s.jobFields(spec, []string{t.taskID}, now), "made", "1")
 	b := s.client.B()
@@ -249,6 +255,10 @@ func (s *Store) dispatchOneTrip(ctx context.Context, spec store.JobSpec, jid str
 		res[1] = jobCreateScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)}, fields)
 	}
 	arr, err := s.answer(ctx, res[0])
+	var tu *typeUnhandledError
+	if errors.As(err, &tu) {
+		err = store.CheckTaskType(spec.Type, [][]string{tu.types})
+	}
 	if err != nil {
 		if refusedBeforeWriting(err) {
 			s.unwriteJob(context.WithoutCancel(ctx), jid)
@@ -305,6 +315,9 @@ type createMode struct {
 	hold    bool // create them held (a rollout, or a fan-out not yet committed)
 	single  bool // one agent: refuse an unknown, revoked or full one, creating nothing
 	inJob   bool // the payload is in the job record only (a fan-out)
+	// checkType refuses a single agent that does not handle the job's type
+	// (store.CheckTaskType), creating nothing.
+	checkType bool
 }
 
 // createTasks creates a job's tasks, one script per batch of at most
@@ -348,7 +361,7 @@ func (s *Store) createArgs(spec store.JobSpec, jid string, now int64, sh int, m 
 	}
 	args := s.shardArgs(s.k.shard[sh], now, itoa(s.cfg.MaxPendingPerAgent), jid, spec.Type, payload,
 		itoa(spec.MaxAttempts), ms(spec.Timeout), ms(spec.DeliveryTTL), flag(m.limited), flag(m.hold), flag(m.single),
-		store.ReasonTimedOut(spec.Timeout), store.ReasonExpired(spec.DeliveryTTL), flag(m.inJob), sig)
+		store.ReasonTimedOut(spec.Timeout), store.ReasonExpired(spec.DeliveryTTL), flag(m.inJob), sig, flag(m.checkType))
 	return append(args, pairs...)
 }
 
@@ -455,25 +468,28 @@ func fieldValue(fields []string, name string) string {
 // online now (or all of them with includeOffline).
 //
 // It stops with ErrTooManyTargets once more than Config.MaxTargets match.
-func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, includeOffline bool, now int64) ([]string, error) {
+// matchAgents returns the agents a fan-out reaches, in id order, with the task
+// types each said it handles.
+func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, includeOffline bool, now int64) ([]string, [][]string, error) {
 	ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.agents()).Min("0").Max("-1").Build()).AsStrSlice()
 	if err != nil {
-		return nil, s.wrap(ctx, err)
+		return nil, nil, s.wrap(ctx, err)
 	}
 	var out []string
+	var typesOf [][]string
 	const batch = 1000
 	for lo := 0; lo < len(ids); lo += batch {
 		chunk := ids[lo:min(lo+batch, len(ids))]
 		cmds := make(rueidis.Commands, len(chunk))
 		for i, id := range chunk {
-			cmds[i] = s.client.B().Hmget().Key(s.k.agent(id)).Field("labels", "rev", "seen", "pu", "name", "so").Build()
+			cmds[i] = s.client.B().Hmget().Key(s.k.agent(id)).Field("labels", "rev", "seen", "pu", "name", "so", "types").Build()
 		}
 		for i, r := range s.client.DoMulti(ctx, cmds...) {
 			vals, err := r.ToArray()
 			if err != nil {
-				return nil, s.wrap(ctx, err)
+				return nil, nil, s.wrap(ctx, err)
 			}
-			if len(vals) != 6 || !vals[1].IsNil() {
+			if len(vals) != 7 || !vals[1].IsNil() {
 				continue // revoked (or malformed)
 			}
 			labelsJSON, err := vals[0].ToString()
@@ -492,13 +508,18 @@ func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, inclu
 			if !includeOffline && s.status(false, so == "1", seen, pu, now) != store.AgentOnline {
 				continue
 			}
+			var types []string
+			if ty, _ := vals[6].ToString(); ty != "" && ty != "null" {
+				_ = json.Unmarshal([]byte(ty), &types) // see decodeAgent
+			}
 			out = append(out, chunk[i])
+			typesOf = append(typesOf, types)
 			if err := store.CheckTargets(len(out), s.cfg.MaxTargets); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 	}
-	return out, nil
+	return out, typesOf, nil
 }
 
 // advance is the job advancer. It re-derives a rollout job's next step from

@@ -16,13 +16,15 @@ local OUTCOME_SUCCEEDED = 1
 local OUTCOME_FAILED = 2
 
 -- Error codes scripts answer with, fail(E_*, msg): the store.Kind values, and
--- E_ID_TAKEN (luaprelude.CodeIDTaken), the Redis store's own.
+-- E_ID_TAKEN and E_TYPE_UNHANDLED (luaprelude.CodeIDTaken, CodeTypeUnhandled), the
+-- Redis store's own.
 local E_NOT_FOUND = 1
 local E_UNAUTHENTICATED = 2
 local E_PRECONDITION = 3
 local E_EXHAUSTED = 4
 local E_INVALID = 5
 local E_ID_TAKEN = 100
+local E_TYPE_UNHANDLED = 101
 
 -- Cancel modes and what they do (store.CancelMode, store.CancelAction).
 local CANCEL_MODE_TASK = 1
@@ -135,6 +137,19 @@ local function reportEnd(outcome, tmo, cr, crr, dl, tor, atmo, now)
   if atmo or (dl > 0 and now >= dl) then return TIMED_OUT, string.format(FMT_CAUSE, tor, why) end
   if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', why) end
   return st, why
+end
+
+-- handlesType is store.HandlesType: whether an agent whose task types are types
+-- (a JSON list as the agent record keeps it; '', 'null' or [] for none named)
+-- takes tasks of type typ.
+local function handlesType(types, typ)
+  if types == '' or types == 'null' then return true end
+  local ok, list = pcall(cjson.decode, types)
+  if not ok or type(list) ~= 'table' or #list == 0 then return true end
+  for _, t in ipairs(list) do
+    if t == typ then return true end
+  end
+  return false
 end
 
 -- leaseExpiryEnd is store.LeaseExpiryEnd: what becomes of a running attempt whose

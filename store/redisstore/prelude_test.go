@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -271,6 +272,22 @@ func agreements() []agreement {
 				}
 				st, why := store.ReportEnd(t, store.ReportParams{Outcome: store.Outcome(num(r[0])), TimedOut: flagOf(r[6])}, fromMS(r[7]))
 				return []string{strconv.Itoa(int(st)), why}
+			},
+		},
+		{
+			name: "handlesType",
+			lua:  `return {tostring(handlesType(a[1], a[2]))}`,
+			// the agent record's types (JSON, as RegisterAgent and UpdateAgent write them), the task's type
+			rows: cross([]string{"", "null", "[]", `["echo"]`, `["echo","exec"]`, `["exec"]`, `["échø"]`},
+				[]string{"echo", "exec", "échø", ""}),
+			goRule: func(r []string) []string {
+				var types []string
+				if r[0] != "" && r[0] != "null" {
+					if err := json.Unmarshal([]byte(r[0]), &types); err != nil {
+						return []string{"bad row: " + err.Error()}
+					}
+				}
+				return []string{strconv.FormatBool(store.HandlesType(types, r[1]))}
 			},
 		},
 		{

@@ -756,15 +756,17 @@ return {'OK', ms(held)}
 // [9] timeout ms, [10] delivery TTL ms, [11] has rollout limits (0/1), [12] hold (0/1),
 // [13] single target (0/1), [14] timeout reason, [15] expiry reason,
 // [16] payload in the job record (0/1), [17] the job's signature (jobSig, when the
-// payload is not in the job record), [18..] task id, agent id pairs
+// payload is not in the job record), [18] refuse a single target that does not
+// handle the type (0/1), [19..] task id, agent id pairs
 // returns {'OK', the shard's counts of the job (field, value pairs)}, or for a
-// single target an error when the agent is unknown, revoked or its queue is full
-// (then nothing is created)
+// single target an error when the agent is unknown, revoked, its queue is full
+// or (with [18]) it does not handle the type — fail(E_TYPE_UNHANDLED, its types
+// as JSON) — and then nothing is created
 var createTasksScript = shardScript(`
 local maxPending, job, single = tonumber(ARGV[4]), ARGV[5], ARGV[13] == '1'
 local content = {'pl', ARGV[7], 'js', ARGV[17]}
 if ARGV[16] == '1' then content = {'cj', '1'} end
-for i = 18, #ARGV - 1, 2 do
+for i = 19, #ARGV - 1, 2 do
   local tid, aid = ARGV[i], ARGV[i + 1]
   -- A retried dispatch names the same tasks: one made before stays as it is.
   if redis.call('EXISTS', kTask(tid)) == 0 then
@@ -775,6 +777,10 @@ for i = 18, #ARGV - 1, 2 do
       if a[2] then return fail(E_PRECONDITION, string.format(FMT_AGENT_IS_REVOKED, q(aid))) end
       if qlen >= maxPending then
         return fail(E_EXHAUSTED, string.format(FMT_AGENT_QUEUE_FULL, q(aid), qlen))
+      end
+      if ARGV[18] == '1' then
+        local types = redis.call('HGET', kAgent(aid), 'types') or ''
+        if not handlesType(types, ARGV[6]) then return fail(E_TYPE_UNHANDLED, types) end
       end
     end
     local tk = kTask(tid)

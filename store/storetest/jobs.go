@@ -19,6 +19,55 @@ var jobCases = []testCase{
 	{"TargetsLimit", testTargetsLimit, nil},
 	{"FanOutPayload", testFanOutPayload, nil},
 	{"Signature", testJobSignature, nil},
+	{"TypeNotHandled", testTypeNotHandled, nil},
+}
+
+// testTypeNotHandled: a Dispatch whose type no agent its target matched handles
+// (each said its types at Register) is refused with KindPrecondition naming the
+// type and the agents' types, creates nothing and frees its idempotency key;
+// with Queue it is created anyway. One agent that handles it, or one that named
+// no type, is enough; a target matching nobody makes an empty job as before.
+func testTypeNotHandled(h *harness) {
+	echo := h.fleet(2, map[string]string{"pool": "types"}) // each handles echo
+	spec := func(tg store.Target, typ string) store.JobSpec {
+		sp := h.spec(tg)
+		sp.Type, sp.IdempotencyKey = typ, "types-"+typ+"-"+tg.String()
+		return sp
+	}
+	refused := store.Errorf(store.KindPrecondition, store.FmtTypeUnhandled, `"exec"`, 1, "echo")
+	_, err := h.s.Dispatch(h.ctx, spec(store.Target{AgentID: echo[0].ID}, "exec"))
+	wantErr(h, err, refused, "Dispatch of a type the agent does not handle")
+	sel := store.Target{Selector: "pool=types"}
+	_, err = h.s.Dispatch(h.ctx, spec(sel, "exec"))
+	wantErr(h, err, store.Errorf(store.KindPrecondition, store.FmtTypeUnhandled, `"exec"`, 2, "echo"), "fan-out of a type no agent handles")
+	if ts, _, err := h.s.ListTasks(h.ctx, store.TaskFilter{AgentID: echo[0].ID}); err != nil || len(ts) != 0 {
+		h.Fatalf("a refused dispatch left tasks: %v, %v", ts, err)
+	}
+	// Queued anyway, with the same idempotency keys: the refusals freed them.
+	for _, tg := range []store.Target{{AgentID: echo[0].ID}, sel} {
+		sp := spec(tg, "exec")
+		sp.Queue = true
+		j, err := h.s.Dispatch(h.ctx, sp)
+		if err != nil || j.Existing || len(j.TaskIDs) != map[bool]int{true: 1, false: 2}[tg.AgentID != ""] {
+			h.Fatalf("Dispatch with Queue to %v = %+v, %v", tg, j, err)
+		}
+	}
+	// An agent that named no type may handle any; one that handles it is enough.
+	h.n++
+	untyped, err := h.s.RegisterAgent(h.ctx, store.RegisterParams{Name: "any", Labels: map[string]string{"pool": "types"},
+		SecretHash: hash("any-" + h.Name())})
+	if err != nil {
+		h.Fatal(err)
+	}
+	if j, err := h.s.Dispatch(h.ctx, spec(sel, "custom")); err != nil || len(j.TaskIDs) != 3 {
+		h.Fatalf("fan-out reaching an agent without types = %+v, %v; want 3 tasks", j, err)
+	}
+	if j, err := h.s.Dispatch(h.ctx, spec(store.Target{AgentID: untyped.ID}, "custom")); err != nil || len(j.TaskIDs) != 1 {
+		h.Fatalf("dispatch to an agent without types = %+v, %v", j, err)
+	}
+	if j, err := h.s.Dispatch(h.ctx, spec(store.Target{Selector: "pool=nobody"}, "exec")); err != nil || len(j.TaskIDs) != 0 {
+		h.Fatalf("fan-out matching nobody = %+v, %v; want an empty job", j, err)
+	}
 }
 
 // testJobSignature: a job dispatched with an id and a signature of the

@@ -25,6 +25,12 @@ const CodeIDTaken = 100
 // MsgIDTaken is the message that goes with CodeIDTaken, for the log.
 const MsgIDTaken = "agent id taken"
 
+// CodeTypeUnhandled is the error code createTasksScript answers when the single
+// agent of a dispatch does not handle its type (store.HandlesType); the message
+// is the agent's task types as JSON, from which Go makes the error
+// (store.CheckTaskType). It is no store.Kind.
+const CodeTypeUnhandled = 101
+
 // A constant is one Lua local and its value: a number or a string.
 type constant struct {
 	name  string
@@ -47,13 +53,14 @@ func groups() []group {
 			{"OUTCOME_SUCCEEDED", int(store.OutcomeSucceeded)},
 			{"OUTCOME_FAILED", int(store.OutcomeFailed)},
 		}},
-		{"Error codes scripts answer with, fail(E_*, msg): the store.Kind values, and\n-- E_ID_TAKEN (luaprelude.CodeIDTaken), the Redis store's own.", []constant{
+		{"Error codes scripts answer with, fail(E_*, msg): the store.Kind values, and\n-- E_ID_TAKEN and E_TYPE_UNHANDLED (luaprelude.CodeIDTaken, CodeTypeUnhandled), the\n-- Redis store's own.", []constant{
 			{"E_NOT_FOUND", int(store.KindNotFound)},
 			{"E_UNAUTHENTICATED", int(store.KindUnauthenticated)},
 			{"E_PRECONDITION", int(store.KindPrecondition)},
 			{"E_EXHAUSTED", int(store.KindExhausted)},
 			{"E_INVALID", int(store.KindInvalid)},
 			{"E_ID_TAKEN", CodeIDTaken},
+			{"E_TYPE_UNHANDLED", CodeTypeUnhandled},
 		}},
 		{"Cancel modes and what they do (store.CancelMode, store.CancelAction).", []constant{
 			{"CANCEL_MODE_TASK", int(store.CancelModeTask)},
@@ -171,6 +178,19 @@ local function reportEnd(outcome, tmo, cr, crr, dl, tor, atmo, now)
   if atmo or (dl > 0 and now >= dl) then return TIMED_OUT, string.format(FMT_CAUSE, tor, why) end
   if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', why) end
   return st, why
+end
+
+-- handlesType is store.HandlesType: whether an agent whose task types are types
+-- (a JSON list as the agent record keeps it; '', 'null' or [] for none named)
+-- takes tasks of type typ.
+local function handlesType(types, typ)
+  if types == '' or types == 'null' then return true end
+  local ok, list = pcall(cjson.decode, types)
+  if not ok or type(list) ~= 'table' or #list == 0 then return true end
+  for _, t in ipairs(list) do
+    if t == typ then return true end
+  end
+  return false
 end
 
 -- leaseExpiryEnd is store.LeaseExpiryEnd: what becomes of a running attempt whose
