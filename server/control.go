@@ -150,7 +150,7 @@ func requestTarget(m *forgev1.DispatchRequest) string {
 func (s *Server) jobSpec(m *forgev1.DispatchRequest) (store.JobSpec, error) {
 	l := s.cfg.Limits
 	spec := store.JobSpec{Type: m.Type, Payload: m.Payload, IdempotencyKey: m.IdempotencyKey,
-		MaxConcurrency: m.MaxConcurrency, MaxFailures: m.MaxFailures, MaxAttempts: m.MaxAttempts}
+		MaxConcurrency: m.MaxConcurrency, MaxFailures: m.MaxFailures, MaxAttempts: m.MaxAttempts, Queue: m.Queue}
 	if m.Type == "" || len(m.Type) > l.MaxName || !nameText(m.Type) {
 		return spec, invalid("type", "must be 1 to %d bytes of printable UTF-8, spaced only inside and by U+0020", l.MaxName)
 	}

@@ -191,3 +191,37 @@ func logAttr(lines []string, key string) string {
 	}
 	return ""
 }
+
+// TestDispatchTypeNotHandled: a Dispatch of a type no agent its target matched
+// handles is refused with failed_precondition naming the type and the agents'
+// types, for one agent and for a fan-out; with queue it is created.
+func TestDispatchTypeNotHandled(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		e := forgetest.Start(t, forgetest.Options{Backend: b})
+		ctx := t.Context()
+		res, err := e.Agent(forgetest.EnrollToken).Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "web-1",
+			Labels: map[string]string{"role": "web"}, TaskTypes: []string{"exec", "echo"}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := res.Msg.AgentId
+		want := `no agent the target matched handles task type "deploy" (agents matched: 1; their task types: echo, exec)`
+		for _, req := range []*forgev1.DispatchRequest{
+			{Type: "deploy", Target: &forgev1.DispatchRequest_AgentId{AgentId: id}},
+			{Type: "deploy", Target: &forgev1.DispatchRequest_Selector{Selector: "role=web"}},
+		} {
+			_, err := e.Control.Dispatch(ctx, connect.NewRequest(req))
+			var ce *connect.Error
+			if !errors.As(err, &ce) || ce.Code() != connect.CodeFailedPrecondition || !strings.HasPrefix(ce.Message(), want) ||
+				!strings.Contains(ce.Message(), "set queue") {
+				t.Fatalf("Dispatch(%v) = %v; want failed_precondition %q", req.Target, err, want)
+			}
+			req.Queue = true
+			d, err := e.Control.Dispatch(ctx, connect.NewRequest(req))
+			if err != nil || len(d.Msg.TaskIds) != 1 {
+				t.Fatalf("Dispatch(%v) with queue = %v, %v", req.Target, d, err)
+			}
+		}
+	})
+}

@@ -56,8 +56,13 @@ type DispatchRequest struct {
 	Wait *durationpb.Duration `protobuf:"bytes,12,opt,name=wait,proto3" json:"wait,omitempty"`
 	// With a selector, an agent name or `all`: include agents that are offline now.
 	IncludeOffline bool `protobuf:"varint,13,opt,name=include_offline,json=includeOffline,proto3" json:"include_offline,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Create the tasks even when no agent the target matched handles `type` (each
+	// agent names the task types it handles when it starts). Without it such a
+	// dispatch is refused with failed_precondition naming the type and the types
+	// the matched agents handle. Agents that named no type are taken to handle any.
+	Queue         bool `protobuf:"varint,15,opt,name=queue,proto3" json:"queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DispatchRequest) Reset() {
@@ -199,6 +204,13 @@ func (x *DispatchRequest) GetWait() *durationpb.Duration {
 func (x *DispatchRequest) GetIncludeOffline() bool {
 	if x != nil {
 		return x.IncludeOffline
+	}
+	return false
+}
+
+func (x *DispatchRequest) GetQueue() bool {
+	if x != nil {
+		return x.Queue
 	}
 	return false
 }
@@ -1997,7 +2009,7 @@ var File_forge_v1_control_proto protoreflect.FileDescriptor
 
 const file_forge_v1_control_proto_rawDesc = "" +
 	"\n" +
-	"\x16forge/v1/control.proto\x12\bforge.v1\x1a\x14forge/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x04\n" +
+	"\x16forge/v1/control.proto\x12\bforge.v1\x1a\x14forge/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x04\n" +
 	"\x0fDispatchRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1b\n" +
@@ -2014,7 +2026,8 @@ const file_forge_v1_control_proto_rawDesc = "" +
 	" \x01(\x05R\vmaxFailures\x12'\n" +
 	"\x0fidempotency_key\x18\v \x01(\tR\x0eidempotencyKey\x12-\n" +
 	"\x04wait\x18\f \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12'\n" +
-	"\x0finclude_offline\x18\r \x01(\bR\x0eincludeOfflineB\b\n" +
+	"\x0finclude_offline\x18\r \x01(\bR\x0eincludeOffline\x12\x14\n" +
+	"\x05queue\x18\x0f \x01(\bR\x05queueB\b\n" +
 	"\x06target\"\x9b\x01\n" +
 	"\x10DispatchResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
