@@ -107,9 +107,9 @@ const (
 	// handles (CheckTaskType): the type, how many agents matched, their types.
 	FmtTypeUnhandled = "no agent the target matched handles task type %s (agents matched: %d; their task types: %s); " +
 		"set queue to dispatch it anyway, for agents that will handle it when they start again"
-	FmtTaskEnded      = "task %s already ended %s"
-	FmtStaleEnded     = "attempt %d of task %s is stale: the task ended %s at attempt %d"
-	FmtStale          = "attempt %d of task %s is stale: the current attempt is %d (%s)"
+	FmtTaskEnded  = "task %s already ended %s"
+	FmtStaleEnded = "attempt %d of task %s is stale: the task ended %s at attempt %d"
+	FmtStale      = "attempt %d of task %s is stale: the current attempt is %d (%s)"
 	// FmtOutputGap names the stream, the chunk's offset, its attempt, the task
 	// and the offset expected: what the store holds of the stream.
 	FmtOutputGap    = "%s offset %d of attempt %d of task %s leaves a gap: expected offset %d"

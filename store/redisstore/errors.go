@@ -20,7 +20,9 @@ var errIDTaken = errors.New("redisstore: agent id taken")
 // (store.CheckTaskType) from the agent's types.
 type typeUnhandledError struct{ types []string }
 
-func (e *typeUnhandledError) Error() string { return "redisstore: the agent does not handle the task type" }
+func (e *typeUnhandledError) Error() string {
+	return "redisstore: the agent does not handle the task type"
+}
 
 // scriptError turns a script's error answer, fail(code, msg) = {'E', code, msg}
 // with its leading 'E' removed, into the error callers see. This is the one place
