@@ -188,7 +188,18 @@ func TestDispatchRunsHandlers(t *testing.T) {
 			t.Fatalf("failed task: %v", ti)
 		}
 
-		ti = e.wait(e.dispatch(a.ID(), "nope", nil, 0))
+		// A type the agent does not handle is refused at Dispatch; queued anyway,
+		// the agent fails it.
+		nope := &forgev1.DispatchRequest{Type: "nope", Target: &forgev1.DispatchRequest_AgentId{AgentId: a.ID()}}
+		if _, err := e.Control.Dispatch(t.Context(), connect.NewRequest(nope)); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+			t.Fatalf("Dispatch of a type the agent does not handle: %v, want failed_precondition", err)
+		}
+		nope.Queue = true
+		res, err := e.Control.Dispatch(t.Context(), connect.NewRequest(nope))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ti = e.wait(res.Msg.TaskIds[0])
 		wantState(t, ti, forgev1.TaskState_TASK_STATE_FAILED)
 		if ti.Error != "no handler for task type nope" {
 			t.Fatalf("unknown type error %q", ti.Error)
