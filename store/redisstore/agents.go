@@ -77,7 +77,7 @@ func (s *Store) UpdateAgent(ctx context.Context, c store.Cred, p store.RegisterP
 	labels, _ := json.Marshal(p.Labels)
 	types, _ := json.Marshal(p.TaskTypes)
 	arr, err := s.run(ctx, updateAgentScript, []string{s.k.agent(c.AgentID)},
-		s.shardArgs(s.k.tag(c.AgentID), s.nowMS(), string(c.SecretHash),
+		s.shardArgs(s.k.tag(c.AgentID), s.nowMS(), c.AgentID, string(c.SecretHash),
 			"name", p.Name, "host", p.Hostname, "ver", p.Version, "labels", string(labels), "types", string(types)))
 	if err != nil {
 		return store.Agent{}, err

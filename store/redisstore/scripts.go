@@ -466,21 +466,22 @@ return {'OK'}
 `)
 
 // updateAgentScript replaces an agent's descriptive fields (name, host, ver,
-// labels, types) and records it seen.
+// labels, types) and records it seen (online: in its shard's online index too).
 //
 // KEYS[1] agent record
-// ARGV[4] secret hash, [5..] field, value pairs
+// ARGV[4] agent id, [5] secret hash, [6..] field, value pairs
 // returns {'OK', {field, value pairs as they were}} or fail(E_UNAUTHENTICATED)
 var updateAgentScript = shardScript(`
-local f, aerr = auth(KEYS[1], ARGV[4], 'name', 'host', 'ver', 'labels', 'types')
+local f, aerr = auth(KEYS[1], ARGV[5], 'name', 'host', 'ver', 'labels', 'types')
 if aerr then return aerr end
 local was = {}
 for i, k in ipairs({'name', 'host', 'ver', 'labels', 'types'}) do
   if f[4 + i] then was[#was + 1] = k; was[#was + 1] = f[4 + i] end
 end
 local set = {}
-for i = 5, #ARGV do set[#set + 1] = ARGV[i] end
+for i = 6, #ARGV do set[#set + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'so', '0', unpack(set))
+seen(ARGV[4])
 return {'OK', was}
 `)
 

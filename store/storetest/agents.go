@@ -51,6 +51,9 @@ func testUpdateAgent(h *harness) {
 		!got.RegisteredAt.Equal(a.RegisteredAt) {
 		h.Fatalf("after UpdateAgent: %+v", got)
 	}
+	if st, err := h.s.Stats(h.ctx); err != nil || st.Agents[store.AgentOnline] != 2 || st.Agents[store.AgentOffline] != 0 {
+		h.Fatalf("Stats after UpdateAgent of a stopped agent = %+v, %v; want both agents online", st.Agents, err)
+	}
 	for _, c := range []struct {
 		f    store.AgentFilter
 		want []string
