@@ -2,8 +2,9 @@ package agent
 
 import (
 	"context"
-	"math/rand/v2"
 	"time"
+
+	"github.com/orange-forge/forge/internal/jitter"
 )
 
 const (
@@ -11,33 +12,17 @@ const (
 	backoffMax = 10 * time.Second
 )
 
-// backoff gives full-jitter delays: a random duration below a ceiling that
-// doubles from backoffMin to backoffMax with each failure, so a fleet that lost
-// its server does not come back in step.
-type backoff struct{ n int }
+// backoff gives full-jitter delays (internal/jitter, as the control client's):
+// a random duration below a ceiling that doubles from backoffMin to backoffMax
+// with each failure, so a fleet that lost its server does not come back in step.
+type backoff struct{ j jitter.Backoff }
 
-func (b *backoff) next() time.Duration {
-	ceil := backoffMax
-	if b.n < 20 {
-		ceil = min(backoffMin<<b.n, backoffMax)
-		b.n++
-	}
-	return time.Duration(rand.Int64N(int64(ceil))) + time.Millisecond
-}
+func (b *backoff) next() time.Duration { return b.j.Next(backoffMin, backoffMax) }
 
 // failing tells whether the last call failed.
-func (b *backoff) failing() bool { return b.n > 0 }
+func (b *backoff) failing() bool { return b.j.Failing() }
 
-func (b *backoff) reset() { b.n = 0 }
+func (b *backoff) reset() { b.j.Reset() }
 
 // sleep waits d or until ctx ends; it reports whether the full wait happened.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
+func sleep(ctx context.Context, d time.Duration) bool { return jitter.Sleep(ctx, d) }

@@ -16,6 +16,7 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/jitter"
 	"github.com/orange-forge/forge/store"
 )
 
@@ -268,16 +269,16 @@ func (c *Client) WaitTask(ctx context.Context, taskID string) (*forgev1.TaskInfo
 // without what they wait for: a server that is shutting down answers its held
 // calls at once, and one whose forge handler was closed while the
 // application's HTTP server keeps serving would do so forever.
-type pacer struct{ b backoff }
+type pacer struct{ b jitter.Backoff }
 
 // pace pauses before the next held call if the last, started at start and
 // asked to hold for hold, came back in under a tenth of it.
 func (p *pacer) pace(ctx context.Context, c *Client, start time.Time, hold time.Duration) error {
 	if time.Since(start) >= hold/10 {
-		p.b = backoff{}
+		p.b.Reset()
 		return nil
 	}
-	if !sleep(ctx, p.b.next(c.opts.backoffMin, c.opts.backoffMax)) {
+	if !jitter.Sleep(ctx, p.b.Next(c.opts.backoffMin, c.opts.backoffMax)) {
 		return ctx.Err()
 	}
 	return nil

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"syscall"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/internal/jitter"
 )
 
 // holdMargin is how long past its hold a held call may take to answer before
@@ -76,7 +76,7 @@ type method[Req, Res any] func(forgev1connect.ControlServiceClient, context.Cont
 func invoke[Req, Res any](ctx context.Context, c *Client, req *connect.Request[Req], m method[Req, Res]) (*connect.Response[Res], int, error) {
 	timeout := c.tryTimeout(req.Msg)
 	var (
-		b     backoff
+		b     jitter.Backoff
 		first time.Time
 	)
 	for tries := 1; ; tries++ {
@@ -110,7 +110,7 @@ func invoke[Req, Res any](ctx context.Context, c *Client, req *connect.Request[R
 			return nil, tries, fmt.Errorf("forge: %s: gave up after %d tries in %s: %w", proc, tries, failing.Round(time.Millisecond), err)
 		}
 		next := c.failover(idx)
-		wait := b.next(c.opts.backoffMin, c.opts.backoffMax)
+		wait := b.Next(c.opts.backoffMin, c.opts.backoffMax)
 		if g := c.opts.giveUpAfter; g > 0 {
 			wait = min(wait, g-failing) // one last try at the bound, not a sleep past it
 		}
@@ -120,7 +120,7 @@ func invoke[Req, Res any](ctx context.Context, c *Client, req *connect.Request[R
 			f(Retry{Procedure: proc, Server: c.servers[idx].url, Next: c.servers[next].url, Err: err,
 				Attempt: tries, Failing: failing, Wait: wait})
 		}
-		if !sleep(ctx, wait) {
+		if !jitter.Sleep(ctx, wait) {
 			return nil, tries, err
 		}
 	}
@@ -141,29 +141,4 @@ func (c *Client) tryTimeout(msg any) time.Duration {
 		return DefaultHold + holdMargin
 	}
 	return max(d.AsDuration(), 0) + holdMargin
-}
-
-// backoff gives full-jitter delays: a random duration below a ceiling that
-// doubles from min to max with each failure in a row.
-type backoff struct{ n int }
-
-func (b *backoff) next(lo, hi time.Duration) time.Duration {
-	ceil := hi
-	if b.n < 30 {
-		ceil = min(lo<<b.n, hi)
-		b.n++
-	}
-	return time.Duration(rand.Int64N(int64(ceil))) + time.Millisecond
-}
-
-// sleep waits d or until ctx ends; it reports whether the full wait happened.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
