@@ -96,7 +96,7 @@ func (m *Main) ParseAgent(args []string) (AgentConfig, error) {
 	f.StringVar(&c.EnrollToken, "enroll-token", "", "enrollment token, used only when --state-dir holds no identity yet")
 	f.StringVar(&c.EnrollTokenFile, "enroll-token-file", "", "file holding the enrollment token (mode 0600), instead of --enroll-token; it may be gone once the agent has enrolled")
 	f.StringVar(&c.CA, "ca", "", "PEM file of the CA that signed the server's certificate (replaces the system roots)")
-	f.StringVar(&c.Name, "name", "", "agent name (default: the hostname)")
+	f.StringVar(&c.Name, "name", "", "agent name (default: the hostname, plus a suffix of --state-dir unless it is the service's)")
 	f.ListVar(&labels, "label", "label k=v for selectors (repeatable)")
 	f.StringVar(&c.StateDir, "state-dir", "", "directory keeping the agent's identity and running commands across restarts")
 	f.ListVar(&c.AllowExec, "allow-exec", "command the exec task type may run, matched exactly against argv[0] (repeatable)")
