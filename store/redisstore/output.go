@@ -11,14 +11,8 @@ import (
 // the cap by store/output.go's rules (their Lua twins, from the prelude).
 func (s *Store) AppendOutput(ctx context.Context, p store.AppendParams) (int64, error) {
 	id := p.Cred.AgentID
-	if !store.ValidID(id, 'a') {
-		return 0, store.ErrUnknownAgent()
-	}
-	if owner, ok := store.AgentOfTask(p.TaskID); !ok || owner != id || !store.ValidTaskID(p.TaskID) {
-		if err := s.AuthenticateAgent(ctx, p.Cred); err != nil {
-			return 0, err
-		}
-		return 0, store.ErrTaskNotFound(p.TaskID)
+	if err := s.ownTask(ctx, p.Cred, p.TaskID); err != nil {
+		return 0, err
 	}
 	arr, err := s.run(ctx, appendOutputScript,
 		[]string{s.k.agent(id), s.k.task(id, p.TaskID), s.k.outHead(id, p.TaskID), s.k.outTail(id, p.TaskID)},

@@ -116,19 +116,29 @@ func (s *Store) ReturnTasks(ctx context.Context, p store.ReturnParams) ([]store.
 	return refs(arr[1]), nil
 }
 
+// ownTask refuses, before a script in the agent's slot runs, a task id that is
+// not one of the agent's own (cred's): an agent id that is not an id is an
+// unknown agent; another agent's task lives in another slot, so the credential
+// is checked on its own, a bad token staying unauthenticated, and the task is
+// then hidden (not_found), as for a task that does not exist.
+func (s *Store) ownTask(ctx context.Context, cred store.Cred, taskID string) error {
+	if !store.ValidID(cred.AgentID, 'a') {
+		return store.ErrUnknownAgent()
+	}
+	if owner, ok := store.AgentOfTask(taskID); !ok || owner != cred.AgentID || !store.ValidTaskID(taskID) {
+		if err := s.AuthenticateAgent(ctx, cred); err != nil {
+			return err
+		}
+		return store.ErrTaskNotFound(taskID)
+	}
+	return nil
+}
+
 // Report implements store.Store.
 func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskState, error) {
 	id := p.Cred.AgentID
-	if !store.ValidID(id, 'a') {
-		return 0, store.ErrUnknownAgent()
-	}
-	if owner, ok := store.AgentOfTask(p.TaskID); !ok || owner != id || !store.ValidTaskID(p.TaskID) {
-		// Another agent's task lives in another slot: check the credential on its
-		// own, so a bad token is still unauthenticated, then hide the task.
-		if err := s.AuthenticateAgent(ctx, p.Cred); err != nil {
-			return 0, err
-		}
-		return 0, store.ErrTaskNotFound(p.TaskID)
+	if err := s.ownTask(ctx, p.Cred, p.TaskID); err != nil {
+		return 0, err
 	}
 	arr, err := s.run(ctx, reportScript,
 		[]string{s.k.agent(id), s.k.task(id, p.TaskID), s.k.outHead(id, p.TaskID), s.k.outTail(id, p.TaskID)},
