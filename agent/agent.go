@@ -31,6 +31,7 @@ import (
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
 	"github.com/orange-forge/forge/internal/bearer"
 	"github.com/orange-forge/forge/internal/gzipcap"
+	"github.com/orange-forge/forge/internal/outputcap"
 	"github.com/orange-forge/forge/internal/tasksig"
 )
 
@@ -93,7 +94,7 @@ type Config struct {
 const (
 	defaultConcurrency = 4
 	defaultDrainGrace  = 30 * time.Second
-	defaultMaxOutput   = 1 << 20
+	defaultMaxOutput   = outputcap.Default
 	defaultMaxAnswer   = 256 << 20
 	defaultPollWait    = 25 * time.Second
 	defaultHeartbeat   = 10 * time.Second

@@ -35,6 +35,7 @@ import (
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
 	"github.com/orange-forge/forge/internal/gzipcap"
+	"github.com/orange-forge/forge/internal/outputcap"
 	"github.com/orange-forge/forge/store"
 )
 
@@ -135,7 +136,7 @@ type Limits struct {
 // DefaultLimits returns the limits of the design, which a zero Limits field gets.
 func DefaultLimits() Limits {
 	return Limits{
-		MaxBodyBytes: 4 << 20, MaxPayload: 1 << 20, MaxOutput: 1 << 20, MaxChunk: 1 << 20,
+		MaxBodyBytes: 4 << 20, MaxPayload: 1 << 20, MaxOutput: outputcap.Default, MaxChunk: 1 << 20,
 		MaxLabels: 64, MaxLabelKey: 63, MaxLabelValue: 255, MaxName: 255, MaxTasks: 64,
 	}
 }

@@ -68,7 +68,7 @@ const (
 
 // DefaultOutputCap is the cap of a call that gives none (AppendParams.Cap,
 // ReportParams.Cap): 1 MiB, the server's default --max-output.
-const DefaultOutputCap = 1 << 20
+const DefaultOutputCap = outputcap.Default
 
 // OutputCap returns cap, or DefaultOutputCap when cap is not positive.
 func OutputCap(cap int64) int64 {

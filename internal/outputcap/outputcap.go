@@ -6,6 +6,11 @@ package outputcap
 
 import "fmt"
 
+// Default is the output kept per attempt when nothing says otherwise: 1 MiB,
+// the server's default --max-output, and what the agent cuts a handler's
+// output to before it reports it, so the server need not cut it again.
+const Default = 1 << 20
+
 // Split says how to cut an output of size bytes to at most limit bytes: keep
 // head bytes from the start and tail bytes from the end, with marker between
 // them. A limit too small for the marker keeps the first limit bytes, unmarked.
