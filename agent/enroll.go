@@ -10,13 +10,7 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/bearer"
-)
-
-// The messages a server answers a token it does not accept with, with the code
-// unauthenticated (forge's contract: the agent lifecycle rules).
-const (
-	msgUnknownAgent = "unknown agent" // never known, or the server's state was lost
-	msgAgentRevoked = "agent revoked" // an operator revoked it
+	"github.com/orange-forge/forge/store"
 )
 
 // refusal is what an answer to a call made with the agent's own token says
@@ -29,12 +23,15 @@ const (
 	refusedRevoked         // revoked, or refused for another reason: stop for good
 )
 
+// refusalOf reads an answer by the messages a server refuses a token with,
+// code unauthenticated: store.MsgUnknownAgent and store.MsgAgentRevoked, part
+// of forge's API (the agent lifecycle rules).
 func refusalOf(err error) refusal {
 	if connect.CodeOf(err) != connect.CodeUnauthenticated {
 		return notRefused
 	}
 	var ce *connect.Error
-	if errors.As(err, &ce) && ce.Message() == msgUnknownAgent {
+	if errors.As(err, &ce) && ce.Message() == store.MsgUnknownAgent {
 		return refusedUnknown
 	}
 	return refusedRevoked
@@ -45,7 +42,7 @@ func refusalOf(err error) refusal {
 // "agent revoked".
 func revokedError(cause error) error {
 	var ce *connect.Error
-	if cause == nil || (errors.As(cause, &ce) && ce.Message() == msgAgentRevoked) {
+	if cause == nil || (errors.As(cause, &ce) && ce.Message() == store.MsgAgentRevoked) {
 		return ErrRevoked
 	}
 	return fmt.Errorf("%w; the server said: %v", ErrRevoked, cause)
