@@ -146,7 +146,7 @@ func (c *Client) Wait(ctx context.Context, jobID string, opts ...WaitOption) (*R
 
 // jobTasks fills res with every task of its job, page by page.
 func (c *Client) jobTasks(ctx context.Context, res *Result) (*Result, error) {
-	req := &forgev1.GetJobRequest{JobId: res.Job.Id, PageSize: 1000}
+	req := &forgev1.GetJobRequest{JobId: res.Job.Id, PageSize: store.MaxPageSize}
 	for {
 		g, err := call(ctx, c, connect.NewRequest(req), forgev1connect.ControlServiceClient.GetJob)
 		if err != nil {
@@ -311,7 +311,7 @@ func (c *Client) CancelTask(ctx context.Context, taskID, reason string) (*forgev
 // Agents lists the agents that filter lets through (its selector, name and
 // status; nil lists every agent), all pages of them, ordered by id.
 func (c *Client) Agents(ctx context.Context, filter *forgev1.ListAgentsRequest) ([]*forgev1.AgentInfo, error) {
-	req := &forgev1.ListAgentsRequest{PageSize: 1000}
+	req := &forgev1.ListAgentsRequest{PageSize: store.MaxPageSize}
 	if filter != nil {
 		req.Selector, req.Name, req.Status = filter.Selector, filter.Name, filter.Status
 	}

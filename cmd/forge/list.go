@@ -14,6 +14,7 @@ import (
 	"github.com/orange-forge/forge/client"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/termsafe"
+	"github.com/orange-forge/forge/store"
 )
 
 func (m *Main) runAgents(ctx context.Context, args []string) error {
@@ -111,7 +112,7 @@ func (m *Main) runJobs(ctx context.Context, args []string) error {
 	req := &forgev1.ListJobsRequest{PageSize: 100}
 	for {
 		if *limit > 0 {
-			req.PageSize = int32(min(*limit-len(jobs), 1000))
+			req.PageSize = int32(min(*limit-len(jobs), store.MaxPageSize))
 		}
 		res, err := c.Control().ListJobs(ctx, connect.NewRequest(req))
 		if err != nil {
@@ -244,7 +245,7 @@ func (m *Main) runJob(ctx context.Context, args []string) error {
 
 // getJob reads a job and all of its tasks.
 func getJob(ctx context.Context, c *client.Client, id string) (*forgev1.JobInfo, []*forgev1.TaskInfo, error) {
-	req := &forgev1.GetJobRequest{JobId: id, PageSize: 1000}
+	req := &forgev1.GetJobRequest{JobId: id, PageSize: store.MaxPageSize}
 	var tasks []*forgev1.TaskInfo
 	for {
 		res, err := c.Control().GetJob(ctx, connect.NewRequest(req))
@@ -305,7 +306,7 @@ func (m *Main) runTasks(ctx context.Context, args []string) error {
 		for {
 			r.PageSize = 1000
 			if *limit > 0 {
-				r.PageSize = int32(min(*limit-n, 1000))
+				r.PageSize = int32(min(*limit-n, store.MaxPageSize))
 			}
 			res, err := c.Control().ListTasks(ctx, connect.NewRequest(r))
 			if err != nil {
