@@ -511,42 +511,75 @@ func TestJobCountsFanOut(t *testing.T) {
 		t.Fatalf("job past retention: %v", err)
 	}
 	// Every key of prefix f — per shard ({f:sNN}...), per job ({f:j:...}), per
-	// idempotency key ({f:i:...}) and global ({f}:...) — is gone but the agents':
-	// their records, the agent list, their entries in the shards' due indexes
-	// (for the agent retention) and online indexes (for Stats), and the shards'
-	// counters of expired leases (Stats; they only grow). The global job indexes
-	// ({f}:jobs, {f}:jret, {f}:jadv) held the job; they go when emptied.
-	seen, due := 0, 0
+	// idempotency key ({f:i:...}) and global ({f}:...) — is gone but what
+	// belongs to the agents: each agent's record in its shard, the agent list,
+	// and the agent's entries in its shard's due index (agent retention) and
+	// online index (Stats; every agent is in it from its registration on,
+	// whether it polled since or not), and the shards' counters of leases that
+	// ran out (Stats; they only grow: here the 20 running tasks' leases). The
+	// global job indexes ({f}:jobs, {f}:jret, {f}:jadv) held the job; they go
+	// when emptied. Each agent must be found exactly once in each place, and
+	// in its own shard.
+	tagOf := func(k string) string { return k[:strings.Index(k, "}")+1] }
+	records := map[string]string{} // agent id -> its record's shard tag
+	due := map[string]string{}     // agent id -> the due index it is in
+	online := map[string]string{}  // agent id -> the online index it is in
+	list, expired := 0, 0
+	index := func(into map[string]string, k string, members string) {
+		for _, m := range strings.Split(members, "\n") {
+			if _, ok := creds[m]; !ok {
+				t.Errorf("left behind after retention: %q in %s, not an agent", m, k)
+				continue
+			}
+			if prev, ok := into[m]; ok {
+				t.Errorf("agent %s in %s and in %s", m, prev, k)
+			}
+			into[m] = tagOf(k)
+		}
+	}
 	for _, n := range cl.Nodes {
 		for _, k := range strings.Split(n.MustDo("KEYS", "*"), "\n") {
 			if !strings.HasPrefix(k, "{f:") && !strings.HasPrefix(k, "{f}") {
 				continue
 			}
-			if strings.HasSuffix(k, ":due") || strings.HasSuffix(k, ":on") {
-				for _, m := range strings.Split(n.MustDo("ZRANGE", k, "0", "-1"), "\n") {
-					if !strings.HasPrefix(m, "a") {
-						t.Errorf("left behind after retention: %s in %s", m, k)
-					}
-					if strings.HasSuffix(k, ":due") {
-						due++
-					}
+			shard := strings.HasPrefix(k, "{f:s")
+			switch rest := strings.TrimPrefix(k, tagOf(k)); {
+			case k == "{f}:agents":
+				list++
+				if got := n.MustDo("ZCARD", k); got != strconv.Itoa(len(creds)) {
+					t.Errorf("the agent list holds %s agents, want %d", got, len(creds))
 				}
-				continue
-			}
-			if strings.HasSuffix(k, ":n") {
+			case shard && strings.HasPrefix(rest, ":a:"):
+				id := strings.TrimPrefix(rest, ":a:")
+				if _, ok := creds[id]; !ok {
+					t.Errorf("left behind after retention: %s, the record of no agent", k)
+				}
+				records[id] = tagOf(k)
+			case shard && rest == ":due":
+				index(due, k, n.MustDo("ZRANGE", k, "0", "-1"))
+			case shard && rest == ":on":
+				index(online, k, n.MustDo("ZRANGE", k, "0", "-1"))
+			case shard && rest == ":n":
 				if f := n.MustDo("HKEYS", k); f != "lx" {
-					t.Errorf("left behind after retention: fields %q of %s, want only the expired leases' count", f, k)
+					t.Errorf("left behind after retention: fields %q of %s, want only the count of leases that ran out", f, k)
 				}
-				continue
-			}
-			seen++
-			if !strings.Contains(k, ":a:") && k != "{f}:agents" {
+				v, _ := strconv.Atoi(n.MustDo("HGET", k, "lx"))
+				expired += v
+			default:
 				t.Errorf("left behind after retention: %s", k)
 			}
 		}
 	}
-	if seen != len(creds)+1 || due != len(creds) {
-		t.Errorf("found %d keys of prefix f and %d due entries, want the %d agent records and the agent list, and an entry for each agent", seen, due, len(creds))
+	if list != 1 {
+		t.Errorf("found the agent list %d times", list)
+	}
+	if expired != 20 {
+		t.Errorf("the shards counted %d leases that ran out, want the 20 running tasks'", expired)
+	}
+	for id := range creds {
+		if records[id] == "" || due[id] != records[id] || online[id] != records[id] {
+			t.Errorf("agent %s: record in %q, due entry in %q, online entry in %q; want one of each, in its shard", id, records[id], due[id], online[id])
+		}
 	}
 }
 
