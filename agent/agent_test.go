@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/orange-forge/forge/agent"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
+	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
 	"github.com/orange-forge/forge/internal/forgetest"
 	"github.com/orange-forge/forge/server"
 )
@@ -130,21 +132,36 @@ func (e *env) dispatch(agentID, typ string, payload []byte, timeout time.Duratio
 	return res.Msg.TaskIds[0]
 }
 
-// wait holds until the task is terminal, at most 10 s.
+// wait holds until the task is terminal, at most 20 s, and fails the test
+// otherwise. It calls t.Fatalf, so only the test's goroutine may call it;
+// another goroutine calls untilEnded and hands its answer over.
 func (e *env) wait(taskID string) *forgev1.TaskInfo {
 	e.t.Helper()
-	end := time.Now().Add(20 * time.Second)
-	for time.Now().Before(end) {
-		res, err := e.Control.WaitTask(e.t.Context(), connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: taskID, Wait: durationpb.New(time.Until(end))}))
+	ctx, cancel := context.WithTimeout(e.t.Context(), 20*time.Second)
+	defer cancel()
+	ti, err := untilEnded(ctx, e.Control, taskID)
+	if err != nil {
+		e.t.Fatalf("task %s did not finish: %v", taskID, err)
+	}
+	return ti
+}
+
+// untilEnded holds until the task is terminal and returns it, or returns why
+// not when ctx ends first. It leaves the test alone, so any goroutine may
+// call it.
+func untilEnded(ctx context.Context, ctl forgev1connect.ControlServiceClient, taskID string) (*forgev1.TaskInfo, error) {
+	for {
+		res, err := ctl.WaitTask(ctx, connect.NewRequest(&forgev1.WaitTaskRequest{TaskId: taskID, Wait: durationpb.New(10 * time.Second)}))
 		if err != nil {
-			e.t.Fatalf("WaitTask: %v", err)
+			return nil, fmt.Errorf("WaitTask: %w", err)
 		}
 		if s := res.Msg.Task.State; s != forgev1.TaskState_TASK_STATE_PENDING && s != forgev1.TaskState_TASK_STATE_RUNNING {
-			return res.Msg.Task
+			return res.Msg.Task, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("still %v: %w", res.Msg.Task.State, err)
 		}
 	}
-	e.t.Fatalf("task %s did not finish", taskID)
-	return nil
 }
 
 func wantState(t *testing.T, ti *forgev1.TaskInfo, want forgev1.TaskState) {

@@ -312,18 +312,40 @@ func TestLiveOutputCap100MiB(t *testing.T) {
 		const size = 100 << 20
 		id := e.dispatch(a.ID(), "exec", execPayload(fmt.Sprintf("yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c %d; echo; echo THE END", size)), 0)
 		var redisPeak int64
-		done := make(chan *forgev1.TaskInfo, 1)
-		go func() { done <- e.wait(id) }()
-		var ti *forgev1.TaskInfo
-		for ti == nil {
+		// The task is waited for on another goroutine, so that Redis is
+		// sampled meanwhile; that goroutine only hands its answer over, and
+		// the test fails here. The bound is for a task that never ends (it
+		// takes seconds): a clear failure before the test binary's timeout.
+		bound := 5 * time.Minute
+		if d, ok := t.Deadline(); ok {
+			bound = min(bound, time.Until(d)*9/10)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), bound)
+		defer cancel()
+		type waited struct {
+			ti  *forgev1.TaskInfo
+			err error
+		}
+		done := make(chan waited, 1)
+		go func() {
+			ti, err := untilEnded(ctx, e.Control, id)
+			done <- waited{ti, err}
+		}()
+		var w *waited
+		for w == nil {
 			select {
-			case ti = <-done:
+			case r := <-done:
+				w = &r
 			case <-time.After(100 * time.Millisecond):
 			}
 			redisPeak = max(redisPeak, redisUsed(t, nodes)-usedBefore)
 		}
 		close(stop)
 		<-sampled
+		if w.err != nil {
+			t.Fatalf("the task printing 100 MiB did not finish within %v: %v", bound, w.err)
+		}
+		ti := w.ti
 		wantState(t, ti, forgev1.TaskState_TASK_STATE_SUCCEEDED)
 		if !ti.OutputTruncated || ti.OutputSize < size || len(ti.Output) > (1<<20)+200 ||
 			!strings.HasPrefix(string(ti.Output), "0123456789abcdefghijklmnopqrstuvwxyz\n0123") ||
