@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
 	"github.com/orange-forge/forge/internal/forgetest"
+	"github.com/orange-forge/forge/internal/outputcap"
 	"github.com/orange-forge/forge/internal/redistest"
 	"github.com/orange-forge/forge/server"
 )
@@ -277,6 +279,12 @@ func TestLiveOutputOldServer(t *testing.T) {
 // and neither the process (server and agent here) nor Redis holds more than
 // the cap's worth of it at any time. Each store's run has a process of its own
 // (RunAlone), so the heap measured is this run's, not the package's other tests'.
+//
+// The heap bound is on the live heap (what a collection finds reachable),
+// which is what the code holds: a few caps (the kept head and tail, the agent's
+// buffers, a chunk or two in flight), whatever went through. The heap in use
+// also counts garbage not yet collected, which grows with GC pacing and the
+// race detector, not with what the code keeps: it is only logged.
 func TestLiveOutputCap100MiB(t *testing.T) {
 	t.Parallel()
 	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
@@ -291,7 +299,8 @@ func TestLiveOutputCap100MiB(t *testing.T) {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		heapBefore := ms.HeapInuse
-		var peak atomic.Uint64
+		liveBefore := liveHeap()
+		var peak, livePeak atomic.Uint64
 		stop := make(chan struct{})
 		sampled := make(chan struct{})
 		go func() {
@@ -306,6 +315,9 @@ func TestLiveOutputCap100MiB(t *testing.T) {
 				runtime.ReadMemStats(&m)
 				if m.HeapInuse > peak.Load() {
 					peak.Store(m.HeapInuse)
+				}
+				if v := liveHeap(); v > livePeak.Load() {
+					livePeak.Store(v)
 				}
 			}
 		}()
@@ -354,9 +366,13 @@ func TestLiveOutputCap100MiB(t *testing.T) {
 				ti.Output[:min(60, len(ti.Output))], ti.Output[max(0, len(ti.Output)-60):])
 		}
 		grew := int64(peak.Load()) - int64(heapBefore)
-		t.Logf("%s: heap in use grew by at most %.1f MiB while 100 MiB went through (sampled every 50 ms)", b, float64(grew)/(1<<20))
-		if grew > 64<<20 {
-			t.Fatalf("the heap grew by %d MiB", grew>>20)
+		liveGrew := int64(livePeak.Load()) - int64(liveBefore)
+		t.Logf("%s: while 100 MiB went through (sampled every 50 ms), the live heap grew by at most %.1f MiB (%.1f caps), the heap in use by %.1f MiB",
+			b, float64(liveGrew)/(1<<20), float64(liveGrew)/outputcap.Default, float64(grew)/(1<<20))
+		// Measured: 5 to 10 caps (server and agent) under -race on a loaded
+		// machine. Keeping a sixth of what went through would pass 16.
+		if liveGrew > 16*outputcap.Default {
+			t.Fatalf("the live heap grew by %.1f MiB, more than 16 times the %d byte cap", float64(liveGrew)/(1<<20), outputcap.Default)
 		}
 		if nodes == nil {
 			return
@@ -444,4 +460,14 @@ func TestLiveOutputRateLimited(t *testing.T) {
 	if f.n.Load() == 0 {
 		t.Fatalf("no AppendOutput was refused by the rate limit, so the test shows nothing")
 	}
+}
+
+// liveHeap collects garbage and returns the heap it found reachable: what the
+// process keeps, without the garbage a collection would free (how much of that
+// waits depends on the GC's pacing and the race detector, not on the code).
+func liveHeap() uint64 {
+	runtime.GC()
+	s := [1]metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s[:])
+	return s[0].Value.Uint64()
 }
