@@ -647,3 +647,27 @@ func TestCLIOlderServer(t *testing.T) {
 		t.Errorf("forge agents does not mark the shared name:\n%s%s", out, errs)
 	}
 }
+
+// TestCLIAgentsWait: a script that has just started an agent can wait for it
+// with forge agents --wait before it runs a command there (the README's Redis
+// block does), and a wait that is not met ends with a message and exit 1.
+func TestCLIAgentsWait(t *testing.T) {
+	t.Parallel()
+	url := startServer(t)
+	e := env{"FORGE_SERVER": url, "FORGE_ADMIN_TOKEN": adminToken}
+	waiting := goForge(t, e, "agents", "--selector", "cli=wait", "--wait", "1")
+	startAgent(t, url, "--name", "late-1", "--label", "cli=wait", "--allow-exec", "/bin/sh")
+	if code := waiting.wait(t); code != 0 || !strings.Contains(waiting.stdout.String(), "late-1") {
+		t.Fatalf("agents --wait 1: exit %d:\n%s%s", code, waiting.stdout.String(), waiting.stderr.String())
+	}
+	if out, errs, code := runSplit(t, e, "run", "--selector", "cli=wait", "--", "/bin/sh", "-c", "echo here"); code != 0 || out != "here\n" {
+		t.Fatalf("run after agents --wait: exit %d:\n%s%s", code, out, errs)
+	}
+	_, errs, code := runSplit(t, e, "agents", "--selector", "cli=wait", "--wait", "2", "--give-up-after", "500ms")
+	if code != 1 || !strings.Contains(errs, "--wait 2: 1 of the agents listed are online after 500ms") {
+		t.Errorf("agents --wait 2 with one agent: exit %d:\n%s", code, errs)
+	}
+	if _, errs, code := runSplit(t, e, "agents", "--wait", "-1"); code != 2 || !strings.Contains(errs, "--wait -1") {
+		t.Errorf("agents --wait -1: exit %d:\n%s", code, errs)
+	}
+}

@@ -20,16 +20,20 @@ import (
 func (m *Main) runAgents(ctx context.Context, args []string) error {
 	f := m.newFlags("agents", "forge agents: list agents, ordered by name.")
 	f.usage = "forge agents [flags]"
-	f.examples = "forge agents --status online\nforge agents --agent 'web-*' --json\nforge agents --selector 'env=prod,role in (web,api)'"
+	f.examples = "forge agents --status online\nforge agents --agent 'web-*' --json\nforge agents --selector 'env=prod,role in (web,api)'\nforge agents --selector env=staging --wait 3   # before a run, in a script that just started agents"
 	cf := f.client()
 	pattern := f.FlagSet.String("agent", "", "only agents with this id, or whose name matches this name or glob (web-1, web-*, web-[1-3])")
 	selector := f.FlagSet.String("selector", "", "only agents whose labels match, such as env=prod,role in (web,api)")
 	status := f.FlagSet.String("status", "", "only agents in this status: online, offline or revoked")
+	wait := f.FlagSet.Int("wait", 0, "first wait until at least this many of the agents listed are online, for up to --give-up-after (exit 1 if they are not)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	if err := f.noArgs(); err != nil {
 		return err
+	}
+	if *wait < 0 {
+		return f.usageError("--wait %d: want a number of agents, 0 or more", *wait)
 	}
 	req := &forgev1.ListAgentsRequest{Selector: *selector}
 	if *status != "" {
@@ -44,11 +48,16 @@ func (m *Main) runAgents(ctx context.Context, args []string) error {
 		return err
 	}
 	var list []*forgev1.AgentInfo
-	if isAgentID(*pattern) {
+	switch {
+	case *wait > 0:
+		if list, err = awaitOnline(ctx, c, req, *pattern, *wait, *cf.giveUp); err != nil {
+			return err
+		}
+	case isAgentID(*pattern):
 		if list, err = findAgents(ctx, c, *pattern); err != nil {
 			return err
 		}
-	} else {
+	default:
 		req.Name = *pattern
 		if list, err = c.Agents(ctx, req); err != nil {
 			return err
@@ -90,6 +99,44 @@ func (m *Main) runAgents(ctx context.Context, args []string) error {
 		fmt.Fprintf(m.Stderr, "* %d agents share a name with another: --agent NAME reaches all of them; an id reaches one\n", dups)
 	}
 	return nil
+}
+
+// awaitOnline lists the agents req and pattern name until at least n of them
+// are online, asking again every 250 ms for up to giveUp (0: until ctx ends):
+// an agent started a moment ago registers on its own time, and a script that
+// runs a command next must not race it.
+func awaitOnline(ctx context.Context, c *client.Client, req *forgev1.ListAgentsRequest, pattern string, n int, giveUp time.Duration) ([]*forgev1.AgentInfo, error) {
+	if giveUp > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, giveUp)
+		defer cancel()
+	}
+	if !isAgentID(pattern) {
+		req.Name = pattern
+	}
+	for {
+		list, err := c.Agents(ctx, req)
+		if err != nil && ctx.Err() == nil {
+			return nil, err
+		}
+		if isAgentID(pattern) {
+			list = slices.DeleteFunc(list, func(a *forgev1.AgentInfo) bool { return a.Id != pattern })
+		}
+		online := 0
+		for _, a := range list {
+			if a.Status == forgev1.AgentStatus_AGENT_STATUS_ONLINE {
+				online++
+			}
+		}
+		if online >= n {
+			return list, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("--wait %d: %d of the agents listed are online after %v", n, online, giveUp)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 func (m *Main) runJobs(ctx context.Context, args []string) error {
