@@ -31,8 +31,9 @@ func jobTaskID(jobID, agentID string) string { return "t" + jobID[1:] + "-" + ag
 
 // Dispatch implements store.Store. A new dispatch to one agent without rollout
 // limits (dispatchOneTrip) creates its task, in a script that checks the agent,
-// and writes the job record in one pipelined round trip (two with an
-// idempotency key); other dispatches to one agent (dispatchOne) create the task
+// and writes the job record in one pipelined round trip (three with an
+// idempotency key: claiming it, then marking the record made once the task
+// exists); other dispatches to one agent (dispatchOne) create the task
 // first, then write the job record. A fan-out
 // (dispatchMany, dispatch.go) writes the job record first and its tasks in
 // bounded batches, held, and releases them only once the job is committed, so
@@ -225,27 +226,30 @@ func (s *Store) unwriteOne(ctx context.Context, jid string, targets []target, id
 
 // dispatchOneTrip is dispatchOne's common case — a new job for one agent, no
 // rollout limits — in one round trip: the task's script (which checks the
-// agent), the job record (made), its listings and the idempotency key made
-// permanent go out pipelined, each to its own node on a cluster. When the
-// script refuses (an unknown, revoked or full agent), it has created nothing,
-// and the job record written beside it is taken away again: a second round
-// trip on that path only, before which a ListJobs may see the record. When the
-// script's answer is lost (Redis unreachable), the record stays: the task may
+// agent), the job record and its listings go out pipelined, each to its own
+// node on a cluster. When the script refuses (an unknown, revoked or full
+// agent), it has created nothing, and the job record written beside it is
+// taken away again: a second round trip on that path only, before which a
+// ListJobs may see the record. When the script fails otherwise (a slot moving,
+// Redis unreachable), the record stays, not made: the task may or may not
 // exist, and the job is then as it would be after any partial dispatch.
+//
+// With an idempotency key, the record is marked made and the key made
+// permanent only once the script has answered that the task exists, in a
+// second round trip (the third of such a dispatch, after claiming the key):
+// the record is written beside the script, not after it, so a mark written
+// with it would answer a retry with a job whose task was never created.
 func (s *Store) dispatchOneTrip(ctx context.Context, spec store.JobSpec, jid string, now int64, idemKey string, t target) (store.Job, error) {
 	sh := shardOf(t.agentID)
 	args := s.createArgs(spec, jid, now, sh, createMode{single: true, checkType: !spec.Queue}, []string{t.taskID, t.agentID})
 	keys := createTasksScript.keys([]string{s.k.due(sh)}, args)
-	fields := append(s.jobFields(spec, []string{t.taskID}, now), "made", "1")
+	fields := s.jobFields(spec, []string{t.taskID}, now)
 	b := s.client.B()
 	cmds := rueidis.Commands{
 		b.Evalsha().Sha1(createTasksScript.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(),
 		b.Evalsha().Sha1(jobCreateScript.sha).Numkeys(1).Key(s.k.job(jid)).Arg(fields...).Build(),
 		b.Zadd().Key(s.k.jobs()).ScoreMember().ScoreMember(0, jid).Build(),
 		b.Zadd().Key(s.k.jobsRetain()).ScoreMember().ScoreMember(float64(now+s.cfg.Retention.Milliseconds()), jid).Build(),
-	}
-	if idemKey != "" {
-		cmds = append(cmds, b.Persist().Key(idemKey).Build())
 	}
 	res := s.client.DoMulti(ctx, cmds...)
 	if rerr, ok := rueidis.IsRedisErr(res[0].Error()); ok && rerr.IsNoScript() {
@@ -273,6 +277,16 @@ func (s *Store) dispatchOneTrip(ctx context.Context, spec store.JobSpec, jid str
 	for _, r := range res[2:] {
 		if err := r.Error(); err != nil {
 			return store.Job{}, s.unwriteOne(ctx, jid, []target{t}, idemKey, s.wrap(ctx, err))
+		}
+	}
+	if idemKey != "" {
+		// The task exists: the job is made, and its key kept (existingJob).
+		for _, r := range s.client.DoMulti(ctx,
+			b.Hset().Key(s.k.job(jid)).FieldValue().FieldValue("made", "1").Build(),
+			b.Persist().Key(idemKey).Build()) {
+			if err := r.Error(); err != nil {
+				return store.Job{}, s.unwriteOne(ctx, jid, []target{t}, idemKey, s.wrap(ctx, err))
+			}
 		}
 	}
 	var counts store.Counts
