@@ -2,6 +2,8 @@ package main_test
 
 import (
 	"net"
+	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -81,5 +83,42 @@ func TestInMemoryServerRestartAgentsKeepWorking(t *testing.T) {
 		if out := a.output(); !strings.Contains(out, "enrolling again") || !strings.Contains(out, "enrolled again") {
 			t.Fatalf("agent %d does not say it enrolled again:\n%s", i, out)
 		}
+	}
+}
+
+// TestInMemoryRestartGeneratedTokenRefused is what the README says of an
+// in-memory server restarted without tokens of its own: its generated
+// enrollment token is new, so an agent enrolled with the old one is refused
+// and exits, saying why; the same token (TestInMemoryServerRestartAgentsKeepWorking)
+// takes it back.
+func TestInMemoryRestartGeneratedTokenRefused(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	admin := env{"FORGE_ADMIN_TOKEN": adminToken} // the enrollment token is generated
+	first := startForge(t, admin, "server", "--listen", addr)
+	url := first.waitURL(t)
+	m := regexp.MustCompile(`enrollment token \(generated, shown once\): (\S+)`).FindStringSubmatch(first.output())
+	if m == nil {
+		t.Fatalf("the server printed no generated enrollment token:\n%s", first.output())
+	}
+	a := startForge(t, nil, "agent", "--server", url, "--enroll-token", m[1], "--state-dir", t.TempDir())
+	waitAgents(t, control(url), "", 1)
+	first.stop(t)
+	startForge(t, admin, "server", "--listen", addr).waitURL(t)
+	waitFor(t, "the agent to exit", a.exited)
+	if code := a.stop(t); code == 0 || !strings.Contains(a.output(), "refused the enrollment token") {
+		t.Fatalf("agent with the old generated token: exit %d:\n%s", code, a.output())
+	}
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(strings.Fields(string(b)), " "), "a generated one is new at every start, and agents that hold the old one exit") {
+		t.Error("the README no longer says that agents holding an old generated enrollment token exit")
 	}
 }
