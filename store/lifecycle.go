@@ -1,6 +1,8 @@
 package store
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
@@ -262,6 +264,35 @@ func CheckEnrollment(t EnrollmentToken, now time.Time) error {
 		return Errorf(KindUnauthenticated, FmtEnrollUsedUp, t.ID, t.MaxUses)
 	}
 	return nil
+}
+
+// CheckEnrollmentReplay is CheckEnrollment for a replayed registration (see
+// Store.RegisterAgent): the token must still be valid, but the use the replay
+// stands for was counted by the registration it repeats, so a token that the
+// first one used up still lets its replay through.
+func CheckEnrollmentReplay(t EnrollmentToken, now time.Time) error {
+	t.Uses = max(t.Uses-1, 0)
+	return CheckEnrollment(t, now)
+}
+
+// EnrollReplayWindow is how long after a registration a retry with the same
+// request key names the same agent (Store.RegisterAgent). It outlasts any
+// agent's Register retries (a call timeout plus backoff), and is short enough
+// that a key kept by mistake cannot pin an identity for long.
+const EnrollReplayWindow = 10 * time.Minute
+
+// MaxIdempotencyKey is the longest idempotency_key a Register may carry, in bytes.
+const MaxIdempotencyKey = 128
+
+// EnrollRequestKey is the store's key for a registration's idempotency key,
+// scoped to the enrollment token used (by names it: a stored token's id, or a
+// fingerprint of a token given by flag), so two tokens' agents never share one.
+func EnrollRequestKey(by, idempotencyKey string) string {
+	if idempotencyKey == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(by + "\x00" + idempotencyKey))
+	return hex.EncodeToString(sum[:16])
 }
 
 // HandlesType tells whether an agent that said it handles types (at Register)

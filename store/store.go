@@ -21,6 +21,13 @@ type Store interface {
 	// stored enrollment token, one of its uses is consumed in the same operation and
 	// the registration fails with KindUnauthenticated if the token is unknown,
 	// revoked, expired or used up.
+	//
+	// With p.RequestKey, a registration with the same key within
+	// EnrollReplayWindow of the first is a replay (the agent retrying a
+	// Register whose answer it never got): it names the first one's agent, whose
+	// token is replaced by p.SecretHash (the token of the first answer stops
+	// working), and consumes no enrollment use (CheckEnrollmentReplay). A replay
+	// of an agent since revoked fails with ErrRevokedAgent.
 	RegisterAgent(ctx context.Context, p RegisterParams) (Agent, error)
 	// UpdateAgent replaces the name, hostname, version, labels and task types of
 	// the agent c proves with p's (p's other fields are not used), as an agent
@@ -151,6 +158,10 @@ type RegisterParams struct {
 	Enrollment *EnrollmentUse
 	// RemoteAddr is where the registration came from, for the record.
 	RemoteAddr string
+	// RequestKey makes the registration idempotent across the caller's retries
+	// (see RegisterAgent); the server builds it with EnrollRequestKey. Empty:
+	// every registration creates a new agent.
+	RequestKey string
 }
 
 // EnrollmentUse names a stored enrollment token and the hash of the secret presented.

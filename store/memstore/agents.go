@@ -10,33 +10,88 @@ import (
 	"github.com/orange-forge/forge/store"
 )
 
+// replay is a registration a retry with the same request key repeats.
+type replay struct {
+	agentID string
+	until   time.Time
+}
+
 // RegisterAgent implements store.Store.
 func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (store.Agent, error) {
 	return locked(ctx, s, func(now time.Time) (store.Agent, error) {
+		s.dropReplays(now)
+		if r, ok := s.replays[p.RequestKey]; ok && p.RequestKey != "" {
+			return s.replayRegister(p, r.agentID, now)
+		}
 		if p.Enrollment != nil {
-			t, err := s.checkEnrollment(p.Enrollment.ID, p.Enrollment.SecretHash, now)
+			t, err := s.checkEnrollment(p.Enrollment.ID, p.Enrollment.SecretHash, now, store.CheckEnrollment)
 			if err != nil {
 				return store.Agent{}, err
 			}
 			t.Uses++
 		}
-		a := &agent{
-			Agent: store.Agent{
-				ID:           store.NewAgentID(),
-				Name:         p.Name,
-				Hostname:     p.Hostname,
-				Version:      p.Version,
-				Labels:       cloneMap(p.Labels),
-				TaskTypes:    slices.Clone(p.TaskTypes),
-				RegisteredAt: now,
-				LastSeenAt:   now,
-			},
-			cur:     slices.Clone(p.SecretHash),
-			running: make(map[string]*task),
+		a := s.newAgent(store.NewAgentID(), p, now)
+		if p.RequestKey != "" {
+			s.replays[p.RequestKey] = replay{agentID: a.ID, until: now.Add(store.EnrollReplayWindow)}
+			s.replayOrder = append(s.replayOrder, p.RequestKey)
 		}
-		s.agents[a.ID] = a
 		return s.agentView(a, now), nil
 	})
+}
+
+// replayRegister repeats the registration that made agent id: it gives the
+// agent p's token in place of the one its first answer carried. The caller
+// holds the lock.
+func (s *Store) replayRegister(p store.RegisterParams, id string, now time.Time) (store.Agent, error) {
+	if p.Enrollment != nil {
+		if _, err := s.checkEnrollment(p.Enrollment.ID, p.Enrollment.SecretHash, now, store.CheckEnrollmentReplay); err != nil {
+			return store.Agent{}, err
+		}
+	}
+	a := s.agents[id]
+	switch {
+	case a == nil: // gone since (forgotten): made again under the same id
+		a = s.newAgent(id, p, now)
+	case !a.RevokedAt.IsZero():
+		return store.Agent{}, store.ErrRevokedAgent()
+	default:
+		a.cur, a.next = slices.Clone(p.SecretHash), nil
+		a.LastSeenAt, a.stopped = now, false
+	}
+	return s.agentView(a, now), nil
+}
+
+// newAgent stores a new agent made by registration p; the caller holds the lock.
+func (s *Store) newAgent(id string, p store.RegisterParams, now time.Time) *agent {
+	a := &agent{
+		Agent: store.Agent{
+			ID:           id,
+			Name:         p.Name,
+			Hostname:     p.Hostname,
+			Version:      p.Version,
+			Labels:       cloneMap(p.Labels),
+			TaskTypes:    slices.Clone(p.TaskTypes),
+			RegisteredAt: now,
+			LastSeenAt:   now,
+		},
+		cur:     slices.Clone(p.SecretHash),
+		running: make(map[string]*task),
+	}
+	s.agents[a.ID] = a
+	return a
+}
+
+// dropReplays forgets the registrations whose replay window has passed; the
+// caller holds the lock.
+func (s *Store) dropReplays(now time.Time) {
+	for len(s.replayOrder) > 0 {
+		k := s.replayOrder[0]
+		if r, ok := s.replays[k]; ok && now.Before(r.until) {
+			return
+		}
+		delete(s.replays, k)
+		s.replayOrder = s.replayOrder[1:]
+	}
 }
 
 // UpdateAgent implements store.Store.

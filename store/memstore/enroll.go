@@ -13,12 +13,12 @@ import (
 
 // checkEnrollment finds a stored enrollment token that lets an agent register now;
 // the caller holds the lock.
-func (s *Store) checkEnrollment(id string, hash []byte, now time.Time) (*store.EnrollmentToken, error) {
+func (s *Store) checkEnrollment(id string, hash []byte, now time.Time, check func(store.EnrollmentToken, time.Time) error) (*store.EnrollmentToken, error) {
 	t := s.enroll[id]
 	if t == nil || subtle.ConstantTimeCompare(t.SecretHash, hash) != 1 {
 		return nil, store.ErrEnrollmentToken()
 	}
-	if err := store.CheckEnrollment(*t, now); err != nil {
+	if err := check(*t, now); err != nil {
 		return nil, err
 	}
 	return t, nil
@@ -72,7 +72,7 @@ func (s *Store) RevokeEnrollmentToken(ctx context.Context, id string) (store.Enr
 // CheckEnrollmentToken implements store.Store.
 func (s *Store) CheckEnrollmentToken(ctx context.Context, id string, secretHash []byte) error {
 	return lockedDo(ctx, s, func(now time.Time) error {
-		_, err := s.checkEnrollment(id, secretHash, now)
+		_, err := s.checkEnrollment(id, secretHash, now, store.CheckEnrollment)
 		return err
 	})
 }

@@ -30,7 +30,12 @@ type Store struct {
 	jobs   map[string]*job
 	idem   map[string]string // idempotency key -> job id
 	enroll map[string]*store.EnrollmentToken
-	closed bool
+	// replays maps registration request keys to the agent each made, for
+	// RegisterAgent's replay window; replayOrder lists them oldest first, so
+	// expired ones are dropped from its front.
+	replays     map[string]replay
+	replayOrder []string
+	closed      bool
 	// byState counts the retained tasks by state, and leasesExpired the leases
 	// that ran out, for Stats.
 	byState       [store.StateLost + 1]int
@@ -88,6 +93,7 @@ func New(cfg store.Config) *Store {
 		jobs:   make(map[string]*job),
 		idem:   make(map[string]string),
 		enroll: make(map[string]*store.EnrollmentToken),
+		replays: make(map[string]replay),
 	}
 }
 

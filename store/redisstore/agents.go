@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 
 	"github.com/redis/rueidis"
 
@@ -11,25 +12,49 @@ import (
 )
 
 // RegisterAgent implements store.Store. The enrollment use (global slot) is
-// consumed first, then the agent record is written, then it is listed: a crash
-// between the steps costs an enrollment use or leaves an unlisted record nobody
-// holds a token for, never a listed agent that does not exist.
+// consumed first, then the registration's request key claimed for the agent's
+// id, then the agent record is written, then it is listed: a crash between the
+// steps costs an enrollment use or leaves an unlisted record nobody holds a
+// token for, never a listed agent that does not exist; a replay of a
+// registration cut short makes the agent its claim named.
 func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (store.Agent, error) {
 	now := s.nowMS()
+	if p.RequestKey != "" {
+		v, err := s.client.Do(ctx, s.client.B().Get().Key(s.k.enrollReplay(p.RequestKey)).Build()).ToString()
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return store.Agent{}, s.wrap(ctx, err)
+		}
+		if id, ok := replayOf(v, now); ok {
+			return s.replayRegister(ctx, p, id, now)
+		}
+	}
 	if p.Enrollment != nil {
-		if err := s.checkEnrollment(ctx, p.Enrollment.ID, p.Enrollment.SecretHash, now, true); err != nil {
+		if err := s.checkEnrollment(ctx, p.Enrollment.ID, p.Enrollment.SecretHash, now, enrollConsume); err != nil {
 			return store.Agent{}, err
 		}
 	}
-	labels, _ := json.Marshal(p.Labels)
-	types, _ := json.Marshal(p.TaskTypes)
 	for try := 0; ; try++ {
 		id := s.newAgentID()
-		args := s.shardArgs(s.k.tag(id), now, id, itoa(s.agentDue(now)),
-			"name", p.Name, "host", p.Hostname, "ver", p.Version, "labels", string(labels), "types", string(types),
-			"reg", itoa(now), "seen", itoa(now), "si", itoa(now), "cur", string(p.SecretHash), "gen", "0", "ra", p.RemoteAddr)
-		_, err := s.run(ctx, registerScript, []string{s.k.agent(id)}, args)
+		if p.RequestKey != "" {
+			// Claimed before the record is written: a retry arriving while this
+			// registration still runs names the same agent.
+			window := store.EnrollReplayWindow.Milliseconds()
+			arr, err := s.run(ctx, replayClaimScript, []string{s.k.enrollReplay(p.RequestKey)},
+				[]string{itoa(now), id, itoa(now + window), itoa(2 * window)})
+			if err != nil {
+				return store.Agent{}, err
+			}
+			if claimed, _ := arr[1].ToString(); claimed != "" {
+				return s.replayRegister(ctx, p, claimed, now)
+			}
+		}
+		_, err := s.run(ctx, registerScript, []string{s.k.agent(id)}, s.shardArgs(s.k.tag(id), now, append([]string{id, itoa(s.agentDue(now))}, s.agentFields(p, now)...)...))
 		if errors.Is(err, errIDTaken) {
+			if p.RequestKey != "" {
+				// The id was claimed above, so its record was made by a replay of
+				// this registration, which holds the token the caller now waits on.
+				return store.Agent{}, store.Errorf(store.KindUnavailable, "this registration was repeated while it ran; the repeat holds the agent's token")
+			}
 			if try < 3 { // astronomically rare: 75 random bits
 				continue
 			}
@@ -38,11 +63,61 @@ func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (stor
 		if err != nil {
 			return store.Agent{}, err
 		}
-		if err := s.client.Do(ctx, s.client.B().Zadd().Key(s.k.agents()).ScoreMember().ScoreMember(0, id).Build()).Error(); err != nil {
-			return store.Agent{}, s.wrap(ctx, err)
+		if err := s.list(ctx, id); err != nil {
+			return store.Agent{}, err
 		}
 		return s.GetAgent(ctx, id)
 	}
+}
+
+// replayRegister repeats the registration that made (or claimed) agent id: see
+// replayScript.
+func (s *Store) replayRegister(ctx context.Context, p store.RegisterParams, id string, now int64) (store.Agent, error) {
+	if !store.ValidID(id, 'a') {
+		return store.Agent{}, store.Errorf(store.KindInternal, "the registration request key names %q, not an agent id", id)
+	}
+	if p.Enrollment != nil {
+		if err := s.checkEnrollment(ctx, p.Enrollment.ID, p.Enrollment.SecretHash, now, enrollCheckReplay); err != nil {
+			return store.Agent{}, err
+		}
+	}
+	args := append([]string{itoa(s.agentDue(now)), string(p.SecretHash)}, s.agentFields(p, now)...)
+	arr, err := s.run(ctx, replayScript, []string{s.k.agent(id)}, s.shardArgs(s.k.tag(id), now, append([]string{id}, args...)...))
+	if err != nil {
+		return store.Agent{}, err
+	}
+	if made, _ := arr[1].AsInt64(); made == 1 {
+		if err := s.list(ctx, id); err != nil {
+			return store.Agent{}, err
+		}
+	}
+	return s.GetAgent(ctx, id)
+}
+
+// replayOf is the agent id a registration request key's record v names while
+// its window lasts at now (see replayClaimScript).
+func replayOf(v string, now int64) (string, bool) {
+	id, till, ok := strings.Cut(v, " ")
+	if !ok || atoi(till) <= now {
+		return "", false
+	}
+	return id, true
+}
+
+// agentFields are the field, value pairs of a new agent record made by p.
+func (s *Store) agentFields(p store.RegisterParams, now int64) []string {
+	labels, _ := json.Marshal(p.Labels)
+	types, _ := json.Marshal(p.TaskTypes)
+	return []string{"name", p.Name, "host", p.Hostname, "ver", p.Version, "labels", string(labels), "types", string(types),
+		"reg", itoa(now), "seen", itoa(now), "si", itoa(now), "cur", string(p.SecretHash), "gen", "0", "ra", p.RemoteAddr}
+}
+
+// list puts a new agent in the agent list.
+func (s *Store) list(ctx context.Context, id string) error {
+	if err := s.client.Do(ctx, s.client.B().Zadd().Key(s.k.agents()).ScoreMember().ScoreMember(0, id).Build()).Error(); err != nil {
+		return s.wrap(ctx, err)
+	}
+	return nil
 }
 
 // agentRetentionMS is the agent retention the scripts take: ms, 0 for never.

@@ -12,8 +12,15 @@ import (
 
 // Enrollment tokens live in the global slot: one hash per token and a list of ids.
 
-func (s *Store) checkEnrollment(ctx context.Context, id string, hash []byte, now int64, consume bool) error {
-	_, err := s.run(ctx, enrollCheckScript, []string{s.k.enrollment(id)}, []string{itoa(now), string(hash), flag(consume), id})
+// Modes of enrollCheckScript.
+const (
+	enrollCheckOnly   = "0" // check the token
+	enrollConsume     = "1" // check it and count a use
+	enrollCheckReplay = "r" // check it for a replayed registration
+)
+
+func (s *Store) checkEnrollment(ctx context.Context, id string, hash []byte, now int64, mode string) error {
+	_, err := s.run(ctx, enrollCheckScript, []string{s.k.enrollment(id)}, []string{itoa(now), string(hash), mode, id})
 	return err
 }
 
@@ -92,5 +99,5 @@ func (s *Store) RevokeEnrollmentToken(ctx context.Context, id string) (store.Enr
 
 // CheckEnrollmentToken implements store.Store.
 func (s *Store) CheckEnrollmentToken(ctx context.Context, id string, secretHash []byte) error {
-	return s.checkEnrollment(ctx, id, secretHash, s.nowMS(), false)
+	return s.checkEnrollment(ctx, id, secretHash, s.nowMS(), enrollCheckOnly)
 }

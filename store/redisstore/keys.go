@@ -125,6 +125,10 @@ func (k *keys) idem(key string) string {
 	return "{" + k.prefix + ":i:" + hex.EncodeToString(sum[:16]) + "}"
 }
 
+// enrollReplay names the agent a registration with request key key made
+// (store.RegisterParams.RequestKey; already a hash), for its replay window.
+func (k *keys) enrollReplay(key string) string { return "{" + k.prefix + ":er:" + key + "}" }
+
 func (k *keys) global() string { return "{" + k.prefix + "}" }
 
 // agents lists every agent id (score 0, ordered by id).

@@ -254,3 +254,18 @@ local function enrollCheck(id, rev, exp, now, max, uses)
   if max > 0 and uses >= max then return fail(E_UNAUTHENTICATED, string.format(FMT_ENROLL_USED_UP, id, max)) end
   return nil
 end
+
+-- replayOf is the agent id a registration request key's record (see
+-- replayClaimScript; false: none) names while its window lasts at now (ms), or nil.
+local function replayOf(v, now)
+  if not v then return nil end
+  local id, till = string.match(v, '^(%S+) (%d+)$')
+  if id and tonumber(till) > now then return id end
+  return nil
+end
+
+-- enrollReplayCheck is store.CheckEnrollmentReplay: enrollCheck, not counting the
+-- use the replayed registration made.
+local function enrollReplayCheck(id, rev, exp, now, max, uses)
+  return enrollCheck(id, rev, exp, now, max, math.max(uses - 1, 0))
+end

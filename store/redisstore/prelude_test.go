@@ -352,6 +352,23 @@ func agreements() []agreement {
 			},
 		},
 		{
+			name: "enrollReplayCheck",
+			lua: `local r = enrollReplayCheck(a[1], tonumber(a[2]), tonumber(a[3]), tonumber(a[4]), tonumber(a[5]), tonumber(a[6]))
+			if r == nil then return {'ok'} end
+			return {'error', r[2], r[3]}`,
+			// id, revoked at, expires at, now, max uses, uses
+			rows: cross([]string{"e1"}, []string{"0", ms(now.Add(-time.Hour))},
+				[]string{"0", ms(now.Add(-time.Second)), ms(now), ms(now.Add(time.Millisecond))}, []string{ms(now)},
+				[]string{"0", "1", "2"}, []string{"0", "1", "2", "3"}),
+			goRule: func(r []string) []string {
+				t := store.EnrollmentToken{ID: r[0], RevokedAt: fromMS(r[1]), ExpiresAt: fromMS(r[2]), MaxUses: int(num(r[4])), Uses: int(num(r[5]))}
+				if err := store.CheckEnrollmentReplay(t, fromMS(r[3])); err != nil {
+					return errRow(err)
+				}
+				return []string{"ok"}
+			},
+		},
+		{
 			name: "checkAppend",
 			lua: `local r = checkAppend(a[1], tonumber(a[2]), tonumber(a[3]), tonumber(a[4]), tonumber(a[5]),
 				tonumber(a[6]), tonumber(a[7]), tonumber(a[8]))

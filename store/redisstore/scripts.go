@@ -454,6 +454,32 @@ seen(ARGV[4])
 return {'OK'}
 `)
 
+// replayScript repeats a registration (store.Store.RegisterAgent, a replay): the
+// agent it made is given the new token in place of the old one, which stops
+// working, and recorded seen; one since forgotten is made again under its id,
+// as registerScript would; one revoked is refused.
+//
+// KEYS[1] agent record
+// ARGV[4] agent id, [5] due time (ms; 0: never), [6] secret hash, [7..] field,
+// value pairs of a new record
+// returns {'OK', 1 if it made the record else 0} or fail(E_UNAUTHENTICATED) if revoked
+var replayScript = shardScript(`
+local f = redis.call('HMGET', KEYS[1], 'reg', 'rev')
+if f[2] then return fail(E_UNAUTHENTICATED, MSG_AGENT_REVOKED) end
+if f[1] then
+  redis.call('HSET', KEYS[1], 'cur', ARGV[6], 'seen', ms(NOW), 'so', '0')
+  redis.call('HDEL', KEYS[1], 'next')
+  seen(ARGV[4])
+  return {'OK', 0}
+end
+local n = {}
+for i = 7, #ARGV do n[#n + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(n))
+if tonumber(ARGV[5]) > 0 then redis.call('ZADD', kDue, ARGV[5], ARGV[4]) end
+seen(ARGV[4])
+return {'OK', 1}
+`)
+
 // authScript checks an agent credential, promoting a next token on first use.
 //
 // KEYS[1] agent record
@@ -1231,6 +1257,21 @@ redis.call('DEL', KEYS[1])
 return idem or ''
 `)
 
+// replayClaimScript claims a registration request key for an agent id for the
+// replay window (store.Store.RegisterAgent), unless a claim still in its window
+// holds it. The window is kept in the record, by the store's clock, not in the
+// key's expiry (Redis's clock), which only drops the record some time after.
+//
+// KEYS[1] the key's record, "<agent id> <end of window, ms>"
+// ARGV[1] now ms, [2] agent id, [3] end of window (ms), [4] the record's lifetime (ms)
+// returns {'OK', ''} when claimed, or {'OK', agent id} of the claim that holds it
+var replayClaimScript = newScript(`
+local id = replayOf(redis.call('GET', KEYS[1]), tonumber(ARGV[1]))
+if id then return {'OK', id} end
+redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. ARGV[3], 'PX', ARGV[4])
+return {'OK', ''}
+`)
+
 // delIfScript deletes a key if it holds the given value.
 //
 // KEYS[1] key, ARGV[1] value
@@ -1241,6 +1282,8 @@ return 0
 `)
 
 // enrollCheckScript checks a stored enrollment token and, when asked, consumes a use.
+// ARGV[3] is the mode: '1' consume a use, '0' only check, 'r' check for a replayed
+// registration (enrollReplayCheck).
 //
 // KEYS[1] enrollment token record
 // ARGV[1] now ms, [2] secret hash, [3] consume (0/1), [4] token id
@@ -1248,7 +1291,9 @@ return 0
 var enrollCheckScript = newScript(`
 local f = redis.call('HMGET', KEYS[1], 'hash', 'rev', 'exp', 'max', 'uses')
 if not f[1] or f[1] ~= ARGV[2] then return fail(E_UNAUTHENTICATED, MSG_ENROLL_TOKEN) end
-local err = enrollCheck(ARGV[4], tonumber(f[2]) or 0, tonumber(f[3]) or 0, tonumber(ARGV[1]),
+local check = enrollCheck
+if ARGV[3] == 'r' then check = enrollReplayCheck end
+local err = check(ARGV[4], tonumber(f[2]) or 0, tonumber(f[3]) or 0, tonumber(ARGV[1]),
   tonumber(f[4]) or 0, tonumber(f[5]) or 0)
 if err then return err end
 if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'uses', 1) end
@@ -1282,7 +1327,7 @@ return {'OK', redis.call('HGETALL', KEYS[1])}
 `)
 
 var allScripts = []*script{
-	registerScript, authScript, updateAgentScript, rotateScript, leaseScript, heartbeatScript, returnScript, reportScript, appendOutputScript,
+	registerScript, replayScript, replayClaimScript, authScript, updateAgentScript, rotateScript, leaseScript, heartbeatScript, returnScript, reportScript, appendOutputScript,
 	readOutputScript, taskScript,
 	createTasksScript, releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
 	jobCreateScript, jobDraftScript, jobCommitScript, jobAbandonScript, jobStepScript, jobCancelScript, exportClaimScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,

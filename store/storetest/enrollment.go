@@ -8,6 +8,100 @@ import (
 
 var enrollmentCases = []testCase{
 	{"Tokens", testEnrollment, nil},
+	{"Replay", testEnrollmentReplay, nil},
+}
+
+// testEnrollmentReplay: a registration repeated with the same request key within
+// the replay window names the first one's agent with the new token (the first
+// token stops working), counts no enrollment use, and makes no second agent.
+func testEnrollmentReplay(h *harness) {
+	if _, err := h.s.CreateEnrollmentToken(h.ctx, store.EnrollmentParams{ID: "e1", SecretHash: hash("s1"), MaxUses: 2}); err != nil {
+		h.Fatal(err)
+	}
+	use := &store.EnrollmentUse{ID: "e1", SecretHash: hash("s1")}
+	reg := func(key, secret string, use *store.EnrollmentUse) (store.Agent, error) {
+		return h.s.RegisterAgent(h.ctx, store.RegisterParams{Name: "x", Labels: map[string]string{"env": "prod"},
+			SecretHash: hash(secret), Enrollment: use, RequestKey: key})
+	}
+	first, err := reg("k1", "first", use)
+	if err != nil {
+		h.Fatalf("first registration: %v", err)
+	}
+	h.clock.Advance(store.EnrollReplayWindow - time.Millisecond)
+	again, err := reg("k1", "second", use)
+	if err != nil {
+		h.Fatalf("replayed registration: %v", err)
+	}
+	if again.ID != first.ID || again.Name != "x" || again.Labels["env"] != "prod" {
+		h.Fatalf("replayed registration = %+v; want agent %s as the first made it", again, first.ID)
+	}
+	wantErr(h, h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: first.ID, SecretHash: hash("first")}), store.ErrUnknownAgent(),
+		"the first registration's token after its replay")
+	if err := h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: first.ID, SecretHash: hash("second")}); err != nil {
+		h.Fatalf("the replay's token: %v", err)
+	}
+	agents, _, err := h.s.ListAgents(h.ctx, store.AgentFilter{})
+	if err != nil {
+		h.Fatal(err)
+	}
+	if len(agents) != 1 || agents[0].ID != first.ID || agents[0].Status != store.AgentOnline {
+		h.Fatalf("ListAgents = %+v; want only agent %s, online", agents, first.ID)
+	}
+	if toks, err := h.s.ListEnrollmentTokens(h.ctx); err != nil || len(toks) != 1 || toks[0].Uses != 1 {
+		h.Fatalf("ListEnrollmentTokens = %+v, %v; want e1 used once: a replay counts no use", toks, err)
+	}
+
+	// The token's last use, then replays of both keys: the use each counted
+	// lets its replay through.
+	if _, err := reg("k2", "k2-first", use); err != nil {
+		h.Fatalf("registration with the last use: %v", err)
+	}
+	usedUp := store.Errorf(store.KindUnauthenticated, store.FmtEnrollUsedUp, "e1", 2)
+	_, err = reg("k3", "k3", use)
+	wantErr(h, err, usedUp, "a new registration with a used-up token")
+	for _, k := range []string{"k1", "k2"} {
+		if _, err := reg(k, k+"-again", use); err != nil {
+			h.Fatalf("replay of %s with a used-up token: %v", k, err)
+		}
+	}
+	_, err = reg("k1", "wrong", &store.EnrollmentUse{ID: "e1", SecretHash: hash("bad")})
+	wantErr(h, err, store.ErrEnrollmentToken(), "a replay with a wrong enrollment secret")
+	if err := h.s.AuthenticateAgent(h.ctx, store.Cred{AgentID: first.ID, SecretHash: hash("k1-again")}); err != nil {
+		h.Fatalf("a refused replay changed the agent's token: %v", err)
+	}
+
+	// Tokens given by flag (no stored token): the key alone. After the window
+	// the same key makes a new agent.
+	a, err := reg("k4", "k4", nil)
+	if err != nil {
+		h.Fatal(err)
+	}
+	h.clock.Advance(store.EnrollReplayWindow)
+	b, err := reg("k4", "k4-later", nil)
+	if err != nil {
+		h.Fatal(err)
+	}
+	if b.ID == a.ID {
+		h.Fatalf("a registration after the replay window named agent %s again; want a new agent", a.ID)
+	}
+	c, err := reg("k4", "k4-replay", nil)
+	if err != nil || c.ID != b.ID {
+		h.Fatalf("replay in the new window = %+v, %v; want agent %s", c, err, b.ID)
+	}
+	d, err := reg("", "nokey", nil)
+	if err != nil {
+		h.Fatal(err)
+	}
+	if e, err := reg("", "nokey", nil); err != nil || e.ID == d.ID {
+		h.Fatalf("registration without a key = %+v, %v; want a new agent each time", e, err)
+	}
+
+	// A replay of an agent revoked since is refused as revoked.
+	if _, err := h.s.RevokeAgent(h.ctx, b.ID, "test"); err != nil {
+		h.Fatal(err)
+	}
+	_, err = reg("k4", "k4-after-revoke", nil)
+	wantErr(h, err, store.ErrRevokedAgent(), "a replay of a revoked agent")
 }
 
 func testEnrollment(h *harness) {
