@@ -85,14 +85,14 @@ var _ store.Store = (*Store)(nil)
 // New returns an empty Store.
 func New(cfg store.Config) *Store {
 	return &Store{
-		cfg:    cfg.WithDefaults(),
-		hub:    store.NewHub(),
-		agents: make(map[string]*agent),
-		tasks:  make(map[string]*task),
-		live:   make(map[string]*task),
-		jobs:   make(map[string]*job),
-		idem:   make(map[string]string),
-		enroll: make(map[string]*store.EnrollmentToken),
+		cfg:     cfg.WithDefaults(),
+		hub:     store.NewHub(),
+		agents:  make(map[string]*agent),
+		tasks:   make(map[string]*task),
+		live:    make(map[string]*task),
+		jobs:    make(map[string]*job),
+		idem:    make(map[string]string),
+		enroll:  make(map[string]*store.EnrollmentToken),
 		replays: make(map[string]replay),
 	}
 }

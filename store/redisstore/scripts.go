@@ -1264,7 +1264,7 @@ return idem or ''
 //
 // KEYS[1] the key's record, "<agent id> <end of window, ms>"
 // ARGV[1] now ms, [2] agent id, [3] end of window (ms), [4] the record's lifetime (ms)
-// returns {'OK', ''} when claimed, or {'OK', agent id} of the claim that holds it
+// returns {'OK', ”} when claimed, or {'OK', agent id} of the claim that holds it
 var replayClaimScript = newScript(`
 local id = replayOf(redis.call('GET', KEYS[1]), tonumber(ARGV[1]))
 if id then return {'OK', id} end
