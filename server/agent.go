@@ -37,6 +37,7 @@ func (a *agentService) Register(ctx context.Context, req *connect.Request[forgev
 	ag, err := s.store.RegisterAgent(ctx, store.RegisterParams{
 		Name: m.Name, Hostname: m.Hostname, Version: m.Version, Labels: m.Labels, TaskTypes: m.TaskTypes,
 		SecretHash: HashSecret(secret), Enrollment: p.enroll, RemoteAddr: req.Peer().Addr,
+		RequestKey: store.EnrollRequestKey(p.scope, m.IdempotencyKey),
 	})
 	if err != nil {
 		return nil, s.storeError(ctx, err)
@@ -66,6 +67,9 @@ func (a *agentService) reRegister(ctx context.Context, req *connect.Request[forg
 	m := req.Msg
 	if m.PreviousAgentId != "" {
 		return nil, invalid("previous_agent_id", "is for an agent enrolling again with an enrollment token, not one calling with its own token")
+	}
+	if m.IdempotencyKey != "" {
+		return nil, invalid("idempotency_key", "is for an agent enrolling with an enrollment token, not one calling with its own token")
 	}
 	was, err := s.store.UpdateAgent(ctx, cred, store.RegisterParams{
 		Name: m.Name, Hostname: m.Hostname, Version: m.Version, Labels: m.Labels, TaskTypes: m.TaskTypes,
@@ -145,6 +149,9 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 	}
 	if m.PreviousAgentId != "" && !store.ValidID(m.PreviousAgentId, 'a') {
 		return invalid("previous_agent_id", "%.80q is not an agent id", m.PreviousAgentId)
+	}
+	if len(m.IdempotencyKey) > store.MaxIdempotencyKey || !printable(m.IdempotencyKey) {
+		return invalid("idempotency_key", "must be at most %d bytes of printable UTF-8", store.MaxIdempotencyKey)
 	}
 	if len(m.Labels) > l.MaxLabels {
 		return invalid("labels", "%d labels is over the limit of %d", len(m.Labels), l.MaxLabels)

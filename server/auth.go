@@ -34,6 +34,10 @@ type principal struct {
 	cred   store.Cred           // agents
 	enroll *store.EnrollmentUse // stored enrollment tokens
 	by     string               // who, for the audit log: a token id or a short fingerprint of its hash, never the token
+	// scope names the enrollment token, for the Register idempotency keys
+	// made with it (store.EnrollRequestKey): a stored token's id, or the whole
+	// hash of one given by flag.
+	scope string
 }
 
 // call is what the middleware puts in an API request's context: the caller,
@@ -204,7 +208,7 @@ func (s *Server) identify(ctx context.Context, header string, need principalKind
 		return principal{kind: principalOperator, by: "operator:" + fingerprint(h)}, nil
 	}
 	if s.enrollers.match(h) {
-		return principal{kind: principalEnroll, by: "enrollment:" + fingerprint(h)}, nil
+		return principal{kind: principalEnroll, by: "enrollment:" + fingerprint(h), scope: "flag:" + hex.EncodeToString(h)}, nil
 	}
 	if use, ok := parseStoredEnrollToken(tok); ok {
 		if err := s.store.CheckEnrollmentToken(ctx, use.ID, use.SecretHash); err != nil {
@@ -213,7 +217,7 @@ func (s *Server) identify(ctx context.Context, header string, need principalKind
 			}
 			return principal{}, s.storeError(ctx, err)
 		}
-		return principal{kind: principalEnroll, enroll: &use, by: "enrollment token " + use.ID}, nil
+		return principal{kind: principalEnroll, enroll: &use, by: "enrollment token " + use.ID, scope: "stored:" + use.ID}, nil
 	}
 	return principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("token is not valid"))
 }

@@ -40,8 +40,15 @@ type RegisterRequest struct {
 	// its token "unknown agent" (the server's state was lost). For the server's log
 	// and metrics only: the new identity inherits nothing from it.
 	PreviousAgentId string `protobuf:"bytes,6,opt,name=previous_agent_id,json=previousAgentId,proto3" json:"previous_agent_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Makes enrolling safe to retry: a random string (at most 128 bytes) the agent
+	// picks once per enrollment and sends again with each retry of it. A Register
+	// with the same enrollment token and key within 10 minutes of the first names
+	// the same agent, with a new agent_token that replaces the one the first answer
+	// carried (that one stops working), and counts no enrollment use. Empty: every
+	// Register makes a new agent. Not used with an agent's own token.
+	IdempotencyKey string `protobuf:"bytes,7,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RegisterRequest) Reset() {
@@ -112,6 +119,13 @@ func (x *RegisterRequest) GetTaskTypes() []string {
 func (x *RegisterRequest) GetPreviousAgentId() string {
 	if x != nil {
 		return x.PreviousAgentId
+	}
+	return ""
+}
+
+func (x *RegisterRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
 	}
 	return ""
 }
@@ -930,7 +944,7 @@ var File_forge_v1_agent_proto protoreflect.FileDescriptor
 
 const file_forge_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14forge/v1/agent.proto\x12\bforge.v1\x1a\x14forge/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xa0\x02\n" +
+	"\x14forge/v1/agent.proto\x12\bforge.v1\x1a\x14forge/v1/types.proto\x1a\x1egoogle/protobuf/duration.proto\"\xc9\x02\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12=\n" +
 	"\x06labels\x18\x02 \x03(\v2%.forge.v1.RegisterRequest.LabelsEntryR\x06labels\x12\x1a\n" +
@@ -938,7 +952,8 @@ const file_forge_v1_agent_proto_rawDesc = "" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
 	"task_types\x18\x05 \x03(\tR\ttaskTypes\x12*\n" +
-	"\x11previous_agent_id\x18\x06 \x01(\tR\x0fpreviousAgentId\x1a9\n" +
+	"\x11previous_agent_id\x18\x06 \x01(\tR\x0fpreviousAgentId\x12'\n" +
+	"\x0fidempotency_key\x18\a \x01(\tR\x0eidempotencyKey\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x02\n" +
