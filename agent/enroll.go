@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sort"
@@ -137,12 +138,20 @@ func (a *Agent) register(ctx context.Context, previous string, self bool) error 
 	st := a.st
 	a.mu.Unlock()
 	sort.Strings(types)
+	// One key for this enrollment, sent again with each retry: a Register
+	// whose answer was lost (timed out after the server enrolled us) then
+	// names the same agent instead of leaving an orphan behind.
+	var key string
+	if !self {
+		key = rand.Text()
+	}
 	var bo backoff
 	for {
 		idx, c := a.client()
 		msg := &forgev1.RegisterRequest{
 			Name: a.cfg.Name, Labels: a.cfg.Labels, Hostname: a.hostname,
 			Version: a.cfg.Version, TaskTypes: types, PreviousAgentId: previous,
+			IdempotencyKey: key,
 		}
 		var req *connect.Request[forgev1.RegisterRequest]
 		if self {
