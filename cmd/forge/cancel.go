@@ -11,6 +11,7 @@ import (
 	"github.com/orange-forge/forge/client"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/termsafe"
+	"github.com/orange-forge/forge/store"
 )
 
 func (m *Main) runCancel(ctx context.Context, args []string) error {
@@ -51,7 +52,11 @@ func (m *Main) runCancel(ctx context.Context, args []string) error {
 			}
 		}
 		if err != nil {
-			fmt.Fprintf(m.Stderr, "%s: %s\n", termsafe.Line(id), termsafe.Line(err.Error()))
+			hint := ""
+			if store.ValidID(id, 'j') {
+				hint = fmt.Sprintf(" (%s is a job id: forge cancel --job %s)", termsafe.Line(id), termsafe.Line(id))
+			}
+			fmt.Fprintf(m.Stderr, "forge cancel: %s: %s%s\n", termsafe.Line(id), termsafe.Line(errText(err)), hint)
 			failed = true
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/orange-forge/forge/internal/termsafe"
 )
@@ -74,7 +75,8 @@ Examples:
   forge task --follow TASK_ID
 
 TARGET is --agent NAME|ID|GLOB, --selector k=v,... or --all. Flags may come before or
-after the other arguments (forge run's command starts at "--" or its first word).
+after the other arguments, and before the command's name (forge --json agents); forge
+run's command starts at "--" or its first word, and flags after that belong to it.
 Flags that say where and how (--server, --admin-token, --ca …) also read a variable:
 --admin-token reads FORGE_ADMIN_TOKEN. Flags that say what to do (targets, --json) read none.
 Run "forge COMMAND -h" for a command's flags and examples.
@@ -103,6 +105,18 @@ func (m *Main) Run(ctx context.Context, args []string) int {
 		"tokens":  m.runTokens,
 		"version": m.runVersion,
 		"bench":   m.runBench,
+	}
+	if strings.HasPrefix(args[0], "-") {
+		// Flags before the command (forge --json agents) are the command's.
+		for i, a := range args {
+			if a == "--" {
+				break
+			}
+			if _, ok := cmds[a]; ok {
+				args = append(append([]string{a}, args[:i]...), args[i+1:]...)
+				break
+			}
+		}
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

@@ -671,3 +671,41 @@ func TestCLIAgentsWait(t *testing.T) {
 		t.Errorf("agents --wait -1: exit %d:\n%s", code, errs)
 	}
 }
+
+// TestCLIMessages: the reviewer's stumbles with the command line, each gone.
+func TestCLIMessages(t *testing.T) {
+	t.Parallel()
+	e := fleet(t, nil, "msg", "msg-1")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--agent", "web-1", "--"}, "forge run --agent web-1 -- uptime"},
+		{[]string{"run", "--selector", "env=prod,role in (web)", "--"}, "forge run --selector 'env=prod,role in (web)' -- uptime"},
+		{[]string{"run", "uptime", "--all"}, "flags after the command belong to it; put --all before it"},
+		{[]string{"run", "--timeout", "-5s", "--all", "--", "uptime"}, "--timeout and --delivery-ttl take a duration of 0 or more"},
+		{[]string{"jobs", "--limit", "-1"}, "--limit -1: want a number of jobs, 0 or more"},
+		{[]string{"jobs", "--limit", "x"}, `invalid value "x" for flag --limit`},
+		{[]string{"tasks", "--nosuch"}, "flag provided but not defined: --nosuch"},
+		{[]string{"run", "--selector", "env in (", "--", "/bin/sh", "-c", "true"}, "selector"},
+	} {
+		_, errs, code := runSplit(t, e, c.args...)
+		if code != 2 || !strings.Contains(errs, c.want) || !strings.Contains(errs, "-h\" for help") {
+			t.Errorf("forge %s: exit %d, want 2 with %q:\n%s", strings.Join(c.args, " "), code, c.want, errs)
+		}
+	}
+	// Flags before the command are the command's.
+	if out, errs, code := runSplit(t, e, "--json", "agents"); code != 0 || !strings.HasPrefix(out, "{") {
+		t.Errorf("forge --json agents: exit %d:\n%s%s", code, out, errs)
+	}
+	// A job id where a task id goes: the message says to use --job.
+	_, errs, _ := runSplit(t, e, "run", "--all", "--", "/bin/sh", "-c", "true")
+	job := jobLine.FindStringSubmatch(errs)
+	if job == nil {
+		t.Fatalf("no job line:\n%s", errs)
+	}
+	if _, errs, code := runSplit(t, e, "cancel", job[1]); code == 0 || !strings.Contains(errs, "forge cancel: "+job[1]+": ") ||
+		!strings.Contains(errs, "is a job id: forge cancel --job "+job[1]) {
+		t.Errorf("forge cancel JOB_ID: exit %d:\n%s", code, errs)
+	}
+}

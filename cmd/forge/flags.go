@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"regexp"
 	"strings"
 	"time"
 
@@ -222,13 +223,19 @@ func (l *listFlag) Set(s string) error {
 func (f *flags) parse(args []string) error {
 	f.args = nil
 	for {
+		var msg strings.Builder
+		f.SetOutput(&msg)
 		err := f.Parse(args)
+		f.SetOutput(f.m.Stderr)
 		if errors.Is(err, flag.ErrHelp) {
 			f.printHelp(f.m.Stdout)
 			return err
 		}
 		if err != nil {
-			fmt.Fprintf(f.m.Stderr, "Run \"forge %s -h\" for help.\n", f.name)
+			// The flag package names flags with one dash; forge's help and the
+			// user write two.
+			fmt.Fprintf(f.m.Stderr, "forge %s: %s\nRun \"forge %s -h\" for help.\n", f.name,
+				oneDash.ReplaceAllString(termsafe.Line(err.Error()), "$1--$2"), f.name)
 			return errUsage
 		}
 		rest := f.FlagSet.Args()
@@ -244,6 +251,10 @@ func (f *flags) parse(args []string) error {
 		args = rest[1:]
 	}
 }
+
+// oneDash finds a flag's name as the flag package writes it in an error ("for
+// flag -limit", "not defined: -x").
+var oneDash = regexp.MustCompile(`(flag |for |: )-([A-Za-z])`)
 
 // Args returns the positional arguments.
 func (f *flags) Args() []string { return f.args }

@@ -148,6 +148,9 @@ func (m *Main) runJobs(ctx context.Context, args []string) error {
 	if err := f.parse(args); err != nil {
 		return err
 	}
+	if *limit < 0 {
+		return f.usageError("--limit %d: want a number of jobs, 0 or more", *limit)
+	}
 	if err := f.noArgs(); err != nil {
 		return err
 	}

@@ -91,11 +91,20 @@ forge run --selector role=db --json -- /usr/bin/df -h | jq -r '.tasks[] | .agent
 	}
 	switch {
 	case len(targets) == 0:
+		for _, a := range argv {
+			if t := strings.SplitN(a, "=", 2)[0]; t == "--agent" || t == "--selector" || t == "--all" || t == "-agent" || t == "-selector" || t == "-all" {
+				return f.usageError("say where to run it: %s came after the command's first word, and flags after the command belong to it; put %s before it", a, t)
+			}
+		}
 		return f.usageError("say where to run it: --agent NAME|ID|GLOB, --selector S or --all")
 	case len(targets) > 1:
 		return f.usageError("give one of --agent, --selector and --all, not %s", strings.Join(targets, " and "))
 	case len(argv) == 0:
-		return f.usageError("give the command to run after --, such as: forge run %s -- uptime", targets[0])
+		return f.usageError("give the command to run after --, such as: forge run %s -- uptime", targetText(*agentArg, *selector))
+	case *timeout < 0 || *ttl < 0:
+		return f.usageError("--timeout and --delivery-ttl take a duration of 0 or more, such as 30s")
+	case *maxConc < 0 || *maxFail < 0:
+		return f.usageError("--max-concurrency and --max-failures take a number of 0 or more")
 	}
 	cmd := client.Command{Argv: argv, Dir: *dir}
 	for _, kv := range envs {
@@ -130,6 +139,12 @@ forge run --selector role=db --json -- /usr/bin/df -h | jq -r '.tasks[] | .agent
 			return exitCode(exitInterrupted)
 		}
 		scr.note(fmt.Sprintf("forge run: %s", m.quote(err)))
+		if connect.CodeOf(err) == connect.CodeInvalidArgument {
+			// What the server found wrong is the command line's (a bad selector,
+			// an empty command …): a usage error, not a failure to finish.
+			fmt.Fprintln(m.Stderr, `Run "forge run -h" for help.`)
+			return exitCode(exitUsage)
+		}
 		return exitCode(exitError)
 	}
 	n := len(d.TaskIds)
@@ -273,3 +288,15 @@ func plural(n int, one, many string) string {
 func (m *Main) quote(err error) string { return termsafe.Line(err.Error()) }
 
 func (m *Main) quoteText(s string) string { return termsafe.Line(s) }
+
+// targetText is the target flag a run was given, with its value, as a
+// suggestion in a message shows it.
+func targetText(agent, selector string) string {
+	switch {
+	case agent != "":
+		return "--agent " + shellQuote(agent)
+	case selector != "":
+		return "--selector " + shellQuote(selector)
+	}
+	return "--all"
+}
