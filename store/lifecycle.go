@@ -193,6 +193,19 @@ func LeaseExpiryEnd(t Task) (TaskState, string) {
 	return StatePending, fmt.Sprintf(FmtRequeued, t.Attempt)
 }
 
+// DeliveryExpiryEnd returns the state a PENDING task t ends in when it was not
+// leased before its deliver_by, and the reason recorded: EXPIRED when no attempt
+// of it was ever leased (Attempt 0: a handed-back attempt does not count, see
+// ReturnEnd), else LOST — it was picked up, its agent stopped answering, the
+// lease ran out and the requeued task was not picked up again in time, so
+// "never picked up" would be untrue.
+func DeliveryExpiryEnd(t Task) (TaskState, string) {
+	if t.Attempt > 0 {
+		return StateLost, ReasonLostUnpicked(t.DeliveryTTL)
+	}
+	return StateExpired, ReasonExpired(t.DeliveryTTL)
+}
+
 // ReturnEnd returns what becomes of a RUNNING attempt of t that its agent hands
 // back unstarted (it took more tasks than it runs at once), and the reason
 // recorded: TIMED_OUT or CANCELED as LeaseExpiryEnd says when the attempt was

@@ -33,6 +33,10 @@ const (
 	FmtLost        = "lease expired %d times (max_attempts)"
 	FmtTimedOut    = "timed out after %s"
 	FmtExpired     = "not picked up within its delivery TTL (%s)"
+	// FmtLostUnpicked ends a task that was leased, whose agent stopped answering
+	// (the lease ran out and the task was requeued), and that no agent picked up
+	// again within its delivery TTL: it ran, so it did not expire unpicked.
+	FmtLostUnpicked = "its agent stopped answering and it was not picked up again within its delivery TTL (%s)"
 	FmtMaxFailures = "job stopped: max_failures (%d) reached"
 	FmtQueueFull   = "agent's queue is full (%d pending tasks, the limit)"
 	FmtRevokedWhy  = "agent revoked: %s"
@@ -54,6 +58,10 @@ func ReasonTimedOut(timeout time.Duration) string { return fmt.Sprintf(FmtTimedO
 
 // ReasonExpired is the reason of a task that ends EXPIRED.
 func ReasonExpired(ttl time.Duration) string { return fmt.Sprintf(FmtExpired, ttl) }
+
+// ReasonLostUnpicked is the reason of a requeued task that ends LOST because it
+// was not picked up again within its delivery TTL (DeliveryExpiryEnd).
+func ReasonLostUnpicked(ttl time.Duration) string { return fmt.Sprintf(FmtLostUnpicked, ttl) }
 
 // ReasonMaxFailures is the reason of the tasks a job stopped by max_failures ends.
 func ReasonMaxFailures(n int32) string { return fmt.Sprintf(FmtMaxFailures, n) }

@@ -264,7 +264,8 @@ func (s *Store) setState(t *task, st store.TaskState, reason string, now time.Ti
 }
 
 func (s *Store) expire(t *task, now time.Time) {
-	s.end(t, store.StateExpired, store.ReasonExpired(t.DeliveryTTL), now)
+	st, reason := store.DeliveryExpiryEnd(t.Task)
+	s.end(t, st, reason, now)
 }
 
 // end moves a live task to a terminal state and does the job's bookkeeping.

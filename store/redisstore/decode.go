@@ -118,7 +118,9 @@ type histEntry struct {
 //	h1 h2 ...        a finished task's history instead (decodeHist)
 //	oi               a finished task's output, when one short piece, instead of
 //	                 its head list (taskScript answers it as the head)
-//	tor exr          the reasons to use when it times out or expires
+//	tor exr          the reasons to use when it times out or expires (exr for
+//	                 records written before ttx; a record may lack it)
+//	ttx              the delivery TTL as Go writes it, for deliveryExpiryEnd
 func decodeTask(id string, f map[string]string) store.Task {
 	agent, _ := store.AgentOfTask(id)
 	t := store.Task{

@@ -375,7 +375,7 @@ func (s *Store) createArgs(spec store.JobSpec, jid string, now int64, sh int, m 
 	}
 	args := s.shardArgs(s.k.shard[sh], now, itoa(s.cfg.MaxPendingPerAgent), jid, spec.Type, payload,
 		itoa(spec.MaxAttempts), ms(spec.Timeout), ms(spec.DeliveryTTL), flag(m.limited), flag(m.hold), flag(m.single),
-		store.ReasonTimedOut(spec.Timeout), store.ReasonExpired(spec.DeliveryTTL), flag(m.inJob), sig, flag(m.checkType))
+		store.ReasonTimedOut(spec.Timeout), spec.DeliveryTTL.String(), flag(m.inJob), sig, flag(m.checkType))
 	return append(args, pairs...)
 }
 

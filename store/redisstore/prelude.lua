@@ -59,6 +59,8 @@ local FMT_LEASED = 'leased (attempt %d)'
 local FMT_REQUEUED = 'lease expired (attempt %d); requeued'
 local FMT_RETURNED = 'returned unstarted by the agent (attempt %d); requeued'
 local FMT_LOST = 'lease expired %d times (max_attempts)'
+local FMT_EXPIRED = 'not picked up within its delivery TTL (%s)'
+local FMT_LOST_UNPICKED = 'its agent stopped answering and it was not picked up again within its delivery TTL (%s)'
 local FMT_QUEUE_FULL = "agent's queue is full (%d pending tasks, the limit)"
 local FMT_CAUSE = '%s (%s)'
 
@@ -159,6 +161,16 @@ local function leaseExpiryEnd(tmo, cr, crr, att, max)
   if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', REASON_LEASE_EXPIRED) end
   if att >= max then return LOST, string.format(FMT_LOST, att) end
   return PENDING, string.format(FMT_REQUEUED, att)
+end
+
+-- deliveryExpiryEnd is store.DeliveryExpiryEnd: what a pending task past its
+-- deliver_by ends in (EXPIRED when no attempt was leased, else LOST), and the
+-- reason. ttx is the delivery TTL as Go writes it (the record's ttx); a record
+-- written before ttx was kept ends EXPIRED with its own reason, exr.
+local function deliveryExpiryEnd(att, ttx, exr)
+  if not ttx then return EXPIRED, exr or '' end
+  if att > 0 then return LOST, string.format(FMT_LOST_UNPICKED, ttx) end
+  return EXPIRED, string.format(FMT_EXPIRED, ttx)
 end
 
 -- agentExpired is store.AgentExpired: whether an agent last seen at seen (ms) is

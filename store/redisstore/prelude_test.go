@@ -304,6 +304,21 @@ func agreements() []agreement {
 			},
 		},
 		{
+			name: "deliveryExpiryEnd",
+			lua: `local st, why = deliveryExpiryEnd(tonumber(a[1]), a[2])
+			return {st, why}`,
+			// attempt, delivery TTL as Go writes it (the record's ttx)
+			rows: cross([]string{"0", "1", "2", "3"}, []string{"1s", "1m0s", "1h30m0s", "1.5ms"}),
+			goRule: func(r []string) []string {
+				ttl, err := time.ParseDuration(r[1])
+				if err != nil {
+					return []string{"bad row: " + err.Error()}
+				}
+				st, why := store.DeliveryExpiryEnd(store.Task{Attempt: num(r[0]), DeliveryTTL: ttl})
+				return []string{strconv.Itoa(int(st)), why}
+			},
+		},
+		{
 			name: "agentExpired",
 			lua:  `return {tostring(agentExpired(tonumber(a[1]), tonumber(a[2]), tonumber(a[3])))}`,
 			// last seen, now, retention (ms)

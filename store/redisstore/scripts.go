@@ -74,7 +74,7 @@ func newScript(body string) *script {
 // early as possible.
 //
 // Task record fields: job type pl st att max to ttl lim held cr crr cd tmo dl le
-// db otr osz ec err rep ro ca ua hist tor exr, and of its kept output oa ob on o1
+// db otr osz ec err rep ro ca ua hist tor exr ttx, and of its kept output oa ob on o1
 // o2 ohb ohn otb otn (see decodeTask and decodeOutput in decode.go); a finished
 // task's record is compacted (compact): h1.. for hist, oi for a small output.
 const shardLib = `
@@ -572,10 +572,10 @@ while #leased < max do
   for _, tid in ipairs(ids) do
     redis.call('ZREM', KEYS[2], tid)
     local tk = kTask(tid)
-    local t = redis.call('HMGET', tk, 'st', 'db', 'to', 'att', 'job', 'exr', 'tmo', 'hist')
+    local t = redis.call('HMGET', tk, 'st', 'db', 'to', 'att', 'job', 'exr', 'tmo', 'hist', 'ttx')
     if tonumber(t[1]) == PENDING then
       if NOW >= (tonumber(t[2]) or 0) then
-        endTask(tid, EXPIRED, t[6] or '') -- exr, written with the record
+        endTask(tid, deliveryExpiryEnd(tonumber(t[4]) or 0, t[9] or nil, t[6] or nil))
       else
         local att = (tonumber(t[4]) or 0) + 1
         local le, dl = NOW + lease, NOW + tonumber(t[3])
@@ -781,7 +781,7 @@ return {'OK', ms(held)}
 // KEYS[1] the shard's due index (for routing)
 // ARGV[4] max pending per agent, [5] job id, [6] type, [7] payload, [8] max attempts,
 // [9] timeout ms, [10] delivery TTL ms, [11] has rollout limits (0/1), [12] hold (0/1),
-// [13] single target (0/1), [14] timeout reason, [15] expiry reason,
+// [13] single target (0/1), [14] timeout reason, [15] delivery TTL as Go writes it (ttx),
 // [16] payload in the job record (0/1), [17] the job's signature (jobSig, when the
 // payload is not in the job record), [18] refuse a single target that does not
 // handle the type (0/1), [19..] task id, agent id pairs
@@ -812,7 +812,8 @@ for i = 19, #ARGV - 1, 2 do
     end
     local tk = kTask(tid)
     redis.call('HSET', tk, 'job', job, 'type', ARGV[6], 'att', 0, 'max', ARGV[8],
-      'to', ARGV[9], 'ttl', ARGV[10], 'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'exr', ARGV[15], unpack(content))
+      'to', ARGV[9], 'ttl', ARGV[10], 'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'ttx', ARGV[15],
+      'exr', string.format(FMT_EXPIRED, ARGV[15]), unpack(content))
     redis.call('ZADD', kAll, 0, tid)
     redis.call('ZADD', kAgentTasks(aid), 0, tid)
     setState(tk, tid, job, nil, PENDING, REASON_DISPATCHED, 0)
@@ -1006,7 +1007,7 @@ for _, tid in ipairs(ids) do
   else
     local tk = kTask(tid)
     local aid = agentOf(tid)
-    local t = redis.call('HMGET', tk, 'st', 'held', 'db', 'dl', 'le', 'tmo', 'cr', 'crr', 'att', 'max', 'tor', 'exr', 'job')
+    local t = redis.call('HMGET', tk, 'st', 'held', 'db', 'dl', 'le', 'tmo', 'cr', 'crr', 'att', 'max', 'tor', 'exr', 'job', 'ttx')
     local st = tonumber(t[1])
     if not st then
       -- The record expired by itself (reaping had stopped): drop what indexes it.
@@ -1020,7 +1021,7 @@ for _, tid in ipairs(ids) do
       dropEnded(tid, st, t[13])
     elseif st == PENDING then
       if t[2] ~= '1' and NOW >= (tonumber(t[3]) or 0) then
-        endTask(tid, EXPIRED, t[12] or '') -- exr, written with the record
+        endTask(tid, deliveryExpiryEnd(tonumber(t[9]) or 0, t[14] or nil, t[12] or nil))
       else
         reindex(tk, tid)
       end

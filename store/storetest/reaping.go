@@ -10,6 +10,7 @@ import (
 
 var reapingCases = []testCase{
 	{"DeliveryTTL", testDeliveryTTL, nil},
+	{"RequeuedNotPickedUpAgain", testRequeuedNotPickedUpAgain, nil},
 	{"ExecutionTimeout", testTimeout, nil},
 	{"TimeoutFoundByReport", testTimeoutFoundByReport, nil},
 	{"ConcurrentReapers", testConcurrentReapers, nil},
@@ -47,6 +48,60 @@ func testDeliveryTTL(h *harness) {
 		step{store.StatePending, store.ReasonDispatched, 0, t3},
 		step{store.StateExpired, store.ReasonExpired(90 * time.Second), 0, t3.Add(spec.DeliveryTTL)})
 	h.wantEnded(j3.TaskIDs[0], store.StateExpired, "not picked up within its delivery TTL (1m30s)")
+}
+
+// A task whose lease lapsed (its agent stopped answering) and that no agent
+// picked up again within its delivery TTL ends LOST, not EXPIRED: it was picked
+// up once. The requeue gives it a new delivery TTL, counted from the requeue —
+// found by Reap, or by a Lease that finds it too late. A task handed back
+// unstarted is as if never leased, so it still ends EXPIRED.
+func testRequeuedNotPickedUpAgain(h *harness) {
+	a := h.register(nil)
+	t0 := h.now()
+	j := h.dispatch(a)
+	t1 := h.leaseOne(a)
+	h.clock.Advance(leaseFor)
+	h.reap()
+	tReq := h.now()
+	h.wantState(t1.ID, store.StatePending)
+	h.clock.Advance(deliveryTTL - time.Millisecond)
+	h.reap()
+	h.wantState(t1.ID, store.StatePending)
+	h.clock.Advance(time.Millisecond)
+	h.reap()
+	lost := store.ReasonLostUnpicked(deliveryTTL)
+	h.wantHistory(t1.ID,
+		step{store.StatePending, store.ReasonDispatched, 0, t0},
+		step{store.StateRunning, store.ReasonLeased(1), 1, t0},
+		step{store.StatePending, leaseExpired(store.Task{Attempt: 1, MaxAttempts: 3}), 1, tReq},
+		step{store.StateLost, lost, 1, tReq.Add(deliveryTTL)})
+	h.wantEnded(t1.ID, store.StateLost, lost)
+	h.wantCounts(j.ID, store.Counts{Lost: 1})
+	if lost != "its agent stopped answering and it was not picked up again within its delivery TTL (10m0s)" {
+		h.Fatalf("reason = %q", lost)
+	}
+
+	// A Lease that finds the requeued task past its delivery TTL ends it LOST too.
+	j2 := h.dispatch(a)
+	t2 := h.leaseOne(a)
+	h.clock.Advance(leaseFor)
+	h.reap()
+	h.wantState(t2.ID, store.StatePending)
+	h.clock.Advance(deliveryTTL)
+	if r := h.lease(a, 1); len(r.Tasks) != 0 {
+		h.Fatalf("leased %+v past its delivery TTL", r.Tasks)
+	}
+	h.wantEnded(t2.ID, store.StateLost, lost)
+	h.wantCounts(j2.ID, store.Counts{Lost: 1})
+
+	// Handed back unstarted at attempt 1 it is back at attempt 0: EXPIRED.
+	j3 := h.dispatch(a)
+	t3 := h.leaseOne(a)
+	h.returnTasks(a, t3.Ref())
+	h.clock.Advance(deliveryTTL)
+	h.reap()
+	h.wantEnded(t3.ID, store.StateExpired, store.ReasonExpired(deliveryTTL))
+	h.wantCounts(j3.ID, store.Counts{Expired: 1})
 }
 
 func testTimeout(h *harness) {

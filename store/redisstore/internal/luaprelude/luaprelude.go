@@ -94,6 +94,8 @@ func groups() []group {
 			{"FMT_REQUEUED", store.FmtRequeued},
 			{"FMT_RETURNED", store.FmtReturned},
 			{"FMT_LOST", store.FmtLost},
+			{"FMT_EXPIRED", store.FmtExpired},
+			{"FMT_LOST_UNPICKED", store.FmtLostUnpicked},
 			{"FMT_QUEUE_FULL", store.FmtQueueFull},
 			{"FMT_CAUSE", store.FmtCause},
 		}},
@@ -200,6 +202,16 @@ local function leaseExpiryEnd(tmo, cr, crr, att, max)
   if cr then return CANCELED, string.format(FMT_CAUSE, crr or '', REASON_LEASE_EXPIRED) end
   if att >= max then return LOST, string.format(FMT_LOST, att) end
   return PENDING, string.format(FMT_REQUEUED, att)
+end
+
+-- deliveryExpiryEnd is store.DeliveryExpiryEnd: what a pending task past its
+-- deliver_by ends in (EXPIRED when no attempt was leased, else LOST), and the
+-- reason. ttx is the delivery TTL as Go writes it (the record's ttx); a record
+-- written before ttx was kept ends EXPIRED with its own reason, exr.
+local function deliveryExpiryEnd(att, ttx, exr)
+  if not ttx then return EXPIRED, exr or '' end
+  if att > 0 then return LOST, string.format(FMT_LOST_UNPICKED, ttx) end
+  return EXPIRED, string.format(FMT_EXPIRED, ttx)
 end
 
 -- agentExpired is store.AgentExpired: whether an agent last seen at seen (ms) is
