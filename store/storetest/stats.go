@@ -85,10 +85,11 @@ func testStats(h *harness) {
 	h.heartbeat(b, leaseFor)
 	h.wantStats(map[store.AgentStatus]int{on: 2, off: 1, rev: 1}, map[store.TaskState]int{pending: 1, succeeded: 1, canceled: 1}, t1, 1)
 
-	// Retention drops finished tasks from the counts, and removed agents from theirs.
+	// Retention drops finished tasks from the counts, and removed agents from theirs;
+	// the requeued task, never picked up again, ends LOST (it ran once).
 	h.clock.Advance(retention + time.Hour)
 	h.reap()
-	h.wantStats(map[store.AgentStatus]int{off: 3, rev: 1}, map[store.TaskState]int{store.StateExpired: 1}, time.Time{}, 1)
+	h.wantStats(map[store.AgentStatus]int{off: 3, rev: 1}, map[store.TaskState]int{store.StateLost: 1}, time.Time{}, 1)
 	h.clock.Advance(agentRet)
 	h.reap()
 	h.reap()
