@@ -27,23 +27,23 @@ const (
 
 // Formats of reasons with a value in them.
 const (
-	FmtLeased   = "leased (attempt %d)"
-	FmtRequeued = "lease expired (attempt %d); requeued"
-	FmtReturned = "returned unstarted by the agent (attempt %d); requeued"
-	FmtLost     = "lease expired %d times (max_attempts)"
-	FmtTimedOut = "timed out after %s"
-	FmtExpired  = "not picked up within its delivery TTL (%s)"
+	FmtLeased      = "leased (attempt %d)"
+	FmtRequeued    = "lease expired (attempt %d); requeued"
+	FmtReturned    = "returned unstarted by the agent (attempt %d); requeued"
+	FmtLost        = "lease expired %d times (max_attempts)"
+	FmtTimedOut    = "timed out after %s"
+	FmtExpired     = "not picked up within its delivery TTL (%s)"
+	FmtMaxFailures = "job stopped: max_failures (%d) reached"
+	FmtQueueFull   = "agent's queue is full (%d pending tasks, the limit)"
+	FmtRevokedWhy  = "agent revoked: %s"
+	FmtAgentGone   = "agent removed: not seen for %s"
+	// FmtCause joins why an attempt was asked to stop (its cancel reason) and
+	// what then ended it: "timed out after 1m0s (reported failed)".
+	FmtCause = "%s (%s)"
 	// FmtLostUnpicked ends a task that was leased, whose agent stopped answering
 	// (the lease ran out and the task was requeued), and that no agent picked up
 	// again within its delivery TTL: it ran, so it did not expire unpicked.
 	FmtLostUnpicked = "its agent stopped answering and it was not picked up again within its delivery TTL (%s)"
-	FmtMaxFailures  = "job stopped: max_failures (%d) reached"
-	FmtQueueFull    = "agent's queue is full (%d pending tasks, the limit)"
-	FmtRevokedWhy   = "agent revoked: %s"
-	FmtAgentGone    = "agent removed: not seen for %s"
-	// FmtCause joins why an attempt was asked to stop (its cancel reason) and
-	// what then ended it: "timed out after 1m0s (reported failed)".
-	FmtCause = "%s (%s)"
 )
 
 // ReasonLeased is the reason of a task's move to RUNNING as attempt n.
