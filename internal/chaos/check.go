@@ -53,6 +53,16 @@ type Report struct {
 	Redelivered  int // tasks leased more than once
 	Redeliveries int // leases beyond each task's first
 	Lost         int
+	// StoreLost counts accepted tasks whose records a store wipe took (not
+	// LOST, which is a state a task reached); StoreLostJobs the jobs likewise.
+	StoreLost     int
+	StoreLostJobs int
+	// StoreLostRuns counts handler runs of tasks the store lost.
+	StoreLostRuns int
+	// Stranded counts tasks of a job dispatched as the store was wiped that
+	// outlived it in part (the job's record or some of its tasks gone) and did
+	// not end.
+	Stranded     int
 	RanTwice     int // tasks whose handler ran more than once
 	SameAttempt  int // handler invocations of an attempt already run
 	StaleOverlap int // runs that overlapped a later attempt while being stopped
@@ -91,6 +101,13 @@ func (r *run) overlaps(o *run) bool { return r.start.Before(o.end) && o.start.Be
 //   - no more than max_concurrency current attempts of a job run at once;
 //   - a cancel the server accepted ends the task CANCELED (or TIMED_OUT);
 //   - every fault kind asked for happened.
+//
+// A store wipe (FaultStoreWipe) takes every task and job accepted before it:
+// those whose record is gone are counted as lost with the store, not judged
+// (and not counted LOST, a state they never reached). A dispatch under way as
+// the store was wiped may be kept in part; its tasks that exist are judged like
+// any other, except that one left unfinished is counted as stranded. Every task
+// whose record exists is judged by all the rules above.
 func Check(ev Evidence) *Report {
 	r := &Report{Seed: ev.Seed, Faults: map[string]int{}, States: map[string]int{}, Jobs: len(ev.Jobs),
 		Sent: ev.Sent, Refused: ev.Refused, Retries: ev.ControlRetries,
@@ -113,7 +130,17 @@ func Check(ev Evidence) *Report {
 	for _, f := range ev.DispatchFailures {
 		note("%s", f)
 	}
+	wiped := lastWipe(ev.Faults)
+	// old tells whether a job was dispatched before the last store wipe ended.
+	oldJob := map[string]bool{}
+	for _, j := range ev.Jobs {
+		oldJob[j.ID] = j.At.Before(wiped)
+	}
 	for _, j := range ev.Unfinished {
+		if oldJob[j] {
+			note("job %s, dispatched as the store was wiped, kept in part and not done", j)
+			continue
+		}
 		bad("job %s not done %s after the cluster healed", j, ev.Settled.Sub(ev.Healed).Round(time.Second))
 	}
 
@@ -134,10 +161,32 @@ func Check(ev Evidence) *Report {
 		}
 	}
 	r.Accepted = len(accepted)
-	for id := range accepted {
-		if ev.Tasks[id] == nil {
-			bad("accepted task %s does not exist", id)
+	for id, j := range accepted {
+		if ev.Tasks[id] != nil {
+			continue
 		}
+		if oldJob[j.ID] {
+			r.StoreLost++
+			r.StoreLostRuns += len(byTask[id])
+			// Its lease history went with it: two attempts that overlapped are
+			// not judged, but one attempt never runs twice at once.
+			rs := byTask[id]
+			for i, a := range rs {
+				for _, b := range rs[i+1:] {
+					if !a.overlaps(b) {
+						continue
+					}
+					if a.att == b.att {
+						bad("task %s (lost with the store): attempt %d ran twice at once (%s %s..%s and %s %s..%s)",
+							id, a.att, a.host, stamp(a.start), stamp(a.end), b.host, stamp(b.start), stamp(b.end))
+					} else {
+						note("task %s (lost with the store): attempts %d and %d overlapped; its lease history is gone", id, a.att, b.att)
+					}
+				}
+			}
+			continue
+		}
+		bad("accepted task %s does not exist", id)
 	}
 	for id := range byTask {
 		if accepted[id] == nil {
@@ -162,7 +211,12 @@ func Check(ev Evidence) *Report {
 			r.Lost++
 		}
 		if !terminal(t.State) {
-			bad("task %s ended %s", id, t.State)
+			if j := accepted[id]; j != nil && oldJob[j.ID] {
+				r.Stranded++
+				note("task %s of job %s, dispatched as the store was wiped, ended %s", id, j.ID, t.State)
+			} else {
+				bad("task %s ended %s", id, t.State)
+			}
 		}
 		rs := byTask[id]
 		expired := leaseExpiries(t)
@@ -276,6 +330,10 @@ func Check(ev Evidence) *Report {
 	// Job counts and max_concurrency.
 	for _, j := range ev.Jobs {
 		info := ev.JobInfo[j.ID]
+		if info == nil && oldJob[j.ID] {
+			r.StoreLostJobs++
+			continue
+		}
 		if info == nil {
 			bad("job %s: no record", j.ID)
 			continue
@@ -305,6 +363,10 @@ func Check(ev Evidence) *Report {
 			case forgev1.TaskState_TASK_STATE_LOST:
 				want.Lost++
 			}
+		}
+		if oldJob[j.ID] && int(want.Total) != len(j.TaskIDs) {
+			note("job %s, dispatched as the store was wiped: %d of its %d tasks kept", j.ID, want.Total, len(j.TaskIDs))
+			continue
 		}
 		got := info.Counts
 		if got == nil {
@@ -552,6 +614,10 @@ func (r *Report) Table() string {
 		r.Jobs, r.Accepted, r.Sent, r.Refused, r.Retries)
 	fmt.Fprintf(&b, "  attempts %d, handler runs %d, redelivered tasks %d (redeliveries %d), lost %d\n",
 		r.Attempts, r.Runs, r.Redelivered, r.Redeliveries, r.Lost)
+	if r.Faults[FaultStoreWipe] > 0 {
+		fmt.Fprintf(&b, "  lost with the store (wiped): tasks %d (their runs %d), jobs %d; stranded by a wipe mid-dispatch %d\n",
+			r.StoreLost, r.StoreLostRuns, r.StoreLostJobs, r.Stranded)
+	}
 	fmt.Fprintf(&b, "  duplicates: tasks run more than once %d, same attempt run twice %d, stale runs overlapping a retry while being stopped %d (longest overlap %s)\n",
 		r.RanTwice, r.SameAttempt, r.StaleOverlap, r.LongestStale.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  runs killed with their process %d, abandoned (lease gone) %d; leases run out under a live agent %d\n",

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -52,8 +53,10 @@ type driver struct {
 	interval time.Duration
 	seed     int64
 	logf     func(string, ...any)
+	total    int // agents there are; after a store wipe, how many to wait for
 
 	mu       sync.Mutex
+	stale    bool // the store was wiped: agent ids are to be read again
 	jobs     []JobRecord
 	cancels  []CancelRecord
 	refused  int // dispatches the server refused or that failed after retries
@@ -78,6 +81,7 @@ func (d *driver) run(ctx context.Context) {
 }
 
 func (d *driver) step(ctx context.Context, n int) {
+	d.reloadAgents(ctx)
 	r := d.rng.Float64()
 	agentID := d.agents[d.rng.IntN(len(d.agents))]
 	sleep := time.Duration(50+d.rng.IntN(1450)) * time.Millisecond
@@ -150,6 +154,51 @@ func (d *driver) dispatch(ctx context.Context, n int, kind string, req *forgev1.
 	}
 	d.jobs = append(d.jobs, JobRecord{ID: res.Msg.JobId, Kind: kind, Target: target, MC: req.MaxConcurrency, MF: req.MaxFailures,
 		Timeout: timeout, Spec: spec, TaskIDs: res.Msg.TaskIds, At: at})
+}
+
+// storeWiped tells the driver that the store lost every agent: the ids it
+// dispatches to are gone, and the agents enroll again under new ones.
+func (d *driver) storeWiped() {
+	d.mu.Lock()
+	d.stale = true
+	d.mu.Unlock()
+}
+
+// reloadAgents reads the agent ids again after a store wipe, at each step until
+// every agent has enrolled again. Until one has, single-agent tasks go to the
+// old ids and are refused (agent unknown), which the run notes, not judges.
+func (d *driver) reloadAgents(ctx context.Context) {
+	d.mu.Lock()
+	stale := d.stale
+	d.mu.Unlock()
+	if !stale {
+		return
+	}
+	var ids []string
+	err := d.ctl.call(ctx, 5*time.Second, func(ctx context.Context, c forgev1connect.ControlServiceClient) error {
+		ids = nil
+		res, err := c.ListAgents(ctx, connect.NewRequest(&forgev1.ListAgentsRequest{PageSize: 1000}))
+		if err != nil {
+			return err
+		}
+		for _, a := range res.Msg.Agents {
+			if a.Status == forgev1.AgentStatus_AGENT_STATUS_ONLINE {
+				ids = append(ids, a.Id)
+			}
+		}
+		return nil
+	})
+	if err != nil || len(ids) == 0 {
+		return
+	}
+	slices.Sort(ids)
+	d.agents = ids
+	if len(ids) >= d.total {
+		d.mu.Lock()
+		d.stale = false
+		d.mu.Unlock()
+		d.logf("driver: %d agents enrolled again after the store wipe", len(ids))
+	}
 }
 
 // pickTask returns a task dispatched in the last few seconds (likely live).

@@ -36,8 +36,14 @@ const FaultMasterStop = "master-stop"
 // AllFaults lists the fault kinds a run injects by default, in a fixed order.
 var AllFaults = []string{FaultAgentKill, FaultAgentStop, FaultServerKill, FaultServerTerm, FaultMasterKill, FaultSlotMove, FaultConnsCut}
 
+// FaultStoreWipe empties the store, as a Redis restarted without persistence
+// would: FLUSHALL on every master (their replicas follow) and SCRIPT FLUSH on
+// every node. Agents find their identity unknown and enroll again; tasks and
+// jobs accepted before it are lost with the store.
+const FaultStoreWipe = "store-wipe"
+
 // ExtraFaults lists the kinds a run injects only when asked.
-var ExtraFaults = []string{FaultMasterStop}
+var ExtraFaults = []string{FaultMasterStop, FaultStoreWipe}
 
 // Fault is one fault the injector caused.
 type Fault struct {
@@ -62,6 +68,8 @@ type injector struct {
 	agents  []*Proc // agent processes (forge agent and chaosagent agents)
 	shards  []string
 	logf    func(string, ...any)
+	// wiped is told when a store wipe is over (the driver re-reads agent ids).
+	wiped func()
 
 	mu     sync.Mutex
 	faults []Fault
@@ -210,6 +218,20 @@ func (in *injector) inject(ctx context.Context, kind string) Fault {
 		}
 		f.Note = "to " + to.Addr()
 		err = in.cluster.MigrateSlot(slot, to, redistest.MigrateOptions{Batch: 2, Pause: 5 * time.Millisecond})
+	case FaultStoreWipe:
+		if err = in.cluster.WaitHealthy(60 * time.Second); err != nil {
+			break
+		}
+		var masters []*redistest.Server
+		if masters, err = in.cluster.Masters(); err != nil {
+			break
+		}
+		f.Target = fmt.Sprintf("%d masters", len(masters))
+		f.Start = time.Now()
+		err = wipe(in.cluster, masters)
+		if in.wiped != nil {
+			in.wiped()
+		}
 	case FaultConnsCut:
 		p := in.servers[in.rng.IntN(len(in.servers))]
 		f.Target = p.Name
@@ -223,6 +245,28 @@ func (in *injector) inject(ctx context.Context, kind string) Fault {
 		f.Err = err.Error()
 	}
 	return f
+}
+
+// wipe empties every master at once (the moments between them are when a
+// dispatch may be half kept), then drops every node's script cache, as a
+// restarted redis-server has none.
+func wipe(cl *redistest.Cluster, masters []*redistest.Server) error {
+	errs := make([]error, len(masters))
+	var wg sync.WaitGroup
+	for i, m := range masters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = m.Do("FLUSHALL")
+		}()
+	}
+	wg.Wait()
+	for _, s := range cl.Nodes {
+		if _, err := s.Do("SCRIPT", "FLUSH"); err != nil && s.Running() {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // cutConnections kills, on every node, the connections whose client name is name.

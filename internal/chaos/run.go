@@ -201,9 +201,9 @@ func Run(t testing.TB, cfg Config) (*Report, error) {
 	sort.Strings(shards)
 	shards = append(shards, "{forge}") // the agent and job lists, enrollment tokens
 	d := &driver{ctl: ctl, rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 1)), bin: cfg.AgentBin, agents: ids, groups: groups,
-		interval: cfg.DispatchEvery, seed: cfg.Seed, logf: logf}
+		interval: cfg.DispatchEvery, seed: cfg.Seed, logf: logf, total: total}
 	in := &injector{rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 2)), kinds: cfg.Faults, gap: cfg.FaultGap, lease: cfg.Lease,
-		cluster: cluster, servers: servers, agents: agents, shards: shards, logf: logf}
+		cluster: cluster, servers: servers, agents: agents, shards: shards, logf: logf, wiped: d.storeWiped}
 
 	// The driver dispatches for as long as the injector injects: cfg.Duration,
 	// or longer until every kind of fault has happened once.
@@ -229,7 +229,7 @@ func Run(t testing.TB, cfg Config) (*Report, error) {
 	sent, refused, failures := d.sent, d.refused, append([]string(nil), d.failures...)
 	d.mu.Unlock()
 	logf("seed %d: waiting for %d jobs to end", cfg.Seed, len(jobs))
-	unfinished := settle(t.Context(), ctl, jobs, cfg.Settle)
+	unfinished := settle(t.Context(), ctl, jobs, lastWipe(in.log()), cfg.Settle)
 	settled := time.Now()
 	// Abandoned handlers write their end a moment after their context ends.
 	time.Sleep(3 * time.Second)
@@ -300,26 +300,55 @@ func waitAgents(ctx context.Context, ctl *control, n int) (map[string]string, er
 	}
 }
 
+// lastWipe returns when the last store wipe was over (zero without one).
+func lastWipe(faults []Fault) time.Time {
+	var at time.Time
+	for _, f := range faults {
+		if f.Kind == FaultStoreWipe && f.Back.After(at) {
+			at = f.Back
+		}
+	}
+	return at
+}
+
 // settle waits until every job is done or the bound passes, and returns the
-// jobs that are not.
-func settle(ctx context.Context, ctl *control, jobs []JobRecord, bound time.Duration) []string {
+// jobs that are not. A job the store lost is done; one dispatched before the
+// last store wipe ended (wiped) may have been kept in part, its record without
+// some of its tasks, and never end as a whole: it is done when each of its tasks
+// is terminal or gone.
+func settle(ctx context.Context, ctl *control, jobs []JobRecord, wiped time.Time, bound time.Duration) []string {
 	deadline := time.Now().Add(bound)
 	var left []string
-	for _, j := range jobs {
+	byID := map[string]*JobRecord{}
+	for i, j := range jobs {
 		left = append(left, j.ID)
+		byID[j.ID] = &jobs[i]
 	}
 	for len(left) > 0 && time.Now().Before(deadline) {
 		var still []string
 		for _, id := range left {
 			done := false
+			old := byID[id].At.Before(wiped)
 			ctl.call(ctx, 10*time.Second, func(ctx context.Context, c forgev1connect.ControlServiceClient) error {
 				wait := max(min(time.Until(deadline), 10*time.Second), 0)
+				if old {
+					wait = 0
+				}
 				res, err := c.WaitJob(ctx, connect.NewRequest(&forgev1.WaitJobRequest{JobId: id, Wait: durationpb.New(wait), PageSize: 1}))
-				if err == nil {
+				switch {
+				case err == nil:
 					done = res.Msg.Job.Done
+				case connect.CodeOf(err) == connect.CodeNotFound && old:
+					done, err = true, nil
 				}
 				return err
 			})
+			if !done && old {
+				done = tasksOver(ctx, ctl, byID[id].TaskIDs)
+			}
+			if !done && old {
+				time.Sleep(100 * time.Millisecond) // not held by WaitJob: do not spin
+			}
 			if !done {
 				still = append(still, id)
 			}
@@ -327,6 +356,27 @@ func settle(ctx context.Context, ctl *control, jobs []JobRecord, bound time.Dura
 		left = still
 	}
 	return left
+}
+
+// tasksOver tells whether every one of the tasks is terminal or gone.
+func tasksOver(ctx context.Context, ctl *control, ids []string) bool {
+	for _, id := range ids {
+		over := false
+		ctl.call(ctx, 10*time.Second, func(ctx context.Context, c forgev1connect.ControlServiceClient) error {
+			res, err := c.GetTask(ctx, connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
+			switch {
+			case err == nil:
+				over = terminal(res.Msg.Task.State)
+			case connect.CodeOf(err) == connect.CodeNotFound:
+				over, err = true, nil
+			}
+			return err
+		})
+		if !over {
+			return false
+		}
+	}
+	return true
 }
 
 // fetch reads the final record of every task the driver was given or the agents
@@ -344,7 +394,7 @@ func fetch(ctx context.Context, ctl *control, ev *Evidence) error {
 			}
 			return err
 		})
-		if err != nil {
+		if err != nil && connect.CodeOf(err) != connect.CodeNotFound { // lost with the store: Check judges
 			return fmt.Errorf("chaos: reading job %s: %w", j.ID, err)
 		}
 	}
