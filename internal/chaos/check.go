@@ -26,12 +26,15 @@ type Evidence struct {
 	// Start is when faults began; FaultsEnd when they stopped; Healed when every
 	// process and node was back; Settled when every job had ended (or the bound).
 	Start, FaultsEnd, Healed, Settled time.Time
-	Sent, Refused                     int
-	DispatchFailures                  []string
-	Unfinished                        []string // jobs not done at Settled
-	ControlRetries                    int
-	Tasks                             map[string]*forgev1.TaskInfo
-	JobInfo                           map[string]*forgev1.JobInfo
+	// Reenrolled holds, per store wipe, how long until every agent was online
+	// again under a new identity; a wipe with no entry saw them not all back.
+	Reenrolled       []time.Duration
+	Sent, Refused    int
+	DispatchFailures []string
+	Unfinished       []string // jobs not done at Settled
+	ControlRetries   int
+	Tasks            map[string]*forgev1.TaskInfo
+	JobInfo          map[string]*forgev1.JobInfo
 }
 
 // Report is the checker's verdict and the run's numbers.
@@ -62,7 +65,9 @@ type Report struct {
 	// Stranded counts tasks of a job dispatched as the store was wiped that
 	// outlived it in part (the job's record or some of its tasks gone) and did
 	// not end.
-	Stranded     int
+	Stranded int
+	// Reenrolled is the longest any store wipe\'s agents took to be back.
+	Reenrolled   time.Duration
 	RanTwice     int // tasks whose handler ran more than once
 	SameAttempt  int // handler invocations of an attempt already run
 	StaleOverlap int // runs that overlapped a later attempt while being stopped
@@ -131,6 +136,12 @@ func Check(ev Evidence) *Report {
 		note("%s", f)
 	}
 	wiped := lastWipe(ev.Faults)
+	if n := r.Faults[FaultStoreWipe]; len(ev.Reenrolled) < n {
+		bad("after %d of %d store wipes the agents did not all enroll again", n-len(ev.Reenrolled), n)
+	}
+	for _, d := range ev.Reenrolled {
+		r.Reenrolled = max(r.Reenrolled, d)
+	}
 	// old tells whether a job was dispatched before the last store wipe ended.
 	oldJob := map[string]bool{}
 	for _, j := range ev.Jobs {
@@ -615,8 +626,8 @@ func (r *Report) Table() string {
 	fmt.Fprintf(&b, "  attempts %d, handler runs %d, redelivered tasks %d (redeliveries %d), lost %d\n",
 		r.Attempts, r.Runs, r.Redelivered, r.Redeliveries, r.Lost)
 	if r.Faults[FaultStoreWipe] > 0 {
-		fmt.Fprintf(&b, "  lost with the store (wiped): tasks %d (their runs %d), jobs %d; stranded by a wipe mid-dispatch %d\n",
-			r.StoreLost, r.StoreLostRuns, r.StoreLostJobs, r.Stranded)
+		fmt.Fprintf(&b, "  lost with the store (wiped): tasks %d (their runs %d), jobs %d; stranded by a wipe mid-dispatch %d; every agent enrolled again within %s\n",
+			r.StoreLost, r.StoreLostRuns, r.StoreLostJobs, r.Stranded, r.Reenrolled.Round(time.Millisecond))
 	}
 	fmt.Fprintf(&b, "  duplicates: tasks run more than once %d, same attempt run twice %d, stale runs overlapping a retry while being stopped %d (longest overlap %s)\n",
 		r.RanTwice, r.SameAttempt, r.StaleOverlap, r.LongestStale.Round(time.Millisecond))

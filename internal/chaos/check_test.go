@@ -163,3 +163,65 @@ func TestCheckFindsEachBreak(t *testing.T) {
 		wantViolation(t, Check(b.ev), "cancel accepted")
 	})
 }
+
+// TestCheckStoreWipe: what a store wipe took is counted as lost with the store,
+// not judged and not counted LOST; what was dispatched after it is judged in full.
+func TestCheckStoreWipe(t *testing.T) {
+	wiped := func() *evidenceBuilder {
+		b := newEvidence()
+		b.ev.Faults = append(b.ev.Faults, Fault{Kind: FaultStoreWipe, Target: "3 masters", Start: b.at(10), Back: b.at(10.1)})
+		b.ev.Reenrolled = []time.Duration{2 * time.Second}
+		return b
+	}
+	t.Run("lost with the store", func(t *testing.T) {
+		b := wiped()
+		ts := b.job("j1", 0, forgev1.TaskState_TASK_STATE_SUCCEEDED, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		b.ev.Jobs[0].At = b.at(5)
+		b.run("ra", ts[0].Id, 1, "h", 6, 12)
+		delete(b.ev.Tasks, ts[0].Id)
+		delete(b.ev.Tasks, ts[1].Id)
+		delete(b.ev.JobInfo, "j1")
+		r := Check(b.ev)
+		if len(r.Violations) != 0 {
+			t.Fatalf("violations: %q", r.Violations)
+		}
+		if r.StoreLost != 2 || r.StoreLostJobs != 1 || r.StoreLostRuns != 1 || r.Lost != 0 {
+			t.Fatalf("store lost %d tasks %d jobs %d runs, LOST %d; want 2, 1, 1, 0", r.StoreLost, r.StoreLostJobs, r.StoreLostRuns, r.Lost)
+		}
+	})
+	t.Run("after the wipe judged in full", func(t *testing.T) {
+		b := wiped()
+		ts := b.job("j1", 0, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		b.ev.Jobs[0].At = b.at(11)
+		delete(b.ev.Tasks, ts[0].Id)
+		delete(b.ev.JobInfo, "j1")
+		r := Check(b.ev)
+		wantViolation(t, r, "does not exist")
+		wantViolation(t, r, "no record")
+	})
+	t.Run("one attempt twice at once", func(t *testing.T) {
+		b := wiped()
+		ts := b.job("j1", 0, forgev1.TaskState_TASK_STATE_SUCCEEDED)
+		b.ev.Jobs[0].At = b.at(5)
+		b.run("ra", ts[0].Id, 1, "h", 6, 9)
+		b.run("rb", ts[0].Id, 1, "h2", 7, 8)
+		delete(b.ev.Tasks, ts[0].Id)
+		wantViolation(t, Check(b.ev), "ran twice at once")
+	})
+	t.Run("agents not back", func(t *testing.T) {
+		b := wiped()
+		b.ev.Reenrolled = nil
+		wantViolation(t, Check(b.ev), "did not all enroll again")
+	})
+	t.Run("kept in part", func(t *testing.T) {
+		b := wiped()
+		ts := b.job("j1", 0, forgev1.TaskState_TASK_STATE_SUCCEEDED, forgev1.TaskState_TASK_STATE_PENDING)
+		b.ev.Jobs[0].At = b.at(9.9)
+		delete(b.ev.Tasks, ts[0].Id)
+		b.ev.Unfinished = []string{"j1"}
+		r := Check(b.ev)
+		if len(r.Violations) != 0 || r.StoreLost != 1 || r.Stranded != 1 {
+			t.Fatalf("violations %q, store lost %d, stranded %d; want none, 1, 1", r.Violations, r.StoreLost, r.Stranded)
+		}
+	})
+}

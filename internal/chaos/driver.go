@@ -55,13 +55,17 @@ type driver struct {
 	logf     func(string, ...any)
 	total    int // agents there are; after a store wipe, how many to wait for
 
-	mu       sync.Mutex
-	stale    bool // the store was wiped: agent ids are to be read again
-	jobs     []JobRecord
-	cancels  []CancelRecord
-	refused  int // dispatches the server refused or that failed after retries
-	sent     int
-	failures []string
+	mu      sync.Mutex
+	stale   bool // the store was wiped: agent ids are to be read again
+	wipedAt time.Time
+	// reenrolled holds, per store wipe, how long until every agent was online
+	// again under a new id.
+	reenrolled []time.Duration
+	jobs       []JobRecord
+	cancels    []CancelRecord
+	refused    int // dispatches the server refused or that failed after retries
+	sent       int
+	failures   []string
 }
 
 // run takes a step every interval until ctx ends; a step under way finishes
@@ -83,7 +87,9 @@ func (d *driver) run(ctx context.Context) {
 func (d *driver) step(ctx context.Context, n int) {
 	d.reloadAgents(ctx)
 	r := d.rng.Float64()
+	d.mu.Lock()
 	agentID := d.agents[d.rng.IntN(len(d.agents))]
+	d.mu.Unlock()
 	sleep := time.Duration(50+d.rng.IntN(1450)) * time.Millisecond
 	switch {
 	case r < 0.45:
@@ -160,6 +166,9 @@ func (d *driver) dispatch(ctx context.Context, n int, kind string, req *forgev1.
 // dispatches to are gone, and the agents enroll again under new ones.
 func (d *driver) storeWiped() {
 	d.mu.Lock()
+	if !d.stale {
+		d.wipedAt = time.Now()
+	}
 	d.stale = true
 	d.mu.Unlock()
 }
@@ -192,12 +201,30 @@ func (d *driver) reloadAgents(ctx context.Context) {
 		return
 	}
 	slices.Sort(ids)
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.agents = ids
 	if len(ids) >= d.total {
-		d.mu.Lock()
 		d.stale = false
+		took := time.Since(d.wipedAt)
+		d.reenrolled = append(d.reenrolled, took)
+		d.logf("driver: %d agents enrolled again %s after the store wipe", len(ids), took.Round(time.Millisecond))
+	}
+}
+
+// waitReenrolled waits, up to bound, until every agent has enrolled again after
+// the last store wipe, and returns how long each wipe's took.
+func (d *driver) waitReenrolled(ctx context.Context, bound time.Duration) []time.Duration {
+	deadline := time.Now().Add(bound)
+	for {
+		d.reloadAgents(ctx)
+		d.mu.Lock()
+		stale, out := d.stale, slices.Clone(d.reenrolled)
 		d.mu.Unlock()
-		d.logf("driver: %d agents enrolled again after the store wipe", len(ids))
+		if !stale || time.Now().After(deadline) || ctx.Err() != nil {
+			return out
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 

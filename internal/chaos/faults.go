@@ -34,7 +34,7 @@ const (
 const FaultMasterStop = "master-stop"
 
 // AllFaults lists the fault kinds a run injects by default, in a fixed order.
-var AllFaults = []string{FaultAgentKill, FaultAgentStop, FaultServerKill, FaultServerTerm, FaultMasterKill, FaultSlotMove, FaultConnsCut}
+var AllFaults = []string{FaultAgentKill, FaultAgentStop, FaultServerKill, FaultServerTerm, FaultMasterKill, FaultSlotMove, FaultConnsCut, FaultStoreWipe}
 
 // FaultStoreWipe empties the store, as a Redis restarted without persistence
 // would: FLUSHALL on every master (their replicas follow) and SCRIPT FLUSH on
@@ -43,7 +43,7 @@ var AllFaults = []string{FaultAgentKill, FaultAgentStop, FaultServerKill, FaultS
 const FaultStoreWipe = "store-wipe"
 
 // ExtraFaults lists the kinds a run injects only when asked.
-var ExtraFaults = []string{FaultMasterStop, FaultStoreWipe}
+var ExtraFaults = []string{FaultMasterStop}
 
 // Fault is one fault the injector caused.
 type Fault struct {

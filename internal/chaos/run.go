@@ -222,6 +222,7 @@ func Run(t testing.TB, cfg Config) (*Report, error) {
 		return nil, fmt.Errorf("chaos: healing after the faults: %w", err)
 	}
 	healed := time.Now()
+	reenrolled := d.waitReenrolled(t.Context(), time.Minute)
 
 	d.mu.Lock()
 	jobs := append([]JobRecord(nil), d.jobs...)
@@ -246,7 +247,7 @@ func Run(t testing.TB, cfg Config) (*Report, error) {
 	}
 	ev := Evidence{Seed: cfg.Seed, Kinds: cfg.Faults, Jobs: jobs, Cancels: cancels, Faults: in.log(), Events: events, Hosts: hosts,
 		Lease: cfg.Lease, Start: start, FaultsEnd: faultsEnd, Healed: healed, Settled: settled,
-		Sent: sent, Refused: refused, DispatchFailures: failures, Unfinished: unfinished, ControlRetries: ctl.retries,
+		Reenrolled: reenrolled, Sent: sent, Refused: refused, DispatchFailures: failures, Unfinished: unfinished, ControlRetries: ctl.retries,
 		Tasks: map[string]*forgev1.TaskInfo{}, JobInfo: map[string]*forgev1.JobInfo{}}
 	if err := fetch(t.Context(), ctl, &ev); err != nil {
 		return nil, err
