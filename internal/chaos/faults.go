@@ -26,6 +26,11 @@ const (
 	FaultMasterKill = "master-kill" // SIGKILL a Redis master; its replica takes over
 	FaultSlotMove   = "slot-move"   // move a slot holding forge keys to another master
 	FaultConnsCut   = "conns-cut"   // CLIENT KILL every Redis connection of one replica
+	// FaultStoreWipe empties the store, as a Redis restarted without persistence
+	// would: FLUSHALL on every master (their replicas follow) and SCRIPT FLUSH on
+	// every node. Agents find their identity unknown and enroll again; tasks and
+	// jobs accepted before it are lost with the store.
+	FaultStoreWipe = "store-wipe"
 )
 
 // FaultMasterStop freezes a Redis master (SIGSTOP) until its replica takes over,
@@ -35,12 +40,6 @@ const FaultMasterStop = "master-stop"
 
 // AllFaults lists the fault kinds a run injects by default, in a fixed order.
 var AllFaults = []string{FaultAgentKill, FaultAgentStop, FaultServerKill, FaultServerTerm, FaultMasterKill, FaultSlotMove, FaultConnsCut, FaultStoreWipe}
-
-// FaultStoreWipe empties the store, as a Redis restarted without persistence
-// would: FLUSHALL on every master (their replicas follow) and SCRIPT FLUSH on
-// every node. Agents find their identity unknown and enroll again; tasks and
-// jobs accepted before it are lost with the store.
-const FaultStoreWipe = "store-wipe"
 
 // ExtraFaults lists the kinds a run injects only when asked.
 var ExtraFaults = []string{FaultMasterStop}
