@@ -52,10 +52,10 @@ func (c *capture) result() ([]byte, bool, int64) {
 	if c.total <= int64(2*c.limit) { // nothing was skipped between head and ring
 		return outputcap.Cut(append(c.head, last...), c.limit)
 	}
-	head, tail, marker := outputcap.Split(c.total, c.limit)
-	out := make([]byte, 0, head+len(marker)+tail)
-	out = append(out, c.head[:head]...)
-	out = append(out, marker...)
-	out = append(out, last[len(last)-tail:]...)
-	return out, true, c.total
+	head, tail, ok := outputcap.Split(c.total, c.limit)
+	if !ok {
+		return append([]byte(nil), c.head[:head]...), true, c.total
+	}
+	dropped := c.total - int64(head+tail)
+	return outputcap.Join(make([]byte, 0, c.limit), c.head[:head], last[len(last)-tail:], dropped), true, c.total
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"sync"
@@ -58,12 +59,14 @@ type streamer struct {
 // streamBuf is one stream's output not yet acknowledged by the server.
 type streamBuf struct {
 	stream forgev1.Stream
-	queue  []byte    // unsent bytes, oldest first: chunks come from its front
-	ring   []byte    // newer bytes once queue holds outputKeep; its oldest drop beyond outputKeep
-	cut    int64     // bytes dropped between queue and ring
-	since  time.Time // when the oldest unsent byte was written; zero when none
-	chunk  []byte    // the chunk sent and not yet acknowledged, kept as is for retries
-	sent   int64     // bytes the server acknowledged: the offset of chunk
+	queue  []byte // unsent bytes, oldest first: chunks come from its front
+	ring   []byte // newer bytes once queue holds outputKeep; its oldest drop beyond outputKeep
+	cut    int64  // bytes dropped between queue and ring
+	// midLine says the last byte taken from queue did not end a line.
+	midLine bool
+	since   time.Time // when the oldest unsent byte was written; zero when none
+	chunk   []byte    // the chunk sent and not yet acknowledged, kept as is for retries
+	sent    int64     // bytes the server acknowledged: the offset of chunk
 	// written counts what the handler wrote, dropped what never reached the server.
 	written, dropped int64
 }
@@ -150,17 +153,39 @@ func (b *streamBuf) add(p []byte, now time.Time) {
 func (b *streamBuf) take() []byte {
 	if len(b.queue) == 0 {
 		var q []byte
+		ring := b.ring
 		if b.cut > 0 {
-			q = append(q, outputcap.Marker(b.cut)...)
+			// The marker goes between whole lines: the ring starts after its
+			// first newline (the rest of a line whose start was dropped).
+			if i := bytes.IndexByte(ring, '\n'); i >= 0 {
+				b.cut += int64(i + 1)
+				ring = ring[i+1:]
+			}
+			q = outputcap.AppendMarker(q, b.cut, !b.midLine)
 			b.dropped += b.cut
 			b.cut = 0
 		}
-		b.queue = append(q, b.ring...)
+		b.queue = append(q, ring...)
 		b.ring = b.ring[:0]
 	}
 	k := min(len(b.queue), outputBatch)
+	last := k == len(b.queue) && b.cut > 0
+	if last {
+		// The queue's last chunk before a cut ends at its last newline: the
+		// partial line after it is cut too.
+		if i := bytes.LastIndexByte(b.queue[:k], '\n'); i >= 0 {
+			b.cut += int64(k - i - 1)
+			k = i + 1
+		}
+	}
 	chunk := append([]byte(nil), b.queue[:k]...)
 	b.queue = b.queue[k:]
+	if last {
+		b.queue = b.queue[:0]
+	}
+	if k > 0 {
+		b.midLine = chunk[k-1] != '\n'
+	}
 	if len(b.queue) == 0 && len(b.ring) == 0 {
 		b.queue = nil
 		b.since = time.Time{}
@@ -323,10 +348,8 @@ func (st *streamer) toFallback() {
 		b := &st.out[i]
 		st.fallback.Write(b.chunk)
 		if b.cut > 0 {
-			st.fallback.Write(b.queue)
-			st.fallback.Write([]byte(outputcap.Marker(b.cut)))
+			st.fallback.Write(outputcap.Join(nil, b.queue, b.ring, b.cut))
 			b.dropped += b.cut
-			st.fallback.Write(b.ring)
 		} else {
 			st.fallback.Write(b.queue)
 			st.fallback.Write(b.ring)

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
+	"github.com/orange-forge/forge/store"
 )
 
 // MaxFollow is how many tasks FollowJob reads at once; the others wait their
@@ -28,6 +30,7 @@ const MaxFollow = 64
 func (c *Client) Follow(ctx context.Context, taskID string, stdout, stderr io.Writer) (forgev1.TaskState, error) {
 	var offset int64
 	var p pacer
+	var lines wholeLines
 	for {
 		start := time.Now()
 		r, err := call(ctx, c, connect.NewRequest(&forgev1.ReadOutputRequest{TaskId: taskID, Offset: offset, Wait: durationpb.New(c.opts.hold)}),
@@ -36,14 +39,7 @@ func (c *Client) Follow(ctx context.Context, taskID string, stdout, stderr io.Wr
 			return forgev1.TaskState_TASK_STATE_UNSPECIFIED, err
 		}
 		for _, ch := range r.Msg.Chunks {
-			w := stderr
-			if ch.Stream == forgev1.Stream_STREAM_STDOUT {
-				w = stdout
-			}
-			if w == nil {
-				continue
-			}
-			if _, err := w.Write(ch.Data); err != nil {
+			if err := lines.write(ch, stdout, stderr); err != nil {
 				return r.Msg.State, err
 			}
 		}
@@ -103,4 +99,55 @@ func (c *Client) FollowJob(ctx context.Context, jobID string, streams func(task 
 		first = ctx.Err()
 	}
 	return first
+}
+
+// wholeLines writes a followed task's chunks so that a note never splices two
+// partial lines of a stream: a stream left mid-line before a note gets a
+// newline, and after a cut (whose first bytes are the rest of a line whose
+// start was cut) each stream resumes after its next newline.
+type wholeLines struct {
+	mid  [2]bool // the stream's last byte written did not end a line
+	skip [2]bool // drop the stream's bytes up to its next newline
+}
+
+func (l *wholeLines) write(ch *forgev1.OutputChunk, stdout, stderr io.Writer) error {
+	ws := [2]io.Writer{stdout, stderr}
+	data := ch.Data
+	switch ch.Stream {
+	case forgev1.Stream_STREAM_STDOUT, forgev1.Stream_STREAM_STDERR:
+		i := 0
+		if ch.Stream == forgev1.Stream_STREAM_STDERR {
+			i = 1
+		}
+		if l.skip[i] {
+			n := bytes.IndexByte(data, '\n')
+			if n < 0 {
+				return nil
+			}
+			data, l.skip[i] = data[n+1:], false
+		}
+		if ws[i] == nil || len(data) == 0 {
+			return nil
+		}
+		l.mid[i] = data[len(data)-1] != '\n'
+		_, err := ws[i].Write(data)
+		return err
+	}
+	if l.mid[0] && stdout != nil {
+		if _, err := stdout.Write([]byte{'\n'}); err != nil {
+			return err
+		}
+	}
+	if !l.mid[1] { // the note's own leading newline ends stderr's line
+		data = bytes.TrimPrefix(data, []byte{'\n'})
+	}
+	l.mid = [2]bool{}
+	if store.IsNoteCut(ch.Data) {
+		l.skip = [2]bool{true, true}
+	}
+	if stderr == nil {
+		return nil
+	}
+	_, err := stderr.Write(data)
+	return err
 }

@@ -250,6 +250,10 @@ func OutputSummary(m OutputMeta, reportedTruncated bool, reportedSize int64) (tr
 // NoteCut is the note a read gives in place of n bytes that were cut.
 func NoteCut(n int64) string { return outputcap.Marker(n) }
 
+// IsNoteCut tells whether a note is a NoteCut: what follows it in each stream
+// may start mid-line.
+func IsNoteCut(note []byte) bool { return outputcap.IsMarker(note) }
+
 // NoteAttempt is the note a read gives where the output of attempt n starts,
 // when the cursor was in an older attempt's output.
 func NoteAttempt(n int32) string { return fmt.Sprintf(FmtNoteAttempt, n) }
@@ -323,7 +327,8 @@ func Finished(st TaskState, m OutputMeta, cursor int64) bool {
 }
 
 // OutputViews returns the attempt's stdout and stderr as kept, each with a note
-// in place of its bytes that were cut.
+// in place of its bytes that were cut: a line of its own between whole lines
+// (outputcap.Join), counting the bytes dropped and the partial lines trimmed.
 func OutputViews(m OutputMeta, head, tail []OutputChunk) (stdout, stderr []byte) {
 	var kept [3]int64
 	view := func(s Stream, pieces []OutputChunk, to []byte) []byte {
@@ -337,10 +342,9 @@ func OutputViews(m OutputMeta, head, tail []OutputChunk) (stdout, stderr []byte)
 	}
 	build := func(s Stream) []byte {
 		out := view(s, head, nil)
-		var rest []byte
-		rest = view(s, tail, rest)
+		rest := view(s, tail, nil)
 		if cut := m.Held(s) - kept[s]; cut > 0 {
-			out = append(out, NoteCut(cut)...)
+			return outputcap.Join(nil, out, rest, cut)
 		}
 		return append(out, rest...)
 	}
