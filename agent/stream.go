@@ -157,7 +157,7 @@ func (b *streamBuf) take() []byte {
 		if b.cut > 0 {
 			// The marker goes between whole lines: the ring starts after its
 			// first newline (the rest of a line whose start was dropped).
-			if i := bytes.IndexByte(ring, '\n'); i >= 0 {
+			if i := bytes.IndexByte(ring, '\n'); i >= 0 && i+1 < len(ring) {
 				b.cut += int64(i + 1)
 				ring = ring[i+1:]
 			}

@@ -104,7 +104,7 @@ func (c *Client) FollowJob(ctx context.Context, jobID string, streams func(task 
 // wholeLines writes a followed task's chunks so that a note never splices two
 // partial lines of a stream: a stream left mid-line before a note gets a
 // newline, and after a cut (whose first bytes are the rest of a line whose
-// start was cut) each stream resumes after its next newline.
+// start was cut) each stream's next chunk resumes after its first newline.
 type wholeLines struct {
 	mid  [2]bool // the stream's last byte written did not end a line
 	skip [2]bool // drop the stream's bytes up to its next newline
@@ -120,11 +120,12 @@ func (l *wholeLines) write(ch *forgev1.OutputChunk, stdout, stderr io.Writer) er
 			i = 1
 		}
 		if l.skip[i] {
-			n := bytes.IndexByte(data, '\n')
-			if n < 0 {
-				return nil
+			// Only within the chunk after the note, and only when a line
+			// follows: one long line's end is kept (as outputcap.Join does).
+			if n := bytes.IndexByte(data, '\n'); n >= 0 && n+1 < len(data) {
+				data = data[n+1:]
 			}
-			data, l.skip[i] = data[n+1:], false
+			l.skip[i] = false
 		}
 		if ws[i] == nil || len(data) == 0 {
 			return nil

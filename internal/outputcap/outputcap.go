@@ -52,15 +52,16 @@ func IsMarker(b []byte) bool {
 // Join appends to dst head, a marker line and tail, where cut bytes were
 // dropped between head and tail. It trims head back to its last newline and
 // tail forward past its first one, counting what it trims as cut, so the
-// marker sits between whole lines; a head or tail without a newline is kept
-// whole. The marker starts with a newline only when the head does not end with
+// marker sits between whole lines. A head without a newline, or a tail whose
+// only newline ends it (one long line), is kept whole: the marker is still a
+// line of its own, and a partial line beats losing the output's end. The marker starts with a newline only when the head does not end with
 // one.
 func Join(dst, head, tail []byte, cut int64) []byte {
 	if i := bytes.LastIndexByte(head, '\n'); i >= 0 {
 		cut += int64(len(head) - i - 1)
 		head = head[:i+1]
 	}
-	if i := bytes.IndexByte(tail, '\n'); i >= 0 {
+	if i := bytes.IndexByte(tail, '\n'); i >= 0 && i+1 < len(tail) {
 		cut += int64(i + 1)
 		tail = tail[i+1:]
 	}
