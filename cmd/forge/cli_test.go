@@ -309,9 +309,12 @@ func TestCLIConventions(t *testing.T) {
 	}
 	// Command shown, names not ids, an exit code only where there is one,
 	// times to the millisecond.
-	row := regexp.MustCompile(`(?m)^t\S+\s+web-1\s+/bin/sh -c 'printf.*\s+FAILED\s+3\s+1\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}$`)
+	row := regexp.MustCompile(`(?m)^t\S+\s+web-1\s+/bin/sh -c 'printf.*\s+FAILED\s+3\s+1\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}(\s.*)?$`)
 	if !row.MatchString(out) {
-		t.Errorf("forge tasks row is not task, name, command, state, exit, attempt, time:\n%s", out)
+		t.Errorf("forge tasks row is not task, name, command, state, exit, attempt, time, error:\n%s", out)
+	}
+	if !strings.HasPrefix(out, "TASK") || !strings.Contains(strings.SplitN(out, "\n", 2)[0], "ERROR") {
+		t.Errorf("forge tasks has no ERROR column (forge job has one):\n%s", out)
 	}
 	_, errs, code = runSplit(t, e, "tasks", "--agent", "nosuch")
 	if code != 1 || !strings.Contains(errs, "no agent has a name that matches") {
@@ -588,13 +591,18 @@ func TestReadmeCLICommands(t *testing.T) {
 		t.Fatalf("forge run: exit %d:\n%s", code, errs)
 	}
 	job := jobLine.FindStringSubmatch(errs)[1]
+	// A failure whose reason is the task's error, not its stderr: the
+	// recipe for failed tasks shows it too.
+	if _, errs, code := runSplit(t, e, "run", "--agent", "web-1", "--", "/bin/nosuch"); code != 1 {
+		t.Fatalf("forge run of a command web-1 does not allow: exit %d:\n%s", code, errs)
+	}
 	res, err := control(e["FORGE_SERVER"]).ListTasks(t.Context(), connect.NewRequest(&forgev1.ListTasksRequest{JobId: job, State: forgev1.TaskState_TASK_STATE_SUCCEEDED}))
 	if err != nil || len(res.Msg.Tasks) != 1 {
 		t.Fatalf("ListTasks = %v, %v", res, err)
 	}
 	forgeBin := bin(t, "forge")
 	want := map[string]string{"jobs": "1 SUCCEEDED, 1 FAILED", "job": "command   /bin/sh -c", "task": "fine",
-		"cancel": "had already ended", "tasks": "db-1: oops\n"}
+		"cancel": "had already ended", "tasks": "db-1: exit status 1; oops\n"}
 	var lines []string // the export of the admin token is TestReadmeListings' to check
 	for _, l := range strings.Split(strings.TrimSpace(readme(t, "clicmds")), "\n") {
 		if !strings.HasPrefix(l, "export ") {
@@ -611,6 +619,9 @@ func TestReadmeCLICommands(t *testing.T) {
 		c.Env = append(os.Environ(), "FORGE_SERVER="+e["FORGE_SERVER"], "FORGE_ADMIN_TOKEN="+adminToken)
 		out, err := c.CombinedOutput()
 		verb := strings.Fields(l)[1]
+		if verb == "tasks" && !regexp.MustCompile(`(?m)^web-1: \S`).Match(out) {
+			t.Errorf("%s shows no reason for web-1's failure:\n%s", l, out)
+		}
 		if err != nil || !strings.Contains(string(out), want[verb]) {
 			t.Errorf("%s: %v, want %q in:\n%s", l, err, want[verb], out)
 		}

@@ -391,14 +391,14 @@ func (m *Main) runTasks(ctx context.Context, args []string) error {
 		return m.writeJSON(p, map[string]any{"tasks": out})
 	}
 	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TASK\tAGENT\tCOMMAND\tSTATE\tEXIT\tATTEMPT\tUPDATED")
+	fmt.Fprintln(tw, "TASK\tAGENT\tCOMMAND\tSTATE\tEXIT\tATTEMPT\tUPDATED\tERROR")
 	for _, t := range tasks {
 		name := names[t.AgentId]
 		if name == "" {
 			name = t.AgentId
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", p.Line(t.Id), p.Line(name), cut(commandText(p, t), 40), stateName(t.State),
-			exitText(t), t.Attempt, timeText(t.UpdatedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", p.Line(t.Id), p.Line(name), cut(commandText(p, t), 40), stateName(t.State),
+			exitText(t), t.Attempt, timeText(t.UpdatedAt), cut(p.Line(t.Error), 60))
 	}
 	return tw.Flush()
 }

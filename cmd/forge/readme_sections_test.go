@@ -254,7 +254,7 @@ func TestReadmeListings(t *testing.T) {
 		"./forge job JOB_ID":            {0, "sleep 120"},
 		"./forge task --follow TASK_ID": {2, "not ready"}, // the command's own exit code
 		"./forge cancel --job JOB_ID":   {0, ""},
-		`./forge tasks --state failed --json | jq -r '.tasks[] | .agentName + ": " + .stderr'`: {0, "db-1: not ready\n"},
+		`./forge tasks --state failed --json | jq -r '.tasks[] | .agentName + ": " + ([.error, .stderr] | map(select(. > "")) | join("; "))'`: {0, "db-1: exit status 2; not ready\n"},
 	}
 	for _, line := range lines {
 		w, ok := want[line]
