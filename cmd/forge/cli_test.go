@@ -720,3 +720,13 @@ func TestCLIMessages(t *testing.T) {
 		t.Errorf("forge cancel JOB_ID: exit %d:\n%s", code, errs)
 	}
 }
+
+// TestCLIListingGivesUpSooner: a listing against a server that cannot be
+// reached gives up after its own default of 10 s, not a minute, in a few lines.
+func TestCLIListingGivesUpSooner(t *testing.T) {
+	t.Parallel()
+	_, errs, code := runSplit(t, env{"FORGE_SERVER": "http://127.0.0.1:1", "FORGE_ADMIN_TOKEN": adminToken}, "agents")
+	if code != 1 || !strings.Contains(errs, "giving up after 10s") || strings.Count(errs, "\n") > 4 {
+		t.Errorf("forge agents against no server: exit %d:\n%s", code, errs)
+	}
+}

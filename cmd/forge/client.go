@@ -34,12 +34,19 @@ type clientFlags struct {
 	raw    *bool
 }
 
-func (f *flags) client() clientFlags {
+func (f *flags) client() clientFlags { return f.clientGivingUp(time.Minute) }
+
+// listClient is client for the listing commands (agents, jobs, job, tasks):
+// one look at the fleet is not worth a minute of retries, so they give up
+// after 10 s by default.
+func (f *flags) listClient() clientFlags { return f.clientGivingUp(10 * time.Second) }
+
+func (f *flags) clientGivingUp(giveUp time.Duration) clientFlags {
 	return clientFlags{
 		server: f.String("server", "http://127.0.0.1:8080", "server URL; several, comma-separated, to fail over between"),
 		token:  f.String("admin-token", "", "operator token (required)"),
 		ca:     f.String("ca", "", "PEM file of the CA that signed the server's certificate (replaces the system roots)"),
-		giveUp: f.Duration("give-up-after", time.Minute, "how long to keep retrying a server that cannot be reached before giving up; the first failure is reported at once (0: never give up)"),
+		giveUp: f.Duration("give-up-after", giveUp, "how long to keep retrying a server that cannot be reached before giving up; the first failure is reported at once (0: never give up)"),
 		json:   f.FlagSet.Bool("json", false, "print JSON: text as text when it is UTF-8 (base64 in a field named …Base64 otherwise), numbers as numbers"),
 		raw:    f.FlagSet.Bool("raw", false, "print text from agents as it is: control, bidi and zero-width characters are escaped otherwise"),
 	}

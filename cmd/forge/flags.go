@@ -256,6 +256,13 @@ func (f *flags) parse(args []string) error {
 // flag -limit", "not defined: -x").
 var oneDash = regexp.MustCompile(`(flag |for |: )-([A-Za-z])`)
 
+// set tells whether the command line gave the flag name.
+func (f *flags) set(name string) bool {
+	found := false
+	f.Visit(func(fl *flag.Flag) { found = found || fl.Name == name })
+	return found
+}
+
 // Args returns the positional arguments.
 func (f *flags) Args() []string { return f.args }
 

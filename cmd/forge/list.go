@@ -21,11 +21,11 @@ func (m *Main) runAgents(ctx context.Context, args []string) error {
 	f := m.newFlags("agents", "forge agents: list agents, ordered by name.")
 	f.usage = "forge agents [flags]"
 	f.examples = "forge agents --status online\nforge agents --agent 'web-*' --json\nforge agents --selector 'env=prod,role in (web,api)'\nforge agents --selector env=staging --wait 3   # before a run, in a script that just started agents"
-	cf := f.client()
+	cf := f.listClient()
 	pattern := f.FlagSet.String("agent", "", "only agents with this id, or whose name matches this name or glob (web-1, web-*, web-[1-3])")
 	selector := f.FlagSet.String("selector", "", "only agents whose labels match, such as env=prod,role in (web,api)")
 	status := f.FlagSet.String("status", "", "only agents in this status: online, offline or revoked")
-	wait := f.FlagSet.Int("wait", 0, "first wait until at least this many of the agents listed are online, for up to --give-up-after (exit 1 if they are not)")
+	wait := f.FlagSet.Int("wait", 0, "first wait until at least this many of the agents listed are online, for up to a minute or --give-up-after when given (exit 1 if they are not)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -50,7 +50,11 @@ func (m *Main) runAgents(ctx context.Context, args []string) error {
 	var list []*forgev1.AgentInfo
 	switch {
 	case *wait > 0:
-		if list, err = awaitOnline(ctx, c, req, *pattern, *wait, *cf.giveUp); err != nil {
+		bound := *cf.giveUp
+		if !f.set("give-up-after") && f.m.getenv(envName("give-up-after")) == "" {
+			bound = time.Minute // agents starting up are worth a longer wait than a listing
+		}
+		if list, err = awaitOnline(ctx, c, req, *pattern, *wait, bound); err != nil {
 			return err
 		}
 	case isAgentID(*pattern):
@@ -143,7 +147,7 @@ func (m *Main) runJobs(ctx context.Context, args []string) error {
 	f := m.newFlags("jobs", "forge jobs: list jobs, newest first, with their tasks counted by state.")
 	f.usage = "forge jobs [flags]"
 	f.examples = "forge jobs\nforge jobs --limit 5 --json"
-	cf := f.client()
+	cf := f.listClient()
 	limit := f.FlagSet.Int("limit", 20, "most jobs to list (0: every job the server keeps)")
 	if err := f.parse(args); err != nil {
 		return err
@@ -230,7 +234,7 @@ func (m *Main) runJob(ctx context.Context, args []string) error {
 	f := m.newFlags("job", "forge job: show a job, its command and each of its tasks.")
 	f.usage = "forge job [flags] JOB_ID"
 	f.examples = "forge job j0kq5c3vd7wx4m2a\nforge job j0kq5c3vd7wx4m2a --json | jq '.tasks[] | {agentName, state, exitCode}'"
-	cf := f.client()
+	cf := f.listClient()
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -314,7 +318,7 @@ func (m *Main) runTasks(ctx context.Context, args []string) error {
 	f := m.newFlags("tasks", "forge tasks: list tasks, newest first (forge task ID shows one).")
 	f.usage = "forge tasks [flags]\nforge tasks [flags] TASK_ID...   (as forge task)"
 	f.examples = "forge tasks --state failed\nforge tasks --agent 'web-*' --limit 10\nforge tasks --job j0kq5c3vd7wx4m2a --json"
-	cf := f.client()
+	cf := f.listClient()
 	job := f.FlagSet.String("job", "", "only tasks of this job")
 	pattern := f.FlagSet.String("agent", "", "only tasks of this agent (an id), or of the agents whose name matches this name or glob (web-*)")
 	state := f.FlagSet.String("state", "", "only tasks in this state: "+stateNames)
