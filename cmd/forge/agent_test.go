@@ -125,11 +125,11 @@ func TestAgentFlags(t *testing.T) {
 		want string
 	}{
 		{[]string{"agent"}, 2, "forge agent: --server (or FORGE_SERVER) is required"},
-		{[]string{"agent", "--no-such-flag"}, 2, "flag provided but not defined: -no-such-flag"},
+		{[]string{"agent", "--no-such-flag"}, 2, "flag provided but not defined: --no-such-flag"},
 		{append(srv, "--label", "novalue"), 1, `--label "novalue": want k=v`},
 		{append(srv, "--label", "=v"), 1, `--label "=v": want k=v`},
 		{append(srv, "--log-format", "xml"), 1, `--log-format: want text or json, not "xml"`},
-		{append(srv, "--drain-grace", "soon"), 2, `invalid value "soon" for flag -drain-grace`},
+		{append(srv, "--drain-grace", "soon"), 2, `invalid value "soon" for flag --drain-grace`},
 		{append(srv, "--ca", missing), 1, "no such file"},
 		{append(srv, "--ca", notPEM), 1, "--ca " + notPEM + ": no PEM certificate in it"},
 		{[]string{"agent", "-h"}, 0, "--allow-exec  [FORGE_ALLOW_EXEC]"},

@@ -46,8 +46,8 @@ func TestServerFlagsRefused(t *testing.T) {
 		want string
 	}{
 		{[]string{"extra"}, 2, `unexpected argument "extra"`},
-		{[]string{"--no-such-flag"}, 2, "flag provided but not defined: -no-such-flag"},
-		{[]string{"--lease", "soon"}, 2, `invalid value "soon" for flag -lease`},
+		{[]string{"--no-such-flag"}, 2, "flag provided but not defined: --no-such-flag"},
+		{[]string{"--lease", "soon"}, 2, `invalid value "soon" for flag --lease`},
 		{[]string{"--lease", "0s"}, 1, "--lease must be positive, not 0s"},
 		{[]string{"--poll-hold", "-1s"}, 1, "--poll-hold must be positive, not -1s"},
 		{[]string{"--max-wait", "0s"}, 1, "--max-wait must be positive, not 0s"},
