@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/orange-forge/forge/internal/outputcap"
 	"github.com/orange-forge/forge/store"
 )
 
@@ -273,7 +274,9 @@ func testOutputCap(h *harness) {
 	h.wantRead(id, 70, 1000, 110, store.StateRunning, false, note(store.NoteCut(8)), chunk{stdout, data[78:]}, chunk{stderr, letters(0, 10)})
 	h.wantViews(id, data[:32]+store.NoteCut(46)+data[78:], letters(0, 10), true, 110)
 	h.mustAppend(a, ref, stderr, 10, letters(10, 30), cap, 40)
-	h.wantViews(id, data[:32]+store.NoteCut(68), store.NoteCut(8)+letters(8, 32), true, 140)
+	// A stream whose kept head is empty starts with the marker line itself:
+	// no empty line before it.
+	h.wantViews(id, data[:32]+store.NoteCut(68), viewCut("", 8)+letters(8, 32), true, 140)
 	h.wantRead(id, 0, 1000, 140, store.StateRunning, false, chunk{stdout, data[:32]}, note(store.NoteCut(76)), chunk{stderr, letters(8, 32)})
 	// A report's output counts and is cut like any other.
 	st, err := h.s.Report(h.ctx, store.ReportParams{Cred: a.cred, TaskID: id, Attempt: 1, Outcome: store.OutcomeSucceeded,
@@ -281,8 +284,15 @@ func testOutputCap(h *harness) {
 	if err != nil || st != store.StateSucceeded {
 		h.Fatalf("Report = %v, %v", st, err)
 	}
-	h.wantViews(id, data[:32]+store.NoteCut(68)+"END", store.NoteCut(11)+letters(11, 29), true, 1000)
+	h.wantViews(id, data[:32]+store.NoteCut(68)+"END", viewCut("", 11)+letters(11, 29), true, 1000)
 	h.wantRead(id, 100, 1000, 143, store.StateSucceeded, true, note(store.NoteCut(11)), chunk{stderr, letters(11, 29)}, chunk{stdout, "END"})
+}
+
+// viewCut is the marker line a stored view shows for n bytes cut after the kept
+// head before: a line of its own, so with no newline before it when the head is
+// empty or ends a line.
+func viewCut(before string, n int64) string {
+	return string(outputcap.AppendMarker(nil, n, before == "" || strings.HasSuffix(before, "\n")))
 }
 
 // outputModel is what a store keeps of output under a cap, computed the simplest
@@ -355,7 +365,7 @@ func (m *outputModel) views() (string, string) {
 	}
 	for s := stdout; s <= stderr; s++ {
 		if cut[s] > 0 {
-			v[s] = append(v[s], store.NoteCut(cut[s])...)
+			v[s] = append(v[s], viewCut(string(v[s]), cut[s])...)
 		}
 	}
 	for i := tailStart; i < len(m.data); i++ {
