@@ -178,42 +178,47 @@ func (r *runner) latencyRow(scenario, name string, lat []time.Duration) Result {
 
 // ---- the floor ----
 
-func (r *runner) ping(ctx context.Context) ([]Result, error) {
-	c := forgev1connect.NewPingServiceClient(r.opHTTP, r.url)
+// floorRow measures one floor: op warmed up, then timed sequentially; it
+// returns the row, named floor, and the median.
+func (r *runner) floorRow(ctx context.Context, desc, floor string, op func() error) (Result, time.Duration, error) {
 	call := func(int) (time.Duration, error) {
 		t0 := time.Now()
-		_, err := c.Ping(ctx, connect.NewRequest(&forgev1.PingRequest{}))
+		err := op()
 		return time.Since(t0), err
 	}
 	if _, err := sample(ctx, 300, time.Second, call); err != nil {
-		return nil, err
+		return Result{}, 0, err
 	}
 	lat, err := sample(ctx, r.scale(5000, 200), r.budget(3*time.Second, 300*time.Millisecond), call)
 	if err != nil {
+		return Result{}, 0, err
+	}
+	row := r.latencyRow("ping", desc, lat)
+	row.Target, row.Floor = "the floor", floor
+	return row, newDist(lat).p50(), nil
+}
+
+func (r *runner) ping(ctx context.Context) ([]Result, error) {
+	c := forgev1connect.NewPingServiceClient(r.opHTTP, r.url)
+	row, p50, err := r.floorRow(ctx, "bare Connect call, sequential", "F", func() error {
+		_, err := c.Ping(ctx, connect.NewRequest(&forgev1.PingRequest{}))
+		return err
+	})
+	if err != nil {
 		return nil, err
 	}
-	row := r.latencyRow("ping", "bare Connect call, sequential", lat)
-	row.Target, row.Floor = "the floor", "F"
-	r.floor = newDist(lat).p50()
+	r.floor = p50
 	rows := []Result{row}
 	if rt, ok := r.st.(scriptRoundTripper); ok && r.onRedis() {
 		// R: an empty script through the store's own Redis client, as the
 		// store's calls go.
-		call := func(int) (time.Duration, error) {
-			t0 := time.Now()
-			err := rt.ScriptRoundTrip(ctx)
-			return time.Since(t0), err
-		}
-		if _, err := sample(ctx, 300, time.Second, call); err != nil {
-			return nil, err
-		}
-		lat, err := sample(ctx, r.scale(5000, 200), r.budget(3*time.Second, 300*time.Millisecond), call)
+		rrow, p50, err := r.floorRow(ctx, "bare Redis script round trip (EVALSHA), sequential", "R", func() error {
+			return rt.ScriptRoundTrip(ctx)
+		})
 		if err != nil {
 			return nil, err
 		}
-		rrow := r.latencyRow("ping", "bare Redis script round trip (EVALSHA), sequential", lat)
-		rrow.Target, rrow.Floor = "the floor", "R"
-		r.rfloor = newDist(lat).p50()
+		r.rfloor = p50
 		rows = append(rows, rrow)
 	}
 
