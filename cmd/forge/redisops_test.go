@@ -368,12 +368,12 @@ func TestRedisReadyzNamesTheCause(t *testing.T) {
 	if code, body := readyz(t, url); code != http.StatusOK {
 		t.Fatalf("/readyz = %d %s", code, body)
 	}
-	rd.MustDo("ACL", "SETUSER", "forge", "-evalsha")
+	rd.MustDo("ACL", "SETUSER", "forge", "-fcall")
 	startAgent(t, url, "--label", "readyz=1") // its Register is refused
 	waitFor(t, "/readyz naming the refused command", func() bool {
 		code, body := readyz(t, url)
 		return code == http.StatusServiceUnavailable &&
-			strings.Contains(body, `store unavailable: redis user "forge" lacks a permission: NOPERM`) && strings.Contains(body, "'evalsha'")
+			strings.Contains(body, `store unavailable: redis user "forge" lacks a permission: NOPERM`) && strings.Contains(body, "'fcall'")
 	})
 	waitOutput(t, p, "readyz: store unavailable")
 	rd.Kill()

@@ -353,7 +353,7 @@ func BenchmarkScriptCallCost(b *testing.B) {
 	}
 	tag := s.k.shard[0]
 	args := s.shardArgs(tag, s.nowMS(), "x")
-	withPrelude := shardScript(`return {'OK'}`)
+	withPrelude := shardScript("", `return {'OK'}`)
 	for _, c := range []struct {
 		name string
 		call func() error

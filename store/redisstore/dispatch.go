@@ -104,11 +104,9 @@ func (s *Store) draftJob(ctx context.Context, jid string, fields []string, aband
 	b := s.client.B()
 	args := append([]string{itoa(idemPending.Milliseconds() + time.Hour.Milliseconds())}, fields...)
 	res := s.client.DoMulti(ctx,
-		b.Evalsha().Sha1(jobDraftScript.sha).Numkeys(1).Key(s.k.job(jid)).Arg(args...).Build(),
+		s.call(jobDraftScript, []string{s.k.job(jid)}, args),
 		b.Zadd().Key(s.k.jobsAdvance()).Nx().ScoreMember().ScoreMember(float64(abandonAt), jid).Build())
-	if rerr, ok := rueidis.IsRedisErr(res[0].Error()); ok && rerr.IsNoScript() {
-		res[0] = jobDraftScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)}, args)
-	}
+	res[0] = s.recover(ctx, jobDraftScript, []string{s.k.job(jid)}, args, res[0])
 	if err := res[1].Error(); err != nil {
 		return nil, s.wrap(ctx, err)
 	}
@@ -132,7 +130,7 @@ var errAbandoned = fmt.Errorf("the job was abandoned before it was committed")
 func (s *Store) commitJob(ctx context.Context, jid string, now int64, idemKey string) error {
 	b := s.client.B()
 	cmds := rueidis.Commands{
-		b.Evalsha().Sha1(jobCommitScript.sha).Numkeys(1).Key(s.k.job(jid)).Build(),
+		s.call(jobCommitScript, []string{s.k.job(jid)}, nil),
 		b.Zadd().Key(s.k.jobs()).ScoreMember().ScoreMember(0, jid).Build(),
 		b.Zadd().Key(s.k.jobsRetain()).ScoreMember().ScoreMember(float64(now+s.cfg.Retention.Milliseconds()), jid).Build(),
 		b.Zadd().Key(s.k.jobsAdvance()).ScoreMember().ScoreMember(float64(s.nowMS()+advanceEvery.Milliseconds()), jid).Build(),
@@ -141,9 +139,7 @@ func (s *Store) commitJob(ctx context.Context, jid string, now int64, idemKey st
 		cmds = append(cmds, b.Persist().Key(idemKey).Build())
 	}
 	res := s.client.DoMulti(ctx, cmds...)
-	if rerr, ok := rueidis.IsRedisErr(res[0].Error()); ok && rerr.IsNoScript() {
-		res[0] = jobCommitScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)}, nil)
-	}
+	res[0] = s.recover(ctx, jobCommitScript, []string{s.k.job(jid)}, nil, res[0])
 	for _, r := range res {
 		if err := r.Error(); err != nil {
 			return s.wrap(ctx, err)
@@ -222,7 +218,7 @@ func (s *Store) incomplete(ctx context.Context, jid, idemKey string, cause error
 func (s *Store) abandonNow(ctx context.Context, jid string) (string, error) {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	state, err := jobAbandonScript.lua.Exec(actx, s.client, []string{s.k.job(jid)}, []string{store.ReasonDispatchIncomplete}).ToString()
+	state, err := s.exec(actx, jobAbandonScript, []string{s.k.job(jid)}, []string{store.ReasonDispatchIncomplete}).ToString()
 	if err != nil {
 		s.log.Warn("abandoning an incomplete dispatch failed; the reaper will", "job", jid, "err", err)
 		return "", s.wrap(actx, err)
@@ -252,7 +248,7 @@ func (s *Store) finishAbandoned(ctx context.Context, jid string) error {
 	}
 	b := s.client.B()
 	if idem != "" {
-		if err := delIfScript.lua.Exec(ctx, s.client, []string{s.k.idem(idem)}, []string{jid}).Error(); err != nil {
+		if err := s.exec(ctx, delIfScript, []string{s.k.idem(idem)}, []string{jid}).Error(); err != nil {
 			return s.wrap(ctx, err)
 		}
 	}

@@ -26,7 +26,7 @@ func TestScriptErrorCodes(t *testing.T) {
 	}
 	defer s.Close()
 	run := func(body string) error {
-		_, err := s.run(t.Context(), newScript(body), nil, nil)
+		_, err := s.run(t.Context(), newScript("", body), nil, nil)
 		return err
 	}
 	for _, k := range []store.Kind{store.KindNotFound, store.KindUnauthenticated, store.KindPrecondition, store.KindExhausted, store.KindInvalid} {

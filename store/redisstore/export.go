@@ -108,7 +108,7 @@ func (s *Store) CommitExport(ctx context.Context, owner string, b store.ExportBa
 // claimExport takes or renews the export claim for owner (lease 0: checks it,
 // renewing it for as long as it had); it tells whether owner holds it.
 func (s *Store) claimExport(ctx context.Context, owner string, lease time.Duration) (bool, error) {
-	n, err := exportClaimScript.lua.Exec(ctx, s.client, []string{s.k.exportOwner()},
+	n, err := s.exec(ctx, exportClaimScript, []string{s.k.exportOwner()},
 		[]string{owner, itoa(s.nowMS()), ms(lease)}).AsInt64()
 	if err != nil {
 		return false, s.wrap(ctx, err)

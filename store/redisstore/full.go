@@ -2,11 +2,7 @@ package redisstore
 
 import (
 	"context"
-	"crypto/sha1"
-	"encoding/hex"
 	"strings"
-
-	"github.com/redis/rueidis"
 )
 
 // A full Redis (maxmemory reached, maxmemory-policy noeviction) refuses every
@@ -20,7 +16,8 @@ import (
 // refused: Dispatch, Register, new live output (the agent sends it again
 // later, or with its report).
 
-// oomShebang flags a script allowed to run, and write, while Redis is full.
+// oomShebang flags a script allowed to run, and write, while Redis is full (as
+// a function of the library, the flag allow-oom: functions.go).
 const oomShebang = "#!lua flags=allow-oom\n"
 
 // whileFull are the scripts that run while Redis is full.
@@ -30,12 +27,18 @@ var whileFull = []*script{
 	jobCommitScript, jobAbandonScript, jobStepScript, jobCancelScript, exportClaimScript, dropJobScript, delIfScript, enrollRevokeScript,
 }
 
+// readOnly are the scripts that write nothing: scripts without flags run while
+// Redis is full (their writes would be refused), and a function without flags
+// does not, so as functions they are flagged no-writes.
+var readOnly = []*script{taskScript, readOutputScript}
+
 func init() {
+	for _, sc := range readOnly {
+		sc.ro = true
+	}
 	for _, sc := range whileFull {
-		sc.text = oomShebang + sc.text
-		sum := sha1.Sum([]byte(sc.text))
-		sc.sha = hex.EncodeToString(sum[:])
-		sc.lua = rueidis.NewLuaScript(sc.text)
+		sc.oom = true
+		sc.setText(oomShebang + sc.text)
 	}
 }
 

@@ -87,7 +87,7 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 		if idemKey != "" && resume == nil && refusedBeforeWriting(err) {
 			// Free the key for a corrected retry; should this fail, a retry meets
 			// the same refusal until the key expires.
-			if derr := delIfScript.lua.Exec(context.WithoutCancel(ctx), s.client, []string{idemKey}, []string{jid}).Error(); derr != nil {
+			if derr := s.exec(context.WithoutCancel(ctx), delIfScript, []string{idemKey}, []string{jid}).Error(); derr != nil {
 				s.log.Warn("freeing the idempotency key of a refused dispatch failed; it expires by itself",
 					"expires_in", idemPending.String(), "err", derr)
 			}
@@ -242,22 +242,18 @@ func (s *Store) unwriteOne(ctx context.Context, jid string, targets []target, id
 func (s *Store) dispatchOneTrip(ctx context.Context, spec store.JobSpec, jid string, now int64, idemKey string, t target) (store.Job, error) {
 	sh := shardOf(t.agentID)
 	args := s.createArgs(spec, jid, now, sh, createMode{single: true, checkType: !spec.Queue}, []string{t.taskID, t.agentID})
-	keys := createTasksScript.keys([]string{s.k.due(sh)}, args)
+	keys := []string{s.k.due(sh)}
 	fields := s.jobFields(spec, []string{t.taskID}, now)
 	b := s.client.B()
 	cmds := rueidis.Commands{
-		b.Evalsha().Sha1(createTasksScript.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(),
-		b.Evalsha().Sha1(jobCreateScript.sha).Numkeys(1).Key(s.k.job(jid)).Arg(fields...).Build(),
+		s.call(createTasksScript, keys, args),
+		s.call(jobCreateScript, []string{s.k.job(jid)}, fields),
 		b.Zadd().Key(s.k.jobs()).ScoreMember().ScoreMember(0, jid).Build(),
 		b.Zadd().Key(s.k.jobsRetain()).ScoreMember().ScoreMember(float64(now+s.cfg.Retention.Milliseconds()), jid).Build(),
 	}
 	res := s.client.DoMulti(ctx, cmds...)
-	if rerr, ok := rueidis.IsRedisErr(res[0].Error()); ok && rerr.IsNoScript() {
-		res[0] = createTasksScript.lua.Exec(ctx, s.client, keys, args)
-	}
-	if rerr, ok := rueidis.IsRedisErr(res[1].Error()); ok && rerr.IsNoScript() {
-		res[1] = jobCreateScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)}, fields)
-	}
+	res[0] = s.recover(ctx, createTasksScript, keys, args, res[0])
+	res[1] = s.recover(ctx, jobCreateScript, []string{s.k.job(jid)}, fields, res[1])
 	arr, err := s.answer(ctx, res[0])
 	var tu *typeUnhandledError
 	if errors.As(err, &tu) {
@@ -438,7 +434,7 @@ func (s *Store) jobFields(spec store.JobSpec, taskIDs []string, now int64) []str
 func (s *Store) writeJob(ctx context.Context, jid string, fields []string, now int64, limited bool, persist string) ([]string, error) {
 	b := s.client.B()
 	cmds := rueidis.Commands{
-		b.Evalsha().Sha1(jobCreateScript.sha).Numkeys(1).Key(s.k.job(jid)).Arg(fields...).Build(),
+		s.call(jobCreateScript, []string{s.k.job(jid)}, fields),
 		b.Zadd().Key(s.k.jobs()).ScoreMember().ScoreMember(0, jid).Build(),
 		b.Zadd().Key(s.k.jobsRetain()).ScoreMember().ScoreMember(float64(now+s.cfg.Retention.Milliseconds()), jid).Build(),
 	}
@@ -449,9 +445,7 @@ func (s *Store) writeJob(ctx context.Context, jid string, fields []string, now i
 		cmds = append(cmds, b.Persist().Key(persist).Build())
 	}
 	res := s.client.DoMulti(ctx, cmds...)
-	if rerr, ok := rueidis.IsRedisErr(res[0].Error()); ok && rerr.IsNoScript() {
-		res[0] = jobCreateScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)}, fields)
-	}
+	res[0] = s.recover(ctx, jobCreateScript, []string{s.k.job(jid)}, fields, res[0])
 	for _, r := range res[1:] {
 		if err := r.Error(); err != nil {
 			return nil, s.wrap(ctx, err)
@@ -576,7 +570,7 @@ func (s *Store) advance(ctx context.Context, jid string) error {
 				}
 				return nil
 			}
-			state, err := jobAbandonScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)}, []string{store.ReasonDispatchIncomplete}).ToString()
+			state, err := s.exec(ctx, jobAbandonScript, []string{s.k.job(jid)}, []string{store.ReasonDispatchIncomplete}).ToString()
 			if err != nil {
 				return s.wrap(ctx, err)
 			}
@@ -636,7 +630,7 @@ func (s *Store) advance(ctx context.Context, jid string) error {
 			}
 		}
 		if newRel != rel || newDP != dp || newDPF != dpf || stop {
-			r, err := jobStepScript.lua.Exec(ctx, s.client, []string{s.k.job(jid)},
+			r, err := s.exec(ctx, jobStepScript, []string{s.k.job(jid)},
 				[]string{itoa(rel), itoa(dp), itoa(newRel), itoa(newDP), itoa(newDPF), flag(stop), reason}).ToInt64()
 			if err != nil {
 				return s.wrap(ctx, err)
@@ -890,7 +884,7 @@ func (s *Store) CancelJob(ctx context.Context, id, reason string) (store.Job, er
 	}
 	tasks, _ := vals[0].ToString()
 	if c, _ := vals[1].ToString(); c != "1" {
-		if err := jobCancelScript.lua.Exec(ctx, s.client, []string{s.k.job(id)}, []string{reason}).Error(); err != nil {
+		if err := s.exec(ctx, jobCancelScript, []string{s.k.job(id)}, []string{reason}).Error(); err != nil {
 			return store.Job{}, s.wrap(ctx, err)
 		}
 	}

@@ -335,14 +335,14 @@ func TestPingNamesARefusal(t *testing.T) {
 	if err := s.Ping(t.Context()); err != nil {
 		t.Fatalf("Ping: %v", err)
 	}
-	srv.MustDo("ACL", "SETUSER", "forge", "-evalsha")
+	srv.MustDo("ACL", "SETUSER", "forge", "-fcall")
 	_, err := s.RegisterAgent(t.Context(), store.RegisterParams{Name: "n", SecretHash: hash("x")})
 	if redisstore.CauseOf(err) != redisstore.CausePermission || store.KindOf(err) != store.KindUnavailable {
 		t.Fatalf("RegisterAgent = %v, want a permission refusal", err)
 	}
 	err = s.Ping(t.Context())
-	if redisstore.CauseOf(err) != redisstore.CausePermission || !strings.Contains(err.Error(), "'evalsha'") {
-		t.Fatalf("Ping after a refusal = %v, want it to name the refused evalsha", err)
+	if redisstore.CauseOf(err) != redisstore.CausePermission || !strings.Contains(err.Error(), "'fcall'") {
+		t.Fatalf("Ping after a refusal = %v, want it to name the refused fcall", err)
 	}
 	srv.Stop()
 	err = s.Ping(t.Context())

@@ -140,12 +140,12 @@ func (s *Store) sweepJobs(ctx context.Context, now int64, ids []string) error {
 			continue
 		}
 		s.jobs.drop(id)
-		idem, err := dropJobScript.lua.Exec(ctx, s.client, []string{s.k.job(id)}, nil).ToString()
+		idem, err := s.exec(ctx, dropJobScript, []string{s.k.job(id)}, nil).ToString()
 		if err != nil && !rueidis.IsRedisNil(err) {
 			return s.wrap(ctx, err)
 		}
 		if idem != "" {
-			if err := delIfScript.lua.Exec(ctx, s.client, []string{s.k.idem(idem)}, []string{id}).Error(); err != nil {
+			if err := s.exec(ctx, delIfScript, []string{s.k.idem(idem)}, []string{id}).Error(); err != nil {
 				return s.wrap(ctx, err)
 			}
 		}

@@ -86,6 +86,10 @@ type Store struct {
 
 	sub subState
 
+	// functions is set while the store's library is loaded (functions.go): its
+	// scripts are then called with FCALL, else with EVALSHA.
+	functions atomic.Bool
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -209,9 +213,16 @@ func open(ctx context.Context, client, subs rueidis.Client, owned bool, cn conn,
 	return s, nil
 }
 
-// loadScripts loads every script on every node, so the first EVALSHA of each
-// finds it; rueidis still falls back to EVAL after a SCRIPT FLUSH or a failover.
+// loadScripts loads the store's function library on every node (functions.go)
+// and, for calls made where it cannot be used, every script, so the first
+// EVALSHA of each finds it; EVALSHA still falls back to EVAL after a SCRIPT
+// FLUSH or a failover.
 func (s *Store) loadScripts(ctx context.Context) error {
+	ok, err := s.loadLibrary(ctx)
+	if err != nil {
+		return err
+	}
+	s.functions.Store(ok)
 	for _, node := range s.client.Nodes() {
 		cmds := make(rueidis.Commands, 0, len(allScripts))
 		for _, sc := range allScripts {
@@ -280,7 +291,7 @@ func (s *Store) nowMS() int64 { return s.clock.Now().UnixMilli() }
 // run executes a script and returns its answer (the leading 'OK' or other status
 // included), or the store error it reported.
 func (s *Store) run(ctx context.Context, sc *script, keys, args []string) ([]rueidis.RedisMessage, error) {
-	return s.answer(ctx, sc.lua.Exec(ctx, s.client, sc.keys(keys, args), args))
+	return s.answer(ctx, s.exec(ctx, sc, keys, args))
 }
 
 func (s *Store) answer(ctx context.Context, r rueidis.RedisResult) ([]rueidis.RedisMessage, error) {
@@ -298,23 +309,19 @@ func (s *Store) answer(ctx context.Context, r rueidis.RedisResult) ([]rueidis.Re
 }
 
 // runMulti executes many calls of one script, pipelined (rueidis sends each to
-// the node owning its slot), falling back to EVAL for calls whose node lost the
-// script.
+// the node owning its slot), recovering calls whose node lost the script or the
+// library.
 func (s *Store) runMulti(ctx context.Context, sc *script, execs []rueidis.LuaExec) []rueidis.RedisResult {
 	if len(execs) == 0 {
 		return nil
 	}
 	cmds := make(rueidis.Commands, len(execs))
-	keys := make([][]string, len(execs))
 	for i, e := range execs {
-		keys[i] = sc.keys(e.Keys, e.Args)
-		cmds[i] = s.client.B().Evalsha().Sha1(sc.sha).Numkeys(int64(len(keys[i]))).Key(keys[i]...).Arg(e.Args...).Build()
+		cmds[i] = s.call(sc, e.Keys, e.Args)
 	}
 	res := s.client.DoMulti(ctx, cmds...)
 	for i, r := range res {
-		if rerr, ok := rueidis.IsRedisErr(r.Error()); ok && rerr.IsNoScript() {
-			res[i] = sc.lua.Exec(ctx, s.client, keys[i], execs[i].Args)
-		}
+		res[i] = s.recover(ctx, sc, execs[i].Keys, execs[i].Args, r)
 	}
 	return res
 }

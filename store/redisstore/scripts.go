@@ -17,14 +17,19 @@ import (
 //go:embed prelude.lua
 var prelude string
 
-// script is a Lua script run with EVALSHA, falling back to EVAL when a node
-// does not have it (after SCRIPT FLUSH, a restart or a failover).
+// script is one of the store's Lua scripts. Named ones are functions of the
+// store's library (functions.go), called with FCALL; each is also a script of
+// its own, run with EVALSHA (falling back to EVAL when a node does not have it,
+// after SCRIPT FLUSH, a restart or a failover) where Functions cannot be used.
 type script struct {
+	name  string // its name in the library; "" for a script outside it
 	lua   *rueidis.Lua
 	body  string // the script without the prelude
 	text  string
 	sha   string
 	shard bool // a shard script: its calls also declare the shard's guard key
+	oom   bool // allowed to run, and write, while Redis is full (full.go)
+	ro    bool // writes nothing: as a function, flagged no-writes (so it runs while Redis is full)
 }
 
 // guardSuffix names a key of each shard that never exists. Every shard script
@@ -49,10 +54,16 @@ func (sc *script) keys(keys, args []string) []string {
 	return append(keys[:len(keys):len(keys)], args[0]+guardSuffix)
 }
 
-func newScript(body string) *script {
-	text := prelude + body
+func newScript(name, body string) *script {
+	sc := &script{name: name, body: body}
+	sc.setText(prelude + body)
+	return sc
+}
+
+// setText sets the text the script runs as with EVALSHA, and its digest.
+func (sc *script) setText(text string) {
 	sum := sha1.Sum([]byte(text))
-	return &script{lua: rueidis.NewLuaScript(text), body: body, text: text, sha: hex.EncodeToString(sum[:])}
+	sc.text, sc.sha, sc.lua = text, hex.EncodeToString(sum[:]), rueidis.NewLuaScript(text)
 }
 
 // Every atomic operation is one Lua script, and every script starts with the
@@ -78,12 +89,24 @@ func newScript(body string) *script {
 // o2 ohb ohn otb otn (see decodeTask and decodeOutput in decode.go); a finished
 // task's record is compacted (compact): h1.. for hist, oi for a small output.
 const shardLib = `
-local TAG = ARGV[1]
-local NOW = tonumber(ARGV[2])
--- ARGV[3] is the retention in ms, and after a colon the most tasks an agent
--- keeps (Config.KeepPerAgent; none: no bound).
-local RET, KEEP = string.match(ARGV[3], '^(%d+):?(%d*)$')
-RET, KEEP = tonumber(RET), tonumber(KEEP) or 0
+-- What a call is about, set by shardBegin before the script's own lines: a
+-- library of functions (functions.go) is loaded once and its functions called
+-- many times, so nothing of one call may stay for the next.
+local TAG, NOW, RET, KEEP
+local kDue, kAll, kWake, kOnline, kRevoked, kCounters, kFin, kExported
+local wake, wakeN, advance, advanceN
+local function shardBegin()
+  TAG = ARGV[1]
+  NOW = tonumber(ARGV[2])
+  -- ARGV[3] is the retention in ms, and after a colon the most tasks an agent
+  -- keeps (Config.KeepPerAgent; none: no bound).
+  RET, KEEP = string.match(ARGV[3], '^(%d+):?(%d*)$')
+  RET, KEEP = tonumber(RET), tonumber(KEEP) or 0
+  kDue, kAll, kWake = TAG .. ':due', TAG .. ':tasks', TAG .. ':wake'
+  kOnline, kRevoked, kCounters = TAG .. ':on', TAG .. ':rv', TAG .. ':n'
+  kFin, kExported = TAG .. ':fin', TAG .. ':xp'
+  wake, wakeN, advance, advanceN = {}, 0, {}, 0
+end
 local function ms(x) return string.format('%d', x) end
 -- streamBefore tells whether stream id a (ms-seq) comes before b (ms-seq, or
 -- ms: its last id).
@@ -105,20 +128,11 @@ local function kOutHead(t) return TAG .. ':oh:' .. t end
 local function kOutTail(t) return TAG .. ':ot:' .. t end
 local function kState(n) return TAG .. ':st:' .. n end
 local function kJobCounts(j) return TAG .. ':jc:' .. j end
-local kDue = TAG .. ':due'
-local kAll = TAG .. ':tasks'
-local kWake = TAG .. ':wake'
-local kOnline = TAG .. ':on'
-local kRevoked = TAG .. ':rv'
-local kCounters = TAG .. ':n'
 
 -- seen records an agent's call for Stats: its score in the shard's online index
 -- is the time of its last call; a stopped or revoked agent is not in it.
 local function seen(aid) redis.call('ZADD', kOnline, NOW, aid) end
-local kFin = TAG .. ':fin'
-local kExported = TAG .. ':xp'
 
-local wake, wakeN = {}, 0
 local function notify(k)
   if not wake[k] then wake[k] = true; wakeN = wakeN + 1 end
 end
@@ -129,7 +143,6 @@ local function publish()
   redis.call('SPUBLISH', kWake, table.concat(t, ' '))
 end
 
-local advance, advanceN = {}, 0
 local function needsAdvance(job)
   if job and job ~= '' and not advance[job] then advance[job] = true; advanceN = advanceN + 1 end
 end
@@ -212,11 +225,10 @@ end
 -- ENDED_KEEP are the fields a finished task's record keeps: what GetTask shows,
 -- and what a late report or chunk of its last attempt is checked against. Its
 -- update time is its last state change's (decodeTask).
-local ENDED_KEEP = {}
-for _, n in ipairs({'job', 'type', 'pl', 'cj', 'st', 'att', 'max', 'to', 'db', 'ca', 'err', 'ec', 'ro', 'rep',
-    'otr', 'osz', 'cr', 'crr', 'oa', 'ob', 'on', 'o1', 'o2', 'ohb', 'ohn', 'otb', 'otn'}) do
-  ENDED_KEEP[n] = true
-end
+-- (A table written out: a library's top level may call no function.)
+local ENDED_KEEP = {job = true, type = true, pl = true, cj = true, st = true, att = true, max = true, to = true,
+  db = true, ca = true, err = true, ec = true, ro = true, rep = true, otr = true, osz = true, cr = true, crr = true,
+  oa = true, ob = true, on = true, o1 = true, o2 = true, ohb = true, ohn = true, otb = true, otn = true}
 
 -- INLINE_MAX is the longest value a small hash keeps in its compact encoding
 -- (Redis' hash-max-listpack-value default): a finished task's record whose
@@ -432,9 +444,9 @@ local function release(tk, tid)
 end
 `
 
-func shardScript(body string) *script {
-	sc := newScript(shardLib + body)
-	sc.shard = true
+func shardScript(name, body string) *script {
+	sc := newScript(name, shardLib+"shardBegin()\n"+body)
+	sc.body, sc.shard = body, true
 	return sc
 }
 
@@ -444,7 +456,7 @@ func shardScript(body string) *script {
 // KEYS[1] agent record
 // ARGV[4] agent id, [5] due time (ms; 0: never), [6..] field, value pairs
 // returns {'OK'}, or fail(E_ID_TAKEN) if the id is taken
-var registerScript = shardScript(`
+var registerScript = shardScript("register", `
 if redis.call('EXISTS', KEYS[1]) == 1 then return fail(E_ID_TAKEN, MSG_ID_TAKEN) end
 local f = {}
 for i = 6, #ARGV do f[#f + 1] = ARGV[i] end
@@ -463,7 +475,7 @@ return {'OK'}
 // ARGV[4] agent id, [5] due time (ms; 0: never), [6] secret hash, [7..] field,
 // value pairs of a new record
 // returns {'OK', 1 if it made the record else 0} or fail(E_UNAUTHENTICATED) if revoked
-var replayScript = shardScript(`
+var replayScript = shardScript("replay", `
 local f = redis.call('HMGET', KEYS[1], 'reg', 'rev')
 if f[2] then return fail(E_UNAUTHENTICATED, MSG_AGENT_REVOKED) end
 if f[1] then
@@ -485,7 +497,7 @@ return {'OK', 1}
 // KEYS[1] agent record
 // ARGV[4] secret hash
 // returns {'OK'} or fail(E_UNAUTHENTICATED)
-var authScript = shardScript(`
+var authScript = shardScript("auth", `
 local _, aerr = auth(KEYS[1], ARGV[4])
 if aerr then return aerr end
 return {'OK'}
@@ -497,7 +509,7 @@ return {'OK'}
 // KEYS[1] agent record
 // ARGV[4] agent id, [5] secret hash, [6..] field, value pairs
 // returns {'OK', {field, value pairs as they were}} or fail(E_UNAUTHENTICATED)
-var updateAgentScript = shardScript(`
+var updateAgentScript = shardScript("updateAgent", `
 local f, aerr = auth(KEYS[1], ARGV[5], 'name', 'host', 'ver', 'labels', 'types')
 if aerr then return aerr end
 local was = {}
@@ -516,7 +528,7 @@ return {'OK', was}
 // KEYS[1] agent record
 // ARGV[4] secret hash, ARGV[5] next secret hash
 // returns {'OK'} or fail(E_UNAUTHENTICATED)
-var rotateScript = shardScript(`
+var rotateScript = shardScript("rotate", `
 local _, aerr = auth(KEYS[1], ARGV[4])
 if aerr then return aerr end
 redis.call('HSET', KEYS[1], 'next', ARGV[5])
@@ -534,7 +546,7 @@ return {'OK'}
 // [10] agent retention ms (0: never)
 // returns {'S', gen} when superseded, else {'OK', gen, {tid, attempt, ...} cancels,
 // {job ids to advance}, task1 id, task1 fields, task2 id, ...}
-var leaseScript = shardScript(`
+var leaseScript = shardScript("lease", `
 local aid, max, lease, hold, gen = ARGV[4], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local aret = tonumber(ARGV[10])
 local f, aerr = auth(KEYS[1], ARGV[5], 'gen', 'pu', 'so', 'si')
@@ -625,7 +637,7 @@ return out
 // ARGV[4] agent id, [5] secret hash, [6] lease ms, [7] draining (0/1),
 // [8] stopped (0/1), [9..] task id, attempt pairs
 // returns {'OK', {tid, attempt, ...} to cancel, {tid, attempt, ...} to abandon}
-var heartbeatScript = shardScript(`
+var heartbeatScript = shardScript("heartbeat", `
 local lease = tonumber(ARGV[6])
 local f, aerr = auth(KEYS[1], ARGV[5], 'pu')
 if aerr then return aerr end
@@ -678,7 +690,7 @@ return {'OK', cancel, abandon}
 // KEYS[1] agent record, KEYS[2] running, KEYS[3] queue, KEYS[4] undelivered cancels
 // ARGV[4] agent id, [5] secret hash, [6..] task id, attempt pairs
 // returns {'OK', {tid, attempt, ...} handed back, {job ids to advance}}
-var returnScript = shardScript(`
+var returnScript = shardScript("return", `
 local aid = ARGV[4]
 local af, aerr = auth(KEYS[1], ARGV[5], 'so')
 if aerr then return aerr end
@@ -721,7 +733,7 @@ return {'OK', out, advanceList()}
 // [9] output, [10] exit code, [11] error, [12] output truncated (0/1), [13] output
 // size, [14] output cap, [15] the agent stopped it at its timeout (0/1)
 // returns {'OK', state, {job ids to advance}} or an error
-var reportScript = shardScript(`
+var reportScript = shardScript("report", `
 local tid, att, outcome, exit = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[10])
 local _, aerr = auth(KEYS[1], ARGV[5])
 if aerr then return aerr end
@@ -752,7 +764,7 @@ return {'OK', new, advanceList()}
 // ARGV[4] agent id, [5] secret hash, [6] task id, [7] attempt, [8] stream (1/2),
 // [9] offset, [10] data, [11] output cap
 // returns {'OK', bytes of the stream held for the attempt} or an error
-var appendOutputScript = shardScript(`
+var appendOutputScript = shardScript("appendOutput", `
 local tid, att, s, off, data = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 local _, aerr = auth(KEYS[1], ARGV[5])
 if aerr then return aerr end
@@ -789,7 +801,7 @@ return {'OK', ms(held)}
 // single target an error when the agent is unknown, revoked, its queue is full
 // or (with [18]) it does not handle the type — fail(E_TYPE_UNHANDLED, its types
 // as JSON) — and then nothing is created
-var createTasksScript = shardScript(`
+var createTasksScript = shardScript("createTasks", `
 local maxPending, job, single = tonumber(ARGV[4]), ARGV[5], ARGV[13] == '1'
 local content = {'pl', ARGV[7], 'js', ARGV[17]}
 if ARGV[16] == '1' then content = {'cj', '1'} end
@@ -840,7 +852,7 @@ return {'OK', redis.call('HGETALL', kJobCounts(job))}
 // KEYS[1] the shard's due index (for routing)
 // ARGV[4..] task ids
 // returns {'OK', released count}
-var releaseScript = shardScript(`
+var releaseScript = shardScript("release", `
 local n = 0
 for i = 4, #ARGV do
   local tid = ARGV[i]
@@ -862,7 +874,7 @@ return {'OK', n}
 // KEYS[1] the shard's due index (for routing)
 // ARGV[4] reason, [5] mode, [6..] task ids
 // returns {'OK', {job ids to advance}, task fields (CANCEL_MODE_TASK)}
-var cancelScript = shardScript(`
+var cancelScript = shardScript("cancel", `
 local reason, mode = ARGV[4], tonumber(ARGV[5])
 for i = 6, #ARGV do
   local tid = ARGV[i]
@@ -894,7 +906,7 @@ return out
 // KEYS[1] agent record, KEYS[2] the agent's task list
 // ARGV[4] agent id, [5] reason
 // returns {'OK', {job ids to advance}} or fail(E_NOT_FOUND)
-var revokeScript = shardScript(`
+var revokeScript = shardScript("revoke", `
 local aid, reason = ARGV[4], ARGV[5]
 local a = redis.call('HMGET', KEYS[1], 'reg', 'rev')
 if not a[1] then return fail(E_NOT_FOUND, string.format(FMT_AGENT_NOT_FOUND, q(aid))) end
@@ -916,7 +928,7 @@ return {'OK', advanceList()}
 // KEYS[1] agent record, KEYS[2] queue, KEYS[3] running
 // ARGV[4] agent id
 // returns {'OK', agent fields, pending count, {tid, attempt, ...}} or fail(E_NOT_FOUND)
-var agentViewScript = shardScript(`
+var agentViewScript = shardScript("agentView", `
 local a = redis.call('HGETALL', KEYS[1])
 if #a == 0 then return fail(E_NOT_FOUND, string.format(FMT_AGENT_NOT_FOUND, q(ARGV[4]))) end
 local run = {}
@@ -941,7 +953,7 @@ return {'OK', a, redis.call('ZCARD', KEYS[2]), run}
 // ARGV[4] at most this many entries per call, [5] agent retention ms (0: never),
 // [6] the reason the tasks of a removed agent end with
 // returns {'OK', more (0/1), {job ids to advance}, {agent ids removed}}
-var reapScript = shardScript(`
+var reapScript = shardScript("reap", `
 local limit, aret, agone = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local ids = redis.call('ZRANGE', kDue, '-inf', ms(NOW), 'BYSCORE', 'LIMIT', 0, limit)
 local removed = {}
@@ -1075,7 +1087,7 @@ return {'OK', more, advanceList(), removed}
 // returns {'OK', {st, oa, ob, on, o1, o2, ohb, ohn, otb, otn}, head pieces, tail
 // pieces, the cursor of the first tail piece's first byte}, or {'OK'} when the
 // task does not exist
-var readOutputScript = newScript(`
+var readOutputScript = newScript("readOutput", `
 local t = redis.call('HMGET', KEYS[1], 'st', 'oa', 'ob', 'on', 'o1', 'o2', 'ohb', 'ohn', 'otb', 'otn')
 if not t[1] then return {'OK'} end
 local c = tonumber(ARGV[1])
@@ -1117,7 +1129,7 @@ return {'OK', t, head, tail, string.format('%d', from)}
 //
 // KEYS[1] task record, KEYS[2] output head, KEYS[3] output tail
 // returns {'OK', record fields, head pieces, tail pieces}
-var taskScript = newScript(`
+var taskScript = newScript("task", `
 local f = redis.call('HGETALL', KEYS[1])
 local head = redis.call('LRANGE', KEYS[2], 0, -1)
 if #head == 0 then
@@ -1134,7 +1146,7 @@ return {'OK', f, head, redis.call('LRANGE', KEYS[3], 0, -1)}
 // KEYS[1] job record
 // ARGV field, value pairs, 'tasks' among them
 // returns {'OK', the record's task list: the one given, or the one stored before}
-var jobCreateScript = newScript(`
+var jobCreateScript = newScript("jobCreate", `
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'OK', redis.call('HGET', KEYS[1], 'tasks') or ''} end
 local tasks = ''
 for i = 1, #ARGV - 1, 2 do
@@ -1152,7 +1164,7 @@ return {'OK', tasks}
 // KEYS[1] job record
 // ARGV[1] ms to live until committed, [2..] field, value pairs, 'tasks' among them
 // returns {'OK', the record's task list: the one given, or the one stored before}
-var jobDraftScript = newScript(`
+var jobDraftScript = newScript("jobDraft", `
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'OK', redis.call('HGET', KEYS[1], 'tasks') or ''} end
 local tasks, f = '', {}
 for i = 2, #ARGV - 1, 2 do
@@ -1170,7 +1182,7 @@ return {'OK', tasks}
 //
 // KEYS[1] job record
 // returns 'made' (committed now or before), 'abandoned', or 'gone'
-var jobCommitScript = newScript(`
+var jobCommitScript = newScript("jobCommit", `
 local f = redis.call('HMGET', KEYS[1], 'abandoned', 'ca', 'made')
 if not f[2] then return 'gone' end
 if f[1] == '1' then return 'abandoned' end
@@ -1187,7 +1199,7 @@ return 'made'
 // KEYS[1] job record
 // ARGV[1] the reason its tasks end with
 // returns 'abandoned' (now or before), 'made', or 'gone'
-var jobAbandonScript = newScript(`
+var jobAbandonScript = newScript("jobAbandon", `
 local f = redis.call('HMGET', KEYS[1], 'made', 'ca', 'abandoned')
 if not f[2] then return 'gone' end
 if f[1] == '1' then return 'made' end
@@ -1205,7 +1217,7 @@ return 'abandoned'
 // ARGV[1] expected rel, [2] expected dp, [3] new rel, [4] new dp, [5] new dpf,
 // [6] stop the job (0/1), [7] the stop reason
 // returns 1 if applied, 0 if the job moved on (the caller re-reads), -1 if gone
-var jobStepScript = newScript(`
+var jobStepScript = newScript("jobStep", `
 local f = redis.call('HMGET', KEYS[1], 'rel', 'dp')
 if not f[1] then return -1 end
 if f[1] ~= ARGV[1] or f[2] ~= ARGV[2] then return 0 end
@@ -1220,7 +1232,7 @@ return 1
 // KEYS[1] job record
 // ARGV[1] the reason
 // returns 1 if marked now, 0 if it was, -1 if the job is gone
-var jobCancelScript = newScript(`
+var jobCancelScript = newScript("jobCancel", `
 local f = redis.call('HMGET', KEYS[1], 'ca', 'canceled')
 if not f[1] then return -1 end
 if f[2] == '1' then return 0 end
@@ -1234,7 +1246,7 @@ return 1
 // KEYS[1] the claim record
 // ARGV[1] owner, [2] now ms, [3] lease ms (0: renew for as long as it had)
 // returns 1 if owner holds the claim now, else 0
-var exportClaimScript = newScript(`
+var exportClaimScript = newScript("exportClaim", `
 local f = redis.call('HMGET', KEYS[1], 'o', 'u', 'l')
 local now, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 if f[1] and f[1] ~= ARGV[1] and (tonumber(f[2]) or 0) > now then return 0 end
@@ -1251,7 +1263,7 @@ return 1
 //
 // KEYS[1] job record
 // returns the job's idempotency key (empty if none), or false if the job is gone
-var dropJobScript = newScript(`
+var dropJobScript = newScript("dropJob", `
 local idem = redis.call('HGET', KEYS[1], 'idem')
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('DEL', KEYS[1])
@@ -1266,7 +1278,7 @@ return idem or ''
 // KEYS[1] the key's record, "<agent id> <end of window, ms>"
 // ARGV[1] now ms, [2] agent id, [3] end of window (ms), [4] the record's lifetime (ms)
 // returns {'OK', ”} when claimed, or {'OK', agent id} of the claim that holds it
-var replayClaimScript = newScript(`
+var replayClaimScript = newScript("replayClaim", `
 local id = replayOf(redis.call('GET', KEYS[1]), tonumber(ARGV[1]))
 if id then return {'OK', id} end
 redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. ARGV[3], 'PX', ARGV[4])
@@ -1277,7 +1289,7 @@ return {'OK', ''}
 //
 // KEYS[1] key, ARGV[1] value
 // returns 1 if deleted
-var delIfScript = newScript(`
+var delIfScript = newScript("delIf", `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
@@ -1289,7 +1301,7 @@ return 0
 // KEYS[1] enrollment token record
 // ARGV[1] now ms, [2] secret hash, [3] consume (0/1), [4] token id
 // returns {'OK'} or fail(E_UNAUTHENTICATED)
-var enrollCheckScript = newScript(`
+var enrollCheckScript = newScript("enrollCheck", `
 local f = redis.call('HMGET', KEYS[1], 'hash', 'rev', 'exp', 'max', 'uses')
 if not f[1] or f[1] ~= ARGV[2] then return fail(E_UNAUTHENTICATED, MSG_ENROLL_TOKEN) end
 local check = enrollCheck
@@ -1306,7 +1318,7 @@ return {'OK'}
 // KEYS[1] enrollment token record, KEYS[2] list of enrollment token ids
 // ARGV[1] token id, [2..] field, value pairs
 // returns {'OK'} or fail(E_PRECONDITION) if the id exists
-var enrollCreateScript = newScript(`
+var enrollCreateScript = newScript("enrollCreate", `
 if redis.call('EXISTS', KEYS[1]) == 1 then return fail(E_PRECONDITION, string.format(FMT_ENROLL_EXISTS, ARGV[1])) end
 local f = {}
 for i = 2, #ARGV do f[#f + 1] = ARGV[i] end
@@ -1320,7 +1332,7 @@ return {'OK'}
 // KEYS[1] enrollment token record
 // ARGV[1] now ms, [2] token id
 // returns {'OK', fields} or fail(E_NOT_FOUND)
-var enrollRevokeScript = newScript(`
+var enrollRevokeScript = newScript("enrollRevoke", `
 if redis.call('EXISTS', KEYS[1]) == 0 then return fail(E_NOT_FOUND, string.format(FMT_ENROLL_NOT_FOUND, q(ARGV[2]))) end
 local rev = redis.call('HGET', KEYS[1], 'rev')
 if not rev or rev == '0' then redis.call('HSET', KEYS[1], 'rev', ARGV[1]) end
