@@ -96,6 +96,14 @@ const (
 	// after the retention: its id, how long ago it was made, the retention.
 	FmtTaskAgedOut = "task %s not found: it was created %s ago, and finished tasks are kept for %s (--retention); it has aged out, or never existed"
 	FmtJobNotFound = "job %s not found"
+	// FmtJobAgedOut is not_found for a job old enough to have been dropped
+	// after the retention: its id, how long ago it was made, the retention.
+	FmtJobAgedOut = "job %s not found: it was created %s ago, and finished jobs are kept for %s (--retention); it has aged out, or never existed"
+	// FmtJobCountedOut and FmtTaskCountedOut are not_found for a job, or a
+	// task, made no later than a job the count retention dropped: the id, the
+	// count kept.
+	FmtJobCountedOut  = "job %s not found: only the newest %d finished jobs are kept (--retention-jobs), and older ones have gone; it has aged out, or never existed"
+	FmtTaskCountedOut = "task %s not found: only the newest %d finished jobs are kept (--retention-jobs), and older ones have gone with their tasks; it has aged out, or never existed"
 	// FmtJobIDNotNew refuses a Dispatch given a job id (JobSpec.ID) that is
 	// not the shape NewJobID makes, or (memory store) one already taken.
 	FmtJobIDNotNew    = "job id %s is not a new job id"
@@ -227,19 +235,75 @@ var idEpoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 // retention ago (so the task may have finished and been dropped). The id's
 // time is when a server made it; clocks a little apart change nothing here.
 func ErrTaskNotFoundAt(id string, now time.Time, retention time.Duration) error {
+	return ErrTaskGone(id, now, Dropped{Retention: retention})
+}
+
+// ErrJobNotFound is the error of a job that does not exist.
+func ErrJobNotFound(id string) error { return Errorf(KindNotFound, FmtJobNotFound, Quote(id)) }
+
+// Dropped is what a store tells of what retention dropped, without keeping a
+// record of each: its settings, and the creation time of the newest job (or
+// task of it) the count of jobs (Config.KeepJobs) dropped.
+type Dropped struct {
+	Retention time.Duration
+	KeepJobs  int
+	// JobsUpTo is the newest creation time of a job or task dropped by
+	// KeepJobs; zero when none was.
+	JobsUpTo time.Time
+}
+
+// agedOut returns how long ago id was made, when it was made longer than
+// the retention ago (so it may have finished and been dropped).
+func (d Dropped) agedOut(id string, now time.Time) (time.Duration, bool) {
 	made, ok := CreatedAt(id)
-	if !ok || !ValidTaskID(id) || now.Sub(made) <= retention || made.Before(idEpoch) {
-		return ErrTaskNotFound(id)
+	if !ok || now.Sub(made) <= d.Retention || made.Before(idEpoch) {
+		return 0, false
 	}
 	age := now.Sub(made).Truncate(time.Hour)
 	if age < time.Hour {
 		age = now.Sub(made).Truncate(time.Second)
 	}
-	return Errorf(KindNotFound, FmtTaskAgedOut, Quote(id), age, retention)
+	return age, true
 }
 
-// ErrJobNotFound is the error of a job that does not exist.
-func ErrJobNotFound(id string) error { return Errorf(KindNotFound, FmtJobNotFound, Quote(id)) }
+// countedOut tells whether id was made no later than a job the count
+// retention dropped.
+func (d Dropped) countedOut(id string) bool {
+	made, ok := CreatedAt(id)
+	return ok && d.KeepJobs > 0 && !d.JobsUpTo.IsZero() && !made.After(d.JobsUpTo) && !made.Before(idEpoch)
+}
+
+// ErrTaskGone is the error of a task id the store does not hold at now:
+// FmtTaskAgedOut when it was made longer than the retention ago,
+// FmtTaskCountedOut when made no later than a job the count retention
+// dropped, otherwise ErrTaskNotFound.
+func ErrTaskGone(id string, now time.Time, d Dropped) error {
+	if !ValidTaskID(id) {
+		return ErrTaskNotFound(id)
+	}
+	if age, ok := d.agedOut(id, now); ok {
+		return Errorf(KindNotFound, FmtTaskAgedOut, Quote(id), age, d.Retention)
+	}
+	if d.countedOut(id) {
+		return Errorf(KindNotFound, FmtTaskCountedOut, Quote(id), d.KeepJobs)
+	}
+	return ErrTaskNotFound(id)
+}
+
+// ErrJobGone is ErrTaskGone for a job id: FmtJobAgedOut, FmtJobCountedOut,
+// or ErrJobNotFound.
+func ErrJobGone(id string, now time.Time, d Dropped) error {
+	if !ValidJobID(id) {
+		return ErrJobNotFound(id)
+	}
+	if age, ok := d.agedOut(id, now); ok {
+		return Errorf(KindNotFound, FmtJobAgedOut, Quote(id), age, d.Retention)
+	}
+	if d.countedOut(id) {
+		return Errorf(KindNotFound, FmtJobCountedOut, Quote(id), d.KeepJobs)
+	}
+	return ErrJobNotFound(id)
+}
 
 // ErrJobIDNotNew is the error of a Dispatch given a job id it cannot take.
 func ErrJobIDNotNew(id string) error { return Errorf(KindInvalid, FmtJobIDNotNew, Quote(id)) }

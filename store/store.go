@@ -312,9 +312,15 @@ type Config struct {
 	Retention time.Duration
 	// KeepPerAgent, when positive, bounds the tasks kept per agent: once an
 	// agent has more, each task of it that ends drops up to four of its oldest
-	// finished tasks, before their retention. Not while an export runs (the
-	// export reads every finished task first). Zero: no bound.
+	// finished tasks, before their retention. While an export runs, only tasks
+	// it has written go (see ExportHold). Zero: no bound.
 	KeepPerAgent int
+	// KeepJobs, when positive, bounds the finished jobs kept: past it, Reap
+	// drops the oldest finished jobs (in the order they finished) with their
+	// tasks, before their retention, a bounded number a pass. A job with a
+	// live task is never dropped; while an export runs, neither is a task it
+	// has not written (see ExportHold). Zero: no bound.
+	KeepJobs int
 	// MaxPendingPerAgent bounds an agent's queue; zero means 10,000.
 	MaxPendingPerAgent int
 	// MaxTargets bounds the agents one Dispatch reaches (CheckTargets); zero
@@ -328,6 +334,11 @@ type Config struct {
 // DefaultAgentRetention is how long an agent may go unseen before it is removed,
 // unless Config.AgentRetention says otherwise.
 const DefaultAgentRetention = 30 * 24 * time.Hour
+
+// ExportHold is how long after an export last ran retention still holds
+// back the finished tasks it has not written (age and count retention alike):
+// an export that stops stops holding retention back this long after.
+const ExportHold = 24 * time.Hour
 
 // DefaultMaxTargets is how many agents one Dispatch may reach unless
 // Config.MaxTargets says otherwise.

@@ -92,7 +92,7 @@ func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err 
 	if err := s.listen(c, tlsConfig); err != nil {
 		return nil, err
 	}
-	scfg := store.Config{OnlineWindow: 2 * c.PollHold, Retention: c.Retention, KeepPerAgent: c.RetentionPerAgent, MaxPendingPerAgent: c.MaxPending,
+	scfg := store.Config{OnlineWindow: 2 * c.PollHold, Retention: c.Retention, KeepPerAgent: c.RetentionPerAgent, KeepJobs: c.RetentionJobs, MaxPendingPerAgent: c.MaxPending,
 		MaxTargets: int(noLimit(float64(c.MaxTargets))), AgentRetention: time.Duration(noLimit(float64(c.AgentRetention)))}
 	waiting := func(err error) {
 		s.gate.waiting(err)

@@ -54,6 +54,8 @@ type ServerConfig struct {
 	Retention   time.Duration
 	// RetentionPerAgent bounds the tasks kept per agent (store.Config.KeepPerAgent); 0: none.
 	RetentionPerAgent int
+	// RetentionJobs bounds the finished jobs kept (store.Config.KeepJobs); 0: none.
+	RetentionJobs int
 	// AgentRetention is how long an agent may go unseen before it is removed; 0: never.
 	AgentRetention time.Duration
 	MaxAttempts    int
@@ -101,7 +103,8 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	f.DurationVar(&c.TaskTimeout, "task-timeout", 10*time.Minute, "default execution timeout of a task")
 	f.DurationVar(&c.DeliveryTTL, "delivery-ttl", time.Hour, "default time a task may wait to be picked up")
 	f.DurationVar(&c.Retention, "retention", 7*24*time.Hour, "how long finished tasks are kept")
-	f.IntVar(&c.RetentionPerAgent, "retention-per-agent", 0, "most tasks kept per agent: past it, its oldest finished tasks go before --retention (not while --export runs; 0: no limit)")
+	f.IntVar(&c.RetentionPerAgent, "retention-per-agent", 0, "most tasks kept per agent: past it, its oldest finished tasks go before --retention (with --export, once written; 0: no limit)")
+	f.IntVar(&c.RetentionJobs, "retention-jobs", 0, "most finished jobs kept: past it, the jobs that finished first go with their tasks before --retention; a live job never (with --export, once written; 0: no limit)")
 	f.StringVar(&c.Export, "export", "", "write every finished task, as a JSON line, to this file (appended), - (stdout) or http(s):// URL (POSTed in batches), before retention drops it; replicas given it take turns from the position kept in the store")
 	f.IntVar(&c.ExportBatch, "export-batch", 100, "most finished tasks one export batch reads (of each of the 64 shards on Redis); a replica killed while exporting costs at most one batch again")
 	f.DurationVar(&c.AgentRetention, "agent-retention", store.DefaultAgentRetention, "how long an agent may go unseen before it is removed with its token (0: never)")
@@ -144,8 +147,13 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 			return c, fmt.Errorf("--%s must be positive, not %d", n.name, n.v)
 		}
 	}
-	if c.RetentionPerAgent < 0 {
-		return c, fmt.Errorf("--retention-per-agent must not be negative, not %d", c.RetentionPerAgent)
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"retention-per-agent", c.RetentionPerAgent}, {"retention-jobs", c.RetentionJobs}} {
+		if n.v < 0 {
+			return c, fmt.Errorf("--%s must not be negative, not %d", n.name, n.v)
+		}
 	}
 	if err := c.Redis.check(); err != nil {
 		return c, err

@@ -438,3 +438,32 @@ func TestAgentSigningPubkey(t *testing.T) {
 		t.Errorf("a private key given as --signing-pubkey: exit %d:\n%s", code, out)
 	}
 }
+
+// TestServerRetentionFlags: --retention-jobs and --retention-per-agent reach
+// the server's config, from the command line or their FORGE_* variables, and a
+// negative count is refused naming the flag.
+func TestServerRetentionFlags(t *testing.T) {
+	t.Parallel()
+	e := env{"FORGE_RETENTION_JOBS": "500", "FORGE_RETENTION_PER_AGENT": "20"}
+	m := &forge.Main{Stdout: io.Discard, Stderr: io.Discard, Getenv: e.get}
+	c, err := m.ParseServer(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RetentionJobs != 500 || c.RetentionPerAgent != 20 {
+		t.Errorf("from the environment: --retention-jobs %d, --retention-per-agent %d; want 500, 20", c.RetentionJobs, c.RetentionPerAgent)
+	}
+	if c, err = m.ParseServer([]string{"--retention-jobs", "7"}); err != nil || c.RetentionJobs != 7 {
+		t.Errorf("--retention-jobs 7: %d, %v", c.RetentionJobs, err)
+	}
+	for _, name := range []string{"retention-jobs", "retention-per-agent"} {
+		_, err := m.ParseServer([]string{"--" + name, "-1"})
+		if want := "--" + name + " must not be negative, not -1"; err == nil || err.Error() != want {
+			t.Errorf("--%s -1: %v, want %q", name, err, want)
+		}
+	}
+	out, code := runForge(t, nil, "server", "--help")
+	if code != 0 || !strings.Contains(out, "--retention-jobs  [FORGE_RETENTION_JOBS]") || !strings.Contains(out, "most finished jobs kept") {
+		t.Errorf("server --help (exit %d) does not show --retention-jobs:\n%s", code, out)
+	}
+}

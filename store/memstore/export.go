@@ -19,10 +19,22 @@ type exportFeed struct {
 	owner    string
 	until    time.Time
 	lease    time.Duration
+	// holds is when the export stops holding retention back: store.ExportHold
+	// after its first claim, then after its last commit.
+	holds time.Time
 }
 
-// add records a task that ended.
-func (f *exportFeed) add(id string) { f.ids = append(f.ids, id) }
+// add records a task that ended and returns its number in the feed.
+func (f *exportFeed) add(id string) int64 {
+	f.ids = append(f.ids, id)
+	return f.base + int64(len(f.ids)) - 1
+}
+
+// held tells whether retention must keep the task numbered seq at now: an
+// export runs (store.ExportHold) and has not committed it.
+func (f *exportFeed) held(seq int64, now time.Time) bool {
+	return now.Before(f.holds) && seq >= f.exported
+}
 
 // trim forgets exported entries, and those whose task is gone, from the front.
 func (f *exportFeed) trim(gone func(id string) bool) {
@@ -56,6 +68,9 @@ func (s *Store) ExportBatch(ctx context.Context, owner string, lease time.Durati
 		if !f.claim(owner, now, lease) {
 			return store.ExportBatch{}, nil
 		}
+		if !now.Before(f.holds) {
+			f.holds = now.Add(store.ExportHold)
+		}
 		f.trim(func(id string) bool { return s.tasks[id] == nil })
 		ids := f.ids[f.exported-f.base:]
 		ids = ids[:min(n, len(ids))]
@@ -81,6 +96,7 @@ func (s *Store) CommitExport(ctx context.Context, owner string, b store.ExportBa
 			return store.ErrExportPosition(b.Position)
 		}
 		f.exported = max(f.exported, pos)
+		f.holds = now.Add(store.ExportHold)
 		return nil
 	})
 }

@@ -70,6 +70,7 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 			s.byState[store.StatePending]++
 			s.tasks[t.ID] = t
 			s.live[t.ID] = t
+			j.live++
 			a.tasks = append(a.tasks, t.ID)
 			j.TaskIDs = append(j.TaskIDs, t.ID)
 			switch {
@@ -81,6 +82,10 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 			default:
 				s.release(j, t, now)
 			}
+		}
+		j.made = true
+		if j.live == 0 {
+			s.jobEnded(j)
 		}
 		s.hub.Notify(store.JobKey(j.ID))
 		return s.jobView(j), nil
@@ -166,10 +171,10 @@ func (s *Store) jobView(j *job) store.Job {
 
 // GetJob implements store.Store.
 func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
-	return locked(ctx, s, func(time.Time) (store.Job, error) {
-		j, err := find(s.jobs, id, store.ErrJobNotFound)
-		if err != nil {
-			return store.Job{}, err
+	return locked(ctx, s, func(now time.Time) (store.Job, error) {
+		j := s.jobs[id]
+		if j == nil {
+			return store.Job{}, store.ErrJobGone(id, now, s.gone())
 		}
 		return s.jobView(j), nil
 	})

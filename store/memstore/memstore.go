@@ -46,6 +46,13 @@ type Store struct {
 	// a Reap pass reads what it drops, not the whole history (dropExpired).
 	ended    []string
 	jobOrder []string
+	// finJobs lists finished job ids in the order they finished, for the
+	// count of jobs kept (Config.KeepJobs; only then); finKept counts the
+	// finished jobs kept. jobsUpTo is the newest creation time of a job that
+	// count dropped (store.Dropped).
+	finJobs  []string
+	finKept  int
+	jobsUpTo time.Time
 	// nextAgentSweep is when Reap next looks for agents past retention: once an
 	// hour at most, so a pass does not read every agent.
 	nextAgentSweep time.Time
@@ -70,6 +77,7 @@ type task struct {
 	// What the report said of output the store never saw (cut or dropped by the agent).
 	reportedTruncated bool
 	reportedSize      int64
+	feedSeq           int64 // its number in the export feed, once it ended
 }
 
 type job struct {
@@ -77,6 +85,9 @@ type job struct {
 	held     []*task // tasks waiting for a concurrency slot, in order
 	dropped  int     // of its tasks, how many retention dropped
 	active   int     // released, not yet terminal
+	live     int     // not yet terminal, held or not
+	made     bool    // Dispatch made all its tasks
+	finished bool    // made, and every task of it ended
 	failures int
 }
 
@@ -124,6 +135,11 @@ func find[V any](m map[string]*V, id string, notFound func(string) error) (*V, e
 		return v, nil
 	}
 	return nil, notFound(id)
+}
+
+// gone is what retention dropped, for not_found answers.
+func (s *Store) gone() store.Dropped {
+	return store.Dropped{Retention: s.cfg.Retention, KeepJobs: s.cfg.KeepJobs, JobsUpTo: s.jobsUpTo}
 }
 
 // Watch implements store.Store.

@@ -80,10 +80,11 @@ func (s *Store) requeue(t *task, reason string, now time.Time) {
 }
 
 // dropExpired removes finished tasks and jobs older than the retention: tasks
-// from the front of the list of ended tasks while they ended before the cut,
-// then jobs made before it whose tasks are all gone, looking at no more than
-// jobLook jobs still holding tasks — so a pass costs what it drops, not the
-// history kept.
+// from the front of the list of ended tasks while they ended before the cut
+// (and the export, while one runs, has written them), then jobs made before it
+// whose tasks are all gone, looking at no more than jobLook jobs still holding
+// tasks — so a pass costs what it drops, not the history kept. Then the count
+// of jobs (keepJobs).
 func (s *Store) dropExpired(now time.Time) {
 	defer s.feed.trim(func(id string) bool { return s.tasks[id] == nil })
 	cut := now.Add(-s.cfg.Retention)
@@ -93,7 +94,7 @@ func (s *Store) dropExpired(now time.Time) {
 		if t == nil {
 			continue // dropped with its agent, or ended twice in the list
 		}
-		if !t.State.Terminal() || !t.UpdatedAt.Before(cut) {
+		if !t.State.Terminal() || !t.UpdatedAt.Before(cut) || s.feed.held(t.feedSeq, now) {
 			break
 		}
 		s.dropTask(t)
@@ -115,12 +116,95 @@ func (s *Store) dropExpired(now time.Time) {
 			looked++
 			continue
 		}
-		delete(s.jobs, id)
-		if j.Spec.IdempotencyKey != "" && s.idem[j.Spec.IdempotencyKey] == id {
-			delete(s.idem, j.Spec.IdempotencyKey)
-		}
+		s.dropJob(j)
 	}
 	s.jobOrder = keep
+	s.keepJobs(now)
+}
+
+// dropJob removes a job whose tasks are all gone.
+func (s *Store) dropJob(j *job) {
+	delete(s.jobs, j.ID)
+	if j.finished {
+		s.finKept--
+	}
+	if j.Spec.IdempotencyKey != "" && s.idem[j.Spec.IdempotencyKey] == j.ID {
+		delete(s.idem, j.Spec.IdempotencyKey)
+	}
+}
+
+// jobEnded records a job all of whose tasks ended, for the count of jobs kept.
+func (s *Store) jobEnded(j *job) {
+	if j.finished {
+		return
+	}
+	j.finished = true
+	s.finKept++
+	if s.cfg.KeepJobs > 0 {
+		s.finJobs = append(s.finJobs, j.ID)
+	}
+}
+
+// keepJobsBatch bounds the finished jobs one Reap pass looks at for the count
+// of jobs kept, so a pass costs what it drops (each job: its own tasks).
+const keepJobsBatch = 100
+
+// keepJobs drops the oldest finished jobs, with their tasks, while more than
+// Config.KeepJobs are kept, looking at no more than keepJobsBatch of them. A
+// job with a task the export has not written stays (only its written tasks
+// go) and is looked at again next pass.
+func (s *Store) keepJobs(now time.Time) {
+	keep := s.cfg.KeepJobs
+	if keep <= 0 {
+		return
+	}
+	var held []string
+	i, looked := 0, 0
+	for ; i < len(s.finJobs) && looked < keepJobsBatch; i++ {
+		j := s.jobs[s.finJobs[i]]
+		if j == nil {
+			continue // dropped by age
+		}
+		if s.finKept-len(held) <= keep {
+			break
+		}
+		looked++
+		if !s.dropFinishedJob(j, now) {
+			held = append(held, j.ID)
+		}
+	}
+	s.finJobs = append(held, s.finJobs[i:]...)
+}
+
+// dropFinishedJob drops a finished job with its tasks, but no task an export
+// has yet to write: it tells whether the job went.
+func (s *Store) dropFinishedJob(j *job, now time.Time) bool {
+	left := false
+	upTo := j.CreatedAt
+	if made, ok := store.CreatedAt(j.ID); ok {
+		upTo = made
+	}
+	for _, id := range j.TaskIDs {
+		if made, ok := store.CreatedAt(id); ok && made.After(upTo) {
+			upTo = made
+		}
+		t := s.tasks[id]
+		switch {
+		case t == nil:
+		case s.feed.held(t.feedSeq, now):
+			left = true
+		default:
+			s.dropTask(t)
+		}
+	}
+	if left {
+		return false
+	}
+	s.dropJob(j)
+	if upTo.After(s.jobsUpTo) {
+		s.jobsUpTo = upTo
+	}
+	return true
 }
 
 // dropTask removes a finished task, from its agent's list and its job's count.
@@ -142,15 +226,16 @@ func (s *Store) dropTask(t *task) {
 }
 
 // keepAgent drops up to four of an agent's oldest finished tasks while it
-// holds more than Config.KeepPerAgent tasks, unless an export runs.
-func (s *Store) keepAgent(a *agent) {
+// holds more than Config.KeepPerAgent tasks — of those, the ones an export
+// running has written.
+func (s *Store) keepAgent(a *agent, now time.Time) {
 	keep := s.cfg.KeepPerAgent
-	if keep <= 0 || len(a.tasks) <= keep || s.feed.owner != "" {
+	if keep <= 0 || len(a.tasks) <= keep {
 		return
 	}
 	var drop []*task
 	for _, id := range a.tasks[:min(len(a.tasks)-keep, 4)] {
-		if t := s.tasks[id]; t != nil && t.State.Terminal() {
+		if t := s.tasks[id]; t != nil && t.State.Terminal() && !s.feed.held(t.feedSeq, now) {
 			drop = append(drop, t)
 		}
 	}

@@ -159,7 +159,7 @@ func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
 	return locked(ctx, s, func(now time.Time) (store.Task, error) {
 		t := s.tasks[id]
 		if t == nil {
-			return store.Task{}, store.ErrTaskNotFoundAt(id, now, s.cfg.Retention)
+			return store.Task{}, store.ErrTaskGone(id, now, s.gone())
 		}
 		return t.clone(), nil
 	})
@@ -288,12 +288,15 @@ func (s *Store) end(t *task, st store.TaskState, reason string, now time.Time) {
 		t.Error = reason
 	}
 	s.setState(t, st, reason, now)
-	s.feed.add(t.ID)
+	t.feedSeq = s.feed.add(t.ID)
 	s.ended = append(s.ended, t.ID)
-	s.keepAgent(a)
+	s.keepAgent(a, now)
 	j := s.jobs[t.JobID]
 	if j == nil {
 		return
+	}
+	if j.live--; j.live == 0 && j.made {
+		s.jobEnded(j)
 	}
 	if wasReleased {
 		j.active--

@@ -13,15 +13,16 @@ import (
 
 var _ store.Exporter = (*Store)(nil)
 
-// exportKeep is how long a shard's export position outlives its last move:
-// while it exists, Reap drops no finished task the export has not read, so an
-// export turned off stops holding retention back a day later.
-const exportKeep = 24 * time.Hour
-
 // ExportBatch implements store.Exporter: the claim (exportClaimScript), then
 // two pipelined round trips — every shard's export position, then each
 // shard's finished stream past it (at most n entries) — and the tasks' records
 // (taskScript, pipelined). Position lists each shard's last entry read.
+//
+// While a shard's position exists, retention drops none of its finished tasks
+// the export has not written (by age or by count); a shard without one is
+// given 0-0 (nothing written yet) as the export starts, and CommitExport keeps
+// every shard's alive, so a task that ends in a shard quiet until then is held
+// as well. A position goes store.ExportHold after the export last committed.
 func (s *Store) ExportBatch(ctx context.Context, owner string, lease time.Duration, n int) (store.ExportBatch, error) {
 	held, err := s.claimExport(ctx, owner, lease)
 	if err != nil || !held {
@@ -33,6 +34,7 @@ func (s *Store) ExportBatch(ctx context.Context, owner string, lease time.Durati
 		cmds[sh] = b.Get().Key(s.k.exported(sh)).Build()
 	}
 	from := make([]string, NumShards)
+	var start rueidis.Commands
 	for sh, r := range s.client.DoMulti(ctx, cmds...) {
 		v, err := r.ToString()
 		if err != nil && !rueidis.IsRedisNil(err) {
@@ -41,6 +43,13 @@ func (s *Store) ExportBatch(ctx context.Context, owner string, lease time.Durati
 		from[sh] = "-"
 		if v != "" {
 			from[sh] = "(" + v
+		} else {
+			start = append(start, b.Set().Key(s.k.exported(sh)).Value("0-0").Nx().Px(store.ExportHold).Build())
+		}
+	}
+	for _, r := range s.client.DoMulti(ctx, start...) {
+		if err := r.Error(); err != nil {
+			return store.ExportBatch{}, s.wrap(ctx, err)
 		}
 	}
 	for sh := range NumShards {
@@ -89,13 +98,20 @@ func (s *Store) CommitExport(ctx context.Context, owner string, b store.ExportBa
 		return store.ErrExportClaimed(other)
 	}
 	var cmds rueidis.Commands
+	var moved [NumShards]bool
 	for _, p := range strings.Fields(b.Position) {
 		sh, id, ok := strings.Cut(p, "=")
 		n, err := strconv.Atoi(sh)
 		if !ok || err != nil || n < 0 || n >= NumShards {
 			return store.ErrExportPosition(b.Position)
 		}
-		cmds = append(cmds, s.client.B().Set().Key(s.k.exported(n)).Value(id).Px(exportKeep).Build())
+		moved[n] = true
+		cmds = append(cmds, s.client.B().Set().Key(s.k.exported(n)).Value(id).Px(store.ExportHold).Build())
+	}
+	for sh := range NumShards {
+		if !moved[sh] {
+			cmds = append(cmds, s.client.B().Pexpire().Key(s.k.exported(sh)).Milliseconds(store.ExportHold.Milliseconds()).Build())
+		}
 	}
 	for _, r := range s.client.DoMulti(ctx, cmds...) {
 		if err := r.Error(); err != nil {

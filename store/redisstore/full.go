@@ -25,6 +25,7 @@ var whileFull = []*script{
 	authScript, rotateScript, leaseScript, heartbeatScript, returnScript, reportScript,
 	releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
 	jobCommitScript, jobAbandonScript, jobStepScript, jobCancelScript, exportClaimScript, dropJobScript, delIfScript, enrollRevokeScript,
+	dropJobTasksScript, jobsFinishedScript, oldestJobsScript, jobGoneScript, setScript,
 }
 
 // readOnly are the scripts that write nothing: scripts without flags run while

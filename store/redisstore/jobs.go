@@ -750,7 +750,7 @@ func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 		}
 		if len(vals) != 2 || vals[0].IsNil() {
 			s.jobs.drop(id)
-			return store.Job{}, store.ErrJobNotFound(id)
+			return store.Job{}, store.ErrJobGone(id, time.UnixMilli(s.nowMS()), s.gone(ctx))
 		}
 		j := e.view()
 		j.Canceled = msgStr(vals[1]) == "1"
@@ -764,7 +764,7 @@ func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 		return store.Job{}, s.wrap(ctx, err)
 	}
 	if len(f) == 0 {
-		return store.Job{}, store.ErrJobNotFound(id)
+		return store.Job{}, store.ErrJobGone(id, time.UnixMilli(s.nowMS()), s.gone(ctx))
 	}
 	e := s.jobs.put(decodeJob(id, f))
 	j := e.view()

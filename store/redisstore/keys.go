@@ -45,7 +45,10 @@ const NumShards = 64
 //	                            Reap drops them after the retention, an export
 //	                            reads them
 //	{P:sNN}:xp           string the id of the last entry of fin an export has
-//	                            written to its sink (expires a day after it last moved)
+//	                            written to its sink (0-0: none yet; expires
+//	                            store.ExportHold after the export last ran)
+//	{P:sNN}:jfc          string the id of the last entry of fin the count of
+//	                            jobs kept has read (keepjobs.go)
 //	{P:sNN}:tasks        zset   every retained task of the shard (ListTasks)
 //	{P:sNN}:st:<n>       zset   tasks of the shard in state n (ListTasks by state)
 //	{P:sNN}:jc:<job>     hash   the job's tasks in this shard counted by state, and
@@ -63,7 +66,8 @@ const NumShards = 64
 // Per idempotency key (hash tag {P:i:<sha256 of key>}): a string naming the job.
 //
 // Global (hash tag {P}): the agent list, the job list, rollout jobs for the
-// advancer, the job retention index, and enrollment tokens. Each is written after
+// advancer, the job retention index, finished jobs in the order they finished
+// (jfin) and the newest job their count dropped (jcut), and enrollment tokens. Each is written after
 // the record it indexes, so a crash between the two leaves an unlisted record,
 // never a listed one that does not exist.
 type keys struct {
@@ -114,6 +118,7 @@ func (k *keys) revoked(shard int) string        { return k.shard[shard] + ":rv" 
 func (k *keys) counters(shard int) string       { return k.shard[shard] + ":n" }
 func (k *keys) finished(shard int) string       { return k.shard[shard] + ":fin" }
 func (k *keys) exported(shard int) string       { return k.shard[shard] + ":xp" }
+func (k *keys) jobsRead(shard int) string       { return k.shard[shard] + ":jfc" }
 func (k *keys) jobCounts(shard int, job string) string {
 	return k.shard[shard] + ":jc:" + job
 }
@@ -140,6 +145,14 @@ func (k *keys) jobs() string { return k.global() + ":jobs" }
 // jobsRetain scores each job id with the time (ms) at which Reap should see
 // whether it can be dropped.
 func (k *keys) jobsRetain() string { return k.global() + ":jret" }
+
+// jobsFinished scores each finished job id with the time (ms) it finished,
+// for the count of jobs kept (Config.KeepJobs; only then).
+func (k *keys) jobsFinished() string { return k.global() + ":jfin" }
+
+// jobsCut holds one member, scored with the newest creation time (µs) of a
+// job the count of jobs kept dropped (store.Dropped.JobsUpTo).
+func (k *keys) jobsCut() string { return k.global() + ":jcut" }
 
 // jobsAdvance scores each live job with rollout limits with the time (ms) at which
 // Reap's advancer should look at it again, so a crash between a task's end and

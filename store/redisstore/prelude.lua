@@ -41,6 +41,9 @@ local WATCH_TASK = 't:'
 local WATCH_OUTPUT = 'o:'
 local WATCH_JOB = 'j:'
 
+-- How long an export holds retention back after it last ran, in ms (store.ExportHold).
+local EXPORT_HOLD_MS = 86400000
+
 -- Output streams and the sizes of kept output (store.Stream, store.OutputPieceMax,
 -- store.OutputPieceCost).
 local STREAM_STDOUT = 1

@@ -13,7 +13,8 @@ import (
 const reapBatch = 200
 
 // Reap implements store.Store. One pass: every shard's due work, then the
-// advancer over rollout jobs not looked at lately, then retention of jobs. Any
+// advancer over rollout jobs not looked at lately, then retention of jobs by
+// age, then by count (keepjobs.go). Any
 // number of replicas may run it at once: each script re-checks what it finds, so
 // each change happens once.
 //
@@ -90,7 +91,10 @@ func (s *Store) Reap(ctx context.Context) error {
 	if err := s.sweepAdvance(ctx, now, advanceDue); err != nil {
 		return err
 	}
-	return s.sweepJobs(ctx, now, retainDue)
+	if err := s.sweepJobs(ctx, now, retainDue); err != nil {
+		return err
+	}
+	return s.keepJobs(ctx)
 }
 
 // sweepAdvance advances rollout jobs whose turn has come (ids, read at now): the
@@ -152,7 +156,8 @@ func (s *Store) sweepJobs(ctx context.Context, now int64, ids []string) error {
 		for _, r := range s.client.DoMulti(ctx,
 			b.Zrem().Key(s.k.jobs()).Member(id).Build(),
 			b.Zrem().Key(s.k.jobsAdvance()).Member(id).Build(),
-			b.Zrem().Key(s.k.jobsRetain()).Member(id).Build()) {
+			b.Zrem().Key(s.k.jobsRetain()).Member(id).Build(),
+			b.Zrem().Key(s.k.jobsFinished()).Member(id).Build()) {
 			if err := r.Error(); err != nil {
 				return s.wrap(ctx, err)
 			}

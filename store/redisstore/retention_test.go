@@ -159,3 +159,74 @@ func TestRetainedTaskBytes(t *testing.T) {
 		})
 	}
 }
+
+// TestRetentionJobsPass: the count of jobs kept (KeepJobs 10) drops at most
+// 100 jobs a Reap pass — 150 finished jobs leave 50 after one pass — and two
+// replicas reaping at once drop down to the count, never below it: each reads
+// the jobs past the count and the count itself at once.
+func TestRetentionJobsPass(t *testing.T) {
+	t.Parallel()
+	url := redistest.Start(t).URL()
+	cfg := store.Config{KeepJobs: 10}
+	s1, s2 := open(t, url, "keepjobs", cfg), open(t, url, "keepjobs", cfg)
+	ctx := t.Context()
+	cred := register(t, s1, "secret-keep")
+	const n = 150
+	var jobs []string
+	for range n {
+		j, err := s1.Dispatch(ctx, spec(cred.AgentID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs = append(jobs, j.ID)
+	}
+	for done := 0; done < n; {
+		r, err := s1.Lease(ctx, store.LeaseParams{Cred: cred, Max: 64, Lease: time.Minute})
+		if err != nil || len(r.Tasks) == 0 {
+			t.Fatalf("Lease after %d of %d: %v, %v", done, n, r, err)
+		}
+		for _, tk := range r.Tasks {
+			if _, err := s1.Report(ctx, store.ReportParams{Cred: cred, TaskID: tk.ID, Attempt: tk.Attempt, Outcome: store.OutcomeSucceeded}); err != nil {
+				t.Fatal(err)
+			}
+			done++
+		}
+	}
+	kept := func() int {
+		k := 0
+		for _, id := range jobs {
+			_, err := s1.GetJob(ctx, id)
+			switch {
+			case err == nil:
+				k++
+			case store.KindOf(err) != store.KindNotFound:
+				t.Fatal(err)
+			}
+		}
+		return k
+	}
+	if err := s1.Reap(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if k := kept(); k != n-100 {
+		t.Fatalf("after one pass %d jobs are kept, want %d (100 dropped)", k, n-100)
+	}
+	var wg sync.WaitGroup
+	for _, s := range []store.Store{s1, s2} {
+		wg.Go(func() {
+			for range 3 {
+				if err := s.Reap(ctx); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if k := kept(); k != 10 {
+		t.Fatalf("after replicas reaped at once %d jobs are kept, want 10", k)
+	}
+	tasks, _, err := s1.ListTasks(ctx, store.TaskFilter{AgentID: cred.AgentID})
+	if err != nil || len(tasks) != 10 {
+		t.Fatalf("the agent keeps %d tasks (%v), want the 10 of the jobs kept", len(tasks), err)
+	}
+}

@@ -240,8 +240,11 @@ local INLINE_MAX = 64
 -- per change (h1, h2, ...: state, ms after creation, attempt, reason, spaced),
 -- and output that is one short piece kept in the record (oi) rather than in a
 -- list of its own. Nothing changes for its readers but the history's form.
+-- fe, the task's entry in the shard's stream of finished tasks, is kept with
+-- it (relative to its creation, see finEntry), so retention can tell whether
+-- an export has written it (unexported).
 -- It returns whether the task still has a head list and a tail list of output.
-local function compact(tk, tid)
+local function compact(tk, tid, fe)
   local all = redis.call('HGETALL', tk)
   local out, ca, hist, ohn, otn = {}, 0, nil, nil, nil
   for i = 1, #all - 1, 2 do
@@ -259,6 +262,10 @@ local function compact(tk, tid)
       out[#out + 1], out[#out + 2] = 'h' .. i, e.s .. ' ' .. ms(e.at - ca) .. ' ' .. e.a .. ' ' .. e.r
     end
   end
+  local fm, fs = string.match(fe, '^(%d+)-(%d+)$')
+  fm = ms(tonumber(fm) - ca)
+  if fs ~= '0' then fm = fm .. '-' .. fs end
+  out[#out + 1], out[#out + 2] = 'fe', fm
   local head, tail = (tonumber(ohn) or 0) > 0, (tonumber(otn) or 0) > 0
   if ohn == '1' and not tail then
     local hk = kOutHead(tid)
@@ -282,10 +289,33 @@ local FIN_DUE = 'fin'
 -- (kFin), in the order they finished: what Reap drops after the retention and
 -- what an export reads. Its entry's id is NOW; should another replica's clock
 -- have put a later one first, Redis' own time (never below the last) instead.
+-- It returns the entry's id.
 local function finished(tid)
-  local ok = redis.pcall('XADD', kFin, ms(NOW) .. '-*', 't', tid)
-  if type(ok) == 'table' and ok.err then redis.call('XADD', kFin, '*', 't', tid) end
+  local id = redis.pcall('XADD', kFin, ms(NOW) .. '-*', 't', tid)
+  if type(id) == 'table' and id.err then id = redis.call('XADD', kFin, '*', 't', tid) end
   redis.call('ZADD', kDue, 'NX', NOW + RET, FIN_DUE)
+  return id
+end
+
+-- finEntry returns a finished task's entry in the shard's stream from its
+-- record's fe and ca: fe holds the entry's ms after the task's creation, and
+-- after a dash its sequence number unless 0 (so it is mostly a small integer);
+-- the ms may be negative, when the replica that ended it ran a clock behind
+-- the one that made it.
+local function finEntry(fe, ca)
+  local m, s = string.match(fe, '^(-?%d+)-?(%d*)$')
+  if s == '' then s = '0' end
+  return ms(tonumber(m) + (tonumber(ca) or 0)) .. '-' .. s
+end
+
+-- unexported tells whether an export running (its position in this shard, xp,
+-- exists) has yet to write the finished task whose record holds fe and ca; a
+-- record without fe (kept before entries were) counts as not written.
+local function unexported(xp, fe, ca)
+  if not xp then return false end
+  if not fe then return true end
+  local e = finEntry(fe, ca)
+  return e ~= xp and not streamBefore(e, xp)
 end
 
 -- dropEnded deletes a finished task (record st) with its output and index
@@ -305,15 +335,17 @@ local function dropEnded(tid, st, job)
 end
 
 -- keepAgent drops up to four of an agent's oldest finished tasks while it
--- holds more than KEEP tasks (Config.KeepPerAgent), unless an export runs.
+-- holds more than KEEP tasks (Config.KeepPerAgent): of those, the ones an
+-- export running has written.
 local function keepAgent(aid)
   local k = kAgentTasks(aid)
   local over = redis.call('ZCARD', k) - KEEP
-  if over <= 0 or redis.call('EXISTS', kExported) == 1 then return end
+  if over <= 0 then return end
+  local xp = redis.call('GET', kExported)
   for _, tid in ipairs(redis.call('ZRANGE', k, 0, math.min(over, 4) - 1)) do
-    local t = redis.call('HMGET', kTask(tid), 'st', 'job')
+    local t = redis.call('HMGET', kTask(tid), 'st', 'job', 'fe', 'ca')
     local st = tonumber(t[1])
-    if st and st > RUNNING then dropEnded(tid, st, t[2]) end
+    if st and st > RUNNING and not unexported(xp, t[3], t[4]) then dropEnded(tid, st, t[2]) end
   end
 end
 
@@ -333,14 +365,15 @@ local function endTask(tid, new, reason)
   local extra
   if (not f[6] or f[6] == '') and new ~= SUCCEEDED and new ~= FAILED then extra = {'err', reason} end
   setState(tk, tid, f[3], st, new, reason, tonumber(f[4]) or 0, nil, extra)
-  local head, tail = compact(tk, tid) -- held and le go with it
+  local head, tail = compact(tk, tid, finished(tid)) -- held and le go with it
   redis.call('ZREM', kDue, tid)
-  finished(tid)
   -- A backstop should reaping stop: the record goes by itself an hour after Reap
-  -- would have dropped it (relative, so it does not depend on the clocks agreeing).
-  redis.call('PEXPIRE', tk, RET + 3600000)
-  if head then redis.call('PEXPIRE', kOutHead(tid), RET + 3600000) end
-  if tail then redis.call('PEXPIRE', kOutTail(tid), RET + 3600000) end
+  -- would have dropped it, an export holding it back included (relative, so it
+  -- does not depend on the clocks agreeing).
+  local backstop = RET + EXPORT_HOLD_MS + 3600000
+  redis.call('PEXPIRE', tk, backstop)
+  if head then redis.call('PEXPIRE', kOutHead(tid), backstop) end
+  if tail then redis.call('PEXPIRE', kOutTail(tid), backstop) end
   if KEEP > 0 then keepAgent(aid) end
   if f[5] == '1' then needsAdvance(f[3]) end
   return true
@@ -1270,6 +1303,74 @@ redis.call('DEL', KEYS[1])
 return idem or ''
 `)
 
+// dropJobTasksScript drops, for the count of jobs kept (keepjobs.go), a
+// finished job's tasks in one shard: each finished one an export running has
+// written (unexported), with its entry in the shard's stream of finished
+// tasks. A live one — never, for a finished job — or one not yet written stays.
+//
+// KEYS[1] the shard's due index
+// ARGV[4..] task ids
+// returns {'OK', how many stay}
+var dropJobTasksScript = shardScript("dropJobTasks", `
+local xp = redis.call('GET', kExported)
+local stay = 0
+for i = 4, #ARGV do
+  local tid = ARGV[i]
+  local t = redis.call('HMGET', kTask(tid), 'st', 'job', 'fe', 'ca')
+  local st = tonumber(t[1])
+  if st and (st <= RUNNING or unexported(xp, t[3], t[4])) then
+    stay = stay + 1
+  elseif st then
+    dropEnded(tid, st, t[2])
+    if t[3] then redis.call('XDEL', kFin, finEntry(t[3], t[4])) end
+  end
+end
+return {'OK', stay}
+`)
+
+// jobsFinishedScript lists finished jobs for the count of jobs kept, each at
+// the time it finished unless listed before.
+//
+// KEYS[1] finished jobs (jobsFinished)
+// ARGV time, job id pairs
+// returns how many finished jobs are listed
+var jobsFinishedScript = newScript("jobsFinished", `
+for i = 1, #ARGV - 1, 2 do redis.call('ZADD', KEYS[1], 'NX', ARGV[i], ARGV[i + 1]) end
+return redis.call('ZCARD', KEYS[1])
+`)
+
+// oldestJobsScript returns the oldest finished jobs past the count kept,
+// counted and read at once, so a replica never drops by a count another
+// replica's drops have made stale.
+//
+// KEYS[1] finished jobs (jobsFinished)
+// ARGV[1] the count kept, [2] at most this many ids
+// returns the ids, oldest first
+var oldestJobsScript = newScript("oldestJobs", `
+local over = math.min(redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1]), tonumber(ARGV[2]))
+if over <= 0 then return {} end
+return redis.call('ZRANGE', KEYS[1], 0, over - 1)
+`)
+
+// jobGoneScript takes a job the count of jobs kept dropped off the global
+// indexes and moves the creation time of the newest dropped job on.
+//
+// KEYS[1] jobs, [2] jobsAdvance, [3] jobsRetain, [4] jobsFinished, [5] jobsCut
+// ARGV[1] job id, [2] the newest creation time (µs, as ids hold it) of the job and its tasks
+var jobGoneScript = newScript("jobGone", `
+for i = 1, 4 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('ZADD', KEYS[5], 'GT', ARGV[2], 'c')
+return 1
+`)
+
+// setScript sets a key (for writes that must go on while Redis is full).
+//
+// KEYS[1] key, ARGV[1] value
+var setScript = newScript("set", `
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+`)
+
 // replayClaimScript claims a registration request key for an agent id for the
 // replay window (store.Store.RegisterAgent), unless a claim still in its window
 // holds it. The window is kept in the record, by the store's clock, not in the
@@ -1344,4 +1445,5 @@ var allScripts = []*script{
 	readOutputScript, taskScript,
 	createTasksScript, releaseScript, cancelScript, revokeScript, agentViewScript, reapScript,
 	jobCreateScript, jobDraftScript, jobCommitScript, jobAbandonScript, jobStepScript, jobCancelScript, exportClaimScript, dropJobScript, delIfScript, enrollCheckScript, enrollCreateScript, enrollRevokeScript,
+	dropJobTasksScript, jobsFinishedScript, oldestJobsScript, jobGoneScript, setScript,
 }

@@ -177,7 +177,7 @@ func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
 		return store.Task{}, err
 	}
 	if tasks[0].ID == "" {
-		return store.Task{}, store.ErrTaskNotFoundAt(id, time.UnixMilli(s.nowMS()), s.cfg.Retention)
+		return store.Task{}, store.ErrTaskGone(id, time.UnixMilli(s.nowMS()), s.gone(ctx))
 	}
 	return tasks[0], nil
 }

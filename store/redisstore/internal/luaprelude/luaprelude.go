@@ -77,6 +77,9 @@ func groups() []group {
 			{"WATCH_OUTPUT", store.OutputKey("")},
 			{"WATCH_JOB", store.JobKey("")},
 		}},
+		{"How long an export holds retention back after it last ran, in ms (store.ExportHold).", []constant{
+			{"EXPORT_HOLD_MS", int(store.ExportHold.Milliseconds())},
+		}},
 		{"Output streams and the sizes of kept output (store.Stream, store.OutputPieceMax,\n-- store.OutputPieceCost).", []constant{
 			{"STREAM_STDOUT", int(store.StreamStdout)},
 			{"STREAM_STDERR", int(store.StreamStderr)},
