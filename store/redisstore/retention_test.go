@@ -230,3 +230,57 @@ func TestRetentionJobsPass(t *testing.T) {
 		t.Fatalf("the agent keeps %d tasks (%v), want the 10 of the jobs kept", len(tasks), err)
 	}
 }
+
+// TestRetentionJobsBoundsRedis: with KeepJobs 100, 1,000 finished single-agent
+// jobs leave Redis holding the keys of about 100 (a job record, a task record,
+// a per-shard count each), not 1,000; the bytes are logged beside the same
+// run without the count.
+func TestRetentionJobsBoundsRedis(t *testing.T) {
+	t.Parallel()
+	const n, keep = 1000, 100
+	grew := map[int][2]int64{}
+	for _, k := range []int{0, keep} {
+		srv := redistest.Start(t)
+		s := open(t, srv.URL(), "bound", store.Config{KeepJobs: k})
+		ctx := t.Context()
+		cred := register(t, s, "secret-bound")
+		b0, k0 := usage(t, []*redistest.Server{srv})
+		for done := 0; done < n; done += 50 {
+			for range 50 {
+				if _, err := s.Dispatch(ctx, spec(cred.AgentID)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for got := 0; got < 50; {
+				r, err := s.Lease(ctx, store.LeaseParams{Cred: cred, Max: 64, Lease: time.Minute})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, tk := range r.Tasks {
+					if _, err := s.Report(ctx, store.ReportParams{Cred: cred, TaskID: tk.ID, Attempt: tk.Attempt,
+						Outcome: store.OutcomeSucceeded, Output: []byte("ok")}); err != nil {
+						t.Fatal(err)
+					}
+					got++
+				}
+			}
+			if err := s.Reap(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range n / 100 { // at most 100 jobs a pass
+			if err := s.Reap(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b1, k1 := usage(t, []*redistest.Server{srv})
+		grew[k] = [2]int64{b1 - b0, k1 - k0}
+		t.Logf("KeepJobs %d: %d single-agent jobs finished: Redis grew %d bytes and %d keys", k, n, b1-b0, k1-k0)
+	}
+	if keys := grew[keep][1]; keys > 3*keep+10 {
+		t.Errorf("with KeepJobs %d Redis holds %d more keys, want at most %d (three a job kept, a few indexes)", keep, keys, 3*keep+10)
+	}
+	if keys := grew[0][1]; keys < 3*n {
+		t.Errorf("without a count Redis holds %d more keys, want at least %d: the comparison measures nothing", keys, 3*n)
+	}
+}
