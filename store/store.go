@@ -335,9 +335,11 @@ type Config struct {
 // unless Config.AgentRetention says otherwise.
 const DefaultAgentRetention = 30 * 24 * time.Hour
 
-// ExportHold is how long after an export last ran retention still holds
-// back the finished tasks it has not written (age and count retention alike):
-// an export that stops stops holding retention back this long after.
+// ExportHold is how long after an export last committed (or, with nothing
+// committed, claimed the feed) retention still holds back the finished tasks
+// it has not written (age and count retention alike): an export that stops
+// stops holding retention back this long after; one that goes on claiming
+// holds it as long.
 const ExportHold = 24 * time.Hour
 
 // DefaultMaxTargets is how many agents one Dispatch may reach unless
