@@ -262,8 +262,8 @@ func taskIDAt(agentID string, t time.Time) string {
 	return "t" + string(b[:]) + "0000-" + agentID
 }
 
-// testRetentionAgedOut: GetTask of a task id made longer than the retention
-// ago says it may have aged out; of a recent one, plainly not found.
+// testRetentionAgedOut: GetTask and GetJob of an id made longer than the
+// retention ago say it may have aged out; of a recent one, plainly not found.
 func testRetentionAgedOut(h *harness) {
 	a := h.register(nil)
 	now := h.clock.Now()
@@ -276,6 +276,16 @@ func testRetentionAgedOut(h *harness) {
 	recent := taskIDAt(a.ID, now.Add(-time.Hour))
 	_, err = h.s.GetTask(h.ctx, recent)
 	wantErr(h, err, store.ErrTaskNotFound(recent), "GetTask of an unknown recent task")
+	// A job the same way: its id is made as store.NewJobID makes one.
+	oldJob := "j" + strings.TrimPrefix(old[:16], "t")
+	_, err = h.s.GetJob(h.ctx, oldJob)
+	wantErr(h, err, store.ErrJobGone(oldJob, now, store.Dropped{Retention: retention}), "GetJob of a job past retention")
+	if !strings.Contains(err.Error(), "aged out") {
+		h.Fatalf("GetJob of a job past retention: %q does not say it aged out", err)
+	}
+	recentJob := "j" + strings.TrimPrefix(recent[:16], "t")
+	_, err = h.s.GetJob(h.ctx, recentJob)
+	wantErr(h, err, store.ErrJobNotFound(recentJob), "GetJob of an unknown recent job")
 }
 
 func testRetention(h *harness) {
