@@ -119,15 +119,21 @@ func (s *Store) listFinishedJobs(ctx context.Context) (int64, error) {
 
 // finishedJobs returns those of jobs whose dispatch is complete and none of
 // whose tasks is live, from their records and per-shard counts: two pipelined
-// round trips.
+// round trips. A job's task list (a fan-out's is long) is read only when the
+// job cache lacks it.
 func (s *Store) finishedJobs(ctx context.Context, jobs []string) ([]string, error) {
 	if len(jobs) == 0 {
 		return nil, nil
 	}
 	b := s.client.B()
 	cmds := make(rueidis.Commands, len(jobs))
+	cached := make([]*cachedJob, len(jobs))
 	for i, jid := range jobs {
-		cmds[i] = b.Hmget().Key(s.k.job(jid)).Field("tasks", "made", "abandoned").Build()
+		if cached[i] = s.jobs.get(jid); cached[i] != nil {
+			cmds[i] = b.Hmget().Key(s.k.job(jid)).Field("ca", "made", "abandoned").Build()
+		} else {
+			cmds[i] = b.Hmget().Key(s.k.job(jid)).Field("ca", "made", "abandoned", "tasks").Build()
+		}
 	}
 	var counted []string
 	var reads rueidis.Commands
@@ -137,13 +143,19 @@ func (s *Store) finishedJobs(ctx context.Context, jobs []string) ([]string, erro
 		if err != nil {
 			return nil, s.wrap(ctx, err)
 		}
-		tasks, _ := vals[0].ToString()
+		ca, _ := vals[0].ToString()
 		made, _ := vals[1].ToString()
 		abandoned, _ := vals[2].ToString()
-		if tasks == "" || (made == "0" && abandoned != "1") {
+		if ca == "" || (made == "0" && abandoned != "1") {
 			continue // gone, or a fan-out still being made
 		}
-		shards := shardsOf(splitIDs(tasks))
+		var shards []int
+		if cached[i] != nil {
+			shards = cached[i].shards
+		} else {
+			tasks, _ := vals[3].ToString()
+			shards = taskShards(splitIDs(tasks))
+		}
 		for _, sh := range shards {
 			reads = append(reads, b.Hmget().Key(s.k.jobCounts(sh, jobs[i])).Field(itoa(store.StatePending), itoa(store.StateRunning)).Build())
 		}
@@ -173,21 +185,6 @@ func (s *Store) finishedJobs(ctx context.Context, jobs []string) ([]string, erro
 		}
 	}
 	return out, nil
-}
-
-// shardsOf returns the shards the given tasks are in, each once.
-func shardsOf(taskIDs []string) []int {
-	var seen [NumShards]bool
-	var out []int
-	for _, id := range taskIDs {
-		if a, ok := store.AgentOfTask(id); ok {
-			if sh := shardOf(a); !seen[sh] {
-				seen[sh] = true
-				out = append(out, sh)
-			}
-		}
-	}
-	return out
 }
 
 // dropOldestJobs drops the oldest of the listed finished jobs past KeepJobs
