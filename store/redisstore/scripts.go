@@ -178,10 +178,9 @@ local function auth(ak, secret, ...)
   return f
 end
 
--- setState records a task's move to state new. hist, when given, is the task's
--- history as the caller read it (saving a read); extra field, value pairs are
--- written in the same HSET.
-local function setState(tk, tid, job, old, new, reason, att, hist, extra)
+-- moved moves a task from state old (nil: a new task) to new in the shard's
+-- state indexes and its job's counts in this shard, and wakes its waiters.
+local function moved(tid, job, old, new)
   if old ~= new then
     if old then redis.call('ZREM', kState(old), tid) end
     redis.call('ZADD', kState(new), 0, tid)
@@ -191,10 +190,26 @@ local function setState(tk, tid, job, old, new, reason, att, hist, extra)
       redis.call('HINCRBY', jc, new, 1)
     end
   end
+  notify(WATCH_TASK .. tid)
+  if job and job ~= '' then notify(WATCH_JOB .. job) end
+end
+
+-- histAdd returns history h (JSON, as the record's hist; nil or '' for none)
+-- with the move to state new added.
+local function histAdd(h, new, reason, att)
   local e = '{"s":' .. new .. ',"at":' .. ms(NOW) .. ',"a":' .. ms(att) .. ',"r":' .. cjson.encode(reason) .. '}'
+  if not h or h == '' or h == '[]' then return '[' .. e .. ']' end
+  return string.sub(h, 1, -2) .. ',' .. e .. ']'
+end
+
+-- setState records a task's move to state new. hist, when given, is the task's
+-- history as the caller read it (saving a read); extra field, value pairs are
+-- written in the same HSET.
+local function setState(tk, tid, job, old, new, reason, att, hist, extra)
+  moved(tid, job, old, new)
   local h = hist
   if h == nil then h = redis.call('HGET', tk, 'hist') end
-  if not h or h == '' or h == '[]' then h = '[' .. e .. ']' else h = string.sub(h, 1, -2) .. ',' .. e .. ']' end
+  h = histAdd(h, new, reason, att)
   if extra then
     local n = #extra
     extra[n + 1], extra[n + 2], extra[n + 3], extra[n + 4], extra[n + 5], extra[n + 6] = 'st', new, 'ua', ms(NOW), 'hist', h
@@ -202,8 +217,6 @@ local function setState(tk, tid, job, old, new, reason, att, hist, extra)
   else
     redis.call('HSET', tk, 'st', new, 'ua', ms(NOW), 'hist', h)
   end
-  notify(WATCH_TASK .. tid)
-  if job and job ~= '' then notify(WATCH_JOB .. job) end
 end
 
 -- reindex puts a live task in the shard's due index at the next time Reap must
@@ -235,30 +248,32 @@ local ENDED_KEEP = {job = true, type = true, pl = true, cj = true, st = true, at
 -- values all fit costs a few bytes a field instead of about a hundred.
 local INLINE_MAX = 64
 
--- compact rewrites a finished task's record in its small form (see decodeTask):
--- only ENDED_KEEP fields, empty and zero values left out, the history one field
--- per change (h1, h2, ...: state, ms after creation, attempt, reason, spaced),
--- and output that is one short piece kept in the record (oi) rather than in a
--- list of its own. Nothing changes for its readers but the history's form.
--- fe, the task's entry in the shard's stream of finished tasks, is kept with
--- it (relative to its creation, see finEntry), so retention can tell whether
--- an export has written it (unexported).
--- It returns whether the task still has a head list and a tail list of output.
-local function compact(tk, tid, fe)
+-- record reads a task's record into a table, field -> value (empty: none).
+local function record(tk)
   local all = redis.call('HGETALL', tk)
-  local out, ca, hist, ohn, otn = {}, 0, nil, nil, nil
-  for i = 1, #all - 1, 2 do
-    local k, v = all[i], all[i + 1]
-    if k == 'hist' then hist = v end
-    if k == 'ohn' then ohn = v end
-    if k == 'otn' then otn = v end
-    if ENDED_KEEP[k] and v ~= '' and v ~= '0' then
-      out[#out + 1], out[#out + 2] = k, v
-      if k == 'ca' then ca = tonumber(v) end
-    end
+  local r = {}
+  for i = 1, #all - 1, 2 do r[all[i]] = all[i + 1] end
+  return r
+end
+
+-- compact writes a finished task's record, rec (record's table, its last
+-- changes made), in its small form (see decodeTask): only ENDED_KEEP fields,
+-- empty and zero values left out, the history one field per change (h1, h2,
+-- ...: state, ms after creation, attempt, reason, spaced), and output that is
+-- one short piece kept in the record (oi, which the caller may have set
+-- already) rather than in a list of its own. Nothing changes for its readers
+-- but the history's form. It returns whether the task still has a head list
+-- and a tail list of output. fe, the task's entry in the shard's stream of
+-- finished tasks, is kept with it (relative to its creation, see finEntry), so
+-- retention can tell whether an export has written it (unexported).
+local function compact(tk, tid, rec, fe)
+  local out = {}
+  for k, v in pairs(rec) do
+    if ENDED_KEEP[k] and v ~= '' and v ~= '0' then out[#out + 1], out[#out + 2] = k, v end
   end
-  if hist and hist ~= '' then
-    for i, e in ipairs(cjson.decode(hist)) do
+  local ca = tonumber(rec.ca) or 0
+  if rec.hist and rec.hist ~= '' then
+    for i, e in ipairs(cjson.decode(rec.hist)) do
       out[#out + 1], out[#out + 2] = 'h' .. i, e.s .. ' ' .. ms(e.at - ca) .. ' ' .. e.a .. ' ' .. e.r
     end
   end
@@ -266,8 +281,11 @@ local function compact(tk, tid, fe)
   fm = ms(tonumber(fm) - ca)
   if fs ~= '0' then fm = fm .. '-' .. fs end
   out[#out + 1], out[#out + 2] = 'fe', fm
-  local head, tail = (tonumber(ohn) or 0) > 0, (tonumber(otn) or 0) > 0
-  if ohn == '1' and not tail then
+  local head, tail = (tonumber(rec.ohn) or 0) > 0, (tonumber(rec.otn) or 0) > 0
+  if rec.oi then
+    out[#out + 1], out[#out + 2] = 'oi', rec.oi
+    head = false
+  elseif rec.ohn == '1' and not tail then
     local hk = kOutHead(tid)
     local p = redis.call('LINDEX', hk, 0)
     if p and #p <= INLINE_MAX then
@@ -351,21 +369,23 @@ end
 
 -- endTask moves a live task to a terminal state; it returns false if the task is
 -- unknown or already ended. The task is then due for deletion after retention.
-local function endTask(tid, new, reason)
+-- rec, when given, is the task's record as the caller read it (record) and
+-- changed: it is what is written, compacted, in one go.
+local function endTask(tid, new, reason, rec)
   local tk = kTask(tid)
-  local f = redis.call('HMGET', tk, 'st', 'held', 'job', 'att', 'lim', 'err')
-  local st = tonumber(f[1])
+  rec = rec or record(tk)
+  local st = tonumber(rec.st)
   if not st or st > RUNNING then return false end
   local aid = agentOf(tid)
-  if st == PENDING and f[2] ~= '1' then redis.call('ZREM', kQueue(aid), tid) end
+  if st == PENDING and rec.held ~= '1' then redis.call('ZREM', kQueue(aid), tid) end
   if st == RUNNING then
     redis.call('ZREM', kRun(aid), tid)
-    redis.call('ZREM', kCancels(aid), tid)
+    if rec.cr == '1' then redis.call('ZREM', kCancels(aid), tid) end
   end
-  local extra
-  if (not f[6] or f[6] == '') and new ~= SUCCEEDED and new ~= FAILED then extra = {'err', reason} end
-  setState(tk, tid, f[3], st, new, reason, tonumber(f[4]) or 0, nil, extra)
-  local head, tail = compact(tk, tid, finished(tid)) -- held and le go with it
+  if (not rec.err or rec.err == '') and new ~= SUCCEEDED and new ~= FAILED then rec.err = reason end
+  moved(tid, rec.job, st, new)
+  rec.st, rec.ua, rec.hist = ms(new), ms(NOW), histAdd(rec.hist, new, reason, tonumber(rec.att) or 0)
+  local head, tail = compact(tk, tid, rec, finished(tid)) -- held and le go with it
   redis.call('ZREM', kDue, tid)
   -- A backstop should reaping stop: the record goes by itself an hour after Reap
   -- would have dropped it, an export holding it back included (relative, so it
@@ -375,7 +395,7 @@ local function endTask(tid, new, reason)
   if head then redis.call('PEXPIRE', kOutHead(tid), backstop) end
   if tail then redis.call('PEXPIRE', kOutTail(tid), backstop) end
   if KEEP > 0 then keepAgent(aid) end
-  if f[5] == '1' then needsAdvance(f[3]) end
+  if rec.lim == '1' then needsAdvance(rec.job) end
   return true
 end
 
@@ -450,8 +470,35 @@ local function appendOutput(tk, kh, kt, att, s, data, cap, f)
     end
   end
   held[s] = held[s] + len
-  redis.call('HSET', tk, 'oa', att, 'ob', ms(ob), 'on', ms(n + len), 'o1', ms(held[1]), 'o2', ms(held[2]),
-    'ohb', ms(hb), 'ohn', hn, 'otb', ms(tb), 'otn', tn)
+  local w = {oa = ms(att), ob = ms(ob), on = ms(n + len), o1 = ms(held[1]), o2 = ms(held[2]),
+    ohb = ms(hb), ohn = ms(hn), otb = ms(tb), otn = ms(tn)}
+  redis.call('HSET', tk, 'oa', w.oa, 'ob', w.ob, 'on', w.on, 'o1', w.o1, 'o2', w.o2,
+    'ohb', w.ohb, 'ohn', w.ohn, 'otb', w.otb, 'otn', w.otn)
+  return w
+end
+
+-- reportOutput adds the output a report carries (data, stdout) to attempt att's
+-- kept output under cap, in rec (the task's record, as record read it), as
+-- appendOutput and compact would leave it: when the attempt holds no output yet
+-- and no list is kept, an empty one changes only the fields, and a short one
+-- (one piece compact keeps in the record) goes straight to oi, with no list
+-- written and read back. Otherwise appendOutput writes it.
+local function reportOutput(tk, kh, kt, att, data, cap, rec)
+  local len = #data
+  local lists = (tonumber(rec.ohn) or 0) > 0 or (tonumber(rec.otn) or 0) > 0
+  local same = tonumber(rec.oa) == att
+  if len == 0 and same then return end
+  local ob, n = tonumber(rec.ob) or 0, tonumber(rec.on) or 0
+  if not same then ob, n = ob + n, 0 end
+  if not lists and n == 0 and len + 1 <= INLINE_MAX and outputHeadTake(0, 0, 0, 0, len, cap) == len then
+    rec.oa, rec.ob, rec.on, rec.o1, rec.o2 = ms(att), ms(ob), ms(len), ms(len), '0'
+    rec.ohb, rec.ohn, rec.otb, rec.otn = ms(len), (len > 0 and '1' or '0'), '0', '0'
+    if len > 0 then rec.oi = STREAM_STDOUT .. data end
+    return
+  end
+  local f = {}
+  for i, k in ipairs(OUTPUT_FIELDS) do f[i] = rec[k] or false end
+  for k, v in pairs(appendOutput(tk, kh, kt, att, STREAM_STDOUT, data, cap, f)) do rec[k] = v end
 end
 
 -- requestCancel records a cancel request on a running task and wakes its agent.
@@ -466,14 +513,15 @@ local function requestCancel(tk, tid, job, reason)
 end
 
 -- release puts a pending task in its agent's queue, due at its delivery TTL.
-local function release(tk, tid)
-  local ttl = tonumber(redis.call('HGET', tk, 'ttl'))
+-- ttl is the task's delivery TTL (ms, its record's ttl). A task released is
+-- due at its deliver-by time (reindex's answer, known here).
+local function release(tk, tid, ttl)
   local aid = agentOf(tid)
-  redis.call('HDEL', tk, 'held')
-  redis.call('HSET', tk, 'db', ms(NOW + ttl))
+  local db = NOW + ttl
+  redis.call('HSET', tk, 'held', '0', 'db', ms(db))
   redis.call('ZADD', kQueue(aid), 0, tid)
+  redis.call('ZADD', kDue, db, tid)
   notify(WATCH_AGENT .. aid)
-  reindex(tk, tid)
 end
 `
 
@@ -605,39 +653,51 @@ if gen == 0 then
   upd[#upd + 1] = 'gen'; upd[#upd + 1] = cur
   upd[#upd + 1] = 'pu'; upd[#upd + 1] = ms(NOW + hold)
 end
-if redis.call('EXISTS', KEYS[2], KEYS[4]) == 0 then
+-- How many of the queue and the undelivered cancels exist (Redis drops an
+-- emptied sorted set).
+local have = redis.call('EXISTS', KEYS[2], KEYS[4])
+if have == 0 then
   redis.call('HSET', KEYS[1], unpack(upd))
   publish()
   return {'OK', cur, {}, {}}
 end
-local leased = {}
+-- leased holds each leased task's id and its record as it is now (answered
+-- as it is, not read again).
+local leased, queued = {}, false
 while #leased < max do
   local ids = redis.call('ZRANGE', KEYS[2], 0, max - #leased - 1)
   if #ids == 0 then break end
+  queued = true
   for _, tid in ipairs(ids) do
     redis.call('ZREM', KEYS[2], tid)
     local tk = kTask(tid)
-    local t = redis.call('HMGET', tk, 'st', 'db', 'to', 'att', 'job', 'exr', 'tmo', 'hist', 'ttx')
-    if tonumber(t[1]) == PENDING then
-      if NOW >= (tonumber(t[2]) or 0) then
-        endTask(tid, deliveryExpiryEnd(tonumber(t[4]) or 0, t[9] or nil, t[6] or nil))
+    local t = record(tk)
+    if tonumber(t.st) == PENDING then
+      if NOW >= (tonumber(t.db) or 0) then
+        local ns, why = deliveryExpiryEnd(tonumber(t.att) or 0, t.ttx or nil, t.exr or nil)
+        endTask(tid, ns, why, t)
       else
-        local att = (tonumber(t[4]) or 0) + 1
-        local le, dl = NOW + lease, NOW + tonumber(t[3])
+        local att = (tonumber(t.att) or 0) + 1
+        local le, dl = NOW + lease, NOW + tonumber(t.to)
         redis.call('ZADD', KEYS[3], 0, tid)
-        setState(tk, tid, t[5], PENDING, RUNNING, string.format(FMT_LEASED, att), att, t[8] or '',
-          {'att', att, 'le', ms(le), 'dl', ms(dl)})
+        moved(tid, t.job, PENDING, RUNNING)
+        t.st, t.ua, t.att, t.le, t.dl = ms(RUNNING), ms(NOW), ms(att), ms(le), ms(dl)
+        t.hist = histAdd(t.hist, RUNNING, string.format(FMT_LEASED, att), att)
+        redis.call('HSET', tk, 'st', t.st, 'ua', t.ua, 'att', t.att, 'le', t.le, 'dl', t.dl, 'hist', t.hist)
         -- reindex, from what is known: due at the lease expiry or the deadline.
         local due = le
-        if t[7] ~= '1' and dl < due then due = dl end
+        if t.tmo ~= '1' and dl < due then due = dl end
         redis.call('ZADD', kDue, due, tid)
         leased[#leased + 1] = tid
+        leased[#leased + 1] = t
       end
     end
   end
 end
 local cancels = {}
-local cids = redis.call('ZRANGE', KEYS[4], 0, -1)
+-- With one of the two keys, and tasks in the queue, there are no cancels.
+local cids = {}
+if have == 2 or not queued then cids = redis.call('ZRANGE', KEYS[4], 0, -1) end
 if #cids > 0 then
   for _, tid in ipairs(cids) do
     local tk = kTask(tid)
@@ -654,9 +714,11 @@ if #leased > 0 or #cancels > 0 then upd[#upd + 1] = 'pu'; upd[#upd + 1] = '0' en
 redis.call('HSET', KEYS[1], unpack(upd))
 publish()
 local out = {'OK', cur, cancels, advanceList()}
-for _, tid in ipairs(leased) do
-  out[#out + 1] = tid
-  out[#out + 1] = redis.call('HGETALL', kTask(tid))
+for i = 1, #leased - 1, 2 do
+  local f = {}
+  for k, v in pairs(leased[i + 1]) do f[#f + 1] = k; f[#f + 1] = v end
+  out[#out + 1] = leased[i]
+  out[#out + 1] = f
 end
 return out
 `)
@@ -692,13 +754,16 @@ for i = 9, #ARGV - 1, 2 do
   local held = false
   if redis.call('ZSCORE', KEYS[2], tid) then
     local tk = kTask(tid)
-    local t = redis.call('HMGET', tk, 'att', 'le', 'cr', 'st')
+    local t = redis.call('HMGET', tk, 'att', 'le', 'cr', 'st', 'dl', 'tmo')
     if t[1] == att and tonumber(t[4]) == RUNNING then
       held = true
       local exp = NOW + lease
       if exp > (tonumber(t[2]) or 0) then
         redis.call('HSET', tk, 'le', ms(exp))
-        reindex(tk, tid)
+        -- reindex, from what is known: due at the lease expiry or the deadline.
+        local due, dl = exp, tonumber(t[5])
+        if t[6] ~= '1' and dl and dl < due then due = dl end
+        redis.call('ZADD', kDue, due, tid)
       end
       if t[3] == '1' then
         redis.call('HSET', tk, 'cd', '1')
@@ -773,19 +838,20 @@ if aerr then return aerr end
 redis.call('HSET', KEYS[1], 'seen', ms(NOW), 'so', '0')
 seen(ARGV[4])
 local tk = KEYS[2]
-local t = redis.call('HMGET', tk, 'st', 'att', 'rep', 'ro', 'ec', 'tmo', 'cr', 'crr', 'dl', 'tor')
-local st = tonumber(t[1])
+-- The record is read once and written once, compacted (endTask).
+local t = record(tk)
+local st = tonumber(t.st)
 if not st then return fail(E_NOT_FOUND, string.format(FMT_TASK_NOT_FOUND, q(tid))) end
 local ro = 0
-if t[3] == '1' then ro = tonumber(t[4]) or 0 end
-local check = checkReport(tid, st, tonumber(t[2]) or 0, ro, tonumber(t[5]) or 0, att, outcome, exit)
+if t.rep == '1' then ro = tonumber(t.ro) or 0 end
+local check = checkReport(tid, st, tonumber(t.att) or 0, ro, tonumber(t.ec) or 0, att, outcome, exit)
 if check == true then return {'OK', st, {}} end
 if check then return check end
-appendOutput(tk, KEYS[3], KEYS[4], att, STREAM_STDOUT, ARGV[9], tonumber(ARGV[14]))
+reportOutput(tk, KEYS[3], KEYS[4], att, ARGV[9], tonumber(ARGV[14]), t)
 if #ARGV[9] > 0 then notify(WATCH_OUTPUT .. tid) end
-redis.call('HSET', tk, 'otr', ARGV[12], 'osz', ARGV[13], 'ec', ARGV[10], 'err', ARGV[11], 'rep', '1', 'ro', outcome)
-local new, reason = reportEnd(outcome, t[6] == '1', t[7] == '1', t[8], tonumber(t[9]) or 0, t[10] or '', ARGV[15] == '1', NOW)
-endTask(tid, new, reason)
+t.otr, t.osz, t.ec, t.err, t.rep, t.ro = ARGV[12], ARGV[13], ARGV[10], ARGV[11], '1', ms(outcome)
+local new, reason = reportEnd(outcome, t.tmo == '1', t.cr == '1', t.crr or nil, tonumber(t.dl) or 0, t.tor or '', ARGV[15] == '1', NOW)
+endTask(tid, new, reason, t)
 publish()
 return {'OK', new, advanceList()}
 `)
@@ -835,14 +901,15 @@ return {'OK', ms(held)}
 // or (with [18]) it does not handle the type — fail(E_TYPE_UNHANDLED, its types
 // as JSON) — and then nothing is created
 var createTasksScript = shardScript("createTasks", `
-local maxPending, job, single = tonumber(ARGV[4]), ARGV[5], ARGV[13] == '1'
-local content = {'pl', ARGV[7], 'js', ARGV[17]}
-if ARGV[16] == '1' then content = {'cj', '1'} end
+local maxPending, job, single, hold = tonumber(ARGV[4]), ARGV[5], ARGV[13] == '1', ARGV[12] == '1'
+local ttl = tonumber(ARGV[10])
+local hist = histAdd(nil, PENDING, REASON_DISPATCHED, 0)
+local exr = string.format(FMT_EXPIRED, ARGV[15])
 for i = 19, #ARGV - 1, 2 do
   local tid, aid = ARGV[i], ARGV[i + 1]
   -- A retried dispatch names the same tasks: one made before stays as it is.
   if redis.call('EXISTS', kTask(tid)) == 0 then
-    local a = redis.call('HMGET', kAgent(aid), 'reg', 'rev')
+    local a = redis.call('HMGET', kAgent(aid), 'reg', 'rev', 'types')
     local qlen = redis.call('ZCARD', kQueue(aid))
     if single then
       if not a[1] then return fail(E_NOT_FOUND, string.format(FMT_AGENT_NOT_FOUND, q(aid))) end
@@ -851,27 +918,46 @@ for i = 19, #ARGV - 1, 2 do
         return fail(E_EXHAUSTED, string.format(FMT_AGENT_QUEUE_FULL, q(aid), qlen))
       end
       if ARGV[18] == '1' then
-        local types = redis.call('HGET', kAgent(aid), 'types') or ''
+        local types = a[3] or ''
         if not handlesType(types, ARGV[6]) then return fail(E_TYPE_UNHANDLED, types) end
       end
     end
+    local refused
+    if not a[1] then
+      refused = REASON_AGENT_NOT_FOUND
+    elseif a[2] then
+      refused = REASON_AGENT_REVOKED
+    elseif qlen >= maxPending then
+      refused = string.format(FMT_QUEUE_FULL, qlen)
+    end
+    -- The record is written whole at once: made PENDING (its history's first
+    -- change), and held or released.
     local tk = kTask(tid)
-    redis.call('HSET', tk, 'job', job, 'type', ARGV[6], 'att', 0, 'max', ARGV[8],
-      'to', ARGV[9], 'ttl', ARGV[10], 'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'ttx', ARGV[15],
-      'exr', string.format(FMT_EXPIRED, ARGV[15]), unpack(content))
+    local f = {'job', job, 'type', ARGV[6], 'att', 0, 'max', ARGV[8], 'to', ARGV[9], 'ttl', ARGV[10],
+      'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'ttx', ARGV[15], 'exr', exr,
+      'st', PENDING, 'ua', ms(NOW), 'hist', hist}
+    if ARGV[16] == '1' then
+      f[#f + 1], f[#f + 2] = 'cj', '1'
+    else
+      f[#f + 1], f[#f + 2], f[#f + 3], f[#f + 4] = 'pl', ARGV[7], 'js', ARGV[17]
+    end
+    if refused then
+    elseif hold then
+      f[#f + 1], f[#f + 2] = 'held', '1'
+    else
+      f[#f + 1], f[#f + 2] = 'db', ms(NOW + ttl)
+    end
+    redis.call('HSET', tk, unpack(f))
     redis.call('ZADD', kAll, 0, tid)
     redis.call('ZADD', kAgentTasks(aid), 0, tid)
-    setState(tk, tid, job, nil, PENDING, REASON_DISPATCHED, 0)
-    if not a[1] then
-      endTask(tid, CANCELED, REASON_AGENT_NOT_FOUND)
-    elseif a[2] then
-      endTask(tid, CANCELED, REASON_AGENT_REVOKED)
-    elseif qlen >= maxPending then
-      endTask(tid, CANCELED, string.format(FMT_QUEUE_FULL, qlen))
-    elseif ARGV[12] == '1' then
-      redis.call('HSET', tk, 'held', '1')
-    else
-      release(tk, tid)
+    moved(tid, job, nil, PENDING)
+    if refused then
+      endTask(tid, CANCELED, refused)
+    elseif not hold then
+      -- As release does, the record written above.
+      redis.call('ZADD', kQueue(aid), 0, tid)
+      redis.call('ZADD', kDue, NOW + ttl, tid)
+      notify(WATCH_AGENT .. aid)
     end
   end
 end
@@ -890,9 +976,9 @@ local n = 0
 for i = 4, #ARGV do
   local tid = ARGV[i]
   local tk = kTask(tid)
-  local t = redis.call('HMGET', tk, 'st', 'held')
+  local t = redis.call('HMGET', tk, 'st', 'held', 'ttl')
   if tonumber(t[1]) == PENDING and t[2] == '1' then
-    release(tk, tid)
+    release(tk, tid, tonumber(t[3]))
     n = n + 1
   end
 end
@@ -1164,13 +1250,20 @@ return {'OK', t, head, tail, string.format('%d', from)}
 // returns {'OK', record fields, head pieces, tail pieces}
 var taskScript = newScript("task", `
 local f = redis.call('HGETALL', KEYS[1])
-local head = redis.call('LRANGE', KEYS[2], 0, -1)
-if #head == 0 then
-  for i = 1, #f - 1, 2 do
-    if f[i] == 'oi' then head = {f[i + 1]} end
-  end
+-- The lists are read only when the record says they hold pieces (ohn, otn).
+local ohn, otn, oi
+for i = 1, #f - 1, 2 do
+  local k = f[i]
+  if k == 'ohn' then ohn = f[i + 1] elseif k == 'otn' then otn = f[i + 1] elseif k == 'oi' then oi = f[i + 1] end
 end
-return {'OK', f, head, redis.call('LRANGE', KEYS[3], 0, -1)}
+local head, tail = {}, {}
+if oi then
+  head = {oi}
+elseif (tonumber(ohn) or 0) > 0 then
+  head = redis.call('LRANGE', KEYS[2], 0, -1)
+end
+if (tonumber(otn) or 0) > 0 then tail = redis.call('LRANGE', KEYS[3], 0, -1) end
+return {'OK', f, head, tail}
 `)
 
 // jobCreateScript writes a job record unless it exists, so two attempts of one
