@@ -204,9 +204,11 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		writeRow(&b, []string{r.Scenario, r.Name, r.Summary, dash(r.Floor), dash(r.VsFloor), r.Target, r.Status})
 	}
 	var notes []string
+	said := map[string]bool{} // two rows of a scenario may say the same
 	for _, r := range rep.Results {
-		if r.Note != "" {
-			notes = append(notes, r.Scenario+": "+r.Note)
+		if n := r.Scenario + ": " + r.Note; r.Note != "" && !said[n] {
+			notes = append(notes, n)
+			said[n] = true
 		}
 	}
 	if len(notes) > 0 {

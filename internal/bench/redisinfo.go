@@ -23,18 +23,23 @@ type redisStat struct {
 	// one round trip).
 	Scripts int64
 	// CPU is the Redis process's CPU time, user and system: commands, scripts,
-	// networking, everything.
+	// networking, everything (INFO cpu). Unlike ScriptTime, a machine loaded by
+	// other work does not inflate it.
 	CPU time.Duration
+	// ScriptTime is the time spent inside script calls, the commands they run
+	// included (INFO commandstats usec of EVALSHA, EVAL, FCALL): wall time
+	// inside Redis, which grows when Redis waits for a core.
+	ScriptTime time.Duration
 	// Mem is the memory Redis holds for data (used_memory).
 	Mem int64
 }
 
 func (a redisStat) sub(b redisStat) redisStat {
-	return redisStat{Cmds: a.Cmds - b.Cmds, Scripts: a.Scripts - b.Scripts, CPU: a.CPU - b.CPU, Mem: a.Mem - b.Mem}
+	return redisStat{Cmds: a.Cmds - b.Cmds, Scripts: a.Scripts - b.Scripts, CPU: a.CPU - b.CPU, ScriptTime: a.ScriptTime - b.ScriptTime, Mem: a.Mem - b.Mem}
 }
 
 func (a redisStat) add(b redisStat) redisStat {
-	return redisStat{Cmds: a.Cmds + b.Cmds, Scripts: a.Scripts + b.Scripts, CPU: a.CPU + b.CPU, Mem: a.Mem + b.Mem}
+	return redisStat{Cmds: a.Cmds + b.Cmds, Scripts: a.Scripts + b.Scripts, CPU: a.CPU + b.CPU, ScriptTime: a.ScriptTime + b.ScriptTime, Mem: a.Mem + b.Mem}
 }
 
 // redisCalls returns the commands and script calls Redis has run (redisStat).
@@ -109,14 +114,22 @@ func redisStatsAt(ctx context.Context, host, user, pw string) (redisStat, error)
 		case "info", "auth", "hello", "select":
 			continue
 		}
+		script := false
+		switch cmd {
+		case "evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro":
+			script = true
+		}
 		for _, kv := range strings.Split(rest, ",") {
 			if v, ok := strings.CutPrefix(kv, "calls="); ok {
 				n, _ := strconv.ParseInt(v, 10, 64)
 				st.Cmds += n
-				switch cmd {
-				case "evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro":
+				if script {
 					st.Scripts += n
 				}
+			}
+			if v, ok := strings.CutPrefix(kv, "usec="); ok && script {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				st.ScriptTime += time.Duration(n) * time.Microsecond
 			}
 		}
 	}
