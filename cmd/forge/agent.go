@@ -45,17 +45,36 @@ func (m *Main) runAgent(ctx context.Context, args []string) error {
 	}
 	a, err := m.BuildAgent(c)
 	if err != nil {
-		return err
+		return cliError(err)
 	}
 	if err := a.Run(ctx); errors.Is(err, agent.ErrRevoked) {
 		// A distinct code, so a service manager can be told not to restart an
 		// agent that can never work again (the systemd unit's RestartPreventExitStatus).
-		fmt.Fprintf(m.Stderr, "forge agent: %v\n", err)
+		fmt.Fprintf(m.Stderr, "forge agent: %v\n", cliError(err))
 		return exitCode(exitRevoked)
 	} else {
-		return err
+		return cliError(err)
 	}
 }
+
+// agentErrorPrefix starts the agent package's errors, as a library's errors
+// name their package; the CLI already says "forge agent: ".
+const agentErrorPrefix = "agent: "
+
+// cliError returns err as `forge agent` prints it: without the agent
+// package's own prefix, so a line reads "forge agent: no server given", not
+// "forge agent: agent: no server given". errors.Is and As still see err.
+func cliError(err error) error {
+	if err == nil || !strings.HasPrefix(err.Error(), agentErrorPrefix) {
+		return err
+	}
+	return prefixless{err}
+}
+
+type prefixless struct{ err error }
+
+func (e prefixless) Error() string { return strings.TrimPrefix(e.err.Error(), agentErrorPrefix) }
+func (e prefixless) Unwrap() error { return e.err }
 
 // exitRevoked is the exit code of `forge agent` when the server refuses its
 // token for good.
