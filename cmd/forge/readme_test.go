@@ -151,12 +151,32 @@ func TestEmbedExampleRuns(t *testing.T) {
 	t.Parallel()
 	url := startServer(t)
 	ctl := control(url)
-	startProc(t, env{"FORGE_SERVER": url, "FORGE_ENROLL_TOKEN": enrollToken, "FORGE_STATE_DIR": t.TempDir()}, "embed")
+	p := startProc(t, env{"FORGE_SERVER": url, "FORGE_ENROLL_TOKEN": enrollToken, "FORGE_STATE_DIR": t.TempDir()}, "embed")
 	a := waitAgents(t, ctl, "app=billing", 1)[0]
 	res, err := ctl.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "greet", Payload: []byte("forge"),
 		Target: &forgev1.DispatchRequest_AgentId{AgentId: a.Id}, Wait: durationpb.New(20 * time.Second)}))
 	if err != nil || len(res.Msg.Tasks) != 1 || string(res.Msg.Tasks[0].Output) != "hello, forge" {
 		t.Fatalf("Dispatch with wait = %v, %v", res, err)
+	}
+	// Whoever runs it sees that it registered, what it runs, and that it stopped.
+	task := res.Msg.Tasks[0].Id
+	waitOutput(t, p, "task ended task="+task)
+	p.signal(os.Interrupt)
+	if err := p.wait(t); err != nil {
+		t.Fatalf("the example exited with %v on Ctrl-C, want 0:\n%s", err, p.output())
+	}
+	for _, want := range []string{"msg=registered agent=" + a.Id, "task started task=" + task, "type=greet", "msg=stopped"} {
+		if !strings.Contains(p.output(), want) {
+			t.Errorf("the example's output lacks %q:\n%s", want, p.output())
+		}
+	}
+
+	// Given no server, it says why it cannot start, and exits 1 (no panic).
+	p = startProc(t, env{"FORGE_SERVER": "", "FORGE_ENROLL_TOKEN": enrollToken}, "embed")
+	var ee *exec.ExitError
+	if err := p.wait(t); !errors.As(err, &ee) || ee.ExitCode() != 1 ||
+		!strings.Contains(p.output(), "cannot start the agent") || strings.Contains(p.output(), "panic") {
+		t.Fatalf("the example without a server exited %v:\n%s", err, p.output())
 	}
 }
 
