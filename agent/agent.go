@@ -33,6 +33,7 @@ import (
 	"github.com/orange-forge/forge/internal/gzipcap"
 	"github.com/orange-forge/forge/internal/outputcap"
 	"github.com/orange-forge/forge/internal/tasksig"
+	"github.com/orange-forge/forge/store"
 )
 
 // Config configures an Agent. Zero values get the defaults noted.
@@ -228,6 +229,11 @@ func New(cfg Config) (*Agent, error) {
 	host, _ := os.Hostname()
 	if cfg.Name == "" {
 		cfg.Name = DefaultName(cfg.StateDir)
+	}
+	// The server refuses such a name at Register; refused here, the agent
+	// says so at start instead of retrying a registration that cannot pass.
+	if err := store.CheckAgentName(cfg.Name); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	log := cfg.Logger
 	if log == nil {

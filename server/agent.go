@@ -3,12 +3,12 @@ package server
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"time"
-	"unicode"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -142,10 +142,15 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 		if len(v) > l.MaxName {
 			return invalid(field, "%d bytes is over the limit of %d", len(v), l.MaxName)
 		}
-		if !nameText(v) {
+		if field != "name" && !nameText(v) {
 			return invalid(field, "must be printable UTF-8 without control, bidi or zero-width characters, "+
 				"no space at either end and no space but U+0020")
 		}
+	}
+	// An agent's name is matched by --agent and name patterns: the stores'
+	// rule, checked here first so the caller hears it before any store work.
+	if err := store.CheckAgentName(m.Name); err != nil {
+		return connect.NewError(connect.CodeInvalidArgument, errors.New(err.Error()))
 	}
 	if m.PreviousAgentId != "" && !store.ValidID(m.PreviousAgentId, 'a') {
 		return invalid("previous_agent_id", "%.80q is not an agent id", m.PreviousAgentId)
@@ -181,20 +186,8 @@ func (s *Server) checkRegister(m *forgev1.RegisterRequest) error {
 func printable(s string) bool { return termsafe.Safe(s) }
 
 // nameText tells whether s can name what an operator picks from a list (an
-// agent, its host, a task type): printable, with no space that passes for
-// another — none at either end, and none but U+0020 — since "web-1 " and
-// "web\u00a01" show as "web-1" and "web 1" but are other names.
-func nameText(s string) bool {
-	if !printable(s) || strings.TrimSpace(s) != s {
-		return false
-	}
-	for _, r := range s {
-		if r != ' ' && unicode.IsSpace(r) {
-			return false
-		}
-	}
-	return true
-}
+// agent, its host, a task type): store.PrintableName, the one rule.
+func nameText(s string) bool { return store.PrintableName(s) }
 
 // labelText tells whether s uses only the characters selectors can name.
 func labelText(s string) bool {

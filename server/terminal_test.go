@@ -1,12 +1,14 @@
 package server_test
 
 import (
+	"strings"
 	"testing"
 
 	"connectrpc.com/connect"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/internal/forgetest"
+	"github.com/orange-forge/forge/store"
 )
 
 // TestAttackTerminalText registers agents whose names, hostnames, versions,
@@ -66,6 +68,36 @@ func TestAttackTerminalText(t *testing.T) {
 		// Names in other scripts are fine, and so are spaces inside.
 		if _, err := s.Agent(enrollToken).Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: "café-日本 2"})); err != nil {
 			t.Errorf("Register of a plain non-ASCII name: %v", err)
+		}
+	})
+}
+
+// TestRegisterAgentNames: a name that --agent, a name pattern or a listing would
+// misread — empty, "*" or another glob character, shaped like an agent id — is
+// refused with invalid_argument saying what a name may be, at Register and when
+// an agent gives its name again with its own token; nothing changes.
+func TestRegisterAgentNames(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, b forgetest.Backend) {
+		s := forgetest.Start(t, forgetest.Options{Backend: b})
+		ctx := t.Context()
+		id, token := s.Register("web-1", nil)
+		for _, bad := range []string{"", "*", "web-*", "web-?", "web-[12]", `web\1`, "a0123456789abcde"} {
+			_, err := s.Agent(enrollToken).Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: bad}))
+			if codeOf(err) != "invalid_argument" || !strings.Contains(err.Error(), store.AgentNameRule) {
+				t.Errorf("Register named %q = %v, want invalid_argument saying %q", bad, err, store.AgentNameRule)
+			}
+			_, err = s.Agent(token).Register(ctx, connect.NewRequest(&forgev1.RegisterRequest{Name: bad}))
+			if codeOf(err) != "invalid_argument" || !strings.Contains(err.Error(), store.AgentNameRule) {
+				t.Errorf("Register again named %q = %v, want invalid_argument saying %q", bad, err, store.AgentNameRule)
+			}
+		}
+		res, err := s.Control.ListAgents(ctx, connect.NewRequest(&forgev1.ListAgentsRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Msg.Agents) != 1 || res.Msg.Agents[0].Id != id || res.Msg.Agents[0].Name != "web-1" {
+			t.Fatalf("agents after refused names = %v, want web-1 (%s) alone", res.Msg.Agents, id)
 		}
 	})
 }

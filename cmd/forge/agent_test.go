@@ -132,6 +132,9 @@ func TestAgentFlags(t *testing.T) {
 		{append(srv, "--drain-grace", "soon"), 2, `invalid value "soon" for flag --drain-grace`},
 		{append(srv, "--ca", missing), 1, "no such file"},
 		{append(srv, "--ca", notPEM), 1, "--ca " + notPEM + ": no PEM certificate in it"},
+		{append(srv, "--name", "*"), 1, `forge agent: name: "*" must not hold * ? [ ] or \; a name is printable`},
+		{append(srv, "--name", "web-?"), 1, `forge agent: name: "web-?" must not hold`},
+		{append(srv, "--name", "a0123456789abcde"), 1, `forge agent: name: "a0123456789abcde" would be read as an agent id`},
 		{[]string{"agent", "-h"}, 0, "--allow-exec  [FORGE_ALLOW_EXEC]"},
 	} {
 		out, code := runForge(t, nil, c.args...)

@@ -18,6 +18,9 @@ type replay struct {
 
 // RegisterAgent implements store.Store.
 func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (store.Agent, error) {
+	if err := store.CheckAgentName(p.Name); err != nil {
+		return store.Agent{}, err
+	}
 	return locked(ctx, s, func(now time.Time) (store.Agent, error) {
 		s.dropReplays(now)
 		if r, ok := s.replays[p.RequestKey]; ok && p.RequestKey != "" {
@@ -96,6 +99,9 @@ func (s *Store) dropReplays(now time.Time) {
 
 // UpdateAgent implements store.Store.
 func (s *Store) UpdateAgent(ctx context.Context, c store.Cred, p store.RegisterParams) (store.Agent, error) {
+	if err := store.CheckAgentName(p.Name); err != nil {
+		return store.Agent{}, err
+	}
 	return locked(ctx, s, func(now time.Time) (store.Agent, error) {
 		a, err := s.auth(c)
 		if err != nil {

@@ -18,6 +18,9 @@ import (
 // token for, never a listed agent that does not exist; a replay of a
 // registration cut short makes the agent its claim named.
 func (s *Store) RegisterAgent(ctx context.Context, p store.RegisterParams) (store.Agent, error) {
+	if err := store.CheckAgentName(p.Name); err != nil {
+		return store.Agent{}, err
+	}
 	now := s.nowMS()
 	if p.RequestKey != "" {
 		v, err := s.client.Do(ctx, s.client.B().Get().Key(s.k.enrollReplay(p.RequestKey)).Build()).ToString()
@@ -146,6 +149,9 @@ func (s *Store) AuthenticateAgent(ctx context.Context, c store.Cred) error {
 
 // UpdateAgent implements store.Store.
 func (s *Store) UpdateAgent(ctx context.Context, c store.Cred, p store.RegisterParams) (store.Agent, error) {
+	if err := store.CheckAgentName(p.Name); err != nil {
+		return store.Agent{}, err
+	}
 	if !store.ValidID(c.AgentID, 'a') {
 		return store.Agent{}, store.ErrUnknownAgent()
 	}

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -18,6 +19,30 @@ var agentCases = []testCase{
 	{"List", testListAgents, nil},
 	{"RemovedWhenUnseen", testRemoveUnseen, nil},
 	{"Update", testUpdateAgent, nil},
+	{"Names", testAgentNames, nil},
+}
+
+// testAgentNames: a name that a pattern or a listing would misread (empty, a
+// glob character, shaped like an agent id, spaced or escaped to pass for
+// another) is refused with KindInvalid at Register and at Update, and nothing
+// is stored; names that patterns match as written are taken.
+func testAgentNames(h *harness) {
+	a := h.registerNamed("web-1", nil)
+	for _, bad := range []string{"", "*", "web-*", "web-?", "web-[1]", `web\1`, "web-1 ", "web\u00a01", "web\x1b[31m",
+		"a" + strings.Repeat("b", store.AgentIDLen-1)} {
+		_, err := h.s.RegisterAgent(h.ctx, store.RegisterParams{Name: bad, SecretHash: hash("bad")})
+		wantErr(h, err, store.CheckAgentName(bad), fmt.Sprintf("RegisterAgent named %q", bad))
+		_, err = h.s.UpdateAgent(h.ctx, a.cred, store.RegisterParams{Name: bad})
+		wantErr(h, err, store.CheckAgentName(bad), fmt.Sprintf("UpdateAgent to the name %q", bad))
+	}
+	if list, _, err := h.s.ListAgents(h.ctx, store.AgentFilter{}); err != nil || len(list) != 1 || list[0].Name != "web-1" {
+		h.Fatalf("after refused names, ListAgents = %+v, %v; want web-1 alone", list, err)
+	}
+	for _, good := range []string{"web 1", "db/web-1", "café-日本", "a" + strings.Repeat("b", store.AgentIDLen)} {
+		if _, err := h.s.RegisterAgent(h.ctx, store.RegisterParams{Name: good, SecretHash: hash(good)}); err != nil {
+			h.Fatalf("RegisterAgent named %q: %v", good, err)
+		}
+	}
 }
 
 // testUpdateAgent: an agent that starts again with its saved identity gives its
