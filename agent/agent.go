@@ -139,6 +139,7 @@ var (
 	errCanceled  = errors.New("canceled by the server")
 	errAbandoned = errors.New("abandoned: the attempt's lease is no longer held by this agent")
 	errDrained   = errors.New("agent shutting down: drain grace ended")
+	errStopNow   = errors.New("agent shutting down: stopped at once")
 )
 
 // Agent runs tasks for a forge server. Create it with New, register handlers with
@@ -178,6 +179,8 @@ type Agent struct {
 	groups      groupRecorder
 	changed     chan struct{} // a slot freed or the drain request changed
 	beatNow     chan struct{} // a task arrived with little of its lease left
+	stopNow     chan struct{} // closed by StopNow: a drain ends at once
+	stopNowOnce sync.Once
 }
 
 // attempt is one task attempt the agent holds: from its Poll answer until it is
@@ -252,6 +255,7 @@ func New(cfg Config) (*Agent, error) {
 		running:    map[refKey]*attempt{},
 		changed:    make(chan struct{}, 1),
 		beatNow:    make(chan struct{}, 1),
+		stopNow:    make(chan struct{}),
 	}
 	if cfg.PollWait > 0 {
 		a.pollWait = cfg.PollWait
@@ -306,6 +310,16 @@ func (a *Agent) Handle(taskType string, h Handler) {
 		return
 	}
 	a.handlers[taskType] = h
+}
+
+// StopNow cuts Run's drain short: once Run's context has ended, the handlers
+// still running have their contexts cancelled at once, as when DrainGrace runs
+// out, their results are reported (for up to 15 s), and Run returns. Called
+// before Run's context ends, it takes effect when the drain begins. A program
+// calls it on a second interrupt (`forge agent` on a second Ctrl-C). It may be
+// called more than once, from any goroutine.
+func (a *Agent) StopNow() {
+	a.stopNowOnce.Do(func() { close(a.stopNow) })
 }
 
 // ID returns the agent's id once Run has registered it or loaded it from the

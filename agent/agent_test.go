@@ -440,6 +440,40 @@ func TestDrainGraceCancelsHandler(t *testing.T) {
 	})
 }
 
+// TestStopNowCutsDrain: StopNow during a drain cancels the running handler at
+// once (the drain grace here is an hour), reports it, and Run returns.
+func TestStopNowCutsDrain(t *testing.T) {
+	t.Parallel()
+	forgetest.Each(t, func(t *testing.T, backend forgetest.Backend) {
+		e := newEnv(t, backend, server.Config{})
+		b := newBlocker()
+		a := startAgent(t, agent.Config{Servers: []string{e.URL}, DrainGrace: time.Hour}, map[string]agent.Handler{"block": b.handle})
+		id := e.dispatch(a.ID(), "block", nil, 0)
+		b.waitStarted(t)
+		a.cancel()
+		select {
+		case <-a.done:
+			t.Fatalf("Run returned while its handler was running, in a drain of an hour: %v", a.err)
+		default:
+		}
+		a.StopNow()
+		if err := a.stop(t); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if c := b.cause(id); c == nil || !strings.Contains(c.Error(), "stopped at once") {
+			t.Fatalf("handler's cause %v, want stopped at once", c)
+		}
+		res, err := e.Control.GetTask(t.Context(), connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantState(t, res.Msg.Task, forgev1.TaskState_TASK_STATE_FAILED)
+		if !strings.Contains(res.Msg.Task.Error, "stopped at once") {
+			t.Fatalf("error %q", res.Msg.Task.Error)
+		}
+	})
+}
+
 // With Concurrency 2, four blocking tasks run two at a time; as slots free, the
 // agent takes the rest without waiting for a poll hold to end.
 func TestConcurrencyLimit(t *testing.T) {

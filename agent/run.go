@@ -90,22 +90,49 @@ func (a *Agent) serve(ctx context.Context) error {
 		if n > 0 {
 			a.log.Info("draining", "running", n, "grace", a.cfg.DrainGrace)
 		}
-		grace := time.AfterFunc(a.cfg.DrainGrace, func() { a.cancelAll(errDrained) })
-		defer grace.Stop()
-		reports := time.AfterFunc(a.cfg.DrainGrace+reportDrainTimeout, stopReports)
-		defer reports.Stop()
 	}
+	// The running handlers may go on for DrainGrace on a clean stop (after an
+	// error they were cancelled already), or until StopNow; their results are
+	// then reported for up to reportDrainTimeout, and Run gives up waiting 5 s
+	// after that.
+	grace := a.cfg.DrainGrace
+	var stopNow <-chan struct{} = a.stopNow
 	done := make(chan struct{})
 	go func() {
 		s.tasks.Wait()
 		close(done)
 	}()
-	giveUp := time.NewTimer(a.cfg.DrainGrace + reportDrainTimeout + 5*time.Second)
+	end := time.NewTimer(grace)
+	defer end.Stop()
+	reports := time.NewTimer(grace + reportDrainTimeout)
+	defer reports.Stop()
+	giveUp := time.NewTimer(grace + reportDrainTimeout + 5*time.Second)
 	defer giveUp.Stop()
-	select {
-	case <-done:
-	case <-giveUp.C:
-		a.log.Error("handlers did not return after their contexts were cancelled; leaving them", "running", a.runningCount())
+wait:
+	for {
+		select {
+		case <-done:
+			break wait
+		case <-stopNow:
+			stopNow = nil
+			if end.Stop() {
+				if n := a.runningCount(); n > 0 {
+					a.log.Info("stopping at once: cancelling the running tasks", "running", n)
+				}
+				a.cancelAll(errStopNow)
+				reports.Reset(reportDrainTimeout)
+				giveUp.Reset(reportDrainTimeout + 5*time.Second)
+			}
+		case <-end.C:
+			if err == nil {
+				a.cancelAll(errDrained)
+			}
+		case <-reports.C:
+			stopReports()
+		case <-giveUp.C:
+			a.log.Error("handlers did not return after their contexts were cancelled; leaving them", "running", a.runningCount())
+			break wait
+		}
 	}
 	if err == nil {
 		// The sign-off must be the agent's last call: a heartbeat after it would

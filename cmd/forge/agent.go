@@ -32,6 +32,11 @@ func (m *Main) runAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if ctx.Err() != nil {
+		// Interrupted while starting: stop here, before the start below
+		// (hideAgentSecrets) hands over to a new process that would not know.
+		return nil
+	}
 	if err := m.hideAgentSecrets(args, c.EnrollToken); err != nil {
 		return err
 	}
@@ -46,6 +51,17 @@ func (m *Main) runAgent(ctx context.Context, args []string) error {
 	a, err := m.BuildAgent(c)
 	if err != nil {
 		return cliError(err)
+	}
+	if m.StopNow != nil {
+		ran := make(chan struct{})
+		defer close(ran)
+		go func() {
+			select {
+			case <-m.StopNow:
+				a.StopNow()
+			case <-ran:
+			}
+		}()
 	}
 	if err := a.Run(ctx); errors.Is(err, agent.ErrRevoked) {
 		// A distinct code, so a service manager can be told not to restart an
@@ -123,7 +139,7 @@ func (m *Main) ParseAgent(args []string) (AgentConfig, error) {
 	f.ListVar(&c.SigningPubkeys, "signing-pubkey", "the server's task-signing public key (PEM, as from `openssl pkey -in key.pem -pubout`) to pin; repeat while rotating. The agent then runs only tasks signed with it")
 	f.StringVar(&c.ExecUser, "exec-user", "", "run commands as this user, who cannot read the agent's state dir or token (the agent must run as root)")
 	f.IntVar(&c.Concurrency, "concurrency", 4, "most tasks run at once")
-	f.DurationVar(&c.DrainGrace, "drain-grace", 30*time.Second, "on SIGTERM, how long running tasks may finish before they are stopped")
+	f.DurationVar(&c.DrainGrace, "drain-grace", 30*time.Second, "on SIGTERM or Ctrl-C, how long running tasks may finish before they are stopped (at once on a second one)")
 	f.logFlags(&logFormat, &logLevel)
 	if err := f.parse(args); err != nil {
 		return c, err

@@ -1,9 +1,14 @@
 package main_test
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -47,5 +52,73 @@ func assertOnePrefix(t *testing.T, out, want string) {
 	}
 	if strings.Contains(out, "agent: agent:") {
 		t.Errorf("output has a doubled prefix:\n%s", out)
+	}
+}
+
+// TestAgentInterrupt: Ctrl-C (SIGINT) stops an idle `forge agent` at once,
+// however long its drain grace; with a task running it drains, and a second
+// Ctrl-C stops the task now, reports it and exits 0.
+func TestAgentInterrupt(t *testing.T) {
+	t.Parallel()
+	url := startServer(t)
+	ctl := control(url)
+
+	// Idle, with a drain grace of ten minutes: it stops at once (p.wait
+	// allows a minute).
+	idle := startProc(t, nil, "forge", "agent", "--server", url, "--enroll-token", enrollToken, "--label", "sigint=idle",
+		"--state-dir", t.TempDir(), "--drain-grace", "10m")
+	waitAgents(t, ctl, "sigint=idle", 1)
+	idle.signal(syscall.SIGINT)
+	if err := idle.wait(t); err != nil {
+		t.Fatalf("idle agent exited %v on Ctrl-C, want 0:\n%s", err, idle.output())
+	}
+	if strings.Contains(idle.output(), "draining") || !strings.Contains(idle.output(), "msg=stopped") {
+		t.Fatalf("idle agent on Ctrl-C:\n%s", idle.output())
+	}
+
+	// Busy: the first Ctrl-C drains, the second stops the task now.
+	work := t.TempDir()
+	busy := startProc(t, nil, "forge", "agent", "--server", url, "--enroll-token", enrollToken, "--label", "sigint=busy",
+		"--state-dir", t.TempDir(), "--drain-grace", "10m", "--allow-exec", "/bin/sh")
+	a := waitAgents(t, ctl, "sigint=busy", 1)[0]
+	payload, _ := json.Marshal(map[string]any{"argv": []string{"/bin/sh", "-c", "touch started; exec sleep 600"}, "dir": work})
+	d, err := ctl.Dispatch(t.Context(), connect.NewRequest(&forgev1.DispatchRequest{Type: "exec", Payload: payload,
+		Target: &forgev1.DispatchRequest_AgentId{AgentId: a.Id}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the task started", func() bool { _, err := os.Stat(filepath.Join(work, "started")); return err == nil })
+	busy.signal(syscall.SIGINT)
+	waitOutput(t, busy, "draining")
+	if busy.exited() {
+		t.Fatalf("the agent exited on the first Ctrl-C with a task running:\n%s", busy.output())
+	}
+	busy.signal(syscall.SIGINT)
+	if err := busy.wait(t); err != nil {
+		t.Fatalf("agent exited %v on a second Ctrl-C, want 0:\n%s", err, busy.output())
+	}
+	g, err := ctl.GetTask(t.Context(), connect.NewRequest(&forgev1.GetTaskRequest{TaskId: d.Msg.TaskIds[0]}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Msg.Task.State != forgev1.TaskState_TASK_STATE_FAILED || !strings.Contains(g.Msg.Task.Error, "stopped at once") {
+		t.Fatalf("the task stopped by a second Ctrl-C is %s %q, want FAILED, stopped at once", g.Msg.Task.State, g.Msg.Task.Error)
+	}
+}
+
+// TestAgentInterruptedWhileStarting: an agent interrupted before it starts
+// itself again without its token in view (Main.Exec) does not start again: the
+// new process would not know it was interrupted.
+func TestAgentInterruptedWhileStarting(t *testing.T) {
+	t.Parallel()
+	var out buffer
+	m := newMain(nil, &out)
+	execed := false
+	m.Exec = func(string, []string, []string) error { execed = true; return errors.New("exec refused by the test") }
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	code := m.Run(ctx, []string{"agent", "--server", "http://127.0.0.1:1", "--enroll-token", enrollToken, "--state-dir", t.TempDir()})
+	if code != 0 || execed {
+		t.Fatalf("interrupted agent: exit %d, started again %v, want 0 and no restart:\n%s", code, execed, out.String())
 	}
 }

@@ -35,6 +35,10 @@ type Main struct {
 	// columns it has; nil asks the system (a test's Main sets it to see what
 	// forge run draws on a terminal).
 	Terminal func(w io.Writer) (width int, ok bool)
+	// StopNow, when set, is closed when the user asks a second time to stop (a
+	// second Ctrl-C or SIGTERM; the first ends Run's context): `forge agent`
+	// then stops its running tasks at once instead of letting them finish.
+	StopNow <-chan struct{}
 }
 
 // terminal tells whether w is a terminal and its width.
