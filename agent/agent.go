@@ -97,7 +97,7 @@ const (
 	defaultDrainGrace  = 30 * time.Second
 	defaultMaxOutput   = outputcap.Default
 	defaultMaxAnswer   = 256 << 20
-	defaultPollWait    = 25 * time.Second
+	defaultPollWait    = store.DefaultPollHold
 	defaultHeartbeat   = 10 * time.Second
 	// pollMargin is added to the poll's wait for its call deadline: the server
 	// answers before the deadline it is sent, so the margin only covers transit.

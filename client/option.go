@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/orange-forge/forge/store"
 )
 
 // Defaults of the options.
@@ -16,7 +18,7 @@ const (
 	// DefaultHold is how long each held call (WaitJob, WaitTask, ReadOutput) asks
 	// the server to hold: the server's own default, under the idle timeouts of
 	// common load balancers (30–60 s). Longer waits are made of several holds.
-	DefaultHold = 25 * time.Second
+	DefaultHold = store.DefaultPollHold
 )
 
 // An Option configures a Client.

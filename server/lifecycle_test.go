@@ -9,9 +9,11 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/orange-forge/forge/client"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
 	"github.com/orange-forge/forge/internal/forgetest"
+	"github.com/orange-forge/forge/store"
 )
 
 // wantRefused fails unless err is unauthenticated with exactly the message msg.
@@ -135,6 +137,10 @@ func TestRegisterSavedIdentity(t *testing.T) {
 		}
 		if m := res.Msg; m.AgentId != id || m.AgentToken != "" || m.PollWait == nil || m.HeartbeatInterval == nil {
 			t.Fatalf("Register with the agent's token answered %+v", m)
+		}
+		// The hold the agents are told is the one default the Go agent and client use too.
+		if d := res.Msg.PollWait.AsDuration(); d != store.DefaultPollHold || client.DefaultHold != store.DefaultPollHold {
+			t.Fatalf("poll_wait %v, client.DefaultHold %v; want both store.DefaultPollHold (%v)", d, client.DefaultHold, store.DefaultPollHold)
 		}
 		got, err := e.Control.GetAgent(ctx, connect.NewRequest(&forgev1.GetAgentRequest{AgentId: id}))
 		if err != nil {

@@ -167,7 +167,7 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	dur(&c.Lease, 30*time.Second)
-	dur(&c.PollHold, 25*time.Second)
+	dur(&c.PollHold, store.DefaultPollHold)
 	dur(&c.MaxWait, 5*time.Minute)
 	dur(&c.TaskTimeout, 10*time.Minute)
 	dur(&c.DeliveryTTL, time.Hour)

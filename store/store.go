@@ -342,6 +342,12 @@ const DefaultAgentRetention = 30 * 24 * time.Hour
 // holds it as long.
 const ExportHold = 24 * time.Hour
 
+// DefaultPollHold is how long a Poll, or another held call, is held when the
+// caller names no wait: under the idle timeouts of common load balancers
+// (30–60 s). The server's default (--poll-hold), the Go agent's Poll wait and
+// the Go client's hold are this one value.
+const DefaultPollHold = 25 * time.Second
+
 // DefaultMaxTargets is how many agents one Dispatch may reach unless
 // Config.MaxTargets says otherwise.
 const DefaultMaxTargets = 10000

@@ -97,7 +97,7 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	f.StringVar(&c.TLSKey, "tls-key", "", "TLS key file (PEM)")
 	f.BoolEnvVar(&c.Insecure, "insecure", false, "allow plain HTTP on a non-loopback address (behind a TLS-terminating proxy)")
 	f.DurationVar(&c.Lease, "lease", 30*time.Second, "how long a leased task stays with a silent agent")
-	f.DurationVar(&c.PollHold, "poll-hold", 25*time.Second, "default and longest hold of an agent's Poll")
+	f.DurationVar(&c.PollHold, "poll-hold", store.DefaultPollHold, "default and longest hold of an agent's Poll")
 	f.DurationVar(&c.MaxWait, "max-wait", 5*time.Minute, "longest hold of WaitTask, WaitJob and Dispatch with wait")
 	f.IntVar(&c.MaxAttempts, "max-attempts", 3, "default number of times a task may be leased")
 	f.DurationVar(&c.TaskTimeout, "task-timeout", 10*time.Minute, "default execution timeout of a task")
