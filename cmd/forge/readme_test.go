@@ -160,12 +160,12 @@ func TestEmbedExampleRuns(t *testing.T) {
 	}
 	// Whoever runs it sees that it registered, what it runs, and that it stopped.
 	task := res.Msg.Tasks[0].Id
-	waitOutput(t, p, "task ended task="+task)
+	waitOutput(t, p, `msg="task ended" task=`+task)
 	p.signal(os.Interrupt)
 	if err := p.wait(t); err != nil {
 		t.Fatalf("the example exited with %v on Ctrl-C, want 0:\n%s", err, p.output())
 	}
-	for _, want := range []string{"msg=registered agent=" + a.Id, "task started task=" + task, "type=greet", "msg=stopped"} {
+	for _, want := range []string{"msg=registered agent=" + a.Id, `msg="task started" task=` + task, "type=greet", "msg=stopped"} {
 		if !strings.Contains(p.output(), want) {
 			t.Errorf("the example's output lacks %q:\n%s", want, p.output())
 		}
