@@ -33,6 +33,8 @@ func (s *Server) storeError(ctx context.Context, err error) error {
 		return connect.NewError(connect.CodeResourceExhausted, errors.New(msg))
 	case store.KindInvalid:
 		return connect.NewError(connect.CodeInvalidArgument, errors.New(msg))
+	case store.KindExists:
+		return connect.NewError(connect.CodeAlreadyExists, errors.New(msg))
 	case store.KindUnavailable:
 		if store.IsDispatchIncomplete(err) {
 			// What became of the dispatch, and what the caller may do: written for it.

@@ -19,7 +19,7 @@ type timedStore struct {
 var kindNames = map[store.Kind]string{
 	store.KindInternal: "internal", store.KindNotFound: "not_found", store.KindUnauthenticated: "unauthenticated",
 	store.KindPrecondition: "precondition", store.KindExhausted: "exhausted", store.KindInvalid: "invalid",
-	store.KindUnavailable: "unavailable",
+	store.KindUnavailable: "unavailable", store.KindExists: "exists",
 }
 
 func timed[T any](m *metrics, op string, f func() (T, error)) (T, error) {

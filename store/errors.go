@@ -21,6 +21,7 @@ const (
 	KindExhausted                   // a limit was reached
 	KindInvalid                     // the request is malformed
 	KindUnavailable                 // the backing store cannot be reached
+	KindExists                      // what the caller would create exists already
 )
 
 // Error is an error with a Kind and a message meant for the caller.
@@ -106,7 +107,10 @@ const (
 	FmtTaskCountedOut = "task %s not found: only the newest %d finished jobs are kept (--retention-jobs), and older ones have gone with their tasks; it has aged out, or never existed"
 	// FmtJobIDNotNew refuses a Dispatch given a job id (JobSpec.ID) that is
 	// not the shape NewJobID makes, or (memory store) one already taken.
-	FmtJobIDNotNew    = "job id %s is not a new job id"
+	FmtJobIDNotNew = "job id %s is not a new job id"
+	// FmtJobExists refuses a Dispatch given a job id (JobSpec.ID) that names a
+	// job already: a repeat is recognised by its idempotency key, not its id.
+	FmtJobExists      = "job %s exists already; a dispatch is repeated with the same idempotency_key, not the same job id"
 	FmtEnrollNotFound = "enrollment token %s not found"
 
 	FmtAgentIsRevoked = "agent %s is revoked"
@@ -307,6 +311,9 @@ func ErrJobGone(id string, now time.Time, d Dropped) error {
 
 // ErrJobIDNotNew is the error of a Dispatch given a job id it cannot take.
 func ErrJobIDNotNew(id string) error { return Errorf(KindInvalid, FmtJobIDNotNew, Quote(id)) }
+
+// ErrJobExists is the error of a Dispatch given a job id that is taken.
+func ErrJobExists(id string) error { return Errorf(KindExists, FmtJobExists, Quote(id)) }
 
 // ErrEnrollmentNotFound is the error of an enrollment token id that does not exist.
 func ErrEnrollmentNotFound(id string) error {

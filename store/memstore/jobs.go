@@ -42,8 +42,10 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 		id := spec.ID
 		if id == "" {
 			id = store.NewJobID()
-		} else if !store.ValidJobID(id) || s.jobs[id] != nil {
+		} else if !store.ValidJobID(id) {
 			return store.Job{}, store.ErrJobIDNotNew(id)
+		} else if s.jobs[id] != nil {
+			return store.Job{}, store.ErrJobExists(id)
 		}
 		j := &job{Job: store.Job{ID: id, Spec: spec, CreatedAt: now}}
 		j.Spec.Payload = slices.Clone(spec.Payload)

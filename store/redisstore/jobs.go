@@ -77,6 +77,14 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 			return store.Job{}, s.wrap(ctx, err)
 		}
 	}
+	if spec.ID != "" && resume == nil {
+		// A job id the caller chose (the server does, to sign it) must be new: a
+		// repeat is known by its idempotency key, never by its id. One more
+		// round trip, only for a chosen id.
+		if err := s.jobIDFree(ctx, jid, idemKey); err != nil {
+			return store.Job{}, err
+		}
+	}
 	var job store.Job
 	if spec.Target.AgentID != "" {
 		job, err = s.dispatchOne(ctx, spec, jid, now, idemKey, resume)
@@ -96,6 +104,25 @@ func (s *Store) Dispatch(ctx context.Context, spec store.JobSpec) (store.Job, er
 	}
 	job.Existing = resume != nil
 	return job, nil
+}
+
+// jobIDFree refuses a chosen job id that names a job already, freeing the
+// idempotency key this dispatch claimed for it.
+func (s *Store) jobIDFree(ctx context.Context, jid, idemKey string) error {
+	n, err := s.client.Do(ctx, s.client.B().Exists().Key(s.k.job(jid)).Build()).AsInt64()
+	if err != nil {
+		return s.wrap(ctx, err)
+	}
+	if n == 0 {
+		return nil
+	}
+	if idemKey != "" {
+		if derr := s.exec(context.WithoutCancel(ctx), delIfScript, []string{idemKey}, []string{jid}).Error(); derr != nil {
+			s.log.Warn("freeing the idempotency key of a refused dispatch failed; it expires by itself",
+				"expires_in", idemPending.String(), "err", derr)
+		}
+	}
+	return store.ErrJobExists(jid)
 }
 
 // refusedBeforeWriting tells whether a dispatch error is a refusal made before

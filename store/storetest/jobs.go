@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"fmt"
 	"slices"
 	"time"
 
@@ -121,6 +122,34 @@ func testJobSignature(h *harness) {
 		_, err := h.s.Dispatch(h.ctx, store.JobSpec{ID: bad, Type: "echo", Target: store.Target{All: true},
 			Timeout: timeout, DeliveryTTL: deliveryTTL, MaxAttempts: 1})
 		wantErr(h, err, store.ErrJobIDNotNew(bad), "a malformed job id")
+	}
+
+	// A job id that names a job already is refused (already exists), with or
+	// without an idempotency key of its own, which is then left free; the
+	// same dispatch repeated with its idempotency key answers its job.
+	spec := h.spec(store.Target{AgentID: agents[0].ID})
+	spec.ID, spec.IdempotencyKey = store.NewJobID(), "chosen-id"
+	first, err := h.s.Dispatch(h.ctx, spec)
+	if err != nil || first.ID != spec.ID {
+		h.Fatalf("Dispatch with a chosen job id = %+v, %v", first, err)
+	}
+	again, err := h.s.Dispatch(h.ctx, spec)
+	if err != nil || again.ID != first.ID || !again.Existing || !slices.Equal(again.TaskIDs, first.TaskIDs) {
+		h.Fatalf("the same dispatch repeated with its idempotency key = %+v, %v; want job %s again", again, err, first.ID)
+	}
+	for _, key := range []string{"", "another-key"} {
+		taken := h.spec(store.Target{All: true})
+		taken.ID, taken.IdempotencyKey = first.ID, key
+		_, err := h.s.Dispatch(h.ctx, taken)
+		wantErr(h, err, store.ErrJobExists(first.ID), fmt.Sprintf("a dispatch naming a job id taken (idempotency key %q)", key))
+	}
+	free := h.spec(store.Target{AgentID: agents[0].ID})
+	free.IdempotencyKey = "another-key"
+	if j, err := h.s.Dispatch(h.ctx, free); err != nil || j.Existing || j.ID == first.ID {
+		h.Fatalf("Dispatch with the key a refused dispatch named = %+v, %v; want a new job", j, err)
+	}
+	if got := h.job(first.ID); !slices.Equal(got.TaskIDs, first.TaskIDs) {
+		h.Fatalf("the job whose id was named again has tasks %v, want %v", got.TaskIDs, first.TaskIDs)
 	}
 }
 
