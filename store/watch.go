@@ -83,6 +83,13 @@ func (h *Hub) remove(w *Watcher) {
 	h.mu.Unlock()
 }
 
+// Watched tells whether any watcher waits for key now.
+func (h *Hub) Watched(key string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.watchers[key]) > 0
+}
+
 // Notify fires every watcher of the keys.
 func (h *Hub) Notify(keys ...string) {
 	h.mu.Lock()

@@ -24,6 +24,7 @@ const reapBatch = 200
 // indexes — and runs the reap script (pipelined) only on shards with something
 // due, so a pass with nothing to do costs NumShards+2 commands and no script.
 func (s *Store) Reap(ctx context.Context) error {
+	s.ended.forget() // retention may drop what they hold
 	now := s.nowMS()
 	b := s.client.B()
 	cmds := make(rueidis.Commands, 0, NumShards+2)

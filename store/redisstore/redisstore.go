@@ -75,6 +75,7 @@ type Store struct {
 	hub     *store.Hub
 	jobs    jobCache     // the fixed part of jobs seen lately
 	content contentCache // fan-out payloads by job (content.go)
+	ended   handOvers    // tasks a report just finished, for their waiters (handover.go)
 	clock   store.Clock
 	rclock  *redisClock // nil when the caller gave a clock
 

@@ -95,6 +95,9 @@ const shardLib = `
 local TAG, NOW, RET, KEEP
 local kDue, kAll, kWake, kOnline, kRevoked, kCounters, kFin, kExported
 local wake, wakeN, advance, advanceN
+-- ended is the record of the last task compact wrote this call (field, value
+-- pairs), when it keeps no output list: a report answers it.
+local ended
 local function shardBegin()
   TAG = ARGV[1]
   NOW = tonumber(ARGV[2])
@@ -106,6 +109,7 @@ local function shardBegin()
   kOnline, kRevoked, kCounters = TAG .. ':on', TAG .. ':rv', TAG .. ':n'
   kFin, kExported = TAG .. ':fin', TAG .. ':xp'
   wake, wakeN, advance, advanceN = {}, 0, {}, 0
+  ended = nil
 end
 local function ms(x) return string.format('%d', x) end
 -- streamBefore tells whether stream id a (ms-seq) comes before b (ms-seq, or
@@ -296,6 +300,8 @@ local function compact(tk, tid, rec, fe)
   end
   redis.call('DEL', tk)
   redis.call('HSET', tk, unpack(out))
+  ended = nil
+  if not head and not tail then ended = out end
   return head, tail
 end
 
@@ -830,7 +836,9 @@ return {'OK', out, advanceList()}
 // ARGV[4] agent id, [5] secret hash, [6] task id, [7] attempt, [8] outcome (1/2),
 // [9] output, [10] exit code, [11] error, [12] output truncated (0/1), [13] output
 // size, [14] output cap, [15] the agent stopped it at its timeout (0/1)
-// returns {'OK', state, {job ids to advance}} or an error
+// returns {'OK', state, {job ids to advance}, the finished record as written
+// (field, value pairs; empty when it keeps output in lists, or nothing ended)}
+// or an error
 var reportScript = shardScript("report", `
 local tid, att, outcome, exit = ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[10])
 local _, aerr = auth(KEYS[1], ARGV[5])
@@ -853,7 +861,7 @@ t.otr, t.osz, t.ec, t.err, t.rep, t.ro = ARGV[12], ARGV[13], ARGV[10], ARGV[11],
 local new, reason = reportEnd(outcome, t.tmo == '1', t.cr == '1', t.crr or nil, tonumber(t.dl) or 0, t.tor or '', ARGV[15] == '1', NOW)
 endTask(tid, new, reason, t)
 publish()
-return {'OK', new, advanceList()}
+return {'OK', new, advanceList(), ended or {}}
 `)
 
 // appendOutputScript adds a chunk of a running attempt's output (store.CheckAppend

@@ -152,6 +152,9 @@ func (s *Store) Report(ctx context.Context, p store.ReportParams) (store.TaskSta
 	// (a WaitTask, a Dispatch with wait, a WaitJob) hear it now instead of after
 	// the message's trip through the subscription. A second fire is harmless:
 	// watchers re-read and are coalesced.
+	if len(arr) > 3 {
+		s.handOver(ctx, p.TaskID, pairs(arr[3]))
+	}
 	s.hub.Notify(store.TaskKey(p.TaskID), store.JobKey(jobOfTask(p.TaskID)))
 	s.advanceAll(ctx, msgStrs(arr[2]))
 	return store.TaskState(msgInt(arr[1])), nil
@@ -171,6 +174,9 @@ func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
 	_, ok := store.AgentOfTask(id)
 	if !ok || !store.ValidTaskID(id) {
 		return store.Task{}, store.ErrTaskNotFound(id)
+	}
+	if t, ok := s.ended.take(id); ok {
+		return t, nil
 	}
 	tasks, err := s.getTasks(ctx, []string{id})
 	if err != nil {
