@@ -16,8 +16,9 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 	f := m.newFlags("bench", "forge bench: measures forge's performance scenarios beside a bare Connect call, and prints a table.\n\n"+
 		"By default it starts servers in this process (in memory, or --redis) on loopback ports; the idle\n"+
 		"scenario runs `forge server` as a child process so its memory and CPU are its own. Scenarios: "+strings.Join(bench.Scenarios, ", ")+
-		"; all but scale run by default. scale (--scenario scale) runs --scale-agents agents in child processes over\n"+
-		"--scale-replicas `forge server` child processes and a 3-master Redis Cluster it starts (redis-server on PATH) unless --redis is given.")
+		"; all but scale and soak run by default. scale (--scenario scale) runs --scale-agents agents in child processes over\n"+
+		"--scale-replicas `forge server` child processes and a 3-master Redis Cluster it starts (redis-server on PATH) unless --redis is given.\n"+
+		"soak (--scenario soak) runs --soak-duration of mixed load against `forge server` as a child process and samples its RSS and Redis' memory.")
 	serverURL := f.String("server", "", "measure running servers instead (comma-separated; crossreplica uses the first two)")
 	adminToken := f.String("admin-token", "", "operator token of --server")
 	enrollToken := f.String("enroll-token", "", "enrollment token of --server")
@@ -28,6 +29,7 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 	quick := f.Bool("quick", false, "a smoke test: every scenario at a tiny scale, no target judged")
 	scaleAgents := f.Int("scale-agents", 0, "agents in the scale scenario (default 50,000)")
 	scaleReplicas := f.Int("scale-replicas", 0, "server replicas in the scale scenario (default 5)")
+	soakDuration := f.Duration("soak-duration", 0, "how long the soak scenario's load runs (default 5m; 5s with --quick)")
 	jsonOut := f.Bool("json", false, "print JSON instead of the table")
 	plot := f.String("plot", "", "write an SVG of the latency distributions to this file")
 	childServer := f.Bool("child-server", true, "run the idle scenario's server as a child process (this binary) to read its own memory and CPU")
@@ -55,7 +57,7 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 			Agents: *agents, TaskAgents: *taskAgents, Logger: log}, os.Stdin, m.Stdout)
 	}
 	cfg := bench.Config{AdminToken: *adminToken, EnrollToken: *enrollToken, RedisURL: rc.URL,
-		Agents: *agents, Quick: *quick, ScaleAgents: *scaleAgents, ScaleReplicas: *scaleReplicas, Logger: log}
+		Agents: *agents, Quick: *quick, ScaleAgents: *scaleAgents, ScaleReplicas: *scaleReplicas, SoakDuration: *soakDuration, Logger: log}
 	for _, s := range strings.Split(*serverURL, ",") {
 		if s = strings.TrimSpace(s); s != "" {
 			cfg.Servers = append(cfg.Servers, s)

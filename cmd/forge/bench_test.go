@@ -133,3 +133,43 @@ func TestBenchScaleQuick(t *testing.T) {
 		t.Errorf("%d scale rows, want 4 (register, idle, fan-out, rolling restart):\n%s", scale, out)
 	}
 }
+
+// TestBenchSoakQuick runs the soak scenario's short form (5 s of mixed load on
+// a Redis of its own, the server a child process): its row says how many tasks
+// ran, none failed, and it read the server's RSS and what Redis holds per task.
+// The 5-minute soak is run by hand (docs/operations.md); nothing here is timed.
+func TestBenchSoakQuick(t *testing.T) {
+	t.Parallel()
+	rd := redistest.Start(t)
+	cmd := exec.Command(bin(t, "forge"), "bench", "--quick", "--scenario", "soak", "--redis", rd.URL(), "--json")
+	cmd.Env = append(os.Environ(), "FORGE_ADMIN_TOKEN=", "FORGE_ENROLL_TOKEN=")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("forge bench --scenario soak: %v\n%s", err, out)
+	}
+	var rep struct {
+		Results []struct {
+			Scenario, Name, Summary, Status, Note string
+			Values                                map[string]float64
+		}
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var soak int
+	for _, r := range rep.Results {
+		if r.Scenario != "soak" {
+			continue
+		}
+		soak++
+		if r.Status == "ERROR" || r.Values["errors"] != 0 {
+			t.Errorf("soak: %s: %s", r.Summary, r.Note)
+		}
+		if r.Values["tasks"] <= 0 || r.Values["rss_end_bytes"] <= 0 || r.Values["redis_bytes_per_task"] <= 0 {
+			t.Errorf("soak measured too little (tasks, server RSS, Redis bytes per task): %v", r.Values)
+		}
+	}
+	if soak != 1 {
+		t.Errorf("%d soak rows, want 1:\n%s", soak, out)
+	}
+}

@@ -19,12 +19,15 @@ import (
 	"github.com/orange-forge/forge/store"
 )
 
-// Scenarios are the scenario names, in the order they run. All but scale run
-// by default; scale runs only when asked for.
+// Scenarios are the scenario names, in the order they run. All but scale and
+// soak run by default; those run only when asked for.
 var Scenarios = []string{
 	"ping", "roundtrip", "runwait", "crossreplica", "cancel", "throughput",
-	"dispatchstart", "fanout", "idle", "storm", "scale",
+	"dispatchstart", "fanout", "idle", "storm", "scale", "soak",
 }
+
+// onRequest are the scenarios that run only when named.
+var onRequest = []string{"scale", "soak"}
 
 // Config configures a run. Zero values get the defaults noted.
 type Config struct {
@@ -53,6 +56,8 @@ type Config struct {
 	// ScaleAgents and ScaleReplicas size the scale scenario: 50,000 agents
 	// over 5 replicas (400 over 2 with Quick).
 	ScaleAgents, ScaleReplicas int
+	// SoakDuration is how long the soak's load runs: 5 minutes (5 s with Quick).
+	SoakDuration time.Duration
 	// Logger receives progress lines; nil discards them.
 	Logger *slog.Logger
 }
@@ -130,7 +135,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if len(cfg.Scenarios) == 0 {
 		for _, s := range Scenarios {
-			want[s] = s != "scale"
+			want[s] = !slices.Contains(onRequest, s)
 		}
 	}
 	if cfg.RedisURL != "" && cfg.OpenRedis == nil {

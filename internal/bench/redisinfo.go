@@ -232,15 +232,16 @@ func (r *runner) redisUsage(ctx context.Context) (bytes, keys int64, err error) 
 
 // retainedNote measures what the tasks finished since (b0, k0) cost Redis
 // each, for a scenario's note and values; nothing when Redis cannot be
-// measured.
-func (r *runner) retainedNote(ctx context.Context, row *Result, b0, k0 int64, tasks int) {
+// measured. what names a task of the scenario's shape: a single-agent job
+// (its job record counted with it) or a fan-out task.
+func (r *runner) retainedNote(ctx context.Context, row *Result, b0, k0 int64, tasks int, what string) {
 	b1, k1, err := r.redisUsage(ctx)
 	if err != nil || tasks <= 0 || b0 == 0 {
 		return
 	}
 	per, keys := float64(b1-b0)/float64(tasks), float64(k1-k0)/float64(tasks)
 	row.Values["redis_bytes_per_task"], row.Values["redis_keys_per_task"] = per, keys
-	note := fmt.Sprintf("Redis holds %.0f bytes and %.2f keys per finished task (INFO used_memory and DBSIZE over %d tasks)", per, keys, tasks)
+	note := fmt.Sprintf("Redis holds %.0f bytes and %.2f keys per finished %s (INFO used_memory and DBSIZE over %d tasks)", per, keys, what, tasks)
 	if row.Note != "" {
 		note = row.Note + "; " + note
 	}

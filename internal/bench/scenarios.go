@@ -65,6 +65,9 @@ func (r *runner) run(ctx context.Context, name string) []Result {
 	case "scale":
 		r.stopFleets()
 		res, err = r.scaleOut(ctx)
+	case "soak":
+		r.stopFleets()
+		res, err = r.soak(ctx)
 	}
 	if err != nil {
 		res = append(res, Result{Scenario: name, Name: "failed", Summary: "error", Target: r.target(name), Note: err.Error(), failed: true})
@@ -108,6 +111,8 @@ func (r *runner) target(name string) string {
 		return "all polling ≤ 30s; no error storm; none lost"
 	case "scale":
 		return "fan-out ≤ 15s; none lost"
+	case "soak":
+		return "no errors; RSS and Redis flat but for retained tasks"
 	}
 	return ""
 }
@@ -333,7 +338,7 @@ func (r *runner) roundTrip(ctx context.Context) ([]Result, error) {
 		return nil, err
 	}
 	row := r.latencyRow("roundtrip", "Dispatch → handler → WaitTask, 1 agent", lat)
-	r.retainedNote(ctx, &row, b0, k0, len(lat))
+	r.retainedNote(ctx, &row, b0, k0, len(lat), "single-agent job, its task included")
 	// The critical path: three calls (Dispatch; the Poll's answer and the
 	// agent's report; WaitTask) and three Redis round trips (create, lease,
 	// report).
@@ -753,7 +758,7 @@ func (r *runner) fanOut(ctx context.Context) ([]Result, error) {
 	}
 	d := newDist(lat)
 	row := r.latencyRow("fanout", fmt.Sprintf("1 Dispatch (wait) → %d agents, all results", len(ids)), lat)
-	r.retainedNote(ctx, &row, b0, k0, len(lat)*len(ids))
+	r.retainedNote(ctx, &row, b0, k0, len(lat)*len(ids), "fan-out task")
 	row.Summary = fmt.Sprintf("p50 %s · max %s", fmtDur(d.p50()), fmtDur(d.max()))
 	ok := d.max() <= time.Second
 	if r.onRedis() {

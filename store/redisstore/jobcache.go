@@ -25,6 +25,9 @@ type jobCache struct {
 type cachedJob struct {
 	job    store.Job // Counts, Canceled and Existing unset
 	shards []int     // the shards the job's tasks are in, each once
+	// solo is the task of a single-agent job (Target.AgentID; none otherwise),
+	// whose counts its end folds into its record (see countReads).
+	solo string
 }
 
 func (c *jobCache) get(id string) *cachedJob {
@@ -35,6 +38,9 @@ func (c *jobCache) get(id string) *cachedJob {
 
 func (c *jobCache) put(j store.Job) *cachedJob {
 	e := &cachedJob{job: j, shards: taskShards(j.TaskIDs)}
+	if j.Spec.Target.AgentID != "" && len(j.TaskIDs) == 1 {
+		e.solo = j.TaskIDs[0]
+	}
 	e.job.Counts, e.job.Canceled, e.job.Existing = store.Counts{}, false, false
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -442,16 +442,31 @@ func targetsOf(taskIDs []string) []target {
 	return out
 }
 
-// jobFields returns the field, value pairs of a new job record.
+// jobFields returns the field, value pairs of a new job record. A field whose
+// value is empty or zero is left out (its readers take a missing one as that),
+// so a job record — kept as long as its tasks — holds only what it says; the
+// rollout bookkeeping (rel, dp, dpf) is written only for a job with rollout
+// limits, the one kind the advancer steps (jobStepScript). A single-agent
+// job's target is its one task's agent, so it is not written (decodeJob).
 func (s *Store) jobFields(spec store.JobSpec, taskIDs []string, now int64) []string {
-	tgt, _ := json.Marshal(spec.Target)
-	return []string{
-		"type", spec.Type, "pl", string(spec.Payload), "tgt", string(tgt),
-		"to", ms(spec.Timeout), "ttl", ms(spec.DeliveryTTL), "max", itoa(spec.MaxAttempts),
-		"mc", itoa(spec.MaxConcurrency), "mf", itoa(spec.MaxFailures),
-		"idem", spec.IdempotencyKey, "by", spec.CreatedBy, "ca", itoa(now),
-		"tasks", strings.Join(taskIDs, " "), "rel", "0", "dp", "0", "dpf", "0", "js", encodeJobSig(spec.Sig),
+	f := []string{"type", spec.Type, "ca", itoa(now), "tasks", strings.Join(taskIDs, " ")}
+	if soloTarget(taskIDs) != spec.Target {
+		tgt, _ := json.Marshal(spec.Target)
+		f = append(f, "tgt", string(tgt))
 	}
+	for _, kv := range [...][2]string{
+		{"pl", string(spec.Payload)}, {"to", ms(spec.Timeout)}, {"ttl", ms(spec.DeliveryTTL)},
+		{"max", itoa(spec.MaxAttempts)}, {"mc", itoa(spec.MaxConcurrency)}, {"mf", itoa(spec.MaxFailures)},
+		{"idem", spec.IdempotencyKey}, {"by", spec.CreatedBy}, {"js", encodeJobSig(spec.Sig)},
+	} {
+		if kv[1] != "" && kv[1] != "0" {
+			f = append(f, kv[0], kv[1])
+		}
+	}
+	if spec.MaxConcurrency > 0 || spec.MaxFailures > 0 {
+		f = append(f, "rel", "0", "dp", "0", "dpf", "0")
+	}
+	return f
 }
 
 // writeJob writes a job record unless it exists, lists it, and makes its
@@ -573,12 +588,12 @@ func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, inclu
 func (s *Store) advance(ctx context.Context, jid string) error {
 	for try := 0; try < 20; try++ {
 		vals, err := s.client.Do(ctx, s.client.B().Hmget().Key(s.k.job(jid)).
-			Field("mc", "mf", "rel", "dp", "dpf", "canceled", "crs", "tasks", "made", "abandoned", "ab").Build()).ToArray()
+			Field("mc", "mf", "rel", "dp", "dpf", "canceled", "crs", "tasks", "made", "abandoned", "ab", "ca").Build()).ToArray()
 		if err != nil {
 			return s.wrap(ctx, err)
 		}
 		str := func(i int) string { v, _ := vals[i].ToString(); return v }
-		if str(2) == "" {
+		if str(11) == "" {
 			return nil // the job is gone
 		}
 		mc, mf := int(atoi(str(0))), int(atoi(str(1)))
@@ -765,11 +780,7 @@ func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 	}
 	if e := s.jobs.get(id); e != nil {
 		b := s.client.B()
-		cmds := make(rueidis.Commands, 0, 1+len(e.shards))
-		cmds = append(cmds, b.Hmget().Key(s.k.job(id)).Field("ca", "canceled").Build())
-		for _, sh := range e.shards {
-			cmds = append(cmds, b.Hgetall().Key(s.k.jobCounts(sh, id)).Build())
-		}
+		cmds := append(rueidis.Commands{b.Hmget().Key(s.k.job(id)).Field("ca", "canceled").Build()}, s.countReads(id, e)...)
 		res := s.client.DoMulti(ctx, cmds...)
 		vals, err := res[0].ToArray()
 		if err != nil {
@@ -781,7 +792,7 @@ func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 		}
 		j := e.view()
 		j.Canceled = msgStr(vals[1]) == "1"
-		if j.Counts, err = s.sumCounts(ctx, res[1:]); err != nil {
+		if j.Counts, err = s.sumCounts(ctx, e, res[1:]); err != nil {
 			return store.Job{}, err
 		}
 		return j, nil
@@ -796,7 +807,7 @@ func (s *Store) GetJob(ctx context.Context, id string) (store.Job, error) {
 	e := s.jobs.put(decodeJob(id, f))
 	j := e.view()
 	j.Canceled = f["canceled"] == "1"
-	counts, err := s.jobCounts(ctx, id, e.shards)
+	counts, err := s.jobCounts(ctx, id, e)
 	if err != nil {
 		return store.Job{}, err
 	}
@@ -825,27 +836,70 @@ func decodeJob(id string, f map[string]string) store.Job {
 	if p := f["pl"]; p != "" {
 		j.Spec.Payload = []byte(p)
 	}
-	_ = json.Unmarshal([]byte(f["tgt"]), &j.Spec.Target) // written by jobFields from a Target
+	if tgt, ok := f["tgt"]; ok {
+		_ = json.Unmarshal([]byte(tgt), &j.Spec.Target) // written by jobFields from a Target
+	} else {
+		j.Spec.Target = soloTarget(j.TaskIDs)
+	}
 	j.Spec.Sig = decodeJobSig(f["js"])
 	return j
+}
+
+// soloTarget is the target of a single-agent job with this task list, which
+// its record leaves out (jobFields): its one task's agent. Any other task list
+// has none (the zero Target, which no dispatch has).
+func soloTarget(taskIDs []string) store.Target {
+	if len(taskIDs) != 1 {
+		return store.Target{}
+	}
+	a, _ := store.AgentOfTask(taskIDs[0])
+	return store.Target{AgentID: a}
 }
 
 // jobCounts sums the per-shard counts of a job's tasks: one read per shard the
 // job reaches, however many tasks it has. Each shard's counts change in the same
 // script as the task states they count, so they are exact.
-func (s *Store) jobCounts(ctx context.Context, jid string, shards []int) (store.Counts, error) {
-	if len(shards) == 0 {
+func (s *Store) jobCounts(ctx context.Context, jid string, e *cachedJob) (store.Counts, error) {
+	cmds := s.countReads(jid, e)
+	if len(cmds) == 0 {
 		return store.Counts{}, nil
 	}
-	cmds := make(rueidis.Commands, len(shards))
-	for i, sh := range shards {
-		cmds[i] = s.client.B().Hgetall().Key(s.k.jobCounts(sh, jid)).Build()
-	}
-	return s.sumCounts(ctx, s.client.DoMulti(ctx, cmds...))
+	return s.sumCounts(ctx, e, s.client.DoMulti(ctx, cmds...))
 }
 
-func (s *Store) sumCounts(ctx context.Context, res []rueidis.RedisResult) (store.Counts, error) {
+// countReads returns the reads of a job's counts (summed by sumCounts): its
+// counts in each shard its tasks are in (jc), or, for a single-agent job, its
+// one task's state. Such a job's counts are always that task in its state (the
+// same script changes both), so they are read from the task, and its jc goes
+// when the task ends (setState): a finished single-agent job keeps two keys,
+// its record and its task's.
+func (s *Store) countReads(jid string, e *cachedJob) rueidis.Commands {
+	b := s.client.B()
+	if e.solo != "" {
+		a, _ := store.AgentOfTask(e.solo)
+		return rueidis.Commands{b.Hget().Key(s.k.task(a, e.solo)).Field("st").Build()}
+	}
+	cmds := make(rueidis.Commands, 0, len(e.shards))
+	for _, sh := range e.shards {
+		cmds = append(cmds, b.Hgetall().Key(s.k.jobCounts(sh, jid)).Build())
+	}
+	return cmds
+}
+
+// sumCounts sums the answers to countReads(_, e). A single-agent job counts
+// its task in its state, and nothing once the task is gone (as its jc did).
+func (s *Store) sumCounts(ctx context.Context, e *cachedJob, res []rueidis.RedisResult) (store.Counts, error) {
 	var c store.Counts
+	if e.solo != "" {
+		st, err := res[0].ToString()
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return c, s.wrap(ctx, err)
+		}
+		if st != "" {
+			c.Add(store.TaskState(atoi(st)), 1)
+		}
+		return c, nil
+	}
 	for _, r := range res {
 		f, err := r.AsStrMap()
 		if err != nil {

@@ -232,9 +232,9 @@ func TestRetentionJobsPass(t *testing.T) {
 }
 
 // TestRetentionJobsBoundsRedis: with KeepJobs 100, 1,000 finished single-agent
-// jobs leave Redis holding the keys of about 100 (a job record, a task record,
-// a per-shard count each), not 1,000; the bytes are logged beside the same
-// run without the count.
+// jobs leave Redis holding the keys of about 100 (a job record and a task
+// record each), not 1,000; the bytes are logged beside the same run without
+// the count.
 func TestRetentionJobsBoundsRedis(t *testing.T) {
 	t.Parallel()
 	const n, keep = 1000, 100
@@ -277,10 +277,122 @@ func TestRetentionJobsBoundsRedis(t *testing.T) {
 		grew[k] = [2]int64{b1 - b0, k1 - k0}
 		t.Logf("KeepJobs %d: %d single-agent jobs finished: Redis grew %d bytes and %d keys", k, n, b1-b0, k1-k0)
 	}
-	if keys := grew[keep][1]; keys > 3*keep+10 {
-		t.Errorf("with KeepJobs %d Redis holds %d more keys, want at most %d (three a job kept, a few indexes)", keep, keys, 3*keep+10)
+	// A finished single-agent job keeps two keys (TestRetainedJobBytes).
+	if keys := grew[keep][1]; keys > 2*keep+10 {
+		t.Errorf("with KeepJobs %d Redis holds %d more keys, want at most %d (two a job kept, a few indexes)", keep, keys, 2*keep+10)
 	}
-	if keys := grew[0][1]; keys < 3*n {
-		t.Errorf("without a count Redis holds %d more keys, want at least %d: the comparison measures nothing", keys, 3*n)
+	if keys := grew[0][1]; keys < 2*n {
+		t.Errorf("without a count Redis holds %d more keys, want at least %d: the comparison measures nothing", keys, 2*n)
+	}
+}
+
+// retainedJobBytes bounds the bytes of Redis a finished small single-agent job
+// may cost (TestRetainedJobBytes), on one node and on a 3-master cluster (whose
+// per-node indexes cost more): the figure measured (about 1,330 and 1,420)
+// and room for what a loaded machine adds — under -race with other tests
+// running, leases run out and tasks run a second attempt, whose history the
+// record keeps (about 110 bytes more measured on one node).
+var retainedJobBytes = map[bool]float64{false: 1500, true: 1600}
+
+// TestRetainedJobBytes finishes 10,000 single-agent jobs — each task its own
+// Dispatch, as run-and-wait makes them; payload and output two bytes — and
+// measures what Redis holds for each finished job, its task included: two keys
+// (the task record and the job record; the job's per-shard counts go when its
+// task ends) and, on one node, at most retainedJobBytes.
+//
+// Issue 16 asks for 1 KB. Measured here (Redis 7.0, a quiet machine): 1,482 B
+// and 3 keys (1,550 B on the cluster) before the job's counts were folded and
+// its record compacted; 1,282 B and 2 keys (1,348 B) after, and 1,334 B
+// (1,421 B) once a finished task kept its stream entry's id for retention by
+// count. What is left is
+// mostly index entries of about 120–140 B each in sorted sets past their
+// compact encoding: the task in its shard's list and its state's list (and its
+// agent's, past 128 tasks), the job in the job list and the job retention
+// index, besides the task's entry in the stream of finished tasks — about
+// 600–720 B together; the two records are about 550 B.
+func TestRetainedJobBytes(t *testing.T) {
+	t.Parallel()
+	for _, cluster := range []bool{false, true} {
+		name := map[bool]string{false: "single", true: "cluster"}[cluster]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var url string
+			var nodes []*redistest.Server
+			if cluster {
+				cl := redistest.StartCluster(t, 3)
+				url, nodes = cl.URL(), cl.Nodes
+			} else {
+				srv := redistest.Start(t)
+				url, nodes = srv.URL(), []*redistest.Server{srv}
+			}
+			s := open(t, url, "ret", store.Config{})
+			const agents, perAgent = 100, 100
+			creds := make([]store.Cred, agents)
+			for i := range creds {
+				creds[i] = register(t, s, fmt.Sprint("secret-", i))
+			}
+			// singles dispatches n single-agent jobs, spread over the agents,
+			// from a few callers at once, and has the agents finish them.
+			var jobs []string
+			var mu sync.Mutex
+			singles := func(n int) {
+				var wg sync.WaitGroup
+				errs := make(chan error, 8)
+				for w := range 8 {
+					wg.Go(func() {
+						for i := w; i < n; i += 8 {
+							var j store.Job
+							err := retry(func() (err error) { j, err = s.Dispatch(t.Context(), spec(creds[i%agents].AgentID)); return err })
+							if err != nil {
+								errs <- err
+								return
+							}
+							mu.Lock()
+							jobs = append(jobs, j.ID)
+							mu.Unlock()
+						}
+					})
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Fatal(err)
+				}
+				finishAll(t, s, creds, n/agents)
+			}
+			singles(agents) // the indexes and scripts exist before the measure
+			b0, k0 := usage(t, nodes)
+			singles(agents * perAgent)
+			b1, k1 := usage(t, nodes)
+			const n = agents * perAgent
+			perJob, keysPerJob := float64(b1-b0)/n, float64(k1-k0)/n
+			t.Logf("%s, single-agent jobs: %d finished: %.0f bytes and %.2f keys per job (its task included)", name, n, perJob, keysPerJob)
+			// Two keys a job: no per-shard counts are left (a loaded machine may
+			// add a shard's counters hash when a lease runs out, hence no exact
+			// key count).
+			for _, n := range nodes {
+				if jc := n.MustDo("EVAL", "return #redis.call('KEYS', ARGV[1])", "0", "*:jc:*"); strings.TrimSpace(jc) != "0" {
+					t.Errorf("%s per-shard job counts left on %s after every job finished; want none", strings.TrimSpace(jc), n.Addr())
+				}
+			}
+			if keysPerJob > 2.05 {
+				t.Errorf("a finished single-agent job keeps %.2f keys; want 2 (its task and its record)", keysPerJob)
+			}
+			if limit := retainedJobBytes[cluster]; perJob > limit {
+				t.Errorf("a finished single-agent job costs %.0f bytes of Redis; want at most %.0f", perJob, limit)
+			}
+
+			// What a finished job answers is what it answered before it was
+			// compacted: one task, counted in its final state.
+			for _, id := range []string{jobs[0], jobs[len(jobs)-1]} {
+				j, err := s.GetJob(t.Context(), id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(j.TaskIDs) != 1 || j.Counts.Total() != 1 || j.Counts.Succeeded != 1 || string(j.Spec.Payload) != "hi" {
+					t.Errorf("GetJob(%s) = %+v; want one task, succeeded, payload hi", id, j)
+				}
+			}
+		})
 	}
 }

@@ -184,14 +184,23 @@ end
 
 -- moved moves a task from state old (nil: a new task) to new in the shard's
 -- state indexes and its job's counts in this shard, and wakes its waiters.
-local function moved(tid, job, old, new)
+-- fold says the task is its job's only one (a single-agent job: its task has
+-- no cj) and ends now: its job's counts, the task's own state from now on, are
+-- deleted rather than kept in a key of their own (GetJob counts such a job from
+-- its task: countReads). dropEnded's later decrement of the gone counts makes
+-- and deletes them again in one step.
+local function moved(tid, job, old, new, fold)
   if old ~= new then
     if old then redis.call('ZREM', kState(old), tid) end
     redis.call('ZADD', kState(new), 0, tid)
     if job and job ~= '' then
       local jc = kJobCounts(job)
-      if old then redis.call('HINCRBY', jc, old, -1) else redis.call('HINCRBY', jc, 'n', 1) end
-      redis.call('HINCRBY', jc, new, 1)
+      if fold then
+        redis.call('DEL', jc)
+      else
+        if old then redis.call('HINCRBY', jc, old, -1) else redis.call('HINCRBY', jc, 'n', 1) end
+        redis.call('HINCRBY', jc, new, 1)
+      end
     end
   end
   notify(WATCH_TASK .. tid)
@@ -389,7 +398,7 @@ local function endTask(tid, new, reason, rec)
     if rec.cr == '1' then redis.call('ZREM', kCancels(aid), tid) end
   end
   if (not rec.err or rec.err == '') and new ~= SUCCEEDED and new ~= FAILED then rec.err = reason end
-  moved(tid, rec.job, st, new)
+  moved(tid, rec.job, st, new, rec.cj ~= '1')
   rec.st, rec.ua, rec.hist = ms(new), ms(NOW), histAdd(rec.hist, new, reason, tonumber(rec.att) or 0)
   local head, tail = compact(tk, tid, rec, finished(tid)) -- held and le go with it
   redis.call('ZREM', kDue, tid)
