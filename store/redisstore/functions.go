@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
@@ -93,10 +94,12 @@ func flagsOf(sc *script) string {
 // refuses (READONLY) and gets it from its master. A library of the same name
 // is this one already. It returns whether the store can call functions: false,
 // with the reason logged, when Redis has no FUNCTION command or the user may
-// not load it.
+// not load it. A node that fails otherwise is passed over, and the first such
+// failure returned.
 func (s *Store) loadLibrary(ctx context.Context) (bool, error) {
 	lib := theLibrary()
 	loaded := false
+	var first error
 	for addr, node := range s.client.Nodes() {
 		err := node.Do(ctx, node.B().FunctionLoad().FunctionCode(lib.text).Build()).Error()
 		if rerr, ok := rueidis.IsRedisErr(err); ok {
@@ -113,11 +116,14 @@ func (s *Store) loadLibrary(ctx context.Context) (bool, error) {
 			}
 		}
 		if err != nil {
-			return false, err
+			// The others are loaded all the same: the node that lost the
+			// library may be up while another is down.
+			first = cmp.Or(first, err)
+			continue
 		}
 		loaded = true
 	}
-	return loaded, nil
+	return loaded, first
 }
 
 // functionMissing tells whether err is FCALL's answer on a node without the
@@ -155,14 +161,19 @@ func (s *Store) recover(ctx context.Context, sc *script, keys, args []string, r 
 		return sc.lua.Exec(ctx, s.client, sc.keys(keys, args), args)
 	}
 	if functionMissing(err) {
-		if ok, lerr := s.loadLibrary(ctx); lerr != nil {
-			return rueidis.NewErrorResult(errors.Join(err, lerr))
-		} else if !ok {
+		ok, lerr := s.loadLibrary(ctx)
+		if !ok && lerr == nil {
 			// The library can no longer be loaded (the user's rights changed):
 			// the scripts it holds run as scripts.
 			s.functions.Store(false)
 		}
-		return s.client.Do(ctx, s.call(sc, keys, args))
+		r = s.client.Do(ctx, s.call(sc, keys, args))
+		if rerr, ok := rueidis.IsRedisErr(r.Error()); ok && rerr.IsNoScript() {
+			return sc.lua.Exec(ctx, s.client, sc.keys(keys, args), args)
+		}
+		if lerr != nil && functionMissing(r.Error()) {
+			return rueidis.NewErrorResult(errors.Join(r.Error(), lerr))
+		}
 	}
 	return r
 }
