@@ -135,14 +135,16 @@ func New(urls, token string, opts ...Option) (*Client, error) {
 	} else if hc.Timeout != 0 {
 		return nil, errors.New("client: the HTTPClient must have no Timeout (calls are held; the client puts a deadline on each)")
 	}
+	hc = withCappedAnswers(hc, o.maxAnswer)
 	log := o.logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Client{opts: o, log: log}
 	auth := connect.WithInterceptors(bearer.Interceptor(token))
+	limit := connect.WithReadMaxBytes(o.maxAnswer)
 	for _, s := range list {
-		c.servers = append(c.servers, serverConn{url: s, ctl: forgev1connect.NewControlServiceClient(hc, s, auth)})
+		c.servers = append(c.servers, serverConn{url: s, ctl: forgev1connect.NewControlServiceClient(hc, s, auth, limit)})
 	}
 	return c, nil
 }

@@ -19,6 +19,11 @@ const (
 	// the server to hold: the server's own default, under the idle timeouts of
 	// common load balancers (30–60 s). Longer waits are made of several holds.
 	DefaultHold = store.DefaultPollHold
+	// DefaultMaxAnswer bounds the size of one answer the Client reads (after
+	// decompression), so a broken or hostile server cannot make it allocate
+	// without bound: far above what forge sends (a page of tasks with their
+	// capped outputs), as the Go agent's own bound.
+	DefaultMaxAnswer = 256 << 20
 )
 
 // An Option configures a Client.
@@ -34,6 +39,7 @@ type options struct {
 	backoffMin  time.Duration
 	backoffMax  time.Duration
 	onRetry     func(Retry)
+	maxAnswer   int
 }
 
 func defaultOptions() options {
@@ -43,6 +49,7 @@ func defaultOptions() options {
 		hold:        DefaultHold,
 		backoffMin:  100 * time.Millisecond,
 		backoffMax:  5 * time.Second,
+		maxAnswer:   DefaultMaxAnswer,
 	}
 }
 
@@ -107,6 +114,17 @@ func WithBackoff(min, max time.Duration) Option {
 	return func(o *options) {
 		if min > 0 && max >= min {
 			o.backoffMin, o.backoffMax = min, max
+		}
+	}
+}
+
+// WithMaxAnswer bounds the bytes of one answer the Client reads, decompressed
+// (DefaultMaxAnswer). A larger answer fails the call with
+// connect.CodeResourceExhausted, not retried.
+func WithMaxAnswer(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.maxAnswer = n
 		}
 	}
 }

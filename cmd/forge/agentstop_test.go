@@ -1,18 +1,23 @@
 package main_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
 	"connectrpc.com/connect"
 
+	"github.com/orange-forge/forge/client"
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 )
 
@@ -120,5 +125,28 @@ func TestAgentInterruptedWhileStarting(t *testing.T) {
 	code := m.Run(ctx, []string{"agent", "--server", "http://127.0.0.1:1", "--enroll-token", enrollToken, "--state-dir", t.TempDir()})
 	if code != 0 || execed {
 		t.Fatalf("interrupted agent: exit %d, started again %v, want 0 and no restart:\n%s", code, execed, out.String())
+	}
+}
+
+// TestCLIAnswerCapped: a server (broken or hostile) that answers a listing with
+// more than the client takes (client.DefaultMaxAnswer) makes the command fail
+// with resource_exhausted saying so, not allocate what the server sends.
+func TestCLIAnswerCapped(t *testing.T) {
+	t.Parallel()
+	const size = client.DefaultMaxAnswer + 32<<20
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/proto")
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		chunk := bytes.Repeat([]byte{0x0a}, 1<<20)
+		for sent := 0; sent < size && r.Context().Err() == nil; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	out, code := runForge(t, nil, "agents", "--server", srv.URL, "--admin-token", adminToken)
+	if code == 0 || !strings.Contains(out, "resource_exhausted") || !strings.Contains(out, "larger than the client takes") {
+		t.Fatalf("forge agents from a server answering %d bytes: exit %d:\n%s", size, code, out)
 	}
 }
