@@ -13,21 +13,42 @@ import (
 // A fan-out is written in bounded pieces, so that a dispatch to every agent of a
 // large fleet neither holds Redis nor queues far ahead of other callers'
 // commands on the shared connections: a script creates or releases at most
-// dispatchBatch tasks (of one shard), and at most dispatchPipeline scripts go
-// out per round trip.
+// dispatchBatch tasks (of one shard), and at most dispatchInFlight scripts per
+// node of Redis (maxInFlight in all) are outstanding at once, so every master
+// of a cluster works on the fan-out at the same time (runBatches).
 const (
 	dispatchBatch    = 256
-	dispatchPipeline = 4
+	dispatchInFlight = 4
+	maxInFlight      = 32
 )
 
-// dispatchBudget bounds the work of one fan-out Dispatch; abandonKeyless is how
-// long after it began the reaper abandons one without an idempotency key that
-// never committed (well past dispatchBudget, so a slow dispatch is never
-// abandoned under its own feet; its commit would fail anyway).
+// dispatchBudget bounds the work of one fan-out Dispatch up to its commit, and
+// then its release, each for a fan-out of up to budgetTasks tasks; a larger one
+// gets budgetPerTask more per task beyond them, so a fan-out to a whole large
+// fleet on a loaded Redis fits the time it needs rather than failing at a
+// fixed bound (at 50,000 tasks: 2 minutes + 45 s). abandonKeyless is how long
+// after it began the reaper abandons one without an idempotency key that never
+// committed: well past the budget (see abandonAfter), so a slow dispatch is
+// never abandoned under its own feet; its commit would fail anyway.
 const (
 	dispatchBudget = 2 * time.Minute
+	budgetTasks    = 5000
+	budgetPerTask  = time.Millisecond
 	abandonKeyless = 10 * time.Minute
 )
+
+// budgetFor is the time a fan-out of n tasks may take up to its commit, and
+// again for its release.
+func budgetFor(n int) time.Duration {
+	return dispatchBudget + time.Duration(max(n-budgetTasks, 0))*budgetPerTask
+}
+
+// abandonAfter is how long after it began an uncommitted fan-out of n tasks
+// without an idempotency key is abandoned by the reaper: abandonKeyless, or
+// three budgets for one so large that its budget comes near it.
+func abandonAfter(n int) time.Duration {
+	return max(abandonKeyless, 3*budgetFor(n))
+}
 
 // dispatchMany creates fan-out job jid, or, with resume, finishes creating it.
 // It is all or resumable:
@@ -48,7 +69,10 @@ const (
 // at once (or by the reaper) and its tasks end CANCELED. The error says which
 // (store.ErrDispatchIncomplete).
 func (s *Store) dispatchMany(ctx context.Context, spec store.JobSpec, match store.AgentMatcher, jid string, now int64, idemKey string, resume *jobRecord) (store.Job, error) {
-	ctx, cancel := context.WithTimeout(ctx, dispatchBudget)
+	outer := ctx
+	// Matching reads every agent the target may reach, so it gets the budget of
+	// --max-targets of them (all when unlimited: budgetFor(0) then, as before).
+	ctx, cancel := context.WithTimeout(outer, budgetFor(s.cfg.MaxTargets))
 	defer cancel()
 	var targets []target
 	if resume != nil && resume.tasks != nil {
@@ -72,8 +96,11 @@ func (s *Store) dispatchMany(ctx context.Context, spec store.JobSpec, match stor
 			targets[i] = target{jobTaskID(jid, a), a}
 		}
 	}
+	// From here on the budget is the task count's.
+	ctx, cancel = context.WithTimeout(outer, budgetFor(len(targets)))
+	defer cancel()
 	limited := spec.MaxConcurrency > 0 || spec.MaxFailures > 0
-	abandonAt := now + abandonKeyless.Milliseconds()
+	abandonAt := now + abandonAfter(len(targets)).Milliseconds()
 	if idemKey != "" {
 		abandonAt = now + idemPending.Milliseconds()
 	}
@@ -93,7 +120,11 @@ func (s *Store) dispatchMany(ctx context.Context, spec store.JobSpec, match stor
 	if err := s.commitJob(ctx, jid, now, idemKey); err != nil {
 		return s.incomplete(ctx, jid, idemKey, err, true)
 	}
-	s.startJob(ctx, jid, limited, taskIDsOf(targets))
+	// The job is accepted: its release gets a budget of its own (should it run
+	// out, the reaper's advancer finishes the release).
+	rctx, rcancel := context.WithTimeout(outer, budgetFor(len(targets)))
+	defer rcancel()
+	s.startJob(rctx, jid, limited, taskIDsOf(targets))
 	return s.answerJob(jid, fields, counts), nil
 }
 

@@ -6,9 +6,8 @@ import "github.com/redis/rueidis"
 // makes of it, for tests that watch a Store's round trips.
 func WrapClient(s *Store, wrap func(rueidis.Client) rueidis.Client) { s.client = wrap(s.client) }
 
-// DispatchBatch and DispatchPipeline are how many tasks a fan-out script
-// writes at most, and how many scripts go out in one round trip.
-const (
-	DispatchBatch    = dispatchBatch
-	DispatchPipeline = dispatchPipeline
-)
+// DispatchBatch is how many tasks a fan-out script writes at most.
+const DispatchBatch = dispatchBatch
+
+// DispatchInFlight is how many fan-out scripts s keeps outstanding at most.
+func DispatchInFlight(s *Store) int { return s.inFlight() }

@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -358,28 +362,31 @@ type createMode struct {
 }
 
 // createTasks creates a job's tasks, one script per batch of at most
-// dispatchBatch tasks of one shard, at most dispatchPipeline scripts per round
-// trip, and returns the job's counts as the scripts answered them.
+// dispatchBatch tasks of one shard, run with runBatches, and returns the job's
+// counts as the scripts answered them.
 func (s *Store) createTasks(ctx context.Context, spec store.JobSpec, jid string, now int64, targets []target, m createMode) (store.Counts, error) {
-	byShard := map[int][]string{}
+	var byShard [NumShards][]string
 	for _, t := range targets {
 		sh := shardOf(t.agentID)
 		byShard[sh] = append(byShard[sh], t.taskID, t.agentID)
 	}
 	var execs []rueidis.LuaExec
 	var shards []int
-	for sh, pairs := range byShard {
-		for lo := 0; lo < len(pairs); lo += 2 * dispatchBatch {
-			args := s.createArgs(spec, jid, now, sh, m, pairs[lo:min(lo+2*dispatchBatch, len(pairs))])
-			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: args})
-			shards = append(shards, sh)
-		}
+	for _, b := range interleave(&byShard, 2*dispatchBatch) {
+		execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(b.shard)}, Args: s.createArgs(spec, jid, now, b.shard, m, b.items)})
+		shards = append(shards, b.shard)
 	}
-	// A shard's later batch answers its counts with the earlier ones in them.
+	// Each batch answers its shard's counts as they stand after it; batches of
+	// one shard may end in any order, and the one that ended last has the most
+	// tasks counted (n).
 	last := map[int]map[string]string{}
 	err := s.runBatches(ctx, createTasksScript, execs, func(i int, arr []rueidis.RedisMessage) {
-		if len(arr) > 1 {
-			last[shards[i]] = pairs(arr[1])
+		if len(arr) < 2 {
+			return
+		}
+		f := pairs(arr[1])
+		if prev, ok := last[shards[i]]; !ok || atoi(f["n"]) >= atoi(prev["n"]) {
+			last[shards[i]] = f
 		}
 	})
 	var counts store.Counts
@@ -387,6 +394,32 @@ func (s *Store) createTasks(ctx context.Context, spec store.JobSpec, jid string,
 		addCounts(&counts, f)
 	}
 	return counts, err
+}
+
+// shardBatch is a batch of one shard's items: task ids, or task id, agent id pairs.
+type shardBatch struct {
+	shard int
+	items []string
+}
+
+// interleave cuts each shard's items into batches of at most size and orders
+// them first batches of every shard, then second batches, and so on, so that
+// the calls runBatches has in flight at once fall on many shards, and so on
+// every master of a cluster.
+func interleave(byShard *[NumShards][]string, size int) []shardBatch {
+	var out []shardBatch
+	for lo := 0; ; lo += size {
+		more := false
+		for sh, items := range byShard {
+			if lo < len(items) {
+				out = append(out, shardBatch{sh, items[lo:min(lo+size, len(items))]})
+				more = true
+			}
+		}
+		if !more {
+			return out
+		}
+	}
 }
 
 // createArgs returns the ARGV of a createTasksScript call making the tasks of
@@ -402,24 +435,33 @@ func (s *Store) createArgs(spec store.JobSpec, jid string, now int64, sh int, m 
 	return append(args, pairs...)
 }
 
-// runBatches runs the calls of sc, at most dispatchPipeline per round trip,
-// round after round, handing each answer to each (with the call's index); it
-// stops at the first error. Other callers' commands, on the same connections
-// and in Redis, wait for at most one round.
+// runBatches runs the calls of sc, each in a round trip of its own, with up to
+// inFlight of them outstanding at once (inParallel), handing each answer to
+// each (with the call's index; never two at once); it stops at the first
+// error. So the masters of a cluster all work on a fan-out at once, none waits
+// for a round to finish on the slowest, and another caller's command waits in
+// Redis behind at most the few calls outstanding on its node.
 func (s *Store) runBatches(ctx context.Context, sc *script, execs []rueidis.LuaExec, each func(int, []rueidis.RedisMessage)) error {
-	for lo := 0; lo < len(execs); lo += dispatchPipeline {
-		hi := min(lo+dispatchPipeline, len(execs))
-		for i, r := range s.runMulti(ctx, sc, execs[lo:hi]) {
-			arr, err := s.answer(ctx, r)
-			if err != nil {
-				return err
-			}
-			if each != nil {
-				each(lo+i, arr)
-			}
+	var mu sync.Mutex
+	return s.inParallel(ctx, len(execs), func(ctx context.Context, i int) error {
+		arr, err := s.answer(ctx, s.runMulti(ctx, sc, execs[i:i+1])[0])
+		if err != nil {
+			return err
 		}
-	}
-	return nil
+		if each != nil {
+			mu.Lock()
+			defer mu.Unlock()
+			each(i, arr)
+		}
+		return nil
+	})
+}
+
+// inFlight is how many fan-out calls runBatches keeps outstanding:
+// dispatchInFlight per node the client knows (a cluster's replicas included:
+// they only raise the bound), at most maxInFlight.
+func (s *Store) inFlight() int {
+	return min(max(1, len(s.client.Nodes()))*dispatchInFlight, maxInFlight)
 }
 
 // taskIDsOf returns the task ids of targets, in order.
@@ -514,30 +556,45 @@ func fieldValue(fields []string, name string) string {
 	return ""
 }
 
-// matchAgents returns, in id order, the non-revoked agents match reaches that are
-// online now (or all of them with includeOffline).
+// matchAgents returns the agents a fan-out reaches — those match selects,
+// not revoked, and online now unless includeOffline — in id order, with the
+// task types each said it handles. It stops with ErrTooManyTargets once more
+// than Config.MaxTargets match.
 //
-// It stops with ErrTooManyTargets once more than Config.MaxTargets match.
-// matchAgents returns the agents a fan-out reaches, in id order, with the task
-// types each said it handles.
+// Online agents are found through each shard's index of agents by last call
+// ({P:sNN}:on), all 64 read in one pipelined round trip, so only agents seen
+// lately are looked at, in every master at once; all of them (includeOffline)
+// through the global agent list. Either way each candidate's record then
+// decides, read in pipelined chunks of matchChunk with several chunks
+// outstanding at once.
 func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, includeOffline bool, now int64) ([]string, [][]string, error) {
-	ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.agents()).Min("0").Max("-1").Build()).AsStrSlice()
+	ids, err := s.matchCandidates(ctx, includeOffline, now)
 	if err != nil {
-		return nil, nil, s.wrap(ctx, err)
+		return nil, nil, err
 	}
-	var out []string
-	var typesOf [][]string
-	const batch = 1000
-	for lo := 0; lo < len(ids); lo += batch {
-		chunk := ids[lo:min(lo+batch, len(ids))]
+	type found struct {
+		id    string
+		types []string
+	}
+	var (
+		mu  sync.Mutex
+		out []found
+	)
+	var chunks [][]string
+	for lo := 0; lo < len(ids); lo += matchChunk {
+		chunks = append(chunks, ids[lo:min(lo+matchChunk, len(ids))])
+	}
+	err = s.inParallel(ctx, len(chunks), func(ctx context.Context, c int) error {
+		chunk := chunks[c]
 		cmds := make(rueidis.Commands, len(chunk))
 		for i, id := range chunk {
 			cmds[i] = s.client.B().Hmget().Key(s.k.agent(id)).Field("labels", "rev", "seen", "pu", "name", "so", "types").Build()
 		}
+		var mine []found
 		for i, r := range s.client.DoMulti(ctx, cmds...) {
 			vals, err := r.ToArray()
 			if err != nil {
-				return nil, nil, s.wrap(ctx, err)
+				return s.wrap(ctx, err)
 			}
 			if len(vals) != 7 || !vals[1].IsNil() {
 				continue // revoked (or malformed)
@@ -562,14 +619,95 @@ func (s *Store) matchAgents(ctx context.Context, match store.AgentMatcher, inclu
 			if ty, _ := vals[6].ToString(); ty != "" && ty != "null" {
 				_ = json.Unmarshal([]byte(ty), &types) // see decodeAgent
 			}
-			out = append(out, chunk[i])
-			typesOf = append(typesOf, types)
-			if err := store.CheckTargets(len(out), s.cfg.MaxTargets); err != nil {
-				return nil, nil, err
-			}
+			mine = append(mine, found{chunk[i], types})
 		}
+		mu.Lock()
+		defer mu.Unlock()
+		out = append(out, mine...)
+		return store.CheckTargets(len(out), s.cfg.MaxTargets)
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	return out, typesOf, nil
+	slices.SortFunc(out, func(a, b found) int { return strings.Compare(a.id, b.id) })
+	agents := make([]string, len(out))
+	typesOf := make([][]string, len(out))
+	for i, f := range out {
+		agents[i], typesOf[i] = f.id, f.types
+	}
+	return agents, typesOf, nil
+}
+
+// matchChunk is how many agent records matchAgents reads in one round trip.
+const matchChunk = 1000
+
+// matchCandidates returns the agents matchAgents looks at: every listed agent
+// with includeOffline; otherwise those each shard's online index has seen
+// since well before the online window began (an agent holding a Poll was seen
+// when it began it, at most a poll hold ago, which is within the window; the
+// margin covers clocks a little apart), each once.
+func (s *Store) matchCandidates(ctx context.Context, includeOffline bool, now int64) ([]string, error) {
+	if includeOffline {
+		ids, err := s.client.Do(ctx, s.client.B().Zrange().Key(s.k.agents()).Min("0").Max("-1").Build()).AsStrSlice()
+		if err != nil {
+			return nil, s.wrap(ctx, err)
+		}
+		return ids, nil
+	}
+	since := strconv.FormatInt(now-2*s.cfg.OnlineWindow.Milliseconds()-time.Minute.Milliseconds(), 10)
+	cmds := make(rueidis.Commands, NumShards)
+	for sh := range cmds {
+		cmds[sh] = s.client.B().Zrange().Key(s.k.online(sh)).Min(since).Max("+inf").Byscore().Build()
+	}
+	var ids []string
+	for _, r := range s.client.DoMulti(ctx, cmds...) {
+		part, err := r.AsStrSlice()
+		if err != nil {
+			return nil, s.wrap(ctx, err)
+		}
+		ids = append(ids, part...)
+	}
+	return ids, nil
+}
+
+// inParallel calls f for 0..n-1, with up to inFlight calls at once, and
+// returns the first error, after which no new call starts (and the context
+// the others were given ends).
+func (s *Store) inParallel(ctx context.Context, n int, f func(context.Context, int) error) error {
+	if n == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		next     atomic.Int64
+		mu       sync.Mutex
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	for range min(s.inFlight(), n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := f(ctx, i); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					cancel()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
 }
 
 // advance is the job advancer. It re-derives a rollout job's next step from
@@ -742,15 +880,14 @@ func (s *Store) cancelTasks(ctx context.Context, taskIDs []string, m store.Cance
 
 // perShard runs a shard script over task ids grouped by shard, with the given
 // ARGV before the ids, and returns each call's answer or the first error. A
-// shard's ids go in calls of at most dispatchBatch, at most dispatchPipeline
-// calls per round trip (runBatches), so cancelling or releasing a whole fan-out
-// holds Redis no longer than creating it.
+// shard's ids go in calls of at most dispatchBatch, run by runBatches, so
+// cancelling or releasing a whole fan-out holds Redis no longer than creating it.
 func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre []string) ([][]rueidis.RedisMessage, error) {
 	if len(taskIDs) == 0 {
 		return nil, nil
 	}
 	now := s.nowMS()
-	byShard := map[int][]string{}
+	var byShard [NumShards][]string
 	for _, id := range taskIDs {
 		a, ok := store.AgentOfTask(id)
 		if !ok {
@@ -760,11 +897,8 @@ func (s *Store) perShard(ctx context.Context, sc *script, taskIDs []string, pre 
 		byShard[sh] = append(byShard[sh], id)
 	}
 	var execs []rueidis.LuaExec
-	for sh, ids := range byShard {
-		for lo := 0; lo < len(ids); lo += dispatchBatch {
-			args := s.shardArgs(s.k.shard[sh], now, pre...)
-			execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(sh)}, Args: append(args, ids[lo:min(lo+dispatchBatch, len(ids))]...)})
-		}
+	for _, b := range interleave(&byShard, dispatchBatch) {
+		execs = append(execs, rueidis.LuaExec{Keys: []string{s.k.due(b.shard)}, Args: append(s.shardArgs(s.k.shard[b.shard], now, pre...), b.items...)})
 	}
 	answers := make([][]rueidis.RedisMessage, 0, len(execs))
 	err := s.runBatches(ctx, sc, execs, func(_ int, arr []rueidis.RedisMessage) { answers = append(answers, arr) })
