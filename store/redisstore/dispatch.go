@@ -13,13 +13,14 @@ import (
 // A fan-out is written in bounded pieces, so that a dispatch to every agent of a
 // large fleet neither holds Redis nor queues far ahead of other callers'
 // commands on the shared connections: a script creates or releases at most
-// dispatchBatch tasks (of one shard), and at most dispatchInFlight scripts per
-// node of Redis (maxInFlight in all) are outstanding at once, so every master
-// of a cluster works on the fan-out at the same time (runBatches).
+// dispatchBatch tasks (of one shard), at most dispatchPipeline scripts go out
+// per round trip, and a round trip per node of Redis (at least 2, at most
+// maxInFlight) is outstanding at once, so every master of a cluster works on
+// the fan-out at the same time (runBatches).
 const (
 	dispatchBatch    = 256
-	dispatchInFlight = 4
-	maxInFlight      = 32
+	dispatchPipeline = 4
+	maxInFlight      = 8
 )
 
 // dispatchBudget bounds the work of one fan-out Dispatch up to its commit, and

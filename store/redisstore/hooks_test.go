@@ -6,8 +6,12 @@ import "github.com/redis/rueidis"
 // makes of it, for tests that watch a Store's round trips.
 func WrapClient(s *Store, wrap func(rueidis.Client) rueidis.Client) { s.client = wrap(s.client) }
 
-// DispatchBatch is how many tasks a fan-out script writes at most.
-const DispatchBatch = dispatchBatch
+// DispatchBatch and DispatchPipeline are how many tasks a fan-out script
+// writes at most, and how many scripts go out in one round trip.
+const (
+	DispatchBatch    = dispatchBatch
+	DispatchPipeline = dispatchPipeline
+)
 
-// DispatchInFlight is how many fan-out scripts s keeps outstanding at most.
+// DispatchInFlight is how many fan-out round trips s keeps outstanding at most.
 func DispatchInFlight(s *Store) int { return s.inFlight() }

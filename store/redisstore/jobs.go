@@ -435,33 +435,38 @@ func (s *Store) createArgs(spec store.JobSpec, jid string, now int64, sh int, m 
 	return append(args, pairs...)
 }
 
-// runBatches runs the calls of sc, each in a round trip of its own, with up to
-// inFlight of them outstanding at once (inParallel), handing each answer to
-// each (with the call's index; never two at once); it stops at the first
-// error. So the masters of a cluster all work on a fan-out at once, none waits
-// for a round to finish on the slowest, and another caller's command waits in
-// Redis behind at most the few calls outstanding on its node.
+// runBatches runs the calls of sc, dispatchPipeline to a round trip, with up
+// to inFlight round trips outstanding at once (inParallel), handing each
+// answer to each (with the call's index; never two at once); it stops at the
+// first error. So the masters of a cluster all work on a fan-out at once, none
+// waits for a round to finish on the slowest, and another caller's command
+// waits in Redis behind at most the few calls outstanding.
 func (s *Store) runBatches(ctx context.Context, sc *script, execs []rueidis.LuaExec, each func(int, []rueidis.RedisMessage)) error {
 	var mu sync.Mutex
-	return s.inParallel(ctx, len(execs), func(ctx context.Context, i int) error {
-		arr, err := s.answer(ctx, s.runMulti(ctx, sc, execs[i:i+1])[0])
-		if err != nil {
-			return err
-		}
-		if each != nil {
-			mu.Lock()
-			defer mu.Unlock()
-			each(i, arr)
+	trips := (len(execs) + dispatchPipeline - 1) / dispatchPipeline
+	return s.inParallel(ctx, trips, func(ctx context.Context, trip int) error {
+		lo := trip * dispatchPipeline
+		for i, r := range s.runMulti(ctx, sc, execs[lo:min(lo+dispatchPipeline, len(execs))]) {
+			arr, err := s.answer(ctx, r)
+			if err != nil {
+				return err
+			}
+			if each != nil {
+				mu.Lock()
+				each(lo+i, arr)
+				mu.Unlock()
+			}
 		}
 		return nil
 	})
 }
 
-// inFlight is how many fan-out calls runBatches keeps outstanding:
-// dispatchInFlight per node the client knows (a cluster's replicas included:
-// they only raise the bound), at most maxInFlight.
+// inFlight is how many fan-out round trips runBatches (and matchAgents) keep
+// outstanding: one per node the client knows (a cluster's replicas included:
+// they only raise the bound), at least 2 so a single Redis never idles between
+// two, at most maxInFlight.
 func (s *Store) inFlight() int {
-	return min(max(1, len(s.client.Nodes()))*dispatchInFlight, maxInFlight)
+	return min(max(2, len(s.client.Nodes())), maxInFlight)
 }
 
 // taskIDsOf returns the task ids of targets, in order.
