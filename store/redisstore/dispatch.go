@@ -14,9 +14,10 @@ import (
 // large fleet neither holds Redis nor queues far ahead of other callers'
 // commands on the shared connections: a script creates or releases at most
 // dispatchBatch tasks (of one shard), at most dispatchPipeline scripts go out
-// per round trip, and a round trip per node of Redis (at least 2, at most
-// maxInFlight) is outstanding at once, so every master of a cluster works on
-// the fan-out at the same time (runBatches).
+// per round trip, and while the tasks are created a round trip per node of
+// Redis (at least 2, at most maxInFlight) is outstanding at once, so every
+// master of a cluster works on the fan-out at the same time (runBatches; the
+// release goes one round trip at a time).
 const (
 	dispatchBatch    = 256
 	dispatchPipeline = 4
