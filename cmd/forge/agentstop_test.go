@@ -150,3 +150,26 @@ func TestCLIAnswerCapped(t *testing.T) {
 		t.Fatalf("forge agents from a server answering %d bytes: exit %d:\n%s", size, code, out)
 	}
 }
+
+// TestRunOutputLines: what `forge run` shows of a command's output: CR LF line
+// ends (Windows commands) show as line ends, not as a literal \r; a lone CR
+// still shows escaped; a last line without a newline is ended with one, with
+// one agent (no prefix) and with two (prefixed), so the next line starts on
+// its own.
+func TestRunOutputLines(t *testing.T) {
+	t.Parallel()
+	e := fleet(t, nil, "crlf", "crlf-1", "crlf-2")
+	script := `printf 'one\r\ntwo\r\n50%%\r100%%\r\nabc'`
+	stdout, stderr, code := runSplit(t, e, "run", "--agent", "crlf-1", "--", "/bin/sh", "-c", script)
+	if code != 0 || stdout != "one\ntwo\n50%\\r100%\nabc\n" {
+		t.Fatalf("one agent: exit %d, stdout %q, want %q; stderr:\n%s", code, stdout, "one\ntwo\n50%\\r100%\nabc\n", stderr)
+	}
+	stdout, stderr, code = runSplit(t, e, "run", "--selector", "cli=crlf", "--", "/bin/sh", "-c", script)
+	for _, name := range []string{"crlf-1", "crlf-2"} {
+		for _, line := range []string{"one", "two", `50%\r100%`, "abc"} {
+			if !strings.Contains(stdout, name+": "+line+"\n") {
+				t.Fatalf("two agents: exit %d, stdout lacks %q:\n%s\nstderr:\n%s", code, name+": "+line, stdout, stderr)
+			}
+		}
+	}
+}

@@ -38,6 +38,12 @@ block when it ends instead. On a terminal a live line counts tasks by state;
 piped, a plain line says the same every 10 s. A server that cannot be reached
 is reported at once and retried for --give-up-after. Ctrl-C cancels the job.
 
+Output is shown as lines, on a terminal and piped alike: a line ended by CR LF
+shows ended by its newline; any other CR, and control, bidi and zero-width
+characters, show escaped (\r, \x1b) unless --raw; a last line without a
+newline is ended with one, so what follows starts on its own line. The output
+exactly as sent is in forge task ID --json.
+
 The command starts at "--" or at the first argument that is not a flag; what
 follows it is the command's own. argv[0] must be allowed on the agent
 (forge agent --allow-exec), exactly as written.

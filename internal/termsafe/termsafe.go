@@ -64,8 +64,10 @@ func Safe(s string) bool {
 // valid UTF-8 is escaped.
 func Line(s string) string { return string(escape([]byte(s), false)) }
 
-// Text returns b for a block of output: as Line, but newlines and tabs are kept.
-// A carriage return is escaped, since it lets a line overwrite the one shown.
+// Text returns b for a block of output: as Line, but newlines and tabs are kept,
+// and a line ended by CR LF (as Windows commands end them) is shown ended by
+// its newline alone. Any other carriage return is escaped, since it lets a line
+// overwrite the one shown.
 func Text(b []byte) []byte { return escape(b, true) }
 
 // escape returns b with unsafe characters escaped; it returns b itself when
@@ -74,7 +76,8 @@ func escape(b []byte, keepLines bool) []byte {
 	clean := true
 	for i := 0; i < len(b); {
 		r, n := utf8.DecodeRune(b[i:])
-		if (r == utf8.RuneError && n == 1) || (Unsafe(r) && !(keepLines && (r == '\n' || r == '\t'))) {
+		if (r == utf8.RuneError && n == 1) || (Unsafe(r) && !(keepLines && (r == '\n' || r == '\t'))) ||
+			(keepLines && r == '\r') {
 			clean = false
 			break
 		}
@@ -91,6 +94,8 @@ func escape(b []byte, keepLines bool) []byte {
 			out = fmt.Appendf(out, `\x%02x`, b[i])
 		case keepLines && (r == '\n' || r == '\t'):
 			out = append(out, byte(r))
+		case keepLines && r == '\r' && i+1 < len(b) && b[i+1] == '\n':
+			// CR LF: the line's end, shown as LF.
 		case r == '\n':
 			out = append(out, `\n`...)
 		case r == '\t':

@@ -78,6 +78,12 @@ func TestTextKeepsLines(t *testing.T) {
 	if got != want {
 		t.Fatalf("Text = %q, want %q", got, want)
 	}
+	// CR LF ends a line (Windows commands); any other CR still shows.
+	for in, want := range map[string]string{"a\r\nb\r\n": "a\nb\n", "50%\r100%\r\n": "50%\\r100%\n", "end\r": "end\\r"} {
+		if got := string(termsafe.Text([]byte(in))); got != want {
+			t.Errorf("Text(%q) = %q, want %q", in, got, want)
+		}
+	}
 	for name, s := range attacks {
 		if got := string(termsafe.Text([]byte(s))); !visible(got, true) {
 			t.Errorf("%s: Text(%q) = %q still holds an unsafe character", name, s, got)
