@@ -23,25 +23,51 @@ import (
 // agentService implements forgev1connect.AgentServiceHandler.
 type agentService struct{ s *Server }
 
+// Register enrolls a new agent (or updates one calling with its own token).
+// The agent's connection then holds its Polls, and its goroutine keeps the
+// stack the deepest call on it needed, so the work is split into calls that
+// are not on the stack together (see agentService.Poll).
 func (a *agentService) Register(ctx context.Context, req *connect.Request[forgev1.RegisterRequest]) (*connect.Response[forgev1.RegisterResponse], error) {
-	s := a.s
-	m := req.Msg
-	if err := s.checkRegister(m); err != nil {
+	if err := a.s.checkRegister(req.Msg); err != nil {
 		return nil, err
 	}
-	p := principalFrom(ctx)
-	if p.kind == principalAgent {
+	if p := principalFrom(ctx); p.kind == principalAgent {
 		return a.reRegister(ctx, req, p.cred)
 	}
+	ag, secret, err := a.s.registerAgent(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return a.s.registered(ctx, req, ag, secret), nil
+}
+
+// registerAgent stores a new agent with a fresh secret.
+//
+//go:noinline
+func (s *Server) registerAgent(ctx context.Context, req *connect.Request[forgev1.RegisterRequest]) (*store.Agent, string, error) {
+	m := req.Msg
+	p := principalFrom(ctx)
 	secret := store.NewSecret()
-	ag, err := s.store.RegisterAgent(ctx, store.RegisterParams{
+	// Timed here rather than through timedStore's wrapper, whose frame would
+	// sit on this connection's stack too.
+	start := time.Now()
+	ag, err := s.store.Store.RegisterAgent(ctx, store.RegisterParams{
 		Name: m.Name, Hostname: m.Hostname, Version: m.Version, Labels: m.Labels, TaskTypes: m.TaskTypes,
 		SecretHash: HashSecret(secret), Enrollment: p.enroll, RemoteAddr: req.Peer().Addr,
 		RequestKey: store.EnrollRequestKey(p.scope, m.IdempotencyKey),
 	})
+	s.metrics.storeCall("RegisterAgent", start, err)
 	if err != nil {
-		return nil, s.storeError(ctx, err)
+		return nil, "", s.storeError(ctx, err)
 	}
+	return &ag, secret, nil
+}
+
+// registered logs a new agent and makes Register's answer.
+//
+//go:noinline
+func (s *Server) registered(ctx context.Context, req *connect.Request[forgev1.RegisterRequest], ag *store.Agent, secret string) *connect.Response[forgev1.RegisterResponse] {
+	m, p := req.Msg, principalFrom(ctx)
 	if m.PreviousAgentId != "" {
 		s.metrics.reenrolled.Inc()
 		s.log.Info("audit: agent enrolled again: the server no longer knew it (state lost)", "by", p.by, "from", req.Peer().Addr,
@@ -49,13 +75,24 @@ func (a *agentService) Register(ctx context.Context, req *connect.Request[forgev
 	} else {
 		s.log.Info("audit: agent registered", "by", p.by, "from", req.Peer().Addr, "agent", ag.ID, "name", ag.Name, "hostname", ag.Hostname)
 	}
-	return connect.NewResponse(&forgev1.RegisterResponse{
+	return closeAfter(connect.NewResponse(&forgev1.RegisterResponse{
 		AgentId:           ag.ID,
 		AgentToken:        PrefixAgent + ag.ID + "_" + secret,
 		PollWait:          durationpb.New(s.cfg.PollHold),
 		HeartbeatInterval: durationpb.New(s.heartbeatInterval()),
 		SigningKeys:       s.signingKeys(),
-	}), nil
+	}))
+}
+
+// closeAfter asks for the connection to be closed once the answer is sent
+// (Connection: close). Register does it: an agent calls it once, then holds a
+// Poll on a connection for as long as it runs, and the goroutine serving a
+// connection keeps the largest stack any of its calls needed. Register's store
+// work needs more than a Poll does; on a fresh connection the agent's Polls
+// keep a stack half the size (docs/performance.md, "Idle").
+func closeAfter[T any](res *connect.Response[T]) *connect.Response[T] {
+	res.Header().Set("Connection", "close")
+	return res
 }
 
 // reRegister answers a Register made with an agent's own token: the agent
@@ -83,12 +120,12 @@ func (a *agentService) reRegister(ctx context.Context, req *connect.Request[forg
 	} else {
 		s.log.Info("agent started again with its saved identity", attrs...)
 	}
-	return connect.NewResponse(&forgev1.RegisterResponse{
+	return closeAfter(connect.NewResponse(&forgev1.RegisterResponse{
 		AgentId:           cred.AgentID,
 		PollWait:          durationpb.New(s.cfg.PollHold),
 		HeartbeatInterval: durationpb.New(s.heartbeatInterval()),
 		SigningKeys:       s.signingKeys(),
-	}), nil
+	})), nil
 }
 
 // agentChanges describes what a Register with a saved identity changes of the
@@ -255,34 +292,79 @@ func (s *Server) agentError(ctx context.Context, err error) error {
 	return s.storeError(ctx, err)
 }
 
+// Poll holds the agent's call until it has tasks or cancellations, or its wait
+// ends. A held Poll is parked in this call chain for up to the poll hold, on
+// every connection of the fleet, so the chain is kept shallow: each function
+// on it keeps only what the wait needs in its frame (the request's checks and
+// the answer's making are calls of their own, done before and after), and the
+// connection's goroutine stack can stay small. See docs/performance.md, "Idle".
 func (a *agentService) Poll(ctx context.Context, req *connect.Request[forgev1.PollRequest]) (*connect.Response[forgev1.PollResponse], error) {
-	s := a.s
-	max := 1
-	if req.Msg.MaxTasks != nil {
-		max = int(*req.Msg.MaxTasks)
-	}
-	if max < 0 || max > s.cfg.Limits.MaxTasks {
-		return nil, invalid("max_tasks", "%d is outside 0..%d", max, s.cfg.Limits.MaxTasks)
-	}
-	wait, err := waitFor("wait", req.Msg.Wait, s.cfg.PollHold, s.cfg.PollHold)
+	res, err := a.s.pollWait(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}
+	return a.s.pollAnswer(ctx, res), nil
+}
+
+// pollParams checks a Poll request and says what to lease and until when.
+//
+//go:noinline
+func (s *Server) pollParams(ctx context.Context, m *forgev1.PollRequest) (store.LeaseParams, time.Time, error) {
+	max := 1
+	if m.MaxTasks != nil {
+		max = int(*m.MaxTasks)
+	}
+	if max < 0 || max > s.cfg.Limits.MaxTasks {
+		return store.LeaseParams{}, time.Time{}, invalid("max_tasks", "%d is outside 0..%d", max, s.cfg.Limits.MaxTasks)
+	}
+	wait, err := waitFor("wait", m.Wait, s.cfg.PollHold, s.cfg.PollHold)
+	if err != nil {
+		return store.LeaseParams{}, time.Time{}, err
+	}
 	end := holdEnd(ctx, wait)
-	cred := principalFrom(ctx).cred
-	p := store.LeaseParams{Cred: cred, Max: max, Lease: s.cfg.Lease, Hold: time.Until(end)}
+	return store.LeaseParams{Cred: principalFrom(ctx).cred, Max: max, Lease: s.cfg.Lease, Hold: time.Until(end)}, end, nil
+}
+
+// pollWait leases what is ready for the agent, holding until something is or
+// the wait ends (s.hold).
+func (s *Server) pollWait(ctx context.Context, m *forgev1.PollRequest) (store.LeaseResult, error) {
+	p, end, err := s.pollParams(ctx, m)
+	if err != nil {
+		return store.LeaseResult{}, err
+	}
 	var res store.LeaseResult
-	err = s.hold(ctx, hold{Keys: []string{store.AgentKey(cred.AgentID)}, End: end, Waiting: s.pollHeld}, func() (bool, error) {
-		var err error
-		if res, err = s.store.Lease(ctx, p); err != nil {
-			return false, err
-		}
-		p.Gen = res.Gen
-		return res.Superseded || len(res.Tasks) > 0 || len(res.Cancels) > 0, nil
+	err = s.hold(ctx, hold{Keys: []string{store.AgentKey(p.Cred.AgentID)}, End: end, Waiting: s.pollHeld}, func() (bool, error) {
+		return s.pollCheck(ctx, &p, &res)
 	})
 	if err != nil {
-		return nil, s.agentError(ctx, err)
+		return res, s.agentError(ctx, err)
 	}
+	return res, nil
+}
+
+// pollCheck is a held Poll's check: one Lease.
+//
+//go:noinline
+func (s *Server) pollCheck(ctx context.Context, p *store.LeaseParams, res *store.LeaseResult) (bool, error) {
+	// Timed here rather than through timedStore's wrapper, whose frame would
+	// sit on the held Poll's stack too.
+	start := time.Now()
+	r, err := s.store.Store.Lease(ctx, *p)
+	s.metrics.storeCall("Lease", start, err)
+	if err != nil {
+		return false, err
+	}
+	*res = r
+	p.Gen = r.Gen
+	return r.Superseded || len(r.Tasks) > 0 || len(r.Cancels) > 0, nil
+}
+
+// pollAnswer makes a Poll's answer from what it leased, signing each task when
+// the server has signing keys.
+//
+//go:noinline
+func (s *Server) pollAnswer(ctx context.Context, res store.LeaseResult) *connect.Response[forgev1.PollResponse] {
+	cred := principalFrom(ctx).cred
 	out := &forgev1.PollResponse{Cancels: refsToProto(res.Cancels)}
 	s.metrics.leased(res.Tasks)
 	for _, t := range res.Tasks {
@@ -298,7 +380,7 @@ func (a *agentService) Poll(ctx context.Context, req *connect.Request[forgev1.Po
 		}
 		out.Tasks = append(out.Tasks, pt)
 	}
-	return connect.NewResponse(out), nil
+	return connect.NewResponse(out)
 }
 
 // pollHeld counts a Poll in the held-polls gauge and HeldPolls while it waits.

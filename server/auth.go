@@ -129,45 +129,56 @@ const (
 
 // authenticate is HTTP middleware: it checks the bearer token against the
 // procedure's service before connect reads the body, so unauthenticated callers
-// never reach the decoder.
+// never reach the decoder. The checks are a call of their own (admit), so that
+// this frame, which stays on the stack of every held Poll, stays small.
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// No body is ever read past the limit, whatever the path (Ping and unknown
-		// paths included), compressed or not.
-		r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.Limits.MaxBodyBytes))
-		var need principalKind
-		switch {
-		case r.URL.Path == forgev1connect.AgentServiceRegisterProcedure:
-			need = principalEnroll
-		case strings.HasPrefix(r.URL.Path, agentPrefix):
-			need = principalAgent
-		case strings.HasPrefix(r.URL.Path, controlPrefix):
-			need = principalOperator
-		default:
+		if r = s.admit(w, r); r != nil {
 			next.ServeHTTP(w, r)
-			return
 		}
-		p, err := s.identify(r.Context(), r.Header.Get("Authorization"), need)
-		// An agent that starts again with its saved identity calls Register with
-		// its own token: it updates that identity and creates nothing.
-		selfRegister := err == nil && need == principalEnroll && p.kind == principalAgent
-		if err == nil && p.kind != need && !selfRegister {
-			err = connect.NewError(connect.CodePermissionDenied, errors.New(wrongKind(p.kind, need)))
-		}
-		if err == nil && !s.limiter.allow(p.by, s.cfg.Clock.Now()) {
-			err = errRateLimited
-		}
-		if err == nil && need == principalEnroll && !selfRegister {
-			err = s.allowRegister(p, r.RemoteAddr, s.cfg.Clock.Now())
-		}
-		if err != nil {
-			s.metrics.authFailures.WithLabelValues(connect.CodeOf(err).String()).Inc()
-			s.writeError(w, r, err)
-			return
-		}
-		c := &call{principal: p, conn: http.NewResponseController(w)}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
 	})
+}
+
+// admit checks a request's token (see authenticate). It returns the request
+// to serve, carrying the caller in its context for an API call, or nil when it
+// has answered with the refusal.
+//
+//go:noinline
+func (s *Server) admit(w http.ResponseWriter, r *http.Request) *http.Request {
+	// No body is ever read past the limit, whatever the path (Ping and unknown
+	// paths included), compressed or not.
+	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.Limits.MaxBodyBytes))
+	var need principalKind
+	switch {
+	case r.URL.Path == forgev1connect.AgentServiceRegisterProcedure:
+		need = principalEnroll
+	case strings.HasPrefix(r.URL.Path, agentPrefix):
+		need = principalAgent
+	case strings.HasPrefix(r.URL.Path, controlPrefix):
+		need = principalOperator
+	default:
+		return r
+	}
+	p, err := s.identify(r.Context(), r.Header.Get("Authorization"), need)
+	// An agent that starts again with its saved identity calls Register with
+	// its own token: it updates that identity and creates nothing.
+	selfRegister := err == nil && need == principalEnroll && p.kind == principalAgent
+	if err == nil && p.kind != need && !selfRegister {
+		err = connect.NewError(connect.CodePermissionDenied, errors.New(wrongKind(p.kind, need)))
+	}
+	if err == nil && !s.limiter.allow(p.by, s.cfg.Clock.Now()) {
+		err = errRateLimited
+	}
+	if err == nil && need == principalEnroll && !selfRegister {
+		err = s.allowRegister(p, r.RemoteAddr, s.cfg.Clock.Now())
+	}
+	if err != nil {
+		s.metrics.authFailures.WithLabelValues(connect.CodeOf(err).String()).Inc()
+		s.writeError(w, r, err)
+		return nil
+	}
+	c := &call{principal: p, conn: http.NewResponseController(w)}
+	return r.WithContext(context.WithValue(r.Context(), callKey{}, c))
 }
 
 func wrongKind(got, need principalKind) string {

@@ -43,35 +43,46 @@ func (s *Server) hold(ctx context.Context, h hold, check func() (done bool, err 
 	// Watch before the first check, so a change between the two is not missed.
 	w := s.store.Watch(h.Keys...)
 	defer w.Stop()
-	var timer *time.Timer
+	if done, err := check(); done || err != nil {
+		return err
+	}
+	left := time.Until(h.End)
+	if left <= 0 || ctx.Err() != nil || s.isClosing() {
+		return nil
+	}
+	timer := time.NewTimer(left)
+	defer timer.Stop()
+	if h.Waiting != nil {
+		defer h.Waiting()()
+	}
+	return s.wait(ctx, h.End, w.C, timer.C, check)
+}
+
+// wait is the loop of a hold that waits: it re-checks after each fire of the
+// watcher until check is done or fails, the timer fires, ctx ends or the
+// server closes. It is a function of its own so that the frame a held call
+// keeps while parked here is small (see agentService.Poll).
+func (s *Server) wait(ctx context.Context, end time.Time, fired <-chan struct{}, timeout <-chan time.Time, check func() (bool, error)) error {
 	for {
-		done, err := check()
-		if done || err != nil {
-			return err
-		}
-		left := time.Until(h.End)
-		if left <= 0 || ctx.Err() != nil || s.isClosing() {
-			return nil
-		}
-		if timer == nil {
-			timer = time.NewTimer(left)
-			defer timer.Stop()
-			if h.Waiting != nil {
-				defer h.Waiting()()
-			}
-		}
 		select {
-		case <-w.C:
+		case <-fired:
 			// A caller gone while we waited must not have a task leased into
 			// its closed connection (the lease would bring it back, but late).
 			if ctx.Err() != nil || s.isClosing() {
 				return nil
 			}
-		case <-timer.C:
+		case <-timeout:
 			return nil
 		case <-ctx.Done():
 			return nil
 		case <-s.closing:
+			return nil
+		}
+		done, err := check()
+		if done || err != nil {
+			return err
+		}
+		if time.Until(end) <= 0 || ctx.Err() != nil || s.isClosing() {
 			return nil
 		}
 	}

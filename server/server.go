@@ -202,7 +202,7 @@ func (c Config) withDefaults() Config {
 // Server is forge's API server. Create it with New; it is an http.Handler.
 type Server struct {
 	cfg       Config
-	store     store.Store
+	store     timedStore // concrete, so its timing wrappers can be inlined into their callers
 	log       *slog.Logger
 	mux       *http.ServeMux
 	handler   http.Handler
@@ -264,8 +264,7 @@ func New(cfg Config) (*Server, error) {
 		gzipcap.Handler(cfg.Limits.MaxBodyBytes),
 		// Resetting a gzip writer costs more than sending a small message as is.
 		connect.WithCompressMinBytes(4096),
-		connect.WithInterceptors(s.metrics.interceptor()),
-		connect.WithRecover(s.recovered),
+		connect.WithInterceptors(s.interceptor()),
 	}
 	s.mux.Handle(forgev1connect.NewAgentServiceHandler(&agentService{s}, opts...))
 	s.mux.Handle(forgev1connect.NewControlServiceHandler(&controlService{s}, opts...))
@@ -294,11 +293,32 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// recovered turns a handler panic into an internal error and a log line, so one
-// bad request never drops the connection of others.
-func (s *Server) recovered(_ context.Context, spec connect.Spec, _ http.Header, p any) error {
-	s.log.Error("handler panicked", "procedure", spec.Procedure, "panic", p)
-	return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+// interceptor counts every RPC and its time (forge_rpc_*), and turns a
+// handler's panic into an internal error and a log line, so one bad request
+// never drops the connection of others. One interceptor does both, as
+// connect.WithRecover would add a second frame to the stack every held Poll
+// keeps while it waits (see agentService.Poll).
+func (s *Server) interceptor() connect.UnaryInterceptorFunc {
+	return func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (_ connect.AnyResponse, err error) {
+			defer s.endCall(ctx, req, time.Now(), &err)
+			return next(ctx, req)
+		}
+	}
+}
+
+// endCall, deferred by interceptor, recovers a handler's panic into the call's
+// error and counts the call.
+func (s *Server) endCall(ctx context.Context, req connect.AnyRequest, start time.Time, err *error) {
+	if p := recover(); p != nil {
+		// net/http aborts a response with this panic on purpose; it must go on.
+		if p == http.ErrAbortHandler {
+			panic(p)
+		}
+		s.log.Error("handler panicked", "procedure", req.Spec().Procedure, "panic", p)
+		*err = connect.NewError(connect.CodeInternal, errors.New("internal error"))
+	}
+	s.metrics.called(req.Spec().Procedure, *err, start)
 }
 
 // ServeHTTP serves the API and the health and metrics endpoints.

@@ -10,6 +10,11 @@ import (
 // timedStore is the Store every handler calls: each call's time goes to
 // forge_store_call_duration_seconds and each failure to
 // forge_store_errors_total, by operation. Watch is not a call and passes through.
+//
+// The calls an agent makes (RegisterAgent, AuthenticateAgent, Lease,
+// Heartbeat, Report, AppendOutput) are timed without timed's closure and
+// generic frames: on a held Poll's connection the deepest of them sets the
+// size of the goroutine stack that connection keeps (docs/performance.md, "Idle").
 type timedStore struct {
 	store.Store
 	m *metrics
@@ -25,6 +30,15 @@ var kindNames = map[store.Kind]string{
 func timed[T any](m *metrics, op string, f func() (T, error)) (T, error) {
 	start := time.Now()
 	v, err := f()
+	m.storeCall(op, start, err)
+	return v, err
+}
+
+// storeCall counts one store call. It is not inlined into timed, whose frame
+// then stays small on the stack of every store call (a held Poll's included).
+//
+//go:noinline
+func (m *metrics) storeCall(op string, start time.Time, err error) {
 	m.storeCalls.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	if err != nil {
 		kind, ok := kindNames[store.KindOf(err)]
@@ -33,7 +47,6 @@ func timed[T any](m *metrics, op string, f func() (T, error)) (T, error) {
 		}
 		m.storeErrors.WithLabelValues(op, kind).Inc()
 	}
-	return v, err
 }
 
 func timed0(m *metrics, op string, f func() error) error {
@@ -55,11 +68,17 @@ func timedPage[T any](m *metrics, op string, f func() ([]T, string, error)) ([]T
 }
 
 func (s timedStore) RegisterAgent(ctx context.Context, p store.RegisterParams) (store.Agent, error) {
-	return timed(s.m, "RegisterAgent", func() (store.Agent, error) { return s.Store.RegisterAgent(ctx, p) })
+	start := time.Now()
+	a, err := s.Store.RegisterAgent(ctx, p)
+	s.m.storeCall("RegisterAgent", start, err)
+	return a, err
 }
 
 func (s timedStore) AuthenticateAgent(ctx context.Context, c store.Cred) error {
-	return timed0(s.m, "AuthenticateAgent", func() error { return s.Store.AuthenticateAgent(ctx, c) })
+	start := time.Now()
+	err := s.Store.AuthenticateAgent(ctx, c)
+	s.m.storeCall("AuthenticateAgent", start, err)
+	return err
 }
 
 func (s timedStore) RotateAgentToken(ctx context.Context, c store.Cred, h []byte) error {
@@ -67,11 +86,17 @@ func (s timedStore) RotateAgentToken(ctx context.Context, c store.Cred, h []byte
 }
 
 func (s timedStore) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResult, error) {
-	return timed(s.m, "Lease", func() (store.LeaseResult, error) { return s.Store.Lease(ctx, p) })
+	start := time.Now()
+	res, err := s.Store.Lease(ctx, p)
+	s.m.storeCall("Lease", start, err)
+	return res, err
 }
 
 func (s timedStore) Heartbeat(ctx context.Context, p store.HeartbeatParams) (store.HeartbeatResult, error) {
-	return timed(s.m, "Heartbeat", func() (store.HeartbeatResult, error) { return s.Store.Heartbeat(ctx, p) })
+	start := time.Now()
+	res, err := s.Store.Heartbeat(ctx, p)
+	s.m.storeCall("Heartbeat", start, err)
+	return res, err
 }
 
 func (s timedStore) ReturnTasks(ctx context.Context, p store.ReturnParams) ([]store.TaskRef, error) {
@@ -79,11 +104,17 @@ func (s timedStore) ReturnTasks(ctx context.Context, p store.ReturnParams) ([]st
 }
 
 func (s timedStore) Report(ctx context.Context, p store.ReportParams) (store.TaskState, error) {
-	return timed(s.m, "Report", func() (store.TaskState, error) { return s.Store.Report(ctx, p) })
+	start := time.Now()
+	st, err := s.Store.Report(ctx, p)
+	s.m.storeCall("Report", start, err)
+	return st, err
 }
 
 func (s timedStore) AppendOutput(ctx context.Context, p store.AppendParams) (int64, error) {
-	return timed(s.m, "AppendOutput", func() (int64, error) { return s.Store.AppendOutput(ctx, p) })
+	start := time.Now()
+	n, err := s.Store.AppendOutput(ctx, p)
+	s.m.storeCall("AppendOutput", start, err)
+	return n, err
 }
 
 func (s timedStore) ReadOutput(ctx context.Context, p store.ReadParams) (store.OutputRead, error) {

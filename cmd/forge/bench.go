@@ -33,6 +33,7 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 	jsonOut := f.Bool("json", false, "print JSON instead of the table")
 	plot := f.String("plot", "", "write an SVG of the latency distributions to this file")
 	childServer := f.Bool("child-server", true, "run the idle scenario's server as a child process (this binary) to read its own memory and CPU")
+	idleProfile := f.String("idle-profile", "", "write the idle scenario's server profiles (heap and goroutines while the polls are held, CPU over the poll window, runtime metrics) to this directory")
 	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the whole run (servers and agents in this process) to this file")
 	fleetChild := f.String("fleet-child", "", "internal: run --agents agents against this URL for a parent bench (it talks on stdin/stdout)")
 	taskAgents := f.Int("task-agents", 0, "internal: with --fleet-child, how many agents take the storm's tasks")
@@ -57,7 +58,7 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 			Agents: *agents, TaskAgents: *taskAgents, Logger: log}, os.Stdin, m.Stdout)
 	}
 	cfg := bench.Config{AdminToken: *adminToken, EnrollToken: *enrollToken, RedisURL: rc.URL,
-		Agents: *agents, Quick: *quick, ScaleAgents: *scaleAgents, ScaleReplicas: *scaleReplicas, SoakDuration: *soakDuration, Logger: log}
+		Agents: *agents, Quick: *quick, IdleProfile: *idleProfile, ScaleAgents: *scaleAgents, ScaleReplicas: *scaleReplicas, SoakDuration: *soakDuration, Logger: log}
 	for _, s := range strings.Split(*serverURL, ",") {
 		if s = strings.TrimSpace(s); s != "" {
 			cfg.Servers = append(cfg.Servers, s)

@@ -33,6 +33,8 @@ type Server struct {
 	api       *server.Server
 	ln        net.Listener
 	hs        *http.Server
+	debug     *http.Server // --debug-listen; nil: none
+	debugURL  string
 	tls       bool
 	url       string
 	gate      *gate      // the handler: answers by itself until the store is open
@@ -91,6 +93,13 @@ func (m *Main) BuildServer(ctx context.Context, c ServerConfig) (_ *Server, err 
 	// opened the gate tells /readyz why.
 	if err := s.listen(c, tlsConfig); err != nil {
 		return nil, err
+	}
+	if c.DebugListen != "" {
+		var ln net.Listener
+		if s.debug, ln, err = serveDebug(c.DebugListen, s.log); err != nil {
+			return nil, err
+		}
+		s.debugURL = "http://" + ln.Addr().String()
 	}
 	scfg := store.Config{OnlineWindow: 2 * c.PollHold, Retention: c.Retention, KeepPerAgent: c.RetentionPerAgent, KeepJobs: c.RetentionJobs, MaxPendingPerAgent: c.MaxPending,
 		MaxTargets: int(noLimit(float64(c.MaxTargets))), AgentRetention: time.Duration(noLimit(float64(c.AgentRetention)))}
@@ -184,6 +193,9 @@ func (s *Server) URL() string { return s.url }
 func (s *Server) Serve(ctx context.Context) error {
 	out := s.m.Stdout
 	fmt.Fprintf(out, "forge server listening on %s\n", s.url)
+	if s.debug != nil {
+		fmt.Fprintf(out, "debug (profiles, runtime metrics): %s/debug/pprof/ %s/debug/runtime-metrics\n", s.debugURL, s.debugURL)
+	}
 	fmt.Fprintf(out, "store: %s\n", s.storeDesc)
 	fmt.Fprintf(out, "fleet page: %s/ (sign in with an admin token); metrics: %s/metrics\n", s.url, s.url)
 	for _, g := range s.generated {
@@ -223,6 +235,9 @@ func (s *Server) Close() error {
 	}
 	if s.hs != nil {
 		s.hs.Close()
+	}
+	if s.debug != nil {
+		s.debug.Close()
 	}
 	if s.ln != nil {
 		s.ln.Close() // when Serve never ran

@@ -35,6 +35,9 @@ func (m *Main) runServer(ctx context.Context, args []string) error {
 // BuildServer makes a listening Server from it.
 type ServerConfig struct {
 	Listen string      // host:port; plain HTTP only on loopback unless Insecure
+	// DebugListen, when set, is a loopback host:port serving net/http/pprof and
+	// runtime/metrics (debugHandler); empty: none.
+	DebugListen string
 	Redis  RedisConfig // Redis URL and its TLS and password files; no URL: the in-memory store
 	// EnrollTokens and AdminTokens are those given by flag, variable or file.
 	// When one list is empty, BuildServer generates a token for it and Serve
@@ -88,6 +91,7 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	var enrollFile, adminFile, logFormat, logLevel string
 	f := m.newFlags("server", "forge server: serves the API agents and operators call.")
 	f.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "address to listen on; plain HTTP only on loopback unless --insecure")
+	f.StringVar(&c.DebugListen, "debug-listen", "", "loopback address serving /debug/pprof/ and /debug/runtime-metrics (profiles of this process); empty: none")
 	f.redisFlags(&c.Redis, "Redis URL for shared state: redis[s]://[user@]host:port/db, a cluster with ?addr=…, Sentinel with ?master_set=… (docs/operations.md); empty: in memory")
 	f.ListVar(&c.EnrollTokens, "enroll-token", "token agents register with (repeatable; at least 16 characters)")
 	f.ListVar(&c.AdminTokens, "admin-token", "operator token for the control API (repeatable; at least 16 characters)")
@@ -163,6 +167,9 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	}
 	if c.TLSCert == "" && !c.Insecure && !loopback(c.Listen) {
 		return c, fmt.Errorf("refusing plain HTTP on %q: it is not a loopback address. Give --tls-cert and --tls-key, or --insecure when a TLS-terminating proxy is in front", c.Listen)
+	}
+	if c.DebugListen != "" && !loopback(c.DebugListen) {
+		return c, fmt.Errorf("--debug-listen %q: profiles are served only on a loopback address (127.0.0.1:6060, [::1]:6060, localhost:6060)", c.DebugListen)
 	}
 	if c.EnrollTokens, err = readTokens(c.EnrollTokens, enrollFile); err != nil {
 		return c, err

@@ -47,6 +47,11 @@ type Config struct {
 	// (`forge server`), so the server's own memory and CPU can be read from
 	// /proc. Empty: that scenario reports the server's figures as not measured.
 	ServerExe string
+	// IdleProfile, when set, is a directory where the idle scenario writes its
+	// child server's profiles (started with --debug-listen): runtime metrics
+	// before and while the polls are held, an inuse heap profile and the
+	// goroutines while they are held, and a CPU profile of the poll window.
+	IdleProfile string
 	// Scenarios to run (names from Scenarios); empty: all. ping always runs.
 	Scenarios []string
 	// Agents is the size of the idle and storm fleets; 10,000.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -53,6 +54,8 @@ func scrape(hc *http.Client, url, name string) (float64, error) {
 type child struct {
 	cmd *exec.Cmd
 	url string
+	// debugURL is where it serves its profiles, when started with --debug-listen.
+	debugURL string
 }
 
 func (r *runner) startChild(ctx context.Context, pollHold time.Duration) (*child, error) {
@@ -61,6 +64,9 @@ func (r *runner) startChild(ctx context.Context, pollHold time.Duration) (*child
 	if r.cfg.RedisURL != "" {
 		args = append(args, "--redis", r.cfg.RedisURL)
 		args = append(args, r.cfg.RedisArgs...)
+	}
+	if r.cfg.IdleProfile != "" {
+		args = append(args, "--debug-listen", "127.0.0.1:0")
 	}
 	return r.startChildArgs(ctx, args)
 }
@@ -80,18 +86,33 @@ func (r *runner) startChildArgs(ctx context.Context, args []string) (*child, err
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	urls := make(chan string, 1)
+	urls := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
+		var api string
 		for sc.Scan() {
-			if u, ok := strings.CutPrefix(sc.Text(), "forge server listening on "); ok {
-				urls <- strings.TrimSpace(u)
+			line := sc.Text()
+			if u, ok := strings.CutPrefix(line, "forge server listening on "); ok {
+				api = strings.TrimSpace(u)
+			}
+			// The debug line, when there is one, comes before the first
+			// line that is neither (the store's line comes right after).
+			d, isDebug := strings.CutPrefix(line, "debug (profiles, runtime metrics): ")
+			if api != "" && !strings.HasPrefix(line, "forge server listening on ") {
+				var debug string
+				if isDebug {
+					debug, _, _ = strings.Cut(d, "/debug/")
+				}
+				urls <- [2]string{api, debug}
+				for sc.Scan() {
+				}
+				return
 			}
 		}
 	}()
 	select {
 	case u := <-urls:
-		return &child{cmd: cmd, url: u}, nil
+		return &child{cmd: cmd, url: u[0], debugURL: u[1]}, nil
 	case <-time.After(15 * time.Second):
 		cmd.Process.Kill()
 		cmd.Wait()
@@ -171,6 +192,8 @@ func (r *runner) idle(ctx context.Context) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	prof := r.idleProfiler(c)
+	prof.save("runtime-metrics-before.txt", "/debug/runtime-metrics")
 	t0 := time.Now()
 	f, err := r.startFleet(ctx, fleetSpec{n: n, servers: []string{c.url}, labels: map[string]string{"bench": "idle"},
 		handlers: map[string]agent.Handler{"echo": agent.EchoHandler()}})
@@ -186,9 +209,13 @@ func (r *runner) idle(ctx context.Context) ([]Result, error) {
 	time.Sleep(500 * time.Millisecond)
 	rss1, _ := rss(pid)
 	heap1, _ := scrape(r.opHTTP, c.url, "go_memstats_heap_inuse_bytes")
+	prof.save("runtime-metrics-held.txt", "/debug/runtime-metrics")
+	prof.save("goroutines-held.txt", "/debug/pprof/goroutine?debug=1")
+	prof.save("heap-held.pb.gz", "/debug/pprof/heap")
 	cpu0, _ := cpuTime(pid)
 	rs0, redisErr := r.redisStats(ctx)
 	w0 := time.Now()
+	cpuProf := prof.start("cpu-window.pb.gz", fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(hold.Seconds())))
 	select {
 	case <-time.After(hold):
 	case <-ctx.Done():
@@ -196,6 +223,10 @@ func (r *runner) idle(ctx context.Context) ([]Result, error) {
 	}
 	window := time.Since(w0)
 	cpu1, _ := cpuTime(pid)
+	cpuProf()
+	prof.save("runtime-metrics-after-window.txt", "/debug/runtime-metrics")
+	prof.save("runtime-metrics-after-window-gc.txt", "/debug/runtime-metrics?gc=1")
+	prof.save("heap-after-window.pb.gz", "/debug/pprof/heap")
 	rs1, _ := r.redisStats(ctx)
 	rss2, _ := rss(pid)
 	heldEnd := heldN()
@@ -210,6 +241,12 @@ func (r *runner) idle(ctx context.Context) ([]Result, error) {
 	ok := perRSS <= 25*1024 && cpuPct <= 3
 	note := fmt.Sprintf("server as a child process: RSS %.0f MB → %.0f MB with %d polls held (VmRSS); heap is go_memstats_heap_inuse_bytes, garbage included; CPU over one poll window of %s (every agent renews its Poll once); %d agents registered and polling in %s; each agent holds one TCP connection",
 		rss0/(1<<20), rss1/(1<<20), n, window.Round(time.Millisecond), n, settle.Round(100*time.Millisecond))
+	if prof.dir != "" {
+		note += "; profiles of the server in " + prof.dir
+		if prof.err != nil {
+			note += " (incomplete: " + prof.err.Error() + ")"
+		}
+	}
 	if r.cfg.RedisURL != "" {
 		if redisErr != nil {
 			note += "; Redis commands not counted: " + redisErr.Error()
@@ -337,4 +374,60 @@ func (r *runner) storm(ctx context.Context) ([]Result, error) {
 		Note: fmt.Sprintf("the in-process server stops as on SIGTERM (held polls answered), stays down 1s, and a new one starts on the same port over the same store; agents run in %s and retry with full-jitter backoff (100ms doubling to 10s); %d calls, %d failed, from the stop until every agent polled again; 'no error storm' read as ≤ %.1f failed calls per agent (what that backoff allows over the %.1fs the server was down)%s",
 			where, calls, errs, bound, outage.Seconds(), capped)}
 	return []Result{res}, nil
+}
+
+// idleProfiler saves the idle scenario's child server's profiles, when
+// Config.IdleProfile asked for them; without it, it does nothing.
+type idleProfiler struct {
+	dir, url string
+	hc       *http.Client
+	err      error // the first failure, reported in the row's note
+}
+
+func (r *runner) idleProfiler(c *child) *idleProfiler {
+	p := &idleProfiler{dir: r.cfg.IdleProfile, url: c.debugURL, hc: &http.Client{}}
+	if p.dir == "" {
+		return p
+	}
+	if c.debugURL == "" {
+		p.err = errors.New("the child server printed no debug address")
+	} else if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		p.err = err
+	}
+	return p
+}
+
+// save writes what the debug endpoint path answers to the file name.
+func (p *idleProfiler) save(name, path string) {
+	if p.dir == "" || p.err != nil {
+		return
+	}
+	res, err := p.hc.Get(p.url + path)
+	if err == nil {
+		defer res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s: %s", path, res.Status)
+		}
+	}
+	var f *os.File
+	if err == nil {
+		f, err = os.Create(filepath.Join(p.dir, name))
+	}
+	if err == nil {
+		_, err = io.Copy(f, res.Body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil && p.err == nil {
+		p.err = err
+	}
+}
+
+// start saves path to name in the background (a CPU profile over a window);
+// the function it returns waits for it.
+func (p *idleProfiler) start(name, path string) (wait func()) {
+	done := make(chan struct{})
+	go func() { defer close(done); p.save(name, path) }()
+	return func() { <-done }
 }
