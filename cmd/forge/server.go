@@ -34,11 +34,11 @@ func (m *Main) runServer(ctx context.Context, args []string) error {
 // its FORGE_* variable, with token files read. ParseServer fills and checks it;
 // BuildServer makes a listening Server from it.
 type ServerConfig struct {
-	Listen string      // host:port; plain HTTP only on loopback unless Insecure
+	Listen string // host:port; plain HTTP only on loopback unless Insecure
 	// DebugListen, when set, is a loopback host:port serving net/http/pprof and
 	// runtime/metrics (debugHandler); empty: none.
 	DebugListen string
-	Redis  RedisConfig // Redis URL and its TLS and password files; no URL: the in-memory store
+	Redis       RedisConfig // Redis URL and its TLS and password files; no URL: the in-memory store
 	// EnrollTokens and AdminTokens are those given by flag, variable or file.
 	// When one list is empty, BuildServer generates a token for it and Serve
 	// prints it once.
