@@ -21,10 +21,18 @@ func JobKey(id string) string { return "j:" + id }
 // spurious: the watcher re-reads the state it cares about. Fires are coalesced: one
 // pending value at most. Stop it when done.
 type Watcher struct {
-	C    <-chan struct{}
-	c    chan struct{}
-	hub  *Hub
-	keys []string
+	C   <-chan struct{}
+	c   chan struct{}
+	hub *Hub
+	// links are the watcher's places in the hub's list of each key it watches.
+	links []watchLink
+}
+
+// watchLink is a watcher's place in the list of one key's watchers.
+type watchLink struct {
+	key        string
+	w          *Watcher
+	prev, next *watchLink
 }
 
 // Stop unregisters the watcher. It is safe to call more than once.
@@ -45,26 +53,31 @@ func (w *Watcher) fire() {
 // Hub fans change notifications out to the watchers of one process. Stores embed
 // one: memstore notifies it directly; redisstore feeds it from one pub/sub
 // subscription per process, so a waiting agent costs no Redis connection.
+//
+// Each key's watchers are a list linked through the watchers themselves, so
+// watching and stopping cost no allocation beyond the watcher: every held
+// Poll of a fleet watches its agent's key for up to a poll hold, and renews it
+// every poll hold.
 type Hub struct {
 	mu       sync.Mutex
-	watchers map[string]map[*Watcher]struct{}
+	watchers map[string]*watchLink // the first of each key's watchers
 }
 
 // NewHub returns an empty Hub.
-func NewHub() *Hub { return &Hub{watchers: make(map[string]map[*Watcher]struct{})} }
+func NewHub() *Hub { return &Hub{watchers: make(map[string]*watchLink)} }
 
 // Watch registers a watcher for the keys.
 func (h *Hub) Watch(keys ...string) *Watcher {
 	c := make(chan struct{}, 1)
-	w := &Watcher{C: c, c: c, hub: h, keys: keys}
+	w := &Watcher{C: c, c: c, hub: h, links: make([]watchLink, len(keys))}
 	h.mu.Lock()
-	for _, k := range keys {
-		set := h.watchers[k]
-		if set == nil {
-			set = make(map[*Watcher]struct{}, 1)
-			h.watchers[k] = set
+	for i, k := range keys {
+		l := &w.links[i]
+		l.key, l.w = k, w
+		if first := h.watchers[k]; first != nil {
+			l.next, first.prev = first, l
 		}
-		set[w] = struct{}{}
+		h.watchers[k] = l
 	}
 	h.mu.Unlock()
 	return w
@@ -72,13 +85,20 @@ func (h *Hub) Watch(keys ...string) *Watcher {
 
 func (h *Hub) remove(w *Watcher) {
 	h.mu.Lock()
-	for _, k := range w.keys {
-		if set := h.watchers[k]; set != nil {
-			delete(set, w)
-			if len(set) == 0 {
-				delete(h.watchers, k)
-			}
+	for i := range w.links {
+		l := &w.links[i]
+		switch {
+		case l.prev != nil:
+			l.prev.next = l.next
+		case l.next != nil:
+			h.watchers[l.key] = l.next
+		default:
+			delete(h.watchers, l.key)
 		}
+		if l.next != nil {
+			l.next.prev = l.prev
+		}
+		l.prev, l.next = nil, nil
 	}
 	h.mu.Unlock()
 }
@@ -94,8 +114,8 @@ func (h *Hub) Watched(key string) bool {
 func (h *Hub) Notify(keys ...string) {
 	h.mu.Lock()
 	for _, k := range keys {
-		for w := range h.watchers[k] {
-			w.fire()
+		for l := h.watchers[k]; l != nil; l = l.next {
+			l.w.fire()
 		}
 	}
 	h.mu.Unlock()
@@ -105,9 +125,9 @@ func (h *Hub) Notify(keys ...string) {
 // subscription, when notifications may have been missed.
 func (h *Hub) NotifyAll() {
 	h.mu.Lock()
-	for _, set := range h.watchers {
-		for w := range set {
-			w.fire()
+	for _, first := range h.watchers {
+		for l := first; l != nil; l = l.next {
+			l.w.fire()
 		}
 	}
 	h.mu.Unlock()
