@@ -106,3 +106,16 @@ func TestHubManyWatchers(t *testing.T) {
 		t.Errorf("the hub keeps %d keys after every watcher stopped", len(h.watchers))
 	}
 }
+
+// BenchmarkHubWatchStop is a held Poll's share of the hub: watch its agent's
+// key among 10,000 others, then stop.
+func BenchmarkHubWatchStop(b *testing.B) {
+	h := NewHub()
+	for i := range 10000 {
+		defer h.Watch(fmt.Sprint("a:", i)).Stop()
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		h.Watch("a:x").Stop()
+	}
+}
