@@ -107,7 +107,7 @@ func (h *Hub) remove(w *Watcher) {
 func (h *Hub) Watched(key string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.watchers[key]) > 0
+	return h.watchers[key] != nil
 }
 
 // Notify fires every watcher of the keys.

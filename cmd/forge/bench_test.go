@@ -173,3 +173,34 @@ func TestBenchSoakQuick(t *testing.T) {
 		t.Errorf("%d soak rows, want 1:\n%s", soak, out)
 	}
 }
+
+// TestBenchIdleProfile: --idle-profile saves the idle scenario's child server
+// profiles (started with --debug-listen): runtime metrics before, while held
+// and after the window, the heap and goroutines while held, the window's CPU.
+func TestBenchIdleProfile(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "prof")
+	cmd := exec.Command(bin(t, "forge"), "bench", "--quick", "--scenario", "idle", "--idle-profile", dir)
+	cmd.Env = append(os.Environ(), "FORGE_ADMIN_TOKEN=", "FORGE_ENROLL_TOKEN=")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("forge bench --idle-profile: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "profiles of the server in "+dir) || strings.Contains(string(out), "incomplete") {
+		t.Errorf("the idle row does not say where its complete profiles are:\n%s", out)
+	}
+	for _, name := range []string{"runtime-metrics-before.txt", "runtime-metrics-held.txt", "runtime-metrics-after-window.txt",
+		"runtime-metrics-after-window-gc.txt", "goroutines-held.txt", "heap-held.pb.gz", "heap-after-window.pb.gz", "cpu-window.pb.gz"} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil || len(b) == 0 {
+			t.Errorf("%s: %d bytes, %v", name, len(b), err)
+		}
+	}
+	held, _ := os.ReadFile(filepath.Join(dir, "runtime-metrics-held.txt"))
+	if !strings.Contains(string(held), "/memory/classes/heap/stacks:bytes ") {
+		t.Errorf("runtime-metrics-held.txt lacks the stacks:\n%s", held)
+	}
+	if g, _ := os.ReadFile(filepath.Join(dir, "goroutines-held.txt")); !strings.Contains(string(g), "server.(*Server).wait") {
+		t.Errorf("goroutines-held.txt shows no held Poll:\n%.2000s", g)
+	}
+}
