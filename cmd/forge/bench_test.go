@@ -186,7 +186,8 @@ func TestBenchIdleProfile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("forge bench --idle-profile: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "profiles of the server in "+dir) || strings.Contains(string(out), "incomplete") {
+	// The table wraps its notes; read them as one line.
+	if text := strings.Join(strings.Fields(string(out)), " "); !strings.Contains(text, "profiles of the server in "+dir) || strings.Contains(text, "incomplete") {
 		t.Errorf("the idle row does not say where its complete profiles are:\n%s", out)
 	}
 	for _, name := range []string{"runtime-metrics-before.txt", "runtime-metrics-held.txt", "runtime-metrics-after-window.txt",
