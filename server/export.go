@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -31,7 +32,8 @@ type Sink interface {
 // NewSink returns the sink dest names: "-" for stdout (w), an http:// or
 // https:// URL to POST each batch to (Content-Type application/x-ndjson, any
 // 2xx answer accepts it), anything else a file that lines are appended to
-// (created if missing, synced after each batch).
+// (created if missing, synced after each batch). A URL without a host, or of
+// another scheme, is refused.
 func NewSink(dest string, stdout io.Writer) (Sink, error) {
 	switch {
 	case dest == "":
@@ -39,7 +41,13 @@ func NewSink(dest string, stdout io.Writer) (Sink, error) {
 	case dest == "-":
 		return &writerSink{w: stdout}, nil
 	case strings.HasPrefix(dest, "http://") || strings.HasPrefix(dest, "https://"):
+		u, err := url.Parse(dest)
+		if err != nil || u.Host == "" {
+			return nil, fmt.Errorf("%q is not a URL to POST to: it names no host", dest)
+		}
 		return &httpSink{url: dest, client: &http.Client{}}, nil
+	case strings.Contains(dest, "://"):
+		return nil, fmt.Errorf("%q: only http:// and https:// URLs, a file or - (stdout) can take the export", dest)
 	}
 	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +36,9 @@ type flags struct {
 	// command but run, whose first positional argument starts the command).
 	interspersed bool
 	args         []string // positional arguments, once parsed
+	// envBad holds, by flag name, why its variable's value was not taken;
+	// parse refuses it unless the command line gives the flag.
+	envBad map[string]string
 }
 
 // newFlags returns the flags of `forge name`. summary is the first paragraph of
@@ -40,7 +46,7 @@ type flags struct {
 func (m *Main) newFlags(name, summary string) *flags {
 	fs := flag.NewFlagSet("forge "+name, flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)
-	f := &flags{FlagSet: fs, m: m, name: name, summary: summary, envs: map[string]string{}, hidden: map[string]bool{}, interspersed: true}
+	f := &flags{FlagSet: fs, m: m, name: name, summary: summary, envs: map[string]string{}, hidden: map[string]bool{}, envBad: map[string]string{}, interspersed: true}
 	fs.Usage = func() {} // parse prints the help itself, to stdout on -h
 	return f
 }
@@ -122,29 +128,46 @@ func (f *flags) BoolVar(p *bool, name string, def bool, usage string) {
 // (forge server --insecure), which its variable may set too.
 func (f *flags) BoolEnvVar(p *bool, name string, def bool, usage string) {
 	if v := f.env(name); v != "" {
-		def = v == "1" || strings.EqualFold(v, "true") || strings.EqualFold(v, "yes")
+		switch strings.ToLower(v) {
+		case "1", "true", "yes":
+			def = true
+		case "0", "false", "no":
+			def = false
+		default:
+			f.envBad[name] = "want true or false"
+		}
 	}
 	f.FlagSet.BoolVar(p, name, def, usage)
 }
 
 func (f *flags) IntVar(p *int, name string, def int, usage string) {
 	if v := f.env(name); v != "" {
-		fmt.Sscan(v, &def)
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+			def = n
+		} else {
+			f.envBad[name] = "want a whole number"
+		}
 	}
 	f.FlagSet.IntVar(p, name, def, usage)
 }
 
 func (f *flags) FloatVar(p *float64, name string, def float64, usage string) {
 	if v := f.env(name); v != "" {
-		fmt.Sscan(v, &def)
+		if x, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+			def = x
+		} else {
+			f.envBad[name] = "want a number"
+		}
 	}
 	f.FlagSet.Float64Var(p, name, def, usage)
 }
 
 func (f *flags) DurationVar(p *time.Duration, name string, def time.Duration, usage string) {
 	if v := f.env(name); v != "" {
-		if d, err := time.ParseDuration(v); err == nil {
+		if d, err := time.ParseDuration(strings.TrimSpace(v)); err == nil {
 			def = d
+		} else {
+			f.envBad[name] = "want a duration such as 90s, 15m or 168h"
 		}
 	}
 	f.FlagSet.DurationVar(p, name, def, usage)
@@ -240,16 +263,30 @@ func (f *flags) parse(args []string) error {
 		}
 		rest := f.FlagSet.Args()
 		if len(rest) == 0 {
-			return nil
+			return f.checkEnv()
 		}
 		// Parse stops at the first positional argument, or after "--".
 		if used := len(args) - len(rest); !f.interspersed || (used > 0 && args[used-1] == "--") {
 			f.args = append(f.args, rest...)
-			return nil
+			return f.checkEnv()
 		}
 		f.args = append(f.args, rest[0])
 		args = rest[1:]
 	}
+}
+
+// checkEnv refuses a variable whose value its flag cannot take (a duration
+// that does not parse, "1.5" for a count), unless the command line gives the
+// flag: a mistyped FORGE_RETENTION must not quietly leave the default.
+func (f *flags) checkEnv() error {
+	for _, name := range slices.Sorted(maps.Keys(f.envBad)) {
+		if f.set(name) {
+			continue
+		}
+		v := f.envs[name]
+		return f.usageError("%s=%q is not a value for --%s: %s", v, termsafe.Line(f.m.getenv(v)), name, f.envBad[name])
+	}
+	return nil
 }
 
 // oneDash finds a flag's name as the flag package writes it in an error ("for

@@ -186,12 +186,15 @@ func (s *Server) serveHTTP() {
 // URL is the server's base URL, such as http://127.0.0.1:8080.
 func (s *Server) URL() string { return s.url }
 
-// Serve prints the start-up lines (the URL, the store, any generated token),
-// calls Main.Ready, and serves until ctx ends or the listener fails. On ctx's
+// Serve prints the start-up lines (the URL, the store, any generated token;
+// to stderr when the export writes to stdout), calls Main.Ready, and serves until ctx ends or the listener fails. On ctx's
 // end it shuts down: held Polls and waits are answered at once (empty), and the
 // calls in flight get shutdownGrace to finish. It returns nil after a shutdown.
 func (s *Server) Serve(ctx context.Context) error {
 	out := s.m.Stdout
+	if s.cfg.Export == "-" { // stdout carries the history: JSON lines only
+		out = s.m.Stderr
+	}
 	fmt.Fprintf(out, "forge server listening on %s\n", s.url)
 	if s.debug != nil {
 		fmt.Fprintf(out, "debug (profiles, runtime metrics): %s/debug/pprof/ %s/debug/runtime-metrics\n", s.debugURL, s.debugURL)
