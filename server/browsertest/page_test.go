@@ -337,5 +337,35 @@ func TestFleetPage(t *testing.T) {
 			t.Errorf("the followed task's last output is missing: %q / %q", s.Output, s.Stderr)
 		}
 		shot("done")
+
+		// Every column fits at the widths operators use: no table scrolls
+		// sideways, so no column (Started, Last seen, Error) is cut off
+		// on a laptop (1280, 1400) or a desktop (1920) screen.
+		for _, width := range []int64{1920, 1400, 1280} {
+			if err := chromedp.Do(ctx, chromedp.EmulateViewport(width, 1000)); err != nil {
+				t.Fatal(err)
+			}
+			cut, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](tablesCut))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cut) > 0 {
+				t.Errorf("at %d px wide, tables are cut off: %q", width, cut)
+			}
+			shot(fmt.Sprintf("done-%d", width))
+		}
 	})
 }
+
+// tablesCut lists the tables whose scroll box is narrower than the table (so
+// its last columns are hidden behind a sideways scroll), each with its
+// widths.
+const tablesCut = `(() => {
+  const cut = [];
+  for (const box of document.querySelectorAll('.scroll')) {
+    const table = box.querySelector('table');
+    if (!table || box.offsetParent === null) continue;
+    if (box.scrollWidth > box.clientWidth + 1) cut.push(table.id + ': ' + box.scrollWidth + ' > ' + box.clientWidth);
+  }
+  return cut;
+})()`
