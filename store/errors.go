@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -105,6 +106,9 @@ const (
 	// count kept.
 	FmtJobCountedOut  = "job %s not found: only the newest %d finished jobs are kept (--retention-jobs), and older ones have gone; it has aged out, or never existed"
 	FmtTaskCountedOut = "task %s not found: only the newest %d finished jobs are kept (--retention-jobs), and older ones have gone with their tasks; it has aged out, or never existed"
+	// FmtTaskAgentCountedOut is not_found for a task made no later than a task
+	// of its agent the count kept per agent dropped: the id, the count kept.
+	FmtTaskAgentCountedOut = "task %s not found: only the newest %d tasks of each agent are kept (--retention-per-agent), and older ones have gone; it has been dropped, or never existed"
 	// FmtJobIDNotNew refuses a Dispatch given a job id (JobSpec.ID) that is
 	// not the shape NewJobID makes, or (memory store) one already taken.
 	FmtJobIDNotNew = "job id %s is not a new job id"
@@ -149,6 +153,12 @@ const (
 	MsgDispatchNotAccepted = "the dispatch did not complete and none of its tasks will run; retry it"
 	FmtDispatchResume      = "the dispatch of job %s did not complete; retry it with the same idempotency_key to complete the same job"
 	FmtDispatchUnknown     = "the dispatch of job %s did not complete and may yet run; check it with GetJob before dispatching again (an idempotency_key makes retries safe)"
+
+	// retryNow is how MsgDispatchNotAccepted and FmtDispatchResume say to retry;
+	// retryWhenRoom replaces it when the store is full, where retrying at once
+	// cannot help.
+	retryNow      = "retry it"
+	retryWhenRoom = "retry it once the store has room"
 )
 
 // ErrTooManyTargets is the error of a dispatch whose target matches more than
@@ -180,13 +190,14 @@ func (e *incomplete) Unwrap() error { return e.err }
 // msg (MsgDispatchNotAccepted, FmtDispatchResume, FmtDispatchUnknown) tells the
 // caller what became of it and what to do; cause is for the log. Its kind is
 // KindUnavailable, or KindExhausted when the cause was the store being full (a
-// retry cannot help until it is not; the message then says so first).
+// retry cannot help until it is not; the message then says so first, and asks
+// for the retry once the store has room).
 func ErrDispatchIncomplete(msg string, cause error) error {
 	kind := KindUnavailable
 	if KindOf(cause) == KindExhausted {
 		kind = KindExhausted
 		if cause.Error() == MsgStoreFull {
-			msg = MsgStoreFull + "; " + msg
+			msg = MsgStoreFull + "; " + strings.Replace(msg, retryNow, retryWhenRoom, 1)
 		}
 	}
 	return &Error{Kind: kind, Msg: msg, Err: &incomplete{cause}}
@@ -246,14 +257,20 @@ func ErrTaskNotFoundAt(id string, now time.Time, retention time.Duration) error 
 func ErrJobNotFound(id string) error { return Errorf(KindNotFound, FmtJobNotFound, Quote(id)) }
 
 // Dropped is what a store tells of what retention dropped, without keeping a
-// record of each: its settings, and the creation time of the newest job (or
-// task of it) the count of jobs (Config.KeepJobs) dropped.
+// record of each: its settings, the creation time of the newest job (or task
+// of it) the count of jobs (Config.KeepJobs) dropped, and for a task, that of
+// the newest task of its agent the count per agent (Config.KeepPerAgent)
+// dropped.
 type Dropped struct {
-	Retention time.Duration
-	KeepJobs  int
+	Retention    time.Duration
+	KeepJobs     int
+	KeepPerAgent int
 	// JobsUpTo is the newest creation time of a job or task dropped by
 	// KeepJobs; zero when none was.
 	JobsUpTo time.Time
+	// AgentUpTo is the newest creation time of a task of the asked task's
+	// agent dropped by KeepPerAgent; zero when none was (or not asked).
+	AgentUpTo time.Time
 }
 
 // agedOut returns how long ago id was made, when it was made longer than
@@ -277,16 +294,27 @@ func (d Dropped) countedOut(id string) bool {
 	return ok && d.KeepJobs > 0 && !d.JobsUpTo.IsZero() && !made.After(d.JobsUpTo) && !made.Before(idEpoch)
 }
 
+// agentCountedOut tells whether task id was made no later than a task of its
+// agent the count kept per agent dropped.
+func (d Dropped) agentCountedOut(id string) bool {
+	made, ok := CreatedAt(id)
+	return ok && d.KeepPerAgent > 0 && !d.AgentUpTo.IsZero() && !made.After(d.AgentUpTo) && !made.Before(idEpoch)
+}
+
 // ErrTaskGone is the error of a task id the store does not hold at now:
 // FmtTaskAgedOut when it was made longer than the retention ago,
-// FmtTaskCountedOut when made no later than a job the count retention
-// dropped, otherwise ErrTaskNotFound.
+// FmtTaskAgentCountedOut when made no later than a task of its agent the
+// count per agent dropped, FmtTaskCountedOut when made no later than a job
+// the count of jobs dropped, otherwise ErrTaskNotFound.
 func ErrTaskGone(id string, now time.Time, d Dropped) error {
 	if !ValidTaskID(id) {
 		return ErrTaskNotFound(id)
 	}
 	if age, ok := d.agedOut(id, now); ok {
 		return Errorf(KindNotFound, FmtTaskAgedOut, Quote(id), age, d.Retention)
+	}
+	if d.agentCountedOut(id) {
+		return Errorf(KindNotFound, FmtTaskAgentCountedOut, Quote(id), d.KeepPerAgent)
 	}
 	if d.countedOut(id) {
 		return Errorf(KindNotFound, FmtTaskCountedOut, Quote(id), d.KeepJobs)

@@ -67,6 +67,9 @@ type agent struct {
 	gen       int64            // poll generation
 	pollUntil time.Time        // when the newest Poll's hold ends
 	stopped   bool             // its last call was a Heartbeat saying it stopped
+	// keptUpTo is the creation time of the newest of its tasks the count kept
+	// per agent (Config.KeepPerAgent) dropped, for not_found answers.
+	keptUpTo time.Time
 }
 
 type task struct {
@@ -139,7 +142,19 @@ func find[V any](m map[string]*V, id string, notFound func(string) error) (*V, e
 
 // gone is what retention dropped, for not_found answers.
 func (s *Store) gone() store.Dropped {
-	return store.Dropped{Retention: s.cfg.Retention, KeepJobs: s.cfg.KeepJobs, JobsUpTo: s.jobsUpTo}
+	return store.Dropped{Retention: s.cfg.Retention, KeepJobs: s.cfg.KeepJobs, KeepPerAgent: s.cfg.KeepPerAgent, JobsUpTo: s.jobsUpTo}
+}
+
+// goneTask is gone for task id: with what the count kept per agent dropped
+// of its agent's tasks too.
+func (s *Store) goneTask(id string) store.Dropped {
+	d := s.gone()
+	if aid, ok := store.AgentOfTask(id); ok && s.cfg.KeepPerAgent > 0 {
+		if a := s.agents[aid]; a != nil {
+			d.AgentUpTo = a.keptUpTo
+		}
+	}
+	return d
 }
 
 // Watch implements store.Store.

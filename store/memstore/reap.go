@@ -240,6 +240,9 @@ func (s *Store) keepAgent(a *agent, now time.Time) {
 		}
 	}
 	for _, t := range drop {
+		if made, ok := store.CreatedAt(t.ID); ok && made.After(a.keptUpTo) {
+			a.keptUpTo = made
+		}
 		s.dropTask(t)
 	}
 }

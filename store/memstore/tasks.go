@@ -172,7 +172,7 @@ func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
 	return locked(ctx, s, func(now time.Time) (store.Task, error) {
 		t := s.tasks[id]
 		if t == nil {
-			return store.Task{}, store.ErrTaskGone(id, now, s.gone())
+			return store.Task{}, store.ErrTaskGone(id, now, s.goneTask(id))
 		}
 		return t.clone(), nil
 	})

@@ -249,13 +249,37 @@ func (s *Store) dropFinishedJob(ctx context.Context, jid string) (bool, error) {
 // gone returns what retention dropped, for a not_found answer: with a count
 // of jobs kept, one read of the newest job it dropped.
 func (s *Store) gone(ctx context.Context) store.Dropped {
-	d := store.Dropped{Retention: s.cfg.Retention, KeepJobs: s.cfg.KeepJobs}
-	if s.cfg.KeepJobs <= 0 {
+	return s.goneTask(ctx, "")
+}
+
+// goneTask is gone for task id (none: ""): with a count kept per agent, one
+// more read, of the newest task of its agent that count dropped (the agent
+// record's kd, see keepAgent), sent with gone's in one round trip.
+func (s *Store) goneTask(ctx context.Context, id string) store.Dropped {
+	d := store.Dropped{Retention: s.cfg.Retention, KeepJobs: s.cfg.KeepJobs, KeepPerAgent: s.cfg.KeepPerAgent}
+	var cmds rueidis.Commands
+	jobs, agent := -1, -1
+	if s.cfg.KeepJobs > 0 {
+		jobs = len(cmds)
+		cmds = append(cmds, s.client.B().Zscore().Key(s.k.jobsCut()).Member("c").Build())
+	}
+	if aid, ok := store.AgentOfTask(id); ok && s.cfg.KeepPerAgent > 0 {
+		agent = len(cmds)
+		cmds = append(cmds, s.client.B().Hget().Key(s.k.agent(aid)).Field("kd").Build())
+	}
+	if len(cmds) == 0 {
 		return d
 	}
-	us, err := s.client.Do(ctx, s.client.B().Zscore().Key(s.k.jobsCut()).Member("c").Build()).AsFloat64()
-	if err == nil && us > 0 {
-		d.JobsUpTo = time.UnixMicro(int64(us))
+	res := s.client.DoMulti(ctx, cmds...)
+	if jobs >= 0 {
+		if us, err := res[jobs].AsFloat64(); err == nil && us > 0 {
+			d.JobsUpTo = time.UnixMicro(int64(us))
+		}
+	}
+	if agent >= 0 {
+		if us, err := res[agent].AsInt64(); err == nil && us > 0 {
+			d.AgentUpTo = time.UnixMicro(us)
+		}
 	}
 	return d
 }

@@ -183,7 +183,7 @@ func (s *Store) GetTask(ctx context.Context, id string) (store.Task, error) {
 		return store.Task{}, err
 	}
 	if tasks[0].ID == "" {
-		return store.Task{}, store.ErrTaskGone(id, time.UnixMilli(s.nowMS()), s.gone(ctx))
+		return store.Task{}, store.ErrTaskGone(id, time.UnixMilli(s.nowMS()), s.goneTask(ctx, id))
 	}
 	return tasks[0], nil
 }

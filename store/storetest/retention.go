@@ -241,11 +241,26 @@ func testRetentionPerAgent(h *harness) {
 	if !sameSet(got, ids[3:]) {
 		h.Fatalf("the agent keeps %v, want its newest three %v", got, ids[3:])
 	}
+	// A task the count dropped says so, and so does any id of the agent made
+	// before the newest one dropped; one made after it, or another agent's,
+	// is plainly not found.
 	for _, id := range ids[:3] {
-		if _, err := h.s.GetTask(h.ctx, id); store.KindOf(err) != store.KindNotFound {
-			h.Fatalf("GetTask of a task past the count: %v", err)
+		_, err := h.s.GetTask(h.ctx, id)
+		wantErr(h, err, store.Errorf(store.KindNotFound, store.FmtTaskAgentCountedOut, store.Quote(id), 3), "GetTask of a task past the count")
+		if !strings.Contains(err.Error(), "--retention-per-agent") {
+			h.Fatalf("GetTask of a task past the count: %q does not name --retention-per-agent", err)
 		}
 	}
+	newestDropped, _ := store.CreatedAt(ids[2])
+	before := taskIDAt(a.ID, newestDropped.Add(-time.Microsecond))
+	_, err = h.s.GetTask(h.ctx, before)
+	wantErr(h, err, store.Errorf(store.KindNotFound, store.FmtTaskAgentCountedOut, store.Quote(before), 3), "GetTask of an id made before the newest task dropped")
+	after := taskIDAt(a.ID, newestDropped.Add(time.Microsecond))
+	_, err = h.s.GetTask(h.ctx, after)
+	wantErr(h, err, store.ErrTaskNotFound(after), "GetTask of an unknown id made after the newest task dropped")
+	elsewhere := taskIDAt(b.ID, newestDropped)
+	_, err = h.s.GetTask(h.ctx, elsewhere)
+	wantErr(h, err, store.ErrTaskNotFound(elsewhere), "GetTask of an unknown id of an agent that dropped none")
 	h.task(other.ID)
 }
 
