@@ -237,7 +237,8 @@ type fleetSpec struct {
 	registering int
 }
 
-// startFleet starts n agents; they register (at most 64 at a time) and poll.
+// startFleet starts n agents; they register (at most 64 at a time, or
+// fs.registering) and poll.
 func (r *runner) startFleet(ctx context.Context, fs fleetSpec) (*fleet, error) {
 	if len(fs.servers) == 0 {
 		fs.servers = []string{r.url}
@@ -271,15 +272,47 @@ func (r *runner) startFleet(ctx context.Context, fs fleetSpec) (*fleet, error) {
 			a.Handle(t, h)
 		}
 		f.agents = append(f.agents, a)
-		f.wg.Add(1)
-		go func() {
-			defer f.wg.Done()
-			if err := a.Run(fctx); err != nil {
-				f.failed.Add(1)
-				r.log.Warn("agent stopped", "err", err)
-			}
-		}()
 	}
+	// Each agent starts only when one of the registering slots is free, and
+	// frees it once it has an id (or has stopped): an agent's Register
+	// deadline must not run while it waits for its turn, or at tens of
+	// thousands of agents the ones at the back time out before they are
+	// sent, retry, and registration collapses.
+	slots := make(chan struct{}, registering)
+	f.wg.Add(len(f.agents))
+	go func() {
+		for i, a := range f.agents {
+			select {
+			case slots <- struct{}{}:
+			case <-fctx.Done():
+				for range f.agents[i:] {
+					f.wg.Done()
+				}
+				return
+			}
+			stopped := make(chan struct{})
+			go func() {
+				defer f.wg.Done()
+				defer close(stopped)
+				if err := a.Run(fctx); err != nil {
+					f.failed.Add(1)
+					r.log.Warn("agent stopped", "err", err)
+				}
+			}()
+			go func() {
+				defer func() { <-slots }()
+				t := time.NewTicker(5 * time.Millisecond)
+				defer t.Stop()
+				for a.ID() == "" {
+					select {
+					case <-t.C:
+					case <-stopped:
+						return
+					}
+				}
+			}()
+		}
+	}()
 	return f, nil
 }
 

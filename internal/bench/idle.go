@@ -78,7 +78,9 @@ func (r *runner) startChildArgs(ctx context.Context, args []string) (*child, err
 	cmd.Env = append(os.Environ(), "FORGE_ENROLL_TOKEN=", "FORGE_ADMIN_TOKEN=")
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
-	cmd.Stderr = io.Discard
+	// Replicas log at level error: what they print (and a panic) is worth
+	// seeing next to the table.
+	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
