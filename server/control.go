@@ -86,10 +86,12 @@ func (c *controlService) Dispatch(ctx context.Context, req *connect.Request[forg
 
 // waitTask holds until the task is terminal or end passes, and returns it.
 func (s *Server) waitTask(ctx context.Context, id string, end time.Time) (store.Task, error) {
+	sctx, cancel := heldContext(ctx, end)
+	defer cancel()
 	var t store.Task
-	err := s.hold(ctx, hold{Keys: []string{store.TaskKey(id)}, End: end}, func() (bool, error) {
+	err := s.hold(sctx, hold{Keys: []string{store.TaskKey(id)}, End: end}, func() (bool, error) {
 		var err error
-		t, err = s.store.GetTask(ctx, id)
+		t, err = s.store.GetTask(sctx, id)
 		return t.State.Terminal(), err
 	})
 	if err != nil {
@@ -219,16 +221,18 @@ func (s *Server) jobSpec(m *forgev1.DispatchRequest) (store.JobSpec, error) {
 // waitJob holds until every task of the job is terminal or end passes, then
 // returns the job and one page of its tasks.
 func (s *Server) waitJob(ctx context.Context, id string, end time.Time, page store.Page) (store.Job, []store.Task, string, error) {
+	sctx, cancel := heldContext(ctx, end)
+	defer cancel()
 	var job store.Job
-	err := s.hold(ctx, hold{Keys: []string{store.JobKey(id)}, End: end}, func() (bool, error) {
+	err := s.hold(sctx, hold{Keys: []string{store.JobKey(id)}, End: end}, func() (bool, error) {
 		var err error
-		job, err = s.store.GetJob(ctx, id)
+		job, err = s.store.GetJob(sctx, id)
 		return job.Counts.Done(), err
 	})
 	if err != nil {
 		return job, nil, "", s.storeError(ctx, err)
 	}
-	tasks, next, err := s.store.ListTasks(ctx, store.TaskFilter{JobID: id, Page: page})
+	tasks, next, err := s.store.ListTasks(sctx, store.TaskFilter{JobID: id, Page: page})
 	if err != nil {
 		return job, nil, "", s.storeError(ctx, err)
 	}

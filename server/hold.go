@@ -107,6 +107,23 @@ func extendDeadlines(ctx context.Context, end time.Time) {
 	_ = c.conn.SetWriteDeadline(end.Add(answerSlack))
 }
 
+// heldContext bounds the store calls of a call held until end to the deadlines
+// its hold gives its connection (extendDeadlines), less a margin for the
+// answer: a store too slow to answer in time (a Redis with a long queue) makes
+// the call answer an error, where the connection would otherwise be closed
+// unanswered and the caller see only an unexpected EOF. A call whose end has
+// passed before its hold starts (a Dispatch with wait that took longer than
+// its wait) keeps the server's own deadlines, which extendDeadlines leaves.
+func heldContext(ctx context.Context, end time.Time) (context.Context, context.CancelFunc) {
+	if !time.Now().Before(end) {
+		return ctx, func() {}
+	}
+	return context.WithDeadline(ctx, end.Add(answerSlack-answerMargin))
+}
+
+// answerMargin is what heldContext keeps of answerSlack for writing the answer.
+const answerMargin = 5 * time.Second
+
 func (s *Server) isClosing() bool {
 	select {
 	case <-s.closing:
