@@ -97,67 +97,118 @@ func finishAll(t *testing.T, s store.Store, creds []store.Cred, n int) {
 	}
 }
 
+// retentionRedis is what the retained-bytes tests measure on: a Store on a
+// Redis of its own (one node, or a 3-master cluster), its nodes, and 100
+// registered agents.
+type retentionRedis struct {
+	s     store.Store
+	nodes []*redistest.Server
+	creds []store.Cred
+}
+
+// onSingleAndCluster runs f as two parallel subtests, "single" and "cluster",
+// each on a retentionRedis of its own.
+func onSingleAndCluster(t *testing.T, f func(t *testing.T, name string, cluster bool, r retentionRedis)) {
+	for _, cluster := range []bool{false, true} {
+		name := map[bool]string{false: "single", true: "cluster"}[cluster]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var url string
+			var r retentionRedis
+			if cluster {
+				cl := redistest.StartCluster(t, 3)
+				url, r.nodes = cl.URL(), cl.Nodes
+			} else {
+				srv := redistest.Start(t)
+				url, r.nodes = srv.URL(), []*redistest.Server{srv}
+			}
+			r.s = open(t, url, "ret", store.Config{})
+			r.creds = make([]store.Cred, 100)
+			for i := range r.creds {
+				r.creds[i] = register(t, r.s, fmt.Sprint("secret-", i))
+			}
+			f(t, name, cluster, r)
+		})
+	}
+}
+
+// run dispatches the specs, from a few callers at once, has every agent
+// finish perAgent tasks (what the specs give each), and returns the job ids.
+func (r retentionRedis) run(t *testing.T, specs []store.JobSpec, perAgent int) []string {
+	t.Helper()
+	jobs := make([]string, len(specs))
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < len(specs); i += 8 {
+				var j store.Job
+				err := retry(func() (err error) { j, err = r.s.Dispatch(t.Context(), specs[i]); return err })
+				if err != nil {
+					errs <- err
+					return
+				}
+				jobs[i] = j.ID
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	finishAll(t, r.s, r.creds, perAgent)
+	return jobs
+}
+
+// fanOuts runs n jobs, each to every agent.
+func (r retentionRedis) fanOuts(t *testing.T, n int) {
+	t.Helper()
+	specs := make([]store.JobSpec, n)
+	for i := range specs {
+		specs[i] = spec("")
+		specs[i].Target = store.Target{All: true}
+	}
+	r.run(t, specs, n)
+}
+
+// singles runs n single-agent jobs (n a multiple of the agents), spread over
+// the agents, and returns their ids.
+func (r retentionRedis) singles(t *testing.T, n int) []string {
+	t.Helper()
+	specs := make([]store.JobSpec, n)
+	for i := range specs {
+		specs[i] = spec(r.creds[i%len(r.creds)].AgentID)
+	}
+	return r.run(t, specs, n/len(r.creds))
+}
+
 // TestRetainedTaskBytes finishes 10,000 small tasks (100 fan-outs to 100
 // agents, payload and output two bytes) and measures what Redis holds for each
 // finished task: at most 1 KB on one node (issue 16; it was about 3 KB). The
 // figures for single-agent dispatches are logged beside it.
 func TestRetainedTaskBytes(t *testing.T) {
 	t.Parallel()
-	for _, cluster := range []bool{false, true} {
-		name := map[bool]string{false: "single", true: "cluster"}[cluster]
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			var url string
-			var nodes []*redistest.Server
-			if cluster {
-				cl := redistest.StartCluster(t, 3)
-				url, nodes = cl.URL(), cl.Nodes
-			} else {
-				srv := redistest.Start(t)
-				url, nodes = srv.URL(), []*redistest.Server{srv}
-			}
-			s := open(t, url, "ret", store.Config{})
-			const agents, jobs = 100, 100
-			creds := make([]store.Cred, agents)
-			for i := range creds {
-				creds[i] = register(t, s, fmt.Sprint("secret-", i))
-			}
-			dispatch := func(sp store.JobSpec) {
-				t.Helper()
-				if err := retry(func() error { _, err := s.Dispatch(t.Context(), sp); return err }); err != nil {
-					t.Fatal(err)
-				}
-			}
-			fanOut := func(n int) {
-				for range n {
-					sp := spec("")
-					sp.Target = store.Target{All: true}
-					dispatch(sp)
-				}
-				finishAll(t, s, creds, n)
-			}
-			fanOut(1) // the indexes and scripts exist before the measure
-			b0, k0 := usage(t, nodes)
-			fanOut(jobs)
-			b1, k1 := usage(t, nodes)
-			const n = agents * jobs
-			perTask, keysPerTask := float64(b1-b0)/n, float64(k1-k0)/n
-			t.Logf("%s, fan-outs: %d finished tasks: %.0f bytes and %.2f keys per task", name, n, perTask, keysPerTask)
-			if !cluster && perTask > 1024 {
-				t.Errorf("a finished small task costs %.0f bytes of Redis; want at most 1024", perTask)
-			}
+	onSingleAndCluster(t, func(t *testing.T, name string, cluster bool, r retentionRedis) {
+		const jobs = 100
+		r.fanOuts(t, 1) // the indexes and scripts exist before the measure
+		b0, k0 := usage(t, r.nodes)
+		r.fanOuts(t, jobs)
+		b1, k1 := usage(t, r.nodes)
+		n := len(r.creds) * jobs
+		perTask, keysPerTask := float64(b1-b0)/float64(n), float64(k1-k0)/float64(n)
+		t.Logf("%s, fan-outs: %d finished tasks: %.0f bytes and %.2f keys per task", name, n, perTask, keysPerTask)
+		if !cluster && perTask > 1024 {
+			t.Errorf("a finished small task costs %.0f bytes of Redis; want at most 1024", perTask)
+		}
 
-			// Single-agent dispatches, each its own job: logged.
-			const singles = 2000
-			for i := range singles {
-				dispatch(spec(creds[i%agents].AgentID))
-			}
-			finishAll(t, s, creds, singles/agents)
-			b2, k2 := usage(t, nodes)
-			t.Logf("%s, single-agent jobs: %d finished tasks: %.0f bytes and %.2f keys per task", name, singles,
-				float64(b2-b1)/singles, float64(k2-k1)/singles)
-		})
-	}
+		// Single-agent dispatches, each its own job: logged.
+		const singles = 2000
+		r.singles(t, singles)
+		b2, k2 := usage(t, r.nodes)
+		t.Logf("%s, single-agent jobs: %d finished tasks: %.0f bytes and %.2f keys per task", name, singles,
+			float64(b2-b1)/singles, float64(k2-k1)/singles)
+	})
 }
 
 // TestRetentionJobsPass: the count of jobs kept (KeepJobs 10) drops at most
@@ -312,87 +363,40 @@ var retainedJobBytes = map[bool]float64{false: 1500, true: 1600}
 // 600–720 B together; the two records are about 550 B.
 func TestRetainedJobBytes(t *testing.T) {
 	t.Parallel()
-	for _, cluster := range []bool{false, true} {
-		name := map[bool]string{false: "single", true: "cluster"}[cluster]
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			var url string
-			var nodes []*redistest.Server
-			if cluster {
-				cl := redistest.StartCluster(t, 3)
-				url, nodes = cl.URL(), cl.Nodes
-			} else {
-				srv := redistest.Start(t)
-				url, nodes = srv.URL(), []*redistest.Server{srv}
+	onSingleAndCluster(t, func(t *testing.T, name string, cluster bool, r retentionRedis) {
+		const perAgent = 100
+		r.singles(t, len(r.creds)) // the indexes and scripts exist before the measure
+		b0, k0 := usage(t, r.nodes)
+		jobs := r.singles(t, len(r.creds)*perAgent)
+		b1, k1 := usage(t, r.nodes)
+		n := float64(len(jobs))
+		perJob, keysPerJob := float64(b1-b0)/n, float64(k1-k0)/n
+		t.Logf("%s, single-agent jobs: %d finished: %.0f bytes and %.2f keys per job (its task included)", name, len(jobs), perJob, keysPerJob)
+		// Two keys a job: no per-shard counts are left (a loaded machine may
+		// add a shard's counters hash when a lease runs out, hence no exact
+		// key count).
+		for _, n := range r.nodes {
+			if jc := n.MustDo("EVAL", "return #redis.call('KEYS', ARGV[1])", "0", "*:jc:*"); strings.TrimSpace(jc) != "0" {
+				t.Errorf("%s per-shard job counts left on %s after every job finished; want none", strings.TrimSpace(jc), n.Addr())
 			}
-			s := open(t, url, "ret", store.Config{})
-			const agents, perAgent = 100, 100
-			creds := make([]store.Cred, agents)
-			for i := range creds {
-				creds[i] = register(t, s, fmt.Sprint("secret-", i))
-			}
-			// singles dispatches n single-agent jobs, spread over the agents,
-			// from a few callers at once, and has the agents finish them.
-			var jobs []string
-			var mu sync.Mutex
-			singles := func(n int) {
-				var wg sync.WaitGroup
-				errs := make(chan error, 8)
-				for w := range 8 {
-					wg.Go(func() {
-						for i := w; i < n; i += 8 {
-							var j store.Job
-							err := retry(func() (err error) { j, err = s.Dispatch(t.Context(), spec(creds[i%agents].AgentID)); return err })
-							if err != nil {
-								errs <- err
-								return
-							}
-							mu.Lock()
-							jobs = append(jobs, j.ID)
-							mu.Unlock()
-						}
-					})
-				}
-				wg.Wait()
-				close(errs)
-				for err := range errs {
-					t.Fatal(err)
-				}
-				finishAll(t, s, creds, n/agents)
-			}
-			singles(agents) // the indexes and scripts exist before the measure
-			b0, k0 := usage(t, nodes)
-			singles(agents * perAgent)
-			b1, k1 := usage(t, nodes)
-			const n = agents * perAgent
-			perJob, keysPerJob := float64(b1-b0)/n, float64(k1-k0)/n
-			t.Logf("%s, single-agent jobs: %d finished: %.0f bytes and %.2f keys per job (its task included)", name, n, perJob, keysPerJob)
-			// Two keys a job: no per-shard counts are left (a loaded machine may
-			// add a shard's counters hash when a lease runs out, hence no exact
-			// key count).
-			for _, n := range nodes {
-				if jc := n.MustDo("EVAL", "return #redis.call('KEYS', ARGV[1])", "0", "*:jc:*"); strings.TrimSpace(jc) != "0" {
-					t.Errorf("%s per-shard job counts left on %s after every job finished; want none", strings.TrimSpace(jc), n.Addr())
-				}
-			}
-			if keysPerJob > 2.05 {
-				t.Errorf("a finished single-agent job keeps %.2f keys; want 2 (its task and its record)", keysPerJob)
-			}
-			if limit := retainedJobBytes[cluster]; perJob > limit {
-				t.Errorf("a finished single-agent job costs %.0f bytes of Redis; want at most %.0f", perJob, limit)
-			}
+		}
+		if keysPerJob > 2.05 {
+			t.Errorf("a finished single-agent job keeps %.2f keys; want 2 (its task and its record)", keysPerJob)
+		}
+		if limit := retainedJobBytes[cluster]; perJob > limit {
+			t.Errorf("a finished single-agent job costs %.0f bytes of Redis; want at most %.0f", perJob, limit)
+		}
 
-			// What a finished job answers is what it answered before it was
-			// compacted: one task, counted in its final state.
-			for _, id := range []string{jobs[0], jobs[len(jobs)-1]} {
-				j, err := s.GetJob(t.Context(), id)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(j.TaskIDs) != 1 || j.Counts.Total() != 1 || j.Counts.Succeeded != 1 || string(j.Spec.Payload) != "hi" {
-					t.Errorf("GetJob(%s) = %+v; want one task, succeeded, payload hi", id, j)
-				}
+		// What a finished job answers is what it answered before it was
+		// compacted: one task, counted in its final state.
+		for _, id := range []string{jobs[0], jobs[len(jobs)-1]} {
+			j, err := r.s.GetJob(t.Context(), id)
+			if err != nil {
+				t.Fatal(err)
 			}
-		})
-	}
+			if len(j.TaskIDs) != 1 || j.Counts.Total() != 1 || j.Counts.Succeeded != 1 || string(j.Spec.Payload) != "hi" {
+				t.Errorf("GetJob(%s) = %+v; want one task, succeeded, payload hi", id, j)
+			}
+		}
+	})
 }
