@@ -185,64 +185,33 @@ func costStore(tb testing.TB) (*Store, *redistest.Server) {
 // scripts/task. ns/op is wall time on the client and means little here.
 func BenchmarkRedisCost(b *testing.B) {
 	b.Run("single", func(b *testing.B) {
-		s, rd := costStore(b)
+		c := newCostBench(b, 50, nil)
 		ctx := b.Context()
-		creds := make([]store.Cred, 50)
-		for i := range creds {
-			a, err := s.RegisterAgent(ctx, store.RegisterParams{Name: "n", SecretHash: sum("s")})
-			if err != nil {
-				b.Fatal(err)
-			}
-			creds[i] = store.Cred{AgentID: a.ID, SecretHash: sum("s")}
-		}
-		gens := holdPolls(b, s, creds)
-		phases := []costPhase{{name: "create"}, {name: "lease"}, {name: "report"}, {name: "read"}}
-		measure := func(i int, f func()) {
-			w0 := readWork(b, rd)
-			f()
-			phases[i].work = phases[i].work.add(readWork(b, rd).sub(w0))
-		}
 		b.ResetTimer()
 		for done := 0; done < b.N; {
 			n := min(250, b.N-done)
 			jobs := make([]store.Job, n)
-			measure(0, func() {
+			c.measure(b, 0, func() {
 				for i := range jobs {
-					j, err := s.Dispatch(ctx, store.JobSpec{Type: "echo", Payload: []byte("hi"),
-						Target: store.Target{AgentID: creds[i%len(creds)].AgentID}, Timeout: time.Minute, DeliveryTTL: time.Hour, MaxAttempts: 3})
+					j, err := c.s.Dispatch(ctx, store.JobSpec{Type: "echo", Payload: []byte("hi"),
+						Target: store.Target{AgentID: c.creds[i%len(c.creds)].AgentID}, Timeout: time.Minute, DeliveryTTL: time.Hour, MaxAttempts: 3})
 					if err != nil {
 						b.Fatal(err)
 					}
 					jobs[i] = j
 				}
 			})
-			leased := make([]store.Task, n)
-			measure(1, func() {
-				for i := range leased {
-					r, err := s.Lease(ctx, store.LeaseParams{Cred: creds[i%len(creds)], Max: 1, Lease: time.Minute, Hold: 25 * time.Second, Gen: gens[i%len(creds)]})
-					if err != nil || len(r.Tasks) != 1 {
-						b.Fatalf("Lease: %+v %v", r, err)
-					}
-					leased[i] = r.Tasks[0]
-				}
-			})
+			leased := c.leaseEach(b, n)
 			// Each task has its waiter on this replica, as a WaitTask or a
 			// Dispatch with wait would (see handover.go).
 			waiters := make([]*store.Watcher, n)
 			for i, t := range leased {
-				waiters[i] = s.Watch(store.TaskKey(t.ID))
+				waiters[i] = c.s.Watch(store.TaskKey(t.ID))
 			}
-			measure(2, func() {
-				for i, t := range leased {
-					if _, err := s.Report(ctx, store.ReportParams{Cred: creds[i%len(creds)], TaskID: t.ID, Attempt: t.Attempt,
-						Outcome: store.OutcomeSucceeded, Output: []byte("hi")}); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-			measure(3, func() {
+			c.reportEach(b, leased)
+			c.measure(b, 3, func() {
 				for i, j := range jobs {
-					if t, err := s.GetTask(ctx, j.TaskIDs[0]); err != nil || t.State != store.StateSucceeded {
+					if t, err := c.s.GetTask(ctx, j.TaskIDs[0]); err != nil || t.State != store.StateSucceeded {
 						b.Fatalf("GetTask: %+v %v", t, err)
 					}
 					waiters[i].Stop()
@@ -251,68 +220,104 @@ func BenchmarkRedisCost(b *testing.B) {
 			done += n
 		}
 		b.StopTimer()
-		all := costTable(b, "single-agent tasks", b.N, phases)
-		reportCost(b, all, b.N, phases)
+		c.report(b, "single-agent tasks", b.N)
 	})
 	b.Run("fanout", func(b *testing.B) {
 		const agents = 200
-		s, rd := costStore(b)
+		c := newCostBench(b, agents, map[string]string{"fan": "1"})
 		ctx := b.Context()
-		creds := make([]store.Cred, agents)
-		for i := range creds {
-			a, err := s.RegisterAgent(ctx, store.RegisterParams{Name: "n", Labels: map[string]string{"fan": "1"}, SecretHash: sum("s")})
-			if err != nil {
-				b.Fatal(err)
-			}
-			creds[i] = store.Cred{AgentID: a.ID, SecretHash: sum("s")}
-		}
-		gens := holdPolls(b, s, creds)
-		phases := []costPhase{{name: "create"}, {name: "lease"}, {name: "report"}, {name: "read"}}
-		measure := func(i int, f func()) {
-			w0 := readWork(b, rd)
-			f()
-			phases[i].work = phases[i].work.add(readWork(b, rd).sub(w0))
-		}
 		rounds := max(1, b.N/agents)
 		b.ResetTimer()
 		for range rounds {
 			var job store.Job
-			measure(0, func() {
+			c.measure(b, 0, func() {
 				var err error
-				job, err = s.Dispatch(ctx, store.JobSpec{Type: "echo", Payload: []byte("hi"), Target: store.Target{Selector: "fan=1", IncludeOffline: true},
+				job, err = c.s.Dispatch(ctx, store.JobSpec{Type: "echo", Payload: []byte("hi"), Target: store.Target{Selector: "fan=1", IncludeOffline: true},
 					Timeout: time.Minute, DeliveryTTL: time.Hour, MaxAttempts: 3})
 				if err != nil || len(job.TaskIDs) != agents {
 					b.Fatalf("Dispatch: %d tasks, %v", len(job.TaskIDs), err)
 				}
 			})
-			leased := make([]store.Task, agents)
-			measure(1, func() {
-				for i := range leased {
-					r, err := s.Lease(ctx, store.LeaseParams{Cred: creds[i], Max: 1, Lease: time.Minute, Hold: 25 * time.Second, Gen: gens[i]})
-					if err != nil || len(r.Tasks) != 1 {
-						b.Fatalf("Lease: %+v %v", r, err)
-					}
-					leased[i] = r.Tasks[0]
-				}
-			})
-			measure(2, func() {
-				for i, t := range leased {
-					if _, err := s.Report(ctx, store.ReportParams{Cred: creds[i], TaskID: t.ID, Attempt: t.Attempt,
-						Outcome: store.OutcomeSucceeded, Output: []byte("hi")}); err != nil {
-						b.Fatal(err)
-					}
-				}
-			})
-			measure(3, func() {
-				if j, err := s.GetJob(ctx, job.ID); err != nil || j.Counts.Succeeded != agents {
+			c.reportEach(b, c.leaseEach(b, agents))
+			c.measure(b, 3, func() {
+				if j, err := c.s.GetJob(ctx, job.ID); err != nil || j.Counts.Succeeded != agents {
 					b.Fatalf("GetJob: %+v %v", j.Counts, err)
 				}
 			})
 		}
 		b.StopTimer()
-		all := costTable(b, fmt.Sprintf("fan-out tasks (%d agents a job)", agents), rounds*agents, phases)
-		reportCost(b, all, rounds*agents, phases)
+		c.report(b, fmt.Sprintf("fan-out tasks (%d agents a job)", agents), rounds*agents)
 	})
+}
+
+// costBench is what BenchmarkRedisCost measures on: a Store on a Redis of its
+// own, agents each holding a Poll, and the phases of a task's
+// life with what each has cost so far.
+type costBench struct {
+	s      *Store
+	rd     *redistest.Server
+	creds  []store.Cred
+	gens   []int64 // each agent's held Poll (see holdPolls)
+	phases []costPhase
+}
+
+// newCostBench registers the agents, with the labels, and starts their Polls.
+func newCostBench(b *testing.B, agents int, labels map[string]string) *costBench {
+	c := &costBench{phases: []costPhase{{name: "create"}, {name: "lease"}, {name: "report"}, {name: "read"}}}
+	c.s, c.rd = costStore(b)
+	c.creds = make([]store.Cred, agents)
+	for i := range c.creds {
+		a, err := c.s.RegisterAgent(b.Context(), store.RegisterParams{Name: "n", Labels: labels, SecretHash: sum("s")})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.creds[i] = store.Cred{AgentID: a.ID, SecretHash: sum("s")}
+	}
+	c.gens = holdPolls(b, c.s, c.creds)
+	return c
+}
+
+// measure runs f and adds what Redis did meanwhile to phase i.
+func (c *costBench) measure(b *testing.B, i int, f func()) {
+	w0 := readWork(b, c.rd)
+	f()
+	c.phases[i].work = c.phases[i].work.add(readWork(b, c.rd).sub(w0))
+}
+
+// leaseEach leases n tasks, the i-th by agent i (modulo the agents), as the
+// held Poll's re-check would: the "lease" phase.
+func (c *costBench) leaseEach(b *testing.B, n int) []store.Task {
+	leased := make([]store.Task, n)
+	c.measure(b, 1, func() {
+		for i := range leased {
+			k := i % len(c.creds)
+			r, err := c.s.Lease(b.Context(), store.LeaseParams{Cred: c.creds[k], Max: 1, Lease: time.Minute, Hold: 25 * time.Second, Gen: c.gens[k]})
+			if err != nil || len(r.Tasks) != 1 {
+				b.Fatalf("Lease: %+v %v", r, err)
+			}
+			leased[i] = r.Tasks[0]
+		}
+	})
+	return leased
+}
+
+// reportEach reports every task leaseEach returned as succeeded: the "report"
+// phase.
+func (c *costBench) reportEach(b *testing.B, leased []store.Task) {
+	c.measure(b, 2, func() {
+		for i, t := range leased {
+			if _, err := c.s.Report(b.Context(), store.ReportParams{Cred: c.creds[i%len(c.creds)], TaskID: t.ID, Attempt: t.Attempt,
+				Outcome: store.OutcomeSucceeded, Output: []byte("hi")}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// report logs the phases' table and reports the per-task figures as metrics.
+func (c *costBench) report(b *testing.B, title string, tasks int) {
+	all := costTable(b, title, tasks, c.phases)
+	reportCost(b, all, tasks, c.phases)
 }
 
 // holdPolls starts a Poll of each agent (a Lease of generation 0) and returns
