@@ -44,7 +44,7 @@ func RunFleetChild(ctx context.Context, cfg FleetChildConfig, in io.Reader, out 
 	}
 	defer f.stop()
 	if _, err := f.ids(ctx, 10*time.Minute); err != nil {
-		return err
+		return fmt.Errorf("%w (%d agents stopped; %d of %d calls failed)", err, f.failed.Load(), f.rt.errors.Load(), f.rt.calls.Load())
 	}
 	fmt.Fprintln(out, "ready")
 	sc := bufio.NewScanner(in)
