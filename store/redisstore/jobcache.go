@@ -26,7 +26,7 @@ type cachedJob struct {
 	job    store.Job // Counts, Canceled and Existing unset
 	shards []int     // the shards the job's tasks are in, each once
 	// solo is the task of a single-agent job (Target.AgentID; none otherwise),
-	// whose counts its end folds into its record (see countReads).
+	// whose state is the job's counts (see countReads).
 	solo string
 }
 

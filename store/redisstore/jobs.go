@@ -1028,10 +1028,11 @@ func (s *Store) jobCounts(ctx context.Context, jid string, e *cachedJob) (store.
 
 // countReads returns the reads of a job's counts (summed by sumCounts): its
 // counts in each shard its tasks are in (jc), or, for a single-agent job, its
-// one task's state. Such a job's counts are always that task in its state (the
-// same script changes both), so they are read from the task, and its jc goes
-// when the task ends (setState): a finished single-agent job keeps two keys,
-// its record and its task's.
+// one task's state. Such a job's counts are always that task in its state, so
+// they are read from the task and not kept (moved, in scripts.go): a task of
+// one writes no jc, and one written by an earlier version, which kept them,
+// goes when the task ends. A finished single-agent job keeps two keys, its
+// record and its task's.
 func (s *Store) countReads(jid string, e *cachedJob) rueidis.Commands {
 	b := s.client.B()
 	if e.solo != "" {

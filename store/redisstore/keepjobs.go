@@ -120,7 +120,8 @@ func (s *Store) listFinishedJobs(ctx context.Context) (int64, error) {
 // finishedJobs returns those of jobs whose dispatch is complete and none of
 // whose tasks is live, from their records and per-shard counts: two pipelined
 // round trips. A job's task list (a fan-out's is long) is read only when the
-// job cache lacks it.
+// job cache lacks it. A single-agent job keeps no counts (see moved in
+// scripts.go): its one task is in the finished stream, so it has finished.
 func (s *Store) finishedJobs(ctx context.Context, jobs []string) ([]string, error) {
 	if len(jobs) == 0 {
 		return nil, nil
@@ -132,10 +133,10 @@ func (s *Store) finishedJobs(ctx context.Context, jobs []string) ([]string, erro
 		if cached[i] = s.jobs.get(jid); cached[i] != nil {
 			cmds[i] = b.Hmget().Key(s.k.job(jid)).Field("ca", "made", "abandoned").Build()
 		} else {
-			cmds[i] = b.Hmget().Key(s.k.job(jid)).Field("ca", "made", "abandoned", "tasks").Build()
+			cmds[i] = b.Hmget().Key(s.k.job(jid)).Field("ca", "made", "abandoned", "tasks", "tgt").Build()
 		}
 	}
-	var counted []string
+	var counted, out []string
 	var reads rueidis.Commands
 	var spans []int
 	for i, r := range s.client.DoMulti(ctx, cmds...) {
@@ -150,11 +151,18 @@ func (s *Store) finishedJobs(ctx context.Context, jobs []string) ([]string, erro
 			continue // gone, or a fan-out still being made
 		}
 		var shards []int
+		solo := false
 		if cached[i] != nil {
-			shards = cached[i].shards
+			shards, solo = cached[i].shards, cached[i].solo != ""
 		} else {
 			tasks, _ := vals[3].ToString()
-			shards = taskShards(splitIDs(tasks))
+			ids := splitIDs(tasks)
+			shards = taskShards(ids)
+			solo = vals[4].IsNil() && soloTarget(ids).AgentID != "" // as decodeJob and jobCache.put tell
+		}
+		if solo {
+			out = append(out, jobs[i])
+			continue
 		}
 		for _, sh := range shards {
 			reads = append(reads, b.Hmget().Key(s.k.jobCounts(sh, jobs[i])).Field(itoa(store.StatePending), itoa(store.StateRunning)).Build())
@@ -163,10 +171,9 @@ func (s *Store) finishedJobs(ctx context.Context, jobs []string) ([]string, erro
 		spans = append(spans, len(shards))
 	}
 	if len(reads) == 0 {
-		return nil, nil
+		return out, nil
 	}
 	res := s.client.DoMulti(ctx, reads...)
-	var out []string
 	for i, jid := range counted {
 		live := int64(0)
 		for _, r := range res[:spans[i]] {

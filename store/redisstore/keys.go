@@ -51,9 +51,10 @@ const NumShards = 64
 //	                            jobs kept has read (keepjobs.go)
 //	{P:sNN}:tasks        zset   every retained task of the shard (ListTasks)
 //	{P:sNN}:st:<n>       zset   tasks of the shard in state n (ListTasks by state)
-//	{P:sNN}:jc:<job>     hash   the job's tasks in this shard counted by state, and
-//	                            in all (n): GetJob sums at most 64 of these instead
-//	                            of reading every task
+//	{P:sNN}:jc:<job>     hash   a fan-out's tasks in this shard counted by state,
+//	                            and in all (n): GetJob sums at most 64 of these
+//	                            instead of reading every task (a single-agent job
+//	                            keeps none: its task's state is its counts)
 //	{P:sNN}:on           zset   agents neither stopped nor revoked -> time of their
 //	                            last call (ms): Stats counts the online ones
 //	{P:sNN}:rv           set    revoked agents (Stats)

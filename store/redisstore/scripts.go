@@ -183,23 +183,25 @@ local function auth(ak, secret, ...)
 end
 
 -- moved moves a task from state old (nil: a new task) to new in the shard's
--- state indexes and its job's counts in this shard, and wakes its waiters.
--- fold says the task is its job's only one (a single-agent job: its task has
--- no cj) and ends now: its job's counts, the task's own state from now on, are
--- deleted rather than kept in a key of their own (GetJob counts such a job from
--- its task: countReads). dropEnded's later decrement of the gone counts makes
--- and deletes them again in one step.
-local function moved(tid, job, old, new, fold)
+-- state indexes and, for a task whose job keeps counts (counted: a fan-out's,
+-- whose record has cj), its job's counts in this shard, and wakes its waiters.
+-- A single-agent job keeps none: its counts are its one task in its state, and
+-- GetJob reads them from the task (countReads). Records written before keep
+-- them (jc) while the task is live, as may a replica of that version that
+-- moves a task of this one; so when such a task ends, its job's counts are
+-- deleted (as that version did), leaving none behind (dropEnded then has none
+-- to take it off).
+local function moved(tid, job, old, new, counted)
   if old ~= new then
     if old then redis.call('ZREM', kState(old), tid) end
     redis.call('ZADD', kState(new), 0, tid)
     if job and job ~= '' then
       local jc = kJobCounts(job)
-      if fold then
-        redis.call('DEL', jc)
-      else
+      if counted then
         if old then redis.call('HINCRBY', jc, old, -1) else redis.call('HINCRBY', jc, 'n', 1) end
         redis.call('HINCRBY', jc, new, 1)
+      elseif new > RUNNING then
+        redis.call('DEL', jc)
       end
     end
   end
@@ -215,11 +217,11 @@ local function histAdd(h, new, reason, att)
   return string.sub(h, 1, -2) .. ',' .. e .. ']'
 end
 
--- setState records a task's move to state new. hist, when given, is the task's
--- history as the caller read it (saving a read); extra field, value pairs are
--- written in the same HSET.
-local function setState(tk, tid, job, old, new, reason, att, hist, extra)
-  moved(tid, job, old, new)
+-- setState records a task's move to state new (counted: its job keeps counts,
+-- see moved). hist, when given, is the task's history as the caller read it
+-- (saving a read); extra field, value pairs are written in the same HSET.
+local function setState(tk, tid, job, counted, old, new, reason, att, hist, extra)
+  moved(tid, job, old, new, counted)
   local h = hist
   if h == nil then h = redis.call('HGET', tk, 'hist') end
   h = histAdd(h, new, reason, att)
@@ -352,10 +354,11 @@ local function unexported(xp, fe, ca)
 end
 
 -- dropEnded deletes a finished task (record st) with its output and index
--- entries, and takes it off its job's counts in this shard.
-local function dropEnded(tid, st, job)
+-- entries, and takes it off its job's counts in this shard when the job keeps
+-- them (counted: a fan-out's task, whose record has cj; see moved).
+local function dropEnded(tid, st, job, counted)
   local tk = kTask(tid)
-  if job and job ~= '' then
+  if counted and job and job ~= '' then
     local jc = kJobCounts(job)
     redis.call('HINCRBY', jc, st, -1)
     if redis.call('HINCRBY', jc, 'n', -1) <= 0 then redis.call('DEL', jc) end
@@ -389,10 +392,10 @@ local function keepAgent(aid)
   local xp = redis.call('GET', kExported)
   local upTo = 0
   for _, tid in ipairs(redis.call('ZRANGE', k, 0, math.min(over, 4) - 1)) do
-    local t = redis.call('HMGET', kTask(tid), 'st', 'job', 'fe', 'ca')
+    local t = redis.call('HMGET', kTask(tid), 'st', 'job', 'fe', 'ca', 'cj')
     local st = tonumber(t[1])
     if st and st > RUNNING and not unexported(xp, t[3], t[4]) then
-      dropEnded(tid, st, t[2])
+      dropEnded(tid, st, t[2], t[5] == '1')
       upTo = math.max(upTo, idMicros(tid))
     end
   end
@@ -419,7 +422,7 @@ local function endTask(tid, new, reason, rec)
     if rec.cr == '1' then redis.call('ZREM', kCancels(aid), tid) end
   end
   if (not rec.err or rec.err == '') and new ~= SUCCEEDED and new ~= FAILED then rec.err = reason end
-  moved(tid, rec.job, st, new, rec.cj ~= '1')
+  moved(tid, rec.job, st, new, rec.cj == '1')
   rec.st, rec.ua, rec.hist = ms(new), ms(NOW), histAdd(rec.hist, new, reason, tonumber(rec.att) or 0)
   local head, tail = compact(tk, tid, rec, finished(tid)) -- held and le go with it
   redis.call('ZREM', kDue, tid)
@@ -701,11 +704,14 @@ end
 -- as it is, not read again).
 local leased, queued = {}, false
 while #leased < max do
-  local ids = redis.call('ZRANGE', KEYS[2], 0, max - #leased - 1)
-  if #ids == 0 then break end
+  -- The oldest first (score 0: by id), as many as may still be leased, taken
+  -- off the queue in the same command.
+  local want = max - #leased
+  local popped = redis.call('ZPOPMIN', KEYS[2], want)
+  if #popped == 0 then break end
   queued = true
-  for _, tid in ipairs(ids) do
-    redis.call('ZREM', KEYS[2], tid)
+  for i = 1, #popped - 1, 2 do
+    local tid = popped[i]
     local tk = kTask(tid)
     local t = record(tk)
     if tonumber(t.st) == PENDING then
@@ -716,7 +722,7 @@ while #leased < max do
         local att = (tonumber(t.att) or 0) + 1
         local le, dl = NOW + lease, NOW + tonumber(t.to)
         redis.call('ZADD', KEYS[3], 0, tid)
-        moved(tid, t.job, PENDING, RUNNING)
+        moved(tid, t.job, PENDING, RUNNING, t.cj == '1')
         t.st, t.ua, t.att, t.le, t.dl = ms(RUNNING), ms(NOW), ms(att), ms(le), ms(dl)
         t.hist = histAdd(t.hist, RUNNING, string.format(FMT_LEASED, att), att)
         redis.call('HSET', tk, 'st', t.st, 'ua', t.ua, 'att', t.att, 'le', t.le, 'dl', t.dl, 'hist', t.hist)
@@ -729,6 +735,8 @@ while #leased < max do
       end
     end
   end
+  -- Fewer than asked for: the queue is empty (nothing here adds to it).
+  if #popped < 2 * want then break end
 end
 local cancels = {}
 -- With one of the two keys, and tasks in the queue, there are no cancels.
@@ -835,7 +843,7 @@ for i = 6, #ARGV - 1, 2 do
   local tid, att = ARGV[i], ARGV[i + 1]
   if redis.call('ZSCORE', KEYS[2], tid) then
     local tk = kTask(tid)
-    local t = redis.call('HMGET', tk, 'att', 'st', 'tmo', 'cr', 'crr', 'ttl', 'job')
+    local t = redis.call('HMGET', tk, 'att', 'st', 'tmo', 'cr', 'crr', 'ttl', 'job', 'cj')
     if t[1] == att and tonumber(t[2]) == RUNNING then
       local n = tonumber(att)
       local new, reason = returnEnd(t[3] == '1', t[4] == '1', t[5], n)
@@ -845,7 +853,7 @@ for i = 6, #ARGV - 1, 2 do
         redis.call('ZREM', KEYS[2], tid)
         redis.call('ZREM', KEYS[4], tid)
         redis.call('HDEL', tk, 'le', 'dl', 'cd')
-        setState(tk, tid, t[7], RUNNING, PENDING, reason, n, nil, {'att', n - 1, 'db', ms(NOW + tonumber(t[6]))})
+        setState(tk, tid, t[7], t[8] == '1', RUNNING, PENDING, reason, n, nil, {'att', n - 1, 'db', ms(NOW + tonumber(t[6]))})
         redis.call('ZADD', KEYS[3], 0, tid)
         notify(WATCH_AGENT .. aid)
         reindex(tk, tid)
@@ -934,19 +942,35 @@ return {'OK', ms(held)}
 // [16] payload in the job record (0/1), [17] the job's signature (jobSig, when the
 // payload is not in the job record), [18] refuse a single target that does not
 // handle the type (0/1), [19..] task id, agent id pairs
-// returns {'OK', the shard's counts of the job (field, value pairs)}, or for a
-// single target an error when the agent is unknown, revoked, its queue is full
+// returns {'OK', the shard's counts of the job (field, value pairs: a
+// fan-out's as it keeps them, jc; a single-agent job's, which keeps none, its
+// task in its state, see moved)}, or for a single target an error when the agent is unknown, revoked, its queue is full
 // or (with [18]) it does not handle the type — fail(E_TYPE_UNHANDLED, its types
 // as JSON) — and then nothing is created
 var createTasksScript = shardScript("createTasks", `
 local maxPending, job, single, hold = tonumber(ARGV[4]), ARGV[5], ARGV[13] == '1', ARGV[12] == '1'
-local ttl = tonumber(ARGV[10])
+local ttl, counted = tonumber(ARGV[10]), ARGV[16] == '1'
+-- The tasks of a job that keeps no counts, in their states (n: all of them).
+local states = {n = 0}
+local function count(st)
+  states.n = states.n + 1
+  states[st] = (states[st] or 0) + 1
+end
 local hist = histAdd(nil, PENDING, REASON_DISPATCHED, 0)
 local exr = string.format(FMT_EXPIRED, ARGV[15])
 for i = 19, #ARGV - 1, 2 do
   local tid, aid = ARGV[i], ARGV[i + 1]
-  -- A retried dispatch names the same tasks: one made before stays as it is.
-  if redis.call('EXISTS', kTask(tid)) == 0 then
+  -- A retried dispatch names the same tasks: one made before stays as it is
+  -- (and, in a job that keeps no counts, is counted in its state).
+  local made
+  if counted then
+    made = redis.call('EXISTS', kTask(tid)) == 1
+  else
+    local st = redis.call('HGET', kTask(tid), 'st')
+    made = st ~= false
+    if made then count(tonumber(st)) end
+  end
+  if not made then
     local a = redis.call('HMGET', kAgent(aid), 'reg', 'rev', 'types')
     local qlen = redis.call('ZCARD', kQueue(aid))
     if single then
@@ -974,7 +998,7 @@ for i = 19, #ARGV - 1, 2 do
     local f = {'job', job, 'type', ARGV[6], 'att', 0, 'max', ARGV[8], 'to', ARGV[9], 'ttl', ARGV[10],
       'lim', ARGV[11], 'ca', ms(NOW), 'tor', ARGV[14], 'ttx', ARGV[15], 'exr', exr,
       'st', PENDING, 'ua', ms(NOW), 'hist', hist}
-    if ARGV[16] == '1' then
+    if counted then
       f[#f + 1], f[#f + 2] = 'cj', '1'
     else
       f[#f + 1], f[#f + 2], f[#f + 3], f[#f + 4] = 'pl', ARGV[7], 'js', ARGV[17]
@@ -988,7 +1012,7 @@ for i = 19, #ARGV - 1, 2 do
     redis.call('HSET', tk, unpack(f))
     redis.call('ZADD', kAll, 0, tid)
     redis.call('ZADD', kAgentTasks(aid), 0, tid)
-    moved(tid, job, nil, PENDING)
+    moved(tid, job, nil, PENDING, counted)
     if refused then
       endTask(tid, CANCELED, refused)
     elseif not hold then
@@ -997,10 +1021,14 @@ for i = 19, #ARGV - 1, 2 do
       redis.call('ZADD', kDue, NOW + ttl, tid)
       notify(WATCH_AGENT .. aid)
     end
+    if not counted then count(refused and CANCELED or PENDING) end
   end
 end
 publish()
-return {'OK', redis.call('HGETALL', kJobCounts(job))}
+if counted then return {'OK', redis.call('HGETALL', kJobCounts(job))} end
+local out = {}
+for k, v in pairs(states) do out[#out + 1], out[#out + 2] = tostring(k), tostring(v) end
+return {'OK', out}
 `)
 
 // releaseScript releases held tasks of a rollout job to their agents' queues.
@@ -1130,9 +1158,9 @@ local function retain()
     local done = {}
     for i, e in ipairs(fin) do
       local tid = e[2][2]
-      local t = redis.call('HMGET', kTask(tid), 'st', 'job')
+      local t = redis.call('HMGET', kTask(tid), 'st', 'job', 'cj')
       local st = tonumber(t[1])
-      if st and st > RUNNING then dropEnded(tid, st, t[2]) end
+      if st and st > RUNNING then dropEnded(tid, st, t[2], t[3] == '1') end
       done[i] = e[1]
     end
     redis.call('XDEL', kFin, unpack(done))
@@ -1176,7 +1204,7 @@ for _, tid in ipairs(ids) do
   else
     local tk = kTask(tid)
     local aid = agentOf(tid)
-    local t = redis.call('HMGET', tk, 'st', 'held', 'db', 'dl', 'le', 'tmo', 'cr', 'crr', 'att', 'max', 'tor', 'exr', 'job', 'ttx')
+    local t = redis.call('HMGET', tk, 'st', 'held', 'db', 'dl', 'le', 'tmo', 'cr', 'crr', 'att', 'max', 'tor', 'exr', 'job', 'ttx', 'cj')
     local st = tonumber(t[1])
     if not st then
       -- The record expired by itself (reaping had stopped): drop what indexes it.
@@ -1187,7 +1215,7 @@ for _, tid in ipairs(ids) do
       for n = 1, 8 do redis.call('ZREM', kState(n), tid) end
     elseif st > RUNNING then
       -- Retention as it was kept before the finished stream.
-      dropEnded(tid, st, t[13])
+      dropEnded(tid, st, t[13], t[15] == '1')
     elseif st == PENDING then
       if t[2] ~= '1' and NOW >= (tonumber(t[3]) or 0) then
         endTask(tid, deliveryExpiryEnd(tonumber(t[9]) or 0, t[14] or nil, t[12] or nil))
@@ -1216,7 +1244,7 @@ for _, tid in ipairs(ids) do
           redis.call('HDEL', tk, 'le', 'dl', 'cd')
           redis.call('HSET', tk, 'db', ms(NOW + ttl))
           redis.call('ZADD', kQueue(aid), 0, tid)
-          setState(tk, tid, t[13], RUNNING, PENDING, reason, att)
+          setState(tk, tid, t[13], t[15] == '1', RUNNING, PENDING, reason, att)
           notify(WATCH_AGENT .. aid)
           reindex(tk, tid)
         end
@@ -1447,12 +1475,12 @@ local xp = redis.call('GET', kExported)
 local stay = 0
 for i = 4, #ARGV do
   local tid = ARGV[i]
-  local t = redis.call('HMGET', kTask(tid), 'st', 'job', 'fe', 'ca')
+  local t = redis.call('HMGET', kTask(tid), 'st', 'job', 'fe', 'ca', 'cj')
   local st = tonumber(t[1])
   if st and (st <= RUNNING or unexported(xp, t[3], t[4])) then
     stay = stay + 1
   elseif st then
-    dropEnded(tid, st, t[2])
+    dropEnded(tid, st, t[2], t[5] == '1')
     if t[3] then redis.call('XDEL', kFin, finEntry(t[3], t[4])) end
   end
 end
