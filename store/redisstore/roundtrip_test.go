@@ -80,28 +80,28 @@ type budget struct{ trips, sent, run int }
 // budgets are the budgets TestRoundTrips holds each operation to; it fails if
 // one grows (run it with -v to see the commands). Fan-outs reach three agents.
 var budgets = map[string]budget{
-	"RegisterAgent":       {3, 3, 12},
+	"RegisterAgent":       {3, 3, 10},
 	"Lease(idle, gen 0)":  {1, 1, 5},
 	"Lease(idle, gen n)":  {1, 1, 5},
-	"Dispatch(one agent)": {1, 4, 19},
+	"Dispatch(one agent)": {1, 4, 16},
 	"GetJob(one task)":    {1, 2, 2},
 	"GetTask":             {1, 1, 2},
-	"Lease(one task)":     {1, 1, 16},
+	"Lease(one task)":     {1, 1, 13},
 	"Heartbeat(one task)": {1, 1, 8},
-	"Report":              {1, 1, 17},
+	"Report":              {1, 1, 15},
 	"ListTasks(job)":      {1, 1, 2},
 	// Claiming the key, the task and job record, then (once the task exists)
 	// the record's made mark and the key kept: a mark written beside the task's
 	// script would stand although the script failed (dispatchOneTrip).
-	"Dispatch(idem key)":           {3, 7, 22},
+	"Dispatch(idem key)":           {3, 7, 19},
 	"Dispatch(idem again)":         {4, 5, 5},
-	"CancelTask(pending)":          {1, 1, 16},
+	"CancelTask(pending)":          {1, 1, 14},
 	"CancelTask(running)":          {1, 1, 8},
 	"Dispatch(fan-out, 3 agents)":  {7, 17, 71},
-	"Lease(fan-out task)":          {2, 2, 21},
-	"CancelJob(fan-out, 3 agents)": {7, 14, 53},
-	"Reap(idle)":                   {1, NumShards + 2, 70},
-	"Reap(idle, repeated)":         {1, NumShards + 2, 70},
+	"Lease(fan-out task)":          {2, 2, 20},
+	"CancelJob(fan-out, 3 agents)": {7, 14, 51},
+	"Reap(idle)":                   {1, NumShards + 2, NumShards + 2},
+	"Reap(idle, repeated)":         {1, NumShards + 2, NumShards + 2},
 }
 
 // commandsRun returns how many commands a single Redis node has run, leaving
@@ -184,6 +184,27 @@ func TestRoundTrips(t *testing.T) {
 			check("RegisterAgent")
 			spec := store.JobSpec{Type: "echo", Payload: []byte("hi"), Target: store.Target{AgentID: a.ID},
 				Timeout: time.Minute, DeliveryTTL: time.Hour, MaxAttempts: 3}
+			// warm ends a task of agent id unmeasured, so its shard's stream of
+			// finished tasks exists, as it does on a store that ended a task
+			// there within the retention; the end that makes the stream costs
+			// two commands more (finished, in scripts.go).
+			warm := func(id string) {
+				t.Helper()
+				w := spec
+				w.Target = store.Target{AgentID: id}
+				j, err := s.Dispatch(ctx, w)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.CancelTask(ctx, j.TaskIDs[0], ""); err != nil {
+					t.Fatal(err)
+				}
+				cc.take()
+				if rd != nil {
+					ran = commandsRun(t, rd)
+				}
+			}
+			warm(a.ID)
 			p := store.LeaseParams{Cred: cred, Max: 1, Lease: time.Minute, Hold: 25 * time.Second}
 			r, err := s.Lease(ctx, p)
 			if err != nil {
@@ -263,10 +284,8 @@ func TestRoundTrips(t *testing.T) {
 			check("CancelTask(running)")
 			b, _ := register("b")
 			c, _ := register("c")
-			cc.take()
-			if rd != nil {
-				ran = commandsRun(t, rd)
-			}
+			warm(b.ID)
+			warm(c.ID)
 			fan := store.JobSpec{Type: "echo", Payload: []byte("hi"), Target: store.Target{All: true, IncludeOffline: true},
 				Timeout: time.Minute, DeliveryTTL: time.Hour, MaxAttempts: 3}
 			fj, err := s.Dispatch(ctx, fan)

@@ -325,9 +325,15 @@ local FIN_DUE = 'fin'
 -- what an export reads. Its entry's id is NOW; should another replica's clock
 -- have put a later one first, Redis' own time (never below the last) instead.
 -- It returns the entry's id.
+-- While the stream exists it is in the due index (Reap's retain puts it back
+-- at its oldest entry, or deletes both), so only the entry that makes the
+-- stream puts it there (NOMKSTREAM tells: it adds nothing to a stream that
+-- does not exist).
 local function finished(tid)
-  local id = redis.pcall('XADD', kFin, ms(NOW) .. '-*', 't', tid)
-  if type(id) == 'table' and id.err then id = redis.call('XADD', kFin, '*', 't', tid) end
+  local id = redis.pcall('XADD', kFin, 'NOMKSTREAM', ms(NOW) .. '-*', 't', tid)
+  if type(id) == 'table' and id.err then return redis.call('XADD', kFin, '*', 't', tid) end
+  if id then return id end
+  id = redis.call('XADD', kFin, ms(NOW) .. '-*', 't', tid)
   redis.call('ZADD', kDue, 'NX', NOW + RET, FIN_DUE)
   return id
 end
