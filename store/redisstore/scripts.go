@@ -710,14 +710,12 @@ end
 -- as it is, not read again).
 local leased, queued = {}, false
 while #leased < max do
-  -- The oldest first (score 0: by id), as many as may still be leased, taken
-  -- off the queue in the same command.
   local want = max - #leased
-  local popped = redis.call('ZPOPMIN', KEYS[2], want)
-  if #popped == 0 then break end
+  local ids = redis.call('ZRANGE', KEYS[2], 0, want - 1)
+  if #ids == 0 then break end
   queued = true
-  for i = 1, #popped - 1, 2 do
-    local tid = popped[i]
+  redis.call('ZREM', KEYS[2], unpack(ids))
+  for _, tid in ipairs(ids) do
     local tk = kTask(tid)
     local t = record(tk)
     if tonumber(t.st) == PENDING then
@@ -741,8 +739,8 @@ while #leased < max do
       end
     end
   end
-  -- Fewer than asked for: the queue is empty (nothing here adds to it).
-  if #popped < 2 * want then break end
+  -- Fewer than asked for: the queue is empty now (nothing here adds to it).
+  if #ids < want then break end
 end
 local cancels = {}
 -- With one of the two keys, and tasks in the queue, there are no cancels.
