@@ -14,35 +14,78 @@ import (
 )
 
 // Lease implements store.Store: one script, one round trip.
+//
+// An idle agent's Poll calls Lease once per hold, from deep in the connection's
+// goroutine (see server's agentService.Poll), and Redis's call path adds its
+// own frames below: the script's keys and arguments (leaseArgs) and the reading
+// of its answer (leased) are calls of their own, done before and after, so
+// that Lease's frame, which stays on the stack during the round trip, is small
+// and that goroutine's stack keeps its 8 KiB. See docs/performance.md, "Idle".
 func (s *Store) Lease(ctx context.Context, p store.LeaseParams) (store.LeaseResult, error) {
-	id := p.Cred.AgentID
-	if !store.ValidID(id, 'a') {
+	if !store.ValidID(p.Cred.AgentID, 'a') {
 		return store.LeaseResult{}, store.ErrUnknownAgent()
 	}
-	arr, err := s.run(ctx, leaseScript,
-		[]string{s.k.agent(id), s.k.queue(id), s.k.running(id), s.k.cancels(id)},
-		s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), strconv.Itoa(max(p.Max, 0)),
-			ms(p.Lease), ms(p.Hold), itoa(p.Gen), itoa(s.agentRetentionMS())))
+	keys, args := s.leaseArgs(&p)
+	arr, err := s.run(ctx, leaseScript, keys, args)
 	if err != nil {
 		s.handBack(ctx, p.Cred, err)
 		return store.LeaseResult{}, err
 	}
+	return s.leased(ctx, p.Gen, arr)
+}
+
+// leaseArgs returns leaseScript's KEYS and ARGV for p.
+//
+//go:noinline
+func (s *Store) leaseArgs(p *store.LeaseParams) (keys, args []string) {
+	id := p.Cred.AgentID
+	keys = []string{s.k.agent(id), s.k.queue(id), s.k.running(id), s.k.cancels(id)}
+	args = s.shardArgs(s.k.tag(id), s.nowMS(), id, string(p.Cred.SecretHash), strconv.Itoa(max(p.Max, 0)),
+		ms(p.Lease), ms(p.Hold), itoa(p.Gen), itoa(s.agentRetentionMS()))
+	return keys, args
+}
+
+// leased reads leaseScript's answer arr to a Lease of generation gen. An idle
+// agent's answer holds no task: the tasks' decoding, whose frames are large,
+// is a call of its own (leasedTasks) that such an answer does not make.
+//
+//go:noinline
+func (s *Store) leased(ctx context.Context, gen int64, arr []rueidis.RedisMessage) (store.LeaseResult, error) {
 	if msgStr(arr[0]) == "S" {
-		return store.LeaseResult{Gen: p.Gen, Superseded: true}, nil
+		return store.LeaseResult{Gen: gen, Superseded: true}, nil
 	}
 	res := store.LeaseResult{Gen: msgInt(arr[1]), Cancels: refs(arr[2])}
+	if len(arr) > 4 {
+		tasks, err := s.leasedTasks(ctx, arr[4:])
+		if err != nil {
+			// The tasks are leased: an answer without them costs their lease.
+			return store.LeaseResult{}, err
+		}
+		res.Tasks = tasks
+	}
+	if jobs := msgStrs(arr[3]); len(jobs) > 0 {
+		// Tasks the script found past their delivery TTL and expired.
+		s.advanceAll(ctx, jobs)
+	}
+	return res, nil
+}
+
+// leasedTasks reads the leased tasks of leaseScript's answer (id, fields
+// pairs) with their job's content.
+//
+//go:noinline
+func (s *Store) leasedTasks(ctx context.Context, arr []rueidis.RedisMessage) ([]store.Task, error) {
+	var tasks []store.Task
 	var fs []map[string]string
-	for i := 4; i+1 < len(arr); i += 2 {
+	for i := 0; i+1 < len(arr); i += 2 {
 		f := pairs(arr[i+1])
-		res.Tasks = append(res.Tasks, decodeTask(msgStr(arr[i]), f))
+		tasks = append(tasks, decodeTask(msgStr(arr[i]), f))
 		fs = append(fs, f)
 	}
-	if err := s.fillContent(ctx, res.Tasks, fs); err != nil {
-		// The tasks are leased: an answer without them costs their lease.
-		return store.LeaseResult{}, err
+	if err := s.fillContent(ctx, tasks, fs); err != nil {
+		return nil, err
 	}
-	s.advanceAll(ctx, msgStrs(arr[3]))
-	return res, nil
+	return tasks, nil
 }
 
 // handBack puts back in their queue the tasks of a Lease that Redis made but
