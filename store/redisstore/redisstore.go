@@ -141,7 +141,7 @@ func Open(ctx context.Context, url string, cfg store.Config, opts Options) (*Sto
 		if opts.WaitTimeout <= 0 {
 			opts.WaitTimeout = time.Second
 		}
-		client = waitClient{Client: client, replicas: int64(opts.WaitReplicas), timeout: opts.WaitTimeout}
+		client = &waitClient{Client: client, replicas: int64(opts.WaitReplicas), timeout: opts.WaitTimeout}
 	}
 	return open(ctx, client, subs, true, cn, cfg, opts)
 }

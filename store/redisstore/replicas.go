@@ -42,12 +42,12 @@ func needsWait(cmd *rueidis.Completed) bool {
 	return true
 }
 
-func (c waitClient) wait() rueidis.Completed {
+func (c *waitClient) wait() rueidis.Completed {
 	return c.Client.B().Wait().Numreplicas(c.replicas).Timeout(c.timeout.Milliseconds()).Build()
 }
 
 // confirmed checks WAIT's answer.
-func (c waitClient) confirmed(r rueidis.RedisResult) error {
+func (c *waitClient) confirmed(r rueidis.RedisResult) error {
 	n, err := r.AsInt64()
 	if err != nil {
 		return err
@@ -86,7 +86,7 @@ func unconfirmed(r rueidis.RedisResult, err error) rueidis.RedisResult {
 	return rueidis.NewErrorResult(&unconfirmedError{err: err, reply: reply})
 }
 
-func (c waitClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
+func (c *waitClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.RedisResult {
 	if !needsWait(&cmd) {
 		return c.Client.Do(ctx, cmd)
 	}
@@ -102,7 +102,7 @@ func (c waitClient) Do(ctx context.Context, cmd rueidis.Completed) rueidis.Redis
 
 // DoMulti sends WAIT after the commands when any of them writes. (Which ones
 // write is noted before sending: rueidis recycles commands it has sent.)
-func (c waitClient) DoMulti(ctx context.Context, multi ...rueidis.Completed) []rueidis.RedisResult {
+func (c *waitClient) DoMulti(ctx context.Context, multi ...rueidis.Completed) []rueidis.RedisResult {
 	writes := make([]bool, len(multi))
 	any := false
 	for i := range multi {
