@@ -7,10 +7,11 @@ import (
 	"time"
 )
 
-// Ids and token secrets use a lowercase base32 alphabet without look-alike
-// letters, so they are safe in URLs, Redis keys and tokens (they never contain '_'
-// or '-').
-const idAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+// IDAlphabet is what ids and token secrets are written in: a lowercase base32
+// alphabet without look-alike letters, so they are safe in URLs, Redis keys and
+// tokens (they never contain '_' or '-'). A character's place in it is its value
+// (CreatedAt).
+const IDAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
 
 // SecretLen is the length of a token secret: 32 random characters, 160 bits.
 const SecretLen = 32
@@ -61,7 +62,7 @@ func ValidID(s string, lead byte) bool {
 		return false
 	}
 	for i := 1; i < len(s); i++ {
-		if strings.IndexByte(idAlphabet, s[i]) < 0 {
+		if strings.IndexByte(IDAlphabet, s[i]) < 0 {
 			return false
 		}
 	}
@@ -85,7 +86,7 @@ func randomChars(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
 	for i := range b {
-		b[i] = idAlphabet[b[i]&31]
+		b[i] = IDAlphabet[b[i]&31]
 	}
 	return string(b)
 }
@@ -108,7 +109,7 @@ func timeChars() string {
 	}
 	var b [11]byte
 	for i := 10; i >= 0; i-- {
-		b[i] = idAlphabet[now&31]
+		b[i] = IDAlphabet[now&31]
 		now >>= 5
 	}
 	return string(b[:])
@@ -122,7 +123,7 @@ func CreatedAt(id string) (time.Time, bool) {
 	}
 	var us int64
 	for i := 1; i <= 11; i++ {
-		c := strings.IndexByte(idAlphabet, id[i])
+		c := strings.IndexByte(IDAlphabet, id[i])
 		if c < 0 {
 			return time.Time{}, false
 		}

@@ -125,6 +125,17 @@ func AgentExpired(lastSeen, now time.Time, retention time.Duration) bool {
 	return retention > 0 && now.Sub(lastSeen) >= retention
 }
 
+// DropMark is an agent's drop mark (Dropped.AgentUpTo: the creation time of
+// the newest of its tasks the count kept per agent, Config.KeepPerAgent,
+// dropped; zero: none) after that count dropped task id: it moves forward to
+// id's creation time and never back; an id with no creation time leaves it.
+func DropMark(mark time.Time, id string) time.Time {
+	if made, ok := CreatedAt(id); ok && made.After(mark) {
+		return made
+	}
+	return mark
+}
+
 // CheckReport decides what an agent's report p does to task t, whose current (or
 // last) attempt is t.Attempt. reported is the outcome of the report that ended
 // t.Attempt, or OutcomeUnspecified if no report did. It answers repeat when p is

@@ -50,7 +50,7 @@ func TaskIDTime(id string) (time.Time, bool) {
 	}
 	var us int64
 	for i := 1; i < 12; i++ {
-		c := strings.IndexByte(idAlphabet, id[i])
+		c := strings.IndexByte(IDAlphabet, id[i])
 		if c < 0 {
 			return time.Time{}, false
 		}

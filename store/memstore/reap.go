@@ -240,9 +240,7 @@ func (s *Store) keepAgent(a *agent, now time.Time) {
 		}
 	}
 	for _, t := range drop {
-		if made, ok := store.CreatedAt(t.ID); ok && made.After(a.keptUpTo) {
-			a.keptUpTo = made
-		}
+		a.keptUpTo = store.DropMark(a.keptUpTo, t.ID)
 		s.dropTask(t)
 	}
 }

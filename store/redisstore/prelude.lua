@@ -41,6 +41,9 @@ local WATCH_TASK = 't:'
 local WATCH_OUTPUT = 'o:'
 local WATCH_JOB = 'j:'
 
+-- What ids are written in (store.IDAlphabet).
+local ID_ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz'
+
 -- How long an export holds retention back after it last ran, in ms (store.ExportHold).
 local EXPORT_HOLD_MS = 86400000
 
@@ -180,6 +183,28 @@ end
 -- to be removed at now under retention ret (ms; 0 or less: never).
 local function agentExpired(seen, now, ret)
   return ret > 0 and now - seen >= ret
+end
+
+-- createdAt is store.CreatedAt: when a task or job id was made, in microseconds
+-- since the epoch, or nil when the id has no creation time.
+local function createdAt(id)
+  local c = string.sub(id, 1, 1)
+  if #id < 12 or (c ~= 't' and c ~= 'j') then return nil end
+  local us = 0
+  for i = 2, 12 do
+    local v = string.find(ID_ALPHABET, string.sub(id, i, i), 1, true)
+    if not v then return nil end
+    us = us * 32 + v - 1
+  end
+  return us
+end
+
+-- dropMark is store.DropMark: an agent's drop mark kd (µs since the epoch; 0:
+-- none) after the count kept per agent dropped task tid.
+local function dropMark(kd, tid)
+  local made = createdAt(tid)
+  if made and made > kd then return made end
+  return kd
 end
 
 -- returnEnd is store.ReturnEnd: what becomes of a running attempt its agent

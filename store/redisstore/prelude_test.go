@@ -210,6 +210,16 @@ func agreements() []agreement {
 	reasons := []string{"", "stop it", store.ReasonTimedOut(time.Minute)}
 	now := time.UnixMilli(1_767_000_000_000)
 	ms := func(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
+	// Ids made now-ish: Lua's numbers are exact to 2^53 µs (the year 2255).
+	made := time.UnixMicro(1_767_000_000_123_456)
+	us := func(t time.Time) string { return strconv.FormatInt(t.UnixMicro(), 10) }
+	idAt := func(t time.Time) string {
+		var b [11]byte
+		for i, n := 10, t.UnixMicro(); i >= 0; i, n = i-1, n>>5 {
+			b[i] = store.IDAlphabet[n&31]
+		}
+		return "t" + string(b[:]) + "abcd-a0123456789abcde"
+	}
 	fromMS := func(s string) time.Time {
 		if s == "0" {
 			return time.Time{}
@@ -326,6 +336,26 @@ func agreements() []agreement {
 				[]string{ms(now)}, []string{"0", "-1", "3600000"}),
 			goRule: func(r []string) []string {
 				return []string{strconv.FormatBool(store.AgentExpired(fromMS(r[0]), fromMS(r[1]), time.Duration(num64(r[2]))*time.Millisecond))}
+			},
+		},
+		{
+			name: "dropMark",
+			lua:  `return {string.format('%d', dropMark(tonumber(a[1]), a[2]))}`,
+			// the mark (µs; 0: none), the dropped task's id: made before, at and
+			// after the mark, and ids with no creation time
+			rows: cross([]string{"0", us(made), us(made.Add(time.Microsecond))},
+				[]string{store.NewTaskID("a0123456789abcde"), idAt(made.Add(-time.Second)), idAt(made),
+					idAt(made.Add(time.Microsecond)), idAt(made.Add(time.Hour)), taskID, "j" + idAt(made)[1:12] + "abcdef",
+					"t", "t0123456789", "tilo00000000-a0", "x" + idAt(made)[1:], ""}),
+			goRule: func(r []string) []string {
+				var mark time.Time
+				if r[0] != "0" {
+					mark = time.UnixMicro(num64(r[0]))
+				}
+				if m := store.DropMark(mark, r[1]); !m.IsZero() {
+					return []string{us(m)}
+				}
+				return []string{"0"}
 			},
 		},
 		{

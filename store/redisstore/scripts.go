@@ -376,40 +376,33 @@ local function dropEnded(tid, st, job, counted)
   redis.call('ZREM', kAgentTasks(agentOf(tid)), tid)
 end
 
--- idMicros returns when a task id was made, in microseconds since the epoch,
--- from its time characters (as store.CreatedAt reads them).
-local ID_ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz'
-local function idMicros(tid)
-  local us = 0
-  for i = 2, 12 do
-    us = us * 32 + string.find(ID_ALPHABET, string.sub(tid, i, i), 1, true) - 1
-  end
-  return us
-end
-
 -- keepAgent drops up to four of an agent's oldest finished tasks while it
 -- holds more than KEEP tasks (Config.KeepPerAgent): of those, the ones an
--- export running has written. The agent's record keeps (kd) the creation time
--- of the newest task it dropped, so GetTask of it says why it is gone.
+-- export running has written. The agent's record keeps its drop mark (kd,
+-- moved by dropMark), so GetTask of a task dropped says why it is gone.
 local function keepAgent(aid)
   local k = kAgentTasks(aid)
   local over = redis.call('ZCARD', k) - KEEP
   if over <= 0 then return end
   local xp = redis.call('GET', kExported)
-  local upTo = 0
+  local dropped = {}
   for _, tid in ipairs(redis.call('ZRANGE', k, 0, math.min(over, 4) - 1)) do
     local t = redis.call('HMGET', kTask(tid), 'st', 'job', 'fe', 'ca', 'cj')
     local st = tonumber(t[1])
     if st and st > RUNNING and not unexported(xp, t[3], t[4]) then
       dropEnded(tid, st, t[2], t[5] == '1')
-      upTo = math.max(upTo, idMicros(tid))
+      dropped[#dropped + 1] = tid
     end
   end
-  if upTo == 0 then return end
+  if #dropped == 0 then return end
   -- Only on a record that is there ('reg'): never make one up for an agent
   -- being removed.
   local a = redis.call('HMGET', kAgent(aid), 'kd', 'reg')
-  if a[2] and upTo > (tonumber(a[1]) or 0) then redis.call('HSET', kAgent(aid), 'kd', ms(upTo)) end
+  if not a[2] then return end
+  local was = tonumber(a[1]) or 0
+  local kd = was
+  for _, tid in ipairs(dropped) do kd = dropMark(kd, tid) end
+  if kd ~= was then redis.call('HSET', kAgent(aid), 'kd', ms(kd)) end
 end
 
 -- endTask moves a live task to a terminal state; it returns false if the task is
