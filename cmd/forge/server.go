@@ -83,6 +83,15 @@ type ServerConfig struct {
 	Log logConfig
 }
 
+// The bounds of --retention and --export-batch past the checks every flag of
+// their kind gets (positive): a shorter retention drops finished tasks before
+// a caller waiting on them reads them, and a larger batch is held in memory at
+// once, 64 times over on Redis.
+const (
+	minRetention   = time.Minute
+	maxExportBatch = 10000
+)
+
 // ParseServer parses the command line of `forge server` (after the word
 // "server") and the FORGE_* variables into a config, and checks it. It reads
 // the token files; it opens nothing else.
@@ -106,11 +115,11 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 	f.IntVar(&c.MaxAttempts, "max-attempts", 3, "default number of times a task may be leased")
 	f.DurationVar(&c.TaskTimeout, "task-timeout", 10*time.Minute, "default execution timeout of a task")
 	f.DurationVar(&c.DeliveryTTL, "delivery-ttl", time.Hour, "default time a task may wait to be picked up")
-	f.DurationVar(&c.Retention, "retention", 7*24*time.Hour, "how long finished tasks are kept")
-	f.IntVar(&c.RetentionPerAgent, "retention-per-agent", 0, "most tasks kept per agent: past it, its oldest finished tasks go before --retention (with --export, once written; 0: no limit)")
-	f.IntVar(&c.RetentionJobs, "retention-jobs", 0, "most finished jobs kept: past it, the jobs that finished first go with their tasks before --retention; a live job never (with --export, once written; 0: no limit)")
+	f.DurationVar(&c.Retention, "retention", 7*24*time.Hour, "how long finished tasks are kept (at least 1m)")
+	f.IntVar(&c.RetentionPerAgent, "retention-per-agent", 0, "most tasks kept per agent: past it, its oldest finished tasks go before --retention (with --export, once written; 0: no limit; not negative)")
+	f.IntVar(&c.RetentionJobs, "retention-jobs", 0, "most finished jobs kept: past it, the jobs that finished first go with their tasks before --retention; a live job never (with --export, once written; 0: no limit; not negative)")
 	f.StringVar(&c.Export, "export", "", "write every finished task, as a JSON line, to this file (appended), - (stdout) or http(s):// URL (POSTed in batches), before retention drops it; replicas given it take turns from the position kept in the store")
-	f.IntVar(&c.ExportBatch, "export-batch", 100, "most finished tasks one export batch reads (of each of the 64 shards on Redis); a replica killed while exporting costs at most one batch again")
+	f.IntVar(&c.ExportBatch, "export-batch", 100, "most finished tasks one export batch reads (of each of the 64 shards on Redis), 1 to 10000; a replica killed while exporting costs at most one batch again")
 	f.DurationVar(&c.AgentRetention, "agent-retention", store.DefaultAgentRetention, "how long an agent may go unseen before it is removed with its token (0: never)")
 	f.IntVar(&c.MaxBody, "max-body", server.DefaultLimits().MaxBodyBytes, "largest request body in bytes")
 	f.IntVar(&c.MaxPayload, "max-payload", server.DefaultLimits().MaxPayload, "largest task payload in bytes")
@@ -158,6 +167,12 @@ func (m *Main) ParseServer(args []string) (ServerConfig, error) {
 		if n.v < 0 {
 			return c, fmt.Errorf("--%s must not be negative, not %d", n.name, n.v)
 		}
+	}
+	if c.Retention < minRetention {
+		return c, fmt.Errorf("--retention must be at least %s, not %s: finished tasks would be dropped before anyone could read them", minRetention, c.Retention)
+	}
+	if c.ExportBatch > maxExportBatch {
+		return c, fmt.Errorf("--export-batch must be at most %d, not %d: one batch is read into memory at once (on Redis, of each of the 64 shards)", maxExportBatch, c.ExportBatch)
 	}
 	if err := c.Redis.check(); err != nil {
 		return c, err
