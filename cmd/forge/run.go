@@ -24,7 +24,8 @@ const (
 	exitUsage       = 2   // a bad command line
 	exitNotRun      = 3   // none failed, but some were CANCELED or EXPIRED (never picked up)
 	exitNoAgent     = 4   // the target matched no agent
-	exitError       = 5   // forge could not finish: a refused request, a server unreachable past --give-up-after, a job gone
+	exitError       = 5   // forge could not finish: a server unreachable past --give-up-after, a job gone
+	exitRefused     = 6   // the server answered and refused the job (the store full, a limit, a token not allowed)
 	exitInterrupted = 130 // Ctrl-C: the job was canceled
 )
 
@@ -54,7 +55,9 @@ Exit code: with one task, the command's own exit code when it ran; otherwise
   2  bad command line
   3  none failed, but some were CANCELED or EXPIRED (never picked up)
   4  the target matched no agent
-  5  forge could not finish (refused, server unreachable, job gone)
+  5  forge could not finish (server unreachable, job gone)
+  6  the server refused the job (the store full, a limit, a token not
+     allowed: its reason is printed)
   130 interrupted (the job was canceled)`
 
 func (m *Main) runRun(ctx context.Context, args []string) error {
@@ -151,6 +154,9 @@ forge run --selector role=db --json -- /usr/bin/df -h | jq -r '.tasks[] | .agent
 			fmt.Fprintln(m.Stderr, `Run "forge run -h" for help.`)
 			return exitCode(exitUsage)
 		}
+		if refused(err) {
+			return exitCode(exitRefused)
+		}
 		return exitCode(exitError)
 	}
 	n := len(d.TaskIds)
@@ -238,6 +244,17 @@ forge run --selector role=db --json -- /usr/bin/df -h | jq -r '.tasks[] | .agent
 	}
 	v.summary(res, time.Since(start))
 	return exitCode(runExit(res.Tasks))
+}
+
+// refused tells whether err is a server's answer refusing the call, not a
+// server that could not be reached or could not answer in time (what the
+// client retries until --give-up-after).
+func refused(err error) bool {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeAborted, connect.CodeCanceled, connect.CodeUnknown:
+		return false
+	}
+	return true
 }
 
 // runExit is forge run's exit code for tasks that ended (see the exit codes).
