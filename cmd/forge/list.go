@@ -78,6 +78,10 @@ func (m *Main) runAgents(ctx context.Context, args []string) error {
 		}
 		return m.writeJSON(p, map[string]any{"agents": out})
 	}
+	if len(list) == 0 {
+		fmt.Fprintln(m.Stdout, noneText("agents", "--agent", *pattern, "--selector", *selector, "--status", *status))
+		return nil
+	}
 	// Names are not unique: a name two agents share is marked, so nobody
 	// takes two machines for one.
 	shared := map[string]int{}
@@ -186,6 +190,10 @@ func (m *Main) runJobs(ctx context.Context, args []string) error {
 		}
 		return m.writeJSON(p, map[string]any{"jobs": out})
 	}
+	if len(jobs) == 0 {
+		fmt.Fprintln(m.Stdout, noneText("jobs"))
+		return nil
+	}
 	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "JOB\tCREATED\tTYPE\tTARGET\tTASKS\tSTATES")
 	for _, j := range jobs {
@@ -193,6 +201,23 @@ func (m *Main) runJobs(ctx context.Context, args []string) error {
 			j.Counts.GetTotal(), countsText(j.Counts))
 	}
 	return tw.Flush()
+}
+
+// noneText is the line a listing prints instead of an empty table: "no
+// agents", or "no tasks matching --state failed --agent 'web-*'", naming the
+// filters given (pairs of a flag and its value; an empty value was not
+// given).
+func noneText(what string, filters ...string) string {
+	var given []string
+	for i := 0; i+1 < len(filters); i += 2 {
+		if v := filters[i+1]; v != "" {
+			given = append(given, filters[i]+" "+termsafe.Line(shellQuote(v)))
+		}
+	}
+	if len(given) == 0 {
+		return "no " + what
+	}
+	return "no " + what + " matching " + strings.Join(given, " ")
 }
 
 // stateCounts are a job's counts by state, in the order the CLI shows them.
@@ -393,6 +418,10 @@ func (m *Main) runTasks(ctx context.Context, args []string) error {
 			out[i] = jsonTask(t, names[t.AgentId])
 		}
 		return m.writeJSON(p, map[string]any{"tasks": out})
+	}
+	if len(tasks) == 0 {
+		fmt.Fprintln(m.Stdout, noneText("tasks", "--job", *job, "--agent", *pattern, "--state", *state))
+		return nil
 	}
 	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TASK\tAGENT\tCOMMAND\tSTATE\tEXIT\tATTEMPT\tUPDATED\tERROR")

@@ -89,6 +89,10 @@ func (m *Main) runTokens(ctx context.Context, args []string) error {
 		}
 		return m.writeJSON(p, map[string]any{"tokens": out})
 	}
+	if len(res.Msg.Tokens) == 0 {
+		fmt.Fprintln(m.Stdout, noneText("enrollment tokens"))
+		return nil
+	}
 	tw := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tDESCRIPTION\tUSES LEFT\tEXPIRES\tCREATED\tREVOKED")
 	for _, t := range res.Msg.Tokens {
