@@ -54,9 +54,9 @@ func (m *Main) runCancel(ctx context.Context, args []string) error {
 		if err != nil {
 			hint := ""
 			if store.ValidID(id, 'j') {
-				hint = fmt.Sprintf(" (%s is a job id: forge cancel --job %s)", termsafe.Line(id), termsafe.Line(id))
+				hint = fmt.Sprintf(" (it is a job id: forge cancel --job %s)", termsafe.Line(id))
 			}
-			fmt.Fprintf(m.Stderr, "forge cancel: %s: %s%s\n", termsafe.Line(id), termsafe.Line(errText(err)), hint)
+			fmt.Fprintf(m.Stderr, "forge cancel: %s%s\n", termsafe.Line(aboutID(id, errors.New(errText(err))).Error()), hint)
 			failed = true
 			continue
 		}
@@ -146,7 +146,7 @@ func (m *Main) runRevoke(ctx context.Context, args []string) error {
 	for _, id := range f.Args() {
 		res, err := c.Control().RevokeAgent(ctx, connect.NewRequest(&forgev1.RevokeAgentRequest{AgentId: id, Reason: *reason}))
 		if err != nil {
-			return fmt.Errorf("%s: %w", termsafe.Line(id), err)
+			return aboutID(id, err)
 		}
 		a := res.Msg.Agent
 		fmt.Fprintf(m.Stdout, "%s (%s) %s\n", termsafe.Line(a.Id), termsafe.Line(a.Name), statusName(a.Status))

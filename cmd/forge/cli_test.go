@@ -276,8 +276,9 @@ func TestRunServerUnreachable(t *testing.T) {
 	if code := r.wait(t); code != 5 {
 		t.Fatalf("exit %d, want 5", code)
 	}
-	if errs := r.stderr.String(); !strings.Contains(errs, "job "+job+" is gone from the server") {
-		t.Fatalf("no word of the job being gone:\n%s", errs)
+	gone := regexp.MustCompile(`(?m)^forge run: the job is gone from the server: .*$`).FindString(r.stderr.String())
+	if !strings.Contains(gone, `not_found: job "`+job+`" not found`) || strings.Count(gone, job) != 1 {
+		t.Fatalf("no word of the job being gone, or its id named twice in it:\n%s", r.stderr.String())
 	}
 	// The agent's command ends while the new server is there to hear of it.
 	os.WriteFile(gate, nil, 0o600)
@@ -715,8 +716,8 @@ func TestCLIMessages(t *testing.T) {
 	if job == nil {
 		t.Fatalf("no job line:\n%s", errs)
 	}
-	if _, errs, code := runSplit(t, e, "cancel", job[1]); code == 0 || !strings.Contains(errs, "forge cancel: "+job[1]+": ") ||
-		!strings.Contains(errs, "is a job id: forge cancel --job "+job[1]) {
+	if _, errs, code := runSplit(t, e, "cancel", job[1]); code == 0 || !strings.Contains(errs, "forge cancel: task \""+job[1]+"\" not found") ||
+		!strings.Contains(errs, "(it is a job id: forge cancel --job "+job[1]+")") || strings.Count(errs, job[1]) != 2 {
 		t.Errorf("forge cancel JOB_ID: exit %d:\n%s", code, errs)
 	}
 }

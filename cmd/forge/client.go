@@ -141,6 +141,16 @@ func errText(err error) string {
 	return err.Error()
 }
 
+// aboutID is err, a call's refusal about id, with id in front, unless the
+// server's message names id already (as store's not-found messages do: task
+// "t…" not found), so that no message names an id twice.
+func aboutID(id string, err error) error {
+	if strings.Contains(err.Error(), id) {
+		return err
+	}
+	return fmt.Errorf("%s: %w", termsafe.Line(id), err)
+}
+
 // stateName is a task state as the CLI prints it: SUCCEEDED, TIMED_OUT …
 func stateName(s forgev1.TaskState) string { return strings.TrimPrefix(s.String(), "TASK_STATE_") }
 

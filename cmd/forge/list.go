@@ -468,7 +468,7 @@ func (m *Main) showTasks(ctx context.Context, c *client.Client, cf clientFlags, 
 	for i, id := range ids {
 		res, err := c.Control().GetTask(ctx, connect.NewRequest(&forgev1.GetTaskRequest{TaskId: id}))
 		if err != nil {
-			return fmt.Errorf("%s: %w", termsafe.Line(id), err)
+			return aboutID(id, err)
 		}
 		t := res.Msg.Task
 		names, _ := c.AgentNames(ctx, t.AgentId)

@@ -226,7 +226,7 @@ forge run --selector role=db --json -- /usr/bin/df -h | jq -r '.tasks[] | .agent
 	if werr != nil {
 		switch {
 		case connect.CodeOf(werr) == connect.CodeNotFound:
-			scr.note(fmt.Sprintf("forge run: job %s is gone from the server (%s)", d.JobId, m.quote(werr)))
+			scr.note(fmt.Sprintf("forge run: the job is gone from the server: %s", m.quote(aboutID(d.JobId, werr))))
 		default:
 			scr.note(fmt.Sprintf("forge run: %s\nforge run: job %s goes on without this command: forge job %s shows it, forge cancel --job %s stops it",
 				m.quote(werr), d.JobId, d.JobId, d.JobId))

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
-	"github.com/orange-forge/forge/internal/termsafe"
 )
 
 func (m *Main) runTokens(ctx context.Context, args []string) error {
@@ -72,7 +71,7 @@ func (m *Main) runTokens(ctx context.Context, args []string) error {
 	case "revoke":
 		for _, id := range rest {
 			if _, err := ctl.RevokeEnrollmentToken(ctx, connect.NewRequest(&forgev1.RevokeEnrollmentTokenRequest{Id: id})); err != nil {
-				return fmt.Errorf("%s: %w", termsafe.Line(id), err)
+				return aboutID(id, err)
 			}
 			fmt.Fprintf(m.Stdout, "%s revoked\n", p.Line(id))
 		}
