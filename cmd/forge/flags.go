@@ -39,6 +39,9 @@ type flags struct {
 	// envBad holds, by flag name, why its variable's value was not taken;
 	// parse refuses it unless the command line gives the flag.
 	envBad map[string]string
+	// noEnv makes every flag read nothing from the environment (forge bench:
+	// a shell set up for production must not point a load test at it).
+	noEnv bool
 }
 
 // newFlags returns the flags of `forge name`. summary is the first paragraph of
@@ -106,8 +109,12 @@ func envName(flagName string) string {
 	return "FORGE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// env returns the variable of flag name, and records it for the usage text.
+// env returns the variable of flag name, and records it for the usage text;
+// nothing when f.noEnv.
 func (f *flags) env(name string) string {
+	if f.noEnv {
+		return ""
+	}
 	f.envs[name] = envName(name)
 	return f.m.getenv(envName(name))
 }

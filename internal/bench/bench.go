@@ -7,6 +7,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -116,14 +117,20 @@ type Report struct {
 	CPUs      int       `json:"cpus"`
 	Started   time.Time `json:"started"`
 	// Quick is a --quick run: every scenario at a tiny scale, no target judged.
-	Quick   bool     `json:"quick,omitempty"`
+	Quick bool `json:"quick,omitempty"`
+	// ScaleStore and ScaleServers say what the scale scenario runs on (its
+	// Redis, its replicas), which are not Store and Target: those are the
+	// other scenarios' (ping's floor among them).
+	ScaleStore   string `json:"scale_store,omitempty"`
+	ScaleServers string `json:"scale_servers,omitempty"`
 	Took    string   `json:"took"`
 	Results []Result `json:"results"`
 }
 
 // Run runs the chosen scenarios and returns their results. A scenario that
-// fails gives a row saying why; Run returns an error only for a bad Config or
-// when ctx ends.
+// fails gives a row saying why (Report.Errors counts them). Run returns an
+// error for a bad Config, when the servers cannot be measured (the ping floor
+// fails), and when ctx ends: then with the report of the rows measured so far.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Agents <= 0 {
 		cfg.Agents = 10000
@@ -144,7 +151,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	if cfg.RedisURL != "" && cfg.OpenRedis == nil {
-		return nil, fmt.Errorf("bench: RedisURL given without OpenRedis")
+		return nil, errors.New("RedisURL given without OpenRedis")
 	}
 	raiseFileLimit(cfg.Logger)
 	r := &runner{cfg: cfg, log: cfg.Logger}
@@ -154,16 +161,25 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer r.close(ctx)
 	rep := &Report{Store: r.storeName(), Target: r.targetName(), GoVersion: runtime.Version(),
 		CPUs: runtime.NumCPU(), Started: time.Now(), Quick: cfg.Quick}
+	if want["scale"] {
+		rep.ScaleStore, rep.ScaleServers = r.scaleSetup()
+	}
 	for _, name := range Scenarios {
 		if !want[name] {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
-			return rep, err
+			return rep.done(), err
 		}
 		r.log.Info("scenario", "name", name)
 		t0 := time.Now()
 		res := r.run(ctx, name)
+		if err := ctx.Err(); err != nil {
+			// Interrupted: what the scenario measured stays, its error
+			// (context canceled) is no finding.
+			rep.Results = append(rep.Results, slices.DeleteFunc(res, func(x Result) bool { return x.failed })...)
+			return rep.done(), err
+		}
 		for i := range res {
 			x := &res[i]
 			x.Status = x.status()
@@ -174,10 +190,36 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			r.log.Info("result", "scenario", x.Scenario, "summary", x.Summary, "floor", x.Floor, "vs_floor", x.VsFloor, "status", x.Status, "took", time.Since(t0).Round(time.Millisecond))
 		}
 		rep.Results = append(rep.Results, res...)
+		if name == "ping" {
+			// Every other scenario stands on the floor: without it they would
+			// each wait out their own timeouts against a server that is not
+			// there.
+			for _, x := range res {
+				if x.failed {
+					return rep.done(), fmt.Errorf("%s: the bare call (ping) failed: %s", r.url, x.Note)
+				}
+			}
+		}
 		runtime.GC()
 	}
+	return rep.done(), nil
+}
+
+// done sets how long the run took, and returns rep.
+func (rep *Report) done() *Report {
 	rep.Took = time.Since(rep.Started).Round(100 * time.Millisecond).String()
-	return rep, nil
+	return rep
+}
+
+// Errors counts the rows of scenarios that could not run (status ERROR).
+func (rep *Report) Errors() int {
+	n := 0
+	for _, r := range rep.Results {
+		if r.failed || r.Status == "ERROR" {
+			n++
+		}
+	}
+	return n
 }
 
 // Columns of the table: with their gaps they fit 120 columns; longer cells
@@ -198,6 +240,19 @@ const TableWidth = 120
 func (rep *Report) WriteTable(w io.Writer) error {
 	var b strings.Builder
 	head := fmt.Sprintf("forge bench · store: %s · server: %s · %s · %d CPUs · took %s", rep.Store, rep.Target, rep.GoVersion, rep.CPUs, rep.Took)
+	if rep.ScaleStore != "" {
+		others := false
+		for _, r := range rep.Results {
+			others = others || (r.Scenario != "ping" && r.Scenario != "scale")
+		}
+		if others {
+			head = fmt.Sprintf("forge bench · store: %s · server: %s · scale: %s, %s · %s · %d CPUs · took %s",
+				rep.Store, rep.Target, rep.ScaleStore, rep.ScaleServers, rep.GoVersion, rep.CPUs, rep.Took)
+		} else {
+			head = fmt.Sprintf("forge bench · store: %s · servers: %s · floor (ping): %s on %s · %s · %d CPUs · took %s",
+				rep.ScaleStore, rep.ScaleServers, rep.Target, rep.Store, rep.GoVersion, rep.CPUs, rep.Took)
+		}
+	}
 	for _, l := range wrap(head, TableWidth) {
 		b.WriteString(l + "\n")
 	}

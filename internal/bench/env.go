@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/orange-forge/forge/agent"
+	forgev1 "github.com/orange-forge/forge/gen/forge/v1"
 	"github.com/orange-forge/forge/gen/forge/v1/forgev1connect"
 	"github.com/orange-forge/forge/internal/bearer"
 	"github.com/orange-forge/forge/server"
@@ -77,10 +79,15 @@ func (r *runner) init(ctx context.Context) error {
 	r.opHTTP = &http.Client{Transport: agent.SingleWrite(newTransport(512))}
 	if r.external() {
 		if r.cfg.AdminToken == "" || r.cfg.EnrollToken == "" {
-			return errors.New("bench: --server needs --admin-token and --enroll-token")
+			return errors.New("--server needs --admin-token and --enroll-token")
 		}
 		r.enroll, r.admin = r.cfg.EnrollToken, r.cfg.AdminToken
 		r.url = strings.TrimRight(r.cfg.Servers[0], "/")
+		for _, u := range r.cfg.Servers {
+			if err := r.probe(ctx, strings.TrimRight(u, "/")); err != nil {
+				return err
+			}
+		}
 	} else {
 		r.enroll, r.admin = "fe_bench_"+randHex(12), "fo_bench_"+randHex(12)
 		st, err := r.openStore(ctx)
@@ -95,6 +102,30 @@ func (r *runner) init(ctx context.Context) error {
 		r.url = r.main.url
 	}
 	r.ctl = r.control(r.url)
+	return nil
+}
+
+// probe makes sure a server to measure is a forge server that takes the admin
+// token, before any scenario waits out its timeouts against it.
+func (r *runner) probe(parent context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(parent, 10*time.Second)
+	defer cancel()
+	_, err := forgev1connect.NewPingServiceClient(r.opHTTP, url).Ping(ctx, connect.NewRequest(&forgev1.PingRequest{}))
+	switch {
+	case err == nil:
+	case parent.Err() != nil:
+		return parent.Err()
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s: unreachable: no answer within 10s", url)
+	case connect.CodeOf(err) == connect.CodeUnavailable:
+		return fmt.Errorf("%s: unreachable: %w", url, err)
+	default:
+		return fmt.Errorf("%s: not a forge server: %w", url, err)
+	}
+	_, err = r.control(url).ListAgents(ctx, connect.NewRequest(&forgev1.ListAgentsRequest{PageSize: 1}))
+	if c := connect.CodeOf(err); c == connect.CodeUnauthenticated || c == connect.CodePermissionDenied {
+		return fmt.Errorf("%s: --admin-token refused: %w", url, err)
+	}
 	return nil
 }
 
@@ -177,6 +208,19 @@ func newTransport(idle int) *http.Transport {
 	}
 }
 
+// childEnv is the environment of the bench's child processes: this one's
+// without its FORGE_* variables, which would otherwise point a child `forge
+// server` at the Redis of the shell (FORGE_REDIS) rather than the bench's.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FORGE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
 func randHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
@@ -220,6 +264,11 @@ type fleet struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	failed atomic.Int64
+	// firstErr is why the first agent that stopped on its own stopped (its
+	// enrollment token refused, say).
+	firstErr atomic.Pointer[error]
+	// stopped[i] is closed once agent i has stopped.
+	stopped []chan struct{}
 }
 
 type fleetSpec struct {
@@ -272,6 +321,7 @@ func (r *runner) startFleet(ctx context.Context, fs fleetSpec) (*fleet, error) {
 			a.Handle(t, h)
 		}
 		f.agents = append(f.agents, a)
+		f.stopped = append(f.stopped, make(chan struct{}))
 	}
 	// Each agent starts only when one of the registering slots is free, and
 	// frees it once it has an id (or has stopped): an agent's Register
@@ -290,12 +340,15 @@ func (r *runner) startFleet(ctx context.Context, fs fleetSpec) (*fleet, error) {
 				}
 				return
 			}
-			stopped := make(chan struct{})
+			stopped := f.stopped[i]
 			go func() {
 				defer f.wg.Done()
 				defer close(stopped)
 				if err := a.Run(fctx); err != nil {
 					f.failed.Add(1)
+					if fctx.Err() == nil {
+						f.firstErr.CompareAndSwap(nil, &err)
+					}
 					r.log.Warn("agent stopped", "err", err)
 				}
 			}()
@@ -316,7 +369,9 @@ func (r *runner) startFleet(ctx context.Context, fs fleetSpec) (*fleet, error) {
 	return f, nil
 }
 
-// ids waits until every agent has an id and returns them.
+// ids waits until every agent has an id and returns them. It gives up when
+// timeout passes or an agent stops before it has one, and then says why the
+// first agent that stopped stopped.
 func (f *fleet) ids(ctx context.Context, timeout time.Duration) ([]string, error) {
 	end := time.Now().Add(timeout)
 	out := make([]string, len(f.agents))
@@ -325,13 +380,27 @@ func (f *fleet) ids(ctx context.Context, timeout time.Duration) ([]string, error
 			if out[i] = a.ID(); out[i] != "" {
 				break
 			}
+			select {
+			case <-f.stopped[i]:
+				return nil, f.notRegistered(fmt.Sprintf("only %d of %d agents registered", i, len(f.agents)))
+			default:
+			}
 			if time.Now().After(end) || ctx.Err() != nil {
-				return nil, fmt.Errorf("only %d of %d agents registered within %v", i, len(f.agents), timeout)
+				return nil, f.notRegistered(fmt.Sprintf("only %d of %d agents registered within %v", i, len(f.agents), timeout))
 			}
 			time.Sleep(2 * time.Millisecond)
 		}
 	}
 	return out, nil
+}
+
+// notRegistered is the error of agents that did not register: msg, and why
+// the first agent that stopped stopped.
+func (f *fleet) notRegistered(msg string) error {
+	if err := f.firstErr.Load(); err != nil {
+		return fmt.Errorf("%s; %d stopped, the first: %w", msg, f.failed.Load(), *err)
+	}
+	return errors.New(msg)
 }
 
 // stop ends every agent and closes the fleet's connections.

@@ -94,7 +94,8 @@ type fleetProc struct {
 func (r *runner) startFleetChild(ctx context.Context, url string, n, withTasks int) (*fleetProc, error) {
 	cmd := exec.CommandContext(ctx, r.cfg.ServerExe, "bench", "--fleet-child", url, "--agents", fmt.Sprint(n),
 		"--task-agents", fmt.Sprint(withTasks), "--enroll-token", r.enroll)
-	cmd.Env = os.Environ()
+	cmd.Env = childEnv()
+	dieWithParent(cmd)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 15 * time.Second
 	cmd.Stderr = os.Stderr

@@ -75,7 +75,8 @@ func (r *runner) startChild(ctx context.Context, pollHold time.Duration) (*child
 // and waits until it says where it listens.
 func (r *runner) startChildArgs(ctx context.Context, args []string) (*child, error) {
 	cmd := exec.CommandContext(ctx, r.cfg.ServerExe, args...)
-	cmd.Env = append(os.Environ(), "FORGE_ENROLL_TOKEN=", "FORGE_ADMIN_TOKEN=")
+	cmd.Env = childEnv()
+	dieWithParent(cmd)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
 	// Replicas log at level error: what they print (and a panic) is worth
@@ -263,7 +264,7 @@ func (r *runner) idle(ctx context.Context) ([]Result, error) {
 			vals["redis_cpu_us_per_agent_per_window"] = us(cpu)
 			summary += fmt.Sprintf("; per agent and window: %.2f Redis calls, %.2f cmds, Redis CPU %s", calls, per, fmtDur(cpu))
 			ok = ok && calls <= 1.05
-			note += "; Redis calls are its script round trips (EVALSHA/EVAL), cmds every command INFO commandstats counts, those run inside scripts and by the reaper included; Redis CPU is its process's (INFO cpu)"
+			note += "; Redis calls are its script round trips (FCALL, or EVALSHA/EVAL), cmds every command INFO commandstats counts, those run inside scripts and by the reaper included; Redis CPU is its process's (INFO cpu)"
 		}
 	}
 	return []Result{{Scenario: "idle", Name: name, Summary: summary, Target: r.target("idle"), Met: met(ok), Note: note, Values: vals}}, nil

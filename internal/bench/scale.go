@@ -57,14 +57,7 @@ func (r *runner) scaleOut(ctx context.Context) ([]Result, error) {
 	if r.cfg.ServerExe == "" {
 		return nil, errors.New("no forge binary to run replicas and fleets as child processes (ServerExe)")
 	}
-	n := r.cfg.ScaleAgents
-	if n <= 0 {
-		n = r.scale(50000, 400)
-	}
-	nrep := r.cfg.ScaleReplicas
-	if nrep <= 0 {
-		nrep = r.scale(5, 2)
-	}
+	n, nrep := r.scaleAgents(), r.scaleReplicas()
 	sr := &scaleRun{r: r}
 	defer sr.close()
 	if err := sr.startRedis(ctx); err != nil {
@@ -132,7 +125,9 @@ func (r *runner) scaleOut(ctx context.Context) ([]Result, error) {
 		return nil, fmt.Errorf("only %d of %d agents held a poll after 5 min", sr.held(), n)
 	}
 	polling := time.Since(t0)
-	rows = append(rows, Result{Scenario: "scale", Name: name(fmt.Sprintf("register %d agents (%d processes) over %d replicas, %d Redis masters", n, len(sr.fleets), nrep, len(sr.nodes))),
+	rows = append(rows, Result{Scenario: "scale", Name: name(fmt.Sprintf("register %d agents (%d %s) over %d %s, %d Redis %s", n,
+		len(sr.fleets), plural(len(sr.fleets), "process", "processes"), nrep, plural(nrep, "replica", "replicas"),
+		len(sr.nodes), plural(len(sr.nodes), "master", "masters"))),
 		Summary: fmt.Sprintf("all registered in %s (%.0f/s); all polling in %s", fmtDur(registered), float64(n)/registered.Seconds(), fmtDur(polling)),
 		Target:  "-", Values: map[string]float64{"agents": float64(n), "replicas": float64(nrep), "register_seconds": registered.Seconds(), "polling_seconds": polling.Seconds()}})
 
@@ -153,6 +148,58 @@ func (r *runner) scaleOut(ctx context.Context) ([]Result, error) {
 	return rows, nil
 }
 
+// scaleAgents and scaleReplicas size the scale scenario: Config's, or the
+// defaults.
+func (r *runner) scaleAgents() int {
+	if n := r.cfg.ScaleAgents; n > 0 {
+		return n
+	}
+	return r.scale(50000, 400)
+}
+
+func (r *runner) scaleReplicas() int {
+	if n := r.cfg.ScaleReplicas; n > 0 {
+		return n
+	}
+	return r.scale(5, 2)
+}
+
+// scaleWindow is the poll window of the scale scenario's idle step; the
+// replicas hold polls that long, so that each agent renews its Poll once in it.
+func (r *runner) scaleWindow() time.Duration { return r.budget(25*time.Second, 3*time.Second) }
+
+// scaleSetup says what the scale scenario runs on, for the report's header:
+// its Redis and its servers (nothing with --server: it is skipped).
+func (r *runner) scaleSetup() (store, servers string) {
+	if r.external() {
+		return "", ""
+	}
+	store = fmt.Sprintf("redis cluster (%d masters, started by the bench)", scaleMasters)
+	if r.cfg.RedisURL != "" {
+		store = "redis (--redis)"
+	}
+	nrep := r.scaleReplicas()
+	return store, fmt.Sprintf("%d %s (child processes)", nrep, plural(nrep, "replica", "replicas"))
+}
+
+// plural is one or many, as n asks.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// figRange prints a range of figures, or one figure when they are the same as
+// printed.
+func figRange(format string, lo, hi float64) string {
+	a, b := fmt.Sprintf(format, lo), fmt.Sprintf(format, hi)
+	if a == b {
+		return a
+	}
+	return a + "–" + b
+}
+
 // held is the sum of the polls the replicas hold.
 func (sr *scaleRun) held() int {
 	n := 0
@@ -170,7 +217,7 @@ func (sr *scaleRun) startReplica(ctx context.Context, i int) (*child, error) {
 	r := sr.r
 	args := []string{"server", "--listen", sr.addrs[i], "--enroll-token", r.enroll, "--admin-token", r.admin,
 		"--log-level", "error", "--register-rate", "0", "--register-rate-per-addr", "0", "--max-targets", "0",
-		"--redis", sr.redisURL}
+		"--redis", sr.redisURL, "--poll-hold", r.scaleWindow().String()}
 	if r.cfg.RedisURL != "" {
 		args = append(args, r.cfg.RedisArgs...)
 	}
@@ -189,8 +236,7 @@ func (sr *scaleRun) idle(ctx context.Context, n int, before redisStat) (Result, 
 	for i, c := range sr.replicas {
 		cpu0[i], _ = cpuTime(c.cmd.Process.Pid)
 	}
-	const window = 25 * time.Second
-	hold := sr.r.budget(window, 3*time.Second)
+	hold := sr.r.scaleWindow()
 	w0 := time.Now()
 	select {
 	case <-time.After(hold):
@@ -226,8 +272,8 @@ func (sr *scaleRun) idle(ctx context.Context, n int, before redisStat) (Result, 
 		"redis_memory_per_agent_bytes": memPer, "replica_rss_min_bytes": rssMin, "replica_rss_max_bytes": rssMax,
 		"replica_cpu_min_percent": cpuMin, "replica_cpu_max_percent": cpuMax, "window_seconds": span.Seconds()}
 	return Result{Scenario: "scale", Name: fmt.Sprintf("%d idle agents, one poll window (%s)", n, hold),
-		Summary: fmt.Sprintf("Redis: %.0f calls/s, %.0f cmds/s, CPU %.1f%%, %.0f B/agent; each replica (~%d agents): RSS %.0f–%.0f MB, CPU %.1f–%.1f%%",
-			callsPerSec, cmdsPerSec, redisCPU, memPer, perRep, rssMin/(1<<20), rssMax/(1<<20), cpuMin, cpuMax),
+		Summary: fmt.Sprintf("Redis: %.0f calls/s, %.0f cmds/s, CPU %.1f%%, %.0f B/agent; each replica (~%d agents): RSS %s MB, CPU %s%%",
+			callsPerSec, cmdsPerSec, redisCPU, memPer, perRep, figRange("%.0f", rssMin/(1<<20), rssMax/(1<<20)), figRange("%.1f", cpuMin, cpuMax)),
 		Target: "-", Values: vals,
 		Note: "Redis figures summed over its masters (INFO commandstats, cpu, memory: used_memory after registration less before, over the agents); replicas' RSS and CPU from /proc"}, nil
 }
@@ -442,6 +488,7 @@ func (sr *scaleRun) startRedis(ctx context.Context) error {
 			"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(sr.dir, fmt.Sprintf("nodes-%d.conf", i)),
 			"--dir", sr.dir, "--maxclients", "10000", "--logfile", filepath.Join(sr.dir, fmt.Sprintf("redis-%d.log", i)))
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+		dieWithParent(cmd)
 		if err := cmd.Start(); err != nil {
 			return err
 		}
