@@ -121,10 +121,10 @@ type Report struct {
 	// ScaleStore and ScaleServers say what the scale scenario runs on (its
 	// Redis, its replicas), which are not Store and Target: those are the
 	// other scenarios' (ping's floor among them).
-	ScaleStore   string `json:"scale_store,omitempty"`
-	ScaleServers string `json:"scale_servers,omitempty"`
-	Took    string   `json:"took"`
-	Results []Result `json:"results"`
+	ScaleStore   string   `json:"scale_store,omitempty"`
+	ScaleServers string   `json:"scale_servers,omitempty"`
+	Took         string   `json:"took"`
+	Results      []Result `json:"results"`
 }
 
 // Run runs the chosen scenarios and returns their results. A scenario that
