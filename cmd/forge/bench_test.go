@@ -102,13 +102,20 @@ func TestBenchScaleQuick(t *testing.T) {
 		t.Fatalf("forge bench --scenario scale: %v\n%s", err, out)
 	}
 	var rep struct {
-		Results []struct {
+		ScaleStore   string `json:"scale_store"`
+		ScaleServers string `json:"scale_servers"`
+		Results      []struct {
 			Scenario, Name, Summary, Status string
 			Values                          map[string]float64
 		}
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
 		t.Fatalf("%v\n%s", err, out)
+	}
+	// The header says what the scale scenario runs on, not the in-process
+	// server of the ping floor.
+	if !strings.Contains(rep.ScaleStore, "redis cluster (3 masters") || rep.ScaleServers != "2 replicas (child processes)" {
+		t.Errorf("scale runs on %q, %q", rep.ScaleStore, rep.ScaleServers)
 	}
 	var scale int
 	for _, r := range rep.Results {
@@ -127,6 +134,14 @@ func TestBenchScaleQuick(t *testing.T) {
 		}
 		if v, ok := r.Values["succeeded"]; ok && v != 400 {
 			t.Errorf("%s: %v of 400 tasks succeeded", r.Name, v)
+		}
+		// The replicas hold polls as long as the idle step's short window, so
+		// every agent renews its Poll in it: Redis sees script calls.
+		if v, ok := r.Values["redis_script_calls_per_s"]; ok && v <= 0 {
+			t.Errorf("%s: %s (no Redis call in the poll window)", r.Name, r.Summary)
+		}
+		if strings.Contains(r.Name, " 1 Redis masters") || strings.Contains(r.Name, " 1 replicas") {
+			t.Errorf("%s: a plural of one", r.Name)
 		}
 	}
 	if scale != 4 {
