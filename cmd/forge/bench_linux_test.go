@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,28 +15,49 @@ import (
 // running, reparented to init).
 func TestBenchKilledTakesChildren(t *testing.T) {
 	t.Parallel()
-	p := startProc(t, env{}, "forge", "bench", "--quick", "--scenario", "scale")
-	pid := p.cmd.Process.Pid
+	// Its output goes to a file, not a pipe: children left running would hold
+	// a pipe open, and waiting for the bench would wait for them.
+	out, err := os.Create(filepath.Join(t.TempDir(), "bench.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	cmd := exec.Command(bin(t, "forge"), "bench", "--quick", "--scenario", "scale")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
 	var kids []int
+	t.Cleanup(func() {
+		for _, k := range kids { // any the kernel did not kill
+			syscall.Kill(k, syscall.SIGKILL)
+		}
+	})
 	waitFor(t, "three redis-servers and two replicas", func() bool {
-		kids = childrenOf(pid)
+		kids = childrenOf(cmd.Process.Pid)
 		redis, replicas := 0, 0
 		for _, k := range kids {
 			cmdline, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(k), "cmdline"))
 			args := strings.Split(string(cmdline), "\x00")
 			switch {
-			case strings.HasSuffix(args[0], "redis-server"):
+			case strings.Contains(args[0], "redis-server"): // it sets its own title: "redis-server 127.0.0.1:PORT [cluster]"
 				redis++
 			case len(args) > 1 && args[1] == "server":
 				replicas++
 			}
 		}
-		return (redis >= 3 && replicas >= 2) || p.exited()
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(out.Name())
+			t.Fatalf("the bench exited before its children were up:\n%s", b)
+		default:
+		}
+		return redis >= 3 && replicas >= 2
 	})
-	if p.exited() {
-		t.Fatalf("the bench exited before its children were up:\n%s", p.output())
-	}
-	p.kill(t)
+	cmd.Process.Kill()
+	<-exited
 	for _, k := range kids {
 		waitFor(t, "child "+strconv.Itoa(k)+" to die with the bench", func() bool { return gone(k) })
 	}

@@ -73,7 +73,7 @@ func (r *runner) scaleOut(ctx context.Context) ([]Result, error) {
 			return nil, err
 		}
 		sr.addrs = append(sr.addrs, addr)
-		c, err := sr.startReplica(ctx, i)
+		c, err := sr.startReplica(ctx, i, r.scaleWindow())
 		if err != nil {
 			return nil, fmt.Errorf("replica %d: %w", i, err)
 		}
@@ -213,11 +213,19 @@ func (sr *scaleRun) held() int {
 	return n
 }
 
-func (sr *scaleRun) startReplica(ctx context.Context, i int) (*child, error) {
+// startReplica starts replica i on its address. pollHold, when not zero, is
+// its --poll-hold: the first start holds polls as long as the idle step's
+// window (shorter with --quick), so that every agent renews its Poll once in
+// it; a restart keeps the default, as an upgraded replica would, so that the
+// agents counted polling after the restarts are not caught between polls.
+func (sr *scaleRun) startReplica(ctx context.Context, i int, pollHold time.Duration) (*child, error) {
 	r := sr.r
 	args := []string{"server", "--listen", sr.addrs[i], "--enroll-token", r.enroll, "--admin-token", r.admin,
 		"--log-level", "error", "--register-rate", "0", "--register-rate-per-addr", "0", "--max-targets", "0",
-		"--redis", sr.redisURL, "--poll-hold", r.scaleWindow().String()}
+		"--redis", sr.redisURL}
+	if pollHold > 0 {
+		args = append(args, "--poll-hold", pollHold.String())
+	}
 	if r.cfg.RedisURL != "" {
 		args = append(args, r.cfg.RedisArgs...)
 	}
@@ -381,7 +389,7 @@ func (sr *scaleRun) rollingRestart(ctx context.Context, n int) (Result, error) {
 		c := sr.replicas[i]
 		sr.replicas[i] = nil
 		c.stop()
-		nc, err := sr.startReplica(ctx, i)
+		nc, err := sr.startReplica(ctx, i, 0)
 		if err != nil {
 			return Result{}, fmt.Errorf("restarting replica %d: %w", i, err)
 		}
